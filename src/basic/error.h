@@ -1,0 +1,41 @@
+/*
+ * Errors a user must read.
+ *
+ * Contract (docs/internals/errors.md): functions return 0 on success and a
+ * negative errno-style code on failure. Those that can fail in a way a user
+ * must understand also take `struct kiln_error **err` and, only on failure,
+ * set *err to a message that names the thing at fault (file, line, digest,
+ * op, worker, flag). Callers add context with kiln_error_prefix().
+ * err may be NULL when the caller does not want the message.
+ */
+#pragma once
+
+#include "basic/macro.h"
+
+struct kiln_error {
+	int code;  /* negative errno-style code */
+	char *msg; /* full sentence fragment, no trailing newline */
+};
+
+/*
+ * Set *err (if err and no error is set yet) to a new error with the
+ * formatted message and return code (which must be negative). When code is
+ * 0 it is taken as -EINVAL.
+ */
+int kiln_error_set(struct kiln_error **err, int code, const char *fmt, ...)
+	_printf_(3, 4);
+
+/* Like kiln_error_set, appending ": strerror(-code)". */
+int kiln_error_seterrno(struct kiln_error **err, int code, const char *fmt,
+			...) _printf_(3, 4);
+
+/* Prepend "<formatted>: " to an existing error's message. No-op if unset. */
+void kiln_error_prefix(struct kiln_error **err, const char *fmt, ...)
+	_printf_(2, 3);
+
+void kiln_error_free(struct kiln_error *e);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct kiln_error *, kiln_error_free)
+#define _cleanup_error_ _cleanup_(kiln_error_freep)
+
+/* Message of an error or "unknown error" for NULL. */
+const char *kiln_error_msg(const struct kiln_error *e);

@@ -1,0 +1,117 @@
+#include "basic/parse-util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int kiln_parse_u64(const char *s, uint64_t *out)
+{
+	unsigned long long v;
+	char *end;
+
+	if (!s || !*s || !isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno == ERANGE)
+		return -ERANGE;
+	if (*end)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+int kiln_parse_u32(const char *s, uint32_t *out)
+{
+	uint64_t v;
+	int r = kiln_parse_u64(s, &v);
+
+	if (r < 0)
+		return r;
+	if (v > UINT32_MAX)
+		return -ERANGE;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+int kiln_parse_int(const char *s, int *out)
+{
+	long v;
+	char *end;
+
+	if (!s || !*s)
+		return -EINVAL;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno == ERANGE || v < INT_MIN || v > INT_MAX)
+		return -ERANGE;
+	if (*end || end == s)
+		return -EINVAL;
+	*out = (int)v;
+	return 0;
+}
+
+int kiln_parse_size(const char *s, uint64_t *out)
+{
+	static const struct {
+		const char *suffix;
+		uint64_t mult;
+	} units[] = {
+		{ "", 1 },
+		{ "b", 1 },
+		{ "k", 1024 },
+		{ "kib", 1024 },
+		{ "kb", 1000 },
+		{ "m", 1024 * 1024 },
+		{ "mib", 1024 * 1024 },
+		{ "mb", 1000 * 1000 },
+		{ "g", 1024ull * 1024 * 1024 },
+		{ "gib", 1024ull * 1024 * 1024 },
+		{ "gb", 1000ull * 1000 * 1000 },
+		{ "t", 1024ull * 1024 * 1024 * 1024 },
+		{ "tib", 1024ull * 1024 * 1024 * 1024 },
+		{ "tb", 1000ull * 1000 * 1000 * 1000 },
+	};
+	char *end;
+	double v;
+	size_t i;
+
+	if (!s || !*s || !(isdigit((unsigned char)*s) || *s == '.'))
+		return -EINVAL;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || v < 0)
+		return -EINVAL;
+	while (*end == ' ')
+		end++;
+	for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (strcasecmp(end, units[i].suffix) == 0) {
+			double r = v * (double)units[i].mult;
+			if (r >= 18446744073709551615.0)
+				return -ERANGE;
+			*out = (uint64_t)r;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+const char *kiln_format_size(uint64_t n, char *buf, unsigned size)
+{
+	static const char *const u[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	double v = (double)n;
+	unsigned i = 0;
+
+	while (v >= 1024 && i < 4) {
+		v /= 1024;
+		i++;
+	}
+	if (i == 0)
+		snprintf(buf, size, "%llu B", (unsigned long long)n);
+	else
+		snprintf(buf, size, "%.1f %s", v, u[i]);
+	return buf;
+}

@@ -1,0 +1,18 @@
+/* Checked number parsing (atoi and friends are banned: see STYLE.md). */
+#pragma once
+
+#include <stdint.h>
+
+/* Parse a whole decimal string into *out; -EINVAL or -ERANGE on failure. */
+int kiln_parse_u64(const char *s, uint64_t *out);
+int kiln_parse_u32(const char *s, uint32_t *out);
+int kiln_parse_int(const char *s, int *out);
+
+/*
+ * Parse a size such as "512", "10k", "1.5GB", "2GiB" (k/M/G/T, decimal with
+ * B suffix, binary with iB or bare letter). -EINVAL on junk.
+ */
+int kiln_parse_size(const char *s, uint64_t *out);
+
+/* Format bytes as "12.3 MiB" into buf (size >= 32). */
+const char *kiln_format_size(uint64_t n, char *buf, unsigned size);

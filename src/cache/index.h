@@ -1,0 +1,90 @@
+/*
+ * The cache index: cache keys -> result records, in SQLite (WAL mode).
+ *
+ * A record says which result trees an op produced and carries provenance
+ * (duration, worker, platform, sizes, created) that the scheduler uses to
+ * estimate durations. Keys are "sha256:<hex>" strings: definition keys and
+ * content keys both point at records (docs/internals/cache.md).
+ *
+ * A record is written in one transaction and only after every blob it
+ * references is durable in the CAS, so after a crash or kill -9 the index
+ * never names a result that is not fully stored.
+ *
+ * Thread-safe: calls are serialized on one connection.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "basic/error.h"
+#include "cas/digest.h"
+
+struct kiln_cache;
+
+struct kiln_cache_record {
+	char *key;                  /* the key this record was found under */
+	char *op;                   /* digest of the op's canonical form */
+	struct kiln_digest *outputs; /* result root trees, one per output */
+	size_t n_outputs;
+	char *meta;      /* JSON object text (e.g. image config), or NULL */
+	int64_t created; /* unix seconds */
+	uint64_t duration_ms;
+	char *worker;
+	char *platform;
+	uint64_t size; /* bytes of the result trees' files */
+	int64_t last_used; /* unix seconds; updated on hits */
+};
+
+void kiln_cache_record_release(struct kiln_cache_record *r);
+
+/* Open or create the index at path (a file). */
+int kiln_cache_open(const char *path, struct kiln_cache **out,
+		    struct kiln_error **err);
+void kiln_cache_free(struct kiln_cache *c);
+
+/* Look up a key: 0 and *out filled, -ENOENT when absent. Marks it used. */
+int kiln_cache_get(struct kiln_cache *c, const char *key,
+		   struct kiln_cache_record *out, struct kiln_error **err);
+
+/*
+ * Store rec under every key in keys (n_keys >= 1) in one transaction,
+ * replacing older records under those keys.
+ */
+int kiln_cache_put(struct kiln_cache *c, const char *const *keys,
+		   size_t n_keys, const struct kiln_cache_record *rec,
+		   struct kiln_error **err);
+
+int kiln_cache_delete(struct kiln_cache *c, const char *key,
+		      struct kiln_error **err);
+
+/* Every record (one call per key), oldest last_used first. */
+typedef int (*kiln_cache_iter_fn)(const struct kiln_cache_record *r,
+				  void *ud);
+int kiln_cache_foreach(struct kiln_cache *c, kiln_cache_iter_fn fn, void *ud,
+		       struct kiln_error **err);
+
+/* Median duration of past runs of op (provenance); -ENOENT if none. */
+int kiln_cache_estimate(struct kiln_cache *c, const char *op,
+			uint64_t *duration_ms);
+
+/*
+ * Stat cache for build contexts: a file whose (dev, ino, size, mtime,
+ * ctime) are unchanged keeps its digest without being re-read.
+ * scope names the context (its absolute path).
+ */
+int kiln_cache_stat_get(struct kiln_cache *c, const char *scope,
+			const char *relpath, const struct stat *st,
+			struct kiln_digest *out);
+int kiln_cache_stat_put(struct kiln_cache *c, const char *scope,
+			const char *relpath, const struct stat *st,
+			const struct kiln_digest *d);
+
+/*
+ * Batch many stat_put calls in one transaction (contexts with thousands of
+ * files). begin/commit nest with nothing else on the connection.
+ */
+int kiln_cache_begin(struct kiln_cache *c);
+int kiln_cache_commit(struct kiln_cache *c);

@@ -1,0 +1,104 @@
+/*
+ * The content-addressed blob store (CAS) of one machine.
+ *
+ * Layout under its directory:
+ *   blobs/sha256/<64 hex>   one file per blob, never modified once named
+ *   tmp/                    writes in progress (removed on open)
+ *
+ * Invariant: a file under blobs/ always holds exactly the bytes its name
+ * says. Every write goes temp file -> hash verified -> fsync (when durable)
+ * -> rename -> directory fsync, so a crash or kill -9 never leaves a blob
+ * whose content disagrees with its name. Tree nodes (tree.h) are blobs too.
+ *
+ * Thread-safe: any number of threads may use one store.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "basic/error.h"
+#include "cas/digest.h"
+
+struct kiln_store;
+
+struct kiln_store_options {
+	bool durable; /* fsync blobs and their directory (default true) */
+};
+
+int kiln_store_open(const char *dir, const struct kiln_store_options *opts,
+		    struct kiln_store **out, struct kiln_error **err);
+void kiln_store_free(struct kiln_store *s);
+
+const char *kiln_store_dir(const struct kiln_store *s);
+
+bool kiln_store_has(struct kiln_store *s, const struct kiln_digest *d);
+/* Size of a present blob; -ENOENT when absent. */
+int kiln_store_size(struct kiln_store *s, const struct kiln_digest *d,
+		    uint64_t *size);
+/* Absolute path of the blob's file (it may not exist). Caller frees. */
+char *kiln_store_blob_path(const struct kiln_store *s,
+			   const struct kiln_digest *d);
+/* Open a blob read-only: fd or -ENOENT/-errno. */
+int kiln_store_open_blob(struct kiln_store *s, const struct kiln_digest *d);
+
+/* Store a buffer; *out gets its digest. */
+int kiln_store_put_buf(struct kiln_store *s, const void *data, size_t len,
+		       struct kiln_digest *out, struct kiln_error **err);
+
+/*
+ * Copy fd (from its offset to EOF) into the store. When expected is
+ * non-NULL and the content hashes to something else, nothing is stored and
+ * the error names both digests (-EBADMSG).
+ */
+int kiln_store_put_fd(struct kiln_store *s, int fd,
+		      const struct kiln_digest *expected,
+		      struct kiln_digest *out, uint64_t *size,
+		      struct kiln_error **err);
+
+/*
+ * Hash dirfd/name in place and hardlink it into the store as the blob (no
+ * content copy). The caller guarantees the file is never modified again
+ * (it belongs to an immutable layer directory). If the blob is already
+ * present nothing is linked. Falls back to a copy when a link is impossible
+ * (EXDEV, EMLINK).
+ */
+int kiln_store_adopt(struct kiln_store *s, int dirfd, const char *name,
+		     struct kiln_digest *out, uint64_t *size,
+		     struct kiln_error **err);
+
+/* Streaming writer, for data that arrives in pieces (network, tar). */
+struct kiln_store_writer;
+int kiln_store_writer_begin(struct kiln_store *s, struct kiln_store_writer **out,
+			    struct kiln_error **err);
+int kiln_store_writer_write(struct kiln_store_writer *w, const void *data,
+			    size_t len);
+/*
+ * Verify against expected (if non-NULL), make durable, name it. The writer
+ * is freed whatever the outcome.
+ */
+int kiln_store_writer_commit(struct kiln_store_writer *w,
+			     const struct kiln_digest *expected,
+			     struct kiln_digest *out, struct kiln_error **err);
+void kiln_store_writer_abort(struct kiln_store_writer *w);
+
+/*
+ * Read a whole blob of at most limit bytes and verify it against its
+ * digest (-EBADMSG naming the digest on mismatch, -EFBIG over limit).
+ */
+int kiln_store_read(struct kiln_store *s, const struct kiln_digest *d,
+		    size_t limit, char **data, size_t *len,
+		    struct kiln_error **err);
+
+/* Rehash a blob: 0 when it matches, -EBADMSG (error names it) when not. */
+int kiln_store_verify(struct kiln_store *s, const struct kiln_digest *d,
+		      struct kiln_error **err);
+
+int kiln_store_remove(struct kiln_store *s, const struct kiln_digest *d);
+
+/* Call fn for every blob; stops and returns fn's value when non-zero. */
+typedef int (*kiln_store_iter_fn)(const struct kiln_digest *d, uint64_t size,
+				  void *userdata);
+int kiln_store_foreach(struct kiln_store *s, kiln_store_iter_fn fn,
+		       void *userdata);

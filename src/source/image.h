@@ -1,0 +1,65 @@
+/*
+ * source.image: OCI images from an OCI image layout directory
+ * ("oci-layout://PATH[:TAG]" references; registries come later).
+ *
+ * Resolving pins a reference to a manifest digest for one platform (the
+ * index or a nested index is searched by platform; a single-manifest layout
+ * is accepted when its config's platform matches). Importing verifies every
+ * blob it reads against its digest, extracts each layer safely into an
+ * overlay-format layer directory (OCI whiteouts become overlay whiteouts;
+ * entries with "..", paths through symlinks, and escaping hardlinks are
+ * refused), applies it to the tree of the layers below, and keeps the layer
+ * directory as that tree's materialization.
+ */
+#pragma once
+
+#include "basic/error.h"
+#include "cas/digest.h"
+#include "cas/store.h"
+#include "worker/layers.h"
+
+/* A parsed image reference. */
+struct kiln_image_ref {
+	char *layout; /* absolute path of the OCI layout directory */
+	char *tag;    /* "latest" by default */
+};
+
+/*
+ * Parse "oci-layout://PATH[:TAG]"; a relative PATH is taken relative to
+ * base_dir. Error names the reference.
+ */
+int kiln_image_ref_parse(const char *ref, const char *base_dir,
+			 struct kiln_image_ref *out, struct kiln_error **err);
+void kiln_image_ref_release(struct kiln_image_ref *r);
+
+/* Pin ref to the manifest digest for platform ("linux/arm64"). */
+int kiln_image_resolve(const struct kiln_image_ref *ref, const char *platform,
+		       struct kiln_digest *manifest, struct kiln_error **err);
+
+struct kiln_image {
+	struct kiln_digest manifest;
+	struct kiln_digest config; /* config blob, stored in the CAS */
+	struct kiln_digest rootfs; /* tree of the applied layers */
+	/* compressed layer blobs as in the manifest, stored in the CAS */
+	struct kiln_digest *layers;
+	size_t n_layers;
+};
+
+void kiln_image_release(struct kiln_image *img);
+
+/*
+ * Import the manifest (from kiln_image_resolve) into the CAS and layer
+ * store: manifest, config and layer blobs are copied into the CAS
+ * (verified); the rootfs tree is built and materialized.
+ */
+int kiln_image_import(struct kiln_store *s, struct kiln_layers *layers,
+		      const struct kiln_image_ref *ref,
+		      const struct kiln_digest *manifest, struct kiln_image *out,
+		      struct kiln_error **err);
+
+/*
+ * Extract one layer tar stream (gzip, zstd or plain: detected) from fd into
+ * the empty directory dirfd in overlay format. Exposed for tests and fuzzing.
+ * The error names the entry at fault.
+ */
+int kiln_layer_extract(int fd, int dirfd, struct kiln_error **err);

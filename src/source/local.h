@@ -1,0 +1,47 @@
+/*
+ * source.local: a build context directory, hashed into the CAS.
+ *
+ * Include and exclude patterns use .dockerignore semantics (Go filepath
+ * patterns plus "**", "!" exceptions, last match wins). Symlinks are kept
+ * as symlinks and never followed, so a link pointing outside the context
+ * brings nothing from outside. A stat cache in the cache index avoids
+ * re-reading unchanged files on a rebuild.
+ */
+#pragma once
+
+#include <stddef.h>
+
+#include "basic/error.h"
+#include "cache/index.h"
+#include "cas/digest.h"
+#include "cas/store.h"
+
+struct kiln_local_stats {
+	uint64_t files;
+	uint64_t files_hashed; /* files actually read (stat cache misses) */
+	uint64_t bytes_hashed;
+};
+
+/*
+ * Hash dir (an absolute path) into a tree, keeping only what the patterns
+ * select. includes == NULL means everything. cache may be NULL (no stat
+ * cache). Owners are recorded as 0:0.
+ */
+int kiln_local_snapshot(struct kiln_store *s, struct kiln_cache *cache,
+			const char *dir, const char *const *includes,
+			size_t n_includes, const char *const *excludes,
+			size_t n_excludes, struct kiln_digest *out,
+			struct kiln_local_stats *stats,
+			struct kiln_error **err);
+
+/* A compiled list of .dockerignore-style patterns. */
+struct kiln_patterns;
+
+int kiln_patterns_new(const char *const *patterns, size_t n,
+		      struct kiln_patterns **out, struct kiln_error **err);
+void kiln_patterns_free(struct kiln_patterns *p);
+/* Does relpath ("a/b/c") match (last matching pattern wins, "!" negates)? */
+bool kiln_patterns_match(const struct kiln_patterns *p, const char *relpath);
+/* Could anything below dir relpath match a "!" exception? */
+bool kiln_patterns_may_match_below(const struct kiln_patterns *p,
+				   const char *relpath);
