@@ -1,0 +1,36 @@
+/*
+ * Garbage collection of the CAS: mark every blob reachable from a set of
+ * root trees (tree nodes and file blobs), sweep the rest.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "basic/error.h"
+#include "cas/digest.h"
+#include "cas/store.h"
+
+/* A set of digests (open addressing). */
+struct kiln_digest_set;
+
+struct kiln_digest_set *kiln_digest_set_new(void);
+void kiln_digest_set_free(struct kiln_digest_set *s);
+/* Returns true if d was newly added. */
+bool kiln_digest_set_add(struct kiln_digest_set *s, const struct kiln_digest *d);
+bool kiln_digest_set_has(const struct kiln_digest_set *s,
+			 const struct kiln_digest *d);
+size_t kiln_digest_set_size(const struct kiln_digest_set *s);
+
+/*
+ * Add root and every node and file blob below it to marked (a subtree whose
+ * node is already marked is not walked again). A missing blob is an error
+ * naming it.
+ */
+int kiln_gc_mark_tree(struct kiln_store *s, const struct kiln_digest *root,
+		      struct kiln_digest_set *marked, struct kiln_error **err);
+
+/* Remove every blob not in marked; report count and bytes freed. */
+int kiln_gc_sweep(struct kiln_store *s, const struct kiln_digest_set *marked,
+		  uint64_t *removed, uint64_t *freed, struct kiln_error **err);
