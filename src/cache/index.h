@@ -88,3 +88,12 @@ int kiln_cache_stat_put(struct kiln_cache *c, const char *scope,
  */
 int kiln_cache_begin(struct kiln_cache *c);
 int kiln_cache_commit(struct kiln_cache *c);
+
+/*
+ * Make every change committed so far durable (a full WAL checkpoint, with
+ * fsync). Commits are not fsynced one by one (synchronous=NORMAL), so prune
+ * calls this after deleting records and before sweeping their blobs: a
+ * power loss must not bring back a record whose blobs are gone. -EBUSY
+ * (error names the index) when another process's reader blocks it.
+ */
+int kiln_cache_sync(struct kiln_cache *c, struct kiln_error **err);

@@ -9,6 +9,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "basic/error.h"
@@ -45,3 +46,22 @@ bool kiln_patterns_match(const struct kiln_patterns *p, const char *relpath);
 /* Could anything below dir relpath match a "!" exception? */
 bool kiln_patterns_may_match_below(const struct kiln_patterns *p,
 				   const char *relpath);
+/*
+ * Could anything below dir relpath match a pattern that is not a "!"
+ * exception? Used for include lists: a directory on the way to an include
+ * pattern is walked even though it is not selected itself.
+ */
+bool kiln_patterns_may_include_below(const struct kiln_patterns *p,
+				     const char *relpath);
+
+/*
+ * Split the text of a .dockerignore file into patterns the way Docker's
+ * ignorefile.ReadAll does: a UTF-8 BOM is dropped, lines starting with '#'
+ * are comments, blank lines are skipped, each pattern is trimmed, cleaned
+ * and loses a leading '/' ("!" kept). *out is NULL-terminated; free it
+ * with kiln_dockerignore_free. Pattern syntax is checked later, by
+ * kiln_patterns_new.
+ */
+int kiln_dockerignore_parse(const char *text, size_t len, char ***out,
+			    size_t *n, struct kiln_error **err);
+void kiln_dockerignore_free(char **patterns, size_t n);
