@@ -22,7 +22,7 @@ apt-get install -y -qq --no-install-recommends \
 	libarchive-dev libzstd-dev zlib1g-dev libmicrohttpd-dev libcmocka-dev \
 	runc uidmap busybox-static \
 	qemu-user-static binfmt-support \
-	ca-certificates curl jq sqlite3 file \
+	ca-certificates curl jq sqlite3 file python3 \
 	>/dev/null
 
 # binfmt_misc lets arm64 binaries run through qemu-user (the embedded worker's

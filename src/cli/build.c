@@ -1,0 +1,195 @@
+/* kiln build: solve a graph on the embedded engine and export the result. */
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "basic/parse-util.h"
+#include "cli/common.h"
+#include "export/export.h"
+#include "solver/definition.h"
+#include "solver/progress.h"
+#include "solver/solve.h"
+
+#define MAX_OUTPUTS 16
+
+struct build_args {
+	const char *def;
+	const char *outputs[MAX_OUTPUTS];
+	size_t n_outputs;
+	enum kiln_progress_mode progress;
+	bool no_cache;
+	const char *platform;
+	const char *runtime;
+	const char *metadata_file;
+	unsigned slots;
+};
+
+static void build_usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: kiln build --def GRAPH.json [OPTIONS]\n\n"
+		"Options:\n"
+		"  --def FILE             the op graph to build (docs/definition.md)\n"
+		"  -o, --output SPEC      export the result: type=local,dest=DIR | type=tar,dest=FILE\n"
+		"                         (a bare DIR means type=local,dest=DIR); repeatable\n"
+		"  --progress MODE        auto|plain|tty|json|quiet (default auto, on stderr)\n"
+		"  --no-cache             do not use cached results (new ones are still recorded)\n"
+		"  --platform P           default platform for ops that name none (default: native)\n"
+		"  --runtime R            OCI runtime: runc, crun or a path (default: first that works)\n"
+		"  --slots N              steps to run at once (default: number of CPUs)\n"
+		"  --metadata-file FILE   write the result digest and step counts as JSON\n");
+}
+
+static int parse_args(int argc, char **argv, struct build_args *a)
+{
+	static const struct option opts[] = {
+		{ "def", required_argument, NULL, 'd' },
+		{ "output", required_argument, NULL, 'o' },
+		{ "progress", required_argument, NULL, 'p' },
+		{ "no-cache", no_argument, NULL, 'n' },
+		{ "platform", required_argument, NULL, 'P' },
+		{ "runtime", required_argument, NULL, 'r' },
+		{ "slots", required_argument, NULL, 's' },
+		{ "metadata-file", required_argument, NULL, 'm' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'd':
+			a->def = optarg;
+			break;
+		case 'o':
+			if (a->n_outputs == MAX_OUTPUTS) {
+				fprintf(stderr, "kiln build: at most %d outputs\n", MAX_OUTPUTS);
+				return 2;
+			}
+			a->outputs[a->n_outputs++] = optarg;
+			break;
+		case 'p':
+			if (kiln_progress_mode_parse(optarg, &a->progress) < 0) {
+				fprintf(stderr, "kiln build: --progress: '%s' is not auto, plain, tty, json or quiet\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'n':
+			a->no_cache = true;
+			break;
+		case 'P':
+			a->platform = optarg;
+			break;
+		case 'r':
+			a->runtime = optarg;
+			break;
+		case 's':
+			if (kiln_parse_u32(optarg, &a->slots) < 0 || a->slots == 0 || a->slots > 256) {
+				fprintf(stderr, "kiln build: --slots: '%s' is not a number from 1 to 256\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'm':
+			a->metadata_file = optarg;
+			break;
+		case 'h':
+			build_usage(stdout);
+			return 1;
+		default:
+			build_usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "kiln build: unexpected argument '%s' (Dockerfile builds come later; use --def)\n",
+			argv[optind]);
+		return 2;
+	}
+	if (!a->def) {
+		fprintf(stderr, "kiln build: --def GRAPH.json is required\n");
+		build_usage(stderr);
+		return 2;
+	}
+	return 0;
+}
+
+static int write_metadata(const char *path, const struct kiln_solve_result *res,
+			  struct kiln_error **err)
+{
+	json_t *o = json_pack("{sssisi}", "kiln.result.tree", KILN_DIGEST_STR(&res->tree),
+			      "kiln.steps.run", res->run, "kiln.steps.cached", res->cached);
+	char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
+	int r;
+
+	json_decref(o);
+	r = kiln_write_file_atomic_at(AT_FDCWD, path, s, strlen(s), 0644, false);
+	free(s);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "--metadata-file %s", path);
+	return 0;
+}
+
+static int run_build(const struct build_args *a, struct kiln_error **err)
+{
+	struct kiln_export_spec specs[MAX_OUTPUTS] = { 0 };
+	struct kiln_definition *def = NULL;
+	struct kiln_solve_result res = { 0 };
+	struct kiln_engine eng = { 0 };
+	struct kiln_progress *prog = NULL;
+	_cleanup_free_ char *root = kiln_cli_default_root();
+	struct kiln_solve_options so = { 0 };
+	size_t i;
+	int r = 0;
+
+	/* Check every flag before doing any work. */
+	for (i = 0; r == 0 && i < a->n_outputs; i++)
+		r = kiln_export_spec_parse(a->outputs[i], &specs[i], err);
+	if (r == 0)
+		r = kiln_engine_open(root, a->runtime, &eng, err);
+	if (r == 0)
+		r = kiln_definition_load(a->def,
+					 a->platform ? a->platform
+						     : kiln_worker_native_platform(eng.worker),
+					 &def, err);
+	if (r < 0)
+		goto out;
+	prog = kiln_progress_new(a->progress, stderr);
+	so.worker = eng.worker;
+	so.cache = eng.cache;
+	so.progress = prog;
+	so.slots = a->slots;
+	so.no_cache = a->no_cache;
+	r = kiln_solve(def, &so, &res, err);
+	for (i = 0; r == 0 && i < a->n_outputs; i++)
+		r = kiln_export_run(kiln_worker_store(eng.worker), &res.tree, &specs[i], err);
+	if (r == 0 && a->metadata_file)
+		r = write_metadata(a->metadata_file, &res, err);
+out:
+	for (i = 0; i < a->n_outputs; i++)
+		kiln_export_spec_release(&specs[i]);
+	kiln_solve_result_release(&res);
+	kiln_progress_free(prog);
+	kiln_definition_free(def);
+	kiln_engine_close(&eng);
+	return r;
+}
+
+int kiln_cmd_build(int argc, char **argv)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct build_args a = { .progress = KILN_PROGRESS_AUTO };
+	int r = parse_args(argc, argv, &a);
+
+	if (r)
+		return r == 1 ? 0 : r;
+	if (run_build(&a, &err) < 0)
+		return kiln_cli_fail(err);
+	return 0;
+}

@@ -1,0 +1,1074 @@
+/*
+ * Op graph parsing and validation. The JSON format is documented in
+ * docs/definition.md; every error names the op and the field at fault.
+ */
+#include "solver/definition.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "basic/parse-util.h"
+#include "basic/strbuf.h"
+#include "worker/worker.h"
+
+/* Parsing context for error messages. */
+struct pctx {
+	const char *file;
+	struct kiln_definition *def;
+	json_t *ids; /* id -> index */
+	struct kiln_op *op;
+	const char *base_dir;
+	struct kiln_error **err;
+};
+
+static int op_err(struct pctx *p, const char *field, const char *fmt, ...)
+	_printf_(3, 4);
+
+static int op_err(struct pctx *p, const char *field, const char *fmt, ...)
+{
+	_cleanup_free_ char *m = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	if (field)
+		return kiln_error_set(p->err, -EINVAL, "%s: op '%s' (ops[%zu]): field '%s': %s",
+				      p->file, p->op->id ? p->op->id : "?",
+				      p->op->index, field, m ? m : "invalid");
+	return kiln_error_set(p->err, -EINVAL, "%s: op '%s' (ops[%zu]): %s", p->file,
+			      p->op->id ? p->op->id : "?", p->op->index,
+			      m ? m : "invalid");
+}
+
+const char *kiln_op_type_name(enum kiln_op_type t)
+{
+	switch (t) {
+	case KILN_OP_SOURCE_IMAGE:
+		return "source.image";
+	case KILN_OP_SOURCE_LOCAL:
+		return "source.local";
+	case KILN_OP_EXEC:
+		return "exec";
+	case KILN_OP_FILE:
+		return "file";
+	case KILN_OP_MERGE:
+		return "merge";
+	}
+	return "?";
+}
+
+static int check_fields(struct pctx *p, json_t *obj, const char *const *allowed,
+			const char *where)
+{
+	const char *key;
+	json_t *v;
+
+	json_object_foreach(obj, key, v) {
+		const char *const *a;
+		bool ok = false;
+
+		for (a = allowed; *a; a++)
+			if (!strcmp(*a, key))
+				ok = true;
+		if (!ok)
+			return op_err(p, key, "unknown field%s%s", where ? " in " : "",
+				      where ? where : "");
+	}
+	return 0;
+}
+
+static int get_str(struct pctx *p, json_t *obj, const char *field, bool required,
+		   char **out)
+{
+	json_t *v = json_object_get(obj, field);
+
+	*out = NULL;
+	if (!v) {
+		if (required)
+			return op_err(p, field, "missing (required)");
+		return 0;
+	}
+	if (!json_is_string(v))
+		return op_err(p, field, "expected a string");
+	if (strlen(json_string_value(v)) != json_string_length(v))
+		return op_err(p, field, "contains a NUL byte");
+	*out = xstrdup(json_string_value(v));
+	return 0;
+}
+
+static int get_bool(struct pctx *p, json_t *obj, const char *field, bool def,
+		    bool *out)
+{
+	json_t *v = json_object_get(obj, field);
+
+	*out = def;
+	if (!v)
+		return 0;
+	if (!json_is_boolean(v))
+		return op_err(p, field, "expected true or false");
+	*out = json_is_true(v);
+	return 0;
+}
+
+static int get_str_array(struct pctx *p, json_t *obj, const char *field,
+			 char ***out, size_t *n)
+{
+	json_t *v = json_object_get(obj, field), *e;
+	size_t i;
+
+	*out = NULL;
+	*n = 0;
+	if (!v)
+		return 0;
+	if (!json_is_array(v))
+		return op_err(p, field, "expected an array of strings");
+	*out = xcalloc(json_array_size(v) + 1, sizeof(char *));
+	json_array_foreach(v, i, e) {
+		if (!json_is_string(e) ||
+		    strlen(json_string_value(e)) != json_string_length(e))
+			return op_err(p, field, "element %zu: expected a string", i);
+		(*out)[(*n)++] = xstrdup(json_string_value(e));
+	}
+	return 0;
+}
+
+/* Octal mode as a string ("0755") or an integer. */
+static int get_mode(struct pctx *p, json_t *obj, const char *field, int64_t *out)
+{
+	json_t *v = json_object_get(obj, field);
+	char *end;
+	long m;
+
+	*out = -1;
+	if (!v)
+		return 0;
+	if (json_is_integer(v)) {
+		m = (long)json_integer_value(v);
+	} else if (json_is_string(v)) {
+		const char *s = json_string_value(v);
+		m = strtol(s, &end, 8);
+		if (!*s || *end)
+			return op_err(p, field, "'%s' is not an octal mode", s);
+	} else {
+		return op_err(p, field, "expected an octal string like \"0755\"");
+	}
+	if (m < 0 || m > 07777)
+		return op_err(p, field, "mode %lo out of range (0-07777)", m);
+	*out = m;
+	return 0;
+}
+
+/* "uid[:gid]" numeric, or an integer uid. */
+static int get_owner(struct pctx *p, json_t *obj, const char *field,
+		     int64_t *uid, int64_t *gid)
+{
+	json_t *v = json_object_get(obj, field);
+	_cleanup_free_ char *s = NULL;
+	char *colon;
+	uint32_t u, g;
+
+	*uid = *gid = -1;
+	if (!v)
+		return 0;
+	if (json_is_integer(v) && json_integer_value(v) >= 0 &&
+	    json_integer_value(v) <= UINT32_MAX) {
+		*uid = *gid = json_integer_value(v);
+		return 0;
+	}
+	if (!json_is_string(v))
+		return op_err(p, field, "expected \"uid[:gid]\"");
+	s = xstrdup(json_string_value(v));
+	colon = strchr(s, ':');
+	if (colon)
+		*colon++ = '\0';
+	if (kiln_parse_u32(s, &u) < 0 ||
+	    (colon && kiln_parse_u32(colon, &g) < 0))
+		return op_err(p, field, "'%s' is not numeric \"uid[:gid]\"",
+			      json_string_value(v));
+	*uid = u;
+	*gid = colon ? g : u;
+	return 0;
+}
+
+/* Resolve "id" or "id:N" to an edge appended to op->inputs; returns index. */
+static int get_edge(struct pctx *p, json_t *obj, const char *field, bool required,
+		    int *out)
+{
+	json_t *v = json_object_get(obj, field), *idx;
+	_cleanup_free_ char *s = NULL;
+	char *colon;
+	uint32_t output = 0;
+	size_t alloc;
+
+	*out = -1;
+	if (!v) {
+		if (required)
+			return op_err(p, field, "missing (required)");
+		return 0;
+	}
+	if (!json_is_string(v))
+		return op_err(p, field, "expected an op id string");
+	s = xstrdup(json_string_value(v));
+	colon = strrchr(s, ':');
+	if (colon) {
+		*colon = '\0';
+		if (kiln_parse_u32(colon + 1, &output) < 0)
+			return op_err(p, field, "'%s': bad output index",
+				      json_string_value(v));
+	}
+	idx = json_object_get(p->ids, s);
+	if (!idx)
+		return op_err(p, field, "input '%s' does not name an op", s);
+	if (output != 0)
+		return op_err(p, field, "input '%s' has no output %u (ops have one output)",
+			      s, output);
+	alloc = p->op->n_inputs;
+	p->op->inputs = xrealloc(p->op->inputs, (alloc + 1) * sizeof(struct kiln_edge));
+	p->op->inputs[alloc].op = (size_t)json_integer_value(idx);
+	p->op->inputs[alloc].output = output;
+	p->op->n_inputs++;
+	*out = (int)alloc;
+	return 0;
+}
+
+/* An absolute path inside a tree, cleaned: "/a/b". */
+static int get_abs_path(struct pctx *p, json_t *obj, const char *field,
+			bool required, char **out)
+{
+	_cleanup_free_ char *raw = NULL, *clean = NULL;
+	int r = get_str(p, obj, field, required, &raw);
+
+	*out = NULL;
+	if (r < 0 || !raw)
+		return r;
+	if (raw[0] != '/')
+		return op_err(p, field, "'%s' must be an absolute path", raw);
+	clean = kiln_path_clean(raw);
+	*out = xasprintf("/%s", clean);
+	return 0;
+}
+
+static int parse_image(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "id", "op", "name", "platform", "ref", NULL };
+	int r = check_fields(p, o, allowed, NULL);
+
+	if (r < 0)
+		return r;
+	r = get_str(p, o, "ref", true, &p->op->ref);
+	if (r < 0)
+		return r;
+	if (strncmp(p->op->ref, "oci-layout://", 13) != 0)
+		return op_err(p, "ref", "'%s': only oci-layout://PATH[:TAG] references are supported",
+			      p->op->ref);
+	if (p->op->ref[13] != '/') {
+		/* Make the layout path absolute so the op means one thing. */
+		char *abs = xasprintf("oci-layout://%s/%s", p->base_dir, p->op->ref + 13);
+		free(p->op->ref);
+		p->op->ref = abs;
+	}
+	return 0;
+}
+
+static int parse_local(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "id", "op", "name", "platform", "path",
+					       "include", "exclude", NULL };
+	_cleanup_free_ char *path = NULL;
+	int r = check_fields(p, o, allowed, NULL);
+
+	if (r < 0)
+		return r;
+	r = get_str(p, o, "path", true, &path);
+	if (r < 0)
+		return r;
+	{
+		_cleanup_free_ char *joined = path[0] == '/' ? xstrdup(path)
+					      : kiln_path_join(p->base_dir, path);
+		_cleanup_free_ char *clean = kiln_path_clean(joined);
+		p->op->local_path = xasprintf("/%s", clean);
+	}
+	r = get_str_array(p, o, "include", &p->op->include, &p->op->n_include);
+	if (r < 0)
+		return r;
+	return get_str_array(p, o, "exclude", &p->op->exclude, &p->op->n_exclude);
+}
+
+static int parse_mount(struct pctx *p, json_t *m, size_t i)
+{
+	static const char *const allowed[] = { "target", "type", "input", "source",
+					       "readonly", "id", "size", NULL };
+	struct kiln_def_mount *mt = &p->op->mounts[i];
+	_cleanup_free_ char *type = NULL, *src = NULL;
+	int r;
+
+	if (!json_is_object(m))
+		return op_err(p, "mounts", "element %zu: expected an object", i);
+	r = check_fields(p, m, allowed, "a mount");
+	if (r < 0)
+		return r;
+	r = get_abs_path(p, m, "target", true, &mt->target);
+	if (r < 0)
+		return r;
+	if (!strcmp(mt->target, "/"))
+		return op_err(p, "mounts", "element %zu: cannot mount over /", i);
+	r = get_str(p, m, "type", false, &type);
+	if (r < 0)
+		return r;
+	mt->input = -1;
+	if (!type || !strcmp(type, "bind")) {
+		mt->kind = KILN_DEF_MOUNT_BIND;
+		r = get_edge(p, m, "input", true, &mt->input);
+		if (r < 0)
+			return r;
+		r = get_str(p, m, "source", false, &src);
+		if (r < 0)
+			return r;
+		mt->source = kiln_path_clean(src ? src : "");
+		return get_bool(p, m, "readonly", true, &mt->readonly);
+	}
+	if (!strcmp(type, "cache")) {
+		mt->kind = KILN_DEF_MOUNT_CACHE;
+		r = get_str(p, m, "id", false, &mt->cache_id);
+		if (r < 0)
+			return r;
+		if (!mt->cache_id)
+			mt->cache_id = xstrdup(mt->target);
+		return 0;
+	}
+	if (!strcmp(type, "tmpfs")) {
+		json_t *sz = json_object_get(m, "size");
+		mt->kind = KILN_DEF_MOUNT_TMPFS;
+		if (sz && (!json_is_integer(sz) || json_integer_value(sz) < 0))
+			return op_err(p, "size", "expected a byte count");
+		mt->size = sz ? (uint64_t)json_integer_value(sz) : 0;
+		return 0;
+	}
+	return op_err(p, "mounts", "element %zu: unknown type '%s' (bind, cache, tmpfs)",
+		      i, type);
+}
+
+static int parse_exec(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "id", "op", "name", "platform", "input",
+					       "args", "env", "cwd", "user", "network",
+					       "mounts", NULL };
+	_cleanup_free_ char *net = NULL;
+	json_t *mounts, *m;
+	size_t i;
+	int r = check_fields(p, o, allowed, NULL);
+
+	if (r < 0)
+		return r;
+	r = get_edge(p, o, "input", true, &p->op->rootfs);
+	if (r < 0)
+		return r;
+	r = get_str_array(p, o, "args", &p->op->args, &p->op->n_args);
+	if (r < 0)
+		return r;
+	if (p->op->n_args == 0)
+		return op_err(p, "args", "missing or empty (the command to run)");
+	r = get_str_array(p, o, "env", &p->op->env, &p->op->n_env);
+	if (r < 0)
+		return r;
+	for (i = 0; i < p->op->n_env; i++)
+		if (!strchr(p->op->env[i], '=') || p->op->env[i][0] == '=')
+			return op_err(p, "env", "'%s' is not KEY=VALUE", p->op->env[i]);
+	r = get_abs_path(p, o, "cwd", false, &p->op->cwd);
+	if (r < 0)
+		return r;
+	if (!p->op->cwd)
+		p->op->cwd = xstrdup("/");
+	r = get_str(p, o, "user", false, &p->op->user);
+	if (r < 0)
+		return r;
+	if (!p->op->user)
+		p->op->user = xstrdup("0:0");
+	r = get_str(p, o, "network", false, &net);
+	if (r < 0)
+		return r;
+	if (net && strcmp(net, "none") && strcmp(net, "host"))
+		return op_err(p, "network", "'%s': expected \"none\" or \"host\"", net);
+	p->op->network_host = net && !strcmp(net, "host");
+	mounts = json_object_get(o, "mounts");
+	if (!mounts)
+		return 0;
+	if (!json_is_array(mounts))
+		return op_err(p, "mounts", "expected an array");
+	p->op->mounts = xcalloc(json_array_size(mounts) + 1, sizeof(*p->op->mounts));
+	json_array_foreach(mounts, i, m) {
+		p->op->n_mounts = i + 1;
+		r = parse_mount(p, m, i);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int parse_action(struct pctx *p, json_t *a, size_t i)
+{
+	static const char *const allowed[] = { "action", "from", "src", "dest", "path",
+					       "target", "data", "mode", "chown",
+					       "parents", "allow_not_found",
+					       "follow_symlinks", "allow_wildcard",
+					       "mtime", NULL };
+	struct kiln_file_action *fa = &p->op->actions[i];
+	_cleanup_free_ char *kind = NULL;
+	json_t *mt;
+	int r;
+
+	if (!json_is_object(a))
+		return op_err(p, "actions", "element %zu: expected an object", i);
+	r = check_fields(p, a, allowed, "a file action");
+	if (r < 0)
+		return r;
+	r = get_str(p, a, "action", true, &kind);
+	if (r < 0)
+		return r;
+	fa->from = -1;
+	r = get_mode(p, a, "mode", &fa->mode);
+	if (r == 0)
+		r = get_owner(p, a, "chown", &fa->uid, &fa->gid);
+	if (r == 0)
+		r = get_bool(p, a, "allow_not_found", false, &fa->allow_not_found);
+	if (r < 0)
+		return r;
+	mt = json_object_get(a, "mtime");
+	if (mt && !json_is_integer(mt))
+		return op_err(p, "mtime", "expected unix seconds");
+	fa->mtime = mt ? json_integer_value(mt) : -1;
+
+	if (!strcmp(kind, "copy")) {
+		_cleanup_free_ char *src = NULL;
+		size_t l;
+
+		fa->type = KILN_FA_COPY;
+		r = get_edge(p, a, "from", true, &fa->from);
+		if (r == 0)
+			r = get_str(p, a, "src", true, &src);
+		if (r == 0)
+			r = get_abs_path(p, a, "dest", true, &fa->path);
+		if (r == 0)
+			r = get_bool(p, a, "parents", true, &fa->parents);
+		if (r == 0)
+			r = get_bool(p, a, "follow_symlinks", true, &fa->follow_symlinks);
+		if (r == 0)
+			r = get_bool(p, a, "allow_wildcard", true, &fa->allow_wildcard);
+		if (r < 0)
+			return r;
+		l = strlen(src);
+		fa->contents_only = (l >= 2 && !strcmp(src + l - 2, "/.")) ||
+				    !strcmp(src, ".") || (l > 0 && src[l - 1] == '/');
+		fa->src = kiln_path_clean(src);
+		/* "dest/" means "into the directory dest" (kept as a flag). */
+		{
+			json_t *d = json_object_get(a, "dest");
+			const char *ds = json_string_value(d);
+			if (ds[strlen(ds) - 1] == '/' && strcmp(fa->path, "/")) {
+				char *x = xasprintf("%s/", fa->path);
+				free(fa->path);
+				fa->path = x;
+			}
+		}
+		return 0;
+	}
+	if (!strcmp(kind, "mkdir")) {
+		fa->type = KILN_FA_MKDIR;
+		r = get_abs_path(p, a, "path", true, &fa->path);
+		if (r == 0)
+			r = get_bool(p, a, "parents", false, &fa->parents);
+		return r;
+	}
+	if (!strcmp(kind, "mkfile")) {
+		json_t *d;
+
+		fa->type = KILN_FA_MKFILE;
+		r = get_abs_path(p, a, "path", true, &fa->path);
+		if (r < 0)
+			return r;
+		d = json_object_get(a, "data");
+		if (!d || !json_is_string(d))
+			return op_err(p, "data", "missing or not a string");
+		fa->data_len = json_string_length(d);
+		fa->data = xmalloc(fa->data_len + 1);
+		memcpy(fa->data, json_string_value(d), fa->data_len + 1);
+		return 0;
+	}
+	if (!strcmp(kind, "rm")) {
+		fa->type = KILN_FA_RM;
+		return get_abs_path(p, a, "path", true, &fa->path);
+	}
+	if (!strcmp(kind, "symlink")) {
+		fa->type = KILN_FA_SYMLINK;
+		r = get_abs_path(p, a, "path", true, &fa->path);
+		if (r == 0)
+			r = get_str(p, a, "target", true, &fa->target);
+		if (r == 0 && (!*fa->target || strlen(fa->target) > 4095))
+			return op_err(p, "target", "must be 1-4095 bytes");
+		return r;
+	}
+	return op_err(p, "action", "unknown action '%s' (copy, mkdir, mkfile, rm, symlink)",
+		      kind);
+}
+
+static int parse_file(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "id", "op", "name", "platform", "input",
+					       "actions", NULL };
+	json_t *acts, *a;
+	size_t i;
+	int r = check_fields(p, o, allowed, NULL);
+
+	if (r < 0)
+		return r;
+	r = get_edge(p, o, "input", false, &p->op->rootfs);
+	if (r < 0)
+		return r;
+	acts = json_object_get(o, "actions");
+	if (!acts || !json_is_array(acts) || json_array_size(acts) == 0)
+		return op_err(p, "actions", "expected a non-empty array of actions");
+	p->op->actions = xcalloc(json_array_size(acts), sizeof(*p->op->actions));
+	json_array_foreach(acts, i, a) {
+		p->op->n_actions = i + 1;
+		r = parse_action(p, a, i);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int parse_merge(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "id", "op", "name", "platform", "inputs",
+					       NULL };
+	json_t *ins = json_object_get(o, "inputs"), *e;
+	size_t i;
+	int r = check_fields(p, o, allowed, NULL), idx;
+
+	if (r < 0)
+		return r;
+	if (!ins || !json_is_array(ins) || json_array_size(ins) < 2)
+		return op_err(p, "inputs", "expected an array of at least two op ids");
+	json_array_foreach(ins, i, e) {
+		json_t *wrap = json_pack("{sO}", "inputs", e);
+		r = get_edge(p, wrap, "inputs", true, &idx);
+		json_decref(wrap);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static bool valid_id(const char *s)
+{
+	if (!*s || strlen(s) > 128)
+		return false;
+	for (; *s; s++)
+		if (!(isalnum((unsigned char)*s) || strchr("_.-", *s)))
+			return false;
+	return true;
+}
+
+static int parse_op(struct pctx *p, json_t *o)
+{
+	static const struct {
+		const char *name;
+		enum kiln_op_type type;
+		int (*parse)(struct pctx *, json_t *);
+	} types[] = {
+		{ "source.image", KILN_OP_SOURCE_IMAGE, parse_image },
+		{ "source.local", KILN_OP_SOURCE_LOCAL, parse_local },
+		{ "exec", KILN_OP_EXEC, parse_exec },
+		{ "file", KILN_OP_FILE, parse_file },
+		{ "merge", KILN_OP_MERGE, parse_merge },
+	};
+	_cleanup_free_ char *type = NULL, *plat = NULL;
+	size_t i;
+	int r;
+
+	p->op->rootfs = -1;
+	r = get_str(p, o, "op", true, &type);
+	if (r == 0)
+		r = get_str(p, o, "name", false, &p->op->name);
+	if (r == 0)
+		r = get_str(p, o, "platform", false, &plat);
+	if (r < 0)
+		return r;
+	p->op->platform = kiln_platform_normalize(plat ? plat : p->def->default_platform);
+	if (!p->op->platform)
+		return op_err(p, "platform", "'%s' is not os/arch[/variant]",
+			      plat ? plat : p->def->default_platform);
+	for (i = 0; i < ARRAY_SIZE(types); i++) {
+		if (strcmp(types[i].name, type))
+			continue;
+		p->op->type = types[i].type;
+		return types[i].parse(p, o);
+	}
+	return op_err(p, "op", "unknown op type '%s' (source.image, source.local, exec, file, merge)",
+		      type);
+}
+
+static int collect_ids(struct pctx *p, json_t *ops)
+{
+	json_t *o;
+	size_t i;
+
+	json_array_foreach(ops, i, o) {
+		json_t *id;
+
+		p->op = &p->def->ops[i];
+		p->op->index = i;
+		if (!json_is_object(o))
+			return kiln_error_set(p->err, -EINVAL, "%s: ops[%zu]: expected an object",
+					      p->file, i);
+		id = json_object_get(o, "id");
+		if (!id || !json_is_string(id) || !valid_id(json_string_value(id)))
+			return kiln_error_set(p->err, -EINVAL,
+					      "%s: ops[%zu]: field 'id': missing or not [A-Za-z0-9_.-]{1,128}",
+					      p->file, i);
+		p->op->id = xstrdup(json_string_value(id));
+		if (json_object_get(p->ids, p->op->id))
+			return kiln_error_set(p->err, -EINVAL,
+					      "%s: ops[%zu]: duplicate op id '%s'", p->file, i,
+					      p->op->id);
+		json_object_set_new(p->ids, p->op->id, json_integer((json_int_t)i));
+	}
+	return 0;
+}
+
+/*
+ * Iterative depth-first search (graphs can be deep); a grey vertex met
+ * again closes a cycle, which is reported with its ops in order.
+ */
+static int check_acyclic(struct pctx *p)
+{
+	const struct kiln_definition *d = p->def;
+	_cleanup_free_ uint8_t *color = xcalloc(d->n_ops, 1);
+	_cleanup_free_ size_t *stack = xcalloc(d->n_ops + 1, sizeof(size_t));
+	_cleanup_free_ size_t *next = xcalloc(d->n_ops + 1, sizeof(size_t));
+	size_t root, sp;
+
+	for (root = 0; root < d->n_ops; root++) {
+		if (color[root])
+			continue;
+		sp = 0;
+		stack[sp] = root;
+		next[sp++] = 0;
+		color[root] = 1;
+		while (sp > 0) {
+			size_t v = stack[sp - 1], u;
+
+			if (next[sp - 1] >= d->ops[v].n_inputs) {
+				color[v] = 2;
+				sp--;
+				continue;
+			}
+			u = d->ops[v].inputs[next[sp - 1]++].op;
+			if (color[u] == 0) {
+				color[u] = 1;
+				stack[sp] = u;
+				next[sp++] = 0;
+			} else if (color[u] == 1) {
+				_cleanup_strbuf_ struct kiln_strbuf sb = KILN_STRBUF_INIT(1 << 20);
+				size_t k = sp - 1;
+
+				while (stack[k] != u)
+					k--;
+				for (; k < sp; k++)
+					kiln_strbuf_addf(&sb, "'%s' -> ", d->ops[stack[k]].id);
+				kiln_strbuf_addf(&sb, "'%s'", d->ops[u].id);
+				return kiln_error_set(p->err, -ELOOP,
+						      "%s: the graph has a cycle: %s (an op's input is one of its own outputs)",
+						      p->file, kiln_strbuf_str(&sb));
+			}
+		}
+	}
+	return 0;
+}
+
+/* Post-order DFS from start over unvisited ops: inputs come first. */
+static void topo_visit(const struct kiln_definition *d, size_t start, uint8_t *state,
+		       size_t *stack, size_t *next, size_t *out, size_t *k)
+{
+	size_t sp = 0;
+
+	if (state[start])
+		return;
+	stack[sp] = start;
+	next[sp++] = 0;
+	state[start] = 1;
+	while (sp > 0) {
+		size_t v = stack[sp - 1];
+		const struct kiln_op *op = &d->ops[v];
+
+		if (next[sp - 1] < op->n_inputs) {
+			size_t u = op->inputs[next[sp - 1]++].op;
+			if (!state[u]) {
+				state[u] = 1;
+				stack[sp] = u;
+				next[sp++] = 0;
+			}
+			continue;
+		}
+		out[(*k)++] = v;
+		sp--;
+	}
+}
+
+static void topo_from(const struct kiln_definition *d, bool all, size_t **order,
+		      size_t *n)
+{
+	_cleanup_free_ uint8_t *state = xcalloc(d->n_ops, 1);
+	_cleanup_free_ size_t *stack = xcalloc(d->n_ops + 1, sizeof(size_t));
+	_cleanup_free_ size_t *next = xcalloc(d->n_ops + 1, sizeof(size_t));
+	size_t *out = xcalloc(d->n_ops + 1, sizeof(size_t)), k = 0, v;
+
+	if (all)
+		for (v = 0; v < d->n_ops; v++)
+			topo_visit(d, v, state, stack, next, out, &k);
+	else
+		topo_visit(d, d->output.op, state, stack, next, out, &k);
+	*order = out;
+	*n = k;
+}
+
+int kiln_definition_topo(const struct kiln_definition *d, size_t **order, size_t *n)
+{
+	topo_from(d, false, order, n);
+	return 0;
+}
+
+static json_t *edge_ref(int input)
+{
+	char buf[32];
+
+	if (input < 0)
+		return json_null();
+	snprintf(buf, sizeof(buf), "$%d", input);
+	return json_string(buf);
+}
+
+static json_t *str_array(char **v, size_t n)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		json_array_append_new(a, json_string(v[i]));
+	return a;
+}
+
+static json_t *form_mount(const struct kiln_def_mount *m)
+{
+	switch (m->kind) {
+	case KILN_DEF_MOUNT_BIND:
+		return json_pack("{sssssoss sb}", "type", "bind", "target", m->target,
+				 "input", edge_ref(m->input), "source", m->source,
+				 "readonly", m->readonly);
+	case KILN_DEF_MOUNT_CACHE:
+		return json_pack("{ssssss}", "type", "cache", "target", m->target, "id",
+				 m->cache_id);
+	case KILN_DEF_MOUNT_TMPFS:
+		return json_pack("{sssssI}", "type", "tmpfs", "target", m->target, "size",
+				 (json_int_t)m->size);
+	}
+	return json_null();
+}
+
+static json_t *form_action(const struct kiln_file_action *a)
+{
+	static const char *const names[] = { "copy", "mkdir", "mkfile", "rm", "symlink" };
+	json_t *o = json_pack("{sssssIsIsIsI}", "action", names[a->type], "path", a->path,
+			      "mode", (json_int_t)a->mode, "uid", (json_int_t)a->uid,
+			      "gid", (json_int_t)a->gid, "mtime", (json_int_t)a->mtime);
+
+	switch (a->type) {
+	case KILN_FA_COPY:
+		json_object_set_new(o, "from", edge_ref(a->from));
+		json_object_set_new(o, "src", json_string(a->src));
+		json_object_set_new(o, "parents", json_boolean(a->parents));
+		json_object_set_new(o, "follow_symlinks", json_boolean(a->follow_symlinks));
+		json_object_set_new(o, "contents_only", json_boolean(a->contents_only));
+		json_object_set_new(o, "allow_wildcard", json_boolean(a->allow_wildcard));
+		json_object_set_new(o, "allow_not_found", json_boolean(a->allow_not_found));
+		break;
+	case KILN_FA_MKDIR:
+		json_object_set_new(o, "parents", json_boolean(a->parents));
+		break;
+	case KILN_FA_MKFILE:
+		json_object_set_new(o, "data", json_stringn(a->data, a->data_len));
+		break;
+	case KILN_FA_RM:
+		json_object_set_new(o, "allow_not_found", json_boolean(a->allow_not_found));
+		break;
+	case KILN_FA_SYMLINK:
+		json_object_set_new(o, "target", json_string(a->target));
+		break;
+	}
+	return o;
+}
+
+/*
+ * The canonical form holds what changes the result and nothing else:
+ * names and placement stay out; platform is in only for the ops whose
+ * result depends on it (exec, source.image).
+ */
+static json_t *op_form(const struct kiln_op *op)
+{
+	json_t *o = json_pack("{ss}", "op", kiln_op_type_name(op->type)), *arr;
+	size_t i;
+
+	switch (op->type) {
+	case KILN_OP_SOURCE_IMAGE:
+		json_object_set_new(o, "ref", json_string(op->ref));
+		json_object_set_new(o, "platform", json_string(op->platform));
+		break;
+	case KILN_OP_SOURCE_LOCAL:
+		json_object_set_new(o, "path", json_string(op->local_path));
+		json_object_set_new(o, "include", str_array(op->include, op->n_include));
+		json_object_set_new(o, "exclude", str_array(op->exclude, op->n_exclude));
+		break;
+	case KILN_OP_EXEC:
+		json_object_set_new(o, "platform", json_string(op->platform));
+		json_object_set_new(o, "input", edge_ref(op->rootfs));
+		json_object_set_new(o, "args", str_array(op->args, op->n_args));
+		json_object_set_new(o, "env", str_array(op->env, op->n_env));
+		json_object_set_new(o, "cwd", json_string(op->cwd));
+		json_object_set_new(o, "user", json_string(op->user));
+		json_object_set_new(o, "network",
+				    json_string(op->network_host ? "host" : "none"));
+		arr = json_array();
+		for (i = 0; i < op->n_mounts; i++)
+			json_array_append_new(arr, form_mount(&op->mounts[i]));
+		json_object_set_new(o, "mounts", arr);
+		break;
+	case KILN_OP_FILE:
+		json_object_set_new(o, "input", edge_ref(op->rootfs));
+		arr = json_array();
+		for (i = 0; i < op->n_actions; i++)
+			json_array_append_new(arr, form_action(&op->actions[i]));
+		json_object_set_new(o, "actions", arr);
+		break;
+	case KILN_OP_MERGE:
+		arr = json_array();
+		for (i = 0; i < op->n_inputs; i++)
+			json_array_append_new(arr, edge_ref((int)i));
+		json_object_set_new(o, "inputs", arr);
+		break;
+	}
+	return o;
+}
+
+/* Digest of the form and of the input ops' digests, in input order. */
+static void op_digest(struct kiln_definition *d, struct kiln_op *op)
+{
+	struct kiln_hasher *h = kiln_hasher_new(KILN_DIGEST_SHA256);
+	json_t *form = op_form(op);
+	size_t i;
+
+	op->form = json_dumps(form, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII);
+	json_decref(form);
+	if (!op->form)
+		abort(); /* jansson fails only on allocation */
+	kiln_hasher_update(h, "kiln-op-v1\n", 11);
+	kiln_hasher_update(h, op->form, strlen(op->form));
+	for (i = 0; i < op->n_inputs; i++) {
+		const struct kiln_op *in = &d->ops[op->inputs[i].op];
+		char line[KILN_DIGEST_STRLEN + 16];
+		int n = snprintf(line, sizeof(line), "\n%s:%u", KILN_DIGEST_STR(&in->digest),
+				 op->inputs[i].output);
+		kiln_hasher_update(h, line, (size_t)n);
+	}
+	kiln_hasher_final(h, &op->digest);
+	kiln_hasher_free(h);
+}
+
+static int parse_root(struct pctx *p, json_t *root)
+{
+	static const char *const allowed[] = { "version", "ops", "output", "platform", NULL };
+	json_t *ops, *o, *out, *v;
+	const char *key;
+	size_t i, n, *order;
+	int r;
+
+	if (!json_is_object(root))
+		return kiln_error_set(p->err, -EINVAL, "%s: expected a JSON object", p->file);
+	json_object_foreach(root, key, v) {
+		const char *const *a;
+		bool ok = false;
+		for (a = allowed; *a; a++)
+			ok = ok || !strcmp(*a, key);
+		if (!ok)
+			return kiln_error_set(p->err, -EINVAL, "%s: unknown top-level field '%s'",
+					      p->file, key);
+	}
+	v = json_object_get(root, "version");
+	if (!v || !json_is_integer(v) || json_integer_value(v) != 1)
+		return kiln_error_set(p->err, -EINVAL,
+				      "%s: field 'version': must be 1 (the only version)", p->file);
+	v = json_object_get(root, "platform");
+	if (v && !json_is_string(v))
+		return kiln_error_set(p->err, -EINVAL, "%s: field 'platform': expected a string",
+				      p->file);
+	if (v) {
+		free(p->def->default_platform);
+		p->def->default_platform = xstrdup(json_string_value(v));
+	}
+	ops = json_object_get(root, "ops");
+	if (!ops || !json_is_array(ops) || json_array_size(ops) == 0)
+		return kiln_error_set(p->err, -EINVAL, "%s: field 'ops': expected a non-empty array",
+				      p->file);
+	n = json_array_size(ops);
+	if (n > KILN_DEF_MAX_OPS)
+		return kiln_error_set(p->err, -E2BIG, "%s: %zu ops (limit %u)", p->file, n,
+				      KILN_DEF_MAX_OPS);
+	p->def->ops = xcalloc(n, sizeof(struct kiln_op));
+	p->def->n_ops = n;
+	r = collect_ids(p, ops);
+	if (r < 0)
+		return r;
+	json_array_foreach(ops, i, o) {
+		p->op = &p->def->ops[i];
+		r = parse_op(p, o);
+		if (r < 0)
+			return r;
+	}
+	out = json_object_get(root, "output");
+	if (!out || !json_is_string(out))
+		return kiln_error_set(p->err, -EINVAL,
+				      "%s: field 'output': expected the id of the op to build", p->file);
+	v = json_object_get(p->ids, json_string_value(out));
+	if (!v)
+		return kiln_error_set(p->err, -EINVAL, "%s: field 'output': '%s' does not name an op",
+				      p->file, json_string_value(out));
+	p->def->output.op = (size_t)json_integer_value(v);
+	r = check_acyclic(p);
+	if (r < 0)
+		return r;
+	/* Digests in dependency order over the whole graph. */
+	topo_from(p->def, true, &order, &n);
+	for (i = 0; i < n; i++)
+		op_digest(p->def, &p->def->ops[order[i]]);
+	free(order);
+	return 0;
+}
+
+int kiln_definition_parse(const char *text, size_t len, const char *filename,
+			  const char *base_dir, const char *default_platform,
+			  struct kiln_definition **out, struct kiln_error **err)
+{
+	struct kiln_definition *d;
+	struct pctx p = { .file = filename, .base_dir = base_dir, .err = err };
+	json_error_t jerr;
+	json_t *root;
+	int r;
+
+	if (len > KILN_DEF_MAX_BYTES)
+		return kiln_error_set(err, -E2BIG, "%s: %zu bytes is over the %u byte limit",
+				      filename, len, KILN_DEF_MAX_BYTES);
+	root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root)
+		return kiln_error_set(err, -EINVAL, "%s:%d:%d: malformed JSON: %s", filename,
+				      jerr.line, jerr.column, jerr.text);
+	d = xcalloc(1, sizeof(*d));
+	d->source = xstrdup(filename);
+	d->default_platform = xstrdup(default_platform ? default_platform : "linux/amd64");
+	p.def = d;
+	p.ids = json_object();
+	r = parse_root(&p, root);
+	json_decref(p.ids);
+	json_decref(root);
+	if (r < 0) {
+		kiln_definition_free(d);
+		return r;
+	}
+	*out = d;
+	return 0;
+}
+
+int kiln_definition_load(const char *path, const char *default_platform,
+			 struct kiln_definition **out, struct kiln_error **err)
+{
+	_cleanup_free_ char *text = NULL, *abs = NULL, *dir = NULL;
+	size_t len;
+	char *slash;
+	int r;
+
+	r = kiln_read_file_at(AT_FDCWD, path, KILN_DEF_MAX_BYTES, &text, &len);
+	if (r == -EFBIG)
+		return kiln_error_set(err, r, "%s: larger than the %u byte limit", path,
+				      KILN_DEF_MAX_BYTES);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "cannot read graph %s", path);
+	abs = realpath(path, NULL);
+	if (!abs)
+		return kiln_error_seterrno(err, -errno, "cannot resolve %s", path);
+	dir = xstrdup(abs);
+	slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	return kiln_definition_parse(text, len, path, dir, default_platform, out, err);
+}
+
+static void free_strv(char **v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; v && i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void op_release(struct kiln_op *op)
+{
+	size_t i;
+
+	free(op->id);
+	free(op->name);
+	free(op->platform);
+	free(op->inputs);
+	free(op->ref);
+	free(op->local_path);
+	free_strv(op->include, op->n_include);
+	free_strv(op->exclude, op->n_exclude);
+	free_strv(op->args, op->n_args);
+	free_strv(op->env, op->n_env);
+	free(op->cwd);
+	free(op->user);
+	for (i = 0; i < op->n_mounts; i++) {
+		free(op->mounts[i].target);
+		free(op->mounts[i].source);
+		free(op->mounts[i].cache_id);
+	}
+	free(op->mounts);
+	for (i = 0; i < op->n_actions; i++) {
+		free(op->actions[i].src);
+		free(op->actions[i].path);
+		free(op->actions[i].target);
+		free(op->actions[i].data);
+	}
+	free(op->actions);
+	free(op->form);
+}
+
+void kiln_definition_free(struct kiln_definition *d)
+{
+	size_t i;
+
+	if (!d)
+		return;
+	for (i = 0; i < d->n_ops; i++)
+		op_release(&d->ops[i]);
+	free(d->ops);
+	free(d->default_platform);
+	free(d->source);
+	free(d);
+}

@@ -1,0 +1,136 @@
+/*
+ * The op graph (docs/definition.md): JSON in, validated typed ops out.
+ *
+ * Validation happens before anything runs and every error names the op
+ * (its id and index) and the field: unknown op types or fields, wrong
+ * types, dangling or out-of-range inputs, cycles.
+ */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "basic/error.h"
+#include "cas/digest.h"
+
+#define KILN_DEF_MAX_BYTES (64u << 20)
+#define KILN_DEF_MAX_OPS 100000
+
+enum kiln_op_type {
+	KILN_OP_SOURCE_IMAGE,
+	KILN_OP_SOURCE_LOCAL,
+	KILN_OP_EXEC,
+	KILN_OP_FILE,
+	KILN_OP_MERGE,
+};
+
+/* An edge: output `output` of op number `op` (index into def->ops). */
+struct kiln_edge {
+	size_t op;
+	unsigned output;
+};
+
+enum kiln_mount_kind {
+	KILN_DEF_MOUNT_BIND,  /* a result tree (input) */
+	KILN_DEF_MOUNT_CACHE,
+	KILN_DEF_MOUNT_TMPFS,
+};
+
+struct kiln_def_mount {
+	enum kiln_mount_kind kind;
+	char *target;     /* absolute, cleaned */
+	int input;        /* BIND: index into op->inputs, -1 = none */
+	char *source;     /* BIND: subdirectory of the input ("" = root) */
+	bool readonly;    /* BIND */
+	char *cache_id;   /* CACHE: defaults to target */
+	uint64_t size;    /* TMPFS */
+};
+
+enum kiln_file_action_type {
+	KILN_FA_COPY,
+	KILN_FA_MKDIR,
+	KILN_FA_MKFILE,
+	KILN_FA_RM,
+	KILN_FA_SYMLINK,
+};
+
+struct kiln_file_action {
+	enum kiln_file_action_type type;
+	int from;       /* COPY: index into op->inputs */
+	char *src;      /* COPY: path in the from tree (may have wildcards) */
+	char *path;     /* dest (COPY) / path (others); absolute, cleaned */
+	char *target;   /* SYMLINK */
+	char *data;     /* MKFILE */
+	size_t data_len;
+	int64_t mode;   /* -1 = default/keep */
+	int64_t uid, gid; /* -1 = default/keep */
+	bool parents;   /* MKDIR: -p; COPY: create dest dirs (default true) */
+	bool allow_not_found;   /* RM, COPY wildcards */
+	bool follow_symlinks;   /* COPY: follow a symlink at src (default true) */
+	bool contents_only;     /* COPY: copy a dir's contents (src ends "/.") */
+	bool allow_wildcard;    /* COPY (default true) */
+	int64_t mtime;  /* -1 = keep (COPY) / now-less default 0 (MKDIR/MKFILE) */
+};
+
+struct kiln_op {
+	char *id;   /* the id in the JSON */
+	size_t index;
+	enum kiln_op_type type;
+	char *name; /* progress name; never part of a key */
+	char *platform; /* normalized os/arch[/variant] */
+
+	struct kiln_edge *inputs;
+	size_t n_inputs;
+
+	/* source.image */
+	char *ref;
+	/* source.local */
+	char *local_path; /* absolute */
+	char **include, **exclude;
+	size_t n_include, n_exclude;
+	/* exec */
+	int rootfs; /* index into inputs */
+	char **args, **env;
+	size_t n_args, n_env;
+	char *cwd, *user;
+	bool network_host;
+	struct kiln_def_mount *mounts;
+	size_t n_mounts;
+	/* file: rootfs (or -1 = scratch) and actions */
+	struct kiln_file_action *actions;
+	size_t n_actions;
+	/* merge: inputs in order, later ones win */
+
+	/* the op's canonical form (JSON, inputs as "$N") */
+	char *form;
+	/* digest of form + input op digests: the op's identity */
+	struct kiln_digest digest;
+};
+
+struct kiln_definition {
+	struct kiln_op *ops;
+	size_t n_ops;
+	struct kiln_edge output;
+	char *default_platform;
+	char *source; /* file name for errors */
+};
+
+/*
+ * Parse and validate. filename is used in errors; base_dir resolves
+ * relative paths (local contexts, oci-layout references).
+ * default_platform is used for ops that do not name one.
+ */
+int kiln_definition_parse(const char *text, size_t len, const char *filename,
+			  const char *base_dir, const char *default_platform,
+			  struct kiln_definition **out, struct kiln_error **err);
+int kiln_definition_load(const char *path, const char *default_platform,
+			 struct kiln_definition **out, struct kiln_error **err);
+void kiln_definition_free(struct kiln_definition *d);
+
+/* The ops the output depends on, in dependency order (inputs first). */
+int kiln_definition_topo(const struct kiln_definition *d, size_t **order,
+			 size_t *n);
+
+const char *kiln_op_type_name(enum kiln_op_type t);

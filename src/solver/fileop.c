@@ -1,0 +1,448 @@
+#include "solver/fileop.h"
+
+#include <fnmatch.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "cas/tree.h"
+
+struct fctx {
+	struct kiln_store *s;
+	const struct kiln_op *op;
+	size_t action;
+	struct kiln_tree_editor *ed; /* the destination */
+	struct kiln_error **err;
+};
+
+static int act_err(struct fctx *c, int code, const char *fmt, ...) _printf_(3, 4);
+
+static int act_err(struct fctx *c, int code, const char *fmt, ...)
+{
+	_cleanup_free_ char *m = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	return kiln_error_set(c->err, code, "op '%s': actions[%zu]: %s", c->op->id, c->action,
+			      m ? m : "failed");
+}
+
+static bool has_glob(const char *s)
+{
+	return strpbrk(s, "*?[") != NULL;
+}
+
+/* Rewrite owner/mode below (and including) e when the action asks. */
+static int apply_meta(struct fctx *c, struct kiln_tree_entry *e,
+		      const struct kiln_file_action *a);
+
+static int rewrite_dir(struct fctx *c, struct kiln_digest *d,
+		       const struct kiln_file_action *a)
+{
+	struct kiln_tree t = KILN_TREE_INIT;
+	size_t i;
+	int r;
+
+	r = kiln_tree_get(c->s, d, &t, c->err);
+	for (i = 0; r == 0 && i < t.n; i++)
+		r = apply_meta(c, &t.entries[i], a);
+	if (r == 0)
+		r = kiln_tree_put(c->s, &t, d, c->err);
+	kiln_tree_release(&t);
+	return r;
+}
+
+static int apply_meta(struct fctx *c, struct kiln_tree_entry *e,
+		      const struct kiln_file_action *a)
+{
+	if (a->uid >= 0) {
+		e->uid = (uint32_t)a->uid;
+		e->gid = (uint32_t)a->gid;
+	}
+	if (a->mode >= 0 && e->type != KILN_ENTRY_SYMLINK)
+		e->mode = (uint32_t)a->mode;
+	if (e->type == KILN_ENTRY_DIR && (a->uid >= 0 || a->mode >= 0))
+		return rewrite_dir(c, &e->digest, a);
+	return 0;
+}
+
+/*
+ * Put e at path, merging into an existing directory when both are
+ * directories (the existing directory keeps its own metadata).
+ */
+static int graft(struct fctx *c, const char *path, struct kiln_tree_entry *e)
+{
+	struct kiln_tree_entry cur = { 0 };
+	struct kiln_tree t = KILN_TREE_INIT;
+	size_t i;
+	int r;
+
+	r = kiln_tree_editor_get(c->ed, path, &cur, NULL);
+	if (r < 0 || cur.type != KILN_ENTRY_DIR || e->type != KILN_ENTRY_DIR) {
+		kiln_tree_entry_release(&cur);
+		if (r == 0 || r == -ENOENT)
+			return kiln_tree_editor_put(c->ed, path, e, c->err);
+		return act_err(c, r, "cannot write %s", path);
+	}
+	kiln_tree_entry_release(&cur);
+	r = kiln_tree_get(c->s, &e->digest, &t, c->err);
+	for (i = 0; r == 0 && i < t.n; i++) {
+		_cleanup_free_ char *sub = kiln_path_join(path, t.entries[i].name);
+		struct kiln_tree_entry child;
+
+		kiln_tree_entry_copy(&child, &t.entries[i]);
+		r = graft(c, sub, &child);
+		kiln_tree_entry_release(&child);
+	}
+	kiln_tree_release(&t);
+	kiln_tree_entry_release(e);
+	memset(e, 0, sizeof(*e));
+	return r;
+}
+
+/* Expand src (cleaned, relative) in the source tree into matching paths. */
+static int expand(struct fctx *c, struct kiln_tree_editor *src, const char *pattern,
+		  char ***out, size_t *n)
+{
+	_cleanup_free_ char *copy = xstrdup(pattern);
+	char **cur = xcalloc(1, sizeof(char *)), *save = NULL, *comp;
+	size_t ncur = 1, alloc = 0, i, j;
+	int r = 0;
+
+	cur[0] = xstrdup("");
+	for (comp = strtok_r(copy, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
+		char **next = NULL;
+		size_t nnext = 0;
+
+		alloc = 0;
+		for (i = 0; i < ncur; i++) {
+			struct kiln_tree_entry dir = { 0 };
+			struct kiln_tree t = KILN_TREE_INIT;
+
+			if (!has_glob(comp)) {
+				next = xgrow(next, &alloc, nnext + 1, sizeof(char *));
+				next[nnext++] = kiln_path_join(cur[i], comp);
+				continue;
+			}
+			if (kiln_tree_editor_get(src, cur[i], &dir, NULL) < 0 ||
+			    dir.type != KILN_ENTRY_DIR) {
+				kiln_tree_entry_release(&dir);
+				continue;
+			}
+			r = kiln_tree_get(c->s, &dir.digest, &t, c->err);
+			kiln_tree_entry_release(&dir);
+			for (j = 0; r == 0 && j < t.n; j++) {
+				if (fnmatch(comp, t.entries[j].name, 0) != 0)
+					continue;
+				next = xgrow(next, &alloc, nnext + 1, sizeof(char *));
+				next[nnext++] = kiln_path_join(cur[i], t.entries[j].name);
+			}
+			kiln_tree_release(&t);
+		}
+		for (i = 0; i < ncur; i++)
+			free(cur[i]);
+		free(cur);
+		cur = next;
+		ncur = nnext;
+		if (r < 0)
+			break;
+	}
+	*out = cur;
+	*n = ncur;
+	return r;
+}
+
+/* Where one matched source lands: dest itself or dest/<basename>. */
+static char *copy_target(struct fctx *c, const struct kiln_file_action *a,
+			 const char *dest, const char *srcpath, bool many,
+			 const struct kiln_tree_entry *e)
+{
+	struct kiln_tree_entry cur = { 0 };
+	const char *base = strrchr(srcpath, '/');
+	bool into;
+
+	base = base ? base + 1 : srcpath;
+	if (e->type == KILN_ENTRY_DIR && a->contents_only)
+		return xstrdup(dest);
+	into = many || a->path[strlen(a->path) - 1] == '/';
+	if (!into && kiln_tree_editor_get(c->ed, dest, &cur, NULL) == 0 &&
+	    cur.type == KILN_ENTRY_DIR && e->type != KILN_ENTRY_DIR)
+		into = true;
+	kiln_tree_entry_release(&cur);
+	if (!into || !*base)
+		return xstrdup(dest);
+	return kiln_path_join(dest, base);
+}
+
+static int copy_one(struct fctx *c, const struct kiln_file_action *a,
+		    struct kiln_tree_editor *src, const char *dest, const char *path,
+		    bool many)
+{
+	_cleanup_free_ char *resolved = NULL, *target = NULL, *parent = NULL;
+	struct kiln_tree_entry e = { 0 };
+	char *slash;
+	int r;
+
+	r = kiln_tree_editor_resolve(src, path, a->follow_symlinks, &resolved, c->err);
+	if (r < 0)
+		return r;
+	r = kiln_tree_editor_get(src, resolved, &e, NULL);
+	if (r < 0)
+		return act_err(c, r, "copy: source /%s not found in '%s'", path,
+			       c->op->id);
+	if (!*resolved) {
+		/* The root of the source: it has no name, so copy contents. */
+		e.type = KILN_ENTRY_DIR;
+	}
+	target = copy_target(c, a, dest, resolved, many, &e);
+	if (e.type == KILN_ENTRY_DIR && !strcmp(target, dest) && a->contents_only) {
+		/* fall through: graft merges into dest */
+	}
+	parent = xstrdup(target);
+	slash = strrchr(parent, '/');
+	if (slash)
+		*slash = '\0';
+	else
+		parent[0] = '\0';
+	if (a->parents && *parent)
+		r = kiln_tree_editor_mkdir_p(c->ed, parent, 0755, 0, 0, 0, c->err);
+	if (r == 0)
+		r = apply_meta(c, &e, a);
+	if (r == 0 && a->mtime >= 0) {
+		e.mtime_sec = a->mtime;
+		e.mtime_nsec = 0;
+	}
+	if (r == 0 && !*target) {
+		/* Copying into the root: merge children one by one. */
+		struct kiln_tree t = KILN_TREE_INIT;
+		size_t i;
+
+		if (e.type != KILN_ENTRY_DIR)
+			r = act_err(c, -EISDIR, "copy: cannot replace / with a file");
+		else
+			r = kiln_tree_get(c->s, &e.digest, &t, c->err);
+		for (i = 0; r == 0 && i < t.n; i++) {
+			struct kiln_tree_entry child;
+			kiln_tree_entry_copy(&child, &t.entries[i]);
+			r = graft(c, child.name, &child);
+			kiln_tree_entry_release(&child);
+		}
+		kiln_tree_release(&t);
+	} else if (r == 0) {
+		r = graft(c, target, &e);
+	}
+	kiln_tree_entry_release(&e);
+	return r;
+}
+
+static int do_copy(struct fctx *c, const struct kiln_file_action *a,
+		   const struct kiln_digest *from)
+{
+	struct kiln_tree_editor *src = NULL;
+	_cleanup_free_ char *dest = NULL;
+	char **matches = NULL;
+	size_t n = 0, i;
+	int r;
+
+	r = kiln_tree_editor_new(c->s, from, &src, c->err);
+	if (r < 0)
+		return r;
+	r = kiln_tree_editor_resolve(c->ed, a->path + 1, false, &dest, c->err);
+	if (r == 0 && a->allow_wildcard && has_glob(a->src))
+		r = expand(c, src, a->src, &matches, &n);
+	else if (r == 0) {
+		matches = xcalloc(1, sizeof(char *));
+		matches[0] = xstrdup(a->src);
+		n = 1;
+	}
+	if (r == 0 && n == 0 && !a->allow_not_found)
+		r = act_err(c, -ENOENT, "copy: no source matches '%s'", a->src);
+	for (i = 0; r == 0 && i < n; i++)
+		r = copy_one(c, a, src, dest, matches[i],
+			     n > 1 || (a->allow_wildcard && has_glob(a->src)));
+	for (i = 0; i < n; i++)
+		free(matches[i]);
+	free(matches);
+	kiln_tree_editor_free(src);
+	return r;
+}
+
+static void new_entry(struct kiln_tree_entry *e, uint8_t type, const struct kiln_file_action *a,
+		      uint32_t def_mode)
+{
+	memset(e, 0, sizeof(*e));
+	e->type = type;
+	e->mode = a->mode >= 0 ? (uint32_t)a->mode : def_mode;
+	e->uid = a->uid >= 0 ? (uint32_t)a->uid : 0;
+	e->gid = a->gid >= 0 ? (uint32_t)a->gid : 0;
+	e->mtime_sec = a->mtime >= 0 ? a->mtime : 0;
+}
+
+static int check_parent(struct fctx *c, const char *path)
+{
+	_cleanup_free_ char *parent = xstrdup(path);
+	struct kiln_tree_entry e = { 0 };
+	char *slash = strrchr(parent, '/');
+	int r;
+
+	if (!slash)
+		return 0;
+	*slash = '\0';
+	r = kiln_tree_editor_get(c->ed, parent, &e, NULL);
+	if (r == 0 && e.type != KILN_ENTRY_DIR)
+		r = -ENOTDIR;
+	kiln_tree_entry_release(&e);
+	if (r < 0)
+		return act_err(c, r, "parent directory /%s %s", parent,
+			       r == -ENOTDIR ? "is not a directory" : "does not exist");
+	return 0;
+}
+
+static int do_action(struct fctx *c, const struct kiln_file_action *a,
+		     const struct kiln_digest *inputs)
+{
+	_cleanup_free_ char *path = NULL;
+	struct kiln_tree_entry e, cur = { 0 };
+	int r;
+
+	if (a->type == KILN_FA_COPY)
+		return do_copy(c, a, &inputs[a->from]);
+	r = kiln_tree_editor_resolve(c->ed, a->path + 1, false, &path, c->err);
+	if (r < 0)
+		return r;
+	if (!*path && a->type != KILN_FA_MKDIR)
+		return act_err(c, -EINVAL, "%s: cannot operate on /", a->path);
+	switch (a->type) {
+	case KILN_FA_MKDIR:
+		if (kiln_tree_editor_get(c->ed, path, &cur, NULL) == 0) {
+			bool isdir = cur.type == KILN_ENTRY_DIR;
+			kiln_tree_entry_release(&cur);
+			if (isdir && a->parents)
+				return 0;
+			return act_err(c, -EEXIST, "mkdir %s: already exists", a->path);
+		}
+		if (a->parents)
+			return kiln_tree_editor_mkdir_p(c->ed, path,
+							a->mode >= 0 ? (uint32_t)a->mode : 0755,
+							a->uid >= 0 ? (uint32_t)a->uid : 0,
+							a->gid >= 0 ? (uint32_t)a->gid : 0,
+							a->mtime >= 0 ? a->mtime : 0, c->err);
+		r = check_parent(c, path);
+		if (r < 0)
+			return r;
+		new_entry(&e, KILN_ENTRY_DIR, a, 0755);
+		kiln_tree_empty_digest(&e.digest);
+		return kiln_tree_editor_put(c->ed, path, &e, c->err);
+	case KILN_FA_MKFILE:
+		r = check_parent(c, path);
+		if (r < 0)
+			return r;
+		new_entry(&e, KILN_ENTRY_FILE, a, 0644);
+		e.size = a->data_len;
+		r = kiln_store_put_buf(c->s, a->data, a->data_len, &e.digest, c->err);
+		if (r < 0)
+			return r;
+		return kiln_tree_editor_put(c->ed, path, &e, c->err);
+	case KILN_FA_RM:
+		r = kiln_tree_editor_remove(c->ed, path, NULL);
+		if (r == -ENOENT && a->allow_not_found)
+			return 0;
+		if (r < 0)
+			return act_err(c, r, "rm %s: %s", a->path,
+				       r == -ENOENT ? "no such file or directory" : "failed");
+		return 0;
+	case KILN_FA_SYMLINK:
+		r = check_parent(c, path);
+		if (r < 0)
+			return r;
+		new_entry(&e, KILN_ENTRY_SYMLINK, a, 0777);
+		e.mode = 0777;
+		e.target = xstrdup(a->target);
+		return kiln_tree_editor_put(c->ed, path, &e, c->err);
+	case KILN_FA_COPY:
+		break;
+	}
+	return -EINVAL;
+}
+
+int kiln_fileop_run(struct kiln_store *s, const struct kiln_op *op,
+		    const struct kiln_digest *base, const struct kiln_digest *inputs,
+		    struct kiln_digest *out, struct kiln_error **err)
+{
+	struct fctx c = { .s = s, .op = op, .err = err };
+	struct kiln_digest empty;
+	int r;
+
+	if (!base) {
+		kiln_tree_empty_digest(&empty);
+		if (!kiln_store_has(s, &empty)) {
+			struct kiln_tree t = KILN_TREE_INIT;
+			r = kiln_tree_put(s, &t, &empty, err);
+			if (r < 0)
+				return r;
+		}
+		base = &empty;
+	}
+	r = kiln_tree_editor_new(s, base, &c.ed, err);
+	if (r < 0)
+		return r;
+	for (c.action = 0; r == 0 && c.action < op->n_actions; c.action++)
+		r = do_action(&c, &op->actions[c.action], inputs);
+	if (r == 0)
+		r = kiln_tree_editor_commit(c.ed, out, err);
+	kiln_tree_editor_free(c.ed);
+	return r;
+}
+
+static int merge_two(struct kiln_store *s, const struct kiln_digest *a,
+		     const struct kiln_digest *b, struct kiln_digest *out,
+		     struct kiln_error **err)
+{
+	struct kiln_tree ta = KILN_TREE_INIT, tb = KILN_TREE_INIT;
+	size_t i;
+	int r;
+
+	if (kiln_digest_eq(a, b)) {
+		*out = *a;
+		return 0;
+	}
+	r = kiln_tree_get(s, a, &ta, err);
+	if (r == 0)
+		r = kiln_tree_get(s, b, &tb, err);
+	for (i = 0; r == 0 && i < tb.n; i++) {
+		struct kiln_tree_entry *ae = kiln_tree_find(&ta, tb.entries[i].name);
+		struct kiln_tree_entry e;
+
+		kiln_tree_entry_copy(&e, &tb.entries[i]);
+		if (ae && ae->type == KILN_ENTRY_DIR && e.type == KILN_ENTRY_DIR)
+			r = merge_two(s, &ae->digest, &tb.entries[i].digest, &e.digest, err);
+		kiln_tree_set(&ta, &e);
+		kiln_tree_entry_release(&e);
+	}
+	if (r == 0)
+		r = kiln_tree_put(s, &ta, out, err);
+	kiln_tree_release(&ta);
+	kiln_tree_release(&tb);
+	return r;
+}
+
+int kiln_merge_trees(struct kiln_store *s, const struct kiln_digest *trees, size_t n,
+		     struct kiln_digest *out, struct kiln_error **err)
+{
+	struct kiln_digest acc = trees[0];
+	size_t i;
+	int r;
+
+	for (i = 1; i < n; i++) {
+		r = merge_two(s, &acc, &trees[i], &acc, err);
+		if (r < 0)
+			return r;
+	}
+	*out = acc;
+	return 0;
+}

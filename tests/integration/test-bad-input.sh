@@ -1,0 +1,90 @@
+#!/bin/bash
+# Bad input: each a clear error (or a safely confined result), nothing
+# written outside kiln's own directories, nothing corrupt left behind.
+. "$(dirname "$0")/lib.sh"
+
+OUTSIDE="$T/outside"
+mkdir -p "$OUTSIDE"
+img() { printf '{"id":"base","op":"source.image","ref":"oci-layout://%s:latest"}' "$1"; }
+
+# Malformed graph JSON: names the file, line and column.
+printf '{"version": 1,\n "ops": [ {"id": "a",, } ]}\n' >"$T/malformed.json"
+kbuild_fails --def "$T/malformed.json"
+assert_contains "$(error_text)" "malformed.json:2:" "malformed JSON error"
+
+# A cycle is named, op by op, before anything runs.
+cat >"$T/cycle.json" <<JSON
+{"version":1,"ops":[$(img "$LAYOUT"),
+ {"id":"a","op":"exec","input":"b","args":["true"]},
+ {"id":"b","op":"exec","input":"a","args":["true"]}],"output":"a"}
+JSON
+kbuild_fails --def "$T/cycle.json"
+assert_contains "$(error_text)" "cycle" "cycle error"
+assert_contains "$(error_text)" "'a' -> 'b' -> 'a'" "cycle error"
+
+# A missing image layout names the path.
+printf '{"version":1,"ops":[%s],"output":"base"}' "$(img "$T/no-such-layout")" >"$T/missing.json"
+kbuild_fails --def "$T/missing.json"
+assert_contains "$(error_text)" "$T/no-such-layout" "missing image error"
+
+# A platform the layout lacks lists the ones it has.
+printf '{"version":1,"ops":[%s],"output":"base","platform":"linux/s390x"}' "$(img "$LAYOUT")" >"$T/plat.json"
+kbuild_fails --def "$T/plat.json"
+assert_contains "$(error_text)" "linux/arm64" "platform error"
+
+# A context symlink pointing outside: recorded as a link, never followed.
+echo "host secret $$" >"$OUTSIDE/secret.txt"
+mkdir -p "$T/ctx"
+ln -s "$OUTSIDE/secret.txt" "$T/ctx/link"
+ln -s ../outside "$T/ctx/dirlink"
+echo inside >"$T/ctx/inside.txt"
+cat >"$T/ctx.json" <<JSON
+{"version":1,"ops":[$(img "$LAYOUT"),
+ {"id":"ctx","op":"source.local","path":"$T/ctx"},
+ {"id":"r","op":"exec","input":"base","args":["sh","-c","(cat /src/link || echo unreadable) > /result; (cat /src/dirlink/secret.txt || echo unreadable) >> /result"],
+  "mounts":[{"target":"/src","input":"ctx"}]},
+ {"id":"f","op":"file","input":"r","actions":[{"action":"copy","from":"ctx","src":"/","dest":"/copied/"}]}
+],"output":"f"}
+JSON
+kbuild --def "$T/ctx.json" -o "$T/ctx-out" || fail "context symlink build: $(tail -3 "$T/progress.json")"
+assert_eq "$(cat "$T/ctx-out/result")" "$(printf 'unreadable\nunreadable')" "reading through the links"
+assert_eq "$(readlink "$T/ctx-out/copied/link")" "$OUTSIDE/secret.txt" "link kept as a link"
+grep -rqs "host secret $$" "$KILN_ROOT" && fail "the outside file's content reached kiln's store"
+grep -rqs "host secret $$" "$T/ctx-out" && fail "the outside file's content reached the output"
+
+# Hostile tar layers: refused, naming the entry; nothing lands outside.
+for kind in dotdot abs-symlink hardlink; do
+	rm -rf "$T/evil-$kind"
+	python3 "$(dirname "$0")/make-evil-layout.py" "$T/evil-$kind" "$kind" "$OUTSIDE"
+	printf '{"version":1,"ops":[%s],"output":"base","platform":"linux/amd64"}' \
+		"$(img "$T/evil-$kind")" >"$T/evil.json"
+	kbuild_fails --def "$T/evil.json"
+	case $kind in
+	dotdot) assert_contains "$(error_text)" "evil" "$kind error" ;;
+	abs-symlink) assert_contains "$(error_text)" "link/evil" "$kind error" ;;
+	hardlink) assert_contains "$(error_text)" "hl" "$kind error" ;;
+	esac
+	[ -e "$OUTSIDE/evil" ] && fail "$kind: a layer wrote outside"
+	find /tmp /var/tmp /etc /root -xdev -name evil -newer "$T/evil.json" -not -path "$T/evil-*" 2>/dev/null | grep -q . &&
+		fail "$kind: an 'evil' file appeared on the host"
+done
+assert_eq "$(ls "$OUTSIDE")" "secret.txt" "outside dir content"
+
+# An OCI layout whose blob does not match its digest: named, nothing stored.
+cp -r "$LAYOUT" "$T/corrupt"
+layer=$(jq -r '.manifests[0].digest' "$T/corrupt/index.json")
+idx=$(sed 's/sha256://' <<<"$layer")
+# Corrupt the amd64 manifest's first layer.
+man=$(jq -r '.manifests[] | select(.platform.architecture == "amd64") | .digest' \
+	"$T/corrupt/blobs/sha256/$idx" | sed 's/sha256://')
+lay=$(jq -r '.layers[0].digest' "$T/corrupt/blobs/sha256/$man" | sed 's/sha256://')
+chmod u+w "$T/corrupt/blobs/sha256/$lay"
+printf 'X' | dd of="$T/corrupt/blobs/sha256/$lay" bs=1 seek=100 conv=notrunc 2>/dev/null
+printf '{"version":1,"ops":[%s],"output":"base","platform":"linux/amd64"}' "$(img "$T/corrupt")" >"$T/corrupt.json"
+kbuild_fails --def "$T/corrupt.json"
+assert_contains "$(error_text)" "sha256:$lay" "corrupt blob error"
+[ -e "$KILN_ROOT/worker/cas/blobs/sha256/$lay" ] && fail "the corrupt blob was stored under its name"
+
+assert_no_mounts
+assert_fsck_clean
+echo "ok: bad input is refused clearly and confined"

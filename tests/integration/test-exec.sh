@@ -1,0 +1,60 @@
+#!/bin/bash
+# exec semantics on the real runtime: whiteouts across layers, cache mounts,
+# failing steps (clear error, nothing cached).
+. "$(dirname "$0")/lib.sh"
+
+graph() { # graph FILE OUTPUT OPS...
+	local f=$1 out=$2
+	shift 2
+	local IFS=,
+	printf '{"version":1,"ops":[{"id":"base","op":"source.image","ref":"oci-layout://%s:latest"},%s],"output":"%s"}\n' \
+		"$LAYOUT" "$*" "$out" >"$f"
+}
+
+# A file removed by a later step stays removed, also two layers up.
+graph "$T/wh.json" s3 \
+	'{"id":"s1","op":"exec","input":"base","args":["sh","-c","echo a > /keep; echo b > /gone; mkdir -p /d/e; echo c > /d/e/f"]}' \
+	'{"id":"s2","op":"exec","input":"s1","args":["sh","-c","rm /gone; rm -r /d; rm /bin/ls"]}' \
+	'{"id":"s3","op":"exec","input":"s2","args":["sh","-c","test ! -e /gone && test ! -e /d && test ! -e /bin/ls && echo seen: $(cat /keep)"]}'
+kbuild --def "$T/wh.json" -o "$T/wh" || fail "whiteout build: $(tail -3 "$T/progress.json")"
+jq -r 'select(.log != null) | .log' "$T/progress.json" | grep -q '^seen: a$' || fail "s3 did not see /keep"
+[ -e "$T/wh/keep" ] || fail "/keep missing from the result"
+for gone in gone d bin/ls; do
+	[ -e "$T/wh/$gone" ] && fail "/$gone came back in the exported result"
+done
+[ -e "$T/wh/bin/cat" ] || fail "/bin/cat should remain"
+
+# Cache mounts persist across builds (the step itself is not cached here).
+graph "$T/cm.json" c \
+	'{"id":"c","op":"exec","input":"base","args":["sh","-c","echo x >> /cache/count; wc -l < /cache/count > /n"],"mounts":[{"target":"/cache","type":"cache","id":"counter"}]}'
+kbuild --def "$T/cm.json" -o "$T/cm1" || fail "cache mount build 1"
+kbuild --def "$T/cm.json" --no-cache -o "$T/cm2" || fail "cache mount build 2"
+assert_eq "$(tr -d ' ' <"$T/cm1/n")" "1" "first cache-mount count"
+assert_eq "$(tr -d ' ' <"$T/cm2/n")" "2" "second cache-mount count"
+[ -e "$T/cm2/cache/count" ] && fail "cache mount contents leaked into the result"
+
+# A failing step: exit code and output tail in the error; nothing cached.
+graph "$T/bad.json" boom \
+	'{"id":"ok","op":"exec","input":"base","args":["sh","-c","echo fine > /fine"]}' \
+	'{"id":"boom","op":"exec","input":"ok","args":["sh","-c","echo about to fail; echo on stderr >&2; exit 3"]}'
+kbuild_fails --def "$T/bad.json"
+err=$(error_text)
+assert_contains "$err" "op 'boom'" "error"
+assert_contains "$err" "exit code 3" "error"
+assert_contains "$err" "about to fail" "error"
+assert_contains "$err" "on stderr" "error"
+kbuild_fails --def "$T/bad.json"
+jq -e 'select(.name | startswith("[boom]")) | select(.status == "running")' "$T/progress.json" >/dev/null ||
+	fail "the failed step must run again (it was cached?)"
+jq -e 'select(.name | startswith("[ok]")) | select(.status == "cached")' "$T/progress.json" >/dev/null ||
+	fail "the step before the failure should be cached"
+
+# Network none: only loopback inside.
+graph "$T/net.json" n \
+	'{"id":"n","op":"exec","input":"base","args":["sh","-c","tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d \" \" > /ifaces"]}'
+kbuild --def "$T/net.json" -o "$T/net" || fail "network build"
+assert_eq "$(cat "$T/net/ifaces")" "lo" "interfaces with network none"
+
+assert_no_mounts
+assert_fsck_clean
+echo "ok: whiteouts, cache mounts, failures, network"

@@ -1,0 +1,219 @@
+/* Op graph parsing: validation errors name op and field; digests are canonical. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "solver/definition.h"
+
+static struct kiln_definition *parse_ok(const char *json)
+{
+	struct kiln_definition *d = NULL;
+	struct kiln_error *err = NULL;
+	int r = kiln_definition_parse(json, strlen(json), "g.json", "/base", "linux/amd64", &d,
+				      &err);
+
+	if (r < 0)
+		fail_msg("unexpected error: %s", kiln_error_msg(err));
+	assert_non_null(d);
+	return d;
+}
+
+/* Parse must fail and the message must contain every given fragment. */
+static void parse_fails(const char *json, ...)
+{
+	struct kiln_definition *d = NULL;
+	struct kiln_error *err = NULL;
+	const char *frag;
+	va_list ap;
+	int r = kiln_definition_parse(json, strlen(json), "g.json", "/base", "linux/amd64", &d,
+				      &err);
+
+	assert_true(r < 0);
+	assert_null(d);
+	assert_non_null(err);
+	va_start(ap, json);
+	while ((frag = va_arg(ap, const char *)))
+		if (!strstr(err->msg, frag))
+			fail_msg("error '%s' lacks '%s'", err->msg, frag);
+	va_end(ap);
+	kiln_error_free(err);
+}
+
+#define IMG "{\"id\":\"base\",\"op\":\"source.image\",\"ref\":\"oci-layout:///l:latest\"}"
+
+static void test_valid_graph(void **state)
+{
+	struct kiln_definition *d = parse_ok(
+		"{\"version\":1,\"ops\":[" IMG ","
+		"{\"id\":\"ctx\",\"op\":\"source.local\",\"path\":\"ctx\",\"exclude\":[\"*.tmp\"]},"
+		"{\"id\":\"run\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\",\"true\"],"
+		" \"mounts\":[{\"target\":\"/src\",\"input\":\"ctx\"},{\"target\":\"/c\",\"type\":\"cache\"},"
+		"  {\"target\":\"/tmp\",\"type\":\"tmpfs\"}]},"
+		"{\"id\":\"out\",\"op\":\"file\",\"input\":\"run\",\"actions\":["
+		"  {\"action\":\"copy\",\"from\":\"ctx\",\"src\":\"/a\",\"dest\":\"/b/\",\"chown\":\"1:2\",\"mode\":\"0640\"},"
+		"  {\"action\":\"mkfile\",\"path\":\"/v\",\"data\":\"x\"}]}"
+		"],\"output\":\"out\"}");
+	size_t *order, n;
+
+	assert_int_equal(d->n_ops, 4);
+	assert_string_equal(d->ops[1].local_path, "/base/ctx");
+	assert_string_equal(d->ops[2].cwd, "/");
+	assert_int_equal(d->ops[2].n_mounts, 3);
+	assert_int_equal(d->ops[2].mounts[1].kind, KILN_DEF_MOUNT_CACHE);
+	assert_string_equal(d->ops[2].mounts[1].cache_id, "/c");
+	assert_int_equal(d->ops[3].actions[0].uid, 1);
+	assert_int_equal(d->ops[3].actions[0].gid, 2);
+	assert_int_equal(d->ops[3].actions[0].mode, 0640);
+	assert_string_equal(d->ops[3].actions[0].path, "/b/");
+	kiln_definition_topo(d, &order, &n);
+	assert_int_equal(n, 4);
+	assert_int_equal(order[n - 1], 3); /* output last */
+	free(order);
+	kiln_definition_free(d);
+}
+
+static void test_digest_ignores_ids_names_order(void **state)
+{
+	struct kiln_definition *a = parse_ok(
+		"{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\","
+		"\"args\":[\"true\"],\"name\":\"first\"}],\"output\":\"r\"}");
+	struct kiln_definition *b = parse_ok(
+		"{\"output\":\"x\",\"ops\":[{\"args\":[\"true\"],\"op\":\"exec\",\"input\":\"img\",\"id\":\"x\","
+		"\"name\":\"other\",\"cwd\":\"/./\"},"
+		"{\"id\":\"img\",\"op\":\"source.image\",\"ref\":\"oci-layout:///l:latest\"}],\"version\":1}");
+	struct kiln_definition *c = parse_ok(
+		"{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\","
+		"\"args\":[\"false\"]}],\"output\":\"r\"}");
+
+	assert_true(kiln_digest_eq(&a->ops[1].digest, &b->ops[0].digest));
+	assert_false(kiln_digest_eq(&a->ops[1].digest, &c->ops[1].digest));
+	/* The base op is shared, so its digest is too. */
+	assert_true(kiln_digest_eq(&a->ops[0].digest, &c->ops[0].digest));
+	kiln_definition_free(a);
+	kiln_definition_free(b);
+	kiln_definition_free(c);
+}
+
+static void test_platform_in_exec_not_in_file(void **state)
+{
+#define PLAT_GRAPH(p)                                                                  \
+	"{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\","      \
+	"\"args\":[\"true\"],\"platform\":\"" p "\"},{\"id\":\"f\",\"op\":\"file\","               \
+	"\"platform\":\"" p "\",\"actions\":[{\"action\":\"mkdir\",\"path\":\"/x\"}]}],\"output\":\"r\"}"
+	const char *j1 = PLAT_GRAPH("linux/amd64"), *j2 = PLAT_GRAPH("linux/arm64");
+	struct kiln_definition *a, *b;
+
+	a = parse_ok(j1);
+	b = parse_ok(j2);
+	assert_false(kiln_digest_eq(&a->ops[1].digest, &b->ops[1].digest));
+	assert_true(kiln_digest_eq(&a->ops[2].digest, &b->ops[2].digest));
+	assert_string_equal(b->ops[1].platform, "linux/arm64");
+	kiln_definition_free(a);
+	kiln_definition_free(b);
+}
+
+static void test_malformed_json(void **state)
+{
+	parse_fails("{\"version\":1,\"ops\":[", "g.json:", "malformed JSON", NULL);
+	parse_fails("[]", "expected a JSON object", NULL);
+	parse_fails("{\"version\":2,\"ops\":[" IMG "],\"output\":\"base\"}", "version", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG "],\"output\":\"base\",\"extra\":1}",
+		    "unknown top-level field 'extra'", NULL);
+	parse_fails("{\"version\":1,\"version\":1}", "malformed JSON", NULL);
+}
+
+static void test_unknown_op_and_field(void **state)
+{
+	parse_fails("{\"version\":1,\"ops\":[{\"id\":\"a\",\"op\":\"teleport\"}],\"output\":\"a\"}",
+		    "op 'a'", "ops[0]", "unknown op type 'teleport'", NULL);
+	parse_fails("{\"version\":1,\"ops\":[{\"id\":\"a\",\"op\":\"source.image\",\"ref\":\"oci-layout:///x\","
+		    "\"colour\":\"red\"}],\"output\":\"a\"}",
+		    "op 'a'", "field 'colour'", "unknown field", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\","
+		    "\"args\":[\"x\"],\"mounts\":[{\"target\":\"/m\",\"type\":\"cache\",\"bogus\":1}]}],"
+		    "\"output\":\"r\"}",
+		    "op 'r'", "field 'bogus'", "unknown field in a mount", NULL);
+}
+
+static void test_wrong_types(void **state)
+{
+	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\","
+		    "\"args\":\"sh -c true\"}],\"output\":\"r\"}",
+		    "op 'r'", "field 'args'", "array of strings", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\","
+		    "\"args\":[\"x\"],\"env\":[\"NOEQUALS\"]}],\"output\":\"r\"}",
+		    "field 'env'", "KEY=VALUE", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"f\",\"op\":\"file\",\"input\":\"base\","
+		    "\"actions\":[{\"action\":\"mkdir\",\"path\":\"relative\"}]}],\"output\":\"f\"}",
+		    "op 'f'", "field 'path'", "absolute", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"f\",\"op\":\"file\",\"input\":\"base\","
+		    "\"actions\":[{\"action\":\"mkdir\",\"path\":\"/x\",\"mode\":\"9\"}]}],\"output\":\"f\"}",
+		    "field 'mode'", "octal", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"f\",\"op\":\"file\",\"input\":\"base\","
+		    "\"actions\":[{\"action\":\"copy\",\"from\":\"base\",\"src\":\"/a\",\"dest\":\"/b\","
+		    "\"chown\":\"root\"}]}],\"output\":\"f\"}",
+		    "field 'chown'", "uid[:gid]", NULL);
+	parse_fails("{\"version\":1,\"ops\":[{\"id\":\"bad id!\",\"op\":\"merge\"}],\"output\":\"x\"}",
+		    "ops[0]", "field 'id'", NULL);
+}
+
+static void test_dangling_and_cycle(void **state)
+{
+	parse_fails("{\"version\":1,\"ops\":[{\"id\":\"r\",\"op\":\"exec\",\"input\":\"ghost\","
+		    "\"args\":[\"x\"]}],\"output\":\"r\"}",
+		    "op 'r'", "field 'input'", "'ghost' does not name an op", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG "],\"output\":\"nothing\"}",
+		    "field 'output'", "'nothing' does not name an op", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base:3\","
+		    "\"args\":[\"x\"]}],\"output\":\"r\"}",
+		    "no output 3", NULL);
+	parse_fails("{\"version\":1,\"ops\":["
+		    "{\"id\":\"a\",\"op\":\"exec\",\"input\":\"b\",\"args\":[\"x\"]},"
+		    "{\"id\":\"b\",\"op\":\"exec\",\"input\":\"c\",\"args\":[\"x\"]},"
+		    "{\"id\":\"c\",\"op\":\"exec\",\"input\":\"a\",\"args\":[\"x\"]}],\"output\":\"a\"}",
+		    "cycle", "'a' -> 'b' -> 'c' -> 'a'", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG "," IMG "],\"output\":\"base\"}",
+		    "duplicate op id 'base'", NULL);
+}
+
+static void test_deep_graph(void **state)
+{
+	/* 20,000 chained file ops: no recursion limits in validation. */
+	size_t n = 20000, i, cap = n * 128 + 256, len = 0;
+	char *j = malloc(cap);
+	struct kiln_definition *d;
+
+	len += (size_t)snprintf(j + len, cap - len,
+				"{\"version\":1,\"ops\":[{\"id\":\"o0\",\"op\":\"file\",\"actions\":"
+				"[{\"action\":\"mkdir\",\"path\":\"/d\"}]}");
+	for (i = 1; i < n; i++)
+		len += (size_t)snprintf(j + len, cap - len,
+					",{\"id\":\"o%zu\",\"op\":\"file\",\"input\":\"o%zu\",\"actions\":"
+					"[{\"action\":\"mkfile\",\"path\":\"/d/f\",\"data\":\"%zu\"}]}",
+					i, i - 1, i);
+	snprintf(j + len, cap - len, "],\"output\":\"o%zu\"}", n - 1);
+	d = parse_ok(j);
+	assert_int_equal(d->n_ops, n);
+	kiln_definition_free(d);
+	free(j);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_valid_graph),
+		cmocka_unit_test(test_digest_ignores_ids_names_order),
+		cmocka_unit_test(test_platform_in_exec_not_in_file),
+		cmocka_unit_test(test_malformed_json),
+		cmocka_unit_test(test_unknown_op_and_field),
+		cmocka_unit_test(test_wrong_types),
+		cmocka_unit_test(test_dangling_and_cycle),
+		cmocka_unit_test(test_deep_graph),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
