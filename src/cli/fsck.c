@@ -1,0 +1,201 @@
+/*
+ * kiln debug fsck: check the local state.
+ *
+ * Every blob in the CAS is rehashed; then every cache record's output
+ * trees are walked (through the GC's mark, which shares complete subtrees
+ * between records) and every blob its meta JSON lists is looked up. Each
+ * missing or corrupt blob is printed with the record that needs it.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "cas/gc.h"
+#include "cli/common.h"
+
+struct fsck {
+	struct kiln_engine e;
+	struct kiln_digest_set *corrupt;
+	struct kiln_digest_set *marked;
+	uint64_t blobs, records, problems;
+	const char *key; /* record being checked */
+};
+
+static void debug_usage(FILE *f)
+{
+	fputs("Usage: kiln debug COMMAND\n"
+	      "\n"
+	      "Commands:\n"
+	      "  fsck    verify every blob and every cache record's trees\n",
+	      f);
+}
+
+static void fsck_usage(FILE *f)
+{
+	fputs("Usage: kiln debug fsck\n"
+	      "\n"
+	      "Rehash every blob in the CAS and check that every cache record's\n"
+	      "result trees (and the blobs its metadata lists) are present and\n"
+	      "intact. Exits 0 only when nothing is wrong.\n",
+	      f);
+}
+
+static int fsck_blob(const struct kiln_digest *d, uint64_t size, void *ud)
+{
+	struct fsck *f = ud;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	int r;
+
+	f->blobs++;
+	r = kiln_store_verify(kiln_worker_store(f->e.worker), d, &err);
+	if (r < 0) {
+		printf("fsck: %s\n", kiln_error_msg(err));
+		kiln_digest_set_add(f->corrupt, d);
+		f->problems++;
+	}
+	return 0;
+}
+
+static void fsck_problem(const struct kiln_digest *d, int code, void *ud)
+{
+	struct fsck *f = ud;
+
+	printf("fsck: record %s: %s blob %s\n", f->key,
+	       code == -ENOENT ? "missing" : "corrupt", KILN_DIGEST_STR(d));
+	f->problems++;
+}
+
+/* Blobs a record's meta {"blobs": [...]} lists (manifests, configs, layers). */
+static void fsck_meta(struct fsck *f, const char *meta)
+{
+	json_t *root, *v;
+	size_t i;
+
+	if (!meta || !(root = json_loads(meta, 0, NULL)))
+		return;
+	json_array_foreach(json_object_get(root, "blobs"), i, v) {
+		struct kiln_digest d;
+
+		if (!json_is_string(v) ||
+		    kiln_digest_parse(json_string_value(v), &d) < 0) {
+			printf("fsck: record %s: meta blobs[%zu] is not a digest\n",
+			       f->key, i);
+			f->problems++;
+		} else if (kiln_digest_set_has(f->corrupt, &d)) {
+			fsck_problem(&d, -EBADMSG, f);
+		} else if (!kiln_store_has(kiln_worker_store(f->e.worker), &d)) {
+			fsck_problem(&d, -ENOENT, f);
+		}
+	}
+	json_decref(root);
+}
+
+static int fsck_record(const struct kiln_cache_record *r, void *ud)
+{
+	struct fsck *f = ud;
+	const struct kiln_gc_mark_opts opts = {
+		.corrupt = f->corrupt, .problem = fsck_problem, .ud = f,
+	};
+	size_t i;
+
+	f->records++;
+	f->key = r->key;
+	for (i = 0; i < r->n_outputs; i++) {
+		_cleanup_error_ struct kiln_error *err = NULL;
+		int q = kiln_gc_mark_tree_opts(kiln_worker_store(f->e.worker),
+					       &r->outputs[i], f->marked, &opts,
+					       &err);
+
+		/* Data problems were printed by fsck_problem already. */
+		if (q < 0 && q != -ENOENT && q != -EBADMSG && q != -EINVAL) {
+			printf("fsck: record %s: %s\n", r->key,
+			       kiln_error_msg(err));
+			f->problems++;
+		}
+	}
+	fsck_meta(f, r->meta);
+	f->key = NULL;
+	return 0;
+}
+
+static int fsck_run(struct fsck *f)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	int r;
+
+	r = kiln_store_foreach(kiln_worker_store(f->e.worker), fsck_blob, f);
+	if (r < 0) {
+		kiln_error_seterrno(&err, r, "cannot list the CAS");
+		return kiln_cli_fail(err);
+	}
+	r = kiln_cache_foreach(f->e.cache, fsck_record, f, &err);
+	if (r < 0)
+		return kiln_cli_fail(err);
+	if (f->problems) {
+		printf("fsck: %llu blobs, %llu records: %llu problems\n",
+		       (unsigned long long)f->blobs,
+		       (unsigned long long)f->records,
+		       (unsigned long long)f->problems);
+		return 1;
+	}
+	printf("fsck: %llu blobs, %llu records: ok\n",
+	       (unsigned long long)f->blobs, (unsigned long long)f->records);
+	return 0;
+}
+
+static int cmd_fsck(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ char *root = NULL;
+	struct fsck f = { 0 };
+	int c, r;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			fsck_usage(stdout);
+			return 0;
+		}
+		fsck_usage(stderr);
+		return 2;
+	}
+	if (optind < argc) {
+		fprintf(stderr, "kiln debug fsck: unexpected argument '%s'\n",
+			argv[optind]);
+		return 2;
+	}
+	root = kiln_cli_default_root();
+	if (kiln_engine_open(root, NULL, &f.e, &err) < 0)
+		return kiln_cli_fail(err);
+	f.corrupt = kiln_digest_set_new();
+	f.marked = kiln_digest_set_new();
+	r = fsck_run(&f);
+	kiln_digest_set_free(f.corrupt);
+	kiln_digest_set_free(f.marked);
+	kiln_engine_close(&f.e);
+	return r;
+}
+
+int kiln_cmd_debug(int argc, char **argv)
+{
+	if (argc < 2) {
+		debug_usage(stderr);
+		return 2;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+	    !strcmp(argv[1], "help")) {
+		debug_usage(stdout);
+		return 0;
+	}
+	if (!strcmp(argv[1], "fsck"))
+		return cmd_fsck(argc - 1, argv + 1);
+	fprintf(stderr, "kiln debug: unknown command '%s'\n", argv[1]);
+	debug_usage(stderr);
+	return 2;
+}

@@ -1,0 +1,380 @@
+/*
+ * kiln prune: delete cache records, then every blob and layer that no kept
+ * record needs.
+ *
+ * Roots of the mark are the kept records' output trees and the digests in
+ * their meta JSON "blobs" array (image manifests, configs and layers). A
+ * blob reachable from a kept record is never swept: a kept record whose
+ * tree turns out to be incomplete is dropped (deleted) before the sweep
+ * instead, and any other failure while marking stops before anything is
+ * swept.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "basic/parse-util.h"
+#include "cas/gc.h"
+#include "cli/common.h"
+
+struct prune_rec {
+	char *key;
+	struct kiln_digest *outputs;
+	size_t n_outputs;
+	struct kiln_digest *blobs; /* from meta "blobs" */
+	size_t n_blobs;
+	uint64_t size;
+	bool keep;
+};
+
+struct prune {
+	struct kiln_engine e;
+	bool all, dry_run, has_limit;
+	uint64_t limit;
+	struct prune_rec *recs; /* oldest last_used first */
+	size_t n, alloc;
+	uint64_t deleted;
+	struct kiln_digest_set *marked;
+};
+
+static void prune_usage(FILE *f)
+{
+	fputs("Usage: kiln prune [--keep-storage SIZE] [--all] [--dry-run]\n"
+	      "\n"
+	      "Delete cache records and the data only they used. With neither\n"
+	      "--all nor --keep-storage, records are kept and only unreferenced\n"
+	      "data goes.\n"
+	      "\n"
+	      "      --keep-storage SIZE  keep the most recently used records\n"
+	      "                           while their total size fits in SIZE\n"
+	      "                           (e.g. 10GB, 512MiB)\n"
+	      "  -a, --all                delete every record\n"
+	      "  -n, --dry-run            show what would be freed, change nothing\n"
+	      "  -h, --help               show this help\n",
+	      f);
+}
+
+/* Digests listed in a record's meta {"blobs": [...]}; junk is ignored. */
+static void meta_blobs(const char *meta, struct kiln_digest **out, size_t *n)
+{
+	json_t *root, *arr, *v;
+	size_t i, alloc = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (!meta || !(root = json_loads(meta, 0, NULL)))
+		return;
+	arr = json_object_get(root, "blobs");
+	json_array_foreach(arr, i, v) {
+		struct kiln_digest d;
+
+		if (!json_is_string(v) ||
+		    kiln_digest_parse(json_string_value(v), &d) < 0)
+			continue;
+		*out = xgrow(*out, &alloc, *n + 1, sizeof(**out));
+		(*out)[(*n)++] = d;
+	}
+	json_decref(root);
+}
+
+static int collect_rec(const struct kiln_cache_record *r, void *ud)
+{
+	struct prune *p = ud;
+	struct prune_rec *pr;
+
+	p->recs = xgrow(p->recs, &p->alloc, p->n + 1, sizeof(*p->recs));
+	pr = &p->recs[p->n++];
+	memset(pr, 0, sizeof(*pr));
+	pr->key = xstrdup(r->key);
+	pr->n_outputs = r->n_outputs;
+	pr->outputs = xcalloc(r->n_outputs ? r->n_outputs : 1,
+			      sizeof(*pr->outputs));
+	memcpy(pr->outputs, r->outputs, r->n_outputs * sizeof(*pr->outputs));
+	meta_blobs(r->meta, &pr->blobs, &pr->n_blobs);
+	pr->size = r->size;
+	pr->keep = true;
+	return 0;
+}
+
+static void prune_release(struct prune *p)
+{
+	size_t i;
+
+	for (i = 0; i < p->n; i++) {
+		free(p->recs[i].key);
+		free(p->recs[i].outputs);
+		free(p->recs[i].blobs);
+	}
+	free(p->recs);
+	kiln_digest_set_free(p->marked);
+}
+
+/* Bytes a record adds to what is kept: 0 when its trees are kept already. */
+static uint64_t rec_cost(const struct prune_rec *r,
+			 struct kiln_digest_set *counted)
+{
+	bool fresh = false;
+	size_t i;
+
+	for (i = 0; i < r->n_outputs; i++)
+		if (kiln_digest_set_add(counted, &r->outputs[i]))
+			fresh = true;
+	return fresh ? r->size : 0;
+}
+
+/* Most recently used first, keep while the running total fits. */
+static void choose_keep_storage(struct prune *p)
+{
+	struct kiln_digest_set *counted = kiln_digest_set_new();
+	uint64_t used = 0;
+	bool full = false;
+	size_t i;
+
+	for (i = p->n; i-- > 0;) {
+		struct prune_rec *r = &p->recs[i];
+		uint64_t cost = rec_cost(r, counted);
+
+		if (cost && (full || used + cost > p->limit)) {
+			full = true;
+			r->keep = false;
+			continue;
+		}
+		used += cost;
+	}
+	kiln_digest_set_free(counted);
+}
+
+static int delete_rec(struct prune *p, struct prune_rec *r)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+
+	r->keep = false;
+	p->deleted++;
+	if (p->dry_run)
+		return 0;
+	if (kiln_cache_delete(p->e.cache, r->key, &err) < 0) {
+		kiln_error_prefix(&err, "cannot delete record %s", r->key);
+		return kiln_cli_fail(err);
+	}
+	return 0;
+}
+
+static int delete_records(struct prune *p)
+{
+	size_t i;
+
+	if (p->all)
+		for (i = 0; i < p->n; i++)
+			p->recs[i].keep = false;
+	else if (p->has_limit)
+		choose_keep_storage(p);
+	for (i = 0; i < p->n; i++)
+		if (!p->recs[i].keep && delete_rec(p, &p->recs[i]))
+			return 1;
+	return 0;
+}
+
+/*
+ * Mark one kept record; an incomplete one is dropped, not trusted (*dropped
+ * set), and what it marked so far must be unmarked by the caller.
+ */
+static int mark_rec(struct prune *p, struct prune_rec *r, bool *dropped)
+{
+	struct kiln_store *s = kiln_worker_store(p->e.worker);
+	_cleanup_error_ struct kiln_error *err = NULL;
+	size_t i;
+	int q;
+
+	for (i = 0; i < r->n_outputs; i++) {
+		q = kiln_gc_mark_tree(s, &r->outputs[i], p->marked, &err);
+		if (q == -ENOENT || q == -EBADMSG || q == -EINVAL) {
+			fprintf(stderr, "kiln prune: %s incomplete record %s: %s\n",
+				p->dry_run ? "would drop" : "dropping", r->key,
+				kiln_error_msg(err));
+			*dropped = true;
+			return delete_rec(p, r);
+		}
+		if (q < 0) {
+			kiln_error_prefix(&err, "record %s", r->key);
+			return kiln_cli_fail(err);
+		}
+	}
+	for (i = 0; i < r->n_blobs; i++)
+		kiln_digest_set_add(p->marked, &r->blobs[i]);
+	return 0;
+}
+
+/* After a record is dropped, start over so only kept records count. */
+static int mark_kept(struct prune *p)
+{
+	bool dropped;
+	size_t i;
+
+	do {
+		dropped = false;
+		kiln_digest_set_free(p->marked);
+		p->marked = kiln_digest_set_new();
+		for (i = 0; i < p->n && !dropped; i++)
+			if (p->recs[i].keep &&
+			    mark_rec(p, &p->recs[i], &dropped))
+				return 1;
+	} while (dropped);
+	return 0;
+}
+
+struct preview {
+	const struct kiln_digest_set *marked;
+	uint64_t n, bytes;
+};
+
+static int preview_blob(const struct kiln_digest *d, uint64_t size, void *ud)
+{
+	struct preview *pv = ud;
+
+	if (!kiln_digest_set_has(pv->marked, d)) {
+		pv->n++;
+		pv->bytes += size;
+	}
+	return 0;
+}
+
+static int sweep_blobs(struct prune *p, uint64_t *n, uint64_t *bytes)
+{
+	struct kiln_store *s = kiln_worker_store(p->e.worker);
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct preview pv = { .marked = p->marked };
+	int r;
+
+	if (!p->dry_run) {
+		r = kiln_gc_sweep(s, p->marked, n, bytes, &err);
+		return r < 0 ? kiln_cli_fail(err) : 0;
+	}
+	r = kiln_store_foreach(s, preview_blob, &pv);
+	if (r < 0) {
+		kiln_error_seterrno(&err, r, "cannot list the CAS");
+		return kiln_cli_fail(err);
+	}
+	*n = pv.n;
+	*bytes = pv.bytes;
+	return 0;
+}
+
+static int prune_layers(struct prune *p, uint64_t *freed)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ struct kiln_digest *keep = NULL;
+	size_t i, j, n = 0, alloc = 0;
+
+	*freed = 0;
+	if (p->dry_run)
+		return 0;
+	for (i = 0; i < p->n; i++) {
+		for (j = 0; p->recs[i].keep && j < p->recs[i].n_outputs; j++) {
+			keep = xgrow(keep, &alloc, n + 1, sizeof(*keep));
+			keep[n++] = p->recs[i].outputs[j];
+		}
+	}
+	if (kiln_layers_prune(kiln_worker_layers(p->e.worker), keep, n, freed,
+			      &err) < 0)
+		return kiln_cli_fail(err);
+	return 0;
+}
+
+static int prune_run(struct prune *p)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	uint64_t blobs = 0, blob_bytes = 0, layer_bytes = 0;
+	const char *verb = p->dry_run ? "would free" : "freed";
+	char a[32], b[32], c[32];
+
+	if (kiln_cache_foreach(p->e.cache, collect_rec, p, &err) < 0)
+		return kiln_cli_fail(err);
+	if (delete_records(p))
+		return 1;
+	/*
+	 * Deletions must be durable before blobs go: a power loss must not
+	 * bring back a record whose blobs were swept.
+	 */
+	if (!p->dry_run && kiln_cache_sync(p->e.cache, &err) < 0)
+		return kiln_cli_fail(err);
+	if (mark_kept(p) ||
+	    sweep_blobs(p, &blobs, &blob_bytes) ||
+	    prune_layers(p, &layer_bytes))
+		return 1;
+	printf("records:  %s %llu, kept %llu\n",
+	       p->dry_run ? "would delete" : "deleted",
+	       (unsigned long long)p->deleted,
+	       (unsigned long long)(p->n - p->deleted));
+	printf("cas:      %s %llu blobs (%s)\n", verb,
+	       (unsigned long long)blobs, kiln_format_size(blob_bytes, a, 32));
+	if (p->dry_run)
+		printf("layers:   not measured in a dry run\n");
+	else
+		printf("layers:   %s %s\n", verb,
+		       kiln_format_size(layer_bytes, b, 32));
+	printf("total:    %s %s\n", verb,
+	       kiln_format_size(blob_bytes + layer_bytes, c, 32));
+	return 0;
+}
+
+static int prune_parse(struct prune *p, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "keep-storage", required_argument, NULL, 'k' },
+		{ "all", no_argument, NULL, 'a' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "anh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'k':
+			if (kiln_parse_size(optarg, &p->limit) < 0) {
+				fprintf(stderr, "kiln prune: invalid --keep-storage '%s'\n",
+					optarg);
+				return 2;
+			}
+			p->has_limit = true;
+			break;
+		case 'a': p->all = true; break;
+		case 'n': p->dry_run = true; break;
+		case 'h': prune_usage(stdout); return -1;
+		default: prune_usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "kiln prune: unexpected argument '%s'\n",
+			argv[optind]);
+		return 2;
+	}
+	if (p->all && p->has_limit) {
+		fputs("kiln prune: --all and --keep-storage exclude each other\n",
+		      stderr);
+		return 2;
+	}
+	return 0;
+}
+
+int kiln_cmd_prune(int argc, char **argv)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ char *root = NULL;
+	struct prune p = { 0 };
+	int r;
+
+	r = prune_parse(&p, argc, argv);
+	if (r)
+		return r < 0 ? 0 : r;
+	root = kiln_cli_default_root();
+	if (kiln_engine_open(root, NULL, &p.e, &err) < 0)
+		return kiln_cli_fail(err);
+	r = prune_run(&p);
+	kiln_engine_close(&p.e);
+	prune_release(&p);
+	return r;
+}

@@ -1,0 +1,486 @@
+/* Exporters (local, tar), -o spec parsing and CAS garbage collection. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "cas/gc.h"
+#include "cas/tree.h"
+#include "export/export.h"
+
+struct fixture {
+	char *dir;   /* temp root of everything below */
+	char *src;   /* the directory the tree is built from */
+	struct kiln_store *store;
+	struct kiln_digest tree;
+};
+
+/* Over ustar's 100 bytes: needs a pax extended header. */
+#define LONG_NAME                                                              \
+	"llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll"      \
+	"llllllllllllllllllllllllllllllllllllllllllllllllllllllll"
+
+/* Paths of the sample tree, in walk order, for stat comparisons. */
+static const char *const sample_paths[] = {
+	"a.txt", "bin", "bin/run.sh", "empty", "link", "sub", "sub/deep",
+	"sub/deep/" LONG_NAME, "sub/deep/x", "sub/y",
+};
+
+static char *pathf(const char *fmt, ...) _printf_(1, 2);
+static char *pathf(const char *fmt, ...)
+{
+	va_list ap;
+	char *p = NULL;
+
+	va_start(ap, fmt);
+	assert_true(vasprintf(&p, fmt, ap) >= 0);
+	va_end(ap);
+	return p;
+}
+
+static void write_file(const char *dir, const char *rel, const char *data,
+		       mode_t mode)
+{
+	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(kiln_write_full(fd, data, strlen(data)), 0);
+	assert_int_equal(fchmod(fd, mode), 0);
+	close(fd);
+}
+
+static void set_mtime(const char *dir, const char *rel, time_t sec, long nsec)
+{
+	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	struct timespec ts[2] = { { sec, nsec }, { sec, nsec } };
+
+	assert_int_equal(utimensat(AT_FDCWD, p, ts, AT_SYMLINK_NOFOLLOW), 0);
+}
+
+static void mkdir_in(const char *dir, const char *rel, mode_t mode)
+{
+	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+
+	assert_int_equal(mkdir(p, mode), 0);
+	assert_int_equal(chmod(p, mode), 0);
+}
+
+/* Files with modes, a symlink to /etc/passwd, nested and empty dirs. */
+static void make_sample(const char *src)
+{
+	_cleanup_free_ char *link = pathf("%s/link", src);
+	size_t i;
+
+	write_file(src, "a.txt", "hello\n", 0644);
+	mkdir_in(src, "bin", 0755);
+	write_file(src, "bin/run.sh", "#!/bin/sh\necho hi\n", 0755);
+	mkdir_in(src, "empty", 0700);
+	assert_int_equal(symlink("/etc/passwd", link), 0);
+	mkdir_in(src, "sub", 0750);
+	mkdir_in(src, "sub/deep", 0755);
+	write_file(src, "sub/deep/" LONG_NAME, "long", 0640);
+	write_file(src, "sub/deep/x", "deep data", 0600);
+	write_file(src, "sub/y", "", 0444);
+	/* Deepest first so a child's mtime change does not move its parent. */
+	for (i = ARRAY_SIZE(sample_paths); i-- > 0;)
+		set_mtime(src, sample_paths[i], 1600000000 + (time_t)i,
+			  (long)i * 1000);
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = xcalloc(1, sizeof(*f));
+	struct kiln_store_options so = { .durable = false };
+	struct kiln_tree_build_opts bo = { 0 };
+	struct kiln_error *err = NULL;
+	_cleanup_free_ char *cas = NULL;
+	char tmpl[] = "/tmp/kiln-test-export-XXXXXX";
+	int fd;
+
+	assert_non_null(mkdtemp(tmpl));
+	f->dir = xstrdup(tmpl);
+	f->src = pathf("%s/src", f->dir);
+	assert_int_equal(mkdir(f->src, 0755), 0);
+	make_sample(f->src);
+	cas = pathf("%s/cas", f->dir);
+	assert_int_equal(kiln_store_open(cas, &so, &f->store, &err), 0);
+	fd = open(f->src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(kiln_tree_from_dir(f->store, fd, &bo, &f->tree, &err), 0);
+	close(fd);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	kiln_store_free(f->store);
+	assert_int_equal(kiln_rm_rf(f->dir), 0);
+	free(f->src);
+	free(f->dir);
+	free(f);
+	return 0;
+}
+
+static int run(const char *cmd)
+{
+	int st = system(cmd);
+
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void assert_same_stat(const char *a, const char *b, const char *rel)
+{
+	_cleanup_free_ char *pa = pathf("%s/%s", a, rel);
+	_cleanup_free_ char *pb = pathf("%s/%s", b, rel);
+	struct stat sa, sb;
+
+	assert_int_equal(lstat(pa, &sa), 0);
+	assert_int_equal(lstat(pb, &sb), 0);
+	if ((sa.st_mode & S_IFMT) != (sb.st_mode & S_IFMT) ||
+	    (!S_ISLNK(sa.st_mode) && sa.st_mode != sb.st_mode))
+		fail_msg("%s: mode %o vs %o", rel, sa.st_mode, sb.st_mode);
+	if (sa.st_mtim.tv_sec != sb.st_mtim.tv_sec ||
+	    sa.st_mtim.tv_nsec != sb.st_mtim.tv_nsec)
+		fail_msg("%s: mtime differs", rel);
+	assert_int_equal(sa.st_uid, sb.st_uid);
+	assert_int_equal(sa.st_size, sb.st_size);
+}
+
+static void assert_same_tree(const char *a, const char *b)
+{
+	_cleanup_free_ char *cmd = pathf("diff -r --no-dereference %s %s", a, b);
+	size_t i;
+
+	assert_int_equal(run(cmd), 0);
+	for (i = 0; i < ARRAY_SIZE(sample_paths); i++)
+		assert_same_stat(a, b, sample_paths[i]);
+}
+
+static void test_local_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *d1 = pathf("%s/out1/nested", f->dir);
+	_cleanup_free_ char *d2 = pathf("%s/out2", f->dir);
+	_cleanup_free_ char *link = pathf("%s/link", d1);
+	struct kiln_error *err = NULL;
+	char target[64] = { 0 };
+
+	assert_int_equal(kiln_export_local(f->store, &f->tree, d1, &err), 0);
+	assert_same_tree(f->src, d1);
+	assert_true(readlink(link, target, sizeof(target) - 1) > 0);
+	assert_string_equal(target, "/etc/passwd");
+	/* Another export, and the same again over the first: identical. */
+	assert_int_equal(kiln_export_local(f->store, &f->tree, d2, &err), 0);
+	assert_int_equal(kiln_export_local(f->store, &f->tree, d1, &err), 0);
+	assert_same_tree(d1, d2);
+	assert_same_tree(f->src, d1);
+	assert_null(err);
+}
+
+/* dest already has symlinks where the tree has a dir and a file. */
+static void test_local_never_follows(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *dest = pathf("%s/out", f->dir);
+	_cleanup_free_ char *victim = pathf("%s/victim", f->dir);
+	_cleanup_free_ char *vfile = pathf("%s/victim-file", f->dir);
+	_cleanup_free_ char *sub = pathf("%s/sub", dest);
+	_cleanup_free_ char *a = pathf("%s/a.txt", dest);
+	_cleanup_free_ char *cmd = pathf("test -z \"$(ls -A %s)\"", victim);
+	struct kiln_error *err = NULL;
+	struct stat st;
+
+	assert_int_equal(mkdir(dest, 0755), 0);
+	assert_int_equal(mkdir(victim, 0755), 0);
+	write_file(f->dir, "victim-file", "keep me", 0644);
+	assert_int_equal(symlink(victim, sub), 0);
+	assert_int_equal(symlink(vfile, a), 0);
+
+	assert_int_equal(kiln_export_local(f->store, &f->tree, dest, &err), 0);
+	assert_int_equal(run(cmd), 0); /* nothing written through "sub" */
+	assert_int_equal(lstat(sub, &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	assert_int_equal(lstat(a, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	assert_int_equal(stat(vfile, &st), 0);
+	assert_int_equal(st.st_size, 7);
+	assert_same_tree(f->src, dest);
+}
+
+static void test_tar_deterministic(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *t1 = pathf("%s/one.tar", f->dir);
+	_cleanup_free_ char *t2 = pathf("%s/two.tar", f->dir);
+	_cleanup_free_ char *t3 = pathf("%s/fd.tar", f->dir);
+	_cleanup_free_ char *cmp = pathf("cmp %s %s && cmp %s %s", t1, t2, t1, t3);
+	struct kiln_error *err = NULL;
+	int fd;
+
+	assert_int_equal(kiln_export_tar(f->store, &f->tree, t1, &err), 0);
+	assert_int_equal(kiln_export_tar(f->store, &f->tree, t2, &err), 0);
+	fd = open(t3, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(kiln_export_tar_fd(f->store, &f->tree, fd, &err), 0);
+	close(fd);
+	assert_int_equal(run(cmp), 0);
+	assert_null(err);
+}
+
+/* "-rwxr-xr-x 0/0 19 2020-09-13 12:26 bin/run.sh" -> mode, owner, name. */
+static void parse_tv(char *line, char **mode, char **owner, char **name)
+{
+	char *save = NULL;
+	size_t i;
+
+	line[strcspn(line, "\n")] = '\0';
+	*mode = strtok_r(line, " ", &save);
+	*owner = strtok_r(NULL, " ", &save);
+	for (i = 0; i < 3; i++) /* size, date, time */
+		assert_non_null(strtok_r(NULL, " ", &save));
+	*name = save;
+}
+
+static void test_tar_listing(void **state)
+{
+	static const char *const want[][3] = {
+		{ "-rw-r--r--", "0/0", "a.txt" },
+		{ "drwxr-xr-x", "0/0", "bin/" },
+		{ "-rwxr-xr-x", "0/0", "bin/run.sh" },
+		{ "drwx------", "0/0", "empty/" },
+		{ "lrwxrwxrwx", "0/0", "link -> /etc/passwd" },
+		{ "drwxr-x---", "0/0", "sub/" },
+		{ "drwxr-xr-x", "0/0", "sub/deep/" },
+		{ "-rw-r-----", "0/0", "sub/deep/" LONG_NAME },
+		{ "-rw-------", "0/0", "sub/deep/x" },
+		{ "-r--r--r--", "0/0", "sub/y" },
+	};
+	struct fixture *f = *state;
+	_cleanup_free_ char *t = pathf("%s/list.tar", f->dir);
+	_cleanup_free_ char *cmd = pathf("tar -tvf %s", t);
+	struct kiln_error *err = NULL;
+	char line[512];
+	size_t n = 0;
+	FILE *p;
+
+	/* Owners are 0 only when the test created the files as root. */
+	if (geteuid() != 0)
+		skip();
+	assert_int_equal(kiln_export_tar(f->store, &f->tree, t, &err), 0);
+	p = popen(cmd, "re");
+	assert_non_null(p);
+	while (fgets(line, sizeof(line), p)) {
+		char *mode, *owner, *name;
+
+		assert_true(n < ARRAY_SIZE(want));
+		parse_tv(line, &mode, &owner, &name);
+		assert_string_equal(mode, want[n][0]);
+		/* No uname/gname in the archive: tar shows numbers. */
+		assert_string_equal(owner, want[n][1]);
+		assert_string_equal(name, want[n][2]);
+		n++;
+	}
+	assert_int_equal(pclose(p), 0);
+	assert_int_equal(n, ARRAY_SIZE(want));
+}
+
+static void expect_spec(const char *spec, const char *type, const char *dest)
+{
+	struct kiln_export_spec s;
+	struct kiln_error *err = NULL;
+
+	assert_int_equal(kiln_export_spec_parse(spec, &s, &err), 0);
+	assert_string_equal(s.type, type);
+	assert_string_equal(s.dest, dest);
+	kiln_export_spec_release(&s);
+}
+
+static void expect_spec_error(const char *spec, const char *needle)
+{
+	struct kiln_export_spec s;
+	struct kiln_error *err = NULL;
+
+	assert_true(kiln_export_spec_parse(spec, &s, &err) < 0);
+	assert_non_null(err);
+	if (!strstr(err->msg, needle))
+		fail_msg("error for '%s' is '%s', want '%s'", spec, err->msg,
+			 needle);
+	kiln_error_free(err);
+	assert_null(s.type);
+	assert_null(s.dest);
+}
+
+static void test_spec_parse(void **state)
+{
+	expect_spec("type=local,dest=out", "local", "out");
+	expect_spec("dest=/tmp/x,type=tar", "tar", "/tmp/x");
+	expect_spec("type=tar,dest=-", "tar", "-");
+	expect_spec("outdir", "local", "outdir");
+	expect_spec("-", "tar", "-");
+	expect_spec("dest=d", "local", "d");
+	expect_spec_error("type=oci,dest=x", "\"oci\"");
+	expect_spec_error("type=local,dst=x", "\"dst\"");
+	expect_spec_error("type=tar", "needs dest");
+	expect_spec_error("type=tar,dest=", "needs dest");
+	expect_spec_error("type=local,dest=a,dest=b", "twice");
+	expect_spec_error("type=local,dest=x,junk", "\"junk\"");
+	expect_spec_error("type=local,dest=-", "stdout");
+	expect_spec_error("", "empty");
+}
+
+static void test_export_run(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *spec = pathf("type=local,dest=%s/run", f->dir);
+	_cleanup_free_ char *out = pathf("%s/run", f->dir);
+	struct kiln_export_spec s;
+	struct kiln_error *err = NULL;
+
+	assert_int_equal(kiln_export_spec_parse(spec, &s, &err), 0);
+	assert_int_equal(kiln_export_run(f->store, &f->tree, &s, &err), 0);
+	kiln_export_spec_release(&s);
+	assert_same_tree(f->src, out);
+}
+
+static void test_digest_set(void **state)
+{
+	struct kiln_digest_set *s = kiln_digest_set_new();
+	struct kiln_digest d = { .algo = KILN_DIGEST_SHA256 };
+	uint32_t i;
+
+	for (i = 0; i < 5000; i++) {
+		kiln_digest_buf(&i, sizeof(i), &d);
+		assert_true(kiln_digest_set_add(s, &d));
+		assert_false(kiln_digest_set_add(s, &d));
+	}
+	assert_int_equal(kiln_digest_set_size(s), 5000);
+	for (i = 0; i < 10000; i++) {
+		kiln_digest_buf(&i, sizeof(i), &d);
+		assert_int_equal(kiln_digest_set_has(s, &d), i < 5000);
+	}
+	kiln_digest_set_free(s);
+}
+
+struct count { size_t n; };
+
+static int count_blob(const struct kiln_digest *d, uint64_t size, void *ud)
+{
+	((struct count *)ud)->n++;
+	return 0;
+}
+
+static size_t blob_count(struct kiln_store *s)
+{
+	struct count c = { 0 };
+
+	assert_int_equal(kiln_store_foreach(s, count_blob, &c), 0);
+	return c.n;
+}
+
+static void test_gc_sweep(void **state)
+{
+	struct fixture *f = *state;
+	struct kiln_digest_set *marked = kiln_digest_set_new();
+	struct kiln_digest junk;
+	struct kiln_error *err = NULL;
+	uint64_t removed = 0, freed = 0;
+	size_t before;
+
+	assert_int_equal(kiln_store_put_buf(f->store, "unrelated", 9, &junk,
+					    &err), 0);
+	before = blob_count(f->store);
+	assert_int_equal(kiln_gc_mark_tree(f->store, &f->tree, marked, &err), 0);
+	assert_false(kiln_digest_set_has(marked, &junk));
+	assert_int_equal(kiln_digest_set_size(marked), before - 1);
+	assert_int_equal(kiln_gc_sweep(f->store, marked, &removed, &freed, &err),
+			 0);
+	assert_int_equal(removed, 1);
+	assert_int_equal(freed, 9);
+	assert_false(kiln_store_has(f->store, &junk));
+	assert_int_equal(blob_count(f->store), before - 1);
+	/* Everything the tree needs survived: a second sweep is a no-op. */
+	assert_int_equal(kiln_gc_sweep(f->store, marked, &removed, &freed, &err),
+			 0);
+	assert_int_equal(removed, 0);
+	kiln_digest_set_free(marked);
+	assert_null(err);
+}
+
+struct problems { size_t n; struct kiln_digest last; int code; };
+
+static void on_problem(const struct kiln_digest *d, int code, void *ud)
+{
+	struct problems *p = ud;
+
+	p->n++;
+	p->last = *d;
+	p->code = code;
+}
+
+/* A missing file blob is reported by digest; the rest is still marked. */
+static void test_gc_mark_missing(void **state)
+{
+	struct fixture *f = *state;
+	struct kiln_digest_set *marked = kiln_digest_set_new();
+	struct kiln_tree_entry e;
+	struct problems p = { 0 };
+	const struct kiln_gc_mark_opts opts = { .problem = on_problem, .ud = &p };
+	struct kiln_error *err = NULL;
+
+	assert_int_equal(kiln_tree_lookup(f->store, &f->tree, "sub/deep/x", &e,
+					  &err), 0);
+	assert_int_equal(kiln_store_remove(f->store, &e.digest), 0);
+	assert_int_equal(kiln_gc_mark_tree_opts(f->store, &f->tree, marked, &opts,
+						&err), -ENOENT);
+	assert_non_null(err);
+	assert_non_null(strstr(err->msg, KILN_DIGEST_STR(&e.digest)));
+	assert_int_equal(p.n, 1);
+	assert_true(kiln_digest_eq(&p.last, &e.digest));
+	/* The incomplete root is not marked; a sibling's blob is. */
+	assert_false(kiln_digest_set_has(marked, &f->tree));
+	kiln_tree_entry_release(&e);
+	assert_int_equal(kiln_tree_lookup(f->store, &f->tree, "a.txt", &e, NULL),
+			 0);
+	assert_true(kiln_digest_set_has(marked, &e.digest));
+	kiln_tree_entry_release(&e);
+	/* Marking again reports it again. */
+	assert_int_equal(kiln_gc_mark_tree_opts(f->store, &f->tree, marked, &opts,
+						NULL), -ENOENT);
+	assert_int_equal(p.n, 2);
+	kiln_error_free(err);
+	kiln_digest_set_free(marked);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_local_roundtrip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_local_never_follows, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_tar_deterministic, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_tar_listing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_export_run, setup, teardown),
+		cmocka_unit_test(test_spec_parse),
+		cmocka_unit_test(test_digest_set),
+		cmocka_unit_test_setup_teardown(test_gc_sweep, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gc_mark_missing, setup,
+						teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
