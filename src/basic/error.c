@@ -6,8 +6,9 @@
 
 #include "basic/alloc.h"
 
-static int error_vset(struct kiln_error **err, int code, const char *suffix,
-		      const char *fmt, va_list ap)
+__attribute__((format(printf, 4, 0))) static int
+error_vset(struct kiln_error **err, int code, const char *suffix, const char *fmt,
+	   va_list ap)
 {
 	struct kiln_error *e;
 	char *m = NULL;

@@ -63,3 +63,25 @@ int kiln_image_import(struct kiln_store *s, struct kiln_layers *layers,
  * The error names the entry at fault.
  */
 int kiln_layer_extract(int fd, int dirfd, struct kiln_error **err);
+
+/* Options for kiln_layer_extract_with(); every field may be zero. */
+struct kiln_layer_extract_opts {
+	/* Out: digest of the uncompressed tar stream (the layer's diff_id). */
+	struct kiln_digest *diff_id;
+	/*
+	 * Called once for each directory the archive implies (a parent of an
+	 * entry) but does not contain, after all entries are written, with
+	 * the directory's path relative to dirfd and an fd of it. Such a
+	 * directory is created 0755, 0:0, mtime 0; in overlay format it would
+	 * hide the metadata of the same directory in the layers below, so the
+	 * hook may copy that metadata onto fd instead. 0 or negative errno.
+	 */
+	int (*implied_dir)(void *ud, const char *path, int fd,
+			   struct kiln_error **err);
+	void *ud;
+};
+
+/* kiln_layer_extract() with options (opts may be NULL). */
+int kiln_layer_extract_with(int fd, int dirfd,
+			    const struct kiln_layer_extract_opts *opts,
+			    struct kiln_error **err);
