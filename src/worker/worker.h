@@ -30,7 +30,7 @@ struct kiln_worker_options {
 	const char *root;
 	/* "runc", "crun", a path, or NULL: the first that passes a probe. */
 	const char *runtime;
-	bool durable; /* fsync blobs (default true) */
+	bool durable; /* fsync blobs; kiln sets it (crash safety), tests may not */
 };
 
 int kiln_worker_open(const struct kiln_worker_options *opts,
