@@ -269,11 +269,15 @@ static int parse_image(struct pctx *p, json_t *o)
 	if (strncmp(p->op->ref, "oci-layout://", 13) != 0)
 		return op_err(p, "ref", "'%s': only oci-layout://PATH[:TAG] references are supported",
 			      p->op->ref);
-	if (p->op->ref[13] != '/') {
-		/* Make the layout path absolute so the op means one thing. */
-		char *abs = xasprintf("oci-layout://%s/%s", p->base_dir, p->op->ref + 13);
+	{
+		/* Absolute and clean, so the op means one thing however it is spelt. */
+		const char *path = p->op->ref + 13;
+		_cleanup_free_ char *joined = path[0] == '/' ? xstrdup(path)
+					      : kiln_path_join(p->base_dir, path);
+		_cleanup_free_ char *clean = kiln_path_clean(joined);
+
 		free(p->op->ref);
-		p->op->ref = abs;
+		p->op->ref = xasprintf("oci-layout:///%s", clean);
 	}
 	return 0;
 }

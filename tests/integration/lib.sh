@@ -57,19 +57,36 @@ kbuild_fails() {
 	fi
 }
 
+# The JSON lines of the last build's progress (the CLI's closing
+# "kiln: error: ..." line is plain text).
+events() {
+	grep '^{' "$T/progress.json" || true
+}
+
+# True if some event satisfies the jq condition $1 (jq 1.6's -e judges only
+# the last input, so slurp instead).
+has_event() {
+	events | jq -s -e "any(.[]; $1)" >/dev/null
+}
+
+# True if every vertex event satisfies the jq condition $1.
+all_vertex_events() {
+	events | jq -s -e "[.[] | select(.vertex != null and .status != null)] | length > 0 and all(.[]; $1)" >/dev/null
+}
+
 # Final status of every vertex by name: "name<TAB>status<TAB>cached".
 vertex_statuses() {
 	jq -r 'select(.vertex != null and .status != null) | [.name, .status, .cached] | @tsv' \
-		"$T/progress.json" | awk -F'\t' '{ last[$1] = $0 } END { for (k in last) print last[k] }' | sort
+		< <(events) | awk -F'\t' '{ last[$1] = $0 } END { for (k in last) print last[k] }' | sort
 }
 
 # Names of vertices that ran (status done) in the last build.
 vertices_run() {
-	jq -r 'select(.status == "done") | .name' "$T/progress.json" | sort
+	events | jq -r 'select(.status == "done") | .name' | sort
 }
 
 vertices_cached() {
-	jq -r 'select(.status == "cached") | .name' "$T/progress.json" | sort
+	events | jq -r 'select(.status == "cached") | .name' | sort
 }
 
 error_text() {

@@ -81,9 +81,12 @@ lay=$(jq -r '.layers[0].digest' "$T/corrupt/blobs/sha256/$man" | sed 's/sha256:/
 chmod u+w "$T/corrupt/blobs/sha256/$lay"
 printf 'X' | dd of="$T/corrupt/blobs/sha256/$lay" bs=1 seek=100 conv=notrunc 2>/dev/null
 printf '{"version":1,"ops":[%s],"output":"base","platform":"linux/amd64"}' "$(img "$T/corrupt")" >"$T/corrupt.json"
-kbuild_fails --def "$T/corrupt.json"
+# A fresh root: with the good blob already stored under that digest, kiln
+# would rightly never read the corrupt copy.
+KILN_ROOT="$T/root-corrupt" kbuild_fails --def "$T/corrupt.json"
 assert_contains "$(error_text)" "sha256:$lay" "corrupt blob error"
-[ -e "$KILN_ROOT/worker/cas/blobs/sha256/$lay" ] && fail "the corrupt blob was stored under its name"
+[ -e "$T/root-corrupt/worker/cas/blobs/sha256/$lay" ] && fail "the corrupt blob was stored under its name"
+KILN_ROOT="$T/root-corrupt" "$KILN" debug fsck >/dev/null || fail "fsck after the corrupt import"
 
 assert_no_mounts
 assert_fsck_clean
