@@ -17,7 +17,7 @@ ninja -C build
 
 echo
 echo "== result in ./out =="
-find out -printf '%M %u:%g %p%l\n' | sed 's/\(-> \)/ \1/' | sort -k3
+ls -lnR --time-style=+ out
 echo
 for f in out/app/*.txt out/app/VERSION; do
 	printf '%s: %s\n' "$f" "$(cat "$f")"

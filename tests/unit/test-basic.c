@@ -1,0 +1,170 @@
+/* src/basic: path cleaning, parsing, bounded buffers, confined fs helpers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "basic/alloc.h"
+#include "basic/error.h"
+#include "basic/fs-util.h"
+#include "basic/parse-util.h"
+#include "basic/strbuf.h"
+
+static void test_path_clean(void **state)
+{
+	static const char *const cases[][2] = {
+		{ "", "" },         { "/", "" },          { "a/b", "a/b" },
+		{ "/a/./b/", "a/b" }, { "a//b", "a/b" },   { "../x", "x" },
+		{ "/a/../../b", "b" }, { "a/b/..", "a" },  { "./.", "" },
+		{ "/..", "" },       { "a/../b/../c", "c" },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *c = kiln_path_clean(cases[i][0]);
+		if (strcmp(c, cases[i][1]))
+			fail_msg("clean(%s) = %s, want %s", cases[i][0], c, cases[i][1]);
+		free(c);
+	}
+	assert_true(kiln_path_has_dotdot("a/../b"));
+	assert_true(kiln_path_has_dotdot(".."));
+	assert_false(kiln_path_has_dotdot("a/..b/c.."));
+}
+
+static void test_parse(void **state)
+{
+	uint64_t v;
+	uint32_t u;
+	int i;
+
+	assert_int_equal(kiln_parse_size("10GB", &v), 0);
+	assert_int_equal(v, 10000000000ull);
+	assert_int_equal(kiln_parse_size("512MiB", &v), 0);
+	assert_int_equal(v, 512ull << 20);
+	assert_int_equal(kiln_parse_size("2g", &v), 0);
+	assert_int_equal(v, 2ull << 30);
+	assert_int_equal(kiln_parse_size("0", &v), 0);
+	assert_int_equal(v, 0);
+	assert_int_equal(kiln_parse_size("12 parsecs", &v), -EINVAL);
+	assert_int_equal(kiln_parse_size("-1", &v), -EINVAL);
+	assert_int_equal(kiln_parse_u32("4294967296", &u), -ERANGE);
+	assert_int_equal(kiln_parse_u32("12x", &u), -EINVAL);
+	assert_int_equal(kiln_parse_int("-42", &i), 0);
+	assert_int_equal(i, -42);
+	assert_int_equal(kiln_parse_u64("", &v), -EINVAL);
+}
+
+static void test_strbuf_limit(void **state)
+{
+	struct kiln_strbuf sb = KILN_STRBUF_INIT(8);
+
+	assert_int_equal(kiln_strbuf_adds(&sb, "12345"), 0);
+	assert_int_equal(kiln_strbuf_adds(&sb, "6789"), -E2BIG);
+	assert_string_equal(kiln_strbuf_str(&sb), "12345"); /* unchanged */
+	assert_int_equal(kiln_strbuf_addf(&sb, "%d", 678), 0);
+	assert_int_equal(sb.len, 8);
+	assert_int_equal(kiln_strbuf_addch(&sb, 'x'), -E2BIG);
+	kiln_strbuf_release(&sb);
+}
+
+static void test_error_prefix(void **state)
+{
+	struct kiln_error *err = NULL;
+
+	assert_int_equal(kiln_error_set(&err, -ENOENT, "file %s", "a.txt"), -ENOENT);
+	/* The first error wins. */
+	kiln_error_set(&err, -EIO, "second");
+	kiln_error_prefix(&err, "op '%s'", "x");
+	assert_string_equal(err->msg, "op 'x': file a.txt");
+	assert_int_equal(err->code, -ENOENT);
+	kiln_error_free(err);
+	err = NULL;
+	kiln_error_seterrno(&err, -ENOENT, "open %s", "b");
+	assert_non_null(strstr(err->msg, "No such file"));
+	kiln_error_free(err);
+}
+
+static void test_mkdirat_beneath_refuses_escapes(void **state)
+{
+	char tmpl[] = "/tmp/kiln-basic.XXXXXX", *root = mkdtemp(tmpl);
+	char outside[] = "/tmp/kiln-basic-out.XXXXXX", *out = mkdtemp(outside);
+	_cleanup_free_ char *link = kiln_path_join(root, "link");
+	_cleanup_free_ char *victim = kiln_path_join(out, "made");
+	int rfd, fd;
+	struct stat st;
+
+	assert_non_null(root);
+	assert_non_null(out);
+	assert_int_equal(symlink(out, link), 0);
+	rfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(rfd >= 0);
+	fd = kiln_mkdirat_p_beneath(rfd, "a/b/c", 0755);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(kiln_mkdirat_p_beneath(rfd, "link/made", 0755) < 0, 1);
+	assert_int_equal(kiln_mkdirat_p_beneath(rfd, "a/../../escape", 0755), -EXDEV);
+	assert_int_equal(stat(victim, &st), -1); /* nothing outside */
+	close(rfd);
+	assert_int_equal(kiln_rm_rf(root), 0);
+	assert_int_equal(kiln_rm_rf(out), 0);
+}
+
+static void test_rm_rf_stops_at_mounts(void **state)
+{
+	char tmpl[] = "/tmp/kiln-basic-rm.XXXXXX", *root = mkdtemp(tmpl);
+	_cleanup_free_ char *mnt = kiln_path_join(root, "mnt");
+	_cleanup_free_ char *keep = kiln_path_join(root, "mnt/keep");
+	struct stat st;
+	int fd;
+
+	assert_non_null(root);
+	assert_int_equal(mkdir(mnt, 0755), 0);
+	if (mount("tmpfs", mnt, "tmpfs", 0, NULL) < 0)
+		fail_msg("tmpfs mount failed (tests need root): %m");
+	fd = open(keep, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(kiln_rm_rf(root), -EBUSY);
+	assert_int_equal(stat(keep, &st), 0); /* the mount's content survived */
+	assert_int_equal(umount(mnt), 0);
+	assert_int_equal(kiln_rm_rf(root), 0);
+	assert_int_equal(stat(root, &st), -1);
+}
+
+static void test_atomic_write(void **state)
+{
+	char tmpl[] = "/tmp/kiln-basic-w.XXXXXX", *root = mkdtemp(tmpl);
+	_cleanup_free_ char *p = kiln_path_join(root, "f"), *data = NULL;
+	size_t len;
+
+	assert_int_equal(kiln_write_file_atomic_at(AT_FDCWD, p, "abc", 3, 0600, true), 0);
+	assert_int_equal(kiln_read_file_at(AT_FDCWD, p, 16, &data, &len), 0);
+	assert_int_equal(len, 3);
+	assert_string_equal(data, "abc");
+	free(data);
+	data = NULL;
+	assert_int_equal(kiln_read_file_at(AT_FDCWD, p, 2, &data, &len), -EFBIG);
+	assert_int_equal(kiln_rm_rf(root), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_path_clean),
+		cmocka_unit_test(test_parse),
+		cmocka_unit_test(test_strbuf_limit),
+		cmocka_unit_test(test_error_prefix),
+		cmocka_unit_test(test_mkdirat_beneath_refuses_escapes),
+		cmocka_unit_test(test_rm_rf_stops_at_mounts),
+		cmocka_unit_test(test_atomic_write),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

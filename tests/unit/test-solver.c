@@ -1,0 +1,266 @@
+/* file/merge ops on trees, and the solver's cache behaviour. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "cas/tree.h"
+#include "solver/definition.h"
+#include "solver/fileop.h"
+#include "solver/solve.h"
+
+struct fx {
+	char *dir;   /* temp root */
+	char *src;   /* source directory */
+	struct kiln_store *store;
+	struct kiln_digest src_tree;
+};
+
+static void write_file(const char *dir, const char *rel, const char *data)
+{
+	_cleanup_free_ char *p = kiln_path_join(dir, rel);
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	assert_true(fd >= 0);
+	assert_int_equal(kiln_write_full(fd, data, strlen(data)), 0);
+	close(fd);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = xcalloc(1, sizeof(*f));
+	char tmpl[] = "/tmp/kiln-solver.XXXXXX";
+	struct kiln_store_options so = { .durable = false };
+	_cleanup_free_ char *cas = NULL, *sub = NULL;
+	int fd;
+
+	f->dir = xstrdup(mkdtemp(tmpl));
+	f->src = kiln_path_join(f->dir, "src");
+	cas = kiln_path_join(f->dir, "cas");
+	sub = kiln_path_join(f->src, "dir/sub");
+	assert_int_equal(kiln_mkdir_p(sub, 0755), 0);
+	write_file(f->src, "a.txt", "A");
+	write_file(f->src, "b.txt", "B");
+	write_file(f->src, "dir/x", "X");
+	write_file(f->src, "dir/sub/y", "Y");
+	{
+		_cleanup_free_ char *l = kiln_path_join(f->src, "link");
+		assert_int_equal(symlink("dir", l), 0);
+	}
+	assert_int_equal(kiln_store_open(cas, &so, &f->store, NULL), 0);
+	fd = open(f->src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_int_equal(kiln_tree_from_dir(f->store, fd, NULL, &f->src_tree, NULL), 0);
+	close(fd);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+
+	kiln_store_free(f->store);
+	kiln_rm_rf(f->dir);
+	free(f->src);
+	free(f->dir);
+	free(f);
+	return 0;
+}
+
+/*
+ * Run one file op given as JSON actions, with input 0 = the source tree
+ * ("src") and the base = the source tree too when with_base.
+ */
+static int run_actions(struct fx *f, const char *actions, bool with_base,
+		       struct kiln_digest *out, struct kiln_error **err)
+{
+	_cleanup_free_ char *json = xasprintf(
+		"{\"version\":1,\"ops\":[{\"id\":\"src\",\"op\":\"source.local\",\"path\":\"/x\"},"
+		"{\"id\":\"f\",\"op\":\"file\",%s\"actions\":%s}],\"output\":\"f\"}",
+		with_base ? "\"input\":\"src\"," : "", actions);
+	struct kiln_definition *d = NULL;
+	struct kiln_digest ins[4];
+	size_t i;
+	int r;
+
+	r = kiln_definition_parse(json, strlen(json), "t.json", "/", "linux/amd64", &d, NULL);
+	assert_int_equal(r, 0);
+	for (i = 0; i < d->ops[1].n_inputs; i++)
+		ins[i] = f->src_tree;
+	r = kiln_fileop_run(f->store, &d->ops[1], with_base ? &ins[0] : NULL, ins, out, err);
+	kiln_definition_free(d);
+	return r;
+}
+
+/* Type of path in tree (0 = missing) and, for files, content. */
+static int kind(struct fx *f, const struct kiln_digest *t, const char *path, char **content)
+{
+	struct kiln_tree_entry e = { 0 };
+	int type;
+
+	if (kiln_tree_lookup(f->store, t, path, &e, NULL) < 0)
+		return 0;
+	type = e.type;
+	if (content && e.type == KILN_ENTRY_FILE) {
+		size_t len;
+		assert_int_equal(kiln_store_read(f->store, &e.digest, 1 << 20, content, &len, NULL), 0);
+	}
+	kiln_tree_entry_release(&e);
+	return type;
+}
+
+static void expect_file(struct fx *f, const struct kiln_digest *t, const char *path,
+			const char *want)
+{
+	char *c = NULL;
+
+	if (kind(f, t, path, &c) != KILN_ENTRY_FILE)
+		fail_msg("%s is not a file", path);
+	assert_string_equal(c, want);
+	free(c);
+}
+
+static void test_copy_rules(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_digest t;
+
+	/* A file to a new path; into a dir with a trailing slash. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/new\"},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/d/e/\"}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "new", "A");
+	expect_file(f, &t, "d/e/a.txt", "A");
+	/* A directory is copied as dest; "dir/." copies its contents. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir\",\"dest\":\"/out\"},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir/.\",\"dest\":\"/flat/\"}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "out/x", "X");
+	expect_file(f, &t, "out/sub/y", "Y");
+	expect_file(f, &t, "flat/x", "X");
+	assert_int_equal(kind(f, &t, "flat/dir", NULL), 0);
+	/* Wildcards; a symlink in the source path resolves inside the tree. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/*.txt\",\"dest\":\"/w/\"},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/link/sub/y\",\"dest\":\"/via\"}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "w/a.txt", "A");
+	expect_file(f, &t, "w/b.txt", "B");
+	expect_file(f, &t, "via", "Y");
+}
+
+static void test_copy_replaces_file_in_base(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_digest t;
+
+	/* Base = src: a copy replaces one file; everything else stays. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/dir/sub/y\"}]",
+				     true, &t, NULL), 0);
+	expect_file(f, &t, "dir/sub/y", "A");
+	expect_file(f, &t, "dir/x", "X");
+	expect_file(f, &t, "b.txt", "B");
+}
+
+static void test_chown_chmod_apply_below(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_tree_entry e = { 0 };
+	struct kiln_digest t;
+
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir\",\"dest\":\"/o\","
+				       "\"chown\":\"7:8\",\"mode\":\"0600\"}]",
+				     false, &t, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "o/sub/y", &e, NULL), 0);
+	assert_int_equal(e.uid, 7);
+	assert_int_equal(e.gid, 8);
+	assert_int_equal(e.mode, 0600);
+	kiln_tree_entry_release(&e);
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "o/sub", &e, NULL), 0);
+	assert_int_equal(e.uid, 7);
+	kiln_tree_entry_release(&e);
+}
+
+static void test_action_errors(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_error *err = NULL;
+	struct kiln_digest t;
+
+	assert_true(run_actions(f, "[{\"action\":\"rm\",\"path\":\"/nope\"}]", true, &t, &err) < 0);
+	assert_non_null(strstr(err->msg, "rm /nope"));
+	assert_non_null(strstr(err->msg, "op 'f': actions[0]"));
+	kiln_error_free(err);
+	err = NULL;
+	assert_true(run_actions(f, "[{\"action\":\"mkfile\",\"path\":\"/no/such/dir/f\",\"data\":\"x\"}]",
+				true, &t, &err) < 0);
+	assert_non_null(strstr(err->msg, "/no/such/dir"));
+	kiln_error_free(err);
+	err = NULL;
+	assert_true(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/*.none\",\"dest\":\"/w/\"}]",
+				false, &t, &err) < 0);
+	assert_non_null(strstr(err->msg, "no source matches"));
+	kiln_error_free(err);
+	err = NULL;
+	/* rm with allow_not_found and symlink + mkdir -p succeed. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"rm\",\"path\":\"/nope\",\"allow_not_found\":true},"
+				       "{\"action\":\"mkdir\",\"path\":\"/m/n\",\"parents\":true},"
+				       "{\"action\":\"symlink\",\"path\":\"/m/l\",\"target\":\"../a.txt\"},"
+				       "{\"action\":\"rm\",\"path\":\"/dir\"}]",
+				     true, &t, NULL), 0);
+	assert_int_equal(kind(f, &t, "m/n", NULL), KILN_ENTRY_DIR);
+	assert_int_equal(kind(f, &t, "m/l", NULL), KILN_ENTRY_SYMLINK);
+	assert_int_equal(kind(f, &t, "dir", NULL), 0);
+}
+
+static void test_dest_symlink_stays_inside(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_digest t;
+
+	/* /esc -> ../../../tmp: writes through it land inside the tree. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"symlink\",\"path\":\"/esc\",\"target\":\"../../../tmp\"},"
+				       "{\"action\":\"mkdir\",\"path\":\"/tmp\"},"
+				       "{\"action\":\"mkfile\",\"path\":\"/esc/pwned\",\"data\":\"p\"}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "tmp/pwned", "p");
+}
+
+static void test_merge(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_digest a, b, m, trees[2];
+
+	assert_int_equal(run_actions(f, "[{\"action\":\"mkfile\",\"path\":\"/a.txt\",\"data\":\"new\"},"
+				       "{\"action\":\"mkdir\",\"path\":\"/dir/z\",\"parents\":true}]",
+				     false, &a, NULL), 0);
+	b = f->src_tree;
+	trees[0] = b;
+	trees[1] = a;
+	assert_int_equal(kiln_merge_trees(f->store, trees, 2, &m, NULL), 0);
+	expect_file(f, &m, "a.txt", "new"); /* later wins */
+	expect_file(f, &m, "dir/x", "X");  /* directories merge */
+	assert_int_equal(kind(f, &m, "dir/z", NULL), KILN_ENTRY_DIR);
+	expect_file(f, &m, "b.txt", "B");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_copy_rules, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_replaces_file_in_base, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_chown_chmod_apply_below, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_action_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dest_symlink_stays_inside, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
