@@ -59,6 +59,17 @@ void kiln_progress_free(struct kiln_progress *p)
 	free(p);
 }
 
+/* tty mode colours the plain stream; plain stays free of escapes. */
+enum { RESET, BOLD, DIM, RED, GREEN, CYAN, MAGENTA };
+
+static const char *color(const struct kiln_progress *p, int c)
+{
+	static const char *const codes[] = { "\033[0m", "\033[1m", "\033[2m", "\033[31m",
+					     "\033[32m", "\033[36m", "\033[35m" };
+
+	return p->mode == KILN_PROGRESS_TTY ? codes[c] : "";
+}
+
 static json_t *rfc3339(uint64_t ns)
 {
 	char buf[64];
@@ -124,19 +135,23 @@ void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_even
 	case KILN_VERTEX_QUEUED:
 		break;
 	case KILN_VERTEX_RUNNING:
-		fprintf(p->out, "#%u %s%s\n", id, ev->name, ev->emulated ? " (emulated)" : "");
+		fprintf(p->out, "%s#%u %s%s%s%s\n", color(p, BOLD), id, ev->name, color(p, RESET),
+			ev->emulated ? color(p, MAGENTA) : "", ev->emulated ? " (emulated)" : "");
 		break;
 	case KILN_VERTEX_CACHED:
-		fprintf(p->out, "#%u %s\n#%u CACHED\n", id, ev->name, id);
+		fprintf(p->out, "%s#%u %s%s\n%s#%u CACHED%s\n", color(p, BOLD), id, ev->name,
+			color(p, RESET), color(p, CYAN), id, color(p, RESET));
 		break;
 	case KILN_VERTEX_DONE:
-		fprintf(p->out, "#%u DONE %.1fs\n", id,
+		fprintf(p->out, "%s#%u DONE %.1fs%s\n", color(p, GREEN), id,
 			ev->started && ev->completed
 				? (double)(ev->completed - ev->started) / 1e9
-				: 0.0);
+				: 0.0,
+			color(p, RESET));
 		break;
 	case KILN_VERTEX_ERROR:
-		fprintf(p->out, "#%u ERROR: %s\n", id, ev->error ? ev->error : "failed");
+		fprintf(p->out, "%s#%u ERROR: %s%s\n", color(p, RED), id,
+			ev->error ? ev->error : "failed", color(p, RESET));
 		break;
 	}
 	fflush(p->out);
@@ -176,8 +191,8 @@ void kiln_progress_log(struct kiln_progress *p, const char *vertex, int stream,
 	}
 	id = step_id(p, vertex);
 	for (line = strtok_r(s, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-		fprintf(p->out, "#%u %.3f %s\n", id,
-			(double)(kiln_now_mono_ns() - p->start) / 1e9, line);
+		fprintf(p->out, "%s#%u %.3f%s %s\n", color(p, DIM), id,
+			(double)(kiln_now_mono_ns() - p->start) / 1e9, color(p, RESET), line);
 	fflush(p->out);
 	pthread_mutex_unlock(&p->lock);
 }
