@@ -1,37 +1,50 @@
 #!/bin/sh
 # The whole test suite, as CI runs it: install dependencies, build with
-# AddressSanitizer + UndefinedBehaviorSanitizer, run unit and integration
-# tests, print "N passed, N failed" and exit non-zero on any failure.
+# AddressSanitizer + UndefinedBehaviorSanitizer and run every unit and
+# integration test; then build with ThreadSanitizer and run the tests that
+# drive the multi-threaded solver and exec paths. Prints
+# "N passed, N failed" and exits non-zero on any failure.
+# Extra arguments go to the ASan `meson test` run (e.g. a test name).
 set -eu
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
 
-BUILD=${KILN_TEST_BUILD:-build-asan}
-if [ ! -f "$BUILD/build.ninja" ]; then
-	meson setup "$BUILD" -Db_sanitize=address,undefined -Db_lundef=false \
-		-Dbuildtype=debug
-fi
-ninja -C "$BUILD"
+configure() { # configure DIR SANITIZER
+	if [ ! -f "$1/build.ninja" ]; then
+		meson setup "$1" -Db_sanitize="$2" -Db_lundef=false -Dbuildtype=debug
+	fi
+	ninja -C "$1"
+}
+
+ASAN_BUILD=${KILN_TEST_BUILD:-build-asan}
+TSAN_BUILD=${KILN_TSAN_BUILD:-build-tsan}
+configure "$ASAN_BUILD" address,undefined
+configure "$TSAN_BUILD" thread
 
 # The fixture image is built once per machine (it needs apt for the .debs).
 ./scripts/make-busybox-layout.sh "${KILN_FIXTURE_DIR:-/var/tmp/kiln-fixtures}/busybox"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 
-set +e
-meson test -C "$BUILD" --print-errorlogs --no-rebuild "$@"
-rc=$?
-set -e
-
-# meson's summary as the plain closing line.
-log="$BUILD/meson-logs/testlog.json"
-if [ -f "$log" ]; then
-	passed=$(jq -s '[.[] | select(.result == "OK")] | length' "$log")
-	failed=$(jq -s '[.[] | select(.result != "OK" and .result != "SKIP")] | length' "$log")
-	skipped=$(jq -s '[.[] | select(.result == "SKIP")] | length' "$log")
-	echo "$passed passed, $failed failed, $skipped skipped"
-	[ "$failed" = 0 ] || rc=1
+rc=0
+meson test -C "$ASAN_BUILD" --print-errorlogs --no-rebuild "$@" || rc=1
+if [ $# -eq 0 ]; then
+	meson test -C "$TSAN_BUILD" --print-errorlogs --no-rebuild \
+		solver exec cache it-example it-exec it-kill || rc=1
 fi
+
+# meson's results as the plain closing line.
+passed=0 failed=0 skipped=0
+for b in "$ASAN_BUILD" "$TSAN_BUILD"; do
+	log="$b/meson-logs/testlog.json"
+	[ -f "$log" ] || continue
+	passed=$((passed + $(jq -s '[.[] | select(.result == "OK")] | length' "$log")))
+	failed=$((failed + $(jq -s '[.[] | select(.result != "OK" and .result != "SKIP")] | length' "$log")))
+	skipped=$((skipped + $(jq -s '[.[] | select(.result == "SKIP")] | length' "$log")))
+done
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ] || rc=1
 exit $rc
