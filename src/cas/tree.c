@@ -6,6 +6,7 @@
 #include "cas/tree.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "basic/alloc.h"
@@ -647,6 +648,18 @@ int kiln_tree_decode(const void *data, size_t len, struct kiln_tree *out,
 
 /* ---- storing ---- */
 
+static struct kiln_digest empty_digest;
+
+static void init_empty(void)
+{
+	struct kiln_tree t = KILN_TREE_INIT;
+	_cleanup_strbuf_ struct kiln_strbuf sb = KILN_STRBUF_INIT(64);
+
+	if (kiln_tree_encode(&t, &sb) < 0)
+		abort();
+	kiln_digest_buf(sb.buf, sb.len, &empty_digest);
+}
+
 void kiln_tree_empty_digest(struct kiln_digest *out)
 {
 	struct kiln_tree t = KILN_TREE_INIT;
@@ -655,6 +668,14 @@ void kiln_tree_empty_digest(struct kiln_digest *out)
 	if (kiln_tree_encode(&t, &sb) < 0)
 		abort();
 	kiln_digest_buf(sb.buf, sb.len, out);
+}
+
+bool kiln_tree_is_empty_digest(const struct kiln_digest *d)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, init_empty);
+	return kiln_digest_eq(d, &empty_digest);
 }
 
 int kiln_tree_put(struct kiln_store *s, const struct kiln_tree *t,
@@ -677,6 +698,12 @@ int kiln_tree_get(struct kiln_store *s, const struct kiln_digest *d,
 	int r;
 
 	kiln_tree_init(out);
+	/*
+	 * The empty directory is known without the store: editors and file ops
+	 * point new directories at it without writing it (gc agrees).
+	 */
+	if (kiln_tree_is_empty_digest(d))
+		return 0;
 	r = kiln_store_read(s, d, KILN_TREE_MAX_NODE_BYTES, &data, &len, err);
 	if (r < 0)
 		return r;

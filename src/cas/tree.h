@@ -100,6 +100,11 @@ int kiln_tree_decode(const void *data, size_t len, struct kiln_tree *out,
 
 /* Digest of the empty directory node. */
 void kiln_tree_empty_digest(struct kiln_digest *out);
+/*
+ * True for the empty directory's digest. That node is implied: it need not
+ * be stored, and kiln_tree_get() returns it without reading the store.
+ */
+bool kiln_tree_is_empty_digest(const struct kiln_digest *d);
 
 /* Encode, store and return the node's digest. */
 int kiln_tree_put(struct kiln_store *s, const struct kiln_tree *t,

@@ -55,6 +55,8 @@ struct vertex {
 
 struct solver {
 	const struct kiln_definition *def;
+	size_t *canon; /* op index -> the op standing for its digest */
+	size_t out;    /* the output's vertex */
 	const struct kiln_solve_options *o;
 	struct vertex *v;
 	size_t *order, n_order;
@@ -65,6 +67,12 @@ struct solver {
 	unsigned running, slots, n_run, n_cached;
 	struct kiln_error *failure;
 };
+
+/* The vertex of input i of v (identical ops share one vertex). */
+static inline size_t in_of(const struct solver *s, const struct vertex *v, size_t i)
+{
+	return s->canon[v->op->inputs[i].op];
+}
 
 #ifndef NDEBUG
 static void assert_vertex_state(const struct solver *s, size_t i)
@@ -158,7 +166,7 @@ static void compute_key(struct solver *s, struct vertex *v, bool content, char *
 		kiln_hasher_update(h, KILN_DIGEST_STR(&v->pin), strlen(KILN_DIGEST_STR(&v->pin)));
 	}
 	for (i = 0; i < v->op->n_inputs; i++) {
-		const struct vertex *in = &s->v[v->op->inputs[i].op];
+		const struct vertex *in = &s->v[in_of(s, v, i)];
 		const char *k = content ? KILN_DIGEST_STR(&in->result) : in->defkey;
 
 		kiln_hasher_update(h, "\nin ", 4);
@@ -178,7 +186,8 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key)
 	if (s->o->no_cache || kiln_cache_get(s->o->cache, key, &rec, NULL) < 0)
 		return false;
 	if (rec.n_outputs == 1 &&
-	    kiln_store_has(kiln_worker_store(s->o->worker), &rec.outputs[0])) {
+	    (kiln_tree_is_empty_digest(&rec.outputs[0]) ||
+	     kiln_store_has(kiln_worker_store(s->o->worker), &rec.outputs[0]))) {
 		v->result = rec.outputs[0];
 		free(v->meta);
 		v->meta = rec.meta ? xstrdup(rec.meta) : NULL;
@@ -213,7 +222,7 @@ static void record(struct solver *s, struct vertex *v, uint64_t duration_ns)
 static const struct kiln_digest *input_tree(struct solver *s, const struct vertex *v,
 					    int i)
 {
-	return &s->v[v->op->inputs[i].op].result;
+	return &s->v[in_of(s, v, (size_t)i)].result;
 }
 
 static void on_output(void *ud, int stream, const char *data, size_t len)
@@ -264,7 +273,7 @@ static int job_exec(struct solver *s, struct vertex *v, struct kiln_error **err)
 	size_t i;
 	int r = 0;
 
-	prepare_layers(s, (int)op->inputs[op->rootfs].op);
+	prepare_layers(s, (int)in_of(s, v, (size_t)op->rootfs));
 	for (i = 0; r == 0 && i < op->n_mounts; i++) {
 		const struct kiln_def_mount *m = &op->mounts[i];
 		struct kiln_exec_mount *em = &mounts[i];
@@ -413,6 +422,35 @@ static void add_dependent(struct vertex *in, size_t dep)
 	in->dependents[in->n_dependents++] = dep;
 }
 
+/*
+ * One vertex per distinct op digest (DESIGN invariant 1): the first op of
+ * each digest in dependency order stands for all of them, which keeps the
+ * order valid once the others are dropped.
+ */
+static void dedup(struct solver *s)
+{
+	json_t *seen = json_object();
+	size_t k, n = 0;
+
+	s->canon = xcalloc(s->def->n_ops, sizeof(size_t));
+	for (k = 0; k < s->n_order; k++) {
+		size_t vi = s->order[k];
+		const char *d = KILN_DIGEST_STR(&s->def->ops[vi].digest);
+		json_t *first = json_object_get(seen, d);
+
+		if (first) {
+			s->canon[vi] = (size_t)json_integer_value(first);
+			continue;
+		}
+		json_object_set_new(seen, d, json_integer((json_int_t)vi));
+		s->canon[vi] = vi;
+		s->order[n++] = vi;
+	}
+	s->n_order = n;
+	s->out = s->canon[s->def->output.op];
+	json_decref(seen);
+}
+
 static void setup(struct solver *s)
 {
 	size_t k, i;
@@ -420,6 +458,7 @@ static void setup(struct solver *s)
 	kiln_definition_topo(s->def, &s->order, &s->n_order);
 	s->v = xcalloc(s->def->n_ops, sizeof(struct vertex));
 	s->done_q = xcalloc(s->def->n_ops + 1, sizeof(size_t));
+	dedup(s);
 	for (k = 0; k < s->n_order; k++) {
 		size_t vi = s->order[k];
 		struct vertex *v = &s->v[vi];
@@ -429,11 +468,11 @@ static void setup(struct solver *s)
 		v->hint = -1;
 		kiln_digest_fmt(&v->op->digest, v->digest);
 		if (v->op->type == KILN_OP_FILE && v->op->rootfs >= 0)
-			v->hint = (int)v->op->inputs[v->op->rootfs].op;
+			v->hint = (int)in_of(s, v, (size_t)v->op->rootfs);
 		if (v->op->type == KILN_OP_MERGE)
-			v->hint = (int)v->op->inputs[0].op;
+			v->hint = (int)in_of(s, v, 0);
 		for (i = 0; i < v->op->n_inputs; i++)
-			add_dependent(&s->v[v->op->inputs[i].op], vi);
+			add_dependent(&s->v[in_of(s, v, i)], vi);
 	}
 }
 
@@ -500,7 +539,7 @@ static void mark_needed(struct solver *s)
 
 	for (k = 0; k < s->n_order; k++)
 		compute_key(s, &s->v[s->order[k]], false, s->v[s->order[k]].defkey);
-	s->v[s->def->output.op].state = VS_WAITING;
+	s->v[s->out].state = VS_WAITING;
 	for (k = s->n_order; k-- > 0;) {
 		struct vertex *v = &s->v[s->order[k]];
 
@@ -514,7 +553,7 @@ static void mark_needed(struct solver *s)
 			continue;
 		}
 		for (i = 0; i < v->op->n_inputs; i++)
-			s->v[v->op->inputs[i].op].state = VS_WAITING;
+			s->v[in_of(s, v, i)].state = VS_WAITING;
 	}
 }
 
@@ -551,7 +590,7 @@ static void plan(struct solver *s)
 		}
 		v->priority = v->est_ms + best;
 		for (i = 0; i < v->op->n_inputs; i++)
-			if (s->v[v->op->inputs[i].op].state != VS_DONE)
+			if (s->v[in_of(s, v, i)].state != VS_DONE)
 				v->n_waiting++;
 		emit(s, v, KILN_VERTEX_QUEUED, NULL);
 	}
@@ -644,7 +683,7 @@ static void finish(struct solver *s, size_t vi)
 
 static void loop(struct solver *s)
 {
-	struct vertex *out = &s->v[s->def->output.op];
+	struct vertex *out = &s->v[s->out];
 
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
@@ -682,6 +721,7 @@ static void solver_release(struct solver *s)
 	}
 	free(s->v);
 	free(s->order);
+	free(s->canon);
 	free(s->done_q);
 	kiln_error_free(s->failure);
 	pthread_mutex_destroy(&s->lock);
@@ -716,7 +756,7 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 		mark_needed(&s);
 		plan(&s);
 		loop(&s);
-		ov = &s.v[def->output.op];
+		ov = &s.v[s.out];
 		if (s.failure) {
 			r = s.failure->code < 0 ? s.failure->code : -EIO;
 			if (err && !*err) {

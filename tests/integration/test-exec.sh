@@ -55,6 +55,24 @@ graph "$T/net.json" n \
 kbuild --def "$T/net.json" -o "$T/net" || fail "network build"
 assert_eq "$(cat "$T/net/ifaces")" "lo" "interfaces with network none"
 
+# Identical ops are one vertex: it runs once and both uses see one result.
+graph "$T/dedup.json" f \
+	'{"id":"a","op":"exec","input":"base","args":["sh","-c","cat /proc/sys/kernel/random/uuid > /x"]}' \
+	'{"id":"b","op":"exec","input":"base","args":["sh","-c","cat /proc/sys/kernel/random/uuid > /x"]}' \
+	'{"id":"f","op":"file","actions":[{"action":"copy","from":"a","src":"/x","dest":"/xa"},{"action":"copy","from":"b","src":"/x","dest":"/xb"}]}'
+kbuild --def "$T/dedup.json" -o "$T/dedup" || fail "dedup build"
+cmp -s "$T/dedup/xa" "$T/dedup/xb" || fail "identical ops gave different results"
+assert_eq "$(events | jq -r 'select(.status == "done" and (.name | startswith("[a]") or startswith("[b]"))) | .vertex' | wc -l)" "1" "runs of the shared exec"
+
+# A new empty directory on a base tree exports (its node is implied).
+mkdir -p "$T/ctx-e" && echo hi >"$T/ctx-e/f"
+printf '{"version":1,"ops":[{"id":"c","op":"source.local","path":"%s"},{"id":"m","op":"file","input":"c","actions":[{"action":"mkdir","path":"/newdir"}]}],"output":"m"}' \
+	"$T/ctx-e" >"$T/empty.json"
+kbuild --def "$T/empty.json" -o "$T/empty" || fail "mkdir build: $(tail -2 "$T/progress.json")"
+[ -d "$T/empty/newdir" ] || fail "empty dir missing from the export"
+kbuild --def "$T/empty.json" -o "type=tar,dest=$T/empty.tar" || fail "cached mkdir export"
+tar -tf "$T/empty.tar" | grep -q '^newdir/$' || fail "empty dir missing from the tar"
+
 assert_no_mounts
 assert_fsck_clean
-echo "ok: whiteouts, cache mounts, failures, network"
+echo "ok: whiteouts, cache mounts, failures, network, dedup, empty dirs"

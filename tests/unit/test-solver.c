@@ -234,6 +234,25 @@ static void test_dest_symlink_stays_inside(void **state)
 	expect_file(f, &t, "tmp/pwned", "p");
 }
 
+/* A new empty directory is readable though its node was never stored. */
+static void test_new_empty_dir_is_readable(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_tree_entry e = { 0 };
+	struct kiln_tree t = KILN_TREE_INIT;
+	struct kiln_digest out;
+	uint64_t bytes, entries;
+
+	assert_int_equal(run_actions(f, "[{\"action\":\"mkdir\",\"path\":\"/newdir\"}]", true,
+				     &out, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->store, &out, "newdir", &e, NULL), 0);
+	assert_true(kiln_tree_is_empty_digest(&e.digest));
+	assert_int_equal(kiln_tree_get(f->store, &e.digest, &t, NULL), 0);
+	assert_int_equal(t.n, 0);
+	assert_int_equal(kiln_tree_usage(f->store, &out, &bytes, &entries, NULL), 0);
+	kiln_tree_entry_release(&e);
+}
+
 static void test_merge(void **state)
 {
 	struct fx *f = *state;
@@ -260,6 +279,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_chown_chmod_apply_below, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_action_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dest_symlink_stays_inside, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_new_empty_dir_is_readable, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
