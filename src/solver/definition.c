@@ -55,6 +55,8 @@ const char *kiln_op_type_name(enum kiln_op_type t)
 		return "source.image";
 	case KILN_OP_SOURCE_LOCAL:
 		return "source.local";
+	case KILN_OP_SOURCE_HTTP:
+		return "source.http";
 	case KILN_OP_EXEC:
 		return "exec";
 	case KILN_OP_FILE:
@@ -166,14 +168,24 @@ static int get_mode(struct pctx *p, json_t *obj, const char *field, int64_t *out
 	return 0;
 }
 
-/* "uid[:gid]" numeric, or an integer uid. */
-static int get_owner(struct pctx *p, json_t *obj, const char *field,
-		     int64_t *uid, int64_t *gid)
+static bool is_number(const char *s)
+{
+	uint32_t v;
+
+	return kiln_parse_u32(s, &v) == 0;
+}
+
+/*
+ * "uid[:gid]" or an integer uid; with names allowed (user/group non-NULL),
+ * non-numeric parts are kept as names to resolve later.
+ */
+static int get_owner(struct pctx *p, json_t *obj, const char *field, int64_t *uid,
+		     int64_t *gid, char **user, char **group)
 {
 	json_t *v = json_object_get(obj, field);
 	_cleanup_free_ char *s = NULL;
 	char *colon;
-	uint32_t u, g;
+	uint32_t u = 0, g = 0;
 
 	*uid = *gid = -1;
 	if (!v)
@@ -183,18 +195,26 @@ static int get_owner(struct pctx *p, json_t *obj, const char *field,
 		*uid = *gid = json_integer_value(v);
 		return 0;
 	}
-	if (!json_is_string(v))
-		return op_err(p, field, "expected \"uid[:gid]\"");
+	if (!json_is_string(v) || !*json_string_value(v))
+		return op_err(p, field, "expected \"uid[:gid]\"%s", user ? " or \"user[:group]\"" : "");
 	s = xstrdup(json_string_value(v));
 	colon = strchr(s, ':');
 	if (colon)
 		*colon++ = '\0';
-	if (kiln_parse_u32(s, &u) < 0 ||
-	    (colon && kiln_parse_u32(colon, &g) < 0))
-		return op_err(p, field, "'%s' is not numeric \"uid[:gid]\"",
-			      json_string_value(v));
-	*uid = u;
-	*gid = colon ? g : u;
+	if ((!is_number(s) || (colon && !is_number(colon))) && !user)
+		return op_err(p, field, "'%s' is not numeric \"uid[:gid]\"", json_string_value(v));
+	if (!*s || (colon && !*colon))
+		return op_err(p, field, "'%s': empty user or group", json_string_value(v));
+	if (kiln_parse_u32(s, &u) == 0)
+		*uid = u;
+	else
+		*user = xstrdup(s);
+	if (colon && kiln_parse_u32(colon, &g) == 0)
+		*gid = g;
+	else if (colon)
+		*group = xstrdup(colon);
+	else if (*uid >= 0)
+		*gid = *uid; /* "1000" means 1000:1000 */
 	return 0;
 }
 
@@ -306,10 +326,82 @@ static int parse_local(struct pctx *p, json_t *o)
 	return get_str_array(p, o, "exclude", &p->op->exclude, &p->op->n_exclude);
 }
 
+static int get_sharing(struct pctx *p, json_t *m, enum kiln_cache_sharing *out)
+{
+	_cleanup_free_ char *v = NULL;
+	int r = get_str(p, m, "sharing", false, &v);
+
+	*out = KILN_SHARING_SHARED;
+	if (r < 0 || !v || !strcmp(v, "shared"))
+		return r;
+	if (!strcmp(v, "private"))
+		*out = KILN_SHARING_PRIVATE;
+	else if (!strcmp(v, "locked"))
+		*out = KILN_SHARING_LOCKED;
+	else
+		return op_err(p, "sharing", "'%s': expected shared, private or locked", v);
+	return 0;
+}
+
+static int get_mount_owner(struct pctx *p, json_t *m, struct kiln_def_mount *mt,
+			   int64_t def_mode)
+{
+	json_t *u = json_object_get(m, "uid"), *g = json_object_get(m, "gid");
+	int r = get_mode(p, m, "mode", &mt->mode);
+
+	if (r < 0)
+		return r;
+	if (mt->mode < 0)
+		mt->mode = def_mode;
+	if ((u && (!json_is_integer(u) || json_integer_value(u) < 0)) ||
+	    (g && (!json_is_integer(g) || json_integer_value(g) < 0)))
+		return op_err(p, u ? "uid" : "gid", "expected a number");
+	mt->uid = u ? json_integer_value(u) : 0;
+	mt->gid = g ? json_integer_value(g) : 0;
+	return 0;
+}
+
+static int parse_http(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "id", "op", "name", "platform", "url",
+					       "checksum", "filename", "mode", "chown", NULL };
+	_cleanup_free_ char *sum = NULL;
+	const char *slash;
+	int r = check_fields(p, o, allowed, NULL);
+
+	if (r == 0)
+		r = get_str(p, o, "url", true, &p->op->url);
+	if (r == 0)
+		r = get_str(p, o, "checksum", false, &sum);
+	if (r == 0)
+		r = get_str(p, o, "filename", false, &p->op->filename);
+	if (r == 0)
+		r = get_mode(p, o, "mode", &p->op->http_mode);
+	if (r < 0)
+		return r;
+	if (strncmp(p->op->url, "http://", 7) && strncmp(p->op->url, "https://", 8))
+		return op_err(p, "url", "'%s': only http:// and https:// URLs", p->op->url);
+	if (sum && kiln_digest_parse(sum, &p->op->checksum) < 0)
+		return op_err(p, "checksum", "'%s' is not sha256:<64 hex>", sum);
+	if (p->op->http_mode < 0)
+		p->op->http_mode = 0600;
+	if (!p->op->filename) {
+		const char *path = strchr(p->op->url + 8, '/');
+		slash = path ? strrchr(path, '/') : NULL;
+		p->op->filename = xstrdup(slash && slash[1] && !strpbrk(slash + 1, "?#")
+						  ? slash + 1 : "index.html");
+	}
+	if (!*p->op->filename || strchr(p->op->filename, '/') ||
+	    !strcmp(p->op->filename, ".") || !strcmp(p->op->filename, ".."))
+		return op_err(p, "filename", "'%s' is not a file name", p->op->filename);
+	return 0;
+}
+
 static int parse_mount(struct pctx *p, json_t *m, size_t i)
 {
 	static const char *const allowed[] = { "target", "type", "input", "source",
-					       "readonly", "id", "size", NULL };
+					       "readonly", "id", "size", "sharing", "mode",
+					       "uid", "gid", "required", NULL };
 	struct kiln_def_mount *mt = &p->op->mounts[i];
 	_cleanup_free_ char *type = NULL, *src = NULL;
 	int r;
@@ -317,16 +409,22 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 	if (!json_is_object(m))
 		return op_err(p, "mounts", "element %zu: expected an object", i);
 	r = check_fields(p, m, allowed, "a mount");
+	if (r == 0)
+		r = get_str(p, m, "type", false, &type);
 	if (r < 0)
 		return r;
-	r = get_abs_path(p, m, "target", true, &mt->target);
-	if (r < 0)
-		return r;
+	if (type && !strcmp(type, "secret") && !json_object_get(m, "target")) {
+		json_t *id = json_object_get(m, "id");
+		if (!json_is_string(id))
+			return op_err(p, "id", "a secret mount needs an id");
+		mt->target = xasprintf("/run/secrets/%s", json_string_value(id));
+	} else {
+		r = get_abs_path(p, m, "target", true, &mt->target);
+		if (r < 0)
+			return r;
+	}
 	if (!strcmp(mt->target, "/"))
 		return op_err(p, "mounts", "element %zu: cannot mount over /", i);
-	r = get_str(p, m, "type", false, &type);
-	if (r < 0)
-		return r;
 	mt->input = -1;
 	if (!type || !strcmp(type, "bind")) {
 		mt->kind = KILN_DEF_MOUNT_BIND;
@@ -342,11 +440,24 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 	if (!strcmp(type, "cache")) {
 		mt->kind = KILN_DEF_MOUNT_CACHE;
 		r = get_str(p, m, "id", false, &mt->cache_id);
+		if (r == 0)
+			r = get_sharing(p, m, &mt->sharing);
+		if (r == 0)
+			r = get_mount_owner(p, m, mt, 0755);
 		if (r < 0)
 			return r;
 		if (!mt->cache_id)
 			mt->cache_id = xstrdup(mt->target);
 		return 0;
+	}
+	if (!strcmp(type, "secret")) {
+		mt->kind = KILN_DEF_MOUNT_SECRET;
+		r = get_str(p, m, "id", true, &mt->cache_id);
+		if (r == 0)
+			r = get_bool(p, m, "required", false, &mt->required);
+		if (r == 0)
+			r = get_mount_owner(p, m, mt, 0400);
+		return r;
 	}
 	if (!strcmp(type, "tmpfs")) {
 		json_t *sz = json_object_get(m, "size");
@@ -356,7 +467,7 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 		mt->size = sz ? (uint64_t)json_integer_value(sz) : 0;
 		return 0;
 	}
-	return op_err(p, "mounts", "element %zu: unknown type '%s' (bind, cache, tmpfs)",
+	return op_err(p, "mounts", "element %zu: unknown type '%s' (bind, cache, tmpfs, secret)",
 		      i, type);
 }
 
@@ -423,7 +534,7 @@ static int parse_action(struct pctx *p, json_t *a, size_t i)
 					       "target", "data", "mode", "chown",
 					       "parents", "allow_not_found",
 					       "follow_symlinks", "allow_wildcard",
-					       "mtime", NULL };
+					       "mtime", "extract", NULL };
 	struct kiln_file_action *fa = &p->op->actions[i];
 	_cleanup_free_ char *kind = NULL;
 	json_t *mt;
@@ -440,7 +551,7 @@ static int parse_action(struct pctx *p, json_t *a, size_t i)
 	fa->from = -1;
 	r = get_mode(p, a, "mode", &fa->mode);
 	if (r == 0)
-		r = get_owner(p, a, "chown", &fa->uid, &fa->gid);
+		r = get_owner(p, a, "chown", &fa->uid, &fa->gid, &fa->user, &fa->group);
 	if (r == 0)
 		r = get_bool(p, a, "allow_not_found", false, &fa->allow_not_found);
 	if (r < 0)
@@ -466,6 +577,8 @@ static int parse_action(struct pctx *p, json_t *a, size_t i)
 			r = get_bool(p, a, "follow_symlinks", true, &fa->follow_symlinks);
 		if (r == 0)
 			r = get_bool(p, a, "allow_wildcard", true, &fa->allow_wildcard);
+		if (r == 0)
+			r = get_bool(p, a, "extract", false, &fa->extract);
 		if (r < 0)
 			return r;
 		l = strlen(src);
@@ -590,6 +703,7 @@ static int parse_op(struct pctx *p, json_t *o)
 	} types[] = {
 		{ "source.image", KILN_OP_SOURCE_IMAGE, parse_image },
 		{ "source.local", KILN_OP_SOURCE_LOCAL, parse_local },
+		{ "source.http", KILN_OP_SOURCE_HTTP, parse_http },
 		{ "exec", KILN_OP_EXEC, parse_exec },
 		{ "file", KILN_OP_FILE, parse_file },
 		{ "merge", KILN_OP_MERGE, parse_merge },
@@ -616,7 +730,7 @@ static int parse_op(struct pctx *p, json_t *o)
 		p->op->type = types[i].type;
 		return types[i].parse(p, o);
 	}
-	return op_err(p, "op", "unknown op type '%s' (source.image, source.local, exec, file, merge)",
+	return op_err(p, "op", "unknown op type '%s' (source.image, source.local, source.http, exec, file, merge)",
 		      type);
 }
 
@@ -735,11 +849,14 @@ static void topo_from(const struct kiln_definition *d, bool all, size_t **order,
 	_cleanup_free_ size_t *next = xcalloc(d->n_ops + 1, sizeof(size_t));
 	size_t *out = xcalloc(d->n_ops + 1, sizeof(size_t)), k = 0, v;
 
-	if (all)
+	if (all) {
 		for (v = 0; v < d->n_ops; v++)
 			topo_visit(d, v, state, stack, next, out, &k);
-	else
+	} else {
+		for (v = 0; v < d->n_outputs; v++)
+			topo_visit(d, d->outputs[v].op, state, stack, next, out, &k);
 		topo_visit(d, d->output.op, state, stack, next, out, &k);
+	}
 	*order = out;
 	*n = k;
 }
@@ -778,8 +895,14 @@ static json_t *form_mount(const struct kiln_def_mount *m)
 				 "input", edge_ref(m->input), "source", m->source,
 				 "readonly", m->readonly);
 	case KILN_DEF_MOUNT_CACHE:
-		return json_pack("{ssssss}", "type", "cache", "target", m->target, "id",
-				 m->cache_id);
+		return json_pack("{sssssssisIsIsI}", "type", "cache", "target", m->target, "id",
+				 m->cache_id, "sharing", (int)m->sharing, "mode", (json_int_t)m->mode,
+				 "uid", (json_int_t)m->uid, "gid", (json_int_t)m->gid);
+	case KILN_DEF_MOUNT_SECRET:
+		/* The secret's content is never part of a key; its use is. */
+		return json_pack("{sssssssbsIsIsI}", "type", "secret", "target", m->target, "id",
+				 m->cache_id, "required", m->required, "mode", (json_int_t)m->mode,
+				 "uid", (json_int_t)m->uid, "gid", (json_int_t)m->gid);
 	case KILN_DEF_MOUNT_TMPFS:
 		return json_pack("{sssssI}", "type", "tmpfs", "target", m->target, "size",
 				 (json_int_t)m->size);
@@ -794,9 +917,15 @@ static json_t *form_action(const struct kiln_file_action *a)
 			      "mode", (json_int_t)a->mode, "uid", (json_int_t)a->uid,
 			      "gid", (json_int_t)a->gid, "mtime", (json_int_t)a->mtime);
 
+	if (a->user)
+		json_object_set_new(o, "user", json_string(a->user));
+	if (a->group)
+		json_object_set_new(o, "group", json_string(a->group));
+
 	switch (a->type) {
 	case KILN_FA_COPY:
 		json_object_set_new(o, "from", edge_ref(a->from));
+		json_object_set_new(o, "extract", json_boolean(a->extract));
 		json_object_set_new(o, "src", json_string(a->src));
 		json_object_set_new(o, "parents", json_boolean(a->parents));
 		json_object_set_new(o, "follow_symlinks", json_boolean(a->follow_symlinks));
@@ -834,6 +963,13 @@ static json_t *op_form(const struct kiln_op *op)
 	case KILN_OP_SOURCE_IMAGE:
 		json_object_set_new(o, "ref", json_string(op->ref));
 		json_object_set_new(o, "platform", json_string(op->platform));
+		break;
+	case KILN_OP_SOURCE_HTTP:
+		json_object_set_new(o, "url", json_string(op->url));
+		json_object_set_new(o, "filename", json_string(op->filename));
+		json_object_set_new(o, "mode", json_integer(op->http_mode));
+		if (kiln_digest_is_set(&op->checksum))
+			json_object_set_new(o, "checksum", json_string(KILN_DIGEST_STR(&op->checksum)));
 		break;
 	case KILN_OP_SOURCE_LOCAL:
 		json_object_set_new(o, "path", json_string(op->local_path));
@@ -895,9 +1031,32 @@ static void op_digest(struct kiln_definition *d, struct kiln_op *op)
 	kiln_hasher_free(h);
 }
 
+static int parse_outputs(struct pctx *p, json_t *outs)
+{
+	json_t *e, *v;
+	size_t i;
+
+	if (!outs)
+		return 0;
+	if (!json_is_array(outs))
+		return kiln_error_set(p->err, -EINVAL, "%s: field 'outputs': expected an array of op ids",
+				      p->file);
+	p->def->outputs = xcalloc(json_array_size(outs) + 1, sizeof(struct kiln_edge));
+	json_array_foreach(outs, i, e) {
+		v = json_is_string(e) ? json_object_get(p->ids, json_string_value(e)) : NULL;
+		if (!v)
+			return kiln_error_set(p->err, -EINVAL,
+					      "%s: field 'outputs': element %zu does not name an op",
+					      p->file, i);
+		p->def->outputs[p->def->n_outputs++].op = (size_t)json_integer_value(v);
+	}
+	return 0;
+}
+
 static int parse_root(struct pctx *p, json_t *root)
 {
-	static const char *const allowed[] = { "version", "ops", "output", "platform", NULL };
+	static const char *const allowed[] = { "version", "ops", "output", "outputs", "platform",
+					       NULL };
 	json_t *ops, *o, *out, *v;
 	const char *key;
 	size_t i, n, *order;
@@ -954,6 +1113,9 @@ static int parse_root(struct pctx *p, json_t *root)
 		return kiln_error_set(p->err, -EINVAL, "%s: field 'output': '%s' does not name an op",
 				      p->file, json_string_value(out));
 	p->def->output.op = (size_t)json_integer_value(v);
+	r = parse_outputs(p, json_object_get(root, "outputs"));
+	if (r < 0)
+		return r;
 	r = check_acyclic(p);
 	if (r < 0)
 		return r;
@@ -1040,6 +1202,8 @@ static void op_release(struct kiln_op *op)
 	free(op->platform);
 	free(op->inputs);
 	free(op->ref);
+	free(op->url);
+	free(op->filename);
 	free(op->local_path);
 	free_strv(op->include, op->n_include);
 	free_strv(op->exclude, op->n_exclude);
@@ -1058,6 +1222,8 @@ static void op_release(struct kiln_op *op)
 		free(op->actions[i].path);
 		free(op->actions[i].target);
 		free(op->actions[i].data);
+		free(op->actions[i].user);
+		free(op->actions[i].group);
 	}
 	free(op->actions);
 	free(op->form);
@@ -1072,6 +1238,7 @@ void kiln_definition_free(struct kiln_definition *d)
 	for (i = 0; i < d->n_ops; i++)
 		op_release(&d->ops[i]);
 	free(d->ops);
+	free(d->outputs);
 	free(d->default_platform);
 	free(d->source);
 	free(d);

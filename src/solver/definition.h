@@ -21,6 +21,7 @@
 enum kiln_op_type {
 	KILN_OP_SOURCE_IMAGE,
 	KILN_OP_SOURCE_LOCAL,
+	KILN_OP_SOURCE_HTTP,
 	KILN_OP_EXEC,
 	KILN_OP_FILE,
 	KILN_OP_MERGE,
@@ -36,6 +37,13 @@ enum kiln_mount_kind {
 	KILN_DEF_MOUNT_BIND,  /* a result tree (input) */
 	KILN_DEF_MOUNT_CACHE,
 	KILN_DEF_MOUNT_TMPFS,
+	KILN_DEF_MOUNT_SECRET,
+};
+
+enum kiln_cache_sharing {
+	KILN_SHARING_SHARED,
+	KILN_SHARING_PRIVATE,
+	KILN_SHARING_LOCKED,
 };
 
 struct kiln_def_mount {
@@ -44,7 +52,11 @@ struct kiln_def_mount {
 	int input;        /* BIND: index into op->inputs, -1 = none */
 	char *source;     /* BIND: subdirectory of the input ("" = root) */
 	bool readonly;    /* BIND */
-	char *cache_id;   /* CACHE: defaults to target */
+	char *cache_id;   /* CACHE: defaults to target; SECRET: the secret's id */
+	enum kiln_cache_sharing sharing; /* CACHE */
+	int64_t mode;     /* CACHE (default 0755), SECRET (default 0400) */
+	int64_t uid, gid; /* CACHE, SECRET: -1 = 0 */
+	bool required;    /* SECRET: fail when the client has no such secret */
 	uint64_t size;    /* TMPFS */
 };
 
@@ -66,11 +78,13 @@ struct kiln_file_action {
 	size_t data_len;
 	int64_t mode;   /* -1 = default/keep */
 	int64_t uid, gid; /* -1 = default/keep */
+	char *user, *group; /* names to resolve in the destination (chown) */
 	bool parents;   /* MKDIR: -p; COPY: create dest dirs (default true) */
 	bool allow_not_found;   /* RM, COPY wildcards */
 	bool follow_symlinks;   /* COPY: follow a symlink at src (default true) */
 	bool contents_only;     /* COPY: copy a dir's contents (src ends "/.") */
 	bool allow_wildcard;    /* COPY (default true) */
+	bool extract;           /* COPY: unpack a tar archive source */
 	int64_t mtime;  /* -1 = keep (COPY) / now-less default 0 (MKDIR/MKFILE) */
 };
 
@@ -86,6 +100,10 @@ struct kiln_op {
 
 	/* source.image */
 	char *ref;
+	/* source.http */
+	char *url, *filename;
+	struct kiln_digest checksum; /* unset when not given */
+	int64_t http_mode;
 	/* source.local */
 	char *local_path; /* absolute */
 	char **include, **exclude;
@@ -113,6 +131,8 @@ struct kiln_definition {
 	struct kiln_op *ops;
 	size_t n_ops;
 	struct kiln_edge output;
+	struct kiln_edge *outputs; /* "outputs": more ops to resolve */
+	size_t n_outputs;
 	char *default_platform;
 	char *source; /* file name for errors */
 };
@@ -129,7 +149,7 @@ int kiln_definition_load(const char *path, const char *default_platform,
 			 struct kiln_definition **out, struct kiln_error **err);
 void kiln_definition_free(struct kiln_definition *d);
 
-/* The ops the output depends on, in dependency order (inputs first). */
+/* The ops the outputs depend on, in dependency order (inputs first). */
 int kiln_definition_topo(const struct kiln_definition *d, size_t **order,
 			 size_t *n);
 

@@ -1,13 +1,18 @@
 #include "solver/fileop.h"
 
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "cas/tree.h"
+#include "source/image.h"
 
 struct fctx {
 	struct kiln_store *s;
@@ -157,6 +162,189 @@ static int expand(struct fctx *c, struct kiln_tree_editor *src, const char *patt
 	return r;
 }
 
+/* ---- chown by name: /etc/passwd and /etc/group of the destination ---- */
+
+/* Read a small file of the destination tree (following symlinks inside). */
+static int read_dest_file(struct fctx *c, const char *path, char **out)
+{
+	_cleanup_free_ char *resolved = NULL;
+	struct kiln_tree_entry e = { 0 };
+	size_t len;
+	int r;
+
+	*out = NULL;
+	r = kiln_tree_editor_resolve(c->ed, path, true, &resolved, NULL);
+	if (r == 0)
+		r = kiln_tree_editor_get(c->ed, resolved, &e, NULL);
+	if (r == 0 && e.type != KILN_ENTRY_FILE)
+		r = -ENOENT;
+	if (r == 0)
+		r = kiln_store_read(c->s, &e.digest, 4u << 20, out, &len, NULL);
+	kiln_tree_entry_release(&e);
+	return r;
+}
+
+/* Field 3 (id) of the line whose field 1 is name, in passwd/group text. */
+static int lookup_id(const char *text, const char *name, uint32_t *id, uint32_t *gid)
+{
+	size_t nl = strlen(name);
+	const char *line = text;
+
+	while (line && *line) {
+		const char *end = strchr(line, '\n');
+		if (!strncmp(line, name, nl) && line[nl] == ':') {
+			const char *f = strchr(line + nl + 1, ':');
+			char *e;
+			unsigned long v, g;
+
+			if (!f)
+				return -EINVAL;
+			v = strtoul(f + 1, &e, 10);
+			if (e == f + 1 || v > UINT32_MAX)
+				return -EINVAL;
+			*id = (uint32_t)v;
+			if (gid && *e == ':') {
+				g = strtoul(e + 1, &e, 10);
+				*gid = (uint32_t)g;
+			}
+			return 0;
+		}
+		line = end ? end + 1 : NULL;
+	}
+	return -ENOENT;
+}
+
+/* Numeric owner of a copy action, resolving names in the destination. */
+static int resolve_owner(struct fctx *c, const struct kiln_file_action *a, int64_t *uid,
+			 int64_t *gid)
+{
+	_cleanup_free_ char *passwd = NULL, *group = NULL;
+	uint32_t u, g, ug = 0;
+
+	*uid = a->uid;
+	*gid = a->gid;
+	if (a->user) {
+		if (read_dest_file(c, "etc/passwd", &passwd) < 0 ||
+		    lookup_id(passwd, a->user, &u, &ug) < 0)
+			return act_err(c, -ENOENT, "chown: user '%s' not found in /etc/passwd",
+				       a->user);
+		*uid = u;
+		if (!a->group && a->gid < 0)
+			*gid = u; /* Docker: no group means the uid's number */
+	}
+	if (a->group) {
+		if (read_dest_file(c, "etc/group", &group) < 0 ||
+		    lookup_id(group, a->group, &g, NULL) < 0)
+			return act_err(c, -ENOENT, "chown: group '%s' not found in /etc/group",
+				       a->group);
+		*gid = g;
+	}
+	if (*uid >= 0 && *gid < 0)
+		*gid = *uid;
+	return 0;
+}
+
+/* ---- ADD archives ---- */
+
+/* Does the blob start like a tar archive or a compressed stream? */
+static bool looks_like_archive(struct kiln_store *s, const struct kiln_digest *d)
+{
+	static const unsigned char gz[] = { 0x1f, 0x8b }, bz[] = { 'B', 'Z', 'h' },
+				   xz[] = { 0xfd, '7', 'z', 'X', 'Z', 0 },
+				   zst[] = { 0x28, 0xb5, 0x2f, 0xfd };
+	unsigned char buf[512];
+	int fd = kiln_store_open_blob(s, d);
+	ssize_t n;
+
+	if (fd < 0)
+		return false;
+	n = pread(fd, buf, sizeof(buf), 0);
+	close(fd);
+	if (n >= 2 && !memcmp(buf, gz, 2))
+		return true;
+	if (n >= 3 && !memcmp(buf, bz, 3))
+		return true;
+	if (n >= 6 && !memcmp(buf, xz, 6))
+		return true;
+	if (n >= 4 && !memcmp(buf, zst, 4))
+		return true;
+	return n == 512 && !memcmp(buf + 257, "ustar", 5);
+}
+
+/*
+ * Unpack the archive blob (safely: kiln_layer_extract confines it) into a
+ * scratch directory of the store and turn that into a tree.
+ */
+static int unpack_archive(struct fctx *c, const struct kiln_digest *blob,
+			  struct kiln_digest *tree)
+{
+	_cleanup_free_ char *rnd = kiln_random_hex(8);
+	_cleanup_free_ char *dir = xasprintf("%s/tmp/extract-%s", kiln_store_dir(c->s), rnd);
+	struct kiln_tree_build_opts bo = { .adopt = true };
+	_cleanup_close_ int fd = -1, dfd = -1;
+	int r;
+
+	if (mkdir(dir, 0700) < 0)
+		return act_err(c, -errno, "cannot create %s", dir);
+	fd = kiln_store_open_blob(c->s, blob);
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	r = fd < 0 ? fd : dfd < 0 ? -errno : 0;
+	if (r == 0)
+		r = kiln_layer_extract(fd, dfd, c->err);
+	if (r == 0)
+		r = kiln_tree_from_dir(c->s, dfd, &bo, tree, c->err);
+	kiln_rm_rf(dir);
+	if (r < 0)
+		kiln_error_prefix(c->err, "op '%s': actions[%zu]: extracting %s", c->op->id,
+				  c->action, KILN_DIGEST_STR(blob));
+	return r;
+}
+
+/* Put one source entry e at target (merging directories); releases e. */
+static int copy_into(struct fctx *c, const struct kiln_file_action *a, const char *target,
+		     struct kiln_tree_entry *e)
+{
+	_cleanup_free_ char *parent = NULL;
+	char *slash;
+	int r = 0;
+
+	parent = xstrdup(target);
+	slash = strrchr(parent, '/');
+	if (slash)
+		*slash = '\0';
+	else
+		parent[0] = '\0';
+	if (a->parents && *parent)
+		r = kiln_tree_editor_mkdir_p(c->ed, parent, 0755, 0, 0, 0, c->err);
+	if (r == 0)
+		r = apply_meta(c, e, a);
+	if (r == 0 && a->mtime >= 0) {
+		e->mtime_sec = a->mtime;
+		e->mtime_nsec = 0;
+	}
+	if (r == 0 && !*target) {
+		/* Copying into the root: merge children one by one. */
+		struct kiln_tree t = KILN_TREE_INIT;
+		size_t i;
+
+		if (e->type != KILN_ENTRY_DIR)
+			r = act_err(c, -EISDIR, "copy: cannot replace / with a file");
+		else
+			r = kiln_tree_get(c->s, &e->digest, &t, c->err);
+		for (i = 0; r == 0 && i < t.n; i++) {
+			struct kiln_tree_entry child;
+			kiln_tree_entry_copy(&child, &t.entries[i]);
+			r = graft(c, child.name, &child);
+			kiln_tree_entry_release(&child);
+		}
+		kiln_tree_release(&t);
+	} else if (r == 0) {
+		r = graft(c, target, e);
+	}
+	kiln_tree_entry_release(e);
+	return r;
+}
+
 /* Where one matched source lands: dest itself or dest/<basename>. */
 static char *copy_target(struct fctx *c, const struct kiln_file_action *a,
 			 const char *dest, const char *srcpath, bool many,
@@ -183,9 +371,8 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		    struct kiln_tree_editor *src, const char *dest, const char *path,
 		    bool many)
 {
-	_cleanup_free_ char *resolved = NULL, *target = NULL, *parent = NULL;
+	_cleanup_free_ char *resolved = NULL, *target = NULL;
 	struct kiln_tree_entry e = { 0 };
-	char *slash;
 	int r;
 
 	r = kiln_tree_editor_resolve(src, path, a->follow_symlinks, &resolved, c->err);
@@ -199,56 +386,42 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		/* The root of the source: it has no name, so copy contents. */
 		e.type = KILN_ENTRY_DIR;
 	}
+	if (a->extract && e.type == KILN_ENTRY_FILE && looks_like_archive(c->s, &e.digest)) {
+		struct kiln_file_action into = *a;
+
+		/* ADD: an archive's contents land inside dest. */
+		r = unpack_archive(c, &e.digest, &e.digest);
+		if (r < 0) {
+			kiln_tree_entry_release(&e);
+			return r;
+		}
+		e.type = KILN_ENTRY_DIR;
+		e.size = 0;
+		e.mode = 0755;
+		into.contents_only = true;
+		target = copy_target(c, &into, dest, resolved, many, &e);
+		return copy_into(c, a, target, &e);
+	}
 	target = copy_target(c, a, dest, resolved, many, &e);
 	if (e.type == KILN_ENTRY_DIR && !strcmp(target, dest) && a->contents_only) {
 		/* fall through: graft merges into dest */
 	}
-	parent = xstrdup(target);
-	slash = strrchr(parent, '/');
-	if (slash)
-		*slash = '\0';
-	else
-		parent[0] = '\0';
-	if (a->parents && *parent)
-		r = kiln_tree_editor_mkdir_p(c->ed, parent, 0755, 0, 0, 0, c->err);
-	if (r == 0)
-		r = apply_meta(c, &e, a);
-	if (r == 0 && a->mtime >= 0) {
-		e.mtime_sec = a->mtime;
-		e.mtime_nsec = 0;
-	}
-	if (r == 0 && !*target) {
-		/* Copying into the root: merge children one by one. */
-		struct kiln_tree t = KILN_TREE_INIT;
-		size_t i;
-
-		if (e.type != KILN_ENTRY_DIR)
-			r = act_err(c, -EISDIR, "copy: cannot replace / with a file");
-		else
-			r = kiln_tree_get(c->s, &e.digest, &t, c->err);
-		for (i = 0; r == 0 && i < t.n; i++) {
-			struct kiln_tree_entry child;
-			kiln_tree_entry_copy(&child, &t.entries[i]);
-			r = graft(c, child.name, &child);
-			kiln_tree_entry_release(&child);
-		}
-		kiln_tree_release(&t);
-	} else if (r == 0) {
-		r = graft(c, target, &e);
-	}
-	kiln_tree_entry_release(&e);
-	return r;
+	return copy_into(c, a, target, &e);
 }
 
-static int do_copy(struct fctx *c, const struct kiln_file_action *a,
+static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 		   const struct kiln_digest *from)
 {
+	struct kiln_file_action eff = *orig, *a = &eff;
 	struct kiln_tree_editor *src = NULL;
 	_cleanup_free_ char *dest = NULL;
 	char **matches = NULL;
 	size_t n = 0, i;
 	int r;
 
+	r = resolve_owner(c, orig, &eff.uid, &eff.gid);
+	if (r < 0)
+		return r;
 	r = kiln_tree_editor_new(c->s, from, &src, c->err);
 	if (r < 0)
 		return r;

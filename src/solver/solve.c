@@ -25,6 +25,7 @@
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "solver/fileop.h"
+#include "source/http.h"
 #include "source/image.h"
 #include "source/local.h"
 
@@ -126,6 +127,8 @@ static char *default_name(const struct kiln_op *op)
 		return xasprintf("[%s] load image %s", op->id, op->ref);
 	case KILN_OP_SOURCE_LOCAL:
 		return xasprintf("[%s] load context %s", op->id, op->local_path);
+	case KILN_OP_SOURCE_HTTP:
+		return xasprintf("[%s] download %s", op->id, op->url);
 	case KILN_OP_EXEC:
 		kiln_strbuf_addf(&sb, "[%s] exec", op->id);
 		for (i = 0; i < op->n_args; i++)
@@ -262,6 +265,41 @@ static char *command_line(const struct kiln_op *op)
 	return kiln_strbuf_detach(&sb, NULL);
 }
 
+static const struct kiln_secret *find_secret(struct solver *s, const char *id)
+{
+	size_t i;
+
+	for (i = 0; i < s->o->n_secrets; i++)
+		if (!strcmp(s->o->secrets[i].id, id))
+			return &s->o->secrets[i];
+	return NULL;
+}
+
+/* A missing optional secret leaves nothing mounted (an empty tmpfs). */
+static int secret_mount(struct solver *s, const struct kiln_op *op,
+			const struct kiln_def_mount *m, struct kiln_exec_mount *em,
+			struct kiln_error **err)
+{
+	const struct kiln_secret *sec = find_secret(s, m->cache_id);
+
+	if (!sec && m->required)
+		return kiln_error_set(err, -ENOENT,
+				      "op '%s': secret '%s' is required but was not given (kiln build --secret id=%s,src=FILE)",
+				      op->id, m->cache_id, m->cache_id);
+	if (!sec) {
+		em->type = KILN_MOUNT_TMPFS;
+		em->tmpfs_size = 4096;
+		return 0;
+	}
+	em->type = KILN_MOUNT_SECRET;
+	em->secret = sec->data;
+	em->secret_len = sec->len;
+	em->mode = (uint32_t)m->mode;
+	em->uid = (uint32_t)m->uid;
+	em->gid = (uint32_t)m->gid;
+	return 0;
+}
+
 static int job_exec(struct solver *s, struct vertex *v, struct kiln_error **err)
 {
 	const struct kiln_op *op = v->op;
@@ -298,6 +336,15 @@ static int job_exec(struct solver *s, struct vertex *v, struct kiln_error **err)
 		case KILN_DEF_MOUNT_CACHE:
 			em->type = KILN_MOUNT_CACHE;
 			em->cache_id = m->cache_id;
+			em->sharing = m->sharing == KILN_SHARING_LOCKED ? KILN_MOUNT_LOCKED
+				      : m->sharing == KILN_SHARING_PRIVATE ? KILN_MOUNT_PRIVATE
+									   : KILN_MOUNT_SHARED;
+			em->mode = (uint32_t)m->mode;
+			em->uid = (uint32_t)m->uid;
+			em->gid = (uint32_t)m->gid;
+			break;
+		case KILN_DEF_MOUNT_SECRET:
+			r = secret_mount(s, op, m, em, err);
 			break;
 		case KILN_DEF_MOUNT_TMPFS:
 			em->type = KILN_MOUNT_TMPFS;
@@ -383,6 +430,34 @@ static int job_file(struct solver *s, struct vertex *v, struct kiln_error **err)
 			       op->rootfs >= 0 ? &ins[op->rootfs] : NULL, ins, &v->result, err);
 }
 
+/* The result of source.http: a tree holding the one downloaded file. */
+static int job_http(struct solver *s, struct vertex *v, struct kiln_error **err)
+{
+	struct kiln_store *st = kiln_worker_store(s->o->worker);
+	struct kiln_tree t = KILN_TREE_INIT;
+	struct kiln_tree_entry e = { 0 };
+	uint64_t size = 0;
+	int r = 0;
+
+	if (!kiln_store_has(st, &v->pin))
+		r = kiln_http_fetch(st, v->op->url, &v->pin, &v->pin, &size, err);
+	if (r == 0)
+		r = kiln_store_size(st, &v->pin, &size);
+	if (r < 0) {
+		kiln_error_prefix(err, "op '%s'", v->op->id);
+		return r;
+	}
+	e.name = xstrdup(v->op->filename);
+	e.type = KILN_ENTRY_FILE;
+	e.mode = (uint32_t)v->op->http_mode;
+	e.size = size;
+	e.digest = v->pin;
+	kiln_tree_set(&t, &e);
+	r = kiln_tree_put(st, &t, &v->result, err);
+	kiln_tree_release(&t);
+	return r;
+}
+
 static void *job_main(void *arg)
 {
 	void **pair = arg;
@@ -398,6 +473,9 @@ static void *job_main(void *arg)
 		break;
 	case KILN_OP_SOURCE_IMAGE:
 		r = job_image(s, v, &v->job_err);
+		break;
+	case KILN_OP_SOURCE_HTTP:
+		r = job_http(s, v, &v->job_err);
 		break;
 	case KILN_OP_EXEC:
 		r = job_exec(s, v, &v->job_err);
@@ -513,6 +591,13 @@ static int pin_sources(struct solver *s, struct kiln_error **err)
 						v->op->n_include,
 						(const char *const *)v->op->exclude,
 						v->op->n_exclude, &v->pin, NULL, err);
+		} else if (v->op->type == KILN_OP_SOURCE_HTTP) {
+			/* A checksum pins the op; without one the content does. */
+			if (kiln_digest_is_set(&v->op->checksum))
+				v->pin = v->op->checksum;
+			else
+				r = kiln_http_fetch(kiln_worker_store(s->o->worker), v->op->url,
+						    NULL, &v->pin, NULL, err);
 		} else if (v->op->type == KILN_OP_SOURCE_IMAGE) {
 			r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
 			if (r == 0)
@@ -540,6 +625,8 @@ static void mark_needed(struct solver *s)
 	for (k = 0; k < s->n_order; k++)
 		compute_key(s, &s->v[s->order[k]], false, s->v[s->order[k]].defkey);
 	s->v[s->out].state = VS_WAITING;
+	for (k = 0; k < s->def->n_outputs; k++)
+		s->v[s->canon[s->def->outputs[k].op]].state = VS_WAITING;
 	for (k = s->n_order; k-- > 0;) {
 		struct vertex *v = &s->v[s->order[k]];
 
@@ -681,10 +768,20 @@ static void finish(struct solver *s, size_t vi)
 	resolve(s, vi);
 }
 
+static bool all_outputs_done(const struct solver *s)
+{
+	size_t k;
+
+	if (s->v[s->out].state != VS_DONE)
+		return false;
+	for (k = 0; k < s->def->n_outputs; k++)
+		if (s->v[s->canon[s->def->outputs[k].op]].state != VS_DONE)
+			return false;
+	return true;
+}
+
 static void loop(struct solver *s)
 {
-	struct vertex *out = &s->v[s->out];
-
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
 		ssize_t vi;
@@ -694,7 +791,7 @@ static void loop(struct solver *s)
 			start(s, (size_t)vi);
 			pthread_mutex_lock(&s->lock);
 		}
-		if (s->running == 0 && (s->failure || out->state == VS_DONE ||
+		if (s->running == 0 && (s->failure || all_outputs_done(s) ||
 					pick_ready(s) < 0))
 			break;
 		while (s->n_done_q == 0)
@@ -730,8 +827,33 @@ static void solver_release(struct solver *s)
 
 void kiln_solve_result_release(struct kiln_solve_result *r)
 {
+	size_t i;
+
+	for (i = 0; i < r->n_outputs; i++)
+		free(r->outputs[i].meta);
+	free(r->outputs);
 	free(r->meta);
+	r->outputs = NULL;
+	r->n_outputs = 0;
 	r->meta = NULL;
+}
+
+static void collect_outputs(struct solver *s, struct kiln_solve_result *out)
+{
+	const struct vertex *ov = &s->v[s->out];
+	size_t k;
+
+	out->tree = ov->result;
+	out->meta = ov->meta ? xstrdup(ov->meta) : NULL;
+	out->outputs = xcalloc(s->def->n_outputs + 1, sizeof(*out->outputs));
+	for (k = 0; k < s->def->n_outputs; k++) {
+		const struct vertex *v = &s->v[s->canon[s->def->outputs[k].op]];
+
+		out->outputs[k].op = s->def->outputs[k].op;
+		out->outputs[k].tree = v->result;
+		out->outputs[k].meta = v->meta ? xstrdup(v->meta) : NULL;
+	}
+	out->n_outputs = s->def->n_outputs;
 }
 
 int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_options *opts,
@@ -763,11 +885,10 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 				*err = s.failure;
 				s.failure = NULL;
 			}
-		} else if (ov->state != VS_DONE) {
+		} else if (!all_outputs_done(&s)) {
 			r = kiln_error_set(err, -EIO, "internal: output '%s' unresolved", ov->op->id);
 		} else {
-			out->tree = ov->result;
-			out->meta = ov->meta ? xstrdup(ov->meta) : NULL;
+			collect_outputs(&s, out);
 		}
 	}
 	out->run = s.n_run;

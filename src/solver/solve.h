@@ -18,6 +18,13 @@
 #include "solver/progress.h"
 #include "worker/worker.h"
 
+/* A secret the client supplies for RUN --mount=type=secret. */
+struct kiln_secret {
+	const char *id;
+	const void *data;
+	size_t len;
+};
+
 struct kiln_solve_options {
 	struct kiln_worker *worker;
 	const char *worker_name; /* shown in progress, "local" by default */
@@ -25,11 +32,22 @@ struct kiln_solve_options {
 	struct kiln_progress *progress;
 	unsigned slots;  /* jobs at once; 0 = number of CPUs */
 	bool no_cache;   /* do not look up (results are still recorded) */
+	const struct kiln_secret *secrets;
+	size_t n_secrets;
+};
+
+/* The result of one requested op ("output" and each of "outputs"). */
+struct kiln_solve_output {
+	size_t op;               /* index into def->ops */
+	struct kiln_digest tree;
+	char *meta;              /* record meta (JSON) or NULL */
 };
 
 struct kiln_solve_result {
 	struct kiln_digest tree; /* the output's result tree */
 	char *meta;              /* the output's record meta (JSON) or NULL */
+	struct kiln_solve_output *outputs; /* one per def->outputs entry */
+	size_t n_outputs;
 	unsigned run, cached;    /* vertices run / resolved from the cache */
 };
 

@@ -84,6 +84,9 @@ static int open_readers(struct extract *x, int fd, struct kiln_error **err)
 	x->tar = archive_read_new();
 	archive_read_support_filter_gzip(x->raw);
 	archive_read_support_filter_zstd(x->raw);
+	/* ADD also unpacks bzip2 and xz archives (docs/definition.md). */
+	archive_read_support_filter_bzip2(x->raw);
+	archive_read_support_filter_xz(x->raw);
 	archive_read_support_filter_none(x->raw);
 	archive_read_support_format_raw(x->raw);
 	/* tar covers ustar, pax and GNU tar; nothing else is accepted. */

@@ -6,6 +6,8 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 
 #include "basic/alloc.h"
@@ -49,6 +51,9 @@ struct exec_ctx {
 	struct kiln_user user;
 	struct kiln_tail tail;
 	struct kiln_digest input; /* req->rootfs, or the empty tree */
+	int *locks; /* flock()ed cache mount dirs, closed at the end */
+	size_t n_locks;
+	char *secrets; /* tmpfs holding secret files, or NULL */
 };
 
 void kiln_exec_result_release(struct kiln_exec_result *r)
@@ -240,7 +245,8 @@ static int make_points(struct exec_ctx *c, struct kiln_error **err)
 	for (i = 0; r == 0 && req->network_host && i < ARRAY_SIZE(files); i++)
 		r = make_point(c, what = files[i], true, false);
 	for (i = 0; r == 0 && i < req->n_mounts; i++)
-		r = make_point(c, what = req->mounts[i].target, false, false);
+		r = make_point(c, what = req->mounts[i].target,
+			       req->mounts[i].type == KILN_MOUNT_SECRET, false);
 	if (r == 0)
 		r = make_point(c, what = req->cwd ? req->cwd : "/", false, true);
 	if (r < 0)
@@ -284,23 +290,103 @@ static int tree_mount(struct exec_ctx *c, size_t i,
 	return 0;
 }
 
+/* Create a cache dir with the mount's mode and owner; existing ones stay. */
+static int cache_dir_create(const char *dir, const struct kiln_exec_mount *m)
+{
+	if (mkdir(dir, 0700) < 0)
+		return errno == EEXIST ? 0 : -errno;
+	if (chown(dir, m->uid, m->gid) < 0 || chmod(dir, m->mode ? m->mode : 0755) < 0)
+		return -errno;
+	return 0;
+}
+
+/*
+ * Lock the cache dir per its sharing mode: locked waits for other execs,
+ * private moves on to the next instance (id-1, id-2, ...) while busy.
+ * Returns the directory to mount (owned by c).
+ */
+static int cache_claim(struct exec_ctx *c, const struct kiln_exec_mount *m,
+		       const char *base, const char **dir)
+{
+	unsigned n;
+	int fd, r;
+
+	*dir = base;
+	if (m->sharing == KILN_MOUNT_SHARED)
+		return cache_dir_create(base, m);
+	for (n = 0;; n++) {
+		const char *d = n ? own(c, xasprintf("%s-%u", base, n)) : base;
+
+		r = cache_dir_create(d, m);
+		if (r < 0)
+			return r;
+		fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		if (flock(fd, LOCK_EX | (m->sharing == KILN_MOUNT_PRIVATE ? LOCK_NB : 0)) == 0) {
+			c->locks = xrealloc(c->locks, (c->n_locks + 1) * sizeof(int));
+			c->locks[c->n_locks++] = fd;
+			*dir = d;
+			return 0;
+		}
+		r = -errno;
+		close(fd);
+		if (r != -EWOULDBLOCK || n >= 64)
+			return r;
+	}
+}
+
 static int cache_mount(struct exec_ctx *c, const struct kiln_exec_mount *m,
 		       struct kiln_error **err)
 {
 	char hex[KILN_DIGEST_HEXLEN];
 	struct kiln_digest d;
 	const char *id = m->cache_id ? m->cache_id : m->target;
-	const char *dir;
+	const char *base, *dir;
+	int r;
 
 	kiln_digest_buf(id, strlen(id), &d);
 	kiln_digest_hex(&d, hex);
-	dir = own(c, xasprintf("%s/cachemounts/%.32s", c->w->root, hex));
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-		return kiln_error_seterrno(err, -errno,
-					   "creating cache mount %s for id %s",
-					   dir, id);
+	base = own(c, xasprintf("%s/cachemounts/%.32s", c->w->root, hex));
+	r = cache_claim(c, m, base, &dir);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "cache mount %s for id %s", base, id);
 	c->mounts[c->n_mounts++] = (struct kiln_bundle_mount){
 		m->target, "bind", dir, "rbind"
+	};
+	return 0;
+}
+
+/*
+ * Secrets live in a private tmpfs under the run dir, never on disk, and
+ * are bind-mounted read-only; the mount point is removed from the result.
+ */
+static int secret_mount(struct exec_ctx *c, size_t i, const struct kiln_exec_mount *m,
+			struct kiln_error **err)
+{
+	_cleanup_close_ int fd = -1;
+	const char *file;
+	int r;
+
+	if (!c->secrets) {
+		c->secrets = xasprintf("%s/secrets", c->run);
+		if (mkdir(c->secrets, 0700) < 0 ||
+		    mount("tmpfs", c->secrets, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+			  "mode=0700,size=16m") < 0)
+			return kiln_error_seterrno(err, -errno, "secrets tmpfs %s", c->secrets);
+	}
+	file = own(c, xasprintf("%s/s%zu", c->secrets, i));
+	fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return kiln_error_seterrno(err, -errno, "secret file %s", file);
+	r = kiln_write_full(fd, m->secret, m->secret_len);
+	if (r == 0 && (fchown(fd, m->uid, m->gid) < 0 ||
+		       fchmod(fd, m->mode ? m->mode : 0400) < 0))
+		r = -errno;
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "writing secret file %s", file);
+	c->mounts[c->n_mounts++] = (struct kiln_bundle_mount){
+		m->target, "bind", file, "rbind,ro"
 	};
 	return 0;
 }
@@ -335,6 +421,9 @@ static int request_mounts(struct exec_ctx *c, struct kiln_error **err)
 			break;
 		case KILN_MOUNT_TMPFS:
 			tmpfs_mount(c, m);
+			break;
+		case KILN_MOUNT_SECRET:
+			r = secret_mount(c, i, m, err);
 			break;
 		default:
 			r = kiln_error_set(err, -EINVAL,
@@ -552,6 +641,10 @@ static void ctx_release(struct exec_ctx *c)
 	kiln_umount_under(c->run);
 	if (c->rootfd >= 0)
 		close(c->rootfd);
+	for (i = 0; i < c->n_locks; i++)
+		close(c->locks[i]);
+	free(c->locks);
+	free(c->secrets);
 	for (i = 0; i < c->n_scratch; i++) {
 		kiln_rm_rf(c->scratch[i]);
 		free(c->scratch[i]);

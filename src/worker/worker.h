@@ -58,6 +58,13 @@ enum kiln_mount_type {
 	KILN_MOUNT_TREE,  /* a result tree, read-only or writable-discarded */
 	KILN_MOUNT_CACHE, /* persistent per-worker directory keyed by id */
 	KILN_MOUNT_TMPFS,
+	KILN_MOUNT_SECRET, /* a read-only file with client-supplied content */
+};
+
+enum kiln_mount_sharing {
+	KILN_MOUNT_SHARED,  /* concurrent execs use the cache dir together */
+	KILN_MOUNT_PRIVATE, /* a busy cache dir gives way to a fresh one */
+	KILN_MOUNT_LOCKED,  /* concurrent execs wait for the cache dir */
 };
 
 struct kiln_exec_mount {
@@ -66,7 +73,11 @@ struct kiln_exec_mount {
 	struct kiln_digest tree; /* TREE */
 	bool readonly;           /* TREE: else writes go to a discarded upper */
 	const char *cache_id;    /* CACHE */
+	enum kiln_mount_sharing sharing; /* CACHE */
+	uint32_t mode, uid, gid; /* CACHE (on creation; mode 0 = 0755), SECRET */
 	uint64_t tmpfs_size;     /* TMPFS: bytes, 0 = default */
+	const void *secret;      /* SECRET: content (kept in a tmpfs only) */
+	size_t secret_len;
 };
 
 /* Called from the exec thread with output as it arrives (stream 1 or 2). */

@@ -156,8 +156,8 @@ static void test_wrong_types(void **state)
 		    "field 'mode'", "octal", NULL);
 	parse_fails("{\"version\":1,\"ops\":[" IMG ",{\"id\":\"f\",\"op\":\"file\",\"input\":\"base\","
 		    "\"actions\":[{\"action\":\"copy\",\"from\":\"base\",\"src\":\"/a\",\"dest\":\"/b\","
-		    "\"chown\":\"root\"}]}],\"output\":\"f\"}",
-		    "field 'chown'", "uid[:gid]", NULL);
+		    "\"chown\":\"1000:\"}]}],\"output\":\"f\"}",
+		    "field 'chown'", "empty user or group", NULL);
 	parse_fails("{\"version\":1,\"ops\":[{\"id\":\"bad id!\",\"op\":\"merge\"}],\"output\":\"x\"}",
 		    "ops[0]", "field 'id'", NULL);
 }
@@ -179,6 +179,46 @@ static void test_dangling_and_cycle(void **state)
 		    "cycle", "'a' -> 'b' -> 'c' -> 'a'", NULL);
 	parse_fails("{\"version\":1,\"ops\":[" IMG "," IMG "],\"output\":\"base\"}",
 		    "duplicate op id 'base'", NULL);
+}
+
+static void test_issue3_fields(void **state)
+{
+	struct kiln_definition *d = parse_ok(
+		"{\"version\":1,\"ops\":[" IMG ","
+		"{\"id\":\"dl\",\"op\":\"source.http\",\"url\":\"http://127.0.0.1:9/x/tool.tgz?raw=1\"},"
+		"{\"id\":\"dl2\",\"op\":\"source.http\",\"url\":\"https://h/f.bin\",\"checksum\":"
+		"\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"},"
+		"{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"x\"],\"mounts\":["
+		"{\"type\":\"secret\",\"id\":\"tok\"},{\"type\":\"cache\",\"target\":\"/c\",\"sharing\":\"locked\",\"mode\":\"0700\",\"uid\":5}]},"
+		"{\"id\":\"f\",\"op\":\"file\",\"input\":\"r\",\"actions\":[{\"action\":\"copy\",\"from\":\"dl\","
+		"\"src\":\"/*\",\"dest\":\"/o/\",\"chown\":\"app:staff\",\"extract\":true}]}"
+		"],\"output\":\"f\",\"outputs\":[\"r\",\"dl2\"]}");
+	size_t *order, n;
+
+	assert_string_equal(d->ops[1].filename, "index.html"); /* a query: no name */
+	assert_int_equal(d->ops[1].http_mode, 0600);
+	assert_string_equal(d->ops[2].filename, "f.bin");
+	assert_true(kiln_digest_is_set(&d->ops[2].checksum));
+	assert_string_equal(d->ops[3].mounts[0].target, "/run/secrets/tok");
+	assert_int_equal(d->ops[3].mounts[0].kind, KILN_DEF_MOUNT_SECRET);
+	assert_int_equal(d->ops[3].mounts[0].mode, 0400);
+	assert_int_equal(d->ops[3].mounts[1].sharing, KILN_SHARING_LOCKED);
+	assert_int_equal(d->ops[3].mounts[1].mode, 0700);
+	assert_int_equal(d->ops[3].mounts[1].uid, 5);
+	assert_string_equal(d->ops[4].actions[0].user, "app");
+	assert_string_equal(d->ops[4].actions[0].group, "staff");
+	assert_true(d->ops[4].actions[0].extract);
+	assert_int_equal(d->n_outputs, 2);
+	kiln_definition_topo(d, &order, &n);
+	assert_int_equal(n, 5); /* dl2 is reached through "outputs" */
+	free(order);
+	kiln_definition_free(d);
+	parse_fails("{\"version\":1,\"ops\":[{\"id\":\"h\",\"op\":\"source.http\",\"url\":\"ftp://x/y\"}],\"output\":\"h\"}",
+		    "op 'h'", "field 'url'", "http", NULL);
+	parse_fails("{\"version\":1,\"ops\":[{\"id\":\"h\",\"op\":\"source.http\",\"url\":\"http://x/y\",\"checksum\":\"md5:1\"}],\"output\":\"h\"}",
+		    "field 'checksum'", NULL);
+	parse_fails("{\"version\":1,\"ops\":[" IMG "],\"output\":\"base\",\"outputs\":[\"ghost\"]}",
+		    "field 'outputs'", NULL);
 }
 
 static void test_deep_graph(void **state)
@@ -213,6 +253,7 @@ int main(void)
 		cmocka_unit_test(test_unknown_op_and_field),
 		cmocka_unit_test(test_wrong_types),
 		cmocka_unit_test(test_dangling_and_cycle),
+		cmocka_unit_test(test_issue3_fields),
 		cmocka_unit_test(test_deep_graph),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

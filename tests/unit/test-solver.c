@@ -53,6 +53,17 @@ static int setup(void **state)
 	write_file(f->src, "dir/x", "X");
 	write_file(f->src, "dir/sub/y", "Y");
 	{
+		_cleanup_free_ char *etc = kiln_path_join(f->src, "etc");
+		_cleanup_free_ char *cmd = NULL;
+		assert_int_equal(mkdir(etc, 0755), 0);
+		write_file(f->src, "etc/passwd", "root:x:0:0::/root:/bin/sh\nbuilder:x:1000:1001::/home/b:/bin/sh\n");
+		write_file(f->src, "etc/group", "root:x:0:\nstaff:x:50:\n");
+		/* An archive for ADD-style extraction: arc/{in.txt,deep/z}. */
+		cmd = xasprintf("set -e; cd %s && mkdir -p t/deep && echo IN > t/in.txt && echo Z > t/deep/z && "
+				"tar -C t -czf a.tar.gz . && rm -r t && echo plain > notar.gz.txt", f->src);
+		assert_int_equal(system(cmd), 0);
+	}
+	{
 		_cleanup_free_ char *l = kiln_path_join(f->src, "link");
 		assert_int_equal(symlink("dir", l), 0);
 	}
@@ -253,6 +264,51 @@ static void test_new_empty_dir_is_readable(void **state)
 	kiln_tree_entry_release(&e);
 }
 
+static void test_chown_by_name(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_tree_entry e = { 0 };
+	struct kiln_error *err = NULL;
+	struct kiln_digest t;
+
+	/* Names resolve against the destination (here the base = src). */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/o1\",\"chown\":\"builder\"},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/o2\",\"chown\":\"builder:staff\"},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/o3\",\"chown\":\"7:staff\"}]",
+				     true, &t, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "o1", &e, NULL), 0);
+	assert_int_equal(e.uid, 1000);
+	assert_int_equal(e.gid, 1000); /* no group: the uid's number, as Docker */
+	kiln_tree_entry_release(&e);
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "o2", &e, NULL), 0);
+	assert_int_equal(e.uid, 1000);
+	assert_int_equal(e.gid, 50);
+	kiln_tree_entry_release(&e);
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "o3", &e, NULL), 0);
+	assert_int_equal(e.uid, 7);
+	assert_int_equal(e.gid, 50);
+	kiln_tree_entry_release(&e);
+	assert_true(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/x\",\"chown\":\"nobody-here\"}]",
+				true, &t, &err) < 0);
+	assert_non_null(strstr(err->msg, "user 'nobody-here' not found"));
+	kiln_error_free(err);
+}
+
+static void test_extract_archives(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_digest t;
+
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.tar.gz\",\"dest\":\"/unpacked/\",\"extract\":true},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/notar.gz.txt\",\"dest\":\"/plain/\",\"extract\":true},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.tar.gz\",\"dest\":\"/kept/\"}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "unpacked/in.txt", "IN\n");
+	expect_file(f, &t, "unpacked/deep/z", "Z\n");
+	expect_file(f, &t, "plain/notar.gz.txt", "plain\n"); /* not an archive: copied */
+	assert_int_equal(kind(f, &t, "kept/a.tar.gz", NULL), KILN_ENTRY_FILE); /* no extract */
+}
+
 static void test_merge(void **state)
 {
 	struct fx *f = *state;
@@ -280,6 +336,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_action_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dest_symlink_stays_inside, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_new_empty_dir_is_readable, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_chown_by_name, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_extract_archives, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
