@@ -8,40 +8,47 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
+#include "cli/build.h"
 #include "cli/common.h"
 #include "export/export.h"
 #include "solver/definition.h"
 #include "solver/progress.h"
 #include "solver/solve.h"
 
-#define MAX_OUTPUTS 16
-
-struct build_args {
-	const char *def;
-	const char *outputs[MAX_OUTPUTS];
-	size_t n_outputs;
-	enum kiln_progress_mode progress;
-	bool no_cache;
-	const char *platform;
-	const char *runtime;
-	const char *metadata_file;
-	unsigned slots;
-};
-
 static void build_usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: kiln build --def GRAPH.json [OPTIONS]\n\n"
+		"Usage: kiln build [OPTIONS] [CONTEXT]      build a Dockerfile (default CONTEXT/Dockerfile)\n"
+		"       kiln build --def GRAPH.json [OPTIONS] build an op graph\n\n"
 		"Options:\n"
-		"  --def FILE             the op graph to build (docs/definition.md)\n"
-		"  -o, --output SPEC      export the result: type=local,dest=DIR | type=tar,dest=FILE\n"
-		"                         (a bare DIR means type=local,dest=DIR); repeatable\n"
-		"  --progress MODE        auto|plain|tty|json|quiet (default auto, on stderr)\n"
-		"  --no-cache             do not use cached results (new ones are still recorded)\n"
-		"  --platform P           default platform for ops that name none (default: native)\n"
-		"  --runtime R            OCI runtime: runc, crun or a path (default: first that works)\n"
-		"  --slots N              steps to run at once (default: number of CPUs)\n"
-		"  --metadata-file FILE   write the result digest and step counts as JSON\n");
+		"  -f, --file FILE          the Dockerfile (default CONTEXT/Dockerfile)\n"
+		"  --def FILE               the op graph to build (docs/definition.md)\n"
+		"  --platform LIST          target platforms, e.g. linux/amd64,linux/arm64 (default: native;\n"
+		"                           with --def: the platform of ops that name none)\n"
+		"  --target STAGE           build this stage of the Dockerfile (default: the last)\n"
+		"  --build-arg K=V          set a build argument; repeatable\n"
+		"  -t, --tag REF            name the image (with --push: push it there); repeatable\n"
+		"  --push                   push the image to every -t REF (type=image,push=true)\n"
+		"  -o, --output SPEC        type=local,dest=DIR | type=tar,dest=FILE | type=oci,dest=FILE\n"
+		"                           | type=image,name=REF[,push=true] (compression=gzip|zstd);\n"
+		"                           a bare DIR means type=local,dest=DIR; repeatable\n"
+		"  --secret id=ID,src=PATH  a secret for RUN --mount=type=secret (or id=ID,env=VAR)\n"
+		"  --insecure-registry HOST allow plain http to HOST (loopback is always allowed)\n"
+		"  --progress MODE          auto|plain|tty|json|quiet (default auto, on stderr)\n"
+		"  --no-cache               do not use cached results (new ones are still recorded)\n"
+		"  --runtime R              OCI runtime: runc, crun or a path (default: first that works)\n"
+		"  --slots N                steps to run at once (default: number of CPUs)\n"
+		"  --metadata-file FILE     write result digests and step counts as JSON\n");
+}
+
+static int add_list(const char **list, size_t *n, const char *v, const char *flag)
+{
+	if (*n == MAX_LIST) {
+		fprintf(stderr, "kiln build: at most %d %s\n", MAX_LIST, flag);
+		return 2;
+	}
+	list[(*n)++] = v;
+	return 0;
 }
 
 static int parse_args(int argc, char **argv, struct build_args *a)
@@ -55,14 +62,44 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 		{ "runtime", required_argument, NULL, 'r' },
 		{ "slots", required_argument, NULL, 's' },
 		{ "metadata-file", required_argument, NULL, 'm' },
+		{ "file", required_argument, NULL, 'f' },
+		{ "target", required_argument, NULL, 'T' },
+		{ "build-arg", required_argument, NULL, 'b' },
+		{ "tag", required_argument, NULL, 't' },
+		{ "push", no_argument, NULL, 'u' },
+		{ "secret", required_argument, NULL, 'S' },
+		{ "insecure-registry", required_argument, NULL, 'I' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	int c;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "o:f:t:h", opts, NULL)) != -1) {
+		int q = 0;
+
 		switch (c) {
+		case 'f':
+			a->file = optarg;
+			break;
+		case 'T':
+			a->target = optarg;
+			break;
+		case 'b':
+			q = add_list(a->build_args, &a->n_build_args, optarg, "--build-arg");
+			break;
+		case 't':
+			q = add_list(a->tags, &a->n_tags, optarg, "-t");
+			break;
+		case 'u':
+			a->push = true;
+			break;
+		case 'S':
+			q = add_list(a->secrets, &a->n_secrets, optarg, "--secret");
+			break;
+		case 'I':
+			q = add_list(a->insecure, &a->n_insecure, optarg, "--insecure-registry");
+			break;
 		case 'd':
 			a->def = optarg;
 			break;
@@ -106,28 +143,42 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			build_usage(stderr);
 			return 2;
 		}
+		if (q)
+			return q;
 	}
+	if (optind < argc)
+		a->context = argv[optind++];
 	if (optind < argc) {
-		fprintf(stderr, "kiln build: unexpected argument '%s' (Dockerfile builds come later; use --def)\n",
-			argv[optind]);
+		fprintf(stderr, "kiln build: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
-	if (!a->def) {
-		fprintf(stderr, "kiln build: --def GRAPH.json is required\n");
+	if (a->def && (a->context || a->file || a->target || a->n_build_args || a->n_tags ||
+		       a->push)) {
+		fprintf(stderr, "kiln build: --def builds a graph: CONTEXT, -f, --target, --build-arg, -t and --push are for Dockerfiles\n");
+		return 2;
+	}
+	if (!a->def && !a->context && !a->file) {
+		fprintf(stderr, "kiln build: give a build CONTEXT (e.g. '.') or --def GRAPH.json\n");
 		build_usage(stderr);
 		return 2;
 	}
+	if (!a->context)
+		a->context = ".";
 	return 0;
 }
 
-static int write_metadata(const char *path, const struct kiln_solve_result *res,
-			  struct kiln_error **err)
+int kiln_build_write_metadata(const char *path, const char *tree, unsigned run,
+			      unsigned cached, const char *image_digest,
+			      struct kiln_error **err)
 {
-	json_t *o = json_pack("{sssisi}", "kiln.result.tree", KILN_DIGEST_STR(&res->tree),
-			      "kiln.steps.run", res->run, "kiln.steps.cached", res->cached);
-	char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
+	json_t *o = json_pack("{sssisi}", "kiln.result.tree", tree, "kiln.steps.run", run,
+			      "kiln.steps.cached", cached);
+	char *s;
 	int r;
 
+	if (image_digest)
+		json_object_set_new(o, "containerimage.digest", json_string(image_digest));
+	s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
 	json_decref(o);
 	r = kiln_write_file_atomic_at(AT_FDCWD, path, s, strlen(s), 0644, false);
 	free(s);
@@ -170,7 +221,8 @@ static int run_build(const struct build_args *a, struct kiln_error **err)
 	for (i = 0; r == 0 && i < a->n_outputs; i++)
 		r = kiln_export_run(kiln_worker_store(eng.worker), &res.tree, &specs[i], err);
 	if (r == 0 && a->metadata_file)
-		r = write_metadata(a->metadata_file, &res, err);
+		r = kiln_build_write_metadata(a->metadata_file, KILN_DIGEST_STR(&res.tree), res.run,
+					      res.cached, NULL, err);
 out:
 	for (i = 0; i < a->n_outputs; i++)
 		kiln_export_spec_release(&specs[i]);
@@ -189,7 +241,7 @@ int kiln_cmd_build(int argc, char **argv)
 
 	if (r)
 		return r == 1 ? 0 : r;
-	if (run_build(&a, &err) < 0)
+	if ((a.def ? run_build(&a, &err) : kiln_build_dockerfile(&a, &err)) < 0)
 		return kiln_cli_fail(err);
 	return 0;
 }

@@ -19,12 +19,18 @@ void kiln_export_spec_release(struct kiln_export_spec *s)
 		return;
 	free(s->type);
 	free(s->dest);
-	s->type = s->dest = NULL;
+	free(s->name);
+	free(s->push);
+	free(s->compression);
+	free(s->compression_level);
+	s->type = s->dest = s->name = s->push = NULL;
+	s->compression = s->compression_level = NULL;
 }
 
 static bool known_type(const char *type)
 {
-	return !strcmp(type, "local") || !strcmp(type, "tar");
+	return !strcmp(type, "local") || !strcmp(type, "tar") || !strcmp(type, "oci") ||
+	       !strcmp(type, "image");
 }
 
 /* Take one "key=value" field (len bytes at f) into out. */
@@ -43,6 +49,14 @@ static int spec_field(const char *f, size_t len, struct kiln_export_spec *out,
 		slot = &out->type;
 	else if (klen == 4 && !strncmp(f, "dest", 4))
 		slot = &out->dest;
+	else if (klen == 4 && !strncmp(f, "name", 4))
+		slot = &out->name;
+	else if (klen == 4 && !strncmp(f, "push", 4))
+		slot = &out->push;
+	else if (klen == 11 && !strncmp(f, "compression", 11))
+		slot = &out->compression;
+	else if (klen == 17 && !strncmp(f, "compression-level", 17))
+		slot = &out->compression_level;
 	else
 		return kiln_error_set(err, -EINVAL, "output: unknown key \"%.*s\"",
 				      (int)klen, f);
@@ -73,12 +87,32 @@ static int spec_fields(const char *spec, struct kiln_export_spec *out,
 
 static int spec_check(struct kiln_export_spec *out, struct kiln_error **err)
 {
+	bool image, archive;
+
 	if (!out->type)
 		out->type = xstrdup("local");
 	if (!known_type(out->type))
 		return kiln_error_set(err, -EINVAL,
-				      "output: unknown type \"%s\" (want local or tar)",
+				      "output: unknown type \"%s\" (want local, tar, oci or image)",
 				      out->type);
+	image = !strcmp(out->type, "image");
+	archive = image || !strcmp(out->type, "oci");
+	if (!archive && (out->name || out->push || out->compression || out->compression_level))
+		return kiln_error_set(err, -EINVAL,
+				      "output: type=%s takes only dest= (name, push and compression are for oci and image)",
+				      out->type);
+	if (out->compression && strcmp(out->compression, "gzip") && strcmp(out->compression, "zstd"))
+		return kiln_error_set(err, -EINVAL, "output: compression=%s: want gzip or zstd",
+				      out->compression);
+	if (out->push && strcmp(out->push, "true") && strcmp(out->push, "false"))
+		return kiln_error_set(err, -EINVAL, "output: push=%s: want true or false", out->push);
+	if (image) {
+		if (out->dest)
+			return kiln_error_set(err, -EINVAL, "output: type=image takes name=, not dest=");
+		if (!out->name || !*out->name)
+			return kiln_error_set(err, -EINVAL, "output: type=image needs name=REF");
+		return 0;
+	}
 	if (!out->dest || !*out->dest)
 		return kiln_error_set(err, -EINVAL,
 				      "output: type=%s needs dest=", out->type);

@@ -32,12 +32,19 @@ int kiln_export_tar(struct kiln_store *s, const struct kiln_digest *tree,
 		    const char *dest, struct kiln_error **err);
 
 /*
- * Parse an -o/--output spec ("type=local,dest=DIR", "type=tar,dest=F.tar").
- * Unknown types or keys are errors naming them.
+ * Parse an -o/--output spec ("type=local,dest=DIR", "type=tar,dest=F.tar",
+ * "type=oci,dest=F.tar[,name=REF]", "type=image,name=REF[,push=true]",
+ * with compression=gzip|zstd and compression-level=N for oci and image).
+ * Unknown types or keys, and keys a type does not take, are errors
+ * naming them.
  */
 struct kiln_export_spec {
-	char *type;
-	char *dest;
+	char *type;        /* local, tar, oci, image */
+	char *dest;        /* local, tar, oci */
+	char *name;        /* oci, image: image name(s), comma-free */
+	char *push;        /* image: "true"/"false" */
+	char *compression; /* oci, image: gzip (default) or zstd */
+	char *compression_level;
 };
 int kiln_export_spec_parse(const char *spec, struct kiln_export_spec *out,
 			   struct kiln_error **err);

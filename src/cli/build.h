@@ -1,0 +1,42 @@
+/* kiln build: what the graph and the Dockerfile paths share. */
+#pragma once
+
+#include <stdbool.h>
+
+#include "basic/error.h"
+#include "solver/progress.h"
+
+#define MAX_OUTPUTS 16
+#define MAX_LIST 64
+
+struct build_args {
+	const char *def;          /* --def: build an op graph */
+	const char *context;      /* positional: Dockerfile build context */
+	const char *file;         /* -f */
+	const char *outputs[MAX_OUTPUTS];
+	size_t n_outputs;
+	enum kiln_progress_mode progress;
+	bool no_cache;
+	const char *platform;     /* --platform (a comma-separated list) */
+	const char *runtime;
+	const char *metadata_file;
+	unsigned slots;
+	const char *target;
+	const char *build_args[MAX_LIST];
+	size_t n_build_args;
+	const char *tags[MAX_LIST];
+	size_t n_tags;
+	bool push;
+	const char *secrets[MAX_LIST];
+	size_t n_secrets;
+	const char *insecure[MAX_LIST];
+	size_t n_insecure;
+};
+
+/* The Dockerfile path (build-dockerfile.c). */
+int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err);
+
+/* Write --metadata-file: result digests and step counts. */
+int kiln_build_write_metadata(const char *path, const char *tree, unsigned run,
+			      unsigned cached, const char *image_digest,
+			      struct kiln_error **err);

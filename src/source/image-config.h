@@ -1,0 +1,19 @@
+/*
+ * Resolving an image's config without importing it: what the Dockerfile
+ * frontend needs to lower FROM (the base's Env, WorkingDir, User, Cmd,
+ * Entrypoint, OnBuild...).
+ */
+#pragma once
+
+#include "basic/error.h"
+#include "cas/digest.h"
+
+/*
+ * Resolve ref ("oci-layout://PATH[:TAG]" or a registry reference) for
+ * platform: *config_json gets the image config JSON text and *manifest the
+ * platform manifest's digest. Every blob read is verified against its
+ * digest. base_dir resolves relative layout paths.
+ */
+int kiln_image_config(const char *ref, const char *base_dir, const char *platform,
+		      struct kiln_digest *manifest, char **config_json,
+		      struct kiln_error **err);
