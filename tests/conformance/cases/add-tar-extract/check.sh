@@ -1,0 +1,2 @@
+expect_content unpacked/inner/file.txt packed
+expect_absent unpacked/bundle.tar.gz

@@ -1,0 +1,2 @@
+expect_content before "[]"
+expect_content after "[global]"

@@ -1,0 +1,2 @@
+expect_config .config.Entrypoint '["/bin/echo"]'
+expect_config .config.Cmd '["hi"]'

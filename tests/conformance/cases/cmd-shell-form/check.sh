@@ -1,0 +1,1 @@
+expect_config .config.Cmd '["/bin/sh","-c","echo hi"]'

@@ -1,0 +1,1 @@
+expect_stat f "%u" 1000

@@ -1,0 +1,1 @@
+expect_content target/f x

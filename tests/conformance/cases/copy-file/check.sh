@@ -1,0 +1,2 @@
+expect_content dst/hello.txt hi
+expect_content renamed.txt hi

@@ -1,0 +1,2 @@
+expect_content linked x
+expect_content base base

@@ -1,0 +1,2 @@
+expect_content app/f x
+expect_content app/sub/f x

@@ -1,0 +1,1 @@
+expect_config .config.ExposedPorts '{"8080/tcp":{}}'

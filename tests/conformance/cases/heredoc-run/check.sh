@@ -1,0 +1,2 @@
+expect_content h1 one
+expect_content h2 two

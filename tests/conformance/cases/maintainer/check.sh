@@ -1,0 +1,1 @@
+expect_config .author '"someone"'

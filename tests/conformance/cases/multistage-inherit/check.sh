@@ -1,0 +1,2 @@
+expect_content out yes
+expect_content p p

@@ -1,0 +1,2 @@
+expect_content b b
+expect_absent f

@@ -1,0 +1,1 @@
+expect_config .config.OnBuild '["RUN echo later"]'

@@ -1,0 +1,2 @@
+expect_content out mounted
+expect_absent src/m

@@ -1,0 +1,2 @@
+expect_content out s3cret
+expect_absent run/secrets/tok

@@ -1,0 +1,2 @@
+expect_content out t
+expect_absent scratch/t

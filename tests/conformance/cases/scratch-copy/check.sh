@@ -1,0 +1,2 @@
+expect_content f x
+[ "$(ls "$ROOTFS")" = f ] || fail "scratch image holds more than /f"

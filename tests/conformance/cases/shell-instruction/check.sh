@@ -1,0 +1,2 @@
+expect_content out /bin/sh
+expect_config .config.Shell '["/bin/sh","-ec"]'

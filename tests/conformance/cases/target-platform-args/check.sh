@@ -1,0 +1,1 @@
+expect_content out "linux/amd64 linux amd64 linux/amd64"

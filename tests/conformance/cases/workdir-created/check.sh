@@ -1,0 +1,1 @@
+expect_stat made/here %F directory

@@ -1,0 +1,2 @@
+expect_content out /a/b
+expect_config .config.WorkingDir '"/a/b"'
