@@ -332,7 +332,13 @@ static void test_spec_parse(void **state)
 	expect_spec("outdir", "local", "outdir");
 	expect_spec("-", "tar", "-");
 	expect_spec("dest=d", "local", "d");
-	expect_spec_error("type=oci,dest=x", "\"oci\"");
+	expect_spec("type=oci,dest=img.tar,name=app:1,compression=zstd", "oci", "img.tar");
+	expect_spec_error("type=docker,dest=x", "\"docker\"");
+	expect_spec_error("type=image,dest=x,name=r", "not dest=");
+	expect_spec_error("type=image,push=true", "needs name=");
+	expect_spec_error("type=image,name=r,push=maybe", "push=maybe");
+	expect_spec_error("type=oci,dest=x,compression=lz4", "compression=lz4");
+	expect_spec_error("type=local,dest=x,name=y", "takes only dest=");
 	expect_spec_error("type=local,dst=x", "\"dst\"");
 	expect_spec_error("type=tar", "needs dest");
 	expect_spec_error("type=tar,dest=", "needs dest");
