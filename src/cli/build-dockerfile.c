@@ -15,6 +15,7 @@
 #include "cli/build.h"
 #include "cli/common.h"
 #include "export/export.h"
+#include "export/image.h"
 #include "frontend/dockerfile/dockerfile.h"
 #include "frontend/dockerfile/lower.h"
 #include "solver/definition.h"
@@ -37,9 +38,13 @@ struct dfbuild {
 	size_t n_images;
 	struct kiln_secret secrets[MAX_LIST];
 	size_t n_secrets;
-	struct kiln_export_spec specs[MAX_OUTPUTS];
+	struct kiln_export_spec specs[MAX_OUTPUTS + MAX_LIST];
+	size_t n_specs;
 	struct kiln_solve_result res;
 	struct kiln_progress *progress;
+	struct kiln_digest image;  /* the built image: index or manifest */
+	bool have_image;
+	struct kiln_image_opts image_opts; /* compression of that image */
 };
 
 /* "linux/amd64,linux/arm64" -> normalized, deduplicated list. */
@@ -261,27 +266,172 @@ static int export_tree(struct dfbuild *b, struct kiln_digest *out, struct kiln_e
 	return r;
 }
 
-static int run_exports(struct dfbuild *b, struct kiln_error **err)
+/* The record meta of the op named id (source.image: manifest, config). */
+static const char *meta_of(struct dfbuild *b, const char *id)
+{
+	ssize_t op = op_index(b->def, id);
+	size_t k;
+
+	for (k = 0; k < b->res.n_outputs; k++)
+		if (op >= 0 && b->res.outputs[k].op == (size_t)op)
+			return b->res.outputs[k].meta;
+	return NULL;
+}
+
+/* Resolve the base image ops too: their meta names the base layers. */
+static void request_bases(struct dfbuild *b)
+{
+	size_t i;
+
+	for (i = 0; i < b->n_images; i++) {
+		ssize_t op = b->images[i].base_op ? op_index(b->def, b->images[i].base_op) : -1;
+
+		if (op < 0)
+			continue;
+		b->def->outputs = xrealloc(b->def->outputs,
+					   (b->def->n_outputs + 1) * sizeof(struct kiln_edge));
+		b->def->outputs[b->def->n_outputs].op = (size_t)op;
+		b->def->outputs[b->def->n_outputs++].output = 0;
+	}
+}
+
+static int image_opts(struct dfbuild *b, const struct kiln_export_spec *spec,
+		      struct kiln_image_opts *o, struct kiln_error **err)
+{
+	const char *epoch = getenv("SOURCE_DATE_EPOCH");
+	int r = 0;
+
+	memset(o, 0, sizeof(*o));
+	if (spec && spec->compression)
+		r = kiln_image_opts_set(o, "compression", spec->compression, err);
+	if (r == 0 && spec && spec->compression_level)
+		r = kiln_image_opts_set(o, "compression-level", spec->compression_level, err);
+	if (r == 0 && epoch && *epoch)
+		r = kiln_image_opts_epoch(o, epoch, err);
+	return r;
+}
+
+/* type=image: push=true sends it to the registry named by name=. */
+static int push_image(struct dfbuild *b, const struct kiln_export_spec *spec,
+		      struct kiln_error **err)
+{
+	if (!spec->push || strcmp(spec->push, "true"))
+		return kiln_error_set(err, -ENOTSUP,
+				      "-o type=image,name=%s: without push=true there is no image store to keep it in (use type=oci or push=true)",
+				      spec->name);
+	return kiln_error_set(err, -ENOTSUP, "pushing %s: the registry client is not wired yet",
+			      spec->name);
+}
+
+/* Assemble one image per platform; several make an index. */
+static int build_image(struct dfbuild *b, const struct kiln_image_opts *o,
+		       struct kiln_digest *top, struct kiln_error **err)
 {
 	struct kiln_store *s = kiln_worker_store(b->eng.worker);
+	struct kiln_digest *manifests = xcalloc(b->n_images, sizeof(*manifests));
+	const char **plats = xcalloc(b->n_images, sizeof(*plats));
+	size_t i, k;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < b->n_images; i++) {
+		const struct kiln_df_image *img = &b->images[i];
+		struct kiln_digest *trees = xcalloc(img->n_layer_ops + 1, sizeof(*trees));
+		struct kiln_image_spec spec = {
+			.platform = img->platform,
+			.base_meta = img->base_op ? meta_of(b, img->base_op) : NULL,
+			.base_rootfs = img->base_op ? result_of(b, img->base_op) : NULL,
+			.trees = trees,
+			.n_trees = img->n_layer_ops,
+			.config = img->config,
+		};
+
+		for (k = 0; k < img->n_layer_ops; k++)
+			trees[k] = *result_of(b, img->layer_ops[k]);
+		plats[i] = img->platform;
+		r = kiln_image_assemble(s, b->eng.cache, &spec, o, &manifests[i], err);
+		free(trees);
+	}
+	if (r == 0 && b->n_images == 1)
+		*top = manifests[0];
+	else if (r == 0)
+		r = kiln_image_index(s, manifests, plats, b->n_images, NULL, top, err);
+	free(manifests);
+	free(plats);
+	return r;
+}
+
+/* The image for spec, built once per compression setting. */
+static int image_for(struct dfbuild *b, const struct kiln_export_spec *spec,
+		     struct kiln_error **err)
+{
+	struct kiln_image_opts o;
+	int r = image_opts(b, spec, &o, err);
+
+	if (r < 0)
+		return r;
+	if (b->have_image && !memcmp(&o, &b->image_opts, sizeof(o)))
+		return 0;
+	r = build_image(b, &o, &b->image, err);
+	if (r == 0) {
+		b->have_image = true;
+		b->image_opts = o;
+	}
+	return r;
+}
+
+static int export_one(struct dfbuild *b, const struct kiln_export_spec *spec,
+		      struct kiln_error **err)
+{
+	struct kiln_store *s = kiln_worker_store(b->eng.worker);
+	struct kiln_digest tree;
+	int r;
+
+	if (!strcmp(spec->type, "local") || !strcmp(spec->type, "tar")) {
+		r = export_tree(b, &tree, err);
+		return r < 0 ? r : kiln_export_run(s, &tree, spec, err);
+	}
+	r = image_for(b, spec, err);
+	if (r < 0)
+		return r;
+	if (!strcmp(spec->type, "oci"))
+		return kiln_export_oci_tar(s, &b->image, spec->dest,
+					   spec->name ? spec->name : "latest", err);
+	return push_image(b, spec, err);
+}
+
+static int run_exports(struct dfbuild *b, struct kiln_error **err)
+{
 	struct kiln_digest tree;
 	size_t i;
 	int r = 0;
 
-	for (i = 0; r == 0 && i < b->a->n_outputs; i++) {
-		if (strcmp(b->specs[i].type, "local") && strcmp(b->specs[i].type, "tar"))
-			return kiln_error_set(err, -ENOTSUP, "-o type=%s: not available yet",
-					      b->specs[i].type);
-		r = export_tree(b, &tree, err);
-		if (r == 0)
-			r = kiln_export_run(s, &tree, &b->specs[i], err);
-	}
+	for (i = 0; r == 0 && i < b->n_specs; i++)
+		r = export_one(b, &b->specs[i], err);
 	if (r == 0 && b->a->metadata_file) {
 		r = export_tree(b, &tree, err);
 		if (r == 0)
 			r = kiln_build_write_metadata(b->a->metadata_file, KILN_DIGEST_STR(&tree),
-						      b->res.run, b->res.cached, NULL, err);
+						      b->res.run, b->res.cached,
+						      b->have_image ? KILN_DIGEST_STR(&b->image) : NULL,
+						      err);
 	}
+	return r;
+}
+
+/* -o specs, plus -t REF --push as type=image,name=REF,push=true. */
+static int parse_specs(struct dfbuild *b, struct kiln_error **err)
+{
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < b->a->n_outputs; i++)
+		r = kiln_export_spec_parse(b->a->outputs[i], &b->specs[b->n_specs++], err);
+	for (i = 0; r == 0 && b->a->push && i < b->a->n_tags; i++) {
+		_cleanup_free_ char *spec = xasprintf("type=image,name=%s,push=true", b->a->tags[i]);
+		r = kiln_export_spec_parse(spec, &b->specs[b->n_specs++], err);
+	}
+	if (r == 0 && b->a->push && !b->a->n_tags)
+		r = kiln_error_set(err, -EINVAL, "--push needs at least one -t REF");
 	return r;
 }
 
@@ -304,7 +454,7 @@ static void dfbuild_release(struct dfbuild *b)
 {
 	size_t i;
 
-	for (i = 0; i < b->a->n_outputs; i++)
+	for (i = 0; i < b->n_specs; i++)
 		kiln_export_spec_release(&b->specs[i]);
 	for (i = 0; i < b->n_secrets; i++) {
 		free((char *)b->secrets[i].id);
@@ -335,8 +485,7 @@ int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
 	int r = 0;
 
 	/* Flags first: a typo must not cost a build. */
-	for (i = 0; r == 0 && i < a->n_outputs; i++)
-		r = kiln_export_spec_parse(a->outputs[i], &b.specs[i], err);
+	r = parse_specs(&b, err);
 	for (i = 0; r == 0 && i < a->n_secrets; i++)
 		r = load_secret(&b, a->secrets[i], err);
 	if (r == 0)
@@ -347,6 +496,8 @@ int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
 		r = load_dockerfile(&b, err);
 	if (r == 0)
 		r = lower(&b, err);
+	if (r == 0)
+		request_bases(&b);
 	if (r == 0) {
 		b.progress = kiln_progress_new(a->progress, stderr);
 		r = solve(&b, err);
