@@ -10,6 +10,7 @@
 
 #include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -32,11 +33,22 @@
 #define MT_DOCKER_LIST "application/vnd.docker.distribution.manifest.list.v2+json"
 #define MT_DOCKER_MANIFEST "application/vnd.docker.distribution.manifest.v2+json"
 
-/* An opened layout; path is for messages. */
+/*
+ * Where documents and blobs come from: an opened layout (fd), or a registry
+ * (reg) with the store consulted first. where is for messages ("layout
+ * PATH", "image REF").
+ */
 struct layout {
 	const char *path;
 	int fd;
+	char *where;
+	struct kiln_registry *reg;
+	const struct kiln_registry_ref *rref;
+	struct kiln_store *store;          /* may be NULL */
+	struct kiln_registry_manifest top; /* fetched by tag, reused */
 };
+
+enum doc_kind { DOC_MANIFEST, DOC_CONFIG };
 
 struct descriptor {
 	const char *media_type; /* borrowed from the JSON, may be NULL */
@@ -58,6 +70,49 @@ void kiln_image_ref_release(struct kiln_image_ref *r)
 	free(r->layout);
 	free(r->tag);
 	r->layout = r->tag = NULL;
+	kiln_registry_ref_release(r->registry);
+	free(r->registry);
+	r->registry = NULL;
+}
+
+static int registry_ref_parse(const char *s, struct kiln_image_ref *out,
+			      struct kiln_error **err)
+{
+	struct kiln_registry_ref *rr = xcalloc(1, sizeof(*rr));
+	int r = kiln_registry_ref_parse(s, rr, err);
+
+	if (r < 0) {
+		free(rr);
+		return r;
+	}
+	out->registry = rr;
+	out->tag = rr->tag ? xstrdup(rr->tag) : NULL;
+	return 0;
+}
+
+/* ---- the registry client ---- */
+
+static pthread_mutex_t client_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kiln_registry *client_set, *client_default;
+
+void kiln_image_set_registry(struct kiln_registry *r)
+{
+	pthread_mutex_lock(&client_lock);
+	client_set = r;
+	pthread_mutex_unlock(&client_lock);
+}
+
+/* The client set by the caller, else a default one made on first use. */
+static struct kiln_registry *get_client(struct kiln_error **err)
+{
+	struct kiln_registry *c;
+
+	pthread_mutex_lock(&client_lock);
+	if (!client_set && !client_default)
+		(void)kiln_registry_new(NULL, &client_default, err);
+	c = client_set ? client_set : client_default;
+	pthread_mutex_unlock(&client_lock);
+	return c;
 }
 
 static char *absolute_path(const char *path, const char *base_dir)
@@ -82,11 +137,9 @@ int kiln_image_ref_parse(const char *ref, const char *base_dir,
 	const char *rest, *colon;
 	const char *tag = "latest";
 
+	memset(out, 0, sizeof(*out));
 	if (strncmp(ref, REF_SCHEME, strlen(REF_SCHEME)) != 0)
-		return kiln_error_set(err, -EPROTONOSUPPORT,
-				      "image reference '%s': only oci-layout://PATH[:TAG] "
-				      "is supported (registries come later)",
-				      ref);
+		return registry_ref_parse(ref, out, err);
 	rest = ref + strlen(REF_SCHEME);
 	colon = strrchr(rest, ':');
 	if (colon && !strchr(colon + 1, '/')) {
@@ -203,7 +256,14 @@ static char *platform_fmt(const struct platform *p)
 static const char *ref_str(const struct kiln_image_ref *ref, char *buf,
 			   size_t size)
 {
-	snprintf(buf, size, "%s%s:%s", REF_SCHEME, ref->layout, ref->tag);
+	_cleanup_free_ char *s = NULL;
+
+	if (!ref->registry) {
+		snprintf(buf, size, "%s%s:%s", REF_SCHEME, ref->layout, ref->tag);
+		return buf;
+	}
+	s = kiln_registry_ref_format(ref->registry);
+	snprintf(buf, size, "%s", s);
 	return buf;
 }
 
@@ -214,12 +274,12 @@ static json_t *parse_json(const char *data, size_t len, const char *what,
 	json_t *j = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
 
 	if (!j)
-		kiln_error_set(err, -EBADMSG, "%s in layout %s: invalid JSON: %s "
+		kiln_error_set(err, -EBADMSG, "%s in %s: invalid JSON: %s "
 			       "(line %d)", what, layout, jerr.text, jerr.line);
 	else if (!json_is_object(j)) {
 		json_decref(j);
 		j = NULL;
-		kiln_error_set(err, -EBADMSG, "%s in layout %s: not a JSON object",
+		kiln_error_set(err, -EBADMSG, "%s in %s: not a JSON object",
 			       what, layout);
 	}
 	return j;
@@ -256,11 +316,11 @@ static json_t *read_layout_json(struct layout *l, const char *name,
 			  KILN_RESOLVE_BENEATH);
 	r = fd < 0 ? fd : read_fd_limited(fd, IMAGE_JSON_LIMIT, &data, &len);
 	if (r < 0) {
-		kiln_error_seterrno(err, r, "OCI layout %s: reading %s", l->path,
+		kiln_error_seterrno(err, r, "OCI %s: reading %s", l->where,
 				    name);
 		return NULL;
 	}
-	return parse_json(data, len, name, l->path, err);
+	return parse_json(data, len, name, l->where, err);
 }
 
 static int layout_open(struct layout *l, const char *path,
@@ -270,6 +330,7 @@ static int layout_open(struct layout *l, const char *path,
 	const char *v;
 
 	l->path = path;
+	l->where = xasprintf("layout %s", path);
 	l->fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (l->fd < 0)
 		return kiln_error_seterrno(err, -errno, "OCI layout %s", path);
@@ -293,6 +354,9 @@ static void layout_close(struct layout *l)
 	if (l->fd >= 0)
 		close(l->fd);
 	l->fd = -1;
+	free(l->where);
+	l->where = NULL;
+	kiln_registry_manifest_release(&l->top);
 }
 
 /* Open a blob of the layout; checks it is a regular file of size (>= 0). */
@@ -307,17 +371,17 @@ static int open_blob(struct layout *l, const struct kiln_digest *d,
 	fd = kiln_openat2(l->fd, path, O_RDONLY | O_NONBLOCK, 0,
 			  KILN_RESOLVE_BENEATH);
 	if (fd < 0)
-		return kiln_error_seterrno(err, fd, "blob %s in layout %s",
-					   KILN_DIGEST_STR(d), l->path);
+		return kiln_error_seterrno(err, fd, "blob %s in %s",
+					   KILN_DIGEST_STR(d), l->where);
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		return kiln_error_set(err, -EINVAL,
-				      "blob %s in layout %s: not a regular file",
-				      KILN_DIGEST_STR(d), l->path);
+				      "blob %s in %s: not a regular file",
+				      KILN_DIGEST_STR(d), l->where);
 	if (size >= 0 && st.st_size != size)
 		return kiln_error_set(err, -EBADMSG,
-				      "blob %s in layout %s: size %lld, descriptor "
+				      "blob %s in %s: size %lld, descriptor "
 				      "says %lld",
-				      KILN_DIGEST_STR(d), l->path,
+				      KILN_DIGEST_STR(d), l->where,
 				      (long long)st.st_size, (long long)size);
 	*st_size = (uint64_t)st.st_size;
 	return TAKE_FD(fd);
@@ -339,24 +403,70 @@ static int read_blob(struct layout *l, const struct kiln_digest *d,
 		return fd;
 	if (n > IMAGE_JSON_LIMIT)
 		return kiln_error_set(err, -EFBIG,
-				      "blob %s in layout %s: larger than %u bytes",
-				      KILN_DIGEST_STR(d), l->path, IMAGE_JSON_LIMIT);
+				      "blob %s in %s: larger than %u bytes",
+				      KILN_DIGEST_STR(d), l->where, IMAGE_JSON_LIMIT);
 	buf = xmalloc(n + 1);
 	r = kiln_read_full(fd, buf, n);
 	if (r < 0)
-		return kiln_error_seterrno(err, r, "blob %s in layout %s",
-					   KILN_DIGEST_STR(d), l->path);
+		return kiln_error_seterrno(err, r, "blob %s in %s",
+					   KILN_DIGEST_STR(d), l->where);
 	buf[n] = '\0';
 	kiln_digest_buf(buf, n, &got);
 	if (!kiln_digest_eq(&got, d))
 		return kiln_error_set(err, -EBADMSG,
-				      "blob %s in layout %s does not match its "
+				      "blob %s in %s does not match its "
 				      "digest (content is %s)",
-				      KILN_DIGEST_STR(d), l->path,
+				      KILN_DIGEST_STR(d), l->where,
 				      KILN_DIGEST_STR(&got));
 	*data = TAKE_PTR(buf);
 	*len = n;
 	return 0;
+}
+
+/* A document from the registry: the one fetched by tag, the store, or GET. */
+static int fetch_doc(struct layout *l, const struct kiln_digest *d,
+		     enum doc_kind kind, char **data, size_t *len,
+		     struct kiln_error **err)
+{
+	struct kiln_registry_manifest m;
+	int r;
+
+	if (l->top.data && kiln_digest_eq(&l->top.digest, d)) {
+		*data = xstrndup(l->top.data, l->top.len);
+		*len = l->top.len;
+		return 0;
+	}
+	if (l->store && kiln_store_has(l->store, d))
+		return kiln_store_read(l->store, d, IMAGE_JSON_LIMIT, data, len, err);
+	if (kind == DOC_CONFIG)
+		return kiln_registry_get_blob_buf(l->reg, l->rref, d, IMAGE_JSON_LIMIT,
+						  data, len, err);
+	r = kiln_registry_get_manifest(l->reg, l->rref, d, &m, err);
+	if (r < 0)
+		return r;
+	*data = TAKE_PTR(m.data);
+	*len = m.len;
+	kiln_registry_manifest_release(&m);
+	return 0;
+}
+
+static int read_doc(struct layout *l, const struct kiln_digest *d, int64_t size,
+		    enum doc_kind kind, char **data, size_t *len,
+		    struct kiln_error **err)
+{
+	int r;
+
+	if (!l->reg)
+		return read_blob(l, d, size, data, len, err);
+	r = fetch_doc(l, d, kind, data, len, err);
+	if (r == 0 && size >= 0 && (uint64_t)size != *len) {
+		free(*data);
+		*data = NULL;
+		r = kiln_error_set(err, -EBADMSG, "blob %s in %s: size %zu, "
+				   "descriptor says %lld", KILN_DIGEST_STR(d),
+				   l->where, *len, (long long)size);
+	}
+	return r;
 }
 
 static json_t *read_json_blob(struct layout *l, const struct descriptor *desc,
@@ -365,13 +475,15 @@ static json_t *read_json_blob(struct layout *l, const struct descriptor *desc,
 {
 	_cleanup_free_ char *data = NULL;
 	_cleanup_free_ char *label = NULL;
+	enum doc_kind kind = strcmp(what, "image config") ? DOC_MANIFEST
+							 : DOC_CONFIG;
 	json_t *j;
 	size_t len = 0;
 
-	if (read_blob(l, &desc->digest, desc->size, &data, &len, err) < 0)
+	if (read_doc(l, &desc->digest, desc->size, kind, &data, &len, err) < 0)
 		return NULL;
 	label = xasprintf("%s %s", what, KILN_DIGEST_STR(&desc->digest));
-	j = parse_json(data, len, label, l->path, err);
+	j = parse_json(data, len, label, l->where, err);
 	if (j && raw) {
 		*raw = TAKE_PTR(data);
 		*raw_len = len;
@@ -388,12 +500,12 @@ static int parse_descriptor(json_t *obj, const char *what, const char *layout,
 	if (!json_is_object(obj) || !digest ||
 	    kiln_digest_parse(digest, &out->digest) < 0)
 		return kiln_error_set(err, -EBADMSG,
-				      "%s in layout %s: descriptor without a valid "
+				      "%s in %s: descriptor without a valid "
 				      "sha256 digest",
 				      what, layout);
 	if (!json_is_integer(size) || json_integer_value(size) < 0)
 		return kiln_error_set(err, -EBADMSG,
-				      "%s %s in layout %s: descriptor without a size",
+				      "%s %s in %s: descriptor without a size",
 				      what, digest, layout);
 	out->size = json_integer_value(size);
 	out->media_type = json_str(obj, "mediaType");
@@ -448,18 +560,18 @@ static int find_tagged(json_t *index, const struct kiln_image_ref *ref,
 
 	if (!json_is_array(manifests))
 		return kiln_error_set(err, -EBADMSG,
-				      "OCI layout %s: index.json has no manifests",
-				      l->path);
+				      "OCI %s: index.json has no manifests",
+				      l->where);
 	json_array_foreach(manifests, i, d) {
 		if (has_tag(d, ref->tag))
-			return parse_descriptor(d, "index.json", l->path, out, err);
+			return parse_descriptor(d, "index.json", l->where, out, err);
 	}
 	/* A lone image without annotations answers to any tag. */
 	d = json_array_get(manifests, 0);
 	if (json_array_size(manifests) == 1 && !json_object_get(d, "annotations"))
-		return parse_descriptor(d, "index.json", l->path, out, err);
-	return kiln_error_set(err, -ENOENT, "OCI layout %s: no image tagged '%s'",
-			      l->path, ref->tag);
+		return parse_descriptor(d, "index.json", l->where, out, err);
+	return kiln_error_set(err, -ENOENT, "OCI %s: no image tagged '%s'",
+			      l->where, ref->tag);
 }
 
 struct resolve_ctx {
@@ -519,7 +631,7 @@ static int select_platform(struct resolve_ctx *c, json_t *index, int depth,
 		platform_release(&p);
 		if (!match)
 			continue;
-		r = parse_descriptor(d, "image index", c->layout->path, &child, err);
+		r = parse_descriptor(d, "image index", c->layout->where, &child, err);
 		if (r < 0)
 			return r;
 		return resolve_desc(c, &child, depth + 1, out, err);
@@ -539,7 +651,7 @@ static int check_manifest(struct resolve_ctx *c, json_t *manifest,
 	int r;
 
 	r = parse_descriptor(json_object_get(manifest, "config"), "manifest config",
-			     c->layout->path, &cdesc, err);
+			     c->layout->where, &cdesc, err);
 	if (r < 0)
 		return r;
 	config = read_json_blob(c->layout, &cdesc, "image config", NULL, NULL, err);
@@ -589,6 +701,33 @@ static int resolve_desc(struct resolve_ctx *c, const struct descriptor *desc,
 	return r;
 }
 
+static int registry_open(struct layout *l, const struct kiln_image_ref *ref,
+			 struct kiln_store *s, struct kiln_error **err)
+{
+	_cleanup_free_ char *name = kiln_registry_ref_format(ref->registry);
+
+	l->where = xasprintf("image %s", name);
+	l->rref = ref->registry;
+	l->store = s;
+	l->reg = get_client(err);
+	return l->reg ? 0 : -EINVAL;
+}
+
+/* GET the reference's manifest or index (by tag, or its pinned digest). */
+static int registry_top(struct layout *l, struct descriptor *top,
+			struct kiln_error **err)
+{
+	int r = kiln_registry_get_manifest(l->reg, l->rref, NULL, &l->top, err);
+
+	if (r < 0)
+		return r;
+	top->digest = l->top.digest;
+	top->size = (int64_t)l->top.len;
+	top->media_type = l->top.media_type;
+	top->platform = NULL;
+	return 0;
+}
+
 int kiln_image_resolve(const struct kiln_image_ref *ref, const char *platform,
 		       struct kiln_digest *manifest, struct kiln_error **err)
 {
@@ -604,10 +743,16 @@ int kiln_image_resolve(const struct kiln_image_ref *ref, const char *platform,
 	if (r < 0)
 		return r;
 	want_str = platform_fmt(&want);
-	r = layout_open(&l, ref->layout, err);
-	if (r == 0) {
-		index = read_layout_json(&l, "index.json", err);
-		r = index ? find_tagged(index, ref, &l, &top, err) : -EBADMSG;
+	if (ref->registry) {
+		r = registry_open(&l, ref, NULL, err);
+		if (r == 0)
+			r = registry_top(&l, &top, err);
+	} else {
+		r = layout_open(&l, ref->layout, err);
+		if (r == 0) {
+			index = read_layout_json(&l, "index.json", err);
+			r = index ? find_tagged(index, ref, &l, &top, err) : -EBADMSG;
+		}
 	}
 	if (r == 0) {
 		struct resolve_ctx c = {
@@ -683,20 +828,20 @@ static int parse_layers(struct layout *l, json_t *manifest, struct image_doc *d,
 
 	if (!json_is_array(layers) || json_array_size(layers) > MAX_LAYERS)
 		return kiln_error_set(err, -EBADMSG,
-				      "manifest in layout %s: missing or too many layers",
-				      l->path);
+				      "manifest in %s: missing or too many layers",
+				      l->where);
 	d->n_layers = json_array_size(layers);
 	d->layers = xcalloc(d->n_layers + 1, sizeof(*d->layers));
 	json_array_foreach(layers, i, j) {
-		r = parse_descriptor(j, "layer", l->path, &d->layers[i], err);
+		r = parse_descriptor(j, "layer", l->where, &d->layers[i], err);
 		if (r < 0)
 			return r;
 		if (!is_layer_type(d->layers[i].media_type))
 			return kiln_error_set(err, -EPROTONOSUPPORT,
-					      "layer %s in layout %s: unsupported "
+					      "layer %s in %s: unsupported "
 					      "media type %s",
 					      KILN_DIGEST_STR(&d->layers[i].digest),
-					      l->path, d->layers[i].media_type);
+					      l->where, d->layers[i].media_type);
 	}
 	return 0;
 }
@@ -710,19 +855,19 @@ static int parse_diff_ids(struct layout *l, json_t *config, struct image_doc *d,
 
 	if (!json_is_array(ids) || json_array_size(ids) != d->n_layers)
 		return kiln_error_set(err, -EBADMSG,
-				      "image config %s in layout %s: rootfs.diff_ids "
+				      "image config %s in %s: rootfs.diff_ids "
 				      "does not list one digest per layer (%zu)",
-				      KILN_DIGEST_STR(&d->config.digest), l->path,
+				      KILN_DIGEST_STR(&d->config.digest), l->where,
 				      d->n_layers);
 	d->diff_ids = xcalloc(d->n_layers + 1, sizeof(*d->diff_ids));
 	json_array_foreach(ids, i, j) {
 		if (!json_string_value(j) ||
 		    kiln_digest_parse(json_string_value(j), &d->diff_ids[i]) < 0)
 			return kiln_error_set(err, -EBADMSG,
-					      "image config %s in layout %s: bad "
+					      "image config %s in %s: bad "
 					      "diff_id #%zu",
 					      KILN_DIGEST_STR(&d->config.digest),
-					      l->path, i);
+					      l->where, i);
 	}
 	return 0;
 }
@@ -739,7 +884,7 @@ static int load_image_doc(struct layout *l, const struct kiln_digest *manifest,
 	if (!m)
 		return -EBADMSG;
 	r = parse_descriptor(json_object_get(m, "config"), "manifest config",
-			     l->path, &d->config, err);
+			     l->where, &d->config, err);
 	if (r == 0)
 		r = parse_layers(l, m, d, err);
 	if (r == 0) {
@@ -785,8 +930,8 @@ static int copy_layer_blob(struct kiln_store *s, struct layout *l,
 		return fd;
 	r = kiln_store_put_fd(s, fd, &desc->digest, &got, &size, err);
 	if (r < 0)
-		kiln_error_prefix(err, "layer %s in layout %s",
-				  KILN_DIGEST_STR(&desc->digest), l->path);
+		kiln_error_prefix(err, "layer %s in %s",
+				  KILN_DIGEST_STR(&desc->digest), l->where);
 	return r;
 }
 
@@ -923,6 +1068,27 @@ static int build_rootfs(struct kiln_store *s, struct kiln_layers *layers,
 	return 0;
 }
 
+/* Fetch the layers missing from the store, a few at a time. */
+static int fetch_layers(struct kiln_store *s, struct layout *l,
+			const struct image_doc *d, struct kiln_error **err)
+{
+	_cleanup_free_ struct kiln_registry_blob *blobs = NULL;
+	size_t i, n = 0;
+	int r;
+
+	blobs = xcalloc(d->n_layers + 1, sizeof(*blobs));
+	for (i = 0; i < d->n_layers; i++) {
+		if (kiln_store_has(s, &d->layers[i].digest))
+			continue;
+		blobs[n].digest = d->layers[i].digest;
+		blobs[n++].size = d->layers[i].size;
+	}
+	r = kiln_registry_fetch_blobs(l->reg, l->rref, blobs, n, 0, s, NULL, err);
+	if (r < 0)
+		kiln_error_prefix(err, "%s", l->where);
+	return r;
+}
+
 static int store_blobs(struct kiln_store *s, struct layout *l,
 		       const struct kiln_digest *manifest,
 		       const struct image_doc *d, struct kiln_error **err)
@@ -930,8 +1096,13 @@ static int store_blobs(struct kiln_store *s, struct layout *l,
 	size_t i;
 	int r;
 
-	for (i = 0; i < d->n_layers; i++) {
+	for (i = 0; !l->reg && i < d->n_layers; i++) {
 		r = copy_layer_blob(s, l, &d->layers[i], err);
+		if (r < 0)
+			return r;
+	}
+	if (l->reg) {
+		r = fetch_layers(s, l, d, err);
 		if (r < 0)
 			return r;
 	}
@@ -952,7 +1123,8 @@ int kiln_image_import(struct kiln_store *s, struct kiln_layers *layers,
 	size_t i;
 	int r;
 
-	r = layout_open(&l, ref->layout, err);
+	r = ref->registry ? registry_open(&l, ref, s, err)
+			  : layout_open(&l, ref->layout, err);
 	if (r == 0)
 		r = load_image_doc(&l, manifest, &d, err);
 	if (r == 0)

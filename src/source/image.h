@@ -1,6 +1,8 @@
 /*
  * source.image: OCI images from an OCI image layout directory
- * ("oci-layout://PATH[:TAG]" references; registries come later).
+ * ("oci-layout://PATH[:TAG]" references) or from a registry (any other
+ * reference, "NAME[:TAG][@DIGEST]" with Docker's normalization; see
+ * transfer/registry.h and docs/registry.md).
  *
  * Resolving pins a reference to a manifest digest for one platform (the
  * index or a nested index is searched by platform; a single-manifest layout
@@ -16,23 +18,38 @@
 #include "basic/error.h"
 #include "cas/digest.h"
 #include "cas/store.h"
+#include "transfer/registry.h"
 #include "worker/layers.h"
 
 /* A parsed image reference. */
 struct kiln_image_ref {
-	char *layout; /* absolute path of the OCI layout directory */
-	char *tag;    /* "latest" by default */
+	char *layout; /* absolute path of the OCI layout directory, or NULL */
+	char *tag;    /* "latest" by default; NULL for a registry ref pinned
+		       * only by digest */
+	struct kiln_registry_ref *registry; /* a registry reference, or NULL */
 };
 
 /*
- * Parse "oci-layout://PATH[:TAG]"; a relative PATH is taken relative to
- * base_dir. Error names the reference.
+ * Parse "oci-layout://PATH[:TAG]" (a relative PATH is taken relative to
+ * base_dir) or a registry reference (kiln_registry_ref_parse). Error names
+ * the reference.
  */
 int kiln_image_ref_parse(const char *ref, const char *base_dir,
 			 struct kiln_image_ref *out, struct kiln_error **err);
 void kiln_image_ref_release(struct kiln_image_ref *r);
 
-/* Pin ref to the manifest digest for platform ("linux/arm64"). */
+/*
+ * The registry client used for registry references (not owned; NULL goes
+ * back to the default). Without one, a client with default options (docker
+ * config credentials, http only for loopback) is made on first use.
+ */
+void kiln_image_set_registry(struct kiln_registry *r);
+
+/*
+ * Pin ref to the manifest digest for platform ("linux/arm64"). A registry
+ * ref is looked up by tag (or its pinned digest, with no tag lookup); an
+ * index is searched by platform exactly as in a layout.
+ */
 int kiln_image_resolve(const struct kiln_image_ref *ref, const char *platform,
 		       struct kiln_digest *manifest, struct kiln_error **err);
 
@@ -50,7 +67,9 @@ void kiln_image_release(struct kiln_image *img);
 /*
  * Import the manifest (from kiln_image_resolve) into the CAS and layer
  * store: manifest, config and layer blobs are copied into the CAS
- * (verified); the rootfs tree is built and materialized.
+ * (verified); the rootfs tree is built and materialized. For a registry
+ * ref, blobs already in the CAS are not fetched; missing layers are fetched
+ * a few at a time.
  */
 int kiln_image_import(struct kiln_store *s, struct kiln_layers *layers,
 		      const struct kiln_image_ref *ref,

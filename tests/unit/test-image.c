@@ -27,6 +27,7 @@
 #include "basic/fs-util.h"
 #include "cas/tree.h"
 #include "source/image.h"
+#include "transfer/registry.h"
 
 #define MT_MANIFEST "application/vnd.oci.image.manifest.v1+json"
 
@@ -320,9 +321,16 @@ static void test_ref_parse(void **state)
 	assert_string_equal(r.tag, "latest");
 	kiln_image_ref_release(&r);
 
-	assert_true(kiln_image_ref_parse("docker.io/library/busybox", "/", &r, &err) < 0);
-	assert_msg_has(err, "docker.io/library/busybox");
-	assert_msg_has(err, "registries come later");
+	/* A reference without the scheme is a registry image (Docker's rules). */
+	assert_int_equal(kiln_image_ref_parse("busybox", "/", &r, &err), 0);
+	assert_null(r.layout);
+	assert_non_null(r.registry);
+	assert_string_equal(r.registry->registry, "docker.io");
+	assert_string_equal(r.registry->repository, "library/busybox");
+	assert_string_equal(r.registry->tag, "latest");
+	kiln_image_ref_release(&r);
+	assert_true(kiln_image_ref_parse("Bad//Ref", "/", &r, &err) < 0);
+	assert_msg_has(err, "Bad//Ref");
 	kiln_error_free(err);
 	err = NULL;
 	assert_true(kiln_image_ref_parse("oci-layout://img:", "/", &r, &err) < 0);
