@@ -590,7 +590,14 @@ static void test_copy_dest_semantics(void **state)
 	assert_string_equal(sget(json_array_get(c2, 0), "src"), "/dir/.");
 	assert_int_equal(json_array_size(c3), 2);
 	assert_string_equal(sget(json_array_get(c3, 1), "dest"), "/z/");
-	assert_string_equal(sget(json_array_get(c3, 1), "from"), "context");
+	/* Each source reads the context narrowed to itself (include). */
+	{
+		const char *from = sget(json_array_get(c3, 1), "from");
+		json_t *ctx = op(res, from);
+		assert_string_equal(sget(ctx, "op"), "source.local");
+		assert_string_equal(json_string_value(json_array_get(json_object_get(ctx, "include"), 0)), "y");
+		assert_string_not_equal(from, sget(json_array_get(c3, 0), "from"));
+	}
 	assert_true(json_is_true(json_object_get(json_array_get(c4, 0), "allow_not_found")));
 	/* the parsed form: a directory's contents, into /app */
 	assert_true(dop(res, res->imgs[0].layer_ops[2])->actions[0].contents_only);

@@ -76,7 +76,8 @@ struct lower {
 	json_t *ops;                /* emitted ops, in order */
 	json_t *dedup;              /* op content (no id/name) -> id */
 	json_t *resolved;           /* "platform ref" -> [pinned, config] */
-	char *context_op;           /* the source.local op id, once used */
+	char *context_op;           /* the whole-context source.local op id, once used */
+	unsigned n_contexts;        /* narrowed context ops emitted (ids) */
 	char *empty_op;             /* an empty tree, once needed */
 	struct kiln_error **err;
 };
@@ -100,6 +101,7 @@ int lerr(const struct ictx *c, int code, const char *fmt, ...) _printf_(3, 4);
 int lerr_wrap(const struct ictx *c, int r);
 /* Add op (consumed; "id" set here) and return its id (borrowed from L). */
 const char *emit_op(struct lower *L, json_t *op, const char *id);
+const char *context_op_for(struct lower *L, const char *path);
 const char *context_op(struct lower *L);
 const char *empty_op(struct lower *L);
 /* The op holding a stage's tree (an empty tree for scratch). */

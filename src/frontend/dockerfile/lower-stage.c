@@ -1126,7 +1126,7 @@ static int copy_url(struct ictx *c, struct copy *cp, const char *url)
 static int copy_local(struct ictx *c, struct copy *cp, const char *src)
 {
 	_cleanup_free_ char *clean = kiln_path_clean(src), *path = NULL;
-	const char *from = cp->from_op ? cp->from_op : context_op(c->L);
+	const char *from = cp->from_op ? cp->from_op : context_op_for(c->L, clean);
 	json_t *a;
 
 	/* Docker copies a directory's contents: "/dir/." (a file stays a file). */

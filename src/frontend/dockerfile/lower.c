@@ -238,22 +238,41 @@ const char *emit_op(struct lower *L, json_t *op, const char *id)
 	return json_string_value(have);
 }
 
-const char *context_op(struct lower *L)
+static json_t *context_json(struct lower *L)
 {
-	json_t *ex;
+	json_t *ex = json_array();
 	size_t i;
 
-	if (L->context_op)
-		return L->context_op;
-	ex = json_array();
 	for (i = 0; i < L->o->n_excludes; i++)
 		json_array_append_new(ex, json_string(L->o->excludes[i]));
-	L->context_op = xstrdup(emit_op(L,
-		json_pack("{s:s, s:s, s:s, s:o}", "op", "source.local", "name",
-			  "[internal] load build context", "path",
-			  L->o->context_dir ? L->o->context_dir : ".", "exclude", ex),
-		"context"));
+	return json_pack("{s:s, s:s, s:s, s:o}", "op", "source.local", "name",
+			 "[internal] load build context", "path",
+			 L->o->context_dir ? L->o->context_dir : ".", "exclude", ex);
+}
+
+const char *context_op(struct lower *L)
+{
+	if (!L->context_op)
+		L->context_op = xstrdup(emit_op(L, context_json(L), "context"));
 	return L->context_op;
+}
+
+/*
+ * The context narrowed to one COPY source (BuildKit's include patterns):
+ * a step is then keyed by the files it copies, so editing another file of
+ * the context leaves it cached. "" (the whole context) is context_op().
+ */
+const char *context_op_for(struct lower *L, const char *path)
+{
+	_cleanup_free_ char *id = NULL;
+	json_t *op;
+
+	if (!path || !*path)
+		return context_op(L);
+	op = context_json(L);
+	json_object_set_new(op, "include", json_pack("[s]", path));
+	id = xasprintf("context-%u", ++L->n_contexts);
+	return emit_op(L, op, id);
 }
 
 const char *empty_op(struct lower *L)
