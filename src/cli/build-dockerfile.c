@@ -11,6 +11,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/parse-util.h"
 #include "cas/tree.h"
 #include "cli/build.h"
 #include "cli/common.h"
@@ -21,7 +22,9 @@
 #include "solver/definition.h"
 #include "solver/solve.h"
 #include "source/image-config.h"
+#include "source/image.h"
 #include "source/local.h"
+#include "transfer/registry.h"
 
 struct dfbuild {
 	const struct build_args *a;
@@ -45,6 +48,7 @@ struct dfbuild {
 	struct kiln_digest image;  /* the built image: index or manifest */
 	bool have_image;
 	struct kiln_image_opts image_opts; /* compression of that image */
+	struct kiln_registry *registry;
 };
 
 /* "linux/amd64,linux/arm64" -> normalized, deduplicated list. */
@@ -162,10 +166,19 @@ static int resolve_image(void *ud, const char *ref, const char *platform, char *
 	struct kiln_digest manifest;
 	int r;
 
+	struct kiln_registry_ref rr = { 0 };
+
 	r = kiln_image_config(ref, b->context, platform, &manifest, config_json, err);
 	if (r < 0)
 		return r;
-	*pinned = xstrdup(ref);
+	/* A registry image is pinned to the platform manifest it resolved to. */
+	if (strncmp(ref, "oci-layout://", 13) == 0 || kiln_registry_ref_parse(ref, &rr, NULL) < 0) {
+		*pinned = xstrdup(ref);
+		return 0;
+	}
+	rr.digest = manifest;
+	*pinned = kiln_registry_ref_format(&rr);
+	kiln_registry_ref_release(&rr);
 	return 0;
 }
 
@@ -311,16 +324,59 @@ static int image_opts(struct dfbuild *b, const struct kiln_export_spec *spec,
 	return r;
 }
 
+/*
+ * The repository of the final stage's base image when it lives on the
+ * same registry as dest: blobs can be mounted from it instead of uploaded.
+ */
+static char *mount_source(struct dfbuild *b, const struct kiln_registry_ref *dest)
+{
+	ssize_t op = b->images[0].base_op ? op_index(b->def, b->images[0].base_op) : -1;
+	struct kiln_registry_ref base = { 0 };
+	char *repo = NULL;
+
+	if (op < 0 || !b->def->ops[op].ref || kiln_registry_ref_parse(b->def->ops[op].ref, &base, NULL) < 0)
+		return NULL;
+	if (!strcmp(base.registry, dest->registry) && strcmp(base.repository, dest->repository))
+		repo = xstrdup(base.repository);
+	kiln_registry_ref_release(&base);
+	return repo;
+}
+
 /* type=image: push=true sends it to the registry named by name=. */
 static int push_image(struct dfbuild *b, const struct kiln_export_spec *spec,
 		      struct kiln_error **err)
 {
+	struct kiln_registry_push_stats st = { 0 };
+	struct kiln_registry_push_opts po = { 0 };
+	struct kiln_registry_ref dest = { 0 };
+	_cleanup_free_ char *from = NULL, *where = NULL;
+	char up[32], mounted[32];
+	int r;
+
 	if (!spec->push || strcmp(spec->push, "true"))
 		return kiln_error_set(err, -ENOTSUP,
 				      "-o type=image,name=%s: without push=true there is no image store to keep it in (use type=oci or push=true)",
 				      spec->name);
-	return kiln_error_set(err, -ENOTSUP, "pushing %s: the registry client is not wired yet",
-			      spec->name);
+	r = kiln_registry_ref_parse(spec->name, &dest, err);
+	if (r < 0)
+		return r;
+	from = mount_source(b, &dest);
+	po.mount_from = from;
+	r = kiln_registry_push(b->registry, kiln_worker_store(b->eng.worker), &dest, &b->image, &po,
+			       &st, err);
+	where = kiln_registry_ref_format(&dest);
+	if (r == 0 && b->a->progress != KILN_PROGRESS_QUIET && b->a->progress != KILN_PROGRESS_JSON)
+		fprintf(stderr, "pushed %s@%s: %u blobs uploaded (%s), %u mounted (%s), %u already there, %u manifests\n",
+			where, KILN_DIGEST_STR(&b->image), st.blobs_uploaded,
+			kiln_format_size(st.bytes_uploaded, up, sizeof(up)), st.blobs_mounted,
+			kiln_format_size(st.bytes_mounted, mounted, sizeof(mounted)), st.blobs_skipped,
+			st.manifests);
+	else if (r == 0 && b->a->progress == KILN_PROGRESS_JSON)
+		fprintf(stderr, "{\"push\":{\"ref\":\"%s\",\"digest\":\"%s\",\"blobs_uploaded\":%u,\"blobs_mounted\":%u,\"blobs_skipped\":%u,\"bytes_uploaded\":%llu}}\n",
+			where, KILN_DIGEST_STR(&b->image), st.blobs_uploaded, st.blobs_mounted,
+			st.blobs_skipped, (unsigned long long)st.bytes_uploaded);
+	kiln_registry_ref_release(&dest);
+	return r;
 }
 
 /* Assemble one image per platform; several make an index. */
@@ -474,6 +530,8 @@ static void dfbuild_release(struct dfbuild *b)
 	free(b->context);
 	free(b->dockerfile);
 	kiln_progress_free(b->progress);
+	kiln_image_set_registry(NULL);
+	kiln_registry_free(b->registry);
 	kiln_engine_close(&b->eng);
 }
 
@@ -488,6 +546,8 @@ int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
 	r = parse_specs(&b, err);
 	for (i = 0; r == 0 && i < a->n_secrets; i++)
 		r = load_secret(&b, a->secrets[i], err);
+	if (r == 0)
+		r = kiln_cli_registry(a, &b.registry, err);
 	if (r == 0)
 		r = kiln_engine_open(root, a->runtime, &b.eng, err);
 	if (r == 0)

@@ -14,6 +14,8 @@
 #include "solver/definition.h"
 #include "solver/progress.h"
 #include "solver/solve.h"
+#include "source/image.h"
+#include "transfer/registry.h"
 
 static void build_usage(FILE *f)
 {
@@ -167,6 +169,22 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 	return 0;
 }
 
+int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
+		      struct kiln_error **err)
+{
+	const char *insecure[MAX_LIST + 1] = { 0 };
+	struct kiln_registry_options o = { .insecure = insecure };
+	size_t i;
+	int r;
+
+	for (i = 0; i < a->n_insecure; i++)
+		insecure[i] = a->insecure[i];
+	r = kiln_registry_new(&o, out, err);
+	if (r == 0)
+		kiln_image_set_registry(*out);
+	return r;
+}
+
 int kiln_build_write_metadata(const char *path, const char *tree, unsigned run,
 			      unsigned cached, const char *image_digest,
 			      struct kiln_error **err)
@@ -196,12 +214,15 @@ static int run_build(const struct build_args *a, struct kiln_error **err)
 	struct kiln_progress *prog = NULL;
 	_cleanup_free_ char *root = kiln_cli_default_root();
 	struct kiln_solve_options so = { 0 };
+	struct kiln_registry *reg = NULL;
 	size_t i;
 	int r = 0;
 
 	/* Check every flag before doing any work. */
 	for (i = 0; r == 0 && i < a->n_outputs; i++)
 		r = kiln_export_spec_parse(a->outputs[i], &specs[i], err);
+	if (r == 0)
+		r = kiln_cli_registry(a, &reg, err);
 	if (r == 0)
 		r = kiln_engine_open(root, a->runtime, &eng, err);
 	if (r == 0)
@@ -230,6 +251,8 @@ out:
 	kiln_progress_free(prog);
 	kiln_definition_free(def);
 	kiln_engine_close(&eng);
+	kiln_image_set_registry(NULL);
+	kiln_registry_free(reg);
 	return r;
 }
 

@@ -33,6 +33,15 @@ struct build_args {
 	size_t n_insecure;
 };
 
+struct kiln_registry;
+
+/*
+ * The registry client for this build (--insecure-registry), also set as
+ * the one image sources use.
+ */
+int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
+		      struct kiln_error **err);
+
 /* The Dockerfile path (build-dockerfile.c). */
 int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err);
 

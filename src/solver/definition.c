@@ -15,6 +15,7 @@
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
+#include "transfer/registry.h"
 #include "worker/worker.h"
 
 /* Parsing context for error messages. */
@@ -286,9 +287,21 @@ static int parse_image(struct pctx *p, json_t *o)
 	r = get_str(p, o, "ref", true, &p->op->ref);
 	if (r < 0)
 		return r;
-	if (strncmp(p->op->ref, "oci-layout://", 13) != 0)
-		return op_err(p, "ref", "'%s': only oci-layout://PATH[:TAG] references are supported",
-			      p->op->ref);
+	if (strncmp(p->op->ref, "oci-layout://", 13) != 0) {
+		/* A registry reference, normalized as Docker does. */
+		struct kiln_registry_ref rr = { 0 };
+		struct kiln_error *e = NULL;
+
+		if (kiln_registry_ref_parse(p->op->ref, &rr, &e) < 0) {
+			r = op_err(p, "ref", "%s", kiln_error_msg(e));
+			kiln_error_free(e);
+			return r;
+		}
+		free(p->op->ref);
+		p->op->ref = kiln_registry_ref_format(&rr);
+		kiln_registry_ref_release(&rr);
+		return 0;
+	}
 	{
 		/* Absolute and clean, so the op means one thing however it is spelt. */
 		const char *path = p->op->ref + 13;

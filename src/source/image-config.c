@@ -7,6 +7,7 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "source/image.h"
+#include "transfer/registry.h"
 
 #define META_MAX (4u << 20)
 
@@ -48,6 +49,29 @@ static int manifest_config(const char *text, const char *what, struct kiln_diges
 	return r;
 }
 
+/* The platform manifest, then its config, from the registry (verified). */
+static int registry_config(const struct kiln_image_ref *ir, const char *ref,
+			   const struct kiln_digest *manifest, char **config_json,
+			   struct kiln_error **err)
+{
+	struct kiln_registry *reg = kiln_image_registry(err);
+	struct kiln_registry_manifest m = { 0 };
+	struct kiln_digest cfg;
+	size_t len;
+	int r;
+
+	if (!reg)
+		return -EIO;
+	r = kiln_registry_get_manifest(reg, ir->registry, manifest, &m, err);
+	if (r == 0)
+		r = manifest_config(m.data, ref, &cfg, err);
+	if (r == 0)
+		r = kiln_registry_get_blob_buf(reg, ir->registry, &cfg, META_MAX, config_json,
+					       &len, err);
+	kiln_registry_manifest_release(&m);
+	return r;
+}
+
 int kiln_image_config(const char *ref, const char *base_dir, const char *platform,
 		      struct kiln_digest *manifest, char **config_json,
 		      struct kiln_error **err)
@@ -61,15 +85,15 @@ int kiln_image_config(const char *ref, const char *base_dir, const char *platfor
 	r = kiln_image_ref_parse(ref, base_dir, &ir, err);
 	if (r == 0)
 		r = kiln_image_resolve(&ir, platform, manifest, err);
-	if (r == 0 && !ir.layout)
-		r = kiln_error_set(err, -ENOTSUP, "%s: registry configs are resolved by the registry client",
-				   ref);
-	if (r == 0)
+	if (r == 0 && ir.registry)
+		r = registry_config(&ir, ref, manifest, config_json, err);
+	else if (r == 0) {
 		r = layout_blob(ir.layout, manifest, &man, err);
-	if (r == 0)
-		r = manifest_config(man, ref, &cfg, err);
-	if (r == 0)
-		r = layout_blob(ir.layout, &cfg, config_json, err);
+		if (r == 0)
+			r = manifest_config(man, ref, &cfg, err);
+		if (r == 0)
+			r = layout_blob(ir.layout, &cfg, config_json, err);
+	}
 	kiln_image_ref_release(&ir);
 	return r;
 }

@@ -102,8 +102,7 @@ void kiln_image_set_registry(struct kiln_registry *r)
 	pthread_mutex_unlock(&client_lock);
 }
 
-/* The client set by the caller, else a default one made on first use. */
-static struct kiln_registry *get_client(struct kiln_error **err)
+struct kiln_registry *kiln_image_registry(struct kiln_error **err)
 {
 	struct kiln_registry *c;
 
@@ -709,7 +708,7 @@ static int registry_open(struct layout *l, const struct kiln_image_ref *ref,
 	l->where = xasprintf("image %s", name);
 	l->rref = ref->registry;
 	l->store = s;
-	l->reg = get_client(err);
+	l->reg = kiln_image_registry(err);
 	return l->reg ? 0 : -EINVAL;
 }
 

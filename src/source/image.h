@@ -45,6 +45,9 @@ void kiln_image_ref_release(struct kiln_image_ref *r);
  */
 void kiln_image_set_registry(struct kiln_registry *r);
 
+/* The client in use: the one set, else a default made on first use. */
+struct kiln_registry *kiln_image_registry(struct kiln_error **err);
+
 /*
  * Pin ref to the manifest digest for platform ("linux/arm64"). A registry
  * ref is looked up by tag (or its pinned digest, with no tag lookup); an

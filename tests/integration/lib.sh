@@ -24,8 +24,12 @@ umount_below() {
 		sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
 }
 
+# Tests add commands to run at exit (e.g. stopping a registry by PID).
+CLEANUP_HOOKS=()
+
 cleanup() {
-	local rc=$?
+	local rc=$? h
+	for h in "${CLEANUP_HOOKS[@]}"; do eval "$h" || true; done
 	if [ -n "${BG_PID:-}" ]; then kill -9 "$BG_PID" 2>/dev/null || true; fi
 	umount_below "$T"
 	rm -rf "$T"

@@ -1,0 +1,88 @@
+#!/bin/bash
+# Images out and in through a real registry (Debian's docker-registry on
+# loopback), anonymous and with htpasswd basic auth: push a two-platform
+# image, inspect it with skopeo, build FROM it.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/registry-lib.sh"
+command -v skopeo >/dev/null || fail "skopeo is not installed (scripts/install-deps.sh)"
+CLEANUP_HOOKS+=("registry_stop")
+
+CTX="$T/ctx"
+mkdir -p "$CTX"
+cat >"$CTX/Dockerfile" <<'DF'
+ARG BASE
+FROM --platform=$BUILDPLATFORM ${BASE} AS build
+RUN echo "from the build stage" > /built
+FROM ${BASE}
+ARG TARGETARCH
+COPY --from=build /built /built
+RUN echo "$TARGETARCH $(uname -m)" > /arch
+CMD ["cat", "/arch"]
+DF
+
+push_and_check() { # MODE
+	local mode=$1 repo
+	registry_start "$T/reg-$mode" "$mode" || fail "registry ($mode) did not start"
+	repo="$REGISTRY/kiln/app"
+
+	kbuild --platform linux/amd64,linux/arm64 --build-arg "BASE=oci-layout://$LAYOUT:latest" \
+		-t "$repo:1" --push "$CTX" || fail "$mode: push failed: $(tail -3 "$T/progress.json")"
+	local creds=()
+	[ "$mode" = htpasswd ] && creds=(--creds "$REGISTRY_USER:$REGISTRY_PASSWORD")
+	skopeo inspect --raw --tls-verify=false "${creds[@]}" "docker://$repo:1" >"$T/index-$mode.json" ||
+		fail "$mode: skopeo cannot read the pushed image"
+	assert_eq "$(jq -r '.mediaType' "$T/index-$mode.json")" "application/vnd.oci.image.index.v1+json" "$mode index media type"
+	assert_eq "$(jq -r '[.manifests[].platform | .os + "/" + .architecture] | sort | join(",")' "$T/index-$mode.json")" \
+		"linux/amd64,linux/arm64" "$mode index platforms"
+	for arch in amd64 arm64; do
+		assert_eq "$(skopeo inspect --config --tls-verify=false "${creds[@]}" --override-arch "$arch" \
+			"docker://$repo:1" | jq -r .architecture)" "$arch" "$mode $arch config"
+	done
+
+	# Another build uses the pushed image in FROM, for both platforms.
+	mkdir -p "$T/ctx2-$mode"
+	printf 'FROM %s:1\nRUN cat /arch /built > /seen\n' "$repo" >"$T/ctx2-$mode/Dockerfile"
+	kbuild --platform linux/amd64,linux/arm64 -o "$T/from-$mode" "$T/ctx2-$mode" ||
+		fail "$mode: FROM the pushed image: $(tail -3 "$T/progress.json")"
+	assert_eq "$(head -1 "$T/from-$mode/linux_amd64/seen")" "amd64 x86_64" "$mode amd64 FROM"
+	assert_eq "$(head -1 "$T/from-$mode/linux_arm64/seen")" "arm64 aarch64" "$mode arm64 FROM"
+	assert_eq "$(tail -1 "$T/from-$mode/linux_arm64/seen")" "from the build stage" "$mode build-stage file"
+
+	# Pushing the same image again uploads nothing.
+	"$KILN" build --progress plain --platform linux/amd64,linux/arm64 \
+		--build-arg "BASE=oci-layout://$LAYOUT:latest" -t "$repo:1" --push "$CTX" 2>"$T/push2.log" ||
+		fail "$mode: second push"
+	grep -q "0 blobs uploaded" "$T/push2.log" || fail "$mode: second push uploaded blobs: $(grep pushed "$T/push2.log")"
+	registry_stop
+}
+
+push_and_check none
+
+# htpasswd: credentials come from the docker config; without them, 401.
+export DOCKER_CONFIG="$T/docker-config"
+mkdir -p "$DOCKER_CONFIG"
+echo '{}' >"$DOCKER_CONFIG/config.json"
+registry_start "$T/reg-denied" htpasswd || fail "htpasswd registry did not start"
+kbuild_fails --build-arg "BASE=oci-layout://$LAYOUT:latest" -t "$REGISTRY/kiln/app:1" --push "$CTX"
+assert_contains "$(error_text)" "401" "push without credentials"
+assert_contains "$(error_text)" "$REGISTRY" "push without credentials"
+registry_stop
+# With credentials in the docker config, push and pull work.
+registry_start "$T/reg-auth" htpasswd || fail "registry did not start"
+printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$REGISTRY" \
+	"$(printf '%s:%s' "$REGISTRY_USER" "$REGISTRY_PASSWORD" | base64 -w0)" >"$DOCKER_CONFIG/config.json"
+repo="$REGISTRY/kiln/app"
+kbuild --platform linux/amd64,linux/arm64 --build-arg "BASE=oci-layout://$LAYOUT:latest" \
+	-t "$repo:1" --push "$CTX" || fail "htpasswd: push failed: $(tail -3 "$T/progress.json")"
+assert_eq "$(skopeo inspect --raw --tls-verify=false --creds "$REGISTRY_USER:$REGISTRY_PASSWORD" \
+	"docker://$repo:1" | jq -r '[.manifests[].platform.architecture] | sort | join(",")')" \
+	"amd64,arm64" "htpasswd index platforms"
+mkdir -p "$T/ctx2-auth"
+printf 'FROM %s:1\nRUN cat /arch > /seen\n' "$repo" >"$T/ctx2-auth/Dockerfile"
+kbuild --platform linux/arm64 -o "$T/from-auth" "$T/ctx2-auth" || fail "htpasswd: FROM: $(tail -3 "$T/progress.json")"
+assert_eq "$(cat "$T/from-auth/seen")" "arm64 aarch64" "htpasswd arm64 FROM"
+registry_stop
+
+assert_no_mounts
+assert_fsck_clean
+echo "ok: registry push and pull, anonymous and basic auth"
