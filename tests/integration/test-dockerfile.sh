@@ -93,6 +93,19 @@ assert_eq "$ran" "1 build COPY src/,1 build RUN mkdir,2 final COPY --from=build,
 has_event '((.name // "") | test("COPY other.txt")) and .status == "cached"' || fail "COPY other.txt should stay cached"
 assert_eq "$(cat "$T/out3/linux_arm64/app/MESSAGE")" "MESSAGE TWO" "edited content reached arm64"
 
+# Reproducible: with SOURCE_DATE_EPOCH, two cold builds in separate state
+# roots (every step really runs twice) give the same image digests.
+for n in 1 2; do
+	SOURCE_DATE_EPOCH=1700000000 KILN_ROOT="$T/root-repro-$n" \
+		kbuild "${ARGS[@]}" -o "type=oci,dest=$T/repro-$n.tar,name=app:1" "$CTX" ||
+		fail "reproducible build $n: $(tail -3 "$T/progress.json")"
+	[ -n "$(vertices_run)" ] || fail "reproducible build $n ran nothing (not cold)"
+	skopeo inspect --raw "oci-archive:$T/repro-$n.tar:app:1" | sha256sum >"$T/repro-$n.digest"
+done
+cmp -s "$T/repro-1.digest" "$T/repro-2.digest" || fail "SOURCE_DATE_EPOCH builds differ"
+skopeo inspect --config --override-arch arm64 "oci-archive:$T/repro-1.tar:app:1" >"$T/repro-config.json"
+assert_eq "$(jq -r .created "$T/repro-config.json")" "2023-11-14T22:13:20Z" "created from SOURCE_DATE_EPOCH"
+
 assert_no_mounts
 assert_fsck_clean
 echo "ok: two-platform Dockerfile builds"
