@@ -21,6 +21,7 @@
 #include "basic/fs-util.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
+#include "export/export-internal.h"
 
 #define GZIP_DEFAULT_LEVEL 6
 #define ZSTD_DEFAULT_LEVEL 3
@@ -184,10 +185,8 @@ struct layer {
 	struct kiln_store *s;
 	const struct kiln_digest *child;
 	const struct kiln_image_opts *opts;
-	struct archive *a;
+	struct kiln_tar tar; /* sink_error is set by tar_write_cb */
 	struct sink sink;
-	int sink_error;
-	struct kiln_hasher *check; /* file blobs as they are copied */
 	char **stack; /* directories written, by depth (1-based at [0]) */
 	size_t depth, alloc;
 	struct kiln_error **err;
@@ -200,20 +199,11 @@ static la_ssize_t tar_write_cb(struct archive *a, void *ud, const void *buf,
 	int r = sink_feed(&l->sink, buf, n, false);
 
 	if (r < 0) {
-		l->sink_error = r;
+		l->tar.sink_error = r;
 		archive_set_error(a, -r, "cannot write the layer blob");
 		return -1;
 	}
 	return (la_ssize_t)n;
-}
-
-static int archive_fail(struct layer *l, const char *path)
-{
-	int code = l->sink_error ? l->sink_error :
-		   archive_errno(l->a) > 0 ? -archive_errno(l->a) : -EIO;
-
-	return kiln_error_set(l->err, code, "layer: %s: %s", path,
-			      archive_error_string(l->a) ?: "write failed");
 }
 
 static void clamp_time(const struct kiln_image_opts *o, int64_t *sec,
@@ -227,103 +217,14 @@ static void clamp_time(const struct kiln_image_opts *o, int64_t *sec,
 	}
 }
 
-static mode_t entry_filetype(uint8_t type)
-{
-	switch (type) {
-	case KILN_ENTRY_FILE: return AE_IFREG;
-	case KILN_ENTRY_DIR: return AE_IFDIR;
-	case KILN_ENTRY_SYMLINK: return AE_IFLNK;
-	case KILN_ENTRY_CHAR: return AE_IFCHR;
-	case KILN_ENTRY_BLOCK: return AE_IFBLK;
-	case KILN_ENTRY_FIFO: return AE_IFIFO;
-	default: return 0;
-	}
-}
-
-static struct archive_entry *make_header(struct layer *l, const char *path,
-					 const struct kiln_tree_entry *e)
-{
-	struct archive_entry *ae = archive_entry_new();
-	int64_t sec = e->mtime_sec;
-	uint32_t nsec = e->mtime_nsec;
-	size_t i;
-
-	clamp_time(l->opts, &sec, &nsec);
-	archive_entry_set_pathname(ae, path);
-	archive_entry_set_filetype(ae, entry_filetype(e->type));
-	archive_entry_set_perm(ae, e->mode & 07777);
-	archive_entry_set_uid(ae, e->uid);
-	archive_entry_set_gid(ae, e->gid);
-	archive_entry_set_mtime(ae, sec, nsec);
-	archive_entry_set_size(ae, e->type == KILN_ENTRY_FILE ? e->size : 0);
-	if (e->type == KILN_ENTRY_SYMLINK)
-		archive_entry_set_symlink(ae, e->target);
-	if (e->type == KILN_ENTRY_CHAR || e->type == KILN_ENTRY_BLOCK) {
-		archive_entry_set_rdevmajor(ae, e->rdev_major);
-		archive_entry_set_rdevminor(ae, e->rdev_minor);
-	}
-	for (i = 0; i < e->n_xattrs; i++)
-		archive_entry_xattr_add_entry(ae, e->xattrs[i].name,
-					      e->xattrs[i].value,
-					      e->xattrs[i].len);
-	return ae;
-}
-
-/* Copy a file blob into the archive, checking its size and digest. */
-static int write_data(struct layer *l, const char *path,
-		      const struct kiln_tree_entry *e)
-{
-	_cleanup_close_ int fd = -1;
-	struct kiln_digest got;
-	uint64_t total = 0;
-	char buf[65536];
-
-	fd = kiln_store_open_blob(l->s, &e->digest);
-	if (fd < 0)
-		return kiln_error_seterrno(l->err, fd, "layer: %s: blob %s", path,
-					   KILN_DIGEST_STR(&e->digest));
-	for (;;) {
-		ssize_t k = read(fd, buf, sizeof(buf));
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return kiln_error_seterrno(l->err, -errno,
-						   "layer: %s: blob %s", path,
-						   KILN_DIGEST_STR(&e->digest));
-		if (k == 0 || total + (uint64_t)k > e->size)
-			break;
-		kiln_hasher_update(l->check, buf, (size_t)k);
-		if (archive_write_data(l->a, buf, (size_t)k) != k)
-			return archive_fail(l, path);
-		total += (uint64_t)k;
-	}
-	kiln_hasher_final(l->check, &got);
-	if (total != e->size || !kiln_digest_eq(&got, &e->digest))
-		return kiln_error_set(l->err, -EBADMSG,
-				      "layer: %s: blob %s is corrupt", path,
-				      KILN_DIGEST_STR(&e->digest));
-	return 0;
-}
-
 static int write_entry(struct layer *l, const char *path,
 		       const struct kiln_tree_entry *e)
 {
-	struct archive_entry *ae;
-	int r;
+	int64_t sec = e->mtime_sec;
+	uint32_t nsec = e->mtime_nsec;
 
-	if (!entry_filetype(e->type))
-		return kiln_error_set(l->err, -EINVAL,
-				      "layer: %s: unknown entry type %u", path,
-				      e->type);
-	ae = make_header(l, path, e);
-	r = archive_write_header(l->a, ae);
-	archive_entry_free(ae);
-	if (r < ARCHIVE_WARN)
-		return archive_fail(l, path);
-	if (e->type == KILN_ENTRY_FILE)
-		return write_data(l, path, e);
-	return 0;
+	clamp_time(l->opts, &sec, &nsec);
+	return kiln_tar_write_entry(&l->tar, path, e, sec, nsec);
 }
 
 /* ".wh.NAME" next to path; owner 0:0, mtime epoch or 0. */
@@ -343,9 +244,9 @@ static int write_whiteout(struct layer *l, const char *path)
 	archive_entry_set_perm(ae, 0644);
 	archive_entry_set_size(ae, 0);
 	archive_entry_set_mtime(ae, l->opts->has_epoch ? l->opts->epoch : 0, 0);
-	r = archive_write_header(l->a, ae);
+	r = archive_write_header(l->tar.a, ae);
 	archive_entry_free(ae);
-	return r < ARCHIVE_WARN ? archive_fail(l, wh) : 0;
+	return r < ARCHIVE_WARN ? kiln_tar_fail(&l->tar, wh) : 0;
 }
 
 /* Record dir (at depth, 1-based) as written; deeper records are stale. */
@@ -441,12 +342,11 @@ static struct archive *layer_writer_new(struct layer *l)
 
 static void layer_release(struct layer *l)
 {
-	if (l->a)
-		archive_write_free(l->a);
+	if (l->tar.a)
+		archive_write_free(l->tar.a);
 	while (l->depth)
 		free(l->stack[--l->depth]);
 	free(l->stack);
-	kiln_hasher_free(l->check);
 	sink_release(&l->sink);
 }
 
@@ -455,14 +355,14 @@ static int layer_write(struct layer *l, const struct kiln_digest *parent,
 {
 	int r;
 
-	l->a = layer_writer_new(l);
-	if (!l->a)
+	l->tar.a = layer_writer_new(l);
+	if (!l->tar.a)
 		return kiln_error_set(l->err, -EIO, "layer: cannot start archive");
 	r = kiln_tree_diff(l->s, parent, l->child, diff_visit, l, l->err);
 	if (r > 0)
 		r = -EIO;
-	if (r == 0 && archive_write_close(l->a) != ARCHIVE_OK)
-		r = archive_fail(l, "end of archive");
+	if (r == 0 && archive_write_close(l->tar.a) != ARCHIVE_OK)
+		r = kiln_tar_fail(&l->tar, "end of archive");
 	if (r == 0)
 		r = sink_finish(&l->sink, out, l->err);
 	return r;
@@ -474,10 +374,12 @@ static int layer_build(struct kiln_store *s, const struct kiln_digest *parent,
 		       struct kiln_image_layer_info *out,
 		       struct kiln_error **err)
 {
-	struct layer l = { .s = s, .child = child, .opts = opts, .err = err };
+	struct layer l = {
+		.s = s, .child = child, .opts = opts, .err = err,
+		.tar = { .store = s, .what = "layer", .err = err },
+	};
 	int r;
 
-	l.check = kiln_hasher_new(KILN_DIGEST_SHA256);
 	r = sink_start(s, &l.sink, opts, err);
 	if (r == 0)
 		r = layer_write(&l, parent, out);

@@ -19,6 +19,7 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "cas/gc.h"
+#include "export/export-internal.h"
 
 #define OCI_LAYOUT_TEXT "{\"imageLayoutVersion\":\"1.0.0\"}"
 #define REF_NAME_KEY "org.opencontainers.image.ref.name"
@@ -244,20 +245,7 @@ static int stream_blob(struct kiln_store *s, const struct kiln_digest *d,
 
 /* ---- tar ---- */
 
-struct otar {
-	struct archive *a;
-	struct kiln_error **err;
-};
-
-static int otar_fail(struct otar *t, const char *path)
-{
-	int code = archive_errno(t->a) > 0 ? -archive_errno(t->a) : -EIO;
-
-	return kiln_error_set(t->err, code, "oci tar: %s: %s", path,
-			      archive_error_string(t->a) ?: "write failed");
-}
-
-static int otar_header(struct otar *t, const char *path, bool dir,
+static int otar_header(struct kiln_tar *t, const char *path, bool dir,
 		       uint64_t size)
 {
 	struct archive_entry *ae = archive_entry_new();
@@ -270,46 +258,44 @@ static int otar_header(struct otar *t, const char *path, bool dir,
 	archive_entry_set_mtime(ae, 0, 0);
 	r = archive_write_header(t->a, ae);
 	archive_entry_free(ae);
-	return r < ARCHIVE_WARN ? otar_fail(t, path) : 0;
+	return r < ARCHIVE_WARN ? kiln_tar_fail(t, path) : 0;
 }
 
-static int otar_text(struct otar *t, const char *path, const char *text)
+static int otar_text(struct kiln_tar *t, const char *path, const char *text)
 {
 	size_t n = strlen(text);
 	int r = otar_header(t, path, false, n);
 
 	if (r == 0 && archive_write_data(t->a, text, n) != (la_ssize_t)n)
-		r = otar_fail(t, path);
+		r = kiln_tar_fail(t, path);
 	return r;
 }
 
 static int otar_sink(void *ud, const void *buf, size_t n)
 {
-	struct otar *t = ud;
+	struct kiln_tar *t = ud;
 
 	if (archive_write_data(t->a, buf, n) != (la_ssize_t)n)
-		return otar_fail(t, "blob data");
+		return kiln_tar_fail(t, "blob data");
 	return 0;
 }
 
-static int otar_blob(struct otar *t, struct kiln_store *s,
-		     const struct kiln_digest *d)
+static int otar_blob(struct kiln_tar *t, const struct kiln_digest *d)
 {
 	char hex[KILN_DIGEST_HEXLEN], path[96];
 	uint64_t size;
 	int r;
 
 	snprintf(path, sizeof(path), "blobs/sha256/%s", kiln_digest_hex(d, hex));
-	r = kiln_store_size(s, d, &size);
+	r = kiln_store_size(t->store, d, &size);
 	if (r < 0)
 		return kiln_error_seterrno(t->err, r, "blob %s",
 					   KILN_DIGEST_STR(d));
 	r = otar_header(t, path, false, size);
-	return r ? r : stream_blob(s, d, otar_sink, t, t->err);
+	return r ? r : stream_blob(t->store, d, otar_sink, t, t->err);
 }
 
-static int otar_entries(struct otar *t, struct kiln_store *s,
-			const struct layout *l)
+static int otar_entries(struct kiln_tar *t, const struct layout *l)
 {
 	_cleanup_free_ char *index = NULL;
 	json_t *list = json_pack("[O]", l->top);
@@ -321,71 +307,27 @@ static int otar_entries(struct otar *t, struct kiln_store *s,
 	r = otar_header(t, "blobs/", true, 0);
 	r = r ? r : otar_header(t, "blobs/sha256/", true, 0);
 	for (i = 0; r == 0 && i < l->n; i++)
-		r = otar_blob(t, s, &l->blobs[i]);
+		r = otar_blob(t, &l->blobs[i]);
 	r = r ? r : otar_text(t, "index.json", index);
 	return r ? r : otar_text(t, "oci-layout", OCI_LAYOUT_TEXT);
 }
 
-static int otar_write_fd(struct kiln_store *s, const struct layout *l, int fd,
-			 struct kiln_error **err)
-{
-	struct otar t = { .err = err };
-	int r;
+struct otar_dest {
+	struct kiln_store *store;
+	const struct layout *layout;
+};
 
-	t.a = archive_write_new();
-	if (archive_write_set_format_pax_restricted(t.a) != ARCHIVE_OK ||
-	    archive_write_add_filter_none(t.a) != ARCHIVE_OK ||
-	    archive_write_set_bytes_in_last_block(t.a, 1) != ARCHIVE_OK ||
-	    archive_write_open_fd(t.a, fd) != ARCHIVE_OK) {
-		archive_write_free(t.a);
+static int otar_write_fd(int fd, void *ud, struct kiln_error **err)
+{
+	struct otar_dest *d = ud;
+	struct kiln_tar t = {
+		.store = d->store, .what = "oci tar", .err = err,
+	};
+
+	t.a = kiln_tar_open_fd(fd);
+	if (!t.a)
 		return kiln_error_set(err, -EIO, "oci tar: cannot start archive");
-	}
-	r = otar_entries(&t, s, l);
-	if (archive_write_close(t.a) != ARCHIVE_OK && r == 0)
-		r = otar_fail(&t, "end of archive");
-	archive_write_free(t.a);
-	return r;
-}
-
-static int otar_to_file(struct kiln_store *s, const struct layout *l,
-			const char *dest, const char *tmp,
-			struct kiln_error **err)
-{
-	_cleanup_close_ int fd = -1;
-	int r;
-
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-		  0644);
-	if (fd < 0)
-		return kiln_error_seterrno(err, -errno, "cannot create %s", tmp);
-	r = otar_write_fd(s, l, fd, err);
-	if (r < 0)
-		return r;
-	if (fsync(fd) < 0)
-		return kiln_error_seterrno(err, -errno, "cannot write %s", tmp);
-	if (rename(tmp, dest) < 0)
-		return kiln_error_seterrno(err, -errno, "cannot write %s", dest);
-	return 0;
-}
-
-static int otar_dest(struct kiln_store *s, const struct layout *l,
-		     const char *dest, struct kiln_error **err)
-{
-	_cleanup_free_ char *hex = NULL, *tmp = NULL;
-	int r;
-
-	if (!strcmp(dest, "-")) {
-		r = otar_write_fd(s, l, STDOUT_FILENO, err);
-		if (r >= 0 && fflush(stdout) != 0)
-			r = kiln_error_seterrno(err, -errno, "cannot write stdout");
-		return r;
-	}
-	hex = kiln_random_hex(4);
-	tmp = xasprintf("%s.tmp-%s", dest, hex);
-	r = otar_to_file(s, l, dest, tmp, err);
-	if (r < 0)
-		unlink(tmp);
-	return r;
+	return kiln_tar_close(&t, otar_entries(&t, d->layout));
 }
 
 int kiln_export_oci_tar(struct kiln_store *s, const struct kiln_digest *top,
@@ -393,11 +335,12 @@ int kiln_export_oci_tar(struct kiln_store *s, const struct kiln_digest *top,
 			struct kiln_error **err)
 {
 	struct layout l;
+	struct otar_dest d = { .store = s, .layout = &l };
 	int r;
 
 	r = layout_collect(s, top, ref_name, &l, err);
 	if (r == 0)
-		r = otar_dest(s, &l, dest, err);
+		r = kiln_write_to_dest(dest, otar_write_fd, &d, err);
 	layout_release(&l);
 	if (r < 0)
 		kiln_error_prefix(err, "type=oci,dest=%s", dest);
