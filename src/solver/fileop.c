@@ -476,15 +476,20 @@ static int check_parent(struct fctx *c, const char *path)
 	return 0;
 }
 
-static int do_action(struct fctx *c, const struct kiln_file_action *a,
+static int do_action(struct fctx *c, const struct kiln_file_action *orig,
 		     const struct kiln_digest *inputs)
 {
+	struct kiln_file_action eff = *orig, *a = &eff;
 	_cleanup_free_ char *path = NULL;
 	struct kiln_tree_entry e, cur = { 0 };
 	int r;
 
-	if (a->type == KILN_FA_COPY)
-		return do_copy(c, a, &inputs[a->from]);
+	if (orig->type == KILN_FA_COPY)
+		return do_copy(c, orig, &inputs[orig->from]);
+	/* Owners by name (WORKDIR after USER name) resolve like COPY --chown. */
+	r = resolve_owner(c, orig, &eff.uid, &eff.gid);
+	if (r < 0)
+		return r;
 	r = kiln_tree_editor_resolve(c->ed, a->path + 1, false, &path, c->err);
 	if (r < 0)
 		return r;

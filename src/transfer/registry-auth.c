@@ -605,6 +605,18 @@ static int parse_token(const char *realm, const struct kiln_http_resp *resp,
 	return r;
 }
 
+/* Is url's host[:port] exactly host? */
+static bool url_host_is(const char *url, const char *host)
+{
+	const char *rest = strstr(url, "://");
+	size_t n = strlen(host);
+
+	if (!rest)
+		return false;
+	rest += 3;
+	return !strncmp(rest, host, n) && (rest[n] == '/' || rest[n] == '?' || rest[n] == '\0');
+}
+
 static int fetch_token(struct kiln_registry_auth *a,
 		       const struct kiln_registry_auth_transport *t,
 		       const char *reg, const char *realm, const char *service,
@@ -615,7 +627,10 @@ static int fetch_token(struct kiln_registry_auth *a,
 	struct kiln_http_resp resp;
 	struct kiln_http_req req = {
 		.method = "GET", .url = url, .follow = true,
-		.tls_noverify = t->tls_noverify, .ca_file = t->ca_file,
+		/* --insecure-registry relaxes TLS for that registry only, not
+		 * for a token server elsewhere that gets the credentials. */
+		.tls_noverify = t->tls_noverify && url_host_is(realm, reg),
+		.ca_file = t->ca_file,
 		.timeout_ms = TOKEN_TIMEOUT_MS,
 		.low_speed_time_s = t->low_speed_time_s,
 		.limit = KILN_REGISTRY_TOKEN_LIMIT,

@@ -588,6 +588,38 @@ static int fall_back(struct kiln_registry *r, const char *registry,
 	return rc;
 }
 
+/*
+ * Is an absolute URL (an upload Location, say) the registry's own endpoint,
+ * same scheme and host:port? Only then do credentials go with it, as in
+ * Docker and containerd: a registry must not be able to send them, or the
+ * data, to another host.
+ */
+static bool same_origin(struct kiln_registry *r, const char *registry, const char *url,
+			enum scheme s)
+{
+	const char *ep = endpoint_of(r, registry), *rest;
+	size_t n = strlen(ep);
+
+	if (!strncmp(url, "https://", 8) && s != SCHEME_HTTP)
+		rest = url + 8;
+	else if (!strncmp(url, "http://", 7) && s == SCHEME_HTTP)
+		rest = url + 7;
+	else
+		return false;
+	return !strncmp(rest, ep, n) && (rest[n] == '/' || rest[n] == '?' || rest[n] == '\0');
+}
+
+/* A request to a foreign absolute URL: no credentials, normal TLS checks. */
+static int send_foreign(struct kiln_registry *r, struct kiln_http_req *req,
+			struct kiln_http_resp *resp, struct kiln_error **err)
+{
+	req->tls_noverify = false;
+	req->ca_file = r->ca_file;
+	req->low_speed_time_s = r->low_speed_time_s;
+	__atomic_fetch_add(&r->requests, 1, __ATOMIC_RELAXED);
+	return kiln_http_do(r->http, req, resp, err);
+}
+
 /* One request with the current authorization, scheme fallback included. */
 static int send_once(struct kiln_registry *r, const char *registry,
 		     const char *scope, struct kiln_http_req *req,
@@ -604,6 +636,8 @@ static int send_once(struct kiln_registry *r, const char *registry,
 	_cleanup_free_ char *url = full_url(r, registry, path, s);
 	int rc;
 
+	if (path[0] != '/' && !same_origin(r, registry, path, s))
+		return send_foreign(r, req, resp, err);
 	rc = kiln_registry_auth_prepare(r->auth, &t, registry, scope, &z, err);
 	if (rc < 0)
 		return rc;

@@ -83,6 +83,22 @@ kbuild --platform linux/arm64 -o "$T/from-auth" "$T/ctx2-auth" || fail "htpasswd
 assert_eq "$(cat "$T/from-auth/seen")" "arm64 aarch64" "htpasswd arm64 FROM"
 registry_stop
 
+# A registry that points uploads at another host gets no credentials sent
+# there (Docker's rule): the other host must never see Authorization.
+: >"$T/evil.log"
+python3 "$(dirname "$0")/fake-registry.py" "$T/evil.log" >"$T/fake.port" &
+FAKE_PID=$!
+CLEANUP_HOOKS+=("kill $FAKE_PID")
+for _ in $(seq 50); do [ -s "$T/fake.port" ] && break; sleep 0.1; done
+FAKE="127.0.0.1:$(cat "$T/fake.port")"
+printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$FAKE" "$(printf 'alice:hunter2' | base64 -w0)" \
+	>"$DOCKER_CONFIG/config.json"
+"$KILN" build --progress quiet --build-arg "BASE=oci-layout://$LAYOUT:latest" \
+	-t "$FAKE/x/y:t" --push "$CTX" 2>/dev/null || true
+grep -q "auth=" "$T/evil.log" || fail "the foreign upload host was never contacted (test broken?)"
+grep -v "auth=none" "$T/evil.log" && fail "credentials were sent to the foreign upload host"
+kill "$FAKE_PID" 2>/dev/null || true
+
 assert_no_mounts
 assert_fsck_clean
-echo "ok: registry push and pull, anonymous and basic auth"
+echo "ok: registry push and pull, anonymous and basic auth, no credential leaks"

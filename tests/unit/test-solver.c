@@ -288,6 +288,16 @@ static void test_chown_by_name(void **state)
 	assert_int_equal(e.uid, 7);
 	assert_int_equal(e.gid, 50);
 	kiln_tree_entry_release(&e);
+	/* mkdir and mkfile resolve names too (WORKDIR after USER name). */
+	assert_int_equal(run_actions(f, "[{\"action\":\"mkdir\",\"path\":\"/w\",\"parents\":true,\"chown\":\"builder\"},"
+				       "{\"action\":\"mkfile\",\"path\":\"/w/f\",\"data\":\"x\",\"chown\":\"builder:staff\"}]",
+				     true, &t, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "w", &e, NULL), 0);
+	assert_int_equal(e.uid, 1000);
+	kiln_tree_entry_release(&e);
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "w/f", &e, NULL), 0);
+	assert_int_equal(e.gid, 50);
+	kiln_tree_entry_release(&e);
 	assert_true(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/x\",\"chown\":\"nobody-here\"}]",
 				true, &t, &err) < 0);
 	assert_non_null(strstr(err->msg, "user 'nobody-here' not found"));
