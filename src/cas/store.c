@@ -33,6 +33,8 @@ struct kiln_store_writer {
 	char *tmpname;
 	int fd;
 	int error; /* first write error, reported at commit */
+	struct kiln_blob_meta meta; /* inode metadata for a new blob */
+	bool has_meta;
 };
 
 static int open_dir_at(int dirfd, const char *name)
@@ -252,6 +254,18 @@ static int mismatch(struct kiln_error **err, const struct kiln_digest *got,
 			      KILN_DIGEST_STR(got), KILN_DIGEST_STR(expected));
 }
 
+static int set_meta(int fd, const struct kiln_blob_meta *m)
+{
+	const struct timespec ts[2] = {
+		{ .tv_sec = m->mtime_sec, .tv_nsec = m->mtime_nsec },
+		{ .tv_sec = m->mtime_sec, .tv_nsec = m->mtime_nsec },
+	};
+
+	if (fchown(fd, m->uid, m->gid) < 0 || fchmod(fd, m->mode & 07777) < 0)
+		return -1;
+	return futimens(fd, ts);
+}
+
 /* Give the verified temp file its final name. */
 static int writer_publish(struct kiln_store_writer *w,
 			  const struct kiln_digest *d, struct kiln_error **err)
@@ -260,6 +274,9 @@ static int writer_publish(struct kiln_store_writer *w,
 
 	if (kiln_store_has(s, d))
 		return 0; /* someone stored the same bytes; ours is dropped */
+	if (w->has_meta && set_meta(w->fd, &w->meta) < 0)
+		return kiln_error_seterrno(err, -errno, "setting metadata of blob %s",
+					   KILN_DIGEST_STR(d));
 	if (s->durable && fsync(w->fd) < 0)
 		return kiln_error_seterrno(err, -errno, "fsync of blob %s",
 					   KILN_DIGEST_STR(d));
@@ -326,10 +343,29 @@ static ssize_t read_some(int fd, void *buf, size_t n)
 	return k < 0 ? -errno : k;
 }
 
+static int put_fd(struct kiln_store *s, int fd, const struct kiln_digest *expected,
+		  const struct kiln_blob_meta *meta, struct kiln_digest *out,
+		  uint64_t *size, struct kiln_error **err);
+
 int kiln_store_put_fd(struct kiln_store *s, int fd,
 		      const struct kiln_digest *expected,
 		      struct kiln_digest *out, uint64_t *size,
 		      struct kiln_error **err)
+{
+	return put_fd(s, fd, expected, NULL, out, size, err);
+}
+
+int kiln_store_put_fd_meta(struct kiln_store *s, int fd,
+			   const struct kiln_blob_meta *meta,
+			   struct kiln_digest *out, uint64_t *size,
+			   struct kiln_error **err)
+{
+	return put_fd(s, fd, NULL, meta, out, size, err);
+}
+
+static int put_fd(struct kiln_store *s, int fd, const struct kiln_digest *expected,
+		  const struct kiln_blob_meta *meta, struct kiln_digest *out,
+		  uint64_t *size, struct kiln_error **err)
 {
 	_cleanup_free_ uint8_t *buf = NULL;
 	struct kiln_store_writer *w;
@@ -340,6 +376,10 @@ int kiln_store_put_fd(struct kiln_store *s, int fd,
 	r = kiln_store_writer_begin(s, &w, err);
 	if (r < 0)
 		return r;
+	if (meta) {
+		w->meta = *meta;
+		w->has_meta = true;
+	}
 	buf = xmalloc(COPY_BUF);
 	(void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	while ((k = read_some(fd, buf, COPY_BUF)) > 0) {
@@ -376,9 +416,14 @@ static int adopt_link(struct kiln_store *s, int fd, int dirfd, const char *name,
 			return kiln_error_seterrno(err, -errno, "rewinding %s", name);
 		return kiln_store_put_fd(s, fd, d, NULL, NULL, err);
 	}
+	/* The name becomes durable with kiln_store_sync() (one per tree). */
+	return 0;
+}
+
+int kiln_store_sync(struct kiln_store *s, struct kiln_error **err)
+{
 	if (s->durable && fsync(s->blobsfd) < 0)
-		return kiln_error_seterrno(err, -errno, "fsync of %s/blobs/sha256",
-					   s->dir);
+		return kiln_error_seterrno(err, -errno, "fsync of %s/blobs/sha256", s->dir);
 	return 0;
 }
 

@@ -58,6 +58,30 @@ int kiln_store_put_fd(struct kiln_store *s, int fd,
 		      struct kiln_error **err);
 
 /*
+ * Inode metadata for a new blob file: a layer can then hardlink the blob
+ * for a tree entry with the same metadata instead of copying it. An
+ * existing blob is never changed.
+ */
+struct kiln_blob_meta {
+	uint32_t mode, uid, gid;
+	int64_t mtime_sec;
+	uint32_t mtime_nsec;
+};
+
+/* kiln_store_put_fd, giving a newly stored blob file meta (may be NULL). */
+int kiln_store_put_fd_meta(struct kiln_store *s, int fd,
+			   const struct kiln_blob_meta *meta,
+			   struct kiln_digest *out, uint64_t *size,
+			   struct kiln_error **err);
+
+/*
+ * Make every blob name linked so far durable (one fsync of the blobs
+ * directory). Adopted blobs are linked without it, for speed; tree
+ * builders call this once before they return a root.
+ */
+int kiln_store_sync(struct kiln_store *s, struct kiln_error **err);
+
+/*
  * Hash dirfd/name in place and hardlink it into the store as the blob (no
  * content copy). The caller guarantees the file is never modified again
  * (it belongs to an immutable layer directory). If the blob is already

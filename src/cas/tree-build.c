@@ -549,6 +549,7 @@ static int copy_job(struct build *b, int pfd, struct fjob *j)
 {
 	_cleanup_close_ int fd = openat(pfd, j->name,
 					O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+	struct kiln_blob_meta meta;
 	struct stat st;
 
 	if (fd < 0)
@@ -557,7 +558,13 @@ static int copy_job(struct build *b, int pfd, struct fjob *j)
 		return kiln_error_seterrno(&j->err, -errno, "stat");
 	if (!S_ISREG(st.st_mode))
 		return kiln_error_set(&j->err, -EINVAL, "no longer a regular file");
-	return kiln_store_put_fd(b->s, fd, NULL, &j->d, &j->size, &j->err);
+	/* The new blob gets the entry's metadata, so layers hardlink it. */
+	meta.mode = st.st_mode & 07777;
+	meta.uid = b->opts->zero_owner ? 0 : st.st_uid;
+	meta.gid = b->opts->zero_owner ? 0 : st.st_gid;
+	meta.mtime_sec = st.st_mtim.tv_sec;
+	meta.mtime_nsec = (uint32_t)st.st_mtim.tv_nsec;
+	return kiln_store_put_fd_meta(b->s, fd, &meta, &j->d, &j->size, &j->err);
 }
 
 static void run_job(struct build *b, int pfd, struct fjob *j)
@@ -702,6 +709,8 @@ int kiln_tree_from_dir(struct kiln_store *s, int dirfd,
 	struct cas_node *root = cas_node_new(NULL, NULL);
 	int r = build_run(&b, root, out);
 
+	if (r == 0)
+		r = kiln_store_sync(s, err); /* adopted names, before the root counts */
 	cas_node_free(root);
 	build_release(&b);
 	return r;
@@ -719,6 +728,8 @@ int kiln_tree_apply_layer(struct kiln_store *s, const struct kiln_digest *base,
 	if (r < 0)
 		return r;
 	r = build_run(&b, root, out);
+	if (r == 0)
+		r = kiln_store_sync(s, err); /* adopted names, before the root counts */
 	cas_node_free(root);
 	build_release(&b);
 	return r;

@@ -433,7 +433,7 @@ static int put_manifest(struct kiln_store *s, json_t *config, json_t *layers,
 			struct kiln_digest *out, struct kiln_error **err)
 {
 	struct kiln_digest cd;
-	uint64_t csize;
+	uint64_t csize = 0;
 	json_t *m;
 	int r;
 

@@ -347,8 +347,8 @@ static int apply_xattrs(struct tar_entry *en, int fd, struct kiln_error **err)
 /* Owner, mode and xattrs of an opened file or directory. */
 static int apply_meta_fd(struct tar_entry *en, int fd, struct kiln_error **err)
 {
-	uid_t uid;
-	gid_t gid;
+	uid_t uid = 0;
+	gid_t gid = 0;
 	int r = entry_owner(en, &uid, &gid, err);
 
 	if (r < 0)
@@ -367,8 +367,8 @@ static int apply_meta_at(struct tar_entry *en, bool is_symlink,
 			 struct kiln_error **err)
 {
 	struct timespec ts[2];
-	uid_t uid;
-	gid_t gid;
+	uid_t uid = 0;
+	gid_t gid = 0;
 	int r = entry_owner(en, &uid, &gid, err);
 
 	if (r < 0)

@@ -567,7 +567,7 @@ static int mount_perms(struct ictx *c, const struct mount_spec *m, json_t *o)
 static int mount_bind(struct ictx *c, const struct mount_spec *m, size_t idx, json_t *o)
 {
 	const char *input;
-	bool b;
+	bool b = false;
 	int r = 0;
 
 	if (m->v[MK_FROM]) {
