@@ -89,6 +89,22 @@ static void assert_vertex_state(const struct solver *s, size_t i)
 static inline void assert_vertex_state(const struct solver *s, size_t i) {}
 #endif
 
+/*
+ * How errors name an op: the step as progress shows it when the op has a
+ * name (every Dockerfile op does), else its id in the graph.
+ */
+static char *who(const struct kiln_op *op)
+{
+	return op->name ? xasprintf("step %s", op->name) : xasprintf("op '%s'", op->id);
+}
+
+static void prefix_who(struct kiln_error **err, const struct kiln_op *op)
+{
+	_cleanup_free_ char *w = who(op);
+
+	kiln_error_prefix(err, "%s", w);
+}
+
 static const char *worker_name(const struct solver *s)
 {
 	return s->o->worker_name ? s->o->worker_name : "local";
@@ -281,11 +297,12 @@ static int secret_mount(struct solver *s, const struct kiln_op *op,
 			struct kiln_error **err)
 {
 	const struct kiln_secret *sec = find_secret(s, m->cache_id);
+	_cleanup_free_ char *w = who(op);
 
 	if (!sec && m->required)
 		return kiln_error_set(err, -ENOENT,
-				      "op '%s': secret '%s' is required but was not given (kiln build --secret id=%s,src=FILE)",
-				      op->id, m->cache_id, m->cache_id);
+				      "%s: secret '%s' is required but was not given (kiln build --secret id=%s,src=FILE)",
+				      w, m->cache_id, m->cache_id);
 	if (!sec) {
 		em->type = KILN_MOUNT_TMPFS;
 		em->tmpfs_size = 4096;
@@ -306,7 +323,7 @@ static int job_exec(struct solver *s, struct vertex *v, struct kiln_error **err)
 	struct kiln_exec_mount *mounts = xcalloc(op->n_mounts + 1, sizeof(*mounts));
 	struct kiln_exec_request req = { 0 };
 	struct kiln_exec_result res = { 0 };
-	_cleanup_free_ char *id = kiln_random_hex(8), *cmd = NULL;
+	_cleanup_free_ char *id = kiln_random_hex(8), *cmd = NULL, *w = who(op);
 	void *pair[2] = { s, v };
 	size_t i;
 	int r = 0;
@@ -327,8 +344,8 @@ static int job_exec(struct solver *s, struct vertex *v, struct kiln_error **err)
 					     input_tree(s, v, m->input), m->source, &e, err);
 			if (r == 0 && e.type != KILN_ENTRY_DIR)
 				r = kiln_error_set(err, -ENOTDIR,
-						   "op '%s': mount %s: source /%s is not a directory",
-						   op->id, m->target, m->source);
+						   "%s: mount %s: source /%s is not a directory",
+						   w, m->target, m->source);
 			em->tree = e.digest;
 			kiln_tree_entry_release(&e);
 			break;
@@ -368,14 +385,14 @@ static int job_exec(struct solver *s, struct vertex *v, struct kiln_error **err)
 	req.output_ud = pair;
 	r = kiln_worker_exec(s->o->worker, &req, &res, err);
 	if (r < 0) {
-		kiln_error_prefix(err, "op '%s'", op->id);
+		kiln_error_prefix(err, "%s", w);
 		goto out;
 	}
 	if (res.exit_code != 0) {
 		cmd = command_line(op);
 		r = kiln_error_set(err, -ECANCELED,
-				   "op '%s': process \"%s\" did not complete successfully: exit code %d%s%s",
-				   op->id, cmd, res.exit_code,
+				   "%s: process \"%s\" did not complete successfully: exit code %d%s%s",
+				   w, cmd, res.exit_code,
 				   res.tail && *res.tail ? "\n--- last output ---\n" : "",
 				   res.tail ? res.tail : "");
 		goto out;
@@ -444,7 +461,7 @@ static int job_http(struct solver *s, struct vertex *v, struct kiln_error **err)
 	if (r == 0)
 		r = kiln_store_size(st, &v->pin, &size);
 	if (r < 0) {
-		kiln_error_prefix(err, "op '%s'", v->op->id);
+		prefix_who(err, v->op);
 		return r;
 	}
 	e.name = xstrdup(v->op->filename);
@@ -567,7 +584,7 @@ static int check_platforms(struct solver *s, struct kiln_error **err)
 			continue;
 		r = kiln_worker_check_platform(s->o->worker, v->op->platform, &v->emulated, err);
 		if (r < 0) {
-			kiln_error_prefix(err, "op '%s'", v->op->id);
+			prefix_who(err, v->op);
 			return r;
 		}
 	}
@@ -607,7 +624,7 @@ static int pin_sources(struct solver *s, struct kiln_error **err)
 			continue;
 		}
 		if (r < 0) {
-			kiln_error_prefix(err, "op '%s'", v->op->id);
+			prefix_who(err, v->op);
 			return r;
 		}
 	}
