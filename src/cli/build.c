@@ -36,6 +36,8 @@ static void build_usage(FILE *f)
 		"                           a bare DIR means type=local,dest=DIR; repeatable\n"
 		"  --secret id=ID,src=PATH  a secret for RUN --mount=type=secret (or id=ID,env=VAR)\n"
 		"  --insecure-registry HOST allow plain http to HOST (loopback is always allowed)\n"
+		"  --registry-endpoint R=H  send requests for registry R to HOST[:PORT] (a mirror, or the\n"
+		"                           API host of a registry whose name differs, e.g. docker.io)\n"
 		"  --progress MODE          auto|plain|tty|json|quiet (default auto, on stderr)\n"
 		"  --no-cache               do not use cached results (new ones are still recorded)\n"
 		"  --runtime R              OCI runtime: runc, crun or a path (default: first that works)\n"
@@ -71,6 +73,7 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 		{ "push", no_argument, NULL, 'u' },
 		{ "secret", required_argument, NULL, 'S' },
 		{ "insecure-registry", required_argument, NULL, 'I' },
+		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -101,6 +104,14 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			break;
 		case 'I':
 			q = add_list(a->insecure, &a->n_insecure, optarg, "--insecure-registry");
+			break;
+		case 'E':
+			if (!strchr(optarg, '=') || optarg[0] == '=' || !strchr(optarg, '=')[1]) {
+				fprintf(stderr, "kiln build: --registry-endpoint: '%s' is not REGISTRY=HOST[:PORT]\n",
+					optarg);
+				return 2;
+			}
+			q = add_list(a->endpoints, &a->n_endpoints, optarg, "--registry-endpoint");
 			break;
 		case 'd':
 			a->def = optarg;
@@ -172,13 +183,15 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
 		      struct kiln_error **err)
 {
-	const char *insecure[MAX_LIST + 1] = { 0 };
-	struct kiln_registry_options o = { .insecure = insecure };
+	const char *insecure[MAX_LIST + 1] = { 0 }, *endpoints[MAX_LIST + 1] = { 0 };
+	struct kiln_registry_options o = { .insecure = insecure, .endpoints = endpoints };
 	size_t i;
 	int r;
 
 	for (i = 0; i < a->n_insecure; i++)
 		insecure[i] = a->insecure[i];
+	for (i = 0; i < a->n_endpoints; i++)
+		endpoints[i] = a->endpoints[i];
 	r = kiln_registry_new(&o, out, err);
 	if (r == 0)
 		kiln_image_set_registry(*out);

@@ -31,6 +31,8 @@ struct build_args {
 	size_t n_secrets;
 	const char *insecure[MAX_LIST];
 	size_t n_insecure;
+	const char *endpoints[MAX_LIST]; /* REGISTRY=HOST[:PORT] */
+	size_t n_endpoints;
 };
 
 struct kiln_registry;

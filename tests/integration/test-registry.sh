@@ -48,6 +48,15 @@ push_and_check() { # MODE
 	assert_eq "$(head -1 "$T/from-$mode/linux_arm64/seen")" "arm64 aarch64" "$mode arm64 FROM"
 	assert_eq "$(tail -1 "$T/from-$mode/linux_arm64/seen")" "from the build stage" "$mode build-stage file"
 
+	# A registry name mapped to this registry's endpoint.
+	if [ "$mode" = none ]; then
+		printf 'FROM registry.kiln.test/kiln/app:1\nRUN cat /arch > /seen\n' >"$T/ctx2-$mode/Dockerfile"
+		kbuild --platform linux/arm64 --registry-endpoint "registry.kiln.test=$REGISTRY" \
+			--insecure-registry registry.kiln.test -o "$T/mapped" "$T/ctx2-$mode" ||
+			fail "--registry-endpoint: $(tail -3 "$T/progress.json")"
+		assert_eq "$(cat "$T/mapped/seen")" "arm64 aarch64" "FROM through --registry-endpoint"
+	fi
+
 	# Pushing the same image again uploads nothing.
 	"$KILN" build --progress plain --platform linux/amd64,linux/arm64 \
 		--build-arg "BASE=oci-layout://$LAYOUT:latest" -t "$repo:1" --push "$CTX" 2>"$T/push2.log" ||
