@@ -36,22 +36,10 @@ static const char *const sample_paths[] = {
 	"sub/deep/" LONG_NAME, "sub/deep/x", "sub/y",
 };
 
-static char *pathf(const char *fmt, ...) _printf_(1, 2);
-static char *pathf(const char *fmt, ...)
-{
-	va_list ap;
-	char *p = NULL;
-
-	va_start(ap, fmt);
-	assert_true(vasprintf(&p, fmt, ap) >= 0);
-	va_end(ap);
-	return p;
-}
-
 static void write_file(const char *dir, const char *rel, const char *data,
 		       mode_t mode)
 {
-	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	_cleanup_free_ char *p = xasprintf("%s/%s", dir, rel);
 	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
 	assert_true(fd >= 0);
@@ -62,7 +50,7 @@ static void write_file(const char *dir, const char *rel, const char *data,
 
 static void set_mtime(const char *dir, const char *rel, time_t sec, long nsec)
 {
-	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	_cleanup_free_ char *p = xasprintf("%s/%s", dir, rel);
 	struct timespec ts[2] = { { sec, nsec }, { sec, nsec } };
 
 	assert_int_equal(utimensat(AT_FDCWD, p, ts, AT_SYMLINK_NOFOLLOW), 0);
@@ -70,7 +58,7 @@ static void set_mtime(const char *dir, const char *rel, time_t sec, long nsec)
 
 static void mkdir_in(const char *dir, const char *rel, mode_t mode)
 {
-	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	_cleanup_free_ char *p = xasprintf("%s/%s", dir, rel);
 
 	assert_int_equal(mkdir(p, mode), 0);
 	assert_int_equal(chmod(p, mode), 0);
@@ -79,7 +67,7 @@ static void mkdir_in(const char *dir, const char *rel, mode_t mode)
 /* Files with modes, a symlink to /etc/passwd, nested and empty dirs. */
 static void make_sample(const char *src)
 {
-	_cleanup_free_ char *link = pathf("%s/link", src);
+	_cleanup_free_ char *link = xasprintf("%s/link", src);
 	size_t i;
 
 	write_file(src, "a.txt", "hello\n", 0644);
@@ -110,10 +98,10 @@ static int setup(void **state)
 
 	assert_non_null(mkdtemp(tmpl));
 	f->dir = xstrdup(tmpl);
-	f->src = pathf("%s/src", f->dir);
+	f->src = xasprintf("%s/src", f->dir);
 	assert_int_equal(mkdir(f->src, 0755), 0);
 	make_sample(f->src);
-	cas = pathf("%s/cas", f->dir);
+	cas = xasprintf("%s/cas", f->dir);
 	assert_int_equal(kiln_store_open(cas, &so, &f->store, &err), 0);
 	fd = open(f->src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	assert_true(fd >= 0);
@@ -144,8 +132,8 @@ static int run(const char *cmd)
 
 static void assert_same_stat(const char *a, const char *b, const char *rel)
 {
-	_cleanup_free_ char *pa = pathf("%s/%s", a, rel);
-	_cleanup_free_ char *pb = pathf("%s/%s", b, rel);
+	_cleanup_free_ char *pa = xasprintf("%s/%s", a, rel);
+	_cleanup_free_ char *pb = xasprintf("%s/%s", b, rel);
 	struct stat sa, sb;
 
 	assert_int_equal(lstat(pa, &sa), 0);
@@ -162,7 +150,7 @@ static void assert_same_stat(const char *a, const char *b, const char *rel)
 
 static void assert_same_tree(const char *a, const char *b)
 {
-	_cleanup_free_ char *cmd = pathf("diff -r --no-dereference %s %s", a, b);
+	_cleanup_free_ char *cmd = xasprintf("diff -r --no-dereference %s %s", a, b);
 	size_t i;
 
 	assert_int_equal(run(cmd), 0);
@@ -173,9 +161,9 @@ static void assert_same_tree(const char *a, const char *b)
 static void test_local_roundtrip(void **state)
 {
 	struct fixture *f = *state;
-	_cleanup_free_ char *d1 = pathf("%s/out1/nested", f->dir);
-	_cleanup_free_ char *d2 = pathf("%s/out2", f->dir);
-	_cleanup_free_ char *link = pathf("%s/link", d1);
+	_cleanup_free_ char *d1 = xasprintf("%s/out1/nested", f->dir);
+	_cleanup_free_ char *d2 = xasprintf("%s/out2", f->dir);
+	_cleanup_free_ char *link = xasprintf("%s/link", d1);
 	struct kiln_error *err = NULL;
 	char target[64] = { 0 };
 
@@ -195,12 +183,12 @@ static void test_local_roundtrip(void **state)
 static void test_local_never_follows(void **state)
 {
 	struct fixture *f = *state;
-	_cleanup_free_ char *dest = pathf("%s/out", f->dir);
-	_cleanup_free_ char *victim = pathf("%s/victim", f->dir);
-	_cleanup_free_ char *vfile = pathf("%s/victim-file", f->dir);
-	_cleanup_free_ char *sub = pathf("%s/sub", dest);
-	_cleanup_free_ char *a = pathf("%s/a.txt", dest);
-	_cleanup_free_ char *cmd = pathf("test -z \"$(ls -A %s)\"", victim);
+	_cleanup_free_ char *dest = xasprintf("%s/out", f->dir);
+	_cleanup_free_ char *victim = xasprintf("%s/victim", f->dir);
+	_cleanup_free_ char *vfile = xasprintf("%s/victim-file", f->dir);
+	_cleanup_free_ char *sub = xasprintf("%s/sub", dest);
+	_cleanup_free_ char *a = xasprintf("%s/a.txt", dest);
+	_cleanup_free_ char *cmd = xasprintf("test -z \"$(ls -A %s)\"", victim);
 	struct kiln_error *err = NULL;
 	struct stat st;
 
@@ -224,10 +212,10 @@ static void test_local_never_follows(void **state)
 static void test_tar_deterministic(void **state)
 {
 	struct fixture *f = *state;
-	_cleanup_free_ char *t1 = pathf("%s/one.tar", f->dir);
-	_cleanup_free_ char *t2 = pathf("%s/two.tar", f->dir);
-	_cleanup_free_ char *t3 = pathf("%s/fd.tar", f->dir);
-	_cleanup_free_ char *cmp = pathf("cmp %s %s && cmp %s %s", t1, t2, t1, t3);
+	_cleanup_free_ char *t1 = xasprintf("%s/one.tar", f->dir);
+	_cleanup_free_ char *t2 = xasprintf("%s/two.tar", f->dir);
+	_cleanup_free_ char *t3 = xasprintf("%s/fd.tar", f->dir);
+	_cleanup_free_ char *cmp = xasprintf("cmp %s %s && cmp %s %s", t1, t2, t1, t3);
 	struct kiln_error *err = NULL;
 	int fd;
 
@@ -270,8 +258,8 @@ static void test_tar_listing(void **state)
 		{ "-r--r--r--", "0/0", "sub/y" },
 	};
 	struct fixture *f = *state;
-	_cleanup_free_ char *t = pathf("%s/list.tar", f->dir);
-	_cleanup_free_ char *cmd = pathf("tar -tvf %s", t);
+	_cleanup_free_ char *t = xasprintf("%s/list.tar", f->dir);
+	_cleanup_free_ char *cmd = xasprintf("tar -tvf %s", t);
 	struct kiln_error *err = NULL;
 	char line[512];
 	size_t n = 0;
@@ -351,8 +339,8 @@ static void test_spec_parse(void **state)
 static void test_export_run(void **state)
 {
 	struct fixture *f = *state;
-	_cleanup_free_ char *spec = pathf("type=local,dest=%s/run", f->dir);
-	_cleanup_free_ char *out = pathf("%s/run", f->dir);
+	_cleanup_free_ char *spec = xasprintf("type=local,dest=%s/run", f->dir);
+	_cleanup_free_ char *out = xasprintf("%s/run", f->dir);
 	struct kiln_export_spec s;
 	struct kiln_error *err = NULL;
 

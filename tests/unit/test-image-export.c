@@ -10,6 +10,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test-util.h"
+
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
@@ -43,36 +45,9 @@ struct ctx {
 
 /* ---- helpers ---- */
 
-static char *pathf(const char *fmt, ...) _printf_(1, 2);
-static char *pathf(const char *fmt, ...)
-{
-	va_list ap;
-	char *p = NULL;
-
-	va_start(ap, fmt);
-	assert_true(vasprintf(&p, fmt, ap) >= 0);
-	va_end(ap);
-	return p;
-}
-
-static int run(const char *fmt, ...) _printf_(1, 2);
-static int run(const char *fmt, ...)
-{
-	va_list ap;
-	char *cmd = NULL;
-	int r;
-
-	va_start(ap, fmt);
-	assert_true(vasprintf(&cmd, fmt, ap) >= 0);
-	va_end(ap);
-	r = system(cmd);
-	free(cmd);
-	return r;
-}
-
 static void need_tool(const char *tool)
 {
-	if (run("command -v %s >/dev/null 2>&1", tool) != 0)
+	if (test_run("command -v %s >/dev/null 2>&1", tool) != 0)
 		fail_msg("%s is not installed (apt-get install %s; "
 			 "scripts/install-deps.sh should have it)", tool, tool);
 }
@@ -87,7 +62,7 @@ static void assert_msg_has(const struct kiln_error *e, const char *needle)
 static void write_file(const char *dir, const char *rel, const char *data,
 		       mode_t mode)
 {
-	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	_cleanup_free_ char *p = xasprintf("%s/%s", dir, rel);
 	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
 	assert_true(fd >= 0);
@@ -98,14 +73,14 @@ static void write_file(const char *dir, const char *rel, const char *data,
 
 static void mkdir_in(const char *dir, const char *rel)
 {
-	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	_cleanup_free_ char *p = xasprintf("%s/%s", dir, rel);
 
 	assert_int_equal(mkdir(p, 0755), 0);
 }
 
 static void set_mtime(const char *dir, const char *rel, time_t sec, long nsec)
 {
-	_cleanup_free_ char *p = pathf("%s/%s", dir, rel);
+	_cleanup_free_ char *p = xasprintf("%s/%s", dir, rel);
 	struct timespec ts[2] = { { sec, nsec }, { sec, nsec } };
 
 	assert_int_equal(utimensat(AT_FDCWD, p, ts, AT_SYMLINK_NOFOLLOW), 0);
@@ -116,11 +91,11 @@ static void open_state(struct ctx *c, const char *name)
 	_cleanup_free_ char *cas = NULL, *lay = NULL, *db = NULL;
 	struct kiln_error *err = NULL;
 
-	c->dir = pathf("%s/%s", base_dir, name);
+	c->dir = xasprintf("%s/%s", base_dir, name);
 	assert_int_equal(kiln_mkdir_p(c->dir, 0755), 0);
-	cas = pathf("%s/cas", c->dir);
-	lay = pathf("%s/layers", c->dir);
-	db = pathf("%s/cache.db", c->dir);
+	cas = xasprintf("%s/cas", c->dir);
+	lay = xasprintf("%s/layers", c->dir);
+	db = xasprintf("%s/cache.db", c->dir);
 	if (kiln_store_open(cas, NULL, &c->store, &err) < 0 ||
 	    kiln_layers_open(lay, c->store, &c->layers, &err) < 0 ||
 	    kiln_cache_open(db, &c->cache, &err) < 0)
@@ -178,16 +153,16 @@ static void make_base(const char *d)
 	write_file(d, "sub/inner.txt", "inner v1\n", 0600);
 	mkdir_in(d, "swap");
 	write_file(d, "swap/f", "f\n", 0644);
-	assert_int_equal(run("find %s -exec touch -h -d @%d {} +", d, T_BASE), 0);
+	assert_int_equal(test_run("find %s -exec touch -h -d @%d {} +", d, T_BASE), 0);
 }
 
 static void make_child(const char *base, const char *d)
 {
-	_cleanup_free_ char *swap = pathf("%s/swap", d);
-	_cleanup_free_ char *link = pathf("%s/link", d);
+	_cleanup_free_ char *swap = xasprintf("%s/swap", d);
+	_cleanup_free_ char *link = xasprintf("%s/link", d);
 
-	assert_int_equal(run("cp -a %s %s", base, d), 0);
-	assert_int_equal(run("rm -rf %s/del.txt %s/deldir %s", d, d, swap), 0);
+	assert_int_equal(test_run("cp -a %s %s", base, d), 0);
+	assert_int_equal(test_run("rm -rf %s/del.txt %s/deldir %s", d, d, swap), 0);
 	write_file(d, "add.txt", "added\n", 0644);
 	mkdir_in(d, "emptydir");
 	assert_int_equal(symlink("keep.txt", link), 0);
@@ -195,7 +170,7 @@ static void make_child(const char *base, const char *d)
 	write_file(d, "sub/inner.txt", "inner v2\n", 0600);
 	write_file(d, "suid", "#!/bin/sh\n", 04755);
 	write_file(d, "swap", "now a file\n", 0644);
-	assert_int_equal(run("find %s -exec touch -h -d @%d {} +", d, T_BASE), 0);
+	assert_int_equal(test_run("find %s -exec touch -h -d @%d {} +", d, T_BASE), 0);
 	set_mtime(d, "add.txt", T_BASE + 5, 123456789);
 }
 
@@ -214,8 +189,8 @@ static void tree_of(struct kiln_store *s, const char *dir,
 /* Sample trees into c's store (built once; the dirs are kept). */
 static void sample_trees(struct ctx *c)
 {
-	_cleanup_free_ char *b = pathf("%s/sample-base", base_dir);
-	_cleanup_free_ char *ch = pathf("%s/sample-child", base_dir);
+	_cleanup_free_ char *b = xasprintf("%s/sample-base", base_dir);
+	_cleanup_free_ char *ch = xasprintf("%s/sample-child", base_dir);
 	struct kiln_digest d;
 
 	if (access(b, F_OK) != 0) {
@@ -300,7 +275,7 @@ static void reapply(struct ctx *c, const struct kiln_digest *base,
 		    const struct kiln_image_layer_info *info,
 		    struct kiln_digest *out)
 {
-	_cleanup_free_ char *dir = pathf("%s/apply.XXXXXX", c->dir);
+	_cleanup_free_ char *dir = xasprintf("%s/apply.XXXXXX", c->dir);
 	struct kiln_tree_build_opts bo = { 0 };
 	struct kiln_layer_extract_opts eo = { 0 };
 	struct kiln_error *err = NULL;
@@ -550,7 +525,7 @@ static void test_layer_cache(void **state)
 static void import_fixture(struct ctx *c, const char *platform,
 			   struct kiln_image *img, char **meta)
 {
-	_cleanup_free_ char *s = pathf("oci-layout://%s:latest", layout_dir);
+	_cleanup_free_ char *s = xasprintf("oci-layout://%s:latest", layout_dir);
 	struct kiln_error *err = NULL;
 	struct kiln_image_ref ref;
 	struct kiln_digest m;
@@ -863,14 +838,14 @@ static void kiln_reimport(const char *tar, const char *dir,
 			  const struct kiln_digest *want_manifest,
 			  const struct kiln_digest *want_tree)
 {
-	_cleanup_free_ char *s = pathf("oci-layout://%s:v1", dir);
+	_cleanup_free_ char *s = xasprintf("oci-layout://%s:v1", dir);
 	struct ctx fresh = { 0 };
 	struct kiln_error *err = NULL;
 	struct kiln_image_ref ref;
 	struct kiln_image img;
 	struct kiln_digest m;
 
-	assert_int_equal(run("mkdir -p %s && tar -xf %s -C %s", dir, tar, dir), 0);
+	assert_int_equal(test_run("mkdir -p %s && tar -xf %s -C %s", dir, tar, dir), 0);
 	open_state(&fresh, "reimport");
 	if (kiln_image_ref_parse(s, NULL, &ref, &err) < 0 ||
 	    kiln_image_resolve(&ref, platform, &m, &err) < 0 ||
@@ -886,11 +861,11 @@ static void kiln_reimport(const char *tar, const char *dir,
 static void test_oci_tar(void **state)
 {
 	struct ctx *c = *state;
-	_cleanup_free_ char *tar = pathf("%s/img.tar", c->dir);
-	_cleanup_free_ char *tar2 = pathf("%s/img2.tar", c->dir);
-	_cleanup_free_ char *raw = pathf("%s/raw.json", c->dir);
-	_cleanup_free_ char *list = pathf("%s/list.txt", c->dir);
-	_cleanup_free_ char *untar = pathf("%s/untar", c->dir);
+	_cleanup_free_ char *tar = xasprintf("%s/img.tar", c->dir);
+	_cleanup_free_ char *tar2 = xasprintf("%s/img2.tar", c->dir);
+	_cleanup_free_ char *raw = xasprintf("%s/raw.json", c->dir);
+	_cleanup_free_ char *list = xasprintf("%s/list.txt", c->dir);
+	_cleanup_free_ char *untar = xasprintf("%s/untar", c->dir);
 	_cleanup_free_ char *idx_path = NULL, *text = NULL;
 	struct two t;
 	size_t len;
@@ -899,30 +874,30 @@ static void test_oci_tar(void **state)
 	two_platforms(c, &t);
 	export_tar_ok(c, &t.index, tar, "v1");
 	export_tar_ok(c, &t.index, tar2, "v1");
-	assert_int_equal(run("cmp -s %s %s", tar, tar2), 0);
+	assert_int_equal(test_run("cmp -s %s %s", tar, tar2), 0);
 
 	/* Layout entries, sorted, owned by 0:0 with mtime 0. */
-	assert_int_equal(run("tar --numeric-owner --utc -tvf %s > %s", tar, list), 0);
-	assert_int_equal(run("head -3 %s | grep -q ' blobs/$'", list), 0);
-	assert_int_equal(run("tail -2 %s | head -1 | grep -q ' index.json$'", list), 0);
-	assert_int_equal(run("tail -1 %s | grep -q ' oci-layout$'", list), 0);
-	assert_int_equal(run("grep -v ' 0/0 ' %s | grep -q .", list), 256);
-	assert_int_equal(run("grep -v ' 1970-01-01 00:00 ' %s | grep -q .", list), 256);
+	assert_int_equal(test_run("tar --numeric-owner --utc -tvf %s > %s", tar, list), 0);
+	assert_int_equal(test_run("head -3 %s | grep -q ' blobs/$'", list), 0);
+	assert_int_equal(test_run("tail -2 %s | head -1 | grep -q ' index.json$'", list), 0);
+	assert_int_equal(test_run("tail -1 %s | grep -q ' oci-layout$'", list), 0);
+	assert_int_equal(test_run("grep -v ' 0/0 ' %s | grep -q .", list), 256);
+	assert_int_equal(test_run("grep -v ' 1970-01-01 00:00 ' %s | grep -q .", list), 256);
 	/*
 	 * index + 2 manifests + 2 configs + 2 base layers + 1 new layer: both
 	 * platforms made the same change (same entries, same metadata), so
 	 * their new layers are one blob.
 	 */
-	assert_int_equal(run("test $(grep -c ' blobs/sha256/.' %s) -eq 8", list), 0);
+	assert_int_equal(test_run("test $(grep -c ' blobs/sha256/.' %s) -eq 8", list), 0);
 
 	/* skopeo reads the index back byte for byte, and each platform. */
-	assert_int_equal(run("skopeo inspect --raw oci-archive:%s:v1 > %s", tar, raw), 0);
+	assert_int_equal(test_run("skopeo inspect --raw oci-archive:%s:v1 > %s", tar, raw), 0);
 	idx_path = kiln_store_blob_path(c->store, &t.index);
-	assert_int_equal(run("cmp -s %s %s", raw, idx_path), 0);
-	assert_int_equal(run("skopeo inspect --override-arch arm64 --override-variant v8 "
+	assert_int_equal(test_run("cmp -s %s %s", raw, idx_path), 0);
+	assert_int_equal(test_run("skopeo inspect --override-arch arm64 --override-variant v8 "
 			     "oci-archive:%s:v1 | grep -q '\"Architecture\": \"arm64\"'",
 			     tar), 0);
-	assert_int_equal(run("skopeo inspect --override-arch amd64 oci-archive:%s:v1 "
+	assert_int_equal(test_run("skopeo inspect --override-arch amd64 oci-archive:%s:v1 "
 			     "| grep -q '\"Layers\"'", tar), 0);
 	assert_int_equal(kiln_read_file_at(AT_FDCWD, raw, 1 << 20, &text, &len), 0);
 
@@ -935,7 +910,7 @@ static void test_oci_tar(void **state)
 static void test_oci_tar_missing_blob(void **state)
 {
 	struct ctx *c = *state;
-	_cleanup_free_ char *tar = pathf("%s/bad.tar", c->dir);
+	_cleanup_free_ char *tar = xasprintf("%s/bad.tar", c->dir);
 	struct kiln_error *err = NULL;
 	struct kiln_image img;
 	struct kiln_digest tree, m;
@@ -953,17 +928,17 @@ static void test_oci_tar_missing_blob(void **state)
 static void umoci_check(struct ctx *c, const char *layout, const char *ref,
 			const struct kiln_digest *want, const char *name)
 {
-	_cleanup_free_ char *bundle = pathf("%s/bundle-%s", c->dir, name);
-	_cleanup_free_ char *rootfs = pathf("%s/rootfs", bundle);
-	_cleanup_free_ char *local = pathf("%s/local-%s", c->dir, name);
+	_cleanup_free_ char *bundle = xasprintf("%s/bundle-%s", c->dir, name);
+	_cleanup_free_ char *rootfs = xasprintf("%s/rootfs", bundle);
+	_cleanup_free_ char *local = xasprintf("%s/local-%s", c->dir, name);
 	struct kiln_error *err = NULL;
 	struct kiln_digest got;
 
-	assert_int_equal(run("umoci unpack --image %s:%s %s >/dev/null",
+	assert_int_equal(test_run("umoci unpack --image %s:%s %s >/dev/null",
 			     layout, ref, bundle), 0);
 	if (kiln_export_local(c->store, want, local, &err) < 0)
 		fail_msg("local: %s", kiln_error_msg(err));
-	assert_int_equal(run("diff -r --no-dereference %s %s", rootfs, local), 0);
+	assert_int_equal(test_run("diff -r --no-dereference %s %s", rootfs, local), 0);
 	tree_of(c->store, rootfs, &got);
 	assert_true(kiln_digest_eq(&got, want));
 }
@@ -971,8 +946,8 @@ static void umoci_check(struct ctx *c, const char *layout, const char *ref,
 static void test_oci_dir_umoci(void **state)
 {
 	struct ctx *c = *state;
-	_cleanup_free_ char *layout = pathf("%s/layout", c->dir);
-	_cleanup_free_ char *index = pathf("%s/index.json", layout);
+	_cleanup_free_ char *layout = xasprintf("%s/layout", c->dir);
+	_cleanup_free_ char *index = xasprintf("%s/index.json", layout);
 	struct kiln_digest trees[2], m, busy_m, busy_tree;
 	struct kiln_image img;
 	struct kiln_error *err = NULL;
@@ -1051,7 +1026,7 @@ static int group_setup(void **state)
 		return 0;
 	}
 	layout_dir = xasprintf("%s/busybox", base_dir);
-	if (run("%s/scripts/make-busybox-layout.sh %s", src ? src : ".",
+	if (test_run("%s/scripts/make-busybox-layout.sh %s", src ? src : ".",
 		layout_dir) != 0) {
 		fprintf(stderr, "test-image-export: make-busybox-layout.sh failed\n");
 		return -1;

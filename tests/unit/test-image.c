@@ -11,6 +11,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test-util.h"
+
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
@@ -71,21 +73,6 @@ static bool exists(const char *path)
 	return lstat(path, &st) == 0;
 }
 
-static int run(const char *fmt, ...) _printf_(1, 2);
-static int run(const char *fmt, ...)
-{
-	va_list ap;
-	char *cmd = NULL;
-	int r;
-
-	va_start(ap, fmt);
-	assert_true(vasprintf(&cmd, fmt, ap) >= 0);
-	va_end(ap);
-	r = system(cmd);
-	free(cmd);
-	return r;
-}
-
 static int open_state(struct ctx *c, const char *name)
 {
 	_cleanup_free_ char *cas = NULL, *lay = NULL;
@@ -143,7 +130,7 @@ static int group_setup(void **state)
 	layout_dir = xasprintf("%s/busybox", base_dir);
 	if (!src)
 		src = ".";
-	if (run("%s/scripts/make-busybox-layout.sh %s", src, layout_dir) != 0) {
+	if (test_run("%s/scripts/make-busybox-layout.sh %s", src, layout_dir) != 0) {
 		fprintf(stderr, "test-image: scripts/make-busybox-layout.sh %s "
 			"failed; the fixture needs apt-get (network) on first "
 			"run or a filled $KILN_FIXTURE_CACHE\n", layout_dir);
@@ -476,7 +463,7 @@ static void test_import_corrupt_blob(void **state)
 	struct kiln_image img;
 	char hex[KILN_DIGEST_HEXLEN];
 
-	assert_int_equal(run("cp -a %s %s", layout_dir, copy), 0);
+	assert_int_equal(test_run("cp -a %s %s", layout_dir, copy), 0);
 	ref_for(&ref, copy, "latest");
 	first_layer(&ref, "linux/amd64", &layer);
 	blob = xasprintf("%s/blobs/sha256/%s", copy, kiln_digest_hex(&layer, hex));
@@ -503,7 +490,7 @@ static void test_resolve_corrupt_manifest(void **state)
 	struct kiln_error *err = NULL;
 	char hex[KILN_DIGEST_HEXLEN];
 
-	assert_int_equal(run("cp -a %s %s", layout_dir, copy), 0);
+	assert_int_equal(test_run("cp -a %s %s", layout_dir, copy), 0);
 	ref_for(&ref, copy, "latest");
 	resolve_ok(&ref, "linux/arm64", &m);
 	blob = xasprintf("%s/blobs/sha256/%s", copy, kiln_digest_hex(&m, hex));
@@ -771,7 +758,7 @@ static char *make_two_layer_layout(struct ctx *c, bool bad_diff,
 			desc_json(MT_MANIFEST, &md, mlen));
 	idxs = json_dumps(idx, JSON_COMPACT);
 	json_decref(idx);
-	assert_int_equal(run("printf '%%s' '{\"imageLayoutVersion\":\"1.0.0\"}' > %s/oci-layout && "
+	assert_int_equal(test_run("printf '%%s' '{\"imageLayoutVersion\":\"1.0.0\"}' > %s/oci-layout && "
 			     "printf '%%s' '%s' > %s/index.json", layout, idxs, layout), 0);
 	return layout;
 }

@@ -10,6 +10,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "test-util.h"
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -56,22 +58,6 @@ static void assert_msg_has(const struct kiln_error *e, const char *needle)
 	assert_non_null(e);
 	if (!strstr(e->msg, needle))
 		fail_msg("error \"%s\" does not mention \"%s\"", e->msg, needle);
-}
-
-static int run(const char *fmt, ...) _printf_(1, 2);
-static int run(const char *fmt, ...)
-{
-	_cleanup_free_ char *cmd = NULL;
-	va_list ap;
-	int r;
-
-	va_start(ap, fmt);
-	r = vasprintf(&cmd, fmt, ap);
-	va_end(ap);
-	if (r < 0)
-		return -1;
-	r = system(cmd);
-	return WIFEXITED(r) ? WEXITSTATUS(r) : -1;
 }
 
 /* Run a shell command and return its stdout (at most 1 MiB). */
@@ -265,7 +251,7 @@ static int group_setup(void **state)
 	if (!mkdtemp(base_dir))
 		return -1;
 	layout_dir = xstrdup("/var/tmp/kiln-fixtures/busybox");
-	if (run("%s/scripts/make-busybox-layout.sh %s", src_root, layout_dir) != 0)
+	if (test_run("%s/scripts/make-busybox-layout.sh %s", src_root, layout_dir) != 0)
 		return -1;
 	if (load_fixture_blobs() < 0 || load_index() < 0)
 		return -1;
@@ -548,7 +534,7 @@ static char *corrupt_blob(struct reg *g, const struct kiln_digest *d)
 	kiln_digest_hex(d, hex);
 	path = xasprintf("%s/data/docker/registry/v2/blobs/sha256/%.2s/%s/data",
 			 g->dir, hex, hex);
-	assert_int_equal(run("cp %s %s.orig && tr '\\000-\\377' '\\001-\\377\\000' "
+	assert_int_equal(test_run("cp %s %s.orig && tr '\\000-\\377' '\\001-\\377\\000' "
 			     "< %s.orig > %s", path, path, path, path), 0);
 	return path;
 }
@@ -626,7 +612,7 @@ static void test_blob_verified(void **state)
 	}
 
 	/* Restored, it is fetched and named. */
-	assert_int_equal(run("mv %s.orig %s", path, path), 0);
+	assert_int_equal(test_run("mv %s.orig %s", path, path), 0);
 	assert_int_equal(kiln_registry_fetch_blob(r, &ref, &layer, (int64_t)size,
 						  s, &got, &err), 0);
 	assert_int_equal(got, size);
