@@ -38,3 +38,4 @@ int kiln_cmd_build(int argc, char **argv);
 int kiln_cmd_du(int argc, char **argv);
 int kiln_cmd_prune(int argc, char **argv);
 int kiln_cmd_debug(int argc, char **argv);
+int kiln_cmd_workers(int argc, char **argv);

@@ -14,6 +14,7 @@ static const struct {
 	{ "du", kiln_cmd_du, "Show disk usage of the cache and store" },
 	{ "prune", kiln_cmd_prune, "Remove cache records and unreferenced data" },
 	{ "debug", kiln_cmd_debug, "Debugging tools (fsck)" },
+	{ "workers", kiln_cmd_workers, "List the workers of a kilnd" },
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,635 @@
+/*
+ * The worker registry (registry.h): one table behind one mutex.
+ *
+ * Entry states and transitions:
+ *
+ *   register            --> READY
+ *   READY --sweep: no heartbeat for KILN_REGISTRY_LOST_INTERVALS
+ *           intervals   --> LOST
+ *   LOST  --heartbeat   --> READY
+ *   READY/LOST --register of the same name--> removed; the new entry
+ *           (new id) takes over, so the old process's heartbeats get 404
+ *   LOST  --table full, a new name registers--> removed (oldest first)
+ *
+ * Every path that changes the table ends in assert_registry_state().
+ */
+#include "daemon/registry.h"
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+
+#define INVENTORY_MAX 100000u
+#define LABEL_KEY_MAX 128u
+
+enum worker_state {
+	WORKER_READY,
+	WORKER_LOST,
+};
+
+struct entry {
+	char *id;
+	struct kiln_registration info;
+	enum worker_state state;
+	uint64_t running, bytes_held;
+	uint64_t seen_mono_ns, seen_real_ns, registered_real_ns;
+};
+
+struct kiln_registry {
+	pthread_mutex_t lock;
+	uint64_t interval_ms;
+	struct entry **entries;
+	size_t n, alloc;
+};
+
+/* ---- registrations ---- */
+
+void kiln_registration_release(struct kiln_registration *r)
+{
+	size_t i;
+
+	if (!r)
+		return;
+	free(r->name);
+	free(r->addr);
+	for (i = 0; i < r->n_platforms; i++)
+		free(r->platforms[i].platform);
+	free(r->platforms);
+	for (i = 0; i < r->n_labels; i++) {
+		free(r->labels[i].key);
+		free(r->labels[i].value);
+	}
+	free(r->labels);
+	free(r->inventory);
+	memset(r, 0, sizeof(*r));
+}
+
+static bool all_chars(const char *s, const char *extra)
+{
+	for (; *s; s++)
+		if (!(*s >= 'a' && *s <= 'z') && !(*s >= 'A' && *s <= 'Z') &&
+		    !(*s >= '0' && *s <= '9') && !strchr(extra, *s))
+			return false;
+	return true;
+}
+
+static bool printable(const char *s)
+{
+	for (; *s; s++)
+		if (*s < ' ' || *s > '~')
+			return false;
+	return true;
+}
+
+/* A known member: required or not, of the given JSON type. */
+static int member(const json_t *j, const char *key, json_type type,
+		  bool required, json_t **out, struct kiln_error **err)
+{
+	json_t *v = json_object_get(j, key);
+
+	*out = NULL;
+	if (!v && !required)
+		return 0;
+	if (!v)
+		return kiln_error_set(err, -EINVAL, "missing \"%s\"", key);
+	if (json_typeof(v) != type &&
+	    !(type == JSON_TRUE && json_is_boolean(v)))
+		return kiln_error_set(err, -EINVAL, "\"%s\" has the wrong type",
+				      key);
+	*out = v;
+	return 0;
+}
+
+static int parse_name(const json_t *j, struct kiln_registration *out,
+		      struct kiln_error **err)
+{
+	json_t *v;
+	const char *s;
+	int r = member(j, "name", JSON_STRING, true, &v, err);
+
+	if (r < 0)
+		return r;
+	s = json_string_value(v);
+	if (!*s || strlen(s) > KILN_REGISTRY_NAME_MAX || *s == '.' ||
+	    *s == '-' || !all_chars(s, "._-"))
+		return kiln_error_set(err, -EINVAL,
+				      "\"name\": not a worker name (1-%u of A-Z a-z 0-9 . _ -, starting with a letter or digit)",
+				      KILN_REGISTRY_NAME_MAX);
+	out->name = xstrdup(s);
+	return 0;
+}
+
+static int parse_addr(const json_t *j, struct kiln_registration *out,
+		      struct kiln_error **err)
+{
+	json_t *v;
+	const char *s;
+	int r = member(j, "addr", JSON_STRING, true, &v, err);
+
+	if (r < 0)
+		return r;
+	s = json_string_value(v);
+	if (strlen(s) > KILN_REGISTRY_ADDR_MAX || strchr(s, ' ') ||
+	    !printable(s) ||
+	    (strncmp(s, "http://", 7) && strncmp(s, "https://", 8)))
+		return kiln_error_set(err, -EINVAL,
+				      "\"addr\": not an http:// or https:// URL of at most %u bytes",
+				      KILN_REGISTRY_ADDR_MAX);
+	out->addr = xstrdup(s);
+	return 0;
+}
+
+/* "os/arch" or "os/arch/variant" of [a-z0-9._-]. */
+static bool platform_valid(const char *s)
+{
+	const char *p;
+	unsigned slashes = 0;
+
+	if (!*s || strlen(s) > KILN_REGISTRY_PLATFORM_MAX || *s == '/')
+		return false;
+	for (p = s; *p; p++) {
+		if (*p == '/' && (p[1] == '/' || !p[1]))
+			return false;
+		if (*p == '/')
+			slashes++;
+		else if (!strchr("abcdefghijklmnopqrstuvwxyz0123456789._-", *p))
+			return false;
+	}
+	return slashes == 1 || slashes == 2;
+}
+
+static int parse_platform(const json_t *j, size_t i,
+			  struct kiln_registry_platform *out,
+			  struct kiln_error **err)
+{
+	json_t *p, *e;
+	int r;
+
+	if (!json_is_object(j))
+		return kiln_error_set(err, -EINVAL,
+				      "\"platforms\"[%zu]: not an object", i);
+	r = member(j, "platform", JSON_STRING, true, &p, err);
+	if (r == 0)
+		r = member(j, "emulated", JSON_TRUE, false, &e, err);
+	if (r < 0) {
+		kiln_error_prefix(err, "\"platforms\"[%zu]", i);
+		return r;
+	}
+	if (!platform_valid(json_string_value(p)))
+		return kiln_error_set(err, -EINVAL,
+				      "\"platforms\"[%zu]: \"%s\" is not os/arch[/variant]",
+				      i, json_string_value(p));
+	out->platform = xstrdup(json_string_value(p));
+	out->emulated = e && json_is_true(e);
+	return 0;
+}
+
+static int parse_platforms(const json_t *j, struct kiln_registration *out,
+			   struct kiln_error **err)
+{
+	json_t *a;
+	size_t i, n;
+	int r = member(j, "platforms", JSON_ARRAY, true, &a, err);
+
+	if (r < 0)
+		return r;
+	n = json_array_size(a);
+	if (n == 0 || n > KILN_REGISTRY_MAX_PLATFORMS)
+		return kiln_error_set(err, -EINVAL,
+				      "\"platforms\": needs 1 to %u entries",
+				      KILN_REGISTRY_MAX_PLATFORMS);
+	out->platforms = xcalloc(n, sizeof(*out->platforms));
+	for (i = 0; i < n; i++) {
+		r = parse_platform(json_array_get(a, i), i,
+				   &out->platforms[i], err);
+		if (r < 0)
+			return r;
+		out->n_platforms++;
+	}
+	return 0;
+}
+
+static int parse_slots(const json_t *j, struct kiln_registration *out,
+		       struct kiln_error **err)
+{
+	json_t *v;
+	json_int_t n;
+	int r = member(j, "slots", JSON_INTEGER, true, &v, err);
+
+	if (r < 0)
+		return r;
+	n = json_integer_value(v);
+	if (n < 1 || n > KILN_REGISTRY_MAX_SLOTS)
+		return kiln_error_set(err, -EINVAL,
+				      "\"slots\": must be 1 to %u",
+				      KILN_REGISTRY_MAX_SLOTS);
+	out->slots = (uint32_t)n;
+	return 0;
+}
+
+static int parse_label(const char *k, const json_t *v,
+		       struct kiln_registry_label *out, struct kiln_error **err)
+{
+	if (!*k || strlen(k) > LABEL_KEY_MAX || !all_chars(k, "._/-"))
+		return kiln_error_set(err, -EINVAL,
+				      "\"labels\": bad key (1-%u of A-Z a-z 0-9 . _ / -)",
+				      LABEL_KEY_MAX);
+	if (!json_is_string(v) ||
+	    strlen(json_string_value(v)) > KILN_REGISTRY_LABEL_MAX ||
+	    !printable(json_string_value(v)))
+		return kiln_error_set(err, -EINVAL,
+				      "\"labels\".%s: not a printable string of at most %u bytes",
+				      k, KILN_REGISTRY_LABEL_MAX);
+	out->key = xstrdup(k);
+	out->value = xstrdup(json_string_value(v));
+	return 0;
+}
+
+static int parse_labels(const json_t *j, struct kiln_registration *out,
+			struct kiln_error **err)
+{
+	json_t *o, *v;
+	const char *k;
+	int r = member(j, "labels", JSON_OBJECT, false, &o, err);
+
+	if (r < 0 || !o)
+		return r;
+	if (json_object_size(o) > KILN_REGISTRY_MAX_LABELS)
+		return kiln_error_set(err, -EINVAL,
+				      "\"labels\": more than %u labels",
+				      KILN_REGISTRY_MAX_LABELS);
+	out->labels = xcalloc(json_object_size(o) + 1, sizeof(*out->labels));
+	json_object_foreach(o, k, v) {
+		r = parse_label(k, v, &out->labels[out->n_labels], err);
+		if (r < 0)
+			return r;
+		out->n_labels++;
+	}
+	return 0;
+}
+
+static int parse_inventory(const json_t *j, struct kiln_registration *out,
+			   struct kiln_error **err)
+{
+	json_t *a, *v;
+	size_t i, n;
+	int r = member(j, "inventory", JSON_ARRAY, false, &a, err);
+
+	if (r < 0 || !a)
+		return r;
+	n = json_array_size(a);
+	if (n > INVENTORY_MAX)
+		return kiln_error_set(err, -EINVAL,
+				      "\"inventory\": more than %u trees",
+				      INVENTORY_MAX);
+	out->inventory = xcalloc(n + 1, sizeof(*out->inventory));
+	json_array_foreach(a, i, v) {
+		if (!json_is_string(v) ||
+		    kiln_digest_parse(json_string_value(v),
+				      &out->inventory[i]) < 0)
+			return kiln_error_set(err, -EINVAL,
+					      "\"inventory\"[%zu]: not a digest",
+					      i);
+		out->n_inventory++;
+	}
+	return 0;
+}
+
+int kiln_registration_parse(const json_t *j, struct kiln_registration *out,
+			    struct kiln_error **err)
+{
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (!json_is_object(j))
+		return kiln_error_set(err, -EINVAL,
+				      "registration: not a JSON object");
+	r = parse_name(j, out, err);
+	if (r == 0)
+		r = parse_addr(j, out, err);
+	if (r == 0)
+		r = parse_platforms(j, out, err);
+	if (r == 0)
+		r = parse_slots(j, out, err);
+	if (r == 0)
+		r = parse_labels(j, out, err);
+	if (r == 0)
+		r = parse_inventory(j, out, err);
+	if (r < 0)
+		kiln_registration_release(out);
+	return r;
+}
+
+/* ---- the table ---- */
+
+static void assert_registry_state(const struct kiln_registry *reg)
+{
+#ifndef NDEBUG
+	size_t i, k;
+
+	assert(reg->n <= reg->alloc || (reg->n == 0 && !reg->entries));
+	assert(reg->n <= KILN_REGISTRY_MAX_WORKERS);
+	for (i = 0; i < reg->n; i++) {
+		const struct entry *e = reg->entries[i];
+
+		assert(e && e->id && e->info.name && e->info.addr);
+		assert(e->state == WORKER_READY || e->state == WORKER_LOST);
+		assert(e->info.n_platforms > 0);
+		/* Names are unique (quadratic: only for small tables). */
+		for (k = i + 1; reg->n <= 64 && k < reg->n; k++)
+			assert(strcmp(e->info.name, reg->entries[k]->info.name));
+	}
+#else
+	(void)reg;
+#endif
+}
+
+struct kiln_registry *kiln_registry_new(uint64_t interval_ms)
+{
+	struct kiln_registry *reg = xcalloc(1, sizeof(*reg));
+
+	pthread_mutex_init(&reg->lock, NULL);
+	reg->interval_ms = interval_ms;
+	return reg;
+}
+
+static void entry_free(struct entry *e)
+{
+	if (!e)
+		return;
+	free(e->id);
+	kiln_registration_release(&e->info);
+	free(e);
+}
+
+void kiln_registry_free(struct kiln_registry *reg)
+{
+	size_t i;
+
+	if (!reg)
+		return;
+	for (i = 0; i < reg->n; i++)
+		entry_free(reg->entries[i]);
+	free(reg->entries);
+	pthread_mutex_destroy(&reg->lock);
+	free(reg);
+}
+
+uint64_t kiln_registry_interval_ms(const struct kiln_registry *reg)
+{
+	return reg->interval_ms;
+}
+
+static ssize_t find_name(const struct kiln_registry *reg, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < reg->n; i++)
+		if (!strcmp(reg->entries[i]->info.name, name))
+			return (ssize_t)i;
+	return -1;
+}
+
+static ssize_t find_id(const struct kiln_registry *reg, const char *id)
+{
+	size_t i;
+
+	for (i = 0; i < reg->n; i++)
+		if (!strcmp(reg->entries[i]->id, id))
+			return (ssize_t)i;
+	return -1;
+}
+
+static void remove_at(struct kiln_registry *reg, size_t i)
+{
+	entry_free(reg->entries[i]);
+	memmove(&reg->entries[i], &reg->entries[i + 1],
+		(reg->n - i - 1) * sizeof(*reg->entries));
+	reg->n--;
+}
+
+/* Make room for one more entry: drop the lost worker seen longest ago. */
+static int make_room(struct kiln_registry *reg)
+{
+	ssize_t oldest = -1;
+	size_t i;
+
+	if (reg->n < KILN_REGISTRY_MAX_WORKERS)
+		return 0;
+	for (i = 0; i < reg->n; i++)
+		if (reg->entries[i]->state == WORKER_LOST &&
+		    (oldest < 0 || reg->entries[i]->seen_mono_ns <
+					   reg->entries[oldest]->seen_mono_ns))
+			oldest = (ssize_t)i;
+	if (oldest < 0)
+		return -ENOSPC;
+	log_info("worker %s (%s) forgotten: lost, and the registry is full",
+		 reg->entries[oldest]->info.name, reg->entries[oldest]->id);
+	remove_at(reg, (size_t)oldest);
+	return 0;
+}
+
+static struct entry *entry_new(struct kiln_registry *reg,
+			       struct kiln_registration *r)
+{
+	struct entry *e = xcalloc(1, sizeof(*e));
+
+	do {
+		free(e->id);
+		e->id = kiln_random_hex(8);
+	} while (find_id(reg, e->id) >= 0);
+	e->info = *r;
+	memset(r, 0, sizeof(*r));
+	e->state = WORKER_READY;
+	e->seen_mono_ns = kiln_now_mono_ns();
+	e->seen_real_ns = e->registered_real_ns = kiln_now_real_ns();
+	return e;
+}
+
+static void log_registered(const struct entry *e, const char *old_id)
+{
+	char plats[256] = "";
+	size_t i, len = 0;
+
+	for (i = 0; i < e->info.n_platforms && len < sizeof(plats); i++)
+		len += (size_t)snprintf(plats + len, sizeof(plats) - len,
+					"%s%s%s", i ? "," : "",
+					e->info.platforms[i].platform,
+					e->info.platforms[i].emulated ?
+						"(emulated)" : "");
+	log_info("worker %s registered as %s%s%s: %s, %s, %u slots, %zu trees",
+		 e->info.name, e->id, old_id ? ", replacing " : "",
+		 old_id ? old_id : "", e->info.addr, plats, e->info.slots,
+		 e->info.n_inventory);
+}
+
+int kiln_registry_register(struct kiln_registry *reg,
+			   struct kiln_registration *r, char **id)
+{
+	_cleanup_free_ char *old_id = NULL;
+	struct entry *e;
+	ssize_t i;
+	int ret = 0;
+
+	pthread_mutex_lock(&reg->lock);
+	i = find_name(reg, r->name);
+	if (i >= 0) {
+		old_id = xstrdup(reg->entries[i]->id);
+		remove_at(reg, (size_t)i);
+	} else {
+		ret = make_room(reg);
+	}
+	if (ret == 0) {
+		e = entry_new(reg, r);
+		reg->entries = xgrow(reg->entries, &reg->alloc, reg->n + 1,
+				     sizeof(*reg->entries));
+		reg->entries[reg->n++] = e;
+		*id = xstrdup(e->id);
+		log_registered(e, old_id);
+	}
+	assert_registry_state(reg);
+	pthread_mutex_unlock(&reg->lock);
+	return ret;
+}
+
+int kiln_registry_heartbeat(struct kiln_registry *reg, const char *id,
+			    uint64_t running, uint64_t bytes_held)
+{
+	struct entry *e;
+	ssize_t i;
+
+	pthread_mutex_lock(&reg->lock);
+	i = find_id(reg, id);
+	if (i < 0) {
+		pthread_mutex_unlock(&reg->lock);
+		return -ENOENT;
+	}
+	e = reg->entries[i];
+	if (e->state == WORKER_LOST)
+		log_info("worker %s (%s) is back", e->info.name, e->id);
+	e->state = WORKER_READY;
+	e->running = running;
+	e->bytes_held = bytes_held;
+	e->seen_mono_ns = kiln_now_mono_ns();
+	e->seen_real_ns = kiln_now_real_ns();
+	assert_registry_state(reg);
+	pthread_mutex_unlock(&reg->lock);
+	return 0;
+}
+
+static void sweep_locked(struct kiln_registry *reg)
+{
+	uint64_t now = kiln_now_mono_ns();
+	uint64_t limit = KILN_REGISTRY_LOST_INTERVALS * reg->interval_ms *
+			 1000000u;
+	size_t i;
+
+	for (i = 0; i < reg->n; i++) {
+		struct entry *e = reg->entries[i];
+
+		if (e->state != WORKER_READY || now - e->seen_mono_ns <= limit)
+			continue;
+		e->state = WORKER_LOST;
+		log_info("worker %s (%s) lost: no heartbeat for %llu ms",
+			 e->info.name, e->id,
+			 (unsigned long long)((now - e->seen_mono_ns) /
+					      1000000u));
+	}
+	assert_registry_state(reg);
+}
+
+void kiln_registry_sweep(struct kiln_registry *reg)
+{
+	pthread_mutex_lock(&reg->lock);
+	sweep_locked(reg);
+	pthread_mutex_unlock(&reg->lock);
+}
+
+/* ---- listing ---- */
+
+/* RFC 3339 in UTC with milliseconds: "2025-01-02T03:04:05.678Z". */
+static json_t *rfc3339(uint64_t real_ns)
+{
+	time_t t = (time_t)(real_ns / 1000000000u);
+	char buf[64], date[40];
+	struct tm tm;
+
+	if (!gmtime_r(&t, &tm) ||
+	    !strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm))
+		return json_null();
+	snprintf(buf, sizeof(buf), "%s.%03uZ", date,
+		 (unsigned)(real_ns / 1000000u % 1000u));
+	return json_string(buf);
+}
+
+static json_t *platforms_json(const struct kiln_registration *r)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; i < r->n_platforms; i++)
+		json_array_append_new(
+			a, json_pack("{s:s, s:b}", "platform",
+				     r->platforms[i].platform, "emulated",
+				     r->platforms[i].emulated));
+	return a;
+}
+
+static json_t *labels_json(const struct kiln_registration *r)
+{
+	json_t *o = json_object();
+	size_t i;
+
+	for (i = 0; i < r->n_labels; i++)
+		json_object_set_new(o, r->labels[i].key,
+				    json_string(r->labels[i].value));
+	return o;
+}
+
+static json_t *entry_json(const struct entry *e, uint64_t now_mono)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "id", json_string(e->id));
+	json_object_set_new(o, "name", json_string(e->info.name));
+	json_object_set_new(o, "address", json_string(e->info.addr));
+	json_object_set_new(o, "platforms", platforms_json(&e->info));
+	json_object_set_new(o, "slots", json_integer(e->info.slots));
+	json_object_set_new(o, "labels", labels_json(&e->info));
+	json_object_set_new(o, "running", json_integer((json_int_t)e->running));
+	json_object_set_new(o, "bytes_held",
+			    json_integer((json_int_t)e->bytes_held));
+	json_object_set_new(o, "inventory_trees",
+			    json_integer((json_int_t)e->info.n_inventory));
+	json_object_set_new(o, "registered", rfc3339(e->registered_real_ns));
+	json_object_set_new(o, "last_seen", rfc3339(e->seen_real_ns));
+	json_object_set_new(o, "last_seen_age_ms",
+			    json_integer((json_int_t)((now_mono - e->seen_mono_ns) /
+						      1000000u)));
+	json_object_set_new(o, "state", json_string(e->state == WORKER_READY ?
+							    "ready" : "lost"));
+	return o;
+}
+
+json_t *kiln_registry_list_json(struct kiln_registry *reg)
+{
+	json_t *a = json_array();
+	uint64_t now;
+	size_t i;
+
+	pthread_mutex_lock(&reg->lock);
+	sweep_locked(reg);
+	now = kiln_now_mono_ns();
+	for (i = 0; i < reg->n; i++)
+		json_array_append_new(a, entry_json(reg->entries[i], now));
+	pthread_mutex_unlock(&reg->lock);
+	return json_pack("{s:o, s:I}", "workers", a, "heartbeat_interval_ms",
+			 (json_int_t)reg->interval_ms);
+}

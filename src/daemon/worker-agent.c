@@ -1,0 +1,616 @@
+/*
+ * kiln-worker: one worker machine in a cluster (docs/cluster.md). It opens
+ * the worker state under --root, serves its CAS to peers (the blob
+ * endpoints of docs/api.md), registers with kilnd and heartbeats.
+ *
+ * Threads: the main thread waits for SIGTERM/SIGINT; the agent thread
+ * registers (retrying with backoff while kilnd is unreachable),
+ * heartbeats every interval and registers again when kilnd no longer
+ * knows its id (kilnd restarted); the HTTP server's threads serve blobs.
+ * Agent state below the mutex is shared between the first two only.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "basic/alloc.h"
+#include "basic/log.h"
+#include "basic/parse-util.h"
+#include "daemon/tokens.h"
+#include "proto/http-client.h"
+#include "proto/http-server.h"
+#include "transfer/peer.h"
+#include "worker/worker.h"
+
+#define NAME_MAX_LEN 63u
+#define CALL_TIMEOUT_MS 5000L
+#define BACKOFF_MIN_MS 200u
+#define BACKOFF_MAX_MS 5000u
+/* bytes_held walks the CAS: refresh it at most this often. */
+#define HELD_REFRESH_NS (10ull * 1000000000ull)
+
+struct agent_opts {
+	const char *join, *token_file, *root, *listen, *advertise, *runtime;
+	char *name;
+	char **platforms; /* as given, comma lists split */
+	size_t n_platforms;
+	uint32_t slots;
+	json_t *labels;
+};
+
+struct agent {
+	struct agent_opts o;
+	char *token, *base, *addr;
+	json_t *platforms; /* [{platform, emulated}] as announced */
+	struct kiln_worker *worker;
+	struct kiln_http_server *http;
+	struct kiln_peer_server *peer;
+	struct kiln_http_client *client;
+	pthread_t thread;
+	bool thread_started;
+	/* Agent thread only. */
+	char *id;
+	uint64_t interval_ms, held, held_at_ns;
+	bool failing;
+	/* Shared with main, under lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool stop, fatal;
+};
+
+static void usage(FILE *f)
+{
+	fputs("Usage: kiln-worker --join URL --token-file FILE --root DIR [OPTIONS]\n"
+	      "\n"
+	      "A kiln worker: registers with the kilnd at URL and serves its blobs\n"
+	      "to other workers.\n"
+	      "\n"
+	      "  --join URL          kilnd's address (http://HOST:PORT)\n"
+	      "  --token-file FILE   the worker token (kilnd's ROOT/worker.token)\n"
+	      "  --root DIR          worker state (CAS, layers, cache mounts)\n"
+	      "  --name ID           worker name (default: from the host name)\n"
+	      "  --listen ADDR:PORT  peer blob server (default 127.0.0.1:0: a free port)\n"
+	      "  --advertise URL     address other machines reach the blob server at\n"
+	      "                      (default: the listen address)\n"
+	      "  --platform P,...    announce only these platforms (default: native);\n"
+	      "                      foreign ones must be runnable through binfmt_misc\n"
+	      "  --slots N           jobs run at once (default: online CPUs)\n"
+	      "  --label K=V         a label (repeatable)\n"
+	      "  --runtime R         runc, crun or a path (default: probe)\n"
+	      "  --debug             debug logging\n"
+	      "  -h, --help          show this help\n",
+	      f);
+}
+
+/* ---- options ---- */
+
+/* The host name, lowercased, with anything else than [a-z0-9.-] as '-'. */
+static char *default_name(void)
+{
+	char host[256] = "";
+	size_t i;
+
+	if (gethostname(host, sizeof(host) - 1) < 0 || !host[0])
+		snprintf(host, sizeof(host), "worker");
+	host[NAME_MAX_LEN] = '\0';
+	for (i = 0; host[i]; i++) {
+		char c = host[i];
+
+		if (c >= 'A' && c <= 'Z')
+			host[i] = (char)(c - 'A' + 'a');
+		else if (!(c >= 'a' && c <= 'z') && !(c >= '0' && c <= '9') &&
+			 c != '.' && c != '-')
+			host[i] = '-';
+	}
+	if (host[0] == '-' || host[0] == '.')
+		host[0] = 'w';
+	return xstrdup(host);
+}
+
+static bool name_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > NAME_MAX_LEN || s[0] == '.' || s[0] == '-')
+		return false;
+	return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			 "0123456789._-") == n;
+}
+
+static int add_platforms(struct agent_opts *o, const char *list)
+{
+	_cleanup_free_ char *copy = xstrdup(list);
+	char *p = copy, *comma;
+
+	do {
+		comma = strchr(p, ',');
+		if (comma)
+			*comma = '\0';
+		if (!*p) {
+			fprintf(stderr, "kiln-worker: --platform '%s': empty platform\n",
+				list);
+			return -EINVAL;
+		}
+		o->platforms = xrealloc(o->platforms, (o->n_platforms + 1) *
+							  sizeof(char *));
+		o->platforms[o->n_platforms++] = xstrdup(p);
+		p = comma + 1;
+	} while (comma);
+	return 0;
+}
+
+static int add_label(struct agent_opts *o, const char *kv)
+{
+	const char *eq = strchr(kv, '=');
+	_cleanup_free_ char *k = NULL;
+
+	if (!eq || eq == kv) {
+		fprintf(stderr, "kiln-worker: --label '%s': expected KEY=VALUE\n",
+			kv);
+		return -EINVAL;
+	}
+	k = xstrndup(kv, (size_t)(eq - kv));
+	json_object_set_new(o->labels, k, json_string(eq + 1));
+	return 0;
+}
+
+static int parse_slots(struct agent_opts *o, const char *s)
+{
+	if (kiln_parse_u32(s, &o->slots) < 0 || o->slots < 1 ||
+	    o->slots > 4096) {
+		fprintf(stderr, "kiln-worker: --slots: '%s' is not 1..4096\n", s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+enum { OPT_JOIN = 256, OPT_TOKEN, OPT_ROOT, OPT_NAME, OPT_LISTEN,
+       OPT_ADVERTISE, OPT_PLATFORM, OPT_SLOTS, OPT_LABEL, OPT_RUNTIME,
+       OPT_DEBUG };
+
+static int parse_opt(struct agent_opts *o, int c, const char *arg)
+{
+	switch (c) {
+	case OPT_JOIN: o->join = arg; return 0;
+	case OPT_TOKEN: o->token_file = arg; return 0;
+	case OPT_ROOT: o->root = arg; return 0;
+	case OPT_NAME: free(o->name); o->name = xstrdup(arg); return 0;
+	case OPT_LISTEN: o->listen = arg; return 0;
+	case OPT_ADVERTISE: o->advertise = arg; return 0;
+	case OPT_PLATFORM: return add_platforms(o, arg);
+	case OPT_SLOTS: return parse_slots(o, arg);
+	case OPT_LABEL: return add_label(o, arg);
+	case OPT_RUNTIME: o->runtime = arg; return 0;
+	case OPT_DEBUG: kiln_log_set_level(KILN_LOG_DEBUG); return 0;
+	case 'h': usage(stdout); exit(0);
+	default: usage(stderr); return -EINVAL;
+	}
+}
+
+static int check_opts(struct agent_opts *o)
+{
+	const char *missing = !o->join ? "--join URL" :
+			      !o->token_file ? "--token-file FILE" :
+			      !o->root ? "--root DIR" : NULL;
+
+	if (missing) {
+		fprintf(stderr, "kiln-worker: %s is required\n", missing);
+		return -EINVAL;
+	}
+	if (!o->name)
+		o->name = default_name();
+	if (!name_valid(o->name)) {
+		fprintf(stderr, "kiln-worker: --name '%s': 1-%u of A-Z a-z 0-9 . _ -, starting with a letter or digit\n",
+			o->name, NAME_MAX_LEN);
+		return -EINVAL;
+	}
+	if (strncmp(o->join, "http://", 7) && strncmp(o->join, "https://", 8)) {
+		fprintf(stderr, "kiln-worker: --join '%s': not an http:// URL\n",
+			o->join);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_args(struct agent_opts *o, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "join", required_argument, NULL, OPT_JOIN },
+		{ "token-file", required_argument, NULL, OPT_TOKEN },
+		{ "root", required_argument, NULL, OPT_ROOT },
+		{ "name", required_argument, NULL, OPT_NAME },
+		{ "listen", required_argument, NULL, OPT_LISTEN },
+		{ "advertise", required_argument, NULL, OPT_ADVERTISE },
+		{ "platform", required_argument, NULL, OPT_PLATFORM },
+		{ "slots", required_argument, NULL, OPT_SLOTS },
+		{ "label", required_argument, NULL, OPT_LABEL },
+		{ "runtime", required_argument, NULL, OPT_RUNTIME },
+		{ "debug", no_argument, NULL, OPT_DEBUG },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int c;
+
+	o->listen = "127.0.0.1:0";
+	o->slots = cpus > 0 && cpus <= 4096 ? (uint32_t)cpus : 1;
+	o->labels = json_object();
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1)
+		if (parse_opt(o, c, optarg) < 0)
+			return -EINVAL;
+	if (optind < argc) {
+		fprintf(stderr, "kiln-worker: unexpected argument '%s'\n",
+			argv[optind]);
+		return -EINVAL;
+	}
+	return check_opts(o);
+}
+
+static void opts_release(struct agent_opts *o)
+{
+	size_t i;
+
+	for (i = 0; i < o->n_platforms; i++)
+		free(o->platforms[i]);
+	free(o->platforms);
+	free(o->name);
+	json_decref(o->labels);
+}
+
+/* ---- setup ---- */
+
+static void announce(struct agent *a, const char *platform, bool emulated)
+{
+	size_t i;
+
+	for (i = 0; i < json_array_size(a->platforms); i++)
+		if (!strcmp(json_string_value(json_object_get(
+				    json_array_get(a->platforms, i), "platform")),
+			    platform))
+			return;
+	json_array_append_new(a->platforms,
+			      json_pack("{s:s, s:b}", "platform", platform,
+					"emulated", emulated));
+}
+
+/* Native only by default; with --platform, exactly those (checked). */
+static int resolve_platforms(struct agent *a, struct kiln_error **err)
+{
+	size_t i;
+
+	a->platforms = json_array();
+	if (!a->o.n_platforms) {
+		announce(a, kiln_worker_native_platform(a->worker), false);
+		return 0;
+	}
+	for (i = 0; i < a->o.n_platforms; i++) {
+		_cleanup_free_ char *p = kiln_platform_normalize(a->o.platforms[i]);
+		bool emulated;
+		int r = kiln_worker_check_platform(a->worker, a->o.platforms[i],
+						   &emulated, err);
+
+		if (r < 0) {
+			kiln_error_prefix(err, "--platform %s",
+					  a->o.platforms[i]);
+			return r;
+		}
+		announce(a, p, emulated);
+	}
+	return 0;
+}
+
+static int serve_blobs(struct agent *a, struct kiln_error **err)
+{
+	struct kiln_http_server_options ho = { .listen = a->o.listen,
+					       .token = a->token };
+	int r;
+
+	r = kiln_http_server_new(&ho, &a->http, err);
+	if (r == 0)
+		r = kiln_peer_server_new(a->http, kiln_worker_store(a->worker),
+					 NULL, &a->peer, err);
+	if (r == 0)
+		r = kiln_http_server_start(a->http, err);
+	if (r < 0) {
+		kiln_error_prefix(err, "--listen %s", a->o.listen);
+		return r;
+	}
+	a->addr = xstrdup(a->o.advertise ? a->o.advertise :
+					   kiln_http_server_url(a->http));
+	if (!a->o.advertise && (!strncmp(a->o.listen, "0.0.0.0:", 8) ||
+				!strncmp(a->o.listen, "[::]:", 5)))
+		log_warn("kiln-worker %s: listening on all addresses but announcing %s: pass --advertise URL for other machines",
+			 a->o.name, a->addr);
+	log_info("kiln-worker %s: serving blobs on %s (announced as %s)",
+		 a->o.name, kiln_http_server_url(a->http), a->addr);
+	return 0;
+}
+
+static int agent_open(struct agent *a, struct kiln_error **err)
+{
+	struct kiln_worker_options wo = { .root = a->o.root,
+					  .runtime = a->o.runtime,
+					  .durable = true };
+	size_t n = strlen(a->o.join);
+	int r;
+
+	while (n > 0 && a->o.join[n - 1] == '/')
+		n--;
+	a->base = xstrndup(a->o.join, n);
+	r = kiln_token_read(a->o.token_file, &a->token, err);
+	if (r < 0)
+		return r;
+	r = kiln_worker_open(&wo, &a->worker, err);
+	if (r < 0) {
+		kiln_error_prefix(err, "--root %s", a->o.root);
+		return r;
+	}
+	r = resolve_platforms(a, err);
+	if (r == 0)
+		r = serve_blobs(a, err);
+	a->client = kiln_http_client_new(NULL);
+	return r;
+}
+
+/* ---- the agent thread ---- */
+
+static int add_size(const struct kiln_digest *d, uint64_t size, void *ud)
+{
+	*(uint64_t *)ud += size;
+	return 0;
+}
+
+static uint64_t bytes_held(struct agent *a)
+{
+	uint64_t now = kiln_now_mono_ns(), sum = 0;
+
+	if (a->held_at_ns && now - a->held_at_ns < HELD_REFRESH_NS)
+		return a->held;
+	if (kiln_store_foreach(kiln_worker_store(a->worker), add_size, &sum) == 0)
+		a->held = sum;
+	a->held_at_ns = now;
+	return a->held;
+}
+
+/*
+ * The inventory is sent empty for now: the worker keeps no record of
+ * which trees are results (the location index will fill it).
+ */
+static json_t *registration(struct agent *a)
+{
+	return json_pack("{s:s, s:s, s:O, s:i, s:O, s:[]}", "name", a->o.name,
+			 "addr", a->addr, "platforms", a->platforms, "slots",
+			 (int)a->o.slots, "labels", a->o.labels, "inventory");
+}
+
+static int agent_register(struct agent *a, struct kiln_error **err)
+{
+	_cleanup_free_ char *url = xasprintf("%s/v1/workers/register", a->base);
+	json_t *body = registration(a), *reply = NULL, *id, *iv;
+	struct kiln_http_call call = { .method = "POST", .url = url,
+				       .token = a->token, .json = body,
+				       .timeout_ms = CALL_TIMEOUT_MS };
+	int r = kiln_http_client_json(a->client, &call, &reply, NULL, err);
+
+	json_decref(body);
+	if (r < 0)
+		return r;
+	id = json_object_get(reply, "id");
+	iv = json_object_get(reply, "heartbeat_interval_ms");
+	if (!json_is_string(id) || !json_is_integer(iv) ||
+	    json_integer_value(iv) < 10 || json_integer_value(iv) > 3600000) {
+		json_decref(reply);
+		return kiln_error_set(err, -EIO,
+				      "POST %s: answer lacks id or heartbeat_interval_ms",
+				      url);
+	}
+	free(a->id);
+	a->id = xstrdup(json_string_value(id));
+	a->interval_ms = (uint64_t)json_integer_value(iv);
+	json_decref(reply);
+	log_info("kiln-worker %s: registered with %s as %s (heartbeat every %llu ms)",
+		 a->o.name, a->base, a->id, (unsigned long long)a->interval_ms);
+	return 0;
+}
+
+static int agent_heartbeat(struct agent *a, struct kiln_error **err)
+{
+	_cleanup_free_ char *url = xasprintf("%s/v1/workers/%s/heartbeat",
+					     a->base, a->id);
+	json_t *body = json_pack("{s:i, s:I}", "running", 0, "bytes_held",
+				 (json_int_t)bytes_held(a));
+	struct kiln_http_call call = { .method = "POST", .url = url,
+				       .token = a->token, .json = body,
+				       .timeout_ms = CALL_TIMEOUT_MS };
+	int r = kiln_http_client_json(a->client, &call, NULL, NULL, err);
+
+	json_decref(body);
+	return r;
+}
+
+/* Sleep ms unless asked to stop: true when stopping. */
+static bool agent_wait(struct agent *a, uint64_t ms)
+{
+	struct timespec ts;
+	bool stop;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += (time_t)(ms / 1000u);
+	ts.tv_nsec += (long)(ms % 1000u) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&a->lock);
+	while (!a->stop &&
+	       pthread_cond_timedwait(&a->cond, &a->lock, &ts) != ETIMEDOUT)
+		;
+	stop = a->stop;
+	pthread_mutex_unlock(&a->lock);
+	return stop;
+}
+
+/* Errors that retrying will not fix: the token, the request, the URL. */
+static bool is_fatal(int r)
+{
+	return r == -EACCES || r == -EINVAL || r == -E2BIG || r == -ENOENT;
+}
+
+static void give_up(struct agent *a, const struct kiln_error *err)
+{
+	log_error("kiln-worker %s: cannot register: %s", a->o.name,
+		  kiln_error_msg(err));
+	pthread_mutex_lock(&a->lock);
+	a->fatal = true;
+	pthread_mutex_unlock(&a->lock);
+	kill(getpid(), SIGTERM);
+}
+
+/* Log a change between working and failing once, not every attempt. */
+static void note(struct agent *a, int r, const struct kiln_error *err)
+{
+	if (r < 0 && !a->failing)
+		log_warn("kiln-worker %s: %s (retrying)", a->o.name,
+			 kiln_error_msg(err));
+	else if (r == 0 && a->failing)
+		log_info("kiln-worker %s: kilnd %s answers again", a->o.name,
+			 a->base);
+	a->failing = r < 0;
+}
+
+/* Register until it works (backoff), or stop, or a fatal answer. */
+static bool register_loop(struct agent *a)
+{
+	uint64_t backoff = BACKOFF_MIN_MS;
+
+	for (;;) {
+		_cleanup_error_ struct kiln_error *err = NULL;
+		int r = agent_register(a, &err);
+
+		note(a, r, err);
+		if (r == 0)
+			return true;
+		if (is_fatal(r)) {
+			give_up(a, err);
+			return false;
+		}
+		if (agent_wait(a, backoff))
+			return false;
+		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS :
+							 backoff * 2;
+	}
+}
+
+static void *agent_main(void *ud)
+{
+	struct agent *a = ud;
+
+	if (!register_loop(a))
+		return NULL;
+	while (!agent_wait(a, a->interval_ms)) {
+		_cleanup_error_ struct kiln_error *err = NULL;
+		int r = agent_heartbeat(a, &err);
+
+		if (r == -ENOENT || r == -EACCES) {
+			log_info("kiln-worker %s: kilnd no longer knows %s: registering again",
+				 a->o.name, a->id);
+			if (!register_loop(a))
+				return NULL;
+			continue;
+		}
+		note(a, r, err);
+	}
+	return NULL;
+}
+
+/* ---- main ---- */
+
+static void agent_stop(struct agent *a)
+{
+	pthread_mutex_lock(&a->lock);
+	a->stop = true;
+	pthread_cond_signal(&a->cond);
+	pthread_mutex_unlock(&a->lock);
+	if (a->thread_started)
+		pthread_join(a->thread, NULL);
+	kiln_http_server_stop(a->http);
+}
+
+static void agent_release(struct agent *a)
+{
+	kiln_http_server_free(a->http);
+	kiln_peer_server_free(a->peer);
+	kiln_http_client_free(a->client);
+	kiln_worker_free(a->worker);
+	json_decref(a->platforms);
+	free(a->token);
+	free(a->base);
+	free(a->addr);
+	free(a->id);
+	opts_release(&a->o);
+	pthread_cond_destroy(&a->cond);
+	pthread_mutex_destroy(&a->lock);
+}
+
+static void agent_init(struct agent *a)
+{
+	pthread_condattr_t ca;
+
+	memset(a, 0, sizeof(*a));
+	pthread_mutex_init(&a->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->cond, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+static int agent_run(struct agent *a, const sigset_t *sigs)
+{
+	int sig = 0, r;
+
+	r = pthread_create(&a->thread, NULL, agent_main, a);
+	if (r != 0) {
+		log_error("kiln-worker: cannot start a thread: %s", strerror(r));
+		return 1;
+	}
+	a->thread_started = true;
+	sigwait(sigs, &sig);
+	agent_stop(a);
+	/* The agent thread is joined: fatal is ours to read. */
+	if (!a->fatal)
+		log_info("kiln-worker %s: %s, stopped", a->o.name,
+			 strsignal(sig));
+	return a->fatal ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct agent a;
+	sigset_t sigs;
+	int rc;
+
+	agent_init(&a);
+	kiln_log_set_level(KILN_LOG_INFO);
+	if (parse_args(&a.o, argc, argv) < 0) {
+		agent_release(&a);
+		return 2;
+	}
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (agent_open(&a, &err) < 0) {
+		fprintf(stderr, "kiln-worker: error: %s\n", kiln_error_msg(err));
+		rc = 1;
+	} else {
+		rc = agent_run(&a, &sigs);
+	}
+	agent_release(&a);
+	return rc;
+}
