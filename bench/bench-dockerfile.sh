@@ -21,8 +21,10 @@ cleanup() {
 	registry_stop || true
 	buildah --root "$BROOT" --runroot "$T/buildah-run" rm -a >/dev/null 2>&1 || true
 	buildah --root "$BROOT" --runroot "$T/buildah-run" rmi -a -f >/dev/null 2>&1 || true
-	mount | awk -v p="$T" 'index($3, p) == 1 { print $3 }' | sort -r | xargs -r umount -l 2>/dev/null || true
-	rm -rf "$T"
+	awk -v p="$T" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+		while read -r m; do umount -l "$m" 2>/dev/null || true; done
+	rm -rf --one-file-system "$T"
+	[ -c /dev/null ] || { echo "bench-dockerfile: /dev/null was replaced (restoring)" >&2; rm -f /dev/null; mknod -m 666 /dev/null c 1 3; }
 }
 trap cleanup EXIT
 

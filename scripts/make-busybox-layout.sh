@@ -53,7 +53,7 @@ umask 022
 export LC_ALL=C
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kiln-busybox.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf --one-file-system "$work"' EXIT INT TERM
 
 # cached_deb ARCH: print the cached busybox-static .deb for ARCH, if any.
 cached_deb() {

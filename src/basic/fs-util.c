@@ -79,7 +79,21 @@ int kiln_mkdirat_p_beneath(int dirfd, const char *rel, mode_t mode)
 	return TAKE_FD(cur);
 }
 
-static int rm_rf_children(int fd, dev_t dev)
+/*
+ * The mount a path is on: statx's mount id tells even a bind mount of the
+ * same file system apart (st_dev does not); 0 when the kernel cannot say.
+ */
+static uint64_t mount_id_at(int dirfd, const char *name)
+{
+	struct statx stx;
+
+	if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_MNT_ID, &stx) < 0 ||
+	    !(stx.stx_mask & STATX_MNT_ID))
+		return 0;
+	return stx.stx_mnt_id;
+}
+
+static int rm_rf_children(int fd, dev_t dev, uint64_t mnt)
 {
 	DIR *d;
 	struct dirent *de;
@@ -103,8 +117,9 @@ static int rm_rf_children(int fd, dev_t dev)
 		if (S_ISDIR(st.st_mode)) {
 			int sub;
 
-			if (st.st_dev != dev) {
-				/* A mount point: never descend into it. */
+			if (st.st_dev != dev ||
+			    (mnt && mount_id_at(dirfd(d), de->d_name) != mnt)) {
+				/* A mount point (bind mounts too): never descend. */
 				if (!r)
 					r = -EBUSY;
 				continue;
@@ -113,7 +128,7 @@ static int rm_rf_children(int fd, dev_t dev)
 				     O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 					     O_CLOEXEC);
 			if (sub >= 0) {
-				int q = rm_rf_children(sub, dev);
+				int q = rm_rf_children(sub, dev, mnt);
 				if (q < 0 && !r)
 					r = q;
 			}
@@ -142,7 +157,7 @@ int kiln_rm_rf_at(int dirfd, const char *name)
 	fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -errno;
-	r = rm_rf_children(fd, st.st_dev);
+	r = rm_rf_children(fd, st.st_dev, mount_id_at(dirfd, name));
 	if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && !r)
 		r = -errno;
 	return r;

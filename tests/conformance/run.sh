@@ -24,14 +24,14 @@ for _ in $(seq 1 50); do curl -fs "$HTTP/file.txt" >/dev/null && break; sleep 0.
 # Image config of the (single-platform) OCI archive $1 into $2.
 oci_config() {
 	local dir="$T/oci.$$"
-	rm -rf "$dir" && mkdir -p "$dir" && tar -xf "$1" -C "$dir"
+	rm -rf --one-file-system "$dir" && mkdir -p "$dir" && tar -xf "$1" -C "$dir"
 	local idx man cfg
 	idx=$(jq -r '.manifests[0].digest' "$dir/index.json" | sed 's/sha256://')
 	man=$(jq -r 'if .manifests then .manifests[0].digest else empty end' "$dir/blobs/sha256/$idx" | sed 's/sha256://')
 	[ -n "$man" ] || man=$idx
 	cfg=$(jq -r '.config.digest' "$dir/blobs/sha256/$man" | sed 's/sha256://')
 	cp "$dir/blobs/sha256/$cfg" "$2"
-	rm -rf "$dir"
+	rm -rf --one-file-system "$dir"
 }
 
 # Assertions for check.sh.

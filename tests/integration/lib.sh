@@ -32,7 +32,13 @@ cleanup() {
 	for h in "${CLEANUP_HOOKS[@]}"; do eval "$h" || true; done
 	if [ -n "${BG_PID:-}" ]; then kill -9 "$BG_PID" 2>/dev/null || true; fi
 	umount_below "$T"
-	rm -rf "$T"
+	rm -rf --one-file-system "$T"
+	# Nothing a test does may touch the host's devices; catch it here.
+	if [ ! -c /dev/null ]; then
+		rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+		echo "FAIL: /dev/null was replaced during $(basename "$0") (restored)" >&2
+		rc=1
+	fi
 	exit $rc
 }
 trap cleanup EXIT

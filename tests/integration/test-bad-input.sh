@@ -54,7 +54,7 @@ grep -rqs "host secret $$" "$T/ctx-out" && fail "the outside file's content reac
 
 # Hostile tar layers: refused, naming the entry; nothing lands outside.
 for kind in dotdot abs-symlink hardlink; do
-	rm -rf "$T/evil-$kind"
+	rm -rf --one-file-system "$T/evil-$kind"
 	python3 "$(dirname "$0")/make-evil-layout.py" "$T/evil-$kind" "$kind" "$OUTSIDE"
 	printf '{"version":1,"ops":[%s],"output":"base","platform":"linux/amd64"}' \
 		"$(img "$T/evil-$kind")" >"$T/evil.json"

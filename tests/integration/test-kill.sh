@@ -14,7 +14,7 @@ cat >"$T/g.json" <<JSON
 JSON
 
 for round in 1 2 3; do
-	rm -rf "$KILN_ROOT/worker/cachemounts"
+	rm -rf --one-file-system "$KILN_ROOT/worker/cachemounts"
 	"$KILN" build --progress json --def "$T/g.json" 2>"$T/bg.json" &
 	BG_PID=$!
 	# Wait until the slow step is really running inside the container.

@@ -139,6 +139,31 @@ static void test_rm_rf_stops_at_mounts(void **state)
 	assert_int_equal(stat(root, &st), -1);
 }
 
+/* A bind mount of the same file system (same st_dev) is not descended. */
+static void test_rm_rf_stops_at_bind_mounts(void **state)
+{
+	char tmpl[] = "/var/tmp/kiln-basic-bind.XXXXXX", *root = mkdtemp(tmpl);
+	char vtmpl[] = "/var/tmp/kiln-basic-victim.XXXXXX", *victim = mkdtemp(vtmpl);
+	_cleanup_free_ char *mnt = kiln_path_join(root, "bind");
+	_cleanup_free_ char *keep = kiln_path_join(victim, "precious");
+	struct stat st;
+	int fd;
+
+	assert_non_null(root);
+	assert_non_null(victim);
+	fd = open(keep, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(mkdir(mnt, 0755), 0);
+	if (mount(victim, mnt, NULL, MS_BIND, NULL) < 0)
+		fail_msg("bind mount failed (tests need root): %m");
+	assert_int_equal(kiln_rm_rf(root), -EBUSY);
+	assert_int_equal(stat(keep, &st), 0); /* the bind source survived */
+	assert_int_equal(umount(mnt), 0);
+	assert_int_equal(kiln_rm_rf(root), 0);
+	assert_int_equal(kiln_rm_rf(victim), 0);
+}
+
 static void test_atomic_write(void **state)
 {
 	char tmpl[] = "/tmp/kiln-basic-w.XXXXXX", *root = mkdtemp(tmpl);
@@ -164,6 +189,7 @@ int main(void)
 		cmocka_unit_test(test_error_prefix),
 		cmocka_unit_test(test_mkdirat_beneath_refuses_escapes),
 		cmocka_unit_test(test_rm_rf_stops_at_mounts),
+		cmocka_unit_test(test_rm_rf_stops_at_bind_mounts),
 		cmocka_unit_test(test_atomic_write),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
