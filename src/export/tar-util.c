@@ -183,6 +183,22 @@ static int write_to_file(const char *dest, const char *tmp,
 	return 0;
 }
 
+/* Create the destination's missing parent directories, like type=local. */
+static int make_parent(const char *dest, struct kiln_error **err)
+{
+	_cleanup_free_ char *dir = xstrdup(dest);
+	char *slash = strrchr(dir, '/');
+	int r;
+
+	if (!slash || slash == dir)
+		return 0;
+	*slash = '\0';
+	r = kiln_mkdir_p(dir, 0755);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "cannot create directory %s", dir);
+	return 0;
+}
+
 int kiln_write_to_dest(const char *dest,
 		       int (*write_fd)(int fd, void *ud,
 				       struct kiln_error **err),
@@ -197,6 +213,9 @@ int kiln_write_to_dest(const char *dest,
 			r = kiln_error_seterrno(err, -errno, "cannot write stdout");
 		return r;
 	}
+	r = make_parent(dest, err);
+	if (r < 0)
+		return r;
 	hex = kiln_random_hex(4);
 	tmp = xasprintf("%s.tmp-%s", dest, hex);
 	r = write_to_file(dest, tmp, write_fd, ud, err);

@@ -27,8 +27,9 @@ CMD ["cat", "/app/arch.txt", "/app/built.txt", "/app/MESSAGE"]
 DF
 ARGS=(--platform linux/amd64,linux/arm64 --build-arg "BASE=oci-layout://$LAYOUT:latest")
 
-kbuild "${ARGS[@]}" -o "type=oci,dest=$T/img.tar,name=app:1" -o "$T/out" "$CTX" ||
+kbuild "${ARGS[@]}" -o "type=oci,dest=$T/new/dir/img.tar,name=app:1" -o "$T/out" "$CTX" ||
 	fail "two-platform build: $(tail -3 "$T/progress.json")"
+mv "$T/new/dir/img.tar" "$T/img.tar" # (missing parent directories are created)
 
 # The build stage ran once, on the native platform, not emulated.
 build_runs=$(events | jq -r 'select(.status == "done" and ((.name // "") | test(" build [0-9]"))) | .name' | sort)
