@@ -33,7 +33,7 @@ rc=0
 meson test -C "$ASAN_BUILD" --print-errorlogs --no-rebuild "$@" || rc=1
 if [ $# -eq 0 ]; then
 	meson test -C "$TSAN_BUILD" --print-errorlogs --no-rebuild \
-		solver exec cache it-example it-exec it-kill it-dockerfile || rc=1
+		solver exec cache proto peer it-example it-exec it-kill it-dockerfile it-cluster-registry || rc=1
 fi
 
 # meson's results as the plain closing line.
