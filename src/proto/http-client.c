@@ -8,12 +8,14 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "basic/alloc.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
 #include "proto/http-client.h"
 
+#define MAX_REDIRS 5L
 #define MAX_SZ(a, b) ((a) > (b) ? (a) : (b))
 
 struct kiln_http_client {
@@ -30,6 +32,9 @@ struct xfer {
 	struct kiln_http_result *res;
 	struct kiln_strbuf body;
 	int sink_error; /* a sink's code, or -E2BIG over the limit */
+	const void *upload;   /* the request body from memory */
+	size_t upload_len;
+	uint64_t upload_off;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -100,6 +105,9 @@ void kiln_http_result_release(struct kiln_http_result *r)
 	free(r->body);
 	free(r->content_type);
 	free(r->content_range);
+	free(r->location);
+	free(r->www_authenticate);
+	free(r->docker_digest);
 	memset(r, 0, sizeof(*r));
 	r->content_length = -1;
 }
@@ -162,26 +170,91 @@ static char *header_value(const char *line, size_t len, const char *name)
 	return xstrndup(v, len);
 }
 
-static size_t header_cb(char *data, size_t size, size_t n, void *ud)
+static void reset_headers(struct kiln_http_result *r)
 {
-	struct xfer *x = ud;
-	struct kiln_http_result *r = x->res;
-	size_t len = size * n;
+	free(r->content_type);
+	free(r->content_range);
+	free(r->location);
+	free(r->www_authenticate);
+	free(r->docker_digest);
+	r->content_type = r->content_range = r->location = NULL;
+	r->www_authenticate = r->docker_digest = NULL;
+	r->content_length = -1;
+}
+
+static void capture_header(struct kiln_http_result *r, const char *line,
+			   size_t len)
+{
+	static const char *const names[] = {
+		"Content-Type", "Content-Range", "Location",
+		"WWW-Authenticate", "Docker-Content-Digest",
+	};
+	char **dsts[] = { &r->content_type, &r->content_range, &r->location,
+			  &r->www_authenticate, &r->docker_digest };
 	_cleanup_free_ char *cl = NULL;
+	size_t i;
 	uint64_t u;
 
-	if (header_is(data, len, "Content-Type")) {
-		free(r->content_type);
-		r->content_type = header_value(data, len, "Content-Type");
-	} else if (header_is(data, len, "Content-Range")) {
-		free(r->content_range);
-		r->content_range = header_value(data, len, "Content-Range");
-	} else if (header_is(data, len, "Content-Length")) {
-		cl = header_value(data, len, "Content-Length");
+	for (i = 0; i < ARRAY_SIZE(names); i++) {
+		if (header_is(line, len, names[i])) {
+			free(*dsts[i]);
+			*dsts[i] = header_value(line, len, names[i]);
+			return;
+		}
+	}
+	if (header_is(line, len, "Content-Length")) {
+		cl = header_value(line, len, "Content-Length");
 		if (kiln_parse_u64(cl, &u) == 0 && u <= INT64_MAX)
 			r->content_length = (int64_t)u;
 	}
+}
+
+static size_t header_cb(char *data, size_t size, size_t n, void *ud)
+{
+	struct xfer *x = ud;
+	size_t len = size * n;
+
+	/* A new status line: the headers of a redirect or 1xx are dropped. */
+	if (len >= 5 && !strncmp(data, "HTTP/", 5))
+		reset_headers(x->res);
+	else
+		capture_header(x->res, data, len);
 	return len;
+}
+
+static size_t read_cb(char *buf, size_t size, size_t n, void *ud)
+{
+	struct xfer *x = ud;
+	const struct kiln_http_call *call = x->call;
+	size_t want = size * n;
+	ssize_t k;
+
+	if (!call->body_from_fd) {
+		uint64_t left = x->upload_len - x->upload_off;
+
+		if (want > left)
+			want = (size_t)left;
+		memcpy(buf, (const char *)x->upload + x->upload_off, want);
+		x->upload_off += want;
+		return want;
+	}
+	do {
+		k = pread(call->body_fd, buf, want, (off_t)x->upload_off);
+	} while (k < 0 && errno == EINTR);
+	if (k < 0)
+		return CURL_READFUNC_ABORT;
+	x->upload_off += (uint64_t)k;
+	return (size_t)k;
+}
+
+static int seek_cb(void *ud, curl_off_t off, int origin)
+{
+	struct xfer *x = ud;
+
+	if (origin != SEEK_SET || off < 0)
+		return CURL_SEEKFUNC_CANTSEEK;
+	x->upload_off = (uint64_t)off;
+	return CURL_SEEKFUNC_OK;
 }
 
 static struct curl_slist *build_headers(const struct kiln_http_call *call,
@@ -201,22 +274,65 @@ static struct curl_slist *build_headers(const struct kiln_http_call *call,
 		ct = xasprintf("Content-Type: %s", content_type);
 		l = curl_slist_append(l, ct);
 	}
+	/* Registries answer 201/202 at once; no "100-continue" wait. */
+	if (call->upload)
+		l = curl_slist_append(l, "Expect:");
 	return l;
 }
 
-static void set_body(CURL *c, const char *method, const void *body,
-		     size_t len)
+static void set_upload(struct xfer *x, CURL *c)
 {
-	if (!strcmp(method, "HEAD")) {
+	const struct kiln_http_call *call = x->call;
+	uint64_t size = call->body_from_fd ? call->body_fd_size : x->upload_len;
+
+	if (!call->body_from_fd && !x->upload)
+		size = 0;
+	curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+	curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
+	curl_easy_setopt(c, CURLOPT_READDATA, x);
+	curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, seek_cb);
+	curl_easy_setopt(c, CURLOPT_SEEKDATA, x);
+	curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
+}
+
+static void set_method(struct xfer *x, CURL *c)
+{
+	const char *m = x->call->method;
+
+	if (!strcmp(m, "HEAD")) {
 		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
 		return;
 	}
-	if (body || !strcmp(method, "POST") || !strcmp(method, "PUT")) {
-		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
+	if (x->call->upload) {
+		if (!strcmp(m, "PUT") || !strcmp(m, "POST") ||
+		    !strcmp(m, "PATCH"))
+			set_upload(x, c);
+		else if (!strcmp(m, "GET"))
+			return;
+	} else if (x->upload || !strcmp(m, "POST") || !strcmp(m, "PUT")) {
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE,
+				 (curl_off_t)x->upload_len);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+				 x->upload ? x->upload : "");
 	}
 	/* The method as asked, even a GET with a body. */
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, m);
+}
+
+static void set_tls_auth(const struct kiln_http_call *call, CURL *c)
+{
+	if (call->tls_noverify) {
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+	}
+	if (call->ca_file)
+		curl_easy_setopt(c, CURLOPT_CAINFO, call->ca_file);
+	if (!call->user)
+		return;
+	curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+	curl_easy_setopt(c, CURLOPT_USERNAME, call->user);
+	curl_easy_setopt(c, CURLOPT_PASSWORD,
+			 call->password ? call->password : "");
 }
 
 static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
@@ -228,11 +344,15 @@ static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 	curl_easy_setopt(c, CURLOPT_URL, call->url);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, call->follow ? 1L : 0L);
+	curl_easy_setopt(c, CURLOPT_MAXREDIRS, MAX_REDIRS);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT,
 			 KILN_HTTP_CLIENT_LOW_SPEED_BYTES);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, h->low_speed_time_s);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
+			 call->low_speed_time_s ? (long)call->low_speed_time_s
+						: h->low_speed_time_s);
 	if (call->timeout_ms > 0)
 		curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, call->timeout_ms);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "kiln/0.1");
@@ -241,6 +361,8 @@ static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, x);
+	set_tls_auth(call, c);
+	set_method(x, c);
 }
 
 static int curl_errno(CURLcode rc)
@@ -255,6 +377,8 @@ static int curl_errno(CURLcode rc)
 	case CURLE_SSL_CONNECT_ERROR:
 	case CURLE_PEER_FAILED_VERIFICATION:
 		return -EPROTO;
+	case CURLE_TOO_MANY_REDIRECTS:
+		return -ELOOP;
 	default:
 		return -EIO;
 	}
@@ -281,8 +405,7 @@ static int finish(struct xfer *x, CURLcode rc, const char *errbuf,
 }
 
 static int perform(struct kiln_http_client *h, struct xfer *x,
-		   const void *body, size_t body_len, const char *ctype,
-		   struct kiln_error **err)
+		   const char *ctype, struct kiln_error **err)
 {
 	char errbuf[CURL_ERROR_SIZE] = "";
 	struct curl_slist *hdrs = build_headers(x->call, ctype);
@@ -293,7 +416,6 @@ static int perform(struct kiln_http_client *h, struct xfer *x,
 	if (!x->curl)
 		abort();
 	set_options(h, x, x->curl, hdrs);
-	set_body(x->curl, x->call->method, body, body_len);
 	curl_easy_setopt(x->curl, CURLOPT_ERRORBUFFER, errbuf);
 	rc = curl_easy_perform(x->curl);
 	r = finish(x, rc, errbuf, err);
@@ -306,10 +428,9 @@ int kiln_http_client_do(struct kiln_http_client *h,
 			const struct kiln_http_call *call,
 			struct kiln_http_result *res, struct kiln_error **err)
 {
-	struct xfer x = { .call = call, .res = res };
+	struct xfer x = { .call = call, .res = res, .upload = call->body,
+			  .upload_len = call->body_len };
 	_cleanup_free_ char *json = NULL;
-	const void *body = call->body;
-	size_t len = call->body_len;
 	const char *ctype = call->content_type;
 	int r;
 
@@ -319,14 +440,14 @@ int kiln_http_client_do(struct kiln_http_client *h,
 		json = json_dumps(call->json, JSON_COMPACT);
 		if (!json)
 			abort();
-		body = json;
-		len = strlen(json);
+		x.upload = json;
+		x.upload_len = strlen(json);
 		ctype = "application/json";
 	}
 	/* Error bodies and in-memory 2xx bodies share one bounded buffer. */
 	kiln_strbuf_init(&x.body, call->sink ? KILN_HTTP_CLIENT_ERROR_LIMIT
 				  : MAX_SZ(call->limit, KILN_HTTP_CLIENT_ERROR_LIMIT));
-	r = perform(h, &x, body, len, ctype, err);
+	r = perform(h, &x, ctype, err);
 	kiln_strbuf_release(&x.body);
 	if (r < 0)
 		kiln_http_result_release(res);

@@ -51,6 +51,24 @@ struct kiln_http_call {
 	size_t body_len;
 	const char *content_type;   /* for body (json implies JSON) */
 	long timeout_ms;            /* whole request; 0: none */
+	unsigned low_speed_time_s;  /* 0: the client's */
+	const char *user, *password; /* basic auth, or NULL */
+	/*
+	 * Follow redirects (http/https only, at most 5). Credentials never
+	 * follow to another host (CURLOPT_UNRESTRICTED_AUTH stays off).
+	 */
+	bool follow;
+	bool tls_noverify;
+	const char *ca_file;        /* CA bundle, or NULL for the default */
+	/*
+	 * Send a PUT/POST/PATCH body as a rewindable upload (no default
+	 * Content-Type, no "Expect: 100-continue"), from body or, when
+	 * body_from_fd, body_fd_size bytes of body_fd from offset 0.
+	 */
+	bool upload;
+	bool body_from_fd;
+	int body_fd;
+	uint64_t body_fd_size;
 	/*
 	 * Where a 2xx body goes: sink when set (a negative return aborts
 	 * the transfer with that code), else memory, at most limit bytes
@@ -65,8 +83,12 @@ struct kiln_http_result {
 	long status;
 	char *body;       /* 2xx without sink; else the error body (cut) */
 	size_t body_len;
+	/* Headers of the final response (after redirects), or NULL. */
 	char *content_type;
 	char *content_range;
+	char *location;
+	char *www_authenticate;
+	char *docker_digest;    /* Docker-Content-Digest */
 	int64_t content_length; /* -1 when not sent */
 };
 void kiln_http_result_release(struct kiln_http_result *r);
@@ -74,7 +96,8 @@ void kiln_http_result_release(struct kiln_http_result *r);
 /*
  * Perform call. Only transport failures are errors here, naming the URL:
  * -ECONNREFUSED, -ETIMEDOUT (connect, deadline or low-speed abort),
- * -E2BIG (body over limit), a sink's code, -EIO otherwise. Any HTTP status
+ * -EHOSTUNREACH, -EPROTO (TLS), -ELOOP (too many redirects), -E2BIG (body
+ * over limit), a sink's code (no message), -EIO otherwise. Any HTTP status
  * is returned in res; the caller judges it (kiln_http_status_error()).
  */
 int kiln_http_client_do(struct kiln_http_client *c,

@@ -333,7 +333,10 @@ int kiln_registry_auth_challenge(struct kiln_registry_auth *a,
 /* Bearer tokens fetched so far. */
 uint64_t kiln_registry_auth_token_fetches(struct kiln_registry_auth *a);
 
-/* ---- HTTP helpers (http.c), used by the client above ---- */
+/*
+ * ---- HTTP helpers (http.c), used by the client above: registry requests
+ * on the libcurl core of proto/http-client.h ----
+ */
 
 /* Shared connection/DNS/TLS-session cache for many threads. */
 struct kiln_http;
