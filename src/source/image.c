@@ -1011,6 +1011,22 @@ static int extract_layer(struct kiln_store *s, struct apply_ctx *c,
 }
 
 /* Extract, apply and keep one layer; *tree becomes the new top tree. */
+/* What determines a layer's tree: the tree below it and its diff_id. */
+static void memo_key(const struct kiln_digest *base, const struct kiln_digest *diff_id,
+		     struct kiln_digest *out)
+{
+	struct kiln_hasher *h = kiln_hasher_new(KILN_DIGEST_SHA256);
+	const char *b = base ? KILN_DIGEST_STR(base) : "none";
+	const char *d = KILN_DIGEST_STR(diff_id);
+
+	kiln_hasher_update(h, "kiln-layer-memo-v1\n", 19);
+	kiln_hasher_update(h, b, strlen(b));
+	kiln_hasher_update(h, "\n", 1);
+	kiln_hasher_update(h, d, strlen(d));
+	kiln_hasher_final(h, out);
+	kiln_hasher_free(h);
+}
+
 static int apply_layer(struct kiln_store *s, struct kiln_layers *layers,
 		       const struct descriptor *desc,
 		       const struct kiln_digest *diff_id,
@@ -1021,8 +1037,13 @@ static int apply_layer(struct kiln_store *s, struct kiln_layers *layers,
 	struct apply_ctx c = { .s = s, .base = base };
 	_cleanup_close_ int dfd = -1;
 	_cleanup_free_ char *dir = NULL;
+	struct kiln_digest memo;
 	int r;
 
+	/* This diff_id on this parent was applied before: reuse its tree. */
+	memo_key(base, diff_id, &memo);
+	if (kiln_layers_memo_get(layers, &memo, tree) == 0 && kiln_store_has(s, tree))
+		return 0;
 	r = kiln_layers_mkscratch(layers, &dir, err);
 	if (r < 0)
 		return r;
@@ -1038,6 +1059,8 @@ static int apply_layer(struct kiln_store *s, struct kiln_layers *layers,
 		r = kiln_layers_adopt(layers, tree, base, dir, err);
 	if (r < 0)
 		(void)kiln_rm_rf(dir);
+	else
+		(void)kiln_layers_memo_put(layers, &memo, tree);
 	return r;
 }
 

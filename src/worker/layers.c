@@ -714,6 +714,37 @@ int kiln_layers_adopt(struct kiln_layers *l, const struct kiln_digest *root,
 	return 0;
 }
 
+int kiln_layers_memo_get(struct kiln_layers *l, const struct kiln_digest *key,
+			 struct kiln_digest *tree)
+{
+	char hex[KILN_DIGEST_HEXLEN];
+	_cleanup_free_ char *path = NULL, *text = NULL;
+	size_t len;
+	int r;
+
+	path = xasprintf("memo/%s", kiln_digest_hex(key, hex));
+	r = kiln_read_file_at(l->dirfd, path, 128, &text, &len);
+	if (r < 0)
+		return r;
+	if (kiln_digest_parse(text, tree) < 0)
+		return -EINVAL;
+	return kiln_layers_has(l, tree) ? 0 : -ENOENT;
+}
+
+int kiln_layers_memo_put(struct kiln_layers *l, const struct kiln_digest *key,
+			 const struct kiln_digest *tree)
+{
+	char hex[KILN_DIGEST_HEXLEN], text[KILN_DIGEST_STRLEN];
+	_cleanup_free_ char *path = NULL;
+
+	if (mkdirat(l->dirfd, "memo", 0700) < 0 && errno != EEXIST)
+		return -errno;
+	path = xasprintf("memo/%s", kiln_digest_hex(key, hex));
+	kiln_digest_fmt(tree, text);
+	/* A lost memo costs one extraction: no fsync needed. */
+	return kiln_write_file_atomic_at(l->dirfd, path, text, strlen(text), 0600, false);
+}
+
 static bool is_layer_name(const char *name)
 {
 	size_t i;

@@ -69,6 +69,17 @@ int kiln_layers_adopt(struct kiln_layers *l, const struct kiln_digest *root,
 		      const struct kiln_digest *parent, const char *dir,
 		      struct kiln_error **err);
 
+/*
+ * A memo of derived trees: key (a digest the caller computes from what
+ * determines the tree, e.g. parent tree + layer diff_id) -> tree. get()
+ * answers only while that tree still has a layer, so a stale or pruned
+ * entry is a miss. Stored as memo/<hex> files; prune ignores them.
+ */
+int kiln_layers_memo_get(struct kiln_layers *l, const struct kiln_digest *key,
+			 struct kiln_digest *tree);
+int kiln_layers_memo_put(struct kiln_layers *l, const struct kiln_digest *key,
+			 const struct kiln_digest *tree);
+
 /* Remove every layer not needed by any tree in keep (for prune). */
 int kiln_layers_prune(struct kiln_layers *l, const struct kiln_digest *keep,
 		      size_t n_keep, uint64_t *freed, struct kiln_error **err);

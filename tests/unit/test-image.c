@@ -421,6 +421,38 @@ static void test_import_busybox(void **state)
 	kiln_image_ref_release(&ref);
 }
 
+/*
+ * Reimports reuse the memo of (parent, diff_id) -> tree; a memo entry that
+ * names a tree without a layer (stale, pruned, forged) is never trusted.
+ */
+static void test_import_layer_memo(void **state)
+{
+	struct ctx *c = *state;
+	struct kiln_image_ref ref;
+	struct kiln_image img, img2;
+	_cleanup_free_ char *memo = xasprintf("%s/layers/memo", c->dir);
+	_cleanup_free_ char *cmd = NULL;
+
+	ref_for(&ref, layout_dir, "latest");
+	import_ok(c, &ref, "linux/amd64", &img);
+	cmd = xasprintf("test $(ls %s | wc -l) -eq 1", memo);
+	assert_int_equal(system(cmd), 0);
+	free(cmd);
+	/* Forge every memo entry to name a tree that has no layer. */
+	cmd = xasprintf("for f in %s/*; do printf sha256:%%064d 0 > \"$f\"; done", memo);
+	assert_int_equal(system(cmd), 0);
+	import_ok(c, &ref, "linux/amd64", &img2);
+	assert_true(kiln_digest_eq(&img.rootfs, &img2.rootfs));
+	assert_true(kiln_layers_has(c->layers, &img2.rootfs));
+	kiln_image_release(&img2);
+	/* The import repaired the memo: a third import hits it, same tree. */
+	import_ok(c, &ref, "linux/amd64", &img2);
+	assert_true(kiln_digest_eq(&img.rootfs, &img2.rootfs));
+	kiln_image_release(&img2);
+	kiln_image_release(&img);
+	kiln_image_ref_release(&ref);
+}
+
 /* Digest of layer 0 of the manifest for platform. */
 static void first_layer(const struct kiln_image_ref *ref, const char *platform,
 			struct kiln_digest *layer)
@@ -823,6 +855,7 @@ int main(void)
 		cmocka_unit_test(test_resolve_platforms),
 		cmocka_unit_test(test_resolve_unknown),
 		cmocka_unit_test_setup_teardown(test_import_busybox, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_import_layer_memo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_import_corrupt_blob, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_resolve_corrupt_manifest, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_extract_hostile, setup, teardown),
