@@ -834,6 +834,32 @@ static int remove_layer(struct kiln_layers *l, const char *id, uint64_t *freed)
 	return kiln_rm_rf_at(l->dirfd, junk);
 }
 
+/* Drop memo entries whose tree lost its layer (they could only miss). */
+static void prune_memo(struct kiln_layers *l)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd = openat(l->dirfd, "memo", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return;
+	}
+	while ((de = readdir(d))) {
+		struct kiln_digest key, tree;
+		_cleanup_free_ char *name = xasprintf("sha256:%s", de->d_name);
+
+		if (de->d_name[0] == '.' || kiln_digest_parse(name, &key) < 0)
+			continue;
+		if (kiln_layers_memo_get(l, &key, &tree) < 0)
+			(void)unlinkat(dirfd(d), de->d_name, 0);
+	}
+	closedir(d);
+}
+
 int kiln_layers_prune(struct kiln_layers *l, const struct kiln_digest *keep,
 		      size_t n_keep, uint64_t *freed, struct kiln_error **err)
 {
@@ -867,6 +893,7 @@ int kiln_layers_prune(struct kiln_layers *l, const struct kiln_digest *keep,
 						l->dir, name);
 	}
 	closedir(d);
+	prune_memo(l);
 out:
 	for (i = 0; i < n; i++)
 		free(ids[i]);

@@ -17,6 +17,7 @@ grep -qi 'records' "$T/du1" || fail "du prints no record count: $(cat "$T/du1")"
 # Plain prune keeps every record and what it references.
 "$KILN" prune >"$T/prune1" || fail "prune"
 assert_fsck_clean
+[ -n "$(ls "$KILN_ROOT/worker/layers/memo" 2>/dev/null)" ] || fail "plain prune dropped a layer memo still in use"
 kbuild --def "$T/g.json" -o "$T/out2" || fail "build after prune"
 assert_eq "$(vertices_run)" "" "vertices run after a plain prune"
 cmp -s "$T/out1/big" "$T/out2/big" || fail "result changed after prune"
@@ -28,6 +29,7 @@ assert_fsck_clean
 # --all: nothing cached any more, everything runs again and still works.
 "$KILN" prune --all >"$T/prune3" || fail "prune --all"
 assert_fsck_clean
+[ -z "$(ls "$KILN_ROOT/worker/layers/memo" 2>/dev/null)" ] || fail "prune --all left layer memos behind"
 blobs=$(find "$KILN_ROOT/worker/cas/blobs" -type f | wc -l)
 [ "$blobs" -le 2 ] || fail "prune --all left $blobs blobs"
 kbuild --def "$T/g.json" -o "$T/out3" || fail "build after prune --all"
