@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <sys/file.h>
 
+#include "daemon/daemon.h"
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
@@ -377,11 +378,7 @@ int main(int argc, char **argv)
 		free(d.root);
 		return 2;
 	}
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	kiln_daemon_block_signals(&sigs);
 	if (kilnd_start(&d, &err) < 0) {
 		fprintf(stderr, "kilnd: error: %s\n", kiln_error_msg(err));
 		rc = 1;

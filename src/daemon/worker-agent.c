@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "daemon/daemon.h"
 #include "basic/alloc.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
@@ -600,11 +601,7 @@ int main(int argc, char **argv)
 		agent_release(&a);
 		return 2;
 	}
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	kiln_daemon_block_signals(&sigs);
 	if (agent_open(&a, &err) < 0) {
 		fprintf(stderr, "kiln-worker: error: %s\n", kiln_error_msg(err));
 		rc = 1;
