@@ -6,105 +6,6 @@
 #include "basic/log.h"
 #include "cas/tree.h"
 
-/*
- * Open addressing with linear probing. A slot whose algo is NONE is empty;
- * nothing is ever removed, so no tombstones. Digests are uniform already,
- * so their first bytes are the hash.
- */
-struct kiln_digest_set {
-	struct kiln_digest *slots;
-	size_t cap; /* power of two */
-	size_t n;
-};
-
-#define SET_MIN_CAP 64
-
-struct kiln_digest_set *kiln_digest_set_new(void)
-{
-	struct kiln_digest_set *s = xcalloc(1, sizeof(*s));
-
-	s->cap = SET_MIN_CAP;
-	s->slots = xcalloc(s->cap, sizeof(*s->slots));
-	return s;
-}
-
-void kiln_digest_set_free(struct kiln_digest_set *s)
-{
-	if (!s)
-		return;
-	free(s->slots);
-	free(s);
-}
-
-static size_t digest_hash(const struct kiln_digest *d)
-{
-	uint64_t h;
-
-	memcpy(&h, d->bytes, sizeof(h));
-	return (size_t)(h ^ d->algo);
-}
-
-static bool digest_same(const struct kiln_digest *a,
-			const struct kiln_digest *b)
-{
-	return a->algo == b->algo && !memcmp(a->bytes, b->bytes, sizeof(a->bytes));
-}
-
-/* The slot holding d, or the empty slot where it would go. */
-static struct kiln_digest *set_slot(const struct kiln_digest_set *s,
-				    const struct kiln_digest *d)
-{
-	size_t mask = s->cap - 1, i = digest_hash(d) & mask;
-
-	while (s->slots[i].algo != KILN_DIGEST_NONE &&
-	       !digest_same(&s->slots[i], d))
-		i = (i + 1) & mask;
-	return &s->slots[i];
-}
-
-static void set_grow(struct kiln_digest_set *s)
-{
-	struct kiln_digest *old = s->slots;
-	size_t i, old_cap = s->cap;
-
-	s->cap *= 2;
-	s->slots = xcalloc(s->cap, sizeof(*s->slots));
-	for (i = 0; i < old_cap; i++)
-		if (old[i].algo != KILN_DIGEST_NONE)
-			*set_slot(s, &old[i]) = old[i];
-	free(old);
-}
-
-bool kiln_digest_set_add(struct kiln_digest_set *s, const struct kiln_digest *d)
-{
-	struct kiln_digest *slot;
-
-	if (!kiln_digest_is_set(d))
-		return false;
-	/* Keep the load factor under 1/2 so probes stay short. */
-	if ((s->n + 1) * 2 > s->cap)
-		set_grow(s);
-	slot = set_slot(s, d);
-	if (slot->algo != KILN_DIGEST_NONE)
-		return false;
-	*slot = *d;
-	s->n++;
-	return true;
-}
-
-bool kiln_digest_set_has(const struct kiln_digest_set *s,
-			 const struct kiln_digest *d)
-{
-	if (!kiln_digest_is_set(d))
-		return false;
-	return set_slot(s, d)->algo != KILN_DIGEST_NONE;
-}
-
-size_t kiln_digest_set_size(const struct kiln_digest_set *s)
-{
-	return s->n;
-}
-
 /* ---- mark ---- */
 
 struct mark_ctx {
@@ -113,7 +14,6 @@ struct mark_ctx {
 	const struct kiln_gc_mark_opts *opts;
 	struct kiln_error **err;
 	int first; /* first problem's code, 0 when none yet */
-	struct kiln_digest empty;
 };
 
 static void mark_problem(struct mark_ctx *m, const struct kiln_digest *d,
@@ -199,7 +99,7 @@ static int mark_node(struct mark_ctx *m, const struct kiln_digest *d,
 	if (kiln_digest_set_has(m->marked, d))
 		return 0;
 	/* Nothing below the empty node; it need not even be stored. */
-	if (digest_same(d, &m->empty)) {
+	if (kiln_tree_is_empty_digest(d)) {
 		kiln_digest_set_add(m->marked, d);
 		return 0;
 	}
@@ -243,7 +143,6 @@ int kiln_gc_mark_tree_opts(struct kiln_store *s, const struct kiln_digest *root,
 	};
 	int r;
 
-	kiln_tree_empty_digest(&m.empty);
 	r = mark_node(&m, root, 0);
 	if (r < 0)
 		return r;

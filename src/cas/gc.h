@@ -9,19 +9,9 @@
 #include <stdint.h>
 
 #include "basic/error.h"
+#include "cas/digest-set.h"
 #include "cas/digest.h"
 #include "cas/store.h"
-
-/* A set of digests (open addressing). */
-struct kiln_digest_set;
-
-struct kiln_digest_set *kiln_digest_set_new(void);
-void kiln_digest_set_free(struct kiln_digest_set *s);
-/* Returns true if d was newly added. */
-bool kiln_digest_set_add(struct kiln_digest_set *s, const struct kiln_digest *d);
-bool kiln_digest_set_has(const struct kiln_digest_set *s,
-			 const struct kiln_digest *d);
-size_t kiln_digest_set_size(const struct kiln_digest_set *s);
 
 /*
  * Add root and every node and file blob below it to marked (a subtree whose

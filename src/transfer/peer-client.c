@@ -159,7 +159,7 @@ struct framer {
 	size_t src;
 	const char *method, *url;
 	bool tree;                  /* any node accepted, up to node size */
-	struct kiln_peer_dset want; /* batch: digest -> index into item */
+	struct kiln_digest_set want; /* batch: digest -> index into item */
 	struct item *item;
 	enum frame_state state;
 	char line[KILN_PEER_FRAME_LINE_MAX];
@@ -200,7 +200,7 @@ static int frame_commit(struct framer *f)
 done:
 	f->stored++;
 	if (f->item)
-		f->item->state[*kiln_peer_dset_get(&f->want, &f->cur)] = STORED;
+		f->item->state[*kiln_digest_set_value(&f->want, &f->cur)] = STORED;
 	f->state = F_HEADER;
 	return 0;
 }
@@ -211,7 +211,7 @@ static int frame_expect(struct framer *f, const char *sz, bool absent)
 	uint64_t *idx = NULL;
 
 	if (!f->tree) {
-		idx = kiln_peer_dset_get(&f->want, &f->cur);
+		idx = kiln_digest_set_value(&f->want, &f->cur);
 		if (!idx)
 			return frame_error(f, "a blob nobody asked for", f->line);
 		if (absent) {
@@ -326,7 +326,7 @@ static void framer_release(struct framer *f)
 {
 	if (f->w)
 		kiln_store_writer_abort(f->w);
-	kiln_peer_dset_release(&f->want);
+	kiln_digest_set_release(&f->want);
 	kiln_error_free(f->err);
 }
 
@@ -393,18 +393,18 @@ static int framed(struct pull *p, struct framer *f, const char *method,
 struct scan {
 	struct kiln_digest *nodes;
 	size_t n_nodes, alloc_nodes;
-	struct kiln_peer_dset files;
+	struct kiln_digest_set files;
 };
 
 static void scan_release(struct scan *sc)
 {
 	free(sc->nodes);
-	kiln_peer_dset_release(&sc->files);
+	kiln_digest_set_release(&sc->files);
 	memset(sc, 0, sizeof(*sc));
 }
 
 static void scan_entries(struct pull *p, struct scan *sc,
-			 const struct kiln_tree *t, struct kiln_peer_dset *seen,
+			 const struct kiln_tree *t, struct kiln_digest_set *seen,
 			 struct kiln_digest **queue, size_t *n, size_t *alloc)
 {
 	size_t i;
@@ -413,11 +413,11 @@ static void scan_entries(struct pull *p, struct scan *sc,
 		const struct kiln_tree_entry *e = &t->entries[i];
 
 		if (e->type == KILN_ENTRY_FILE &&
-		    !kiln_peer_dset_get(&sc->files, &e->digest) &&
+		    !kiln_digest_set_value(&sc->files, &e->digest) &&
 		    !kiln_store_has(p->store, &e->digest))
-			kiln_peer_dset_add(&sc->files, &e->digest, e->size);
+			kiln_digest_set_put(&sc->files, &e->digest, e->size);
 		if (e->type != KILN_ENTRY_DIR ||
-		    !kiln_peer_dset_add(seen, &e->digest, 0))
+		    !kiln_digest_set_put(seen, &e->digest, 0))
 			continue;
 		*queue = xgrow(*queue, alloc, *n + 1, sizeof(**queue));
 		(*queue)[(*n)++] = e->digest;
@@ -428,13 +428,13 @@ static void scan_entries(struct pull *p, struct scan *sc,
 static int scan(struct pull *p, const struct kiln_digest *root,
 		struct scan *sc, struct kiln_error **err)
 {
-	struct kiln_peer_dset seen = { 0 };
+	struct kiln_digest_set seen = { 0 };
 	struct kiln_digest *queue = NULL;
 	size_t n = 0, alloc = 0, i;
 	int r = 0;
 
 	scan_release(sc);
-	kiln_peer_dset_add(&seen, root, 0);
+	kiln_digest_set_put(&seen, root, 0);
 	queue = xgrow(queue, &alloc, 1, sizeof(*queue));
 	queue[n++] = *root;
 	for (i = 0; i < n && r == 0; i++) {
@@ -453,7 +453,7 @@ static int scan(struct pull *p, const struct kiln_digest *root,
 		kiln_tree_release(&t);
 	}
 	free(queue);
-	kiln_peer_dset_release(&seen);
+	kiln_digest_set_release(&seen);
 	return r;
 }
 
@@ -636,7 +636,7 @@ static int post_batch(struct pull *p, size_t i, struct item *it,
 	for (k = 0; k < it->n; k++) {
 		if (it->state[k] != PENDING)
 			continue;
-		kiln_peer_dset_add(&f.want, &it->d[k], k);
+		kiln_digest_set_put(&f.want, &it->d[k], k);
 		json_array_append_new(arr, json_string(KILN_DIGEST_STR(&it->d[k])));
 	}
 	body = json_pack("{s:o}", "digests", arr);
@@ -727,7 +727,7 @@ static void item_add(struct item *it, const struct kiln_digest *d,
 }
 
 /* Large blobs one item each; small ones packed into batches. */
-static void plan(struct pull *p, const struct kiln_peer_dset *files,
+static void plan(struct pull *p, const struct kiln_digest_set *files,
 		 struct queue *q)
 {
 	struct item *batch = NULL;
@@ -735,7 +735,7 @@ static void plan(struct pull *p, const struct kiln_peer_dset *files,
 	size_t alloc = 0, i;
 
 	for (i = 0; i < files->cap; i++) {
-		const struct kiln_digest *d = &files->keys[i];
+		const struct kiln_digest *d = &files->slots[i];
 		uint64_t size = files->vals[i];
 
 		if (!kiln_digest_is_set(d))
@@ -804,7 +804,7 @@ static int run_queue(struct pull *p, struct queue *q, struct kiln_error **err)
 	return code;
 }
 
-static int pull_files(struct pull *p, const struct kiln_peer_dset *files,
+static int pull_files(struct pull *p, const struct kiln_digest_set *files,
 		      struct kiln_error **err)
 {
 	struct queue q = { 0 };
@@ -910,7 +910,7 @@ static int parse_missing(json_t *resp, const struct kiln_digest *digests,
 			 struct kiln_error **err)
 {
 	json_t *arr = json_object_get(resp, "missing"), *v;
-	struct kiln_peer_dset idx = { 0 };
+	struct kiln_digest_set idx = { 0 };
 	struct kiln_digest d;
 	uint64_t *k;
 	size_t i;
@@ -920,20 +920,20 @@ static int parse_missing(json_t *resp, const struct kiln_digest *digests,
 		return kiln_error_set(err, -EPROTO, "POST %s: no \"missing\" array",
 				      url);
 	for (i = 0; i < n; i++) {
-		kiln_peer_dset_add(&idx, &digests[i], i);
+		kiln_digest_set_put(&idx, &digests[i], i);
 		missing[i] = false;
 	}
 	json_array_foreach(arr, i, v) {
 		if (!json_is_string(v) ||
 		    kiln_digest_parse(json_string_value(v), &d) < 0 ||
-		    !(k = kiln_peer_dset_get(&idx, &d))) {
+		    !(k = kiln_digest_set_value(&idx, &d))) {
 			r = kiln_error_set(err, -EPROTO, "POST %s: \"missing\" "
 					   "lists something not asked for", url);
 			break;
 		}
 		missing[*k] = true;
 	}
-	kiln_peer_dset_release(&idx);
+	kiln_digest_set_release(&idx);
 	return r;
 }
 

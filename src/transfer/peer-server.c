@@ -24,73 +24,6 @@ struct kiln_peer_server {
 
 /* ---- digest set ---- */
 
-static size_t dset_slot(const struct kiln_peer_dset *s,
-			const struct kiln_digest *d)
-{
-	uint64_t h;
-	size_t i;
-
-	/* Digests are uniform: their first bytes are a fine hash. */
-	memcpy(&h, d->bytes, sizeof(h));
-	for (i = (size_t)h & (s->cap - 1);; i = (i + 1) & (s->cap - 1))
-		if (!kiln_digest_is_set(&s->keys[i]) ||
-		    kiln_digest_eq(&s->keys[i], d))
-			return i;
-}
-
-static void dset_grow(struct kiln_peer_dset *s)
-{
-	struct kiln_peer_dset old = *s;
-	size_t i, k;
-
-	s->cap = old.cap ? old.cap * 2 : 64;
-	s->keys = xcalloc(s->cap, sizeof(*s->keys));
-	s->vals = xcalloc(s->cap, sizeof(*s->vals));
-	for (i = 0; i < old.cap; i++) {
-		if (!kiln_digest_is_set(&old.keys[i]))
-			continue;
-		k = dset_slot(s, &old.keys[i]);
-		s->keys[k] = old.keys[i];
-		s->vals[k] = old.vals[i];
-	}
-	free(old.keys);
-	free(old.vals);
-}
-
-void kiln_peer_dset_release(struct kiln_peer_dset *s)
-{
-	free(s->keys);
-	free(s->vals);
-	memset(s, 0, sizeof(*s));
-}
-
-bool kiln_peer_dset_add(struct kiln_peer_dset *s, const struct kiln_digest *d,
-			uint64_t v)
-{
-	size_t i;
-
-	if ((s->n + 1) * 2 > s->cap)
-		dset_grow(s);
-	i = dset_slot(s, d);
-	if (kiln_digest_is_set(&s->keys[i]))
-		return false;
-	s->keys[i] = *d;
-	s->vals[i] = v;
-	s->n++;
-	return true;
-}
-
-uint64_t *kiln_peer_dset_get(const struct kiln_peer_dset *s,
-			     const struct kiln_digest *d)
-{
-	size_t i;
-
-	if (!s->cap)
-		return NULL;
-	i = dset_slot(s, d);
-	return kiln_digest_is_set(&s->keys[i]) ? &s->vals[i] : NULL;
-}
-
 /* ---- GET /v1/blobs/<digest> ---- */
 
 /*
@@ -263,7 +196,7 @@ struct frames {
 	bool tree;                 /* queue grows with child directories */
 	struct kiln_digest *queue; /* batch: as asked; tree: BFS order */
 	size_t n, alloc, next;
-	struct kiln_peer_dset seen; /* tree: nodes queued already */
+	struct kiln_digest_set seen; /* tree: nodes queued already */
 	uint64_t cap, payload;
 	size_t records;
 	char hdr[KILN_PEER_FRAME_LINE_MAX];
@@ -283,7 +216,7 @@ static void frames_free(void *ud)
 		close(f->fd);
 	free(f->mem);
 	free(f->queue);
-	kiln_peer_dset_release(&f->seen);
+	kiln_digest_set_release(&f->seen);
 	free(f);
 }
 
@@ -349,7 +282,7 @@ static void queue_children(struct frames *f, const char *data, size_t len)
 
 		if (t.entries[i].type == KILN_ENTRY_DIR &&
 		    !kiln_tree_is_empty_digest(c) &&
-		    kiln_peer_dset_add(&f->seen, c, 0))
+		    kiln_digest_set_put(&f->seen, c, 0))
 			push(f, c);
 	}
 	kiln_tree_release(&t);
@@ -502,7 +435,7 @@ static int h_tree(const struct kiln_http_server_req *req,
 	f = frames_new(p, true);
 	/* The empty node is implied: nothing to send for it. */
 	if (!kiln_tree_is_empty_digest(&d)) {
-		kiln_peer_dset_add(&f->seen, &d, 0);
+		kiln_digest_set_put(&f->seen, &d, 0);
 		push(f, &d);
 	}
 	kiln_http_resp_stream(resp, 200, FRAMES, UINT64_MAX, frames_read, f,

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "basic/error.h"
+#include "cas/digest-set.h"
 #include "cas/digest.h"
 #include "cas/store.h"
 
@@ -122,19 +123,4 @@ int kiln_peer_find_missing(struct kiln_http_client *http,
 			   const struct kiln_digest *digests, size_t n,
 			   bool *missing, struct kiln_error **err);
 
-/* ---- internal: a digest set shared by peer-server.c and peer-client.c ---- */
 
-/* Open-addressing hash set of digests, each with a 64-bit value. */
-struct kiln_peer_dset {
-	struct kiln_digest *keys;
-	uint64_t *vals;
-	size_t n, cap;
-};
-
-void kiln_peer_dset_release(struct kiln_peer_dset *s);
-/* Insert d (value v) if absent: true when it was inserted. */
-bool kiln_peer_dset_add(struct kiln_peer_dset *s, const struct kiln_digest *d,
-			uint64_t v);
-/* Pointer to d's value, or NULL when absent. */
-uint64_t *kiln_peer_dset_get(const struct kiln_peer_dset *s,
-			     const struct kiln_digest *d);
