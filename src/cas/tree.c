@@ -660,21 +660,17 @@ static void init_empty(void)
 	kiln_digest_buf(sb.buf, sb.len, &empty_digest);
 }
 
+static pthread_once_t empty_once = PTHREAD_ONCE_INIT;
+
 void kiln_tree_empty_digest(struct kiln_digest *out)
 {
-	struct kiln_tree t = KILN_TREE_INIT;
-	_cleanup_strbuf_ struct kiln_strbuf sb = KILN_STRBUF_INIT(64);
-
-	if (kiln_tree_encode(&t, &sb) < 0)
-		abort();
-	kiln_digest_buf(sb.buf, sb.len, out);
+	pthread_once(&empty_once, init_empty);
+	*out = empty_digest;
 }
 
 bool kiln_tree_is_empty_digest(const struct kiln_digest *d)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-
-	pthread_once(&once, init_empty);
+	pthread_once(&empty_once, init_empty);
 	return kiln_digest_eq(d, &empty_digest);
 }
 

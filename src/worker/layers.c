@@ -52,14 +52,10 @@ static void layer_id(const struct kiln_digest *d, char id[LAYER_ID_LEN + 1])
 	id[LAYER_ID_LEN] = '\0';
 }
 
+/* No tree (unset) or the empty tree: both materialize to nothing. */
 static bool is_empty_tree(const struct kiln_digest *d)
 {
-	struct kiln_digest empty;
-
-	if (!d || !kiln_digest_is_set(d))
-		return true;
-	kiln_tree_empty_digest(&empty);
-	return kiln_digest_eq(d, &empty);
+	return !d || !kiln_digest_is_set(d) || kiln_tree_is_empty_digest(d);
 }
 
 int kiln_layers_open(const char *dir, struct kiln_store *store,
