@@ -291,23 +291,6 @@ static const char *meta_of(struct dfbuild *b, const char *id)
 	return NULL;
 }
 
-/* Resolve the base image ops too: their meta names the base layers. */
-static void request_bases(struct dfbuild *b)
-{
-	size_t i;
-
-	for (i = 0; i < b->n_images; i++) {
-		ssize_t op = b->images[i].base_op ? op_index(b->def, b->images[i].base_op) : -1;
-
-		if (op < 0)
-			continue;
-		b->def->outputs = xrealloc(b->def->outputs,
-					   (b->def->n_outputs + 1) * sizeof(struct kiln_edge));
-		b->def->outputs[b->def->n_outputs].op = (size_t)op;
-		b->def->outputs[b->def->n_outputs++].output = 0;
-	}
-}
-
 static int image_opts(struct dfbuild *b, const struct kiln_export_spec *spec,
 		      struct kiln_image_opts *o, struct kiln_error **err)
 {
@@ -556,8 +539,6 @@ int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
 		r = load_dockerfile(&b, err);
 	if (r == 0)
 		r = lower(&b, err);
-	if (r == 0)
-		request_bases(&b);
 	if (r == 0) {
 		b.progress = kiln_progress_new(a->progress, stderr);
 		r = solve(&b, err);

@@ -768,6 +768,9 @@ static char *definition_text(struct lower *L, struct kiln_df_image *imgs, size_t
 
 	for (i = 0; i < n; i++) {
 		add_output(outs, imgs[i].output);
+		/* The base image's record meta names the layers the image reuses. */
+		if (imgs[i].base_op)
+			add_output(outs, imgs[i].base_op);
 		for (j = 0; j < imgs[i].n_layer_ops; j++)
 			add_output(outs, imgs[i].layer_ops[j]);
 	}

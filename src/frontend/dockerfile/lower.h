@@ -68,7 +68,7 @@ void kiln_df_image_release(struct kiln_df_image *img);
 /*
  * Lower df. *definition gets the op graph as JSON text (version 1, with an
  * "output" naming the first image's output op and "outputs" listing every
- * image's output and layer ops). Errors name file:line:column and the
+ * image's output, base image and layer ops). Errors name file:line:column and the
  * instruction.
  */
 int kiln_dockerfile_lower(const struct kiln_dockerfile *df,
