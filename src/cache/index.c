@@ -642,6 +642,37 @@ int kiln_cache_put(struct kiln_cache *c, const char *const *keys,
 	return r;
 }
 
+static int alias_locked(struct kiln_cache *c, const char *key, const char *alias,
+			struct kiln_error **err)
+{
+	int64_t id;
+	int r = tx_begin(c, err);
+
+	if (r < 0)
+		return r;
+	id = key_result(c, key, err);
+	if (id < 0)
+		r = (int)id;
+	else if (id == 0)
+		r = kiln_error_set(err, -ENOENT, "cache index %s: no key %s", c->path, key);
+	else
+		r = point_key(c, alias, id, err);
+	return tx_end(c, r, err);
+}
+
+int kiln_cache_alias(struct kiln_cache *c, const char *key, const char *alias,
+		     struct kiln_error **err)
+{
+	int r;
+
+	if (!key || !*key || !alias || !*alias)
+		return kiln_error_set(err, -EINVAL, "cache alias: empty key");
+	pthread_mutex_lock(&c->lock);
+	r = alias_locked(c, key, alias, err);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
 static int delete_locked(struct kiln_cache *c, const char *key,
 			 struct kiln_error **err)
 {

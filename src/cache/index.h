@@ -57,6 +57,14 @@ int kiln_cache_put(struct kiln_cache *c, const char *const *keys,
 		   size_t n_keys, const struct kiln_cache_record *rec,
 		   struct kiln_error **err);
 
+/*
+ * Point alias at the record key names (one transaction): the same result,
+ * found another way, without a second record (which would, say, count
+ * twice in kiln_cache_estimate). -ENOENT when key names no record.
+ */
+int kiln_cache_alias(struct kiln_cache *c, const char *key, const char *alias,
+		     struct kiln_error **err);
+
 int kiln_cache_delete(struct kiln_cache *c, const char *key,
 		      struct kiln_error **err);
 

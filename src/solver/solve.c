@@ -41,6 +41,7 @@ struct vertex {
 	char contentkey[KILN_DIGEST_STRLEN];
 	struct kiln_digest result;
 	char *meta;
+	uint64_t size; /* bytes of the result's files, counted on the job thread */
 	int hint; /* vertex whose result tree this one is closest to, or -1 */
 	size_t n_waiting;
 	size_t *dependents;
@@ -216,14 +217,21 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key)
 	return hit;
 }
 
+/* A content-key hit is known under its definition key from now on too. */
+static void alias_defkey(struct solver *s, struct vertex *v)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+
+	if (kiln_cache_alias(s->o->cache, v->contentkey, v->defkey, &err) < 0)
+		log_warn("cannot record cache entry for %s: %s", v->name, kiln_error_msg(err));
+}
+
 static void record(struct solver *s, struct vertex *v, uint64_t duration_ns)
 {
 	struct kiln_cache_record rec = { 0 };
 	_cleanup_error_ struct kiln_error *err = NULL;
 	const char *keys[2] = { v->defkey, v->contentkey };
-	uint64_t bytes = 0, entries = 0;
 
-	kiln_tree_usage(kiln_worker_store(s->o->worker), &v->result, &bytes, &entries, NULL);
 	rec.op = v->digest;
 	rec.outputs = &v->result;
 	rec.n_outputs = 1;
@@ -232,7 +240,7 @@ static void record(struct solver *s, struct vertex *v, uint64_t duration_ns)
 	rec.duration_ms = duration_ns / 1000000u;
 	rec.worker = (char *)worker_name(s);
 	rec.platform = v->op->platform;
-	rec.size = bytes;
+	rec.size = v->size;
 	/* Losing a record only costs a rebuild: warn, do not fail. */
 	if (kiln_cache_put(s->o->cache, keys, 2, &rec, &err) < 0)
 		log_warn("cannot record cache entry for %s: %s", v->name, kiln_error_msg(err));
@@ -502,6 +510,13 @@ static void *job_main(void *arg)
 		r = job_file(s, v, &v->job_err);
 		break;
 	}
+	/* The record's size: counted here, off the solver loop's thread. */
+	if (r == 0) {
+		uint64_t entries;
+
+		kiln_tree_usage(kiln_worker_store(s->o->worker), &v->result, &v->size, &entries,
+				NULL);
+	}
 	pthread_mutex_lock(&s->lock);
 	v->job_r = r;
 	s->done_q[s->n_done_q++] = i;
@@ -749,7 +764,7 @@ static void start(struct solver *s, size_t vi)
 		emit(s, v, KILN_VERTEX_CACHED, NULL);
 		free(arg);
 		/* Known under its definition key from now on too. */
-		record(s, v, 0);
+		alias_defkey(s, v);
 		resolve(s, vi);
 		return;
 	}

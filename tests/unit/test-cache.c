@@ -180,6 +180,32 @@ static void test_roundtrip_two_keys(void **state)
 	kiln_cache_free(c);
 }
 
+/* An alias names the same record: no second row, the estimate unmoved. */
+static void test_alias(void **state)
+{
+	struct fixture *f = *state;
+	struct kiln_cache *c = open_ok(f->db);
+	struct kiln_error *err = NULL;
+	uint64_t ms = 0;
+
+	put_ok(c, 4, "sha256:content", NULL);
+	assert_int_equal(kiln_cache_alias(c, "sha256:content", "sha256:def", &err), 0);
+	get_expect(c, "sha256:def", 4);
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM results"), 1);
+	assert_int_equal(kiln_cache_estimate(c, "sha256:op4", &ms), 0);
+	assert_int_equal(ms, 28); /* record 4's own duration, counted once */
+	/* Re-aliasing a key away from its only record drops that record. */
+	put_ok(c, 5, "sha256:other", NULL);
+	assert_int_equal(kiln_cache_alias(c, "sha256:content", "sha256:other", &err), 0);
+	get_expect(c, "sha256:other", 4);
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM results"), 1);
+	assert_int_equal(kiln_cache_alias(c, "sha256:nothing", "sha256:x", &err), -ENOENT);
+	assert_non_null(strstr(err->msg, "sha256:nothing"));
+	kiln_error_free(err);
+	get_absent(c, "sha256:x");
+	kiln_cache_free(c);
+}
+
 static void test_replace(void **state)
 {
 	struct fixture *f = *state;
@@ -514,6 +540,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_roundtrip_two_keys, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_alias, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_replace, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_foreach_order, setup, teardown),
