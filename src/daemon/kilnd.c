@@ -21,7 +21,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
-#include "daemon/registry.h"
+#include "daemon/workers.h"
 #include "daemon/tokens.h"
 #include "proto/http-server.h"
 
@@ -36,7 +36,7 @@ struct kilnd {
 	uint64_t interval_ms;
 	int lock_fd;
 	char *worker_token, *client_token;
-	struct kiln_registry *reg;
+	struct kiln_workers *reg;
 	struct kiln_http_server *http;
 };
 
@@ -112,7 +112,7 @@ static int do_register(struct kilnd *d, json_t *body,
 		kiln_http_resp_error(resp, 400, "%s", kiln_error_msg(err));
 		return 0;
 	}
-	if (kiln_registry_register(d->reg, &r, &id) < 0) {
+	if (kiln_workers_register(d->reg, &r, &id) < 0) {
 		kiln_registration_release(&r);
 		kiln_http_resp_error(resp, 503,
 				     "the registry is full (%u ready workers)",
@@ -167,7 +167,7 @@ static int do_heartbeat(struct kilnd *d, const char *id, json_t *body,
 				     "heartbeat: expected {\"running\": N, \"bytes_held\": N} with N >= 0");
 		return 0;
 	}
-	if (kiln_registry_heartbeat(d->reg, id, running, held) < 0) {
+	if (kiln_workers_heartbeat(d->reg, id, running, held) < 0) {
 		kiln_http_resp_error(resp, 404,
 				     "no worker %s here: register again", id);
 		return 0;
@@ -216,7 +216,7 @@ static int handle_list(const struct kiln_http_server_req *req,
 
 	if (!has_token(req, d->client_token))
 		return deny(resp);
-	kiln_http_resp_json(resp, 200, kiln_registry_list_json(d->reg));
+	kiln_http_resp_json(resp, 200, kiln_workers_list_json(d->reg));
 	return 0;
 }
 
@@ -282,7 +282,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 				      err);
 	if (r < 0)
 		return r;
-	d->reg = kiln_registry_new(d->interval_ms);
+	d->reg = kiln_workers_new(d->interval_ms);
 	r = kiln_http_server_new(&o, &d->http, err);
 	if (r == 0)
 		r = add_routes(d);
@@ -299,7 +299,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 static void kilnd_release(struct kilnd *d)
 {
 	kiln_http_server_free(d->http);
-	kiln_registry_free(d->reg);
+	kiln_workers_free(d->reg);
 	free(d->worker_token);
 	free(d->client_token);
 	free(d->root);
@@ -320,7 +320,7 @@ static void kilnd_run(struct kilnd *d, const sigset_t *sigs)
 		sig = sigtimedwait(sigs, NULL, &ts);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
-		kiln_registry_sweep(d->reg);
+		kiln_workers_sweep(d->reg);
 	}
 	log_info("kilnd: %s, stopping", strsignal(sig));
 }

@@ -11,9 +11,9 @@
  *           (new id) takes over, so the old process's heartbeats get 404
  *   LOST  --table full, a new name registers--> removed (oldest first)
  *
- * Every path that changes the table ends in assert_registry_state().
+ * Every path that changes the table ends in assert_workers_state().
  */
-#include "daemon/registry.h"
+#include "daemon/workers.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -42,7 +42,7 @@ struct entry {
 	uint64_t seen_mono_ns, seen_real_ns, registered_real_ns;
 };
 
-struct kiln_registry {
+struct kiln_workers {
 	pthread_mutex_t lock;
 	uint64_t interval_ms;
 	struct entry **entries;
@@ -166,7 +166,7 @@ static bool platform_valid(const char *s)
 }
 
 static int parse_platform(const json_t *j, size_t i,
-			  struct kiln_registry_platform *out,
+			  struct kiln_workers_platform *out,
 			  struct kiln_error **err)
 {
 	json_t *p, *e;
@@ -235,7 +235,7 @@ static int parse_slots(const json_t *j, struct kiln_registration *out,
 }
 
 static int parse_label(const char *k, const json_t *v,
-		       struct kiln_registry_label *out, struct kiln_error **err)
+		       struct kiln_workers_label *out, struct kiln_error **err)
 {
 	if (!*k || strlen(k) > LABEL_KEY_MAX || !all_chars(k, "._/-"))
 		return kiln_error_set(err, -EINVAL,
@@ -329,7 +329,7 @@ int kiln_registration_parse(const json_t *j, struct kiln_registration *out,
 
 /* ---- the table ---- */
 
-static void assert_registry_state(const struct kiln_registry *reg)
+static void assert_workers_state(const struct kiln_workers *reg)
 {
 #ifndef NDEBUG
 	size_t i, k;
@@ -351,9 +351,9 @@ static void assert_registry_state(const struct kiln_registry *reg)
 #endif
 }
 
-struct kiln_registry *kiln_registry_new(uint64_t interval_ms)
+struct kiln_workers *kiln_workers_new(uint64_t interval_ms)
 {
-	struct kiln_registry *reg = xcalloc(1, sizeof(*reg));
+	struct kiln_workers *reg = xcalloc(1, sizeof(*reg));
 
 	pthread_mutex_init(&reg->lock, NULL);
 	reg->interval_ms = interval_ms;
@@ -369,7 +369,7 @@ static void entry_free(struct entry *e)
 	free(e);
 }
 
-void kiln_registry_free(struct kiln_registry *reg)
+void kiln_workers_free(struct kiln_workers *reg)
 {
 	size_t i;
 
@@ -382,12 +382,12 @@ void kiln_registry_free(struct kiln_registry *reg)
 	free(reg);
 }
 
-uint64_t kiln_registry_interval_ms(const struct kiln_registry *reg)
+uint64_t kiln_workers_interval_ms(const struct kiln_workers *reg)
 {
 	return reg->interval_ms;
 }
 
-static ssize_t find_name(const struct kiln_registry *reg, const char *name)
+static ssize_t find_name(const struct kiln_workers *reg, const char *name)
 {
 	size_t i;
 
@@ -397,7 +397,7 @@ static ssize_t find_name(const struct kiln_registry *reg, const char *name)
 	return -1;
 }
 
-static ssize_t find_id(const struct kiln_registry *reg, const char *id)
+static ssize_t find_id(const struct kiln_workers *reg, const char *id)
 {
 	size_t i;
 
@@ -407,7 +407,7 @@ static ssize_t find_id(const struct kiln_registry *reg, const char *id)
 	return -1;
 }
 
-static void remove_at(struct kiln_registry *reg, size_t i)
+static void remove_at(struct kiln_workers *reg, size_t i)
 {
 	entry_free(reg->entries[i]);
 	memmove(&reg->entries[i], &reg->entries[i + 1],
@@ -416,7 +416,7 @@ static void remove_at(struct kiln_registry *reg, size_t i)
 }
 
 /* Make room for one more entry: drop the lost worker seen longest ago. */
-static int make_room(struct kiln_registry *reg)
+static int make_room(struct kiln_workers *reg)
 {
 	ssize_t oldest = -1;
 	size_t i;
@@ -436,7 +436,7 @@ static int make_room(struct kiln_registry *reg)
 	return 0;
 }
 
-static struct entry *entry_new(struct kiln_registry *reg,
+static struct entry *entry_new(struct kiln_workers *reg,
 			       struct kiln_registration *r)
 {
 	struct entry *e = xcalloc(1, sizeof(*e));
@@ -470,7 +470,7 @@ static void log_registered(const struct entry *e, const char *old_id)
 		 e->info.n_inventory);
 }
 
-int kiln_registry_register(struct kiln_registry *reg,
+int kiln_workers_register(struct kiln_workers *reg,
 			   struct kiln_registration *r, char **id)
 {
 	_cleanup_free_ char *old_id = NULL;
@@ -494,12 +494,12 @@ int kiln_registry_register(struct kiln_registry *reg,
 		*id = xstrdup(e->id);
 		log_registered(e, old_id);
 	}
-	assert_registry_state(reg);
+	assert_workers_state(reg);
 	pthread_mutex_unlock(&reg->lock);
 	return ret;
 }
 
-int kiln_registry_heartbeat(struct kiln_registry *reg, const char *id,
+int kiln_workers_heartbeat(struct kiln_workers *reg, const char *id,
 			    uint64_t running, uint64_t bytes_held)
 {
 	struct entry *e;
@@ -519,12 +519,12 @@ int kiln_registry_heartbeat(struct kiln_registry *reg, const char *id,
 	e->bytes_held = bytes_held;
 	e->seen_mono_ns = kiln_now_mono_ns();
 	e->seen_real_ns = kiln_now_real_ns();
-	assert_registry_state(reg);
+	assert_workers_state(reg);
 	pthread_mutex_unlock(&reg->lock);
 	return 0;
 }
 
-static void sweep_locked(struct kiln_registry *reg)
+static void sweep_locked(struct kiln_workers *reg)
 {
 	uint64_t now = kiln_now_mono_ns();
 	uint64_t limit = KILN_REGISTRY_LOST_INTERVALS * reg->interval_ms *
@@ -542,10 +542,10 @@ static void sweep_locked(struct kiln_registry *reg)
 			 (unsigned long long)((now - e->seen_mono_ns) /
 					      1000000u));
 	}
-	assert_registry_state(reg);
+	assert_workers_state(reg);
 }
 
-void kiln_registry_sweep(struct kiln_registry *reg)
+void kiln_workers_sweep(struct kiln_workers *reg)
 {
 	pthread_mutex_lock(&reg->lock);
 	sweep_locked(reg);
@@ -618,7 +618,7 @@ static json_t *entry_json(const struct entry *e, uint64_t now_mono)
 	return o;
 }
 
-json_t *kiln_registry_list_json(struct kiln_registry *reg)
+json_t *kiln_workers_list_json(struct kiln_workers *reg)
 {
 	json_t *a = json_array();
 	uint64_t now;

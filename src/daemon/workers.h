@@ -29,14 +29,14 @@
 /* Missed heartbeat intervals after which a worker is lost. */
 #define KILN_REGISTRY_LOST_INTERVALS 3u
 
-struct kiln_registry;
+struct kiln_workers;
 
-struct kiln_registry_platform {
+struct kiln_workers_platform {
 	char *platform; /* "os/arch[/variant]", as the worker normalized it */
 	bool emulated;
 };
 
-struct kiln_registry_label {
+struct kiln_workers_label {
 	char *key, *value;
 };
 
@@ -44,10 +44,10 @@ struct kiln_registry_label {
 struct kiln_registration {
 	char *name;
 	char *addr; /* base URL of its peer blob server */
-	struct kiln_registry_platform *platforms;
+	struct kiln_workers_platform *platforms;
 	size_t n_platforms;
 	uint32_t slots;
-	struct kiln_registry_label *labels;
+	struct kiln_workers_label *labels;
 	size_t n_labels;
 	struct kiln_digest *inventory; /* result trees it holds */
 	size_t n_inventory;
@@ -63,25 +63,25 @@ int kiln_registration_parse(const json_t *j, struct kiln_registration *out,
 			    struct kiln_error **err);
 
 /* A registry whose workers heartbeat every interval_ms. */
-struct kiln_registry *kiln_registry_new(uint64_t interval_ms);
-void kiln_registry_free(struct kiln_registry *reg);
+struct kiln_workers *kiln_workers_new(uint64_t interval_ms);
+void kiln_workers_free(struct kiln_workers *reg);
 
-uint64_t kiln_registry_interval_ms(const struct kiln_registry *reg);
+uint64_t kiln_workers_interval_ms(const struct kiln_workers *reg);
 
 /*
  * Add a worker (taking reg's contents; *reg is zeroed). A worker of the
  * same name is replaced (a restarted worker). *id gets the new entry's id
  * (caller frees). -ENOSPC when the table is full of ready workers.
  */
-int kiln_registry_register(struct kiln_registry *reg,
+int kiln_workers_register(struct kiln_workers *reg,
 			   struct kiln_registration *r, char **id);
 
 /* Record a heartbeat of worker id: 0, or -ENOENT for an unknown id. */
-int kiln_registry_heartbeat(struct kiln_registry *reg, const char *id,
+int kiln_workers_heartbeat(struct kiln_workers *reg, const char *id,
 			    uint64_t running, uint64_t bytes_held);
 
 /* Mark workers that missed their heartbeats lost (logged). */
-void kiln_registry_sweep(struct kiln_registry *reg);
+void kiln_workers_sweep(struct kiln_workers *reg);
 
 /* {"workers": [...]} as documented in docs/api.md, after a sweep. */
-json_t *kiln_registry_list_json(struct kiln_registry *reg);
+json_t *kiln_workers_list_json(struct kiln_workers *reg);
