@@ -7,6 +7,7 @@
 #include <sys/random.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <linux/openat2.h>
 
@@ -79,21 +80,26 @@ int kiln_mkdirat_p_beneath(int dirfd, const char *rel, mode_t mode)
 	return TAKE_FD(cur);
 }
 
-/*
- * The mount a path is on: statx's mount id tells even a bind mount of the
- * same file system apart (st_dev does not); 0 when the kernel cannot say.
- */
-static uint64_t mount_id_at(int dirfd, const char *name)
+int kiln_mount_id_at(int dirfd, const char *name, struct kiln_mount_id *out)
 {
 	struct statx stx;
+	int flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | (*name ? 0 : AT_EMPTY_PATH);
 
-	if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_MNT_ID, &stx) < 0 ||
-	    !(stx.stx_mask & STATX_MNT_ID))
-		return 0;
-	return stx.stx_mnt_id;
+	if (statx(dirfd, name, flags, STATX_MNT_ID, &stx) < 0)
+		return -errno;
+	out->dev = makedev(stx.stx_dev_major, stx.stx_dev_minor);
+	out->mnt = (stx.stx_mask & STATX_MNT_ID) ? stx.stx_mnt_id : 0;
+	return 0;
 }
 
-static int rm_rf_children(int fd, dev_t dev, uint64_t mnt)
+bool kiln_mount_id_same(const struct kiln_mount_id *a, const struct kiln_mount_id *b)
+{
+	if (a->dev != b->dev)
+		return false;
+	return !a->mnt || !b->mnt || a->mnt == b->mnt;
+}
+
+static int rm_rf_children(int fd, const struct kiln_mount_id *mount)
 {
 	DIR *d;
 	struct dirent *de;
@@ -115,10 +121,11 @@ static int rm_rf_children(int fd, dev_t dev, uint64_t mnt)
 			continue;
 		}
 		if (S_ISDIR(st.st_mode)) {
+			struct kiln_mount_id here;
 			int sub;
 
-			if (st.st_dev != dev ||
-			    (mnt && mount_id_at(dirfd(d), de->d_name) != mnt)) {
+			if (kiln_mount_id_at(dirfd(d), de->d_name, &here) < 0 ||
+			    !kiln_mount_id_same(&here, mount)) {
 				/* A mount point (bind mounts too): never descend. */
 				if (!r)
 					r = -EBUSY;
@@ -128,7 +135,7 @@ static int rm_rf_children(int fd, dev_t dev, uint64_t mnt)
 				     O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 					     O_CLOEXEC);
 			if (sub >= 0) {
-				int q = rm_rf_children(sub, dev, mnt);
+				int q = rm_rf_children(sub, mount);
 				if (q < 0 && !r)
 					r = q;
 			}
@@ -146,6 +153,7 @@ static int rm_rf_children(int fd, dev_t dev, uint64_t mnt)
 
 int kiln_rm_rf_at(int dirfd, const char *name)
 {
+	struct kiln_mount_id mount;
 	struct stat st;
 	int fd, r;
 
@@ -157,7 +165,12 @@ int kiln_rm_rf_at(int dirfd, const char *name)
 	fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -errno;
-	r = rm_rf_children(fd, st.st_dev, mount_id_at(dirfd, name));
+	r = kiln_mount_id_at(fd, "", &mount);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	r = rm_rf_children(fd, &mount);
 	if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && !r)
 		r = -errno;
 	return r;

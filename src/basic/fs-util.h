@@ -38,6 +38,20 @@ int kiln_mkdir_p(const char *path, mode_t mode);
 int kiln_mkdirat_p_beneath(int dirfd, const char *rel, mode_t mode);
 
 /*
+ * Which mount a path is on: the statx mount id, which tells even a bind
+ * mount of the same file system apart, and st_dev where the kernel has no
+ * mount id. name "" means dirfd itself.
+ */
+struct kiln_mount_id {
+	dev_t dev;
+	uint64_t mnt; /* 0 when unknown */
+};
+
+int kiln_mount_id_at(int dirfd, const char *name, struct kiln_mount_id *out);
+/* Are a and b on the same mount? */
+bool kiln_mount_id_same(const struct kiln_mount_id *a, const struct kiln_mount_id *b);
+
+/*
  * Remove dirfd/name recursively. Never follows symlinks and never crosses
  * into another mount. Missing is not an error. 0 or -errno.
  */

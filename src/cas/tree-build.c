@@ -49,7 +49,7 @@ struct build {
 	const struct kiln_tree_build_opts *opts;
 	bool layer; /* whiteouts and opaque dirs are overlay markup */
 	int rootfd;
-	dev_t dev;
+	struct kiln_mount_id mount; /* of the root: no other mount is entered */
 	struct fjob *jobs;
 	size_t n_jobs, alloc_jobs;
 	char **dirs;
@@ -408,6 +408,14 @@ static int subdir_base(struct build *b, struct cas_node *node, int fd,
  * node. Mount points are recorded as empty directories. *keep is false for
  * a directory the filter excluded and that ends up empty.
  */
+/* A mount point inside the tree (bind mounts too) is kept as an empty dir. */
+static bool same_mount(const struct build *b, int fd)
+{
+	struct kiln_mount_id m;
+
+	return kiln_mount_id_at(fd, "", &m) == 0 && kiln_mount_id_same(&m, &b->mount);
+}
+
 static int build_subdir(struct build *b, struct cas_node *node, int dirfd,
 			const char *name, const char *relpath, bool included,
 			const struct kiln_tree_entry *base,
@@ -425,7 +433,7 @@ static int build_subdir(struct build *b, struct cas_node *node, int dirfd,
 	e->type = KILN_ENTRY_DIR;
 	r = read_xattrs(b, fd, NULL, relpath, e);
 	r = r ? r : subdir_base(b, node, fd, name, base, &kid);
-	if (r == 0 && st.st_dev == b->dev)
+	if (r == 0 && same_mount(b, fd))
 		r = build_dir(b, kid, fd, build_keep_dir(b, relpath), depth + 1);
 	if (r == 0 && (included || kid->t.n > 0)) {
 		cas_node_add_kid(node, kid);
@@ -688,7 +696,9 @@ static int build_run(struct build *b, struct cas_node *root,
 		return kiln_error_seterrno(b->err, -errno, "stat of the root directory");
 	if (!S_ISDIR(st.st_mode))
 		return kiln_error_set(b->err, -ENOTDIR, "root is not a directory");
-	b->dev = st.st_dev;
+	r = kiln_mount_id_at(b->rootfd, "", &b->mount);
+	if (r < 0)
+		return kiln_error_seterrno(b->err, r, "statx of the root directory");
 	r = build_dir(b, root, b->rootfd, build_keep_dir(b, ""), 1);
 	if (r < 0)
 		return r;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
@@ -1105,11 +1106,45 @@ static void test_editor_resolve(void **state)
 	kiln_tree_editor_free(ed);
 }
 
+/* A bind mount of the same file system inside the dir is not entered. */
+static void test_from_dir_skips_bind_mounts(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *src = kiln_path_join(f->dir, "src");
+	_cleanup_free_ char *mnt = kiln_path_join(f->dir, "src/mnt");
+	_cleanup_free_ char *other = kiln_path_join(f->dir, "other");
+	_cleanup_free_ char *secret = kiln_path_join(f->dir, "other/secret");
+	struct kiln_tree_entry e = { 0 };
+	struct kiln_tree t = KILN_TREE_INIT;
+	struct kiln_digest root;
+	int fd, r;
+
+	assert_int_equal(kiln_mkdir_p(mnt, 0755), 0);
+	assert_int_equal(kiln_mkdir_p(other, 0755), 0);
+	fd = open(secret, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	close(fd);
+	if (mount(other, mnt, NULL, MS_BIND, NULL) < 0)
+		fail_msg("bind mount failed (tests need root): %m");
+	fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	r = kiln_tree_from_dir(f->s, fd, NULL, &root, NULL);
+	close(fd);
+	assert_int_equal(umount(mnt), 0); /* before any assertion can fail */
+	assert_int_equal(r, 0);
+	assert_int_equal(kiln_tree_lookup(f->s, &root, "mnt", &e, NULL), 0);
+	assert_int_equal(e.type, KILN_ENTRY_DIR);
+	assert_int_equal(kiln_tree_get(f->s, &e.digest, &t, NULL), 0);
+	assert_int_equal(t.n, 0); /* kept as an empty directory */
+	kiln_tree_release(&t);
+	kiln_tree_entry_release(&e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_codec_roundtrip),
 		cmocka_unit_test_setup_teardown(test_put_get, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_from_dir_skips_bind_mounts, setup, teardown),
 		cmocka_unit_test(test_decode_rejects),
 		cmocka_unit_test(test_decode_header_and_truncation),
 		cmocka_unit_test_setup_teardown(test_from_dir, setup, teardown),
