@@ -281,6 +281,7 @@ static int unpack_archive(struct fctx *c, const struct kiln_digest *blob,
 	_cleanup_free_ char *rnd = kiln_random_hex(8);
 	_cleanup_free_ char *dir = xasprintf("%s/tmp/extract-%s", kiln_store_dir(c->s), rnd);
 	struct kiln_tree_build_opts bo = { .adopt = true };
+	const struct kiln_layer_extract_opts plain = { .archive = true };
 	_cleanup_close_ int fd = -1, dfd = -1;
 	int r;
 
@@ -290,7 +291,7 @@ static int unpack_archive(struct fctx *c, const struct kiln_digest *blob,
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	r = fd < 0 ? fd : dfd < 0 ? -errno : 0;
 	if (r == 0)
-		r = kiln_layer_extract(fd, dfd, c->err);
+		r = kiln_layer_extract_with(fd, dfd, &plain, c->err);
 	if (r == 0)
 		r = kiln_tree_from_dir(c->s, dfd, &bo, tree, c->err);
 	kiln_rm_rf(dir);

@@ -101,6 +101,12 @@ struct kiln_layer_extract_opts {
 	int (*implied_dir)(void *ud, const char *path, int fd,
 			   struct kiln_error **err);
 	void *ud;
+	/*
+	 * A plain archive (Dockerfile ADD), not an image layer: ".wh." entries
+	 * are ordinary files, and bzip2 and xz are accepted besides gzip and
+	 * zstd. Confinement is the same.
+	 */
+	bool archive;
 };
 
 /* kiln_layer_extract() with options (opts may be NULL). */

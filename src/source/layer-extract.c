@@ -84,9 +84,11 @@ static int open_readers(struct extract *x, int fd, struct kiln_error **err)
 	x->tar = archive_read_new();
 	archive_read_support_filter_gzip(x->raw);
 	archive_read_support_filter_zstd(x->raw);
-	/* ADD also unpacks bzip2 and xz archives (docs/definition.md). */
-	archive_read_support_filter_bzip2(x->raw);
-	archive_read_support_filter_xz(x->raw);
+	if (x->opts && x->opts->archive) {
+		/* ADD also unpacks bzip2 and xz archives (docs/definition.md). */
+		archive_read_support_filter_bzip2(x->raw);
+		archive_read_support_filter_xz(x->raw);
+	}
 	archive_read_support_filter_none(x->raw);
 	archive_read_support_format_raw(x->raw);
 	/* tar covers ustar, pax and GNU tar; nothing else is accepted. */
@@ -648,7 +650,9 @@ static int write_entry(struct extract *x, struct tar_entry *en,
 {
 	const char *hl = archive_entry_hardlink(en->ae);
 
-	if (!strncmp(en->base, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)))
+	/* Whiteouts mean something in image layers only. */
+	if ((!x->opts || !x->opts->archive) &&
+	    !strncmp(en->base, WHITEOUT_PREFIX, strlen(WHITEOUT_PREFIX)))
 		return write_whiteout(en, err);
 	if (hl)
 		return write_hardlink(x, en, hl, err);

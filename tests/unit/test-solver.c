@@ -60,7 +60,8 @@ static int setup(void **state)
 		write_file(f->src, "etc/group", "root:x:0:\nstaff:x:50:\n");
 		/* An archive for ADD-style extraction: arc/{in.txt,deep/z}. */
 		cmd = xasprintf("set -e; cd %s && mkdir -p t/deep && echo IN > t/in.txt && echo Z > t/deep/z && "
-				"tar -C t -czf a.tar.gz . && rm -r t && echo plain > notar.gz.txt", f->src);
+				"tar -C t -czf a.tar.gz . && echo kept > t/.wh.note && tar -C t -cjf b.tar.bz2 . && "
+				"rm -r t && echo plain > notar.gz.txt", f->src);
 		assert_int_equal(system(cmd), 0);
 	}
 	{
@@ -317,6 +318,11 @@ static void test_extract_archives(void **state)
 	expect_file(f, &t, "unpacked/deep/z", "Z\n");
 	expect_file(f, &t, "plain/notar.gz.txt", "plain\n"); /* not an archive: copied */
 	assert_int_equal(kind(f, &t, "kept/a.tar.gz", NULL), KILN_ENTRY_FILE); /* no extract */
+	/* bzip2, and ".wh." is an ordinary name in an ADD archive (not a layer). */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/b.tar.bz2\",\"dest\":\"/bz/\",\"extract\":true}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "bz/.wh.note", "kept\n");
+	expect_file(f, &t, "bz/deep/z", "Z\n");
 }
 
 static void test_merge(void **state)
