@@ -57,48 +57,6 @@ static void usage(FILE *f)
 	      f);
 }
 
-/* ---- request helpers ---- */
-
-static bool has_token(const struct kiln_http_server_req *req,
-		      const char *token)
-{
-	const char *h = kiln_http_server_req_header(req, "Authorization");
-
-	if (!h || strncasecmp(h, "Bearer ", 7) ||
-	    strlen(h) > KILN_HTTP_TOKEN_MAX)
-		return false;
-	h += 7;
-	while (*h == ' ')
-		h++;
-	return kiln_http_token_eq(h, token);
-}
-
-static int deny(struct kiln_http_server_resp *resp)
-{
-	kiln_http_resp_error(resp, 401, "missing or invalid bearer token");
-	kiln_http_resp_header(resp, "WWW-Authenticate", "Bearer");
-	return 0;
-}
-
-/*
- * The token is checked here rather than by the server because kilnd has
- * two (workers, clients). Then the body is parsed: malformed -> 400.
- */
-static int parse_body(const struct kiln_http_server_req *req,
-		      struct kiln_http_server_resp *resp, json_t **out)
-{
-	json_error_t jerr;
-
-	*out = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES,
-			  &jerr);
-	if (*out)
-		return 0;
-	kiln_http_resp_error(resp, 400,
-			     "malformed JSON body: %s (line %d, column %d)",
-			     jerr.text, jerr.line, jerr.column);
-	return -EINVAL;
-}
-
 /* ---- handlers ---- */
 
 static int do_register(struct kilnd *d, json_t *body,
@@ -129,17 +87,7 @@ static int do_register(struct kilnd *d, json_t *body,
 static int handle_register(const struct kiln_http_server_req *req,
 			   struct kiln_http_server_resp *resp, void *ud)
 {
-	struct kilnd *d = ud;
-	json_t *body;
-	int r;
-
-	if (!has_token(req, d->worker_token))
-		return deny(resp);
-	if (parse_body(req, resp, &body) < 0)
-		return 0;
-	r = do_register(d, body, resp);
-	json_decref(body);
-	return r;
+	return do_register(ud, req->json, resp);
 }
 
 /* A non-negative integer member, 0 when absent; -EINVAL otherwise. */
@@ -193,20 +141,12 @@ static int handle_heartbeat(const struct kiln_http_server_req *req,
 {
 	struct kilnd *d = ud;
 	char id[65];
-	json_t *body;
-	int r;
 
-	if (!has_token(req, d->worker_token))
-		return deny(resp);
 	if (!heartbeat_id(req->rest, id)) {
 		kiln_http_resp_error(resp, 404, "no such endpoint");
 		return 0;
 	}
-	if (parse_body(req, resp, &body) < 0)
-		return 0;
-	r = do_heartbeat(d, id, body, resp);
-	json_decref(body);
-	return r;
+	return do_heartbeat(d, id, req->json, resp);
 }
 
 static int handle_list(const struct kiln_http_server_req *req,
@@ -214,8 +154,6 @@ static int handle_list(const struct kiln_http_server_req *req,
 {
 	struct kilnd *d = ud;
 
-	if (!has_token(req, d->client_token))
-		return deny(resp);
 	kiln_http_resp_json(resp, 200, kiln_workers_list_json(d->reg));
 	return 0;
 }
@@ -232,12 +170,13 @@ static int handle_health(const struct kiln_http_server_req *req,
 static int add_routes(struct kilnd *d)
 {
 	const struct kiln_http_route routes[] = {
+		/* Two roles: each route checks its own token (the server's is unset). */
 		{ "POST", "/v1/workers/register", handle_register, d,
-		  REGISTER_BODY_LIMIT, false, true },
+		  REGISTER_BODY_LIMIT, true, false, d->worker_token },
 		{ "POST", "/v1/workers/*", handle_heartbeat, d,
-		  HEARTBEAT_BODY_LIMIT, false, true },
-		{ "GET", "/v1/workers", handle_list, d, 0, false, true },
-		{ "GET", "/v1/health", handle_health, d, 0, false, true },
+		  HEARTBEAT_BODY_LIMIT, true, false, d->worker_token },
+		{ "GET", "/v1/workers", handle_list, d, 0, false, false, d->client_token },
+		{ "GET", "/v1/health", handle_health, d, 0, false, true, NULL },
 	};
 	size_t i;
 	int r;

@@ -346,12 +346,13 @@ static const struct route_entry *match(const struct kiln_http_server *s,
 	return best;
 }
 
-static bool authorized(const struct kiln_http_server *s,
+static bool authorized(const struct kiln_http_server *s, const struct kiln_http_route *r,
 		       struct MHD_Connection *conn)
 {
+	const char *token = r->token ? r->token : s->token;
 	const char *h;
 
-	if (!s->token)
+	if (!token)
 		return true;
 	h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 					MHD_HTTP_HEADER_AUTHORIZATION);
@@ -360,7 +361,7 @@ static bool authorized(const struct kiln_http_server *s,
 	h += 7;
 	while (*h == ' ')
 		h++;
-	return kiln_http_token_eq(h, s->token);
+	return kiln_http_token_eq(h, token);
 }
 
 /* True when the declared Content-Length is over limit. */
@@ -394,7 +395,7 @@ static enum MHD_Result begin(struct kiln_http_server *s,
 				  "method not allowed");
 	if (!e)
 		return send_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint");
-	if (!e->r.public && !authorized(s, conn))
+	if (!e->r.public && !authorized(s, &e->r, conn))
 		return send_error(conn, MHD_HTTP_UNAUTHORIZED,
 				  "missing or invalid bearer token");
 	if (declared_too_big(conn, e->r.body_limit))

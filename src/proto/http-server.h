@@ -166,6 +166,11 @@ struct kiln_http_route {
 	size_t body_limit; /* largest body accepted; 0 = no body (413) */
 	bool json;         /* parse the body as JSON: malformed -> 400 */
 	bool public;       /* no token required (health checks) */
+	/*
+	 * This route's bearer token (borrowed; must outlive the server), for
+	 * servers with several roles; NULL: the server's token.
+	 */
+	const char *token;
 };
 
 /* Create a server; nothing listens until kiln_http_server_start(). */

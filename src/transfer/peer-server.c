@@ -452,12 +452,12 @@ int kiln_peer_server_new(struct kiln_http_server *http,
 {
 	struct kiln_peer_server *p = xcalloc(1, sizeof(*p));
 	const struct kiln_http_route routes[] = {
-		{ "GET", "/v1/blobs/*", h_blob, p, 0, false, false },
+		{ "GET", "/v1/blobs/*", h_blob, p, 0, false, false, NULL },
 		{ "POST", "/v1/blobs/missing", h_missing, p,
-		  KILN_PEER_REQUEST_LIMIT, true, false },
+		  KILN_PEER_REQUEST_LIMIT, true, false, NULL },
 		{ "POST", "/v1/blobs/batch", h_batch, p,
-		  KILN_PEER_REQUEST_LIMIT, true, false },
-		{ "GET", "/v1/trees/*", h_tree, p, 0, false, false },
+		  KILN_PEER_REQUEST_LIMIT, true, false, NULL },
+		{ "GET", "/v1/trees/*", h_tree, p, 0, false, false, NULL },
 	};
 	size_t i;
 	int r;

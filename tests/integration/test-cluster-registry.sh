@@ -130,6 +130,8 @@ assert_eq "$(status -X POST --data-binary '{}' "$URL/v1/workers/0123/heartbeat")
 head -c $((2 << 20)) /dev/zero | tr '\0' ' ' >"$T/big"
 assert_eq "$(status -X POST -H "Authorization: Bearer $WTOK" --data-binary @"$T/big" "$URL/v1/workers/register")" \
 	413 "2 MiB body"
+# Without a token nothing of the body is read: 401 before the size matters.
+assert_eq "$(status -X POST --data-binary @"$T/big" "$URL/v1/workers/register")" 401 "2 MiB body without a token"
 assert_eq "$(status -X POST -H "Authorization: Bearer $WTOK" --data-binary '{"name": ' "$URL/v1/workers/register")" \
 	400 "malformed JSON"
 assert_eq "$(status -X POST -H "Authorization: Bearer $WTOK" --data-binary '{"addr":"http://x:1"}' "$URL/v1/workers/register")" \
