@@ -10,6 +10,7 @@
 #include "cache/index.h"
 
 #include <inttypes.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <string.h>
@@ -658,6 +659,22 @@ static int alias_locked(struct kiln_cache *c, const char *key, const char *alias
 	else
 		r = point_key(c, alias, id, err);
 	return tx_end(c, r, err);
+}
+
+void kiln_cache_meta_blobs(const char *meta, kiln_cache_blob_fn fn, void *ud)
+{
+	json_t *root, *v;
+	size_t i;
+
+	if (!meta || !(root = json_loads(meta, 0, NULL)))
+		return;
+	json_array_foreach(json_object_get(root, "blobs"), i, v) {
+		struct kiln_digest d;
+		bool ok = json_is_string(v) && kiln_digest_parse(json_string_value(v), &d) == 0;
+
+		fn(ud, i, ok ? &d : NULL);
+	}
+	json_decref(root);
 }
 
 int kiln_cache_alias(struct kiln_cache *c, const char *key, const char *alias,

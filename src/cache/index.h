@@ -40,6 +40,15 @@ struct kiln_cache_record {
 
 void kiln_cache_record_release(struct kiln_cache_record *r);
 
+/*
+ * The blobs a record's meta names ({"blobs": [...]}: image manifests,
+ * configs and layers, cached layer blobs) besides its trees: prune keeps
+ * them, fsck checks them. fn gets each entry's index and its digest, or
+ * NULL for an entry that is not one. Meta that is not such JSON names none.
+ */
+typedef void (*kiln_cache_blob_fn)(void *ud, size_t i, const struct kiln_digest *d);
+void kiln_cache_meta_blobs(const char *meta, kiln_cache_blob_fn fn, void *ud);
+
 /* Open or create the index at path (a file). */
 int kiln_cache_open(const char *path, struct kiln_cache **out,
 		    struct kiln_error **err);

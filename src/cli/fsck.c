@@ -67,29 +67,19 @@ static void fsck_problem(const struct kiln_digest *d, int code, void *ud)
 	f->problems++;
 }
 
-/* Blobs a record's meta {"blobs": [...]} lists (manifests, configs, layers). */
-static void fsck_meta(struct fsck *f, const char *meta)
+/* Each blob a record's meta names must be present and intact. */
+static void fsck_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
 {
-	json_t *root, *v;
-	size_t i;
+	struct fsck *f = ud;
 
-	if (!meta || !(root = json_loads(meta, 0, NULL)))
-		return;
-	json_array_foreach(json_object_get(root, "blobs"), i, v) {
-		struct kiln_digest d;
-
-		if (!json_is_string(v) ||
-		    kiln_digest_parse(json_string_value(v), &d) < 0) {
-			printf("fsck: record %s: meta blobs[%zu] is not a digest\n",
-			       f->key, i);
-			f->problems++;
-		} else if (kiln_digest_set_has(f->corrupt, &d)) {
-			fsck_problem(&d, -EBADMSG, f);
-		} else if (!kiln_store_has(kiln_worker_store(f->e.worker), &d)) {
-			fsck_problem(&d, -ENOENT, f);
-		}
+	if (!d) {
+		printf("fsck: record %s: meta blobs[%zu] is not a digest\n", f->key, i);
+		f->problems++;
+	} else if (kiln_digest_set_has(f->corrupt, d)) {
+		fsck_problem(d, -EBADMSG, f);
+	} else if (!kiln_store_has(kiln_worker_store(f->e.worker), d)) {
+		fsck_problem(d, -ENOENT, f);
 	}
-	json_decref(root);
 }
 
 static int fsck_record(const struct kiln_cache_record *r, void *ud)
@@ -115,7 +105,7 @@ static int fsck_record(const struct kiln_cache_record *r, void *ud)
 			f->problems++;
 		}
 	}
-	fsck_meta(f, r->meta);
+	kiln_cache_meta_blobs(r->meta, fsck_meta_blob, f);
 	f->key = NULL;
 	return 0;
 }

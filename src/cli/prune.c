@@ -56,27 +56,29 @@ static void prune_usage(FILE *f)
 	      f);
 }
 
-/* Digests listed in a record's meta {"blobs": [...]}; junk is ignored. */
+/* The digests a record's meta names; entries that are not one are skipped. */
+struct blob_list {
+	struct kiln_digest *d;
+	size_t n, alloc;
+};
+
+static void collect_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	struct blob_list *l = ud;
+
+	if (!d)
+		return;
+	l->d = xgrow(l->d, &l->alloc, l->n + 1, sizeof(*l->d));
+	l->d[l->n++] = *d;
+}
+
 static void meta_blobs(const char *meta, struct kiln_digest **out, size_t *n)
 {
-	json_t *root, *arr, *v;
-	size_t i, alloc = 0;
+	struct blob_list l = { 0 };
 
-	*out = NULL;
-	*n = 0;
-	if (!meta || !(root = json_loads(meta, 0, NULL)))
-		return;
-	arr = json_object_get(root, "blobs");
-	json_array_foreach(arr, i, v) {
-		struct kiln_digest d;
-
-		if (!json_is_string(v) ||
-		    kiln_digest_parse(json_string_value(v), &d) < 0)
-			continue;
-		*out = xgrow(*out, &alloc, *n + 1, sizeof(**out));
-		(*out)[(*n)++] = d;
-	}
-	json_decref(root);
+	kiln_cache_meta_blobs(meta, collect_blob, &l);
+	*out = l.d;
+	*n = l.n;
 }
 
 static int collect_rec(const struct kiln_cache_record *r, void *ud)

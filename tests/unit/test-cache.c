@@ -180,6 +180,39 @@ static void test_roundtrip_two_keys(void **state)
 	kiln_cache_free(c);
 }
 
+struct seen_blobs {
+	unsigned digests, junk;
+	size_t last;
+};
+
+static void count_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	struct seen_blobs *s = ud;
+
+	if (d)
+		s->digests++;
+	else
+		s->junk++;
+	s->last = i;
+}
+
+static void test_meta_blobs(void **state)
+{
+	struct seen_blobs s = { 0 };
+
+	kiln_cache_meta_blobs("{\"blobs\":[\"sha256:" "0000000000000000000000000000000000000000000000000000000000000001\","
+			      "17,\"sha256:0000000000000000000000000000000000000000000000000000000000000002\"]}",
+			      count_blob, &s);
+	assert_int_equal(s.digests, 2);
+	assert_int_equal(s.junk, 1);
+	assert_int_equal(s.last, 2);
+	memset(&s, 0, sizeof(s));
+	kiln_cache_meta_blobs(NULL, count_blob, &s);
+	kiln_cache_meta_blobs("not json", count_blob, &s);
+	kiln_cache_meta_blobs("{\"config\":1}", count_blob, &s);
+	assert_int_equal(s.digests + s.junk, 0);
+}
+
 /* An alias names the same record: no second row, the estimate unmoved. */
 static void test_alias(void **state)
 {
@@ -541,6 +574,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_roundtrip_two_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alias, setup, teardown),
+		cmocka_unit_test(test_meta_blobs),
 		cmocka_unit_test_setup_teardown(test_replace, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_foreach_order, setup, teardown),
