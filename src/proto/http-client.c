@@ -346,7 +346,8 @@ static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, call->follow ? 1L : 0L);
-	curl_easy_setopt(c, CURLOPT_MAXREDIRS, MAX_REDIRS);
+	curl_easy_setopt(c, CURLOPT_MAXREDIRS,
+			 call->max_redirects ? (long)call->max_redirects : MAX_REDIRS);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT,
 			 KILN_HTTP_CLIENT_LOW_SPEED_BYTES);

@@ -58,6 +58,7 @@ struct kiln_http_call {
 	 * follow to another host (CURLOPT_UNRESTRICTED_AUTH stays off).
 	 */
 	bool follow;
+	unsigned max_redirects;     /* with follow: 0 means 5 */
 	bool tls_noverify;
 	const char *ca_file;        /* CA bundle, or NULL for the default */
 	/*

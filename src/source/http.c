@@ -1,61 +1,41 @@
 #include "source/http.h"
 
-#include <curl/curl.h>
 #include <pthread.h>
 #include <string.h>
 
 #include "basic/alloc.h"
+#include "proto/http-client.h"
 
 #define HTTP_MAX_BYTES (16ull << 30)
+#define HTTP_CONNECT_TIMEOUT_MS 30000L
+#define HTTP_LOW_SPEED_TIME_S 60u
+#define HTTP_MAX_REDIRECTS 10u
 
 struct fetch {
 	struct kiln_store_writer *w;
 	uint64_t size;
-	int error; /* writer error, -E2BIG past the limit */
 };
 
-static size_t on_data(char *data, size_t sz, size_t n, void *ud)
+/* The download streams into the store writer, within the size limit. */
+static int on_data(void *ud, const void *data, size_t len)
 {
 	struct fetch *f = ud;
-	size_t len = sz * n;
 
-	if (f->size + len > HTTP_MAX_BYTES) {
-		f->error = -E2BIG;
-		return 0;
-	}
-	f->error = kiln_store_writer_write(f->w, data, len);
-	if (f->error < 0)
-		return 0;
+	if (f->size + len > HTTP_MAX_BYTES)
+		return -E2BIG;
 	f->size += len;
-	return len;
+	return kiln_store_writer_write(f->w, data, len);
 }
 
-static void global_init(void)
-{
-	curl_global_init(CURL_GLOBAL_DEFAULT);
-}
+static struct kiln_http_client *client;
 
-static CURL *new_handle(const char *url, struct fetch *f, char *errbuf)
+static void client_init(void)
 {
-	CURL *c = curl_easy_init();
+	const struct kiln_http_client_options o = {
+		.connect_timeout_ms = HTTP_CONNECT_TIMEOUT_MS,
+	};
 
-	if (!c)
-		return NULL;
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-	curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 30L);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
-	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "kiln/0.1");
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-	return c;
+	client = kiln_http_client_new(&o);
 }
 
 int kiln_http_fetch(struct kiln_store *s, const char *url,
@@ -63,37 +43,36 @@ int kiln_http_fetch(struct kiln_store *s, const char *url,
 		    uint64_t *size, struct kiln_error **err)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	char errbuf[CURL_ERROR_SIZE] = "";
+	struct kiln_http_result res;
 	struct fetch f = { 0 };
-	CURLcode rc;
-	CURL *c;
+	const struct kiln_http_call call = {
+		.method = "GET",
+		.url = url,
+		.follow = true,
+		.max_redirects = HTTP_MAX_REDIRECTS,
+		.low_speed_time_s = HTTP_LOW_SPEED_TIME_S,
+		.sink = on_data,
+		.sink_ud = &f,
+	};
 	int r;
 
-	pthread_once(&once, global_init);
+	pthread_once(&once, client_init);
 	r = kiln_store_writer_begin(s, &f.w, err);
 	if (r < 0)
 		return r;
-	c = new_handle(url, &f, errbuf);
-	if (!c) {
+	r = kiln_http_client_do(client, &call, &res, err);
+	if (r == -E2BIG)
+		r = kiln_error_set(err, r, "%s: larger than %llu bytes", url,
+				   (unsigned long long)HTTP_MAX_BYTES);
+	else if (r == 0 && (res.status < 200 || res.status > 299))
+		r = kiln_http_status_error(err, &call, &res);
+	else if (r < 0) /* the sink's store error carries no message yet */
+		kiln_error_seterrno(err, r, "%s: storing the download", url);
+	kiln_http_result_release(&res);
+	if (r < 0) {
 		kiln_store_writer_abort(f.w);
-		return kiln_error_set(err, -ENOMEM, "%s: cannot create an HTTP handle", url);
+		return r;
 	}
-	rc = curl_easy_perform(c);
-	if (rc != CURLE_OK) {
-		long status = 0;
-
-		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-		curl_easy_cleanup(c);
-		kiln_store_writer_abort(f.w);
-		if (f.error == -E2BIG)
-			return kiln_error_set(err, -E2BIG, "%s: larger than %llu bytes", url,
-					      (unsigned long long)HTTP_MAX_BYTES);
-		if (status >= 400)
-			return kiln_error_set(err, -EIO, "%s: HTTP status %ld", url, status);
-		return kiln_error_set(err, -EIO, "%s: %s", url,
-				      *errbuf ? errbuf : curl_easy_strerror(rc));
-	}
-	curl_easy_cleanup(c);
 	r = kiln_store_writer_commit(f.w, expected, out, err);
 	if (r < 0) {
 		kiln_error_prefix(err, "%s", url);
