@@ -14,13 +14,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <sys/xattr.h>
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
+#include "worker/worker.h"
 
 #define IMAGE_JSON_LIMIT (4u << 20)
 #define MAX_INDEX_DEPTH 4
@@ -168,34 +168,46 @@ static void platform_release(struct platform *p)
 	p->os = p->arch = p->variant = NULL;
 }
 
-static char *normalize_arch(const char *arch)
-{
-	if (!strcmp(arch, "x86_64") || !strcmp(arch, "x86-64"))
-		return xstrdup("amd64");
-	if (!strcmp(arch, "aarch64"))
-		return xstrdup("arm64");
-	return xstrdup(arch);
-}
-
+/*
+ * Platforms are normalized as everywhere else (kiln_platform_normalize:
+ * x86_64 is amd64, aarch64 is arm64, arm64/v8 is arm64, ...), so an op's
+ * platform and an index entry's compare alike.
+ */
 static void platform_set(struct platform *p, const char *os, const char *arch,
 			 const char *variant)
 {
-	p->os = xstrdup(os ? os : "");
-	p->arch = normalize_arch(arch ? arch : "");
-	/* arm64 is v8 unless it says otherwise. */
-	if (variant && !strcmp(p->arch, "arm64") && !strcmp(variant, "v8"))
-		variant = "";
-	p->variant = xstrdup(variant ? variant : "");
+	_cleanup_free_ char *s = NULL, *n = NULL;
+	char *a, *v;
+
+	if (!os || !*os || !arch || !*arch) {
+		p->os = xstrdup(os ? os : "");
+		p->arch = xstrdup(arch ? arch : "");
+		p->variant = xstrdup(variant ? variant : "");
+		return;
+	}
+	s = xasprintf("%s/%s%s%s", os, arch, variant && *variant ? "/" : "",
+		      variant && *variant ? variant : "");
+	n = kiln_platform_normalize(s);
+	a = strchr(n, '/');
+	*a++ = '\0';
+	v = strchr(a, '/');
+	if (v)
+		*v++ = '\0';
+	p->os = xstrdup(n);
+	p->arch = xstrdup(a);
+	p->variant = xstrdup(v ? v : "");
 }
 
 static void host_platform(struct platform *p)
 {
-	struct utsname u;
+	_cleanup_free_ char *native = kiln_platform_native();
+	char *a = strchr(native, '/'), *v;
 
-	if (uname(&u) < 0)
-		platform_set(p, "linux", "amd64", NULL);
-	else
-		platform_set(p, "linux", u.machine, NULL);
+	*a++ = '\0';
+	v = strchr(a, '/');
+	if (v)
+		*v++ = '\0';
+	platform_set(p, native, a, v);
 }
 
 /* Parse "os/arch[/variant]". */

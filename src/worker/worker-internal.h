@@ -29,7 +29,6 @@ struct kiln_worker {
 /* ---- platform.c ---- */
 
 /* Normalized platform of this machine from uname(2); caller frees. */
-char *kiln_platform_native(void);
 
 /* ---- mount.c ---- */
 
