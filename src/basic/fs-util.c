@@ -356,6 +356,18 @@ char *kiln_path_clean(const char *path)
 	return out;
 }
 
+char *kiln_path_clean_abs(const char *path)
+{
+	_cleanup_free_ char *clean = kiln_path_clean(path);
+
+	return xasprintf("/%s", clean);
+}
+
+bool kiln_path_has_glob(const char *s)
+{
+	return strpbrk(s, "*?[") != NULL;
+}
+
 bool kiln_path_has_dotdot(const char *path)
 {
 	const char *p = path;

@@ -89,6 +89,12 @@ int kiln_fsync_path(const char *path);
  */
 char *kiln_path_clean(const char *path);
 
+/* kiln_path_clean as an absolute path: "/a/b", the root "/". */
+char *kiln_path_clean_abs(const char *path);
+
+/* Does s hold a glob character ('*', '?' or '[')? */
+bool kiln_path_has_glob(const char *s);
+
 /* True if any component of path is exactly "..". */
 bool kiln_path_has_dotdot(const char *path);
 

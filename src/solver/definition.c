@@ -264,7 +264,7 @@ static int get_edge(struct pctx *p, json_t *obj, const char *field, bool require
 static int get_abs_path(struct pctx *p, json_t *obj, const char *field,
 			bool required, char **out)
 {
-	_cleanup_free_ char *raw = NULL, *clean = NULL;
+	_cleanup_free_ char *raw = NULL;
 	int r = get_str(p, obj, field, required, &raw);
 
 	*out = NULL;
@@ -272,8 +272,7 @@ static int get_abs_path(struct pctx *p, json_t *obj, const char *field,
 		return r;
 	if (raw[0] != '/')
 		return op_err(p, field, "'%s' must be an absolute path", raw);
-	clean = kiln_path_clean(raw);
-	*out = xasprintf("/%s", clean);
+	*out = kiln_path_clean_abs(raw);
 	return 0;
 }
 
@@ -330,8 +329,7 @@ static int parse_local(struct pctx *p, json_t *o)
 	{
 		_cleanup_free_ char *joined = path[0] == '/' ? xstrdup(path)
 					      : kiln_path_join(p->base_dir, path);
-		_cleanup_free_ char *clean = kiln_path_clean(joined);
-		p->op->local_path = xasprintf("/%s", clean);
+		p->op->local_path = kiln_path_clean_abs(joined);
 	}
 	r = get_str_array(p, o, "include", &p->op->include, &p->op->n_include);
 	if (r < 0)

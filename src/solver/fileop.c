@@ -37,11 +37,6 @@ static int act_err(struct fctx *c, int code, const char *fmt, ...)
 			      m ? m : "failed");
 }
 
-static bool has_glob(const char *s)
-{
-	return strpbrk(s, "*?[") != NULL;
-}
-
 /* Rewrite owner/mode below (and including) e when the action asks. */
 static int apply_meta(struct fctx *c, struct kiln_tree_entry *e,
 		      const struct kiln_file_action *a);
@@ -129,7 +124,7 @@ static int expand(struct fctx *c, struct kiln_tree_editor *src, const char *patt
 			struct kiln_tree_entry dir = { 0 };
 			struct kiln_tree t = KILN_TREE_INIT;
 
-			if (!has_glob(comp)) {
+			if (!kiln_path_has_glob(comp)) {
 				next = xgrow(next, &alloc, nnext + 1, sizeof(char *));
 				next[nnext++] = kiln_path_join(cur[i], comp);
 				continue;
@@ -418,6 +413,7 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 	_cleanup_free_ char *dest = NULL;
 	char **matches = NULL;
 	size_t n = 0, i;
+	bool glob = orig->allow_wildcard && kiln_path_has_glob(orig->src);
 	int r;
 
 	r = resolve_owner(c, orig, &eff.uid, &eff.gid);
@@ -427,7 +423,7 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 	if (r < 0)
 		return r;
 	r = kiln_tree_editor_resolve(c->ed, a->path + 1, false, &dest, c->err);
-	if (r == 0 && a->allow_wildcard && has_glob(a->src))
+	if (r == 0 && glob)
 		r = expand(c, src, a->src, &matches, &n);
 	else if (r == 0) {
 		matches = xcalloc(1, sizeof(char *));
@@ -438,7 +434,7 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 		r = act_err(c, -ENOENT, "copy: no source matches '%s'", a->src);
 	for (i = 0; r == 0 && i < n; i++)
 		r = copy_one(c, a, src, dest, matches[i],
-			     n > 1 || (a->allow_wildcard && has_glob(a->src)));
+			     n > 1 || glob);
 	for (i = 0; i < n; i++)
 		free(matches[i]);
 	free(matches);

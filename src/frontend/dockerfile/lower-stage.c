@@ -22,13 +22,6 @@ static char esc_of(const struct lower *L)
 }
 
 /* "/" + cleaned p. */
-static char *abs_clean(const char *p)
-{
-	_cleanup_free_ char *c = kiln_path_clean(p);
-
-	return xasprintf("/%s", c);
-}
-
 static const char *workdir_of(const struct stage_state *s)
 {
 	json_t *wd = json_object_get(image_config(s->image), "WorkingDir");
@@ -45,7 +38,7 @@ static char *resolve_path(const struct stage_state *s, const char *p)
 		   (l >= 2 && !strcmp(p + l - 2, "/."));
 	_cleanup_free_ char *joined = p[0] == '/' ? xstrdup(p)
 				      : kiln_path_join(workdir_of(s), p);
-	_cleanup_free_ char *abs = abs_clean(joined);
+	_cleanup_free_ char *abs = kiln_path_clean_abs(joined);
 
 	if (dir && strcmp(abs, "/"))
 		return xasprintf("%s/", abs);
@@ -580,7 +573,7 @@ static int mount_bind(struct ictx *c, const struct mount_spec *m, size_t idx, js
 		return r;
 	json_object_set_new(o, "input", json_string(input));
 	if (m->v[MK_SOURCE]) {
-		_cleanup_free_ char *src = abs_clean(m->v[MK_SOURCE]);
+		_cleanup_free_ char *src = kiln_path_clean_abs(m->v[MK_SOURCE]);
 		json_object_set_new(o, "source", json_string(src));
 	}
 	if (m->v[MK_RW]) {
@@ -909,7 +902,7 @@ int lower_workdir(struct ictx *c)
 	{
 		_cleanup_free_ char *j = raw[0] == '/' ? xstrdup(raw)
 				       : kiln_path_join(workdir_of(s), raw);
-		wd = abs_clean(j);
+		wd = kiln_path_clean_abs(j);
 	}
 	json_object_set_new(image_config(s->image), "WorkingDir", json_string(wd));
 	hist = xasprintf("WORKDIR %s", wd);
@@ -952,11 +945,6 @@ static void copy_release(struct copy *cp)
 	free(cp->dest);
 	json_decref(cp->actions);
 	kiln_strbuf_release(&cp->hist);
-}
-
-static bool has_glob(const char *s)
-{
-	return strpbrk(s, "*?[") != NULL;
 }
 
 static bool ends_with_ci(const char *s, const char *suffix)
@@ -1132,7 +1120,7 @@ static int copy_local(struct ictx *c, struct copy *cp, const char *src)
 	/* Docker copies a directory's contents: "/dir/." (a file stays a file). */
 	path = *clean ? xasprintf("/%s/.", clean) : xstrdup("/.");
 	a = copy_action(c, cp, from, path);
-	if (has_glob(src))
+	if (kiln_path_has_glob(src))
 		json_object_set_new(a, "allow_not_found", json_true());
 	if (cp->add && !cp->from_op && looks_archive(clean))
 		json_object_set_new(a, "extract", json_true());
