@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "basic/alloc.h"
+#include "basic/base64.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
@@ -55,49 +56,6 @@ struct kiln_registry_auth {
 	size_t n_tokens, a_tokens;
 	uint64_t token_fetches;
 };
-
-/* ---- base64 ("auth" entries) ---- */
-
-static int b64_value(char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-/* Decode standard base64 (padding optional); NULL on junk. */
-static char *b64_decode(const char *s, size_t *len)
-{
-	size_t n = strlen(s), o = 0, i;
-	char *out = xmalloc(n / 4 * 3 + 4);
-	uint32_t acc = 0;
-	int bits = 0, v;
-
-	for (i = 0; i < n && s[i] != '='; i++) {
-		v = b64_value(s[i]);
-		if (v < 0) {
-			free(out);
-			return NULL;
-		}
-		acc = (acc << 6) | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out[o++] = (char)((acc >> bits) & 0xff);
-		}
-	}
-	out[o] = '\0';
-	*len = o;
-	return out;
-}
 
 /* ---- credentials ---- */
 
@@ -183,7 +141,7 @@ static int entry_userpass(const char *path, const char *key, json_t *e,
 	size_t len;
 
 	if (auth && *auth) {
-		dec = b64_decode(auth, &len);
+		dec = kiln_base64_decode(auth, &len);
 		colon = dec ? memchr(dec, ':', len) : NULL;
 		if (!colon || strlen(dec) != len)
 			return kiln_error_set(err, -EINVAL, "docker config %s: "
