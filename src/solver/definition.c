@@ -1158,6 +1158,8 @@ int kiln_definition_parse(const char *text, size_t len, const char *filename,
 	d = xcalloc(1, sizeof(*d));
 	d->source = xstrdup(filename);
 	d->default_platform = xstrdup(default_platform ? default_platform : "linux/amd64");
+	d->text = xstrndup(text, len);
+	d->base_dir = xstrdup(base_dir ? base_dir : "/");
 	p.def = d;
 	p.ids = json_object();
 	r = parse_root(&p, root);
@@ -1252,5 +1254,7 @@ void kiln_definition_free(struct kiln_definition *d)
 	free(d->outputs);
 	free(d->default_platform);
 	free(d->source);
+	free(d->text);
+	free(d->base_dir);
 	free(d);
 }

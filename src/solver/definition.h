@@ -135,6 +135,9 @@ struct kiln_definition {
 	size_t n_outputs;
 	char *default_platform;
 	char *source; /* file name for errors */
+	/* What it was parsed from: kilnd parses the same text the same way. */
+	char *text;
+	char *base_dir;
 };
 
 /*

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "basic/alloc.h"
+#include "basic/macro.h"
 
 struct kiln_progress {
 	enum kiln_progress_mode mode;
@@ -197,20 +198,126 @@ void kiln_progress_log(struct kiln_progress *p, const char *vertex, int stream,
 	pthread_mutex_unlock(&p->lock);
 }
 
-void kiln_progress_summary(struct kiln_progress *p, const char *worker, unsigned run,
-			   unsigned cached, uint64_t wall_ns, bool ok)
+void kiln_progress_summary(struct kiln_progress *p,
+			   const struct kiln_progress_tally *workers, size_t n,
+			   uint64_t bytes_moved, uint64_t wall_ns, bool ok)
 {
+	unsigned run = 0, cached = 0;
+	size_t i;
+
 	if (p->mode == KILN_PROGRESS_QUIET)
 		return;
 	pthread_mutex_lock(&p->lock);
 	if (p->mode == KILN_PROGRESS_JSON) {
-		json_t *w = json_pack("{s{sisi}}", worker, "run", run, "cached", cached);
-		emit_json(p, json_pack("{s{sbsosf}}", "summary", "ok", ok, "workers", w,
-				       "seconds", (double)wall_ns / 1e9));
+		json_t *w = json_object();
+
+		for (i = 0; i < n; i++)
+			json_object_set_new(w, workers[i].worker,
+					    json_pack("{sisi}", "run", workers[i].run, "cached",
+						      workers[i].cached));
+		emit_json(p, json_pack("{s{sbsosIsf}}", "summary", "ok", ok, "workers", w,
+				       "bytes_moved", (json_int_t)bytes_moved, "seconds",
+				       (double)wall_ns / 1e9));
 	} else {
-		fprintf(p->out, "%s: %u steps run, %u cached on worker %s in %.2fs\n",
-			ok ? "done" : "failed", run, cached, worker, (double)wall_ns / 1e9);
+		for (i = 0; i < n; i++) {
+			run += workers[i].run;
+			cached += workers[i].cached;
+		}
+		fprintf(p->out, "%s: %u steps run, %u cached in %.2fs", ok ? "done" : "failed",
+			run, cached, (double)wall_ns / 1e9);
+		if (n == 1)
+			fprintf(p->out, " on worker %s", workers[0].worker);
+		if (bytes_moved)
+			fprintf(p->out, "; %.1f MiB moved between workers",
+				(double)bytes_moved / (1024.0 * 1024.0));
+		fputc('\n', p->out);
+		for (i = 0; n > 1 && i < n; i++)
+			fprintf(p->out, "  %s: %u run, %u cached\n", workers[i].worker,
+				workers[i].run, workers[i].cached);
 		fflush(p->out);
 	}
 	pthread_mutex_unlock(&p->lock);
+}
+
+/* "2025-01-02T03:04:05.678Z" (as rfc3339() writes it) to unix ns; 0 if not. */
+static uint64_t parse_time(const json_t *v)
+{
+	const char *s = json_string_value(v), *rest;
+	uint64_t frac = 0, scale = 1000000000u;
+	struct tm tm = { 0 };
+	time_t t;
+
+	if (!s || !(rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm)))
+		return 0;
+	t = timegm(&tm);
+	if (*rest == '.')
+		for (rest++; *rest >= '0' && *rest <= '9' && scale > 1; rest++) {
+			scale /= 10;
+			frac += (uint64_t)(*rest - '0') * scale;
+		}
+	return t < 0 ? 0 : (uint64_t)t * 1000000000u + frac;
+}
+
+static void replay_summary(struct kiln_progress *p, json_t *sum)
+{
+	json_t *workers = json_object_get(sum, "workers"), *w;
+	struct kiln_progress_tally *t = xcalloc(json_object_size(workers) + 1, sizeof(*t));
+	const char *name;
+	size_t n = 0;
+
+	json_object_foreach(workers, name, w) {
+		t[n].worker = name;
+		t[n].run = (unsigned)json_integer_value(json_object_get(w, "run"));
+		t[n].cached = (unsigned)json_integer_value(json_object_get(w, "cached"));
+		n++;
+	}
+	kiln_progress_summary(p, t, n,
+			      (uint64_t)json_integer_value(json_object_get(sum, "bytes_moved")),
+			      (uint64_t)(json_number_value(json_object_get(sum, "seconds")) * 1e9),
+			      json_is_true(json_object_get(sum, "ok")));
+	free(t);
+}
+
+void kiln_progress_replay(struct kiln_progress *p, const char *line, size_t len)
+{
+	json_t *o = json_loadb(line, len, 0, NULL), *v;
+	const char *status;
+	size_t i;
+
+	if (!json_is_object(o) || p->mode == KILN_PROGRESS_QUIET)
+		goto out;
+	if (p->mode == KILN_PROGRESS_JSON) {
+		pthread_mutex_lock(&p->lock);
+		emit_json(p, o);
+		pthread_mutex_unlock(&p->lock);
+		return;
+	}
+	if ((v = json_object_get(o, "summary"))) {
+		replay_summary(p, v);
+	} else if ((v = json_object_get(o, "log"))) {
+		kiln_progress_log(p, json_string_value(json_object_get(o, "vertex")) ?: "",
+				  (int)json_integer_value(json_object_get(o, "stream")),
+				  json_string_value(v) ?: "", json_string_length(v));
+	} else if ((status = json_string_value(json_object_get(o, "status")))) {
+		struct kiln_vertex_event ev = {
+			.vertex = json_string_value(json_object_get(o, "vertex")) ?: "",
+			.name = json_string_value(json_object_get(o, "name")) ?: "",
+			.cached = json_is_true(json_object_get(o, "cached")),
+			.platform = json_string_value(json_object_get(o, "platform")),
+			.worker = json_string_value(json_object_get(o, "worker")),
+			.emulated = json_is_true(json_object_get(o, "emulated")),
+			.started = parse_time(json_object_get(o, "started")),
+			.completed = parse_time(json_object_get(o, "completed")),
+			.error = json_string_value(json_object_get(o, "error")),
+		};
+
+		for (i = 0; i < ARRAY_SIZE(status_names); i++)
+			if (!strcmp(status, status_names[i])) {
+				ev.status = (enum kiln_vertex_status)i;
+				kiln_progress_vertex(p, &ev);
+				break;
+			}
+	}
+out:
+	json_decref(o);
 }

@@ -57,7 +57,24 @@ void kiln_progress_free(struct kiln_progress *p);
 void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_event *ev);
 void kiln_progress_log(struct kiln_progress *p, const char *vertex, int stream,
 		       const char *data, size_t len);
-/* Final line: steps run/cached per worker, wall time. */
-void kiln_progress_summary(struct kiln_progress *p, const char *worker,
-			   unsigned run, unsigned cached, uint64_t wall_ns,
-			   bool ok);
+/*
+ * Render one JSON line as another process's progress wrote it (kilnd's,
+ * for `kiln build --addr`): JSON mode passes it through, the others draw
+ * it as if the event happened here. Lines that are not progress are
+ * ignored.
+ */
+void kiln_progress_replay(struct kiln_progress *p, const char *line, size_t len);
+
+/* Steps one worker ran or served from the cache in one build. */
+struct kiln_progress_tally {
+	const char *worker;
+	unsigned run, cached;
+};
+
+/*
+ * Final line: steps run/cached per worker, bytes workers pulled from each
+ * other, wall time.
+ */
+void kiln_progress_summary(struct kiln_progress *p,
+			   const struct kiln_progress_tally *workers, size_t n,
+			   uint64_t bytes_moved, uint64_t wall_ns, bool ok);

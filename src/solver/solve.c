@@ -24,7 +24,6 @@
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
-#include "solver/fileop.h"
 #include "source/http.h"
 #include "source/image.h"
 #include "source/local.h"
@@ -47,6 +46,11 @@ struct vertex {
 	size_t *dependents;
 	size_t n_dependents, alloc_dependents;
 	bool cached, emulated;
+	bool shared;     /* run by another build (in-flight dedup) */
+	unsigned lost;   /* times its inputs were lost under it */
+	uint64_t moved;  /* bytes its worker pulled from other workers */
+	bool threaded;   /* a job thread runs it (join in finish) */
+	struct kiln_placement where;
 	uint64_t started, completed;
 	uint64_t est_ms, priority;
 	/* job */
@@ -67,8 +71,22 @@ struct solver {
 	size_t *done_q;
 	size_t n_done_q;
 	unsigned running, slots, n_run, n_cached;
+	uint64_t moved;
+	struct kiln_progress_tally *tally;
+	size_t n_tally;
+	struct kiln_executor local; /* the embedded executor */
 	struct kiln_error *failure;
 };
+
+static const struct kiln_executor *executor(struct solver *s)
+{
+	return s->o->executor ? s->o->executor : &s->local;
+}
+
+static void *executor_ud(struct solver *s)
+{
+	return s->o->executor ? s->o->executor->ud : s;
+}
 
 /* The vertex of input i of v (identical ops share one vertex). */
 static inline size_t in_of(const struct solver *s, const struct vertex *v, size_t i)
@@ -90,18 +108,9 @@ static void assert_vertex_state(const struct solver *s, size_t i)
 static inline void assert_vertex_state(const struct solver *s, size_t i) {}
 #endif
 
-/*
- * How errors name an op: the step as progress shows it when the op has a
- * name (every Dockerfile op does), else its id in the graph.
- */
-static char *who(const struct kiln_op *op)
-{
-	return op->name ? xasprintf("step %s", op->name) : xasprintf("op '%s'", op->id);
-}
-
 static void prefix_who(struct kiln_error **err, const struct kiln_op *op)
 {
-	_cleanup_free_ char *w = who(op);
+	_cleanup_free_ char *w = kiln_op_who(op);
 
 	kiln_error_prefix(err, "%s", w);
 }
@@ -109,6 +118,24 @@ static void prefix_who(struct kiln_error **err, const struct kiln_op *op)
 static const char *worker_name(const struct solver *s)
 {
 	return s->o->worker_name ? s->o->worker_name : "local";
+}
+
+static void tally(struct solver *s, const char *worker, bool cached)
+{
+	size_t i;
+
+	for (i = 0; i < s->n_tally; i++)
+		if (!strcmp(s->tally[i].worker, worker))
+			break;
+	if (i == s->n_tally) {
+		s->tally = xrealloc(s->tally, (s->n_tally + 1) * sizeof(*s->tally));
+		s->tally[i] = (struct kiln_progress_tally){ .worker = xstrdup(worker) };
+		s->n_tally++;
+	}
+	if (cached)
+		s->tally[i].cached++;
+	else
+		s->tally[i].run++;
 }
 
 static void emit(struct solver *s, struct vertex *v, enum kiln_vertex_status st,
@@ -120,13 +147,15 @@ static void emit(struct solver *s, struct vertex *v, enum kiln_vertex_status st,
 		.status = st,
 		.cached = v->cached,
 		.platform = v->op->platform,
-		.worker = worker_name(s),
+		.worker = v->where.worker[0] ? v->where.worker : worker_name(s),
 		.emulated = v->emulated,
 		.started = v->started,
 		.completed = v->completed,
 		.error = error,
 	};
 
+	if (st == KILN_VERTEX_CACHED || st == KILN_VERTEX_DONE)
+		tally(s, ev.worker, st == KILN_VERTEX_CACHED);
 	if (s->o->progress)
 		kiln_progress_vertex(s->o->progress, &ev);
 }
@@ -207,7 +236,7 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key)
 		return false;
 	if (rec.n_outputs == 1 &&
 	    (kiln_tree_is_empty_digest(&rec.outputs[0]) ||
-	     kiln_store_has(kiln_worker_store(s->o->worker), &rec.outputs[0]))) {
+	     executor(s)->have(executor_ud(s), &rec.outputs[0]))) {
 		v->result = rec.outputs[0];
 		free(v->meta);
 		v->meta = rec.meta ? xstrdup(rec.meta) : NULL;
@@ -238,7 +267,7 @@ static void record(struct solver *s, struct vertex *v, uint64_t duration_ns)
 	rec.meta = v->meta;
 	rec.created = (int64_t)(kiln_now_real_ns() / 1000000000u);
 	rec.duration_ms = duration_ns / 1000000u;
-	rec.worker = (char *)worker_name(s);
+	rec.worker = (char *)(v->where.worker[0] ? v->where.worker : worker_name(s));
 	rec.platform = v->op->platform;
 	rec.size = v->size;
 	/* Losing a record only costs a rebuild: warn, do not fail. */
@@ -246,11 +275,41 @@ static void record(struct solver *s, struct vertex *v, uint64_t duration_ns)
 		log_warn("cannot record cache entry for %s: %s", v->name, kiln_error_msg(err));
 }
 
-static const struct kiln_digest *input_tree(struct solver *s, const struct vertex *v,
-					    int i)
+/* ---- the embedded executor: every job on opts->worker ---- */
+
+static int local_check_platform(void *ud, const char *platform, bool *emulated,
+				struct kiln_error **err)
 {
-	return &s->v[in_of(s, v, (size_t)i)].result;
+	struct solver *s = ud;
+
+	return kiln_worker_check_platform(s->o->worker, platform, emulated, err);
 }
+
+static bool local_have(void *ud, const struct kiln_digest *tree)
+{
+	struct solver *s = ud;
+
+	return kiln_store_has(kiln_worker_store(s->o->worker), tree);
+}
+
+static int local_run(void *ud, const struct kiln_task *ej, struct kiln_task_result *out,
+		     struct kiln_error **err)
+{
+	struct solver *s = ud;
+	const struct kiln_op *op = &ej->job.def->ops[ej->job.op];
+
+	snprintf(out->where.worker, sizeof(out->where.worker), "%s", worker_name(s));
+	out->where.emulated = false;
+	if (op->type == KILN_OP_EXEC &&
+	    kiln_worker_check_platform(s->o->worker, op->platform, &out->where.emulated,
+				       NULL) < 0)
+		out->where.emulated = false;
+	if (ej->placed)
+		ej->placed(ej->placed_ud, &out->where);
+	return kiln_job_run(s->o->worker, &ej->job, &out->res, err);
+}
+
+/* ---- jobs ---- */
 
 static void on_output(void *ud, int stream, const char *data, size_t len)
 {
@@ -262,225 +321,38 @@ static void on_output(void *ud, int stream, const char *data, size_t len)
 		kiln_progress_log(s->o->progress, v->digest, stream, data, len);
 }
 
-/* Give the worker a layer chain for tree built close to the hint's. */
-static void prepare_layers(struct solver *s, int vi)
+static void on_placed(void *ud, const struct kiln_placement *where)
 {
-	struct kiln_layers *l = kiln_worker_layers(s->o->worker);
-	struct vertex *v = &s->v[vi];
-	struct kiln_chain chain = { 0 };
+	void **pair = ud;
+	struct solver *s = pair[0];
+	struct vertex *v = pair[1];
 
-	if (kiln_layers_has(l, &v->result))
-		return;
-	if (v->hint >= 0)
-		prepare_layers(s, v->hint);
-	if (kiln_layers_materialize(l, &v->result, v->hint >= 0 ? &s->v[v->hint].result : NULL,
-				    &chain, NULL) == 0)
-		kiln_chain_release(&chain);
+	v->where = *where;
+	v->emulated = where->emulated;
+	emit(s, v, KILN_VERTEX_RUNNING, NULL);
 }
 
-static char *command_line(const struct kiln_op *op)
+/*
+ * The trees an exec's rootfs is an edit of, base first: its input's hint
+ * chain (file ops on file ops), so the worker stacks small layers.
+ */
+static size_t rootfs_chain(struct solver *s, const struct vertex *v, struct kiln_digest **out)
 {
-	_cleanup_strbuf_ struct kiln_strbuf sb = KILN_STRBUF_INIT(1024);
-	size_t i;
+	size_t n = 0, k;
+	int h;
 
-	for (i = 0; i < op->n_args; i++)
-		if (kiln_strbuf_addf(&sb, "%s%s", i ? " " : "", op->args[i]) < 0)
-			break;
-	return kiln_strbuf_detach(&sb, NULL);
-}
-
-static const struct kiln_secret *find_secret(struct solver *s, const char *id)
-{
-	size_t i;
-
-	for (i = 0; i < s->o->n_secrets; i++)
-		if (!strcmp(s->o->secrets[i].id, id))
-			return &s->o->secrets[i];
-	return NULL;
-}
-
-/* A missing optional secret leaves nothing mounted (an empty tmpfs). */
-static int secret_mount(struct solver *s, const struct kiln_op *op,
-			const struct kiln_def_mount *m, struct kiln_exec_mount *em,
-			struct kiln_error **err)
-{
-	const struct kiln_secret *sec = find_secret(s, m->cache_id);
-	_cleanup_free_ char *w = who(op);
-
-	if (!sec && m->required)
-		return kiln_error_set(err, -ENOENT,
-				      "%s: secret '%s' is required but was not given (kiln build --secret id=%s,src=FILE)",
-				      w, m->cache_id, m->cache_id);
-	if (!sec) {
-		em->type = KILN_MOUNT_TMPFS;
-		em->tmpfs_size = 4096;
+	*out = NULL;
+	if (v->op->type != KILN_OP_EXEC)
 		return 0;
-	}
-	em->type = KILN_MOUNT_SECRET;
-	em->secret = sec->data;
-	em->secret_len = sec->len;
-	em->mode = (uint32_t)m->mode;
-	em->uid = (uint32_t)m->uid;
-	em->gid = (uint32_t)m->gid;
-	return 0;
-}
-
-static int job_exec(struct solver *s, struct vertex *v, struct kiln_error **err)
-{
-	const struct kiln_op *op = v->op;
-	struct kiln_exec_mount *mounts = xcalloc(op->n_mounts + 1, sizeof(*mounts));
-	struct kiln_exec_request req = { 0 };
-	struct kiln_exec_result res = { 0 };
-	_cleanup_free_ char *id = kiln_random_hex(8), *cmd = NULL, *w = who(op);
-	void *pair[2] = { s, v };
-	size_t i;
-	int r = 0;
-
-	prepare_layers(s, (int)in_of(s, v, (size_t)op->rootfs));
-	for (i = 0; r == 0 && i < op->n_mounts; i++) {
-		const struct kiln_def_mount *m = &op->mounts[i];
-		struct kiln_exec_mount *em = &mounts[i];
-
-		em->target = m->target;
-		switch (m->kind) {
-		case KILN_DEF_MOUNT_BIND: {
-			struct kiln_tree_entry e = { 0 };
-
-			em->type = KILN_MOUNT_TREE;
-			em->readonly = m->readonly;
-			r = kiln_tree_lookup(kiln_worker_store(s->o->worker),
-					     input_tree(s, v, m->input), m->source, &e, err);
-			if (r == 0 && e.type != KILN_ENTRY_DIR)
-				r = kiln_error_set(err, -ENOTDIR,
-						   "%s: mount %s: source /%s is not a directory",
-						   w, m->target, m->source);
-			em->tree = e.digest;
-			kiln_tree_entry_release(&e);
-			break;
-		}
-		case KILN_DEF_MOUNT_CACHE:
-			em->type = KILN_MOUNT_CACHE;
-			em->cache_id = m->cache_id;
-			em->sharing = m->sharing == KILN_SHARING_LOCKED ? KILN_MOUNT_LOCKED
-				      : m->sharing == KILN_SHARING_PRIVATE ? KILN_MOUNT_PRIVATE
-									   : KILN_MOUNT_SHARED;
-			em->mode = (uint32_t)m->mode;
-			em->uid = (uint32_t)m->uid;
-			em->gid = (uint32_t)m->gid;
-			break;
-		case KILN_DEF_MOUNT_SECRET:
-			r = secret_mount(s, op, m, em, err);
-			break;
-		case KILN_DEF_MOUNT_TMPFS:
-			em->type = KILN_MOUNT_TMPFS;
-			em->tmpfs_size = m->size;
-			break;
-		}
-	}
-	if (r < 0)
-		goto out;
-	req.id = id;
-	req.rootfs = *input_tree(s, v, op->rootfs);
-	req.argv = (const char *const *)op->args;
-	req.env = (const char *const *)op->env;
-	req.cwd = op->cwd;
-	req.user = op->user;
-	req.network_host = op->network_host;
-	req.mounts = mounts;
-	req.n_mounts = op->n_mounts;
-	req.platform = op->platform;
-	req.output = on_output;
-	req.output_ud = pair;
-	r = kiln_worker_exec(s->o->worker, &req, &res, err);
-	if (r < 0) {
-		kiln_error_prefix(err, "%s", w);
-		goto out;
-	}
-	if (res.exit_code != 0) {
-		cmd = command_line(op);
-		r = kiln_error_set(err, -ECANCELED,
-				   "%s: process \"%s\" did not complete successfully: exit code %d%s%s",
-				   w, cmd, res.exit_code,
-				   res.tail && *res.tail ? "\n--- last output ---\n" : "",
-				   res.tail ? res.tail : "");
-		goto out;
-	}
-	v->result = res.rootfs;
-out:
-	kiln_exec_result_release(&res);
-	free(mounts);
-	return r;
-}
-
-static int job_image(struct solver *s, struct vertex *v, struct kiln_error **err)
-{
-	struct kiln_image_ref ref = { 0 };
-	struct kiln_image img = { 0 };
-	json_t *meta, *blobs;
-	size_t i;
-	int r;
-
-	r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
-	if (r == 0)
-		r = kiln_image_import(kiln_worker_store(s->o->worker),
-				      kiln_worker_layers(s->o->worker), &ref, &v->pin, &img, err);
-	if (r == 0) {
-		v->result = img.rootfs;
-		blobs = json_pack("[ss]", KILN_DIGEST_STR(&img.manifest),
-				  KILN_DIGEST_STR(&img.config));
-		for (i = 0; i < img.n_layers; i++)
-			json_array_append_new(blobs, json_string(KILN_DIGEST_STR(&img.layers[i])));
-		meta = json_pack("{ssssso}", "manifest", KILN_DIGEST_STR(&img.manifest),
-				 "config", KILN_DIGEST_STR(&img.config), "blobs", blobs);
-		v->meta = json_dumps(meta, JSON_COMPACT | JSON_SORT_KEYS);
-		json_decref(meta);
-	}
-	kiln_image_release(&img);
-	kiln_image_ref_release(&ref);
-	return r;
-}
-
-static int job_file(struct solver *s, struct vertex *v, struct kiln_error **err)
-{
-	const struct kiln_op *op = v->op;
-	_cleanup_free_ struct kiln_digest *ins = xcalloc(op->n_inputs + 1, sizeof(*ins));
-	size_t i;
-
-	for (i = 0; i < op->n_inputs; i++)
-		ins[i] = *input_tree(s, v, (int)i);
-	if (op->type == KILN_OP_MERGE)
-		return kiln_merge_trees(kiln_worker_store(s->o->worker), ins, op->n_inputs,
-					&v->result, err);
-	return kiln_fileop_run(kiln_worker_store(s->o->worker), op,
-			       op->rootfs >= 0 ? &ins[op->rootfs] : NULL, ins, &v->result, err);
-}
-
-/* The result of source.http: a tree holding the one downloaded file. */
-static int job_http(struct solver *s, struct vertex *v, struct kiln_error **err)
-{
-	struct kiln_store *st = kiln_worker_store(s->o->worker);
-	struct kiln_tree t = KILN_TREE_INIT;
-	struct kiln_tree_entry e = { 0 };
-	uint64_t size = 0;
-	int r = 0;
-
-	if (!kiln_store_has(st, &v->pin))
-		r = kiln_http_fetch(st, v->op->url, &v->pin, &v->pin, &size, err);
-	if (r == 0)
-		r = kiln_store_size(st, &v->pin, &size);
-	if (r < 0) {
-		prefix_who(err, v->op);
-		return r;
-	}
-	e.name = xstrdup(v->op->filename);
-	e.type = KILN_ENTRY_FILE;
-	e.mode = (uint32_t)v->op->http_mode;
-	e.size = size;
-	e.digest = v->pin;
-	kiln_tree_set(&t, &e);
-	r = kiln_tree_put(st, &t, &v->result, err);
-	kiln_tree_release(&t);
-	return r;
+	for (h = s->v[in_of(s, v, (size_t)v->op->rootfs)].hint; h >= 0 && n < 64;
+	     h = s->v[h].hint)
+		n++;
+	*out = xcalloc(n + 1, sizeof(**out));
+	k = n;
+	for (h = s->v[in_of(s, v, (size_t)v->op->rootfs)].hint; h >= 0 && k > 0;
+	     h = s->v[h].hint)
+		(*out)[--k] = s->v[h].result;
+	return n;
 }
 
 static void *job_main(void *arg)
@@ -489,34 +361,45 @@ static void *job_main(void *arg)
 	struct solver *s = pair[0];
 	size_t i = (size_t)pair[1];
 	struct vertex *v = &s->v[i];
-	int r = 0;
+	const struct kiln_executor *ex = executor(s);
+	_cleanup_free_ struct kiln_digest *ins = xcalloc(v->op->n_inputs + 1, sizeof(*ins));
+	_cleanup_free_ struct kiln_digest *chain = NULL;
+	struct kiln_task ej = { 0 };
+	struct kiln_task_result res = { 0 };
+	void *cb[2] = { s, v }; /* what the output and placement callbacks see */
+	size_t k;
+	int r;
 
-	free(arg);
-	switch (v->op->type) {
-	case KILN_OP_SOURCE_LOCAL:
-		v->result = v->pin; /* hashed while pinning */
-		break;
-	case KILN_OP_SOURCE_IMAGE:
-		r = job_image(s, v, &v->job_err);
-		break;
-	case KILN_OP_SOURCE_HTTP:
-		r = job_http(s, v, &v->job_err);
-		break;
-	case KILN_OP_EXEC:
-		r = job_exec(s, v, &v->job_err);
-		break;
-	case KILN_OP_FILE:
-	case KILN_OP_MERGE:
-		r = job_file(s, v, &v->job_err);
-		break;
-	}
-	/* The record's size: counted here, off the solver loop's thread. */
+	for (k = 0; k < v->op->n_inputs; k++)
+		ins[k] = s->v[in_of(s, v, k)].result;
+	ej.job.def = s->def;
+	ej.job.op = i;
+	ej.job.inputs = ins;
+	ej.job.pin = kiln_digest_is_set(&v->pin) ? &v->pin : NULL;
+	ej.job.n_chain = rootfs_chain(s, v, &chain);
+	ej.job.chain = chain;
+	ej.job.secrets = s->o->secrets;
+	ej.job.n_secrets = s->o->n_secrets;
+	ej.job.output = on_output;
+	ej.job.output_ud = cb;
+	ej.key = v->contentkey;
+	ej.name = v->name;
+	ej.est_ms = v->est_ms;
+	ej.placed = on_placed;
+	ej.placed_ud = cb;
+	r = ex->run(executor_ud(s), &ej, &res, &v->job_err);
 	if (r == 0) {
-		uint64_t entries;
-
-		kiln_tree_usage(kiln_worker_store(s->o->worker), &v->result, &v->size, &entries,
-				NULL);
+		v->result = res.res.tree;
+		free(v->meta);
+		v->meta = res.res.meta;
+		res.res.meta = NULL;
+		v->size = res.res.size;
+		v->shared = res.shared;
+		v->moved = res.moved;
+		v->where = res.where;
 	}
+	kiln_job_result_release(&res.res);
+	free(arg);
 	pthread_mutex_lock(&s->lock);
 	v->job_r = r;
 	s->done_q[s->n_done_q++] = i;
@@ -597,13 +480,39 @@ static int check_platforms(struct solver *s, struct kiln_error **err)
 
 		if (v->op->type != KILN_OP_EXEC)
 			continue;
-		r = kiln_worker_check_platform(s->o->worker, v->op->platform, &v->emulated, err);
+		r = executor(s)->check_platform(executor_ud(s), v->op->platform, &v->emulated,
+						err);
 		if (r < 0) {
 			prefix_who(err, v->op);
 			return r;
 		}
 	}
 	return 0;
+}
+
+static struct kiln_store *store(struct solver *s)
+{
+	return s->o->store ? s->o->store : kiln_worker_store(s->o->worker);
+}
+
+/* A context the client snapshotted and uploaded. */
+static int given_pin(struct solver *s, struct vertex *v, struct kiln_error **err)
+{
+	size_t i;
+
+	for (i = 0; i < s->o->n_pins; i++) {
+		if (!kiln_digest_eq(&s->o->pins[i].op, &v->op->digest))
+			continue;
+		if (!kiln_tree_is_empty_digest(&s->o->pins[i].tree) &&
+		    !kiln_store_has(store(s), &s->o->pins[i].tree))
+			return kiln_error_set(err, -ENOENT, "context %s (tree %s) was not uploaded",
+					      v->op->local_path,
+					      KILN_DIGEST_STR(&s->o->pins[i].tree));
+		v->pin = s->o->pins[i].tree;
+		return 0;
+	}
+	return kiln_error_set(err, -ENOENT, "context %s was not pinned by the client",
+			      v->op->local_path);
 }
 
 /* Sources are pinned to content before keys are computed. */
@@ -616,8 +525,10 @@ static int pin_sources(struct solver *s, struct kiln_error **err)
 		struct vertex *v = &s->v[s->order[k]];
 		struct kiln_image_ref ref = { 0 };
 
-		if (v->op->type == KILN_OP_SOURCE_LOCAL) {
-			r = kiln_local_snapshot(kiln_worker_store(s->o->worker), s->o->cache,
+		if (v->op->type == KILN_OP_SOURCE_LOCAL && (s->o->executor || s->o->n_pins)) {
+			r = given_pin(s, v, err);
+		} else if (v->op->type == KILN_OP_SOURCE_LOCAL) {
+			r = kiln_local_snapshot(store(s), s->o->cache,
 						v->op->local_path,
 						(const char *const *)v->op->include,
 						v->op->n_include,
@@ -628,7 +539,7 @@ static int pin_sources(struct solver *s, struct kiln_error **err)
 			if (kiln_digest_is_set(&v->op->checksum))
 				v->pin = v->op->checksum;
 			else
-				r = kiln_http_fetch(kiln_worker_store(s->o->worker), v->op->url,
+				r = kiln_http_fetch(store(s), v->op->url,
 						    NULL, &v->pin, NULL, err);
 		} else if (v->op->type == KILN_OP_SOURCE_IMAGE) {
 			r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
@@ -755,14 +666,13 @@ static ssize_t pick_ready(struct solver *s)
 static void start(struct solver *s, size_t vi)
 {
 	struct vertex *v = &s->v[vi];
-	void **arg = xcalloc(2, sizeof(void *));
+	void **arg;
 
 	compute_key(s, v, true, v->contentkey);
 	if (lookup(s, v, v->contentkey)) {
 		v->cached = true;
 		s->n_cached++;
 		emit(s, v, KILN_VERTEX_CACHED, NULL);
-		free(arg);
 		/* Known under its definition key from now on too. */
 		alias_defkey(s, v);
 		resolve(s, vi);
@@ -770,21 +680,81 @@ static void start(struct solver *s, size_t vi)
 	}
 	v->state = VS_RUNNING;
 	v->started = kiln_now_real_ns();
-	emit(s, v, KILN_VERTEX_RUNNING, NULL);
+	s->running++;
+	if (v->op->type == KILN_OP_SOURCE_LOCAL) {
+		/* Hashed while pinning: nothing to run. */
+		v->result = v->pin;
+		emit(s, v, KILN_VERTEX_RUNNING, NULL);
+		pthread_mutex_lock(&s->lock);
+		v->job_r = 0;
+		s->done_q[s->n_done_q++] = vi;
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
+	arg = xcalloc(2, sizeof(void *));
 	arg[0] = s;
 	arg[1] = (void *)vi;
-	s->running++;
+	v->threaded = true;
 	if (pthread_create(&v->thread, NULL, job_main, arg) != 0)
 		abort(); /* thread creation fails only without memory */
 }
+
+/*
+ * vi's result is held nowhere any more (its only holder was lost): it
+ * goes back to waiting on its inputs, recursively for inputs that are
+ * lost too, and its waiting dependents wait for it again.
+ */
+static void unresolve(struct solver *s, size_t vi, bool was_done)
+{
+	struct vertex *v = &s->v[vi];
+	size_t i;
+
+	v->state = VS_WAITING;
+	v->cached = false;
+	v->n_waiting = 0;
+	memset(&v->where, 0, sizeof(v->where));
+	for (i = 0; was_done && i < v->n_dependents; i++) {
+		struct vertex *d = &s->v[v->dependents[i]];
+
+		if (d->state == VS_WAITING || d->state == VS_READY) {
+			d->n_waiting++;
+			d->state = VS_WAITING;
+		}
+	}
+	for (i = 0; i < v->op->n_inputs; i++)
+		if (s->v[in_of(s, v, i)].state != VS_DONE)
+			v->n_waiting++;
+	for (i = 0; i < v->op->n_inputs; i++) {
+		size_t in = in_of(s, v, i);
+
+		if (s->v[in].state == VS_DONE &&
+		    !kiln_tree_is_empty_digest(&s->v[in].result) &&
+		    !executor(s)->have(executor_ud(s), &s->v[in].result))
+			unresolve(s, in, true);
+	}
+	if (v->n_waiting == 0)
+		v->state = VS_READY;
+}
+
+/* How often a vertex's inputs may vanish under it before the build gives up. */
+#define MAX_LOST 5u
 
 static void finish(struct solver *s, size_t vi)
 {
 	struct vertex *v = &s->v[vi];
 
-	pthread_join(v->thread, NULL);
+	if (v->threaded)
+		pthread_join(v->thread, NULL);
+	v->threaded = false;
 	s->running--;
 	v->completed = kiln_now_real_ns();
+	if (v->job_r == -ENOLINK && ++v->lost <= MAX_LOST) {
+		log_info("%s: %s; recomputing what was lost", v->name, kiln_error_msg(v->job_err));
+		kiln_error_free(v->job_err);
+		v->job_err = NULL;
+		unresolve(s, vi, false);
+		return;
+	}
 	if (v->job_r < 0) {
 		v->state = VS_FAILED;
 		emit(s, v, KILN_VERTEX_ERROR, kiln_error_msg(v->job_err));
@@ -794,9 +764,17 @@ static void finish(struct solver *s, size_t vi)
 		}
 		return;
 	}
-	s->n_run++;
-	record(s, v, v->completed - v->started);
-	emit(s, v, KILN_VERTEX_DONE, NULL);
+	s->moved += v->moved;
+	if (v->shared) {
+		/* Another build ran it while this one waited: a cache hit here. */
+		v->cached = true;
+		s->n_cached++;
+		emit(s, v, KILN_VERTEX_CACHED, NULL);
+	} else {
+		s->n_run++;
+		record(s, v, v->completed - v->started);
+		emit(s, v, KILN_VERTEX_DONE, NULL);
+	}
 	resolve(s, vi);
 }
 
@@ -852,6 +830,9 @@ static void solver_release(struct solver *s)
 	free(s->order);
 	free(s->canon);
 	free(s->done_q);
+	for (i = 0; i < s->n_tally; i++)
+		free((char *)s->tally[i].worker);
+	free(s->tally);
 	kiln_error_free(s->failure);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
@@ -899,6 +880,10 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_init(&s.lock, NULL);
 	pthread_cond_init(&s.cond, NULL);
+	s.local = (struct kiln_executor){ .ud = &s,
+					  .check_platform = local_check_platform,
+					  .have = local_have,
+					  .run = local_run };
 	s.slots = opts->slots ? opts->slots : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
 	if (s.slots == 0)
 		s.slots = 1;
@@ -925,9 +910,11 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 	}
 	out->run = s.n_run;
 	out->cached = s.n_cached;
-	if (opts->progress)
-		kiln_progress_summary(opts->progress, worker_name(&s), s.n_run, s.n_cached,
+	out->bytes_moved = s.moved;
+	if (opts->progress) {
+		kiln_progress_summary(opts->progress, s.tally, s.n_tally, s.moved,
 				      kiln_now_mono_ns() - t0, r == 0);
+	}
 	solver_release(&s);
 	return r;
 }

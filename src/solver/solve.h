@@ -15,19 +15,68 @@
 #include "basic/error.h"
 #include "cache/index.h"
 #include "solver/definition.h"
+#include "solver/job.h"
 #include "solver/progress.h"
 #include "worker/worker.h"
 
-/* A secret the client supplies for RUN --mount=type=secret. */
-struct kiln_secret {
-	const char *id;
-	const void *data;
-	size_t len;
+/*
+ * Where jobs run. Embedded (executor NULL): on opts->worker, in this
+ * process. kilnd supplies its scheduler, which places each job on a
+ * cluster worker.
+ */
+struct kiln_placement {
+	char worker[64]; /* the worker's name, shown in progress */
+	bool emulated;
+};
+
+struct kiln_task {
+	struct kiln_job job;
+	const char *key;  /* the content key (in-flight dedup across builds) */
+	const char *name; /* progress name */
+	uint64_t est_ms;  /* estimated duration (provenance or a default) */
+	/* Call once the job is placed, before it runs (any thread). */
+	void (*placed)(void *ud, const struct kiln_placement *where);
+	void *placed_ud;
+};
+
+struct kiln_task_result {
+	struct kiln_job_result res;
+	struct kiln_placement where;
+	bool shared;       /* another build ran it (in-flight dedup) */
+	uint64_t moved;    /* bytes the worker pulled from other workers */
+};
+
+struct kiln_executor {
+	void *ud;
+	/* Can some worker run platform? *emulated: only emulated ones can. */
+	int (*check_platform)(void *ud, const char *platform, bool *emulated,
+			      struct kiln_error **err);
+	/* Is tree (and all under it) held somewhere jobs can read it from? */
+	bool (*have)(void *ud, const struct kiln_digest *tree);
+	/*
+	 * Run a job (called on a job thread). -ENOLINK: an input tree is held
+	 * nowhere any more (its holder was lost); the solver recomputes it
+	 * and runs the job again. Any other failure fails the build.
+	 */
+	int (*run)(void *ud, const struct kiln_task *job,
+		   struct kiln_task_result *out, struct kiln_error **err);
+};
+
+/* A source pinned by the client (kiln build --addr uploads its contexts). */
+struct kiln_solve_pin {
+	struct kiln_digest op;   /* the source.local op's digest */
+	struct kiln_digest tree; /* its snapshot, already in opts->store */
 };
 
 struct kiln_solve_options {
-	struct kiln_worker *worker;
+	struct kiln_worker *worker; /* embedded: runs every job */
 	const char *worker_name; /* shown in progress, "local" by default */
+	/* With an executor, jobs go there, not to worker. */
+	const struct kiln_executor *executor;
+	/* Where sources are pinned (snapshots, downloads); default: worker's. */
+	struct kiln_store *store;
+	const struct kiln_solve_pin *pins; /* source.local pins from the client */
+	size_t n_pins;
 	struct kiln_cache *cache;
 	struct kiln_progress *progress;
 	unsigned slots;  /* jobs at once; 0 = number of CPUs */
@@ -49,6 +98,7 @@ struct kiln_solve_result {
 	struct kiln_solve_output *outputs; /* one per def->outputs entry */
 	size_t n_outputs;
 	unsigned run, cached;    /* vertices run / resolved from the cache */
+	uint64_t bytes_moved;    /* bytes workers pulled from other workers */
 };
 
 void kiln_solve_result_release(struct kiln_solve_result *r);

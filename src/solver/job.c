@@ -1,0 +1,313 @@
+/*
+ * One op on one worker (job.h): exec, file and merge ops, image and HTTP
+ * sources. Moved out of the solver so kiln-worker runs the very same code
+ * as the embedded engine.
+ */
+#include "solver/job.h"
+
+#include <jansson.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "basic/strbuf.h"
+#include "cas/tree.h"
+#include "solver/fileop.h"
+#include "source/http.h"
+#include "source/image.h"
+
+char *kiln_op_who(const struct kiln_op *op)
+{
+	return op->name ? xasprintf("step %s", op->name) : xasprintf("op '%s'", op->id);
+}
+
+static void prefix_who(struct kiln_error **err, const struct kiln_op *op)
+{
+	_cleanup_free_ char *w = kiln_op_who(op);
+
+	kiln_error_prefix(err, "%s", w);
+}
+
+void kiln_job_result_release(struct kiln_job_result *r)
+{
+	free(r->meta);
+	r->meta = NULL;
+}
+
+/* Give the worker a layer chain ending in the rootfs, each step small. */
+static void prepare_layers(struct kiln_worker *w, const struct kiln_job *job,
+			   const struct kiln_digest *rootfs)
+{
+	struct kiln_layers *l = kiln_worker_layers(w);
+	const struct kiln_digest *below = NULL;
+	struct kiln_chain chain = { 0 };
+	size_t i;
+
+	if (kiln_layers_has(l, rootfs))
+		return;
+	for (i = 0; i < job->n_chain; i++) {
+		const struct kiln_digest *t = &job->chain[i];
+
+		if (!kiln_layers_has(l, t)) {
+			if (!kiln_store_has(kiln_worker_store(w), t))
+				continue;
+			if (kiln_layers_materialize(l, t, below, &chain, NULL) < 0)
+				continue;
+			kiln_chain_release(&chain);
+		}
+		below = t;
+	}
+	if (kiln_layers_materialize(l, rootfs, below, &chain, NULL) == 0)
+		kiln_chain_release(&chain);
+}
+
+static char *command_line(const struct kiln_op *op)
+{
+	_cleanup_strbuf_ struct kiln_strbuf sb = KILN_STRBUF_INIT(1024);
+	size_t i;
+
+	for (i = 0; i < op->n_args; i++)
+		if (kiln_strbuf_addf(&sb, "%s%s", i ? " " : "", op->args[i]) < 0)
+			break;
+	return kiln_strbuf_detach(&sb, NULL);
+}
+
+static const struct kiln_secret *find_secret(const struct kiln_job *job, const char *id)
+{
+	size_t i;
+
+	for (i = 0; i < job->n_secrets; i++)
+		if (!strcmp(job->secrets[i].id, id))
+			return &job->secrets[i];
+	return NULL;
+}
+
+/* A missing optional secret leaves nothing mounted (an empty tmpfs). */
+static int secret_mount(const struct kiln_job *job, const struct kiln_op *op,
+			const struct kiln_def_mount *m, struct kiln_exec_mount *em,
+			struct kiln_error **err)
+{
+	const struct kiln_secret *sec = find_secret(job, m->cache_id);
+	_cleanup_free_ char *w = kiln_op_who(op);
+
+	if (!sec && m->required)
+		return kiln_error_set(err, -ENOENT,
+				      "%s: secret '%s' is required but was not given (kiln build --secret id=%s,src=FILE)",
+				      w, m->cache_id, m->cache_id);
+	if (!sec) {
+		em->type = KILN_MOUNT_TMPFS;
+		em->tmpfs_size = 4096;
+		return 0;
+	}
+	em->type = KILN_MOUNT_SECRET;
+	em->secret = sec->data;
+	em->secret_len = sec->len;
+	em->mode = (uint32_t)m->mode;
+	em->uid = (uint32_t)m->uid;
+	em->gid = (uint32_t)m->gid;
+	return 0;
+}
+
+static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
+		    struct kiln_job_result *out, struct kiln_error **err)
+{
+	const struct kiln_op *op = &job->def->ops[job->op];
+	struct kiln_exec_mount *mounts = xcalloc(op->n_mounts + 1, sizeof(*mounts));
+	struct kiln_exec_request req = { 0 };
+	struct kiln_exec_result res = { 0 };
+	_cleanup_free_ char *id = kiln_random_hex(8), *cmd = NULL, *w = kiln_op_who(op);
+	size_t i;
+	int r = 0;
+
+	prepare_layers(wk, job, &job->inputs[op->rootfs]);
+	for (i = 0; r == 0 && i < op->n_mounts; i++) {
+		const struct kiln_def_mount *m = &op->mounts[i];
+		struct kiln_exec_mount *em = &mounts[i];
+
+		em->target = m->target;
+		switch (m->kind) {
+		case KILN_DEF_MOUNT_BIND: {
+			struct kiln_tree_entry e = { 0 };
+
+			em->type = KILN_MOUNT_TREE;
+			em->readonly = m->readonly;
+			r = kiln_tree_lookup(kiln_worker_store(wk), &job->inputs[m->input],
+					     m->source, &e, err);
+			if (r == 0 && e.type != KILN_ENTRY_DIR)
+				r = kiln_error_set(err, -ENOTDIR,
+						   "%s: mount %s: source /%s is not a directory",
+						   w, m->target, m->source);
+			em->tree = e.digest;
+			kiln_tree_entry_release(&e);
+			break;
+		}
+		case KILN_DEF_MOUNT_CACHE:
+			em->type = KILN_MOUNT_CACHE;
+			em->cache_id = m->cache_id;
+			em->sharing = m->sharing == KILN_SHARING_LOCKED ? KILN_MOUNT_LOCKED
+				      : m->sharing == KILN_SHARING_PRIVATE ? KILN_MOUNT_PRIVATE
+									   : KILN_MOUNT_SHARED;
+			em->mode = (uint32_t)m->mode;
+			em->uid = (uint32_t)m->uid;
+			em->gid = (uint32_t)m->gid;
+			break;
+		case KILN_DEF_MOUNT_SECRET:
+			r = secret_mount(job, op, m, em, err);
+			break;
+		case KILN_DEF_MOUNT_TMPFS:
+			em->type = KILN_MOUNT_TMPFS;
+			em->tmpfs_size = m->size;
+			break;
+		}
+	}
+	if (r < 0)
+		goto out;
+	req.id = id;
+	req.rootfs = job->inputs[op->rootfs];
+	req.argv = (const char *const *)op->args;
+	req.env = (const char *const *)op->env;
+	req.cwd = op->cwd;
+	req.user = op->user;
+	req.network_host = op->network_host;
+	req.mounts = mounts;
+	req.n_mounts = op->n_mounts;
+	req.platform = op->platform;
+	req.output = job->output;
+	req.output_ud = job->output_ud;
+	r = kiln_worker_exec(wk, &req, &res, err);
+	if (r < 0) {
+		kiln_error_prefix(err, "%s", w);
+		goto out;
+	}
+	if (res.exit_code != 0) {
+		cmd = command_line(op);
+		r = kiln_error_set(err, -ECANCELED,
+				   "%s: process \"%s\" did not complete successfully: exit code %d%s%s",
+				   w, cmd, res.exit_code,
+				   res.tail && *res.tail ? "\n--- last output ---\n" : "",
+				   res.tail ? res.tail : "");
+		goto out;
+	}
+	out->tree = res.rootfs;
+out:
+	kiln_exec_result_release(&res);
+	free(mounts);
+	return r;
+}
+
+static int job_image(struct kiln_worker *w, const struct kiln_job *job,
+		     struct kiln_job_result *out, struct kiln_error **err)
+{
+	const struct kiln_op *op = &job->def->ops[job->op];
+	struct kiln_image_ref ref = { 0 };
+	struct kiln_image img = { 0 };
+	struct kiln_digest pin = { 0 };
+	json_t *meta, *blobs;
+	size_t i;
+	int r;
+
+	if (job->pin)
+		pin = *job->pin;
+	r = kiln_image_ref_parse(op->ref, "/", &ref, err);
+	if (r == 0)
+		r = kiln_image_import(kiln_worker_store(w), kiln_worker_layers(w), &ref, &pin,
+				      &img, err);
+	if (r == 0) {
+		out->tree = img.rootfs;
+		blobs = json_pack("[ss]", KILN_DIGEST_STR(&img.manifest),
+				  KILN_DIGEST_STR(&img.config));
+		for (i = 0; i < img.n_layers; i++)
+			json_array_append_new(blobs, json_string(KILN_DIGEST_STR(&img.layers[i])));
+		meta = json_pack("{ssssso}", "manifest", KILN_DIGEST_STR(&img.manifest),
+				 "config", KILN_DIGEST_STR(&img.config), "blobs", blobs);
+		out->meta = json_dumps(meta, JSON_COMPACT | JSON_SORT_KEYS);
+		json_decref(meta);
+	}
+	kiln_image_release(&img);
+	kiln_image_ref_release(&ref);
+	return r;
+}
+
+static int job_file(struct kiln_worker *w, const struct kiln_job *job,
+		    struct kiln_job_result *out, struct kiln_error **err)
+{
+	const struct kiln_op *op = &job->def->ops[job->op];
+
+	if (op->type == KILN_OP_MERGE)
+		return kiln_merge_trees(kiln_worker_store(w), job->inputs, op->n_inputs,
+					&out->tree, err);
+	return kiln_fileop_run(kiln_worker_store(w), op,
+			       op->rootfs >= 0 ? &job->inputs[op->rootfs] : NULL, job->inputs,
+			       &out->tree, err);
+}
+
+/* The result of source.http: a tree holding the one downloaded file. */
+static int job_http(struct kiln_worker *w, const struct kiln_job *job,
+		    struct kiln_job_result *out, struct kiln_error **err)
+{
+	const struct kiln_op *op = &job->def->ops[job->op];
+	struct kiln_store *st = kiln_worker_store(w);
+	struct kiln_tree t = KILN_TREE_INIT;
+	struct kiln_tree_entry e = { 0 };
+	struct kiln_digest pin = { 0 };
+	uint64_t size = 0;
+	int r = 0;
+
+	if (job->pin)
+		pin = *job->pin;
+	if (!kiln_digest_is_set(&pin) || !kiln_store_has(st, &pin))
+		r = kiln_http_fetch(st, op->url, kiln_digest_is_set(&pin) ? &pin : NULL, &pin,
+				    &size, err);
+	if (r == 0)
+		r = kiln_store_size(st, &pin, &size);
+	if (r < 0) {
+		prefix_who(err, op);
+		return r;
+	}
+	e.name = xstrdup(op->filename);
+	e.type = KILN_ENTRY_FILE;
+	e.mode = (uint32_t)op->http_mode;
+	e.size = size;
+	e.digest = pin;
+	kiln_tree_set(&t, &e);
+	r = kiln_tree_put(st, &t, &out->tree, err);
+	kiln_tree_release(&t);
+	return r;
+}
+
+int kiln_job_run(struct kiln_worker *w, const struct kiln_job *job,
+		 struct kiln_job_result *out, struct kiln_error **err)
+{
+	const struct kiln_op *op = &job->def->ops[job->op];
+	uint64_t entries;
+	int r = 0;
+
+	memset(out, 0, sizeof(*out));
+	switch (op->type) {
+	case KILN_OP_SOURCE_LOCAL:
+		if (!job->pin)
+			return kiln_error_set(err, -EINVAL, "internal: local source without a pin");
+		out->tree = *job->pin; /* hashed while pinning */
+		break;
+	case KILN_OP_SOURCE_IMAGE:
+		r = job_image(w, job, out, err);
+		break;
+	case KILN_OP_SOURCE_HTTP:
+		r = job_http(w, job, out, err);
+		break;
+	case KILN_OP_EXEC:
+		r = job_exec(w, job, out, err);
+		break;
+	case KILN_OP_FILE:
+	case KILN_OP_MERGE:
+		r = job_file(w, job, out, err);
+		break;
+	}
+	if (r < 0) {
+		kiln_job_result_release(out);
+		return r;
+	}
+	/* The record's size, counted where the job ran. */
+	kiln_tree_usage(kiln_worker_store(w), &out->tree, &out->size, &entries, NULL);
+	return 0;
+}
