@@ -171,6 +171,8 @@ struct kiln_http_route {
 	 * servers with several roles; NULL: the server's token.
 	 */
 	const char *token;
+	/* A second token the route also accepts (a shared route), or NULL. */
+	const char *alt_token;
 };
 
 /* Create a server; nothing listens until kiln_http_server_start(). */

@@ -133,6 +133,42 @@ static int h_blob(const struct kiln_http_server_req *req,
 	return 0;
 }
 
+/* PUT /v1/blobs/<digest>: stored only when the body hashes to its name. */
+static int h_upload(const struct kiln_http_server_req *req,
+		    struct kiln_http_server_resp *resp, void *ud)
+{
+	struct kiln_peer_server *p = ud;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_store_writer *w = NULL;
+	struct kiln_digest d, got;
+	int r;
+
+	if (parse_digest_arg(req->rest, &d, resp) < 0)
+		return 0;
+	if (kiln_store_has(p->store, &d)) {
+		kiln_http_resp_json(resp, 200, json_pack("{ss}", "digest", req->rest));
+		return 0;
+	}
+	r = kiln_store_writer_begin(p->store, &w, &err);
+	if (r == 0)
+		r = kiln_store_writer_write(w, req->body, req->body_len);
+	if (r < 0) {
+		if (w)
+			kiln_store_writer_abort(w);
+		return r;
+	}
+	r = kiln_store_writer_commit(w, &d, &got, &err);
+	if (r == -EBADMSG) {
+		kiln_http_resp_error(resp, 400, "body does not match %s: %s", req->rest,
+				     kiln_error_msg(err));
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	kiln_http_resp_json(resp, 201, json_pack("{ss}", "digest", req->rest));
+	return 0;
+}
+
 /* ---- request bodies: {"digests": [...]} ---- */
 
 static int parse_digests(const struct kiln_http_server_req *req,
@@ -451,21 +487,26 @@ int kiln_peer_server_new(struct kiln_http_server *http,
 			 struct kiln_peer_server **out, struct kiln_error **err)
 {
 	struct kiln_peer_server *p = xcalloc(1, sizeof(*p));
+	const char *tok = opts ? opts->token : NULL, *alt = opts ? opts->alt_token : NULL;
 	const struct kiln_http_route routes[] = {
-		{ "GET", "/v1/blobs/*", h_blob, p, 0, false, false, NULL },
+		{ "GET", "/v1/blobs/*", h_blob, p, 0, false, false, tok, alt },
 		{ "POST", "/v1/blobs/missing", h_missing, p,
-		  KILN_PEER_REQUEST_LIMIT, true, false, NULL },
+		  KILN_PEER_REQUEST_LIMIT, true, false, tok, alt },
 		{ "POST", "/v1/blobs/batch", h_batch, p,
-		  KILN_PEER_REQUEST_LIMIT, true, false, NULL },
-		{ "GET", "/v1/trees/*", h_tree, p, 0, false, false, NULL },
+		  KILN_PEER_REQUEST_LIMIT, true, false, tok, alt },
+		{ "GET", "/v1/trees/*", h_tree, p, 0, false, false, tok, alt },
+		{ "PUT", "/v1/blobs/*", h_upload, p, opts ? opts->upload_limit : 0, false,
+		  false, opts ? opts->upload_token : NULL, NULL },
 	};
-	size_t i;
+	size_t i, n = ARRAY_SIZE(routes);
 	int r;
 
 	p->store = store;
 	p->batch_bytes = opts && opts->batch_bytes ? opts->batch_bytes
 						   : KILN_PEER_BATCH_BYTES;
-	for (i = 0; i < ARRAY_SIZE(routes); i++) {
+	if (!opts || !opts->upload_token)
+		n--; /* no uploads */
+	for (i = 0; i < n; i++) {
 		r = kiln_http_server_route(http, &routes[i]);
 		if (r < 0) {
 			free(p);

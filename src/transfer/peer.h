@@ -46,6 +46,18 @@ struct kiln_peer_server_options {
 	 * the first record.
 	 */
 	uint64_t batch_bytes;
+	/*
+	 * The routes' tokens (borrowed), for a server with several roles;
+	 * NULL: the server's token.
+	 */
+	const char *token, *alt_token;
+	/*
+	 * Also accept uploads, PUT /v1/blobs/<digest> (the body is the blob,
+	 * verified before it is named), with this token (borrowed), at most
+	 * upload_limit bytes each. NULL: no uploads.
+	 */
+	const char *upload_token;
+	size_t upload_limit;
 };
 
 /*
