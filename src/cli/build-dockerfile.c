@@ -486,7 +486,7 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 		.n_secrets = b->n_secrets,
 	};
 
-	return kiln_solve(b->def, &so, &b->res, err);
+	return kiln_cli_solve(b->a, &b->eng, b->def, &so, &b->res, err);
 }
 
 static void dfbuild_release(struct dfbuild *b)

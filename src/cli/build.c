@@ -10,6 +10,7 @@
 #include "basic/parse-util.h"
 #include "cli/build.h"
 #include "cli/common.h"
+#include "cli/remote.h"
 #include "export/export.h"
 #include "solver/definition.h"
 #include "solver/progress.h"
@@ -38,6 +39,9 @@ static void build_usage(FILE *f)
 		"  --insecure-registry HOST allow plain http to HOST (loopback is always allowed)\n"
 		"  --registry-endpoint R=H  send requests for registry R to HOST[:PORT] (a mirror, or the\n"
 		"                           API host of a registry whose name differs, e.g. docker.io)\n"
+		"  --addr URL               build on kilnd at URL (default $KILN_ADDR; unset: in this\n"
+		"                           process, the embedded engine)\n"
+		"  --token-file FILE        kilnd's client token (default $KILN_TOKEN)\n"
 		"  --progress MODE          auto|plain|tty|json|quiet (default auto, on stderr)\n"
 		"  --no-cache               do not use cached results (new ones are still recorded)\n"
 		"  --runtime R              OCI runtime: runc, crun or a path (default: first that works)\n"
@@ -73,6 +77,8 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 		{ "push", no_argument, NULL, 'u' },
 		{ "secret", required_argument, NULL, 'S' },
 		{ "insecure-registry", required_argument, NULL, 'I' },
+		{ "addr", required_argument, NULL, 'A' },
+		{ "token-file", required_argument, NULL, 'K' },
 		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -115,6 +121,12 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			break;
 		case 'd':
 			a->def = optarg;
+			break;
+		case 'A':
+			a->addr = optarg;
+			break;
+		case 'K':
+			a->token_file = optarg;
 			break;
 		case 'o':
 			if (a->n_outputs == MAX_OUTPUTS) {
@@ -218,6 +230,34 @@ int kiln_build_write_metadata(const char *path, const char *tree, unsigned run,
 	return 0;
 }
 
+int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
+		   const struct kiln_definition *def, const struct kiln_solve_options *so,
+		   struct kiln_solve_result *res, struct kiln_error **err)
+{
+	struct kiln_remote *rm = NULL;
+	struct kiln_remote_build b = {
+		.graph = def->text,
+		.base_dir = def->base_dir,
+		.platform = def->default_platform,
+		.def = def,
+		.store = kiln_worker_store(eng->worker),
+		.cache = eng->cache,
+		.progress = so->progress,
+		.no_cache = so->no_cache,
+		.secrets = so->secrets,
+		.n_secrets = so->n_secrets,
+	};
+	int r = kiln_remote_open(a->addr, a->token_file, &rm, err);
+
+	if (r < 0)
+		return r;
+	if (!rm)
+		return kiln_solve(def, so, res, err);
+	r = kiln_remote_solve(rm, &b, res, err);
+	kiln_remote_free(rm);
+	return r;
+}
+
 static int run_build(const struct build_args *a, struct kiln_error **err)
 {
 	struct kiln_export_spec specs[MAX_OUTPUTS] = { 0 };
@@ -251,7 +291,7 @@ static int run_build(const struct build_args *a, struct kiln_error **err)
 	so.progress = prog;
 	so.slots = a->slots;
 	so.no_cache = a->no_cache;
-	r = kiln_solve(def, &so, &res, err);
+	r = kiln_cli_solve(a, &eng, def, &so, &res, err);
 	for (i = 0; r == 0 && i < a->n_outputs; i++)
 		r = kiln_export_run(kiln_worker_store(eng.worker), &res.tree, &specs[i], err);
 	if (r == 0 && a->metadata_file)

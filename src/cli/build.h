@@ -33,6 +33,8 @@ struct build_args {
 	size_t n_insecure;
 	const char *endpoints[MAX_LIST]; /* REGISTRY=HOST[:PORT] */
 	size_t n_endpoints;
+	const char *addr;       /* --addr: kilnd (else $KILN_ADDR, else embedded) */
+	const char *token_file; /* --token-file (else $KILN_TOKEN) */
 };
 
 struct kiln_registry;
@@ -43,6 +45,19 @@ struct kiln_registry;
  */
 int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
 		      struct kiln_error **err);
+
+struct kiln_engine;
+struct kiln_definition;
+struct kiln_solve_options;
+struct kiln_solve_result;
+
+/*
+ * Solve def: on kilnd when --addr or $KILN_ADDR names one (its outputs
+ * then fetched into eng's store), else in this process with so.
+ */
+int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
+		   const struct kiln_definition *def, const struct kiln_solve_options *so,
+		   struct kiln_solve_result *res, struct kiln_error **err);
 
 /* The Dockerfile path (build-dockerfile.c). */
 int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err);

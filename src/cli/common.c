@@ -1,5 +1,6 @@
 #include "cli/common.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,4 +62,29 @@ int kiln_cli_fail(const struct kiln_error *err)
 {
 	fprintf(stderr, "kiln: error: %s\n", kiln_error_msg(err));
 	return 1;
+}
+
+int kiln_cli_token(const char *token_file, char **out, struct kiln_error **err)
+{
+	_cleanup_free_ char *buf = NULL;
+	const char *env = getenv("KILN_TOKEN");
+	char *s, *e;
+	int r;
+
+	*out = NULL;
+	if (!token_file) {
+		if (env && *env)
+			*out = xstrdup(env);
+		return 0;
+	}
+	r = kiln_read_file_at(AT_FDCWD, token_file, 8192, &buf, NULL);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "--token-file %s", token_file);
+	s = buf + strspn(buf, " \t\r\n");
+	e = s + strcspn(s, " \t\r\n");
+	*e = '\0';
+	if (!*s)
+		return kiln_error_set(err, -EINVAL, "--token-file %s: empty", token_file);
+	*out = xstrdup(s);
+	return 0;
 }

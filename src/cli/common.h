@@ -30,6 +30,12 @@ int kiln_engine_open(const char *root, const char *runtime,
 		     struct kiln_engine *out, struct kiln_error **err);
 void kiln_engine_close(struct kiln_engine *e);
 
+/*
+ * The client token for kilnd: the first word of token_file when given,
+ * else $KILN_TOKEN, else *out = NULL.
+ */
+int kiln_cli_token(const char *token_file, char **out, struct kiln_error **err);
+
 /* Print "kiln: error: <msg>" to stderr; returns 1 (a process exit code). */
 int kiln_cli_fail(const struct kiln_error *err);
 

@@ -28,24 +28,6 @@ static void workers_usage(FILE *f)
 	      f);
 }
 
-static int read_token(const char *path, char **out, struct kiln_error **err)
-{
-	_cleanup_free_ char *buf = NULL;
-	char *s, *e;
-	int r = kiln_read_file_at(AT_FDCWD, path, 8192, &buf, NULL);
-
-	if (r < 0)
-		return kiln_error_seterrno(err, r, "--token-file %s", path);
-	s = buf + strspn(buf, " \t\r\n");
-	e = s + strcspn(s, " \t\r\n");
-	*e = '\0';
-	if (!*s)
-		return kiln_error_set(err, -EINVAL, "--token-file %s: empty",
-				      path);
-	*out = xstrdup(s);
-	return 0;
-}
-
 /* "linux/amd64,linux/arm64(emulated)" */
 static char *platforms_cell(const json_t *platforms)
 {
@@ -220,9 +202,7 @@ int kiln_cmd_workers(int argc, char **argv)
 			       "no kilnd address: use --addr URL or set KILN_ADDR");
 		return kiln_cli_fail(err);
 	}
-	if (token_file && read_token(token_file, &token, &err) < 0)
+	if (kiln_cli_token(token_file, &token, &err) < 0)
 		return kiln_cli_fail(err);
-	if (!token && getenv("KILN_TOKEN") && *getenv("KILN_TOKEN"))
-		token = xstrdup(getenv("KILN_TOKEN"));
 	return show_workers(addr, token, as_json);
 }

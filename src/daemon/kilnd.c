@@ -1,10 +1,12 @@
 /*
- * kilnd: the controller (docs/cluster.md). For now it holds the worker
- * registry and serves the worker and client endpoints of docs/api.md; the
- * solver still runs embedded in `kiln build`.
+ * kilnd: the controller (docs/cluster.md): the worker registry and
+ * location index, the cache index, the solver and scheduler of every
+ * build submitted to it, and a CAS of its own for what clients upload
+ * (contexts, graphs) and the outputs they fetch.
  *
  * Threads: the HTTP server's connection threads run the handlers (they
- * touch only the registry, which locks); the main thread waits for
+ * touch the registry and the build table, which lock); each build solves
+ * on a thread of its own (builds.c); the main thread waits for
  * SIGTERM/SIGINT and sweeps lost workers once per heartbeat interval.
  */
 #include <errno.h>
@@ -21,18 +23,35 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
+#include "cache/index.h"
+#include "daemon/builds.h"
+#include "daemon/scheduler.h"
 #include "daemon/workers.h"
 #include "daemon/tokens.h"
 #include "proto/http-server.h"
+#include "source/image.h"
+#include "transfer/peer.h"
+#include "transfer/registry.h"
 
-#define REGISTER_BODY_LIMIT (1u << 20)
+#define REGISTER_BODY_LIMIT (8u << 20)
 #define HEARTBEAT_BODY_LIMIT (64u << 10)
 #define DEFAULT_LISTEN "127.0.0.1:7070"
 #define DEFAULT_INTERVAL_MS 2000u
+/* Largest blob a client may upload in one request (a context file). */
+#define UPLOAD_LIMIT (1024u << 20)
+#define MAX_LIST 32
 
 struct kilnd {
 	char *root;
-	const char *listen;
+	const char *listen, *advertise;
+	const char *insecure[MAX_LIST + 1], *endpoints[MAX_LIST + 1];
+	size_t n_insecure, n_endpoints;
+	struct kiln_registry *registry;
+	struct kiln_store *store;
+	struct kiln_cache *cache;
+	struct kiln_sched *sched;
+	struct kiln_builds *builds;
+	struct kiln_peer_server *peer;
 	uint64_t interval_ms;
 	int lock_fd;
 	char *worker_token, *client_token;
@@ -42,7 +61,8 @@ struct kilnd {
 
 static void usage(FILE *f)
 {
-	fputs("Usage: kilnd --root DIR [--listen ADDR:PORT] [--heartbeat-interval-ms N] [--debug]\n"
+	fputs("Usage: kilnd --root DIR [--listen ADDR:PORT] [--advertise URL] [--heartbeat-interval-ms N]\n"
+	      "             [--insecure-registry HOST]... [--registry-endpoint NAME=HOST]... [--debug]\n"
 	      "\n"
 	      "The kiln controller: workers register with it, clients talk to it.\n"
 	      "Tokens: DIR/worker.token (for kiln-worker --token-file) and\n"
@@ -50,6 +70,10 @@ static void usage(FILE *f)
 	      "\n"
 	      "  --root DIR                 state directory (created, mode 0700)\n"
 	      "  --listen ADDR:PORT         listen address (default " DEFAULT_LISTEN ")\n"
+	      "  --advertise URL            how workers reach this kilnd (default: the\n"
+	      "                             listen address)\n"
+	      "  --insecure-registry HOST   allow plain http to HOST when resolving images\n"
+	      "  --registry-endpoint NAME=HOST  serve registry NAME from HOST\n"
 	      "  --heartbeat-interval-ms N  interval workers heartbeat at (default 2000);\n"
 	      "                             a worker silent for 3 intervals is lost\n"
 	      "  --debug                    debug logging\n"
@@ -172,12 +196,20 @@ static int add_routes(struct kilnd *d)
 	const struct kiln_http_route routes[] = {
 		/* Two roles: each route checks its own token (the server's is unset). */
 		{ "POST", "/v1/workers/register", handle_register, d,
-		  REGISTER_BODY_LIMIT, true, false, d->worker_token },
+		  REGISTER_BODY_LIMIT, true, false, d->worker_token, NULL },
 		{ "POST", "/v1/workers/*", handle_heartbeat, d,
-		  HEARTBEAT_BODY_LIMIT, true, false, d->worker_token },
-		{ "GET", "/v1/workers", handle_list, d, 0, false, false, d->client_token },
-		{ "GET", "/v1/health", handle_health, d, 0, false, true, NULL },
+		  HEARTBEAT_BODY_LIMIT, true, false, d->worker_token, NULL },
+		{ "GET", "/v1/workers", handle_list, d, 0, false, false, d->client_token, NULL },
+		{ "GET", "/v1/health", handle_health, d, 0, false, true, NULL, NULL },
 	};
+	/* kilnd's CAS: workers and clients read it, clients upload to it. */
+	const struct kiln_peer_server_options po = {
+		.token = d->worker_token,
+		.alt_token = d->client_token,
+		.upload_token = d->client_token,
+		.upload_limit = UPLOAD_LIMIT,
+	};
+	_cleanup_error_ struct kiln_error *err = NULL;
 	size_t i;
 	int r;
 
@@ -186,7 +218,30 @@ static int add_routes(struct kilnd *d)
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	r = kiln_builds_routes(d->builds, d->http, d->client_token);
+	if (r == 0)
+		r = kiln_peer_server_new(d->http, d->store, &po, &d->peer, &err);
+	return r;
+}
+
+/* kilnd's own CAS and cache index under --root, and the registry client. */
+static int open_state(struct kilnd *d, struct kiln_error **err)
+{
+	_cleanup_free_ char *cas = kiln_path_join(d->root, "cas");
+	_cleanup_free_ char *db = kiln_path_join(d->root, "cache.db");
+	struct kiln_store_options so = { .durable = true };
+	struct kiln_registry_options ro = { .insecure = d->insecure,
+					    .endpoints = d->endpoints };
+	int r;
+
+	r = kiln_store_open(cas, &so, &d->store, err);
+	if (r == 0)
+		r = kiln_cache_open(db, &d->cache, err);
+	if (r == 0)
+		r = kiln_registry_new(&ro, &d->registry, err);
+	if (r == 0)
+		kiln_image_set_registry(d->registry);
+	return r;
 }
 
 static int lock_root(struct kilnd *d, struct kiln_error **err)
@@ -221,7 +276,12 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 				      err);
 	if (r < 0)
 		return r;
+	r = open_state(d, err);
+	if (r < 0)
+		return r;
 	d->reg = kiln_workers_new(d->interval_ms);
+	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token);
+	d->builds = kiln_builds_new(d->sched, d->store, d->cache);
 	r = kiln_http_server_new(&o, &d->http, err);
 	if (r == 0)
 		r = add_routes(d);
@@ -229,6 +289,8 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 		r = kiln_http_server_start(d->http, err);
 	if (r < 0)
 		return kiln_error_set(err, r, "cannot serve on %s", d->listen);
+	/* Routes are fixed once the server starts: the scheduler's URL is known now. */
+	kiln_sched_set_url(d->sched, d->advertise ? d->advertise : kiln_http_server_url(d->http));
 	log_info("kilnd: listening on %s (root %s, heartbeat every %llu ms)",
 		 kiln_http_server_url(d->http), d->root,
 		 (unsigned long long)d->interval_ms);
@@ -238,7 +300,16 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 static void kilnd_release(struct kilnd *d)
 {
 	kiln_http_server_free(d->http);
+	kiln_peer_server_free(d->peer);
+	kiln_builds_free(d->builds);
+	kiln_sched_free(d->sched);
 	kiln_workers_free(d->reg);
+	kiln_cache_free(d->cache);
+	kiln_store_free(d->store);
+	if (d->registry) {
+		kiln_image_set_registry(NULL);
+		kiln_registry_free(d->registry);
+	}
 	free(d->worker_token);
 	free(d->client_token);
 	free(d->root);
@@ -260,6 +331,7 @@ static void kilnd_run(struct kilnd *d, const sigset_t *sigs)
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
 		kiln_workers_sweep(d->reg);
+		kiln_builds_sweep(d->builds);
 	}
 	log_info("kilnd: %s, stopping", strsignal(sig));
 }
@@ -269,6 +341,9 @@ static int parse_args(struct kilnd *d, int argc, char **argv)
 	static const struct option opts[] = {
 		{ "root", required_argument, NULL, 'r' },
 		{ "listen", required_argument, NULL, 'l' },
+		{ "advertise", required_argument, NULL, 'a' },
+		{ "insecure-registry", required_argument, NULL, 'I' },
+		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "heartbeat-interval-ms", required_argument, NULL, 'i' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
@@ -280,6 +355,19 @@ static int parse_args(struct kilnd *d, int argc, char **argv)
 		switch (c) {
 		case 'r': free(d->root); d->root = xstrdup(optarg); break;
 		case 'l': d->listen = optarg; break;
+		case 'a': d->advertise = optarg; break;
+		case 'I':
+		case 'E':
+			if ((c == 'I' ? d->n_insecure : d->n_endpoints) == MAX_LIST) {
+				fprintf(stderr, "kilnd: more than %d --%s\n", MAX_LIST,
+					c == 'I' ? "insecure-registry" : "registry-endpoint");
+				return -EINVAL;
+			}
+			if (c == 'I')
+				d->insecure[d->n_insecure++] = optarg;
+			else
+				d->endpoints[d->n_endpoints++] = optarg;
+			break;
 		case 'd': kiln_log_set_level(KILN_LOG_DEBUG); break;
 		case 'h': usage(stdout); exit(0);
 		case 'i':

@@ -1,13 +1,16 @@
 /*
  * kiln-worker: one worker machine in a cluster (docs/cluster.md). It opens
  * the worker state under --root, serves its CAS to peers (the blob
- * endpoints of docs/api.md), registers with kilnd and heartbeats.
+ * endpoints of docs/api.md), runs the jobs kilnd sends (POST /v1/jobs,
+ * daemon/jobs.h), registers with kilnd, announcing its inventory, and
+ * heartbeats.
  *
  * Threads: the main thread waits for SIGTERM/SIGINT; the agent thread
  * registers (retrying with backoff while kilnd is unreachable),
  * heartbeats every interval and registers again when kilnd no longer
- * knows its id (kilnd restarted); the HTTP server's threads serve blobs.
- * Agent state below the mutex is shared between the first two only.
+ * knows its id (kilnd restarted); the HTTP server's threads serve blobs
+ * and run jobs. Agent state below the mutex is shared between the first
+ * two only.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,13 +21,17 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/jobs.h"
 #include "basic/alloc.h"
+#include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
 #include "daemon/tokens.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"
+#include "source/image.h"
 #include "transfer/peer.h"
+#include "transfer/registry.h"
 #include "worker/worker.h"
 
 #define NAME_MAX_LEN 63u
@@ -33,6 +40,14 @@
 #define BACKOFF_MAX_MS 5000u
 /* bytes_held walks the CAS: refresh it at most this often. */
 #define HELD_REFRESH_NS (10ull * 1000000000ull)
+/*
+ * kilnd takes a registration of at most 8 MiB (docs/api.md); an inventory
+ * digest costs 74 bytes of it, so send at most the newest this many.
+ */
+#define REGISTER_BODY_MAX (8u << 20)
+#define INVENTORY_SEND_MAX ((REGISTER_BODY_MAX - (64u << 10)) / 74u)
+/* --insecure-registry and --registry-endpoint, each. */
+#define MAX_REGISTRY_FLAGS 64u
 
 struct agent_opts {
 	const char *join, *token_file, *root, *listen, *advertise, *runtime;
@@ -41,6 +56,10 @@ struct agent_opts {
 	size_t n_platforms;
 	uint32_t slots;
 	json_t *labels;
+	/* NULL-terminated, as kiln_registry_options takes them. */
+	const char *insecure[MAX_REGISTRY_FLAGS + 1];
+	const char *endpoints[MAX_REGISTRY_FLAGS + 1];
+	size_t n_insecure, n_endpoints;
 };
 
 struct agent {
@@ -50,6 +69,8 @@ struct agent {
 	struct kiln_worker *worker;
 	struct kiln_http_server *http;
 	struct kiln_peer_server *peer;
+	struct kiln_jobs *jobs;
+	struct kiln_registry *registry;
 	struct kiln_http_client *client;
 	pthread_t thread;
 	bool thread_started;
@@ -67,21 +88,27 @@ static void usage(FILE *f)
 {
 	fputs("Usage: kiln-worker --join URL --token-file FILE --root DIR [OPTIONS]\n"
 	      "\n"
-	      "A kiln worker: registers with the kilnd at URL and serves its blobs\n"
-	      "to other workers.\n"
+	      "A kiln worker: registers with the kilnd at URL, runs the jobs it sends\n"
+	      "and serves its blobs to other workers.\n"
 	      "\n"
 	      "  --join URL          kilnd's address (http://HOST:PORT)\n"
 	      "  --token-file FILE   the worker token (kilnd's ROOT/worker.token)\n"
 	      "  --root DIR          worker state (CAS, layers, cache mounts)\n"
 	      "  --name ID           worker name (default: from the host name)\n"
-	      "  --listen ADDR:PORT  peer blob server (default 127.0.0.1:0: a free port)\n"
-	      "  --advertise URL     address other machines reach the blob server at\n"
+	      "  --listen ADDR:PORT  job and blob server (default 127.0.0.1:0: a free port)\n"
+	      "  --advertise URL     address kilnd and other workers reach it at\n"
 	      "                      (default: the listen address)\n"
 	      "  --platform P,...    announce only these platforms (default: native);\n"
 	      "                      foreign ones must be runnable through binfmt_misc\n"
 	      "  --slots N           jobs run at once (default: online CPUs)\n"
 	      "  --label K=V         a label (repeatable)\n"
 	      "  --runtime R         runc, crun or a path (default: probe)\n"
+	      "  --insecure-registry HOST\n"
+	      "                      allow plain http to HOST for image pulls (loopback\n"
+	      "                      is always allowed; repeatable)\n"
+	      "  --registry-endpoint R=H\n"
+	      "                      send requests for registry R to HOST[:PORT]\n"
+	      "                      (repeatable)\n"
 	      "  --debug             debug logging\n"
 	      "  -h, --help          show this help\n",
 	      f);
@@ -159,6 +186,27 @@ static int add_label(struct agent_opts *o, const char *kv)
 	return 0;
 }
 
+static int add_registry_flag(const char **list, size_t *n, const char *flag,
+			     const char *arg)
+{
+	if (!strcmp(flag, "--registry-endpoint")) {
+		const char *eq = strchr(arg, '=');
+
+		if (!eq || eq == arg || !eq[1]) {
+			fprintf(stderr, "kiln-worker: --registry-endpoint: '%s' is not REGISTRY=HOST[:PORT]\n",
+				arg);
+			return -EINVAL;
+		}
+	}
+	if (*n == MAX_REGISTRY_FLAGS) {
+		fprintf(stderr, "kiln-worker: %s: at most %u\n", flag,
+			MAX_REGISTRY_FLAGS);
+		return -EINVAL;
+	}
+	list[(*n)++] = arg;
+	return 0;
+}
+
 static int parse_slots(struct agent_opts *o, const char *s)
 {
 	if (kiln_parse_u32(s, &o->slots) < 0 || o->slots < 1 ||
@@ -171,7 +219,7 @@ static int parse_slots(struct agent_opts *o, const char *s)
 
 enum { OPT_JOIN = 256, OPT_TOKEN, OPT_ROOT, OPT_NAME, OPT_LISTEN,
        OPT_ADVERTISE, OPT_PLATFORM, OPT_SLOTS, OPT_LABEL, OPT_RUNTIME,
-       OPT_DEBUG };
+       OPT_INSECURE, OPT_ENDPOINT, OPT_DEBUG };
 
 static int parse_opt(struct agent_opts *o, int c, const char *arg)
 {
@@ -186,6 +234,12 @@ static int parse_opt(struct agent_opts *o, int c, const char *arg)
 	case OPT_SLOTS: return parse_slots(o, arg);
 	case OPT_LABEL: return add_label(o, arg);
 	case OPT_RUNTIME: o->runtime = arg; return 0;
+	case OPT_INSECURE:
+		return add_registry_flag(o->insecure, &o->n_insecure,
+					 "--insecure-registry", arg);
+	case OPT_ENDPOINT:
+		return add_registry_flag(o->endpoints, &o->n_endpoints,
+					 "--registry-endpoint", arg);
 	case OPT_DEBUG: kiln_log_set_level(KILN_LOG_DEBUG); return 0;
 	case 'h': usage(stdout); exit(0);
 	default: usage(stderr); return -EINVAL;
@@ -230,6 +284,8 @@ static int parse_args(struct agent_opts *o, int argc, char **argv)
 		{ "slots", required_argument, NULL, OPT_SLOTS },
 		{ "label", required_argument, NULL, OPT_LABEL },
 		{ "runtime", required_argument, NULL, OPT_RUNTIME },
+		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
+		{ "registry-endpoint", required_argument, NULL, OPT_ENDPOINT },
 		{ "debug", no_argument, NULL, OPT_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -304,16 +360,26 @@ static int resolve_platforms(struct agent *a, struct kiln_error **err)
 	return 0;
 }
 
-static int serve_blobs(struct agent *a, struct kiln_error **err)
+/* Jobs hold their connection while they run: room for slots of them. */
+static int serve(struct agent *a, struct kiln_error **err)
 {
-	struct kiln_http_server_options ho = { .listen = a->o.listen,
-					       .token = a->token };
+	struct kiln_http_server_options ho = {
+		.listen = a->o.listen, .token = a->token,
+		.max_connections = a->o.slots + KILN_HTTP_SERVER_MAX_CONNECTIONS,
+	};
+	_cleanup_free_ char *inventory = kiln_path_join(
+		kiln_worker_root(a->worker), "inventory");
+	struct kiln_jobs_options jo = { .worker = a->worker, .token = a->token,
+					.inventory_path = inventory };
 	int r;
 
 	r = kiln_http_server_new(&ho, &a->http, err);
+	jo.http = a->http;
 	if (r == 0)
 		r = kiln_peer_server_new(a->http, kiln_worker_store(a->worker),
 					 NULL, &a->peer, err);
+	if (r == 0)
+		r = kiln_jobs_new(&jo, &a->jobs, err);
 	if (r == 0)
 		r = kiln_http_server_start(a->http, err);
 	if (r < 0) {
@@ -326,8 +392,22 @@ static int serve_blobs(struct agent *a, struct kiln_error **err)
 				!strncmp(a->o.listen, "[::]:", 5)))
 		log_warn("kiln-worker %s: listening on all addresses but announcing %s: pass --advertise URL for other machines",
 			 a->o.name, a->addr);
-	log_info("kiln-worker %s: serving blobs on %s (announced as %s)",
-		 a->o.name, kiln_http_server_url(a->http), a->addr);
+	log_info("kiln-worker %s: serving jobs and blobs on %s (announced as %s), %zu trees in the inventory",
+		 a->o.name, kiln_http_server_url(a->http), a->addr,
+		 kiln_inventory_size(kiln_jobs_inventory(a->jobs)));
+	return 0;
+}
+
+/* source.image jobs pull through this client (kiln build's flags). */
+static int open_registry(struct agent *a, struct kiln_error **err)
+{
+	struct kiln_registry_options ro = { .insecure = a->o.insecure,
+					    .endpoints = a->o.endpoints };
+	int r = kiln_registry_new(&ro, &a->registry, err);
+
+	if (r < 0)
+		return r;
+	kiln_image_set_registry(a->registry);
 	return 0;
 }
 
@@ -345,6 +425,9 @@ static int agent_open(struct agent *a, struct kiln_error **err)
 	r = kiln_token_read(a->o.token_file, &a->token, err);
 	if (r < 0)
 		return r;
+	r = open_registry(a, err);
+	if (r < 0)
+		return r;
 	r = kiln_worker_open(&wo, &a->worker, err);
 	if (r < 0) {
 		kiln_error_prefix(err, "--root %s", a->o.root);
@@ -352,7 +435,7 @@ static int agent_open(struct agent *a, struct kiln_error **err)
 	}
 	r = resolve_platforms(a, err);
 	if (r == 0)
-		r = serve_blobs(a, err);
+		r = serve(a, err);
 	a->client = kiln_http_client_new(NULL);
 	return r;
 }
@@ -377,15 +460,14 @@ static uint64_t bytes_held(struct agent *a)
 	return a->held;
 }
 
-/*
- * The inventory is sent empty for now: the worker keeps no record of
- * which trees are results (the location index will fill it).
- */
+/* The inventory, newest trees first when it does not all fit. */
 static json_t *registration(struct agent *a)
 {
-	return json_pack("{s:s, s:s, s:O, s:i, s:O, s:[]}", "name", a->o.name,
+	return json_pack("{s:s, s:s, s:O, s:i, s:O, s:o}", "name", a->o.name,
 			 "addr", a->addr, "platforms", a->platforms, "slots",
-			 (int)a->o.slots, "labels", a->o.labels, "inventory");
+			 (int)a->o.slots, "labels", a->o.labels, "inventory",
+			 kiln_inventory_json(kiln_jobs_inventory(a->jobs),
+					     INVENTORY_SEND_MAX));
 }
 
 static int agent_register(struct agent *a, struct kiln_error **err)
@@ -422,8 +504,9 @@ static int agent_heartbeat(struct agent *a, struct kiln_error **err)
 {
 	_cleanup_free_ char *url = xasprintf("%s/v1/workers/%s/heartbeat",
 					     a->base, a->id);
-	json_t *body = json_pack("{s:i, s:I}", "running", 0, "bytes_held",
-				 (json_int_t)bytes_held(a));
+	json_t *body = json_pack("{s:I, s:I}", "running",
+				 (json_int_t)kiln_jobs_running(a->jobs),
+				 "bytes_held", (json_int_t)bytes_held(a));
 	struct kiln_http_call call = { .method = "POST", .url = url,
 				       .token = a->token, .json = body,
 				       .timeout_ms = CALL_TIMEOUT_MS };
@@ -545,8 +628,11 @@ static void agent_release(struct agent *a)
 {
 	kiln_http_server_free(a->http);
 	kiln_peer_server_free(a->peer);
+	kiln_jobs_free(a->jobs);
 	kiln_http_client_free(a->client);
 	kiln_worker_free(a->worker);
+	kiln_image_set_registry(NULL);
+	kiln_registry_free(a->registry);
 	json_decref(a->platforms);
 	free(a->token);
 	free(a->base);

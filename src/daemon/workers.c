@@ -25,6 +25,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "cas/digest-set.h"
 
 #define INVENTORY_MAX 100000u
 #define LABEL_KEY_MAX 128u
@@ -39,11 +40,16 @@ struct entry {
 	struct kiln_registration info;
 	enum worker_state state;
 	uint64_t running, bytes_held;
+	/* The location index: trees it holds whole (value: size, 0 unknown). */
+	struct kiln_digest_set *held;
+	unsigned busy;      /* jobs kilnd placed here that still run */
+	uint64_t queued_ms; /* their estimated durations */
 	uint64_t seen_mono_ns, seen_real_ns, registered_real_ns;
 };
 
 struct kiln_workers {
 	pthread_mutex_t lock;
+	pthread_cond_t changed; /* a slot freed, a worker came or went */
 	uint64_t interval_ms;
 	struct entry **entries;
 	size_t n, alloc;
@@ -356,6 +362,7 @@ struct kiln_workers *kiln_workers_new(uint64_t interval_ms)
 	struct kiln_workers *reg = xcalloc(1, sizeof(*reg));
 
 	pthread_mutex_init(&reg->lock, NULL);
+	pthread_cond_init(&reg->changed, NULL);
 	reg->interval_ms = interval_ms;
 	return reg;
 }
@@ -366,6 +373,7 @@ static void entry_free(struct entry *e)
 		return;
 	free(e->id);
 	kiln_registration_release(&e->info);
+	kiln_digest_set_free(e->held);
 	free(e);
 }
 
@@ -378,6 +386,7 @@ void kiln_workers_free(struct kiln_workers *reg)
 	for (i = 0; i < reg->n; i++)
 		entry_free(reg->entries[i]);
 	free(reg->entries);
+	pthread_cond_destroy(&reg->changed);
 	pthread_mutex_destroy(&reg->lock);
 	free(reg);
 }
@@ -447,6 +456,9 @@ static struct entry *entry_new(struct kiln_workers *reg,
 	} while (find_id(reg, e->id) >= 0);
 	e->info = *r;
 	memset(r, 0, sizeof(*r));
+	e->held = kiln_digest_set_new();
+	for (size_t k = 0; k < e->info.n_inventory; k++)
+		kiln_digest_set_add(e->held, &e->info.inventory[k]);
 	e->state = WORKER_READY;
 	e->seen_mono_ns = kiln_now_mono_ns();
 	e->seen_real_ns = e->registered_real_ns = kiln_now_real_ns();
@@ -493,6 +505,7 @@ int kiln_workers_register(struct kiln_workers *reg,
 		reg->entries[reg->n++] = e;
 		*id = xstrdup(e->id);
 		log_registered(e, old_id);
+		pthread_cond_broadcast(&reg->changed);
 	}
 	assert_workers_state(reg);
 	pthread_mutex_unlock(&reg->lock);
@@ -541,6 +554,7 @@ static void sweep_locked(struct kiln_workers *reg)
 			 e->info.name, e->id,
 			 (unsigned long long)((now - e->seen_mono_ns) /
 					      1000000u));
+		pthread_cond_broadcast(&reg->changed);
 	}
 	assert_workers_state(reg);
 }
@@ -632,4 +646,258 @@ json_t *kiln_workers_list_json(struct kiln_workers *reg)
 	pthread_mutex_unlock(&reg->lock);
 	return json_pack("{s:o, s:I}", "workers", a, "heartbeat_interval_ms",
 			 (json_int_t)reg->interval_ms);
+}
+
+/* ---- the location index ---- */
+
+/* A held tree's value: its size, 0 when unknown, HELD_GONE once it was not found there. */
+#define HELD_GONE UINT64_MAX
+
+static bool holds(const struct entry *e, const struct kiln_digest *tree)
+{
+	const uint64_t *v = kiln_digest_set_value(e->held, tree);
+
+	return v ? *v != HELD_GONE : kiln_digest_set_has(e->held, tree);
+}
+
+static struct entry *find_ready(struct kiln_workers *reg, const char *name)
+{
+	ssize_t i = find_name(reg, name);
+
+	return i >= 0 && reg->entries[i]->state == WORKER_READY ? reg->entries[i] : NULL;
+}
+
+void kiln_workers_hold(struct kiln_workers *reg, const char *name,
+		       const struct kiln_digest *tree, uint64_t size)
+{
+	ssize_t i;
+
+	pthread_mutex_lock(&reg->lock);
+	i = find_name(reg, name);
+	if (i >= 0 && !kiln_digest_set_put(reg->entries[i]->held, tree, size))
+		*kiln_digest_set_value(reg->entries[i]->held, tree) = size;
+	pthread_mutex_unlock(&reg->lock);
+}
+
+void kiln_workers_forget(struct kiln_workers *reg, const struct kiln_digest *tree)
+{
+	size_t i;
+
+	pthread_mutex_lock(&reg->lock);
+	for (i = 0; i < reg->n; i++)
+		if (kiln_digest_set_has(reg->entries[i]->held, tree)) {
+			kiln_digest_set_put(reg->entries[i]->held, tree, 0);
+			*kiln_digest_set_value(reg->entries[i]->held, tree) = HELD_GONE;
+		}
+	pthread_mutex_unlock(&reg->lock);
+}
+
+bool kiln_workers_held(struct kiln_workers *reg, const struct kiln_digest *tree)
+{
+	bool found = false;
+	size_t i;
+
+	pthread_mutex_lock(&reg->lock);
+	for (i = 0; !found && i < reg->n; i++)
+		found = reg->entries[i]->state == WORKER_READY && holds(reg->entries[i], tree);
+	pthread_mutex_unlock(&reg->lock);
+	return found;
+}
+
+size_t kiln_workers_holders(struct kiln_workers *reg, const struct kiln_digest *tree,
+			    const char *except, struct kiln_worker_ref *out, size_t max)
+{
+	size_t i, n = 0;
+
+	pthread_mutex_lock(&reg->lock);
+	for (i = 0; i < reg->n && n < max; i++) {
+		const struct entry *e = reg->entries[i];
+
+		if (e->state != WORKER_READY || !holds(e, tree) ||
+		    (except && !strcmp(e->info.name, except)))
+			continue;
+		snprintf(out[n].name, sizeof(out[n].name), "%s", e->info.name);
+		snprintf(out[n].addr, sizeof(out[n].addr), "%s", e->info.addr);
+		out[n].emulated = false;
+		n++;
+	}
+	pthread_mutex_unlock(&reg->lock);
+	return n;
+}
+
+void kiln_workers_mark_lost(struct kiln_workers *reg, const char *name, const char *why)
+{
+	struct entry *e;
+
+	pthread_mutex_lock(&reg->lock);
+	e = find_ready(reg, name);
+	if (e) {
+		e->state = WORKER_LOST;
+		log_info("worker %s (%s) lost: %s", e->info.name, e->id, why);
+		pthread_cond_broadcast(&reg->changed);
+	}
+	pthread_mutex_unlock(&reg->lock);
+}
+
+/* ---- placement ---- */
+
+/* How an entry runs platform: 0 no, 1 emulated, 2 natively. */
+static int runs(const struct entry *e, const char *platform)
+{
+	size_t i;
+
+	for (i = 0; i < e->info.n_platforms; i++)
+		if (!strcmp(e->info.platforms[i].platform, platform))
+			return e->info.platforms[i].emulated ? 1 : 2;
+	return 0;
+}
+
+static void list_platforms(struct kiln_workers *reg, char *buf, size_t size)
+{
+	size_t i, k, len = 0;
+
+	buf[0] = '\0';
+	for (i = 0; i < reg->n && len < size; i++) {
+		const struct entry *e = reg->entries[i];
+
+		if (e->state != WORKER_READY)
+			continue;
+		for (k = 0; k < e->info.n_platforms && len < size; k++)
+			len += (size_t)snprintf(buf + len, size - len, "%s%s %s%s",
+						len ? ", " : "", e->info.name,
+						e->info.platforms[k].platform,
+						e->info.platforms[k].emulated ? " (emulated)" : "");
+	}
+	if (!buf[0])
+		snprintf(buf, size, "none");
+}
+
+int kiln_workers_check_platform(struct kiln_workers *reg, const char *platform,
+				bool *emulated, struct kiln_error **err)
+{
+	char plats[1024];
+	int best = 0;
+	size_t i;
+
+	pthread_mutex_lock(&reg->lock);
+	sweep_locked(reg);
+	for (i = 0; i < reg->n; i++) {
+		int how = reg->entries[i]->state == WORKER_READY ? runs(reg->entries[i], platform)
+								 : 0;
+		if (how > best)
+			best = how;
+	}
+	if (best == 0)
+		list_platforms(reg, plats, sizeof(plats));
+	pthread_mutex_unlock(&reg->lock);
+	if (best == 0)
+		return kiln_error_set(err, -ENODEV,
+				      "no worker runs platform %s (registered: %s)", platform,
+				      plats);
+	*emulated = best == 1;
+	return 0;
+}
+
+/* Assumed bandwidth between workers for inputs a worker lacks. */
+#define PLACE_BYTES_PER_MS (100u * 1000u)
+/* Assumed size of an input of unknown size. */
+#define PLACE_UNKNOWN_BYTES (4u << 20)
+
+/*
+ * Estimated finish of a job on e: when a slot frees (its queued work spread
+ * over its slots), plus fetching what it lacks, plus the job itself.
+ */
+static uint64_t finish_ms(const struct entry *e, const struct kiln_place_request *rq)
+{
+	uint64_t wait = e->busy >= e->info.slots ? e->queued_ms / e->info.slots : 0;
+	uint64_t lack = 0, size;
+	size_t i;
+
+	for (i = 0; i < rq->n_inputs; i++) {
+		if (holds(e, &rq->inputs[i]))
+			continue;
+		size = rq->input_sizes ? rq->input_sizes[i] : 0;
+		lack += size ? size : PLACE_UNKNOWN_BYTES;
+	}
+	return wait + lack / PLACE_BYTES_PER_MS + rq->est_ms;
+}
+
+int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request *rq,
+		       struct kiln_worker_ref *out, struct kiln_error **err)
+{
+	char plats[1024];
+	int r = 0;
+
+	pthread_mutex_lock(&reg->lock);
+	for (;;) {
+		struct entry *best = NULL;
+		uint64_t best_ms = 0;
+		int best_how = 0;
+		size_t i;
+
+		sweep_locked(reg);
+		for (i = 0; i < reg->n; i++) {
+			struct entry *e = reg->entries[i];
+			int how = e->state == WORKER_READY ? runs(e, rq->platform) : 0;
+
+			if (rq->except && !strcmp(rq->except, e->info.name))
+				continue;
+			if (how > best_how) { /* native before emulated */
+				best_how = how;
+				best = NULL;
+			}
+			if (how == 0 || how < best_how)
+				continue;
+			if (!best || finish_ms(e, rq) < best_ms) {
+				best = e;
+				best_ms = finish_ms(e, rq);
+			}
+		}
+		if (best_how == 0) {
+			list_platforms(reg, plats, sizeof(plats));
+			r = kiln_error_set(err, -ENODEV,
+					   "no worker runs platform %s (registered: %s)",
+					   rq->platform, plats);
+			break;
+		}
+		if (best && best->busy < best->info.slots) {
+			best->busy++;
+			best->queued_ms += rq->est_ms;
+			snprintf(out->name, sizeof(out->name), "%s", best->info.name);
+			snprintf(out->addr, sizeof(out->addr), "%s", best->info.addr);
+			out->emulated = best_how == 1;
+			break;
+		}
+		/* Every fitting worker is full: wait for a slot (or a change). */
+		{
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 200000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			pthread_cond_timedwait(&reg->changed, &reg->lock, &ts);
+		}
+	}
+	pthread_mutex_unlock(&reg->lock);
+	return r;
+}
+
+void kiln_workers_unplace(struct kiln_workers *reg, const char *name, uint64_t est_ms)
+{
+	ssize_t i;
+
+	pthread_mutex_lock(&reg->lock);
+	i = find_name(reg, name);
+	if (i >= 0) {
+		struct entry *e = reg->entries[i];
+
+		if (e->busy)
+			e->busy--;
+		e->queued_ms = e->queued_ms > est_ms ? e->queued_ms - est_ms : 0;
+	}
+	pthread_cond_broadcast(&reg->changed);
+	pthread_mutex_unlock(&reg->lock);
 }

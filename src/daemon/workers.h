@@ -85,3 +85,54 @@ void kiln_workers_sweep(struct kiln_workers *reg);
 
 /* {"workers": [...]} as documented in docs/api.md, after a sweep. */
 json_t *kiln_workers_list_json(struct kiln_workers *reg);
+
+/* ---- the location index (docs/internals/cluster.md) ---- */
+
+/* A worker as placement and pulls need it. */
+struct kiln_worker_ref {
+	char name[KILN_REGISTRY_NAME_MAX + 1];
+	char addr[KILN_REGISTRY_ADDR_MAX + 1];
+	bool emulated; /* placement: it runs the platform emulated */
+};
+
+/* Worker name now holds tree whole (size bytes, 0 = unknown). */
+void kiln_workers_hold(struct kiln_workers *reg, const char *name,
+		       const struct kiln_digest *tree, uint64_t size);
+/* No worker holds tree any more (a pull of it found it nowhere). */
+void kiln_workers_forget(struct kiln_workers *reg, const struct kiln_digest *tree);
+/* Does some ready worker hold tree? */
+bool kiln_workers_held(struct kiln_workers *reg, const struct kiln_digest *tree);
+/* Up to max ready holders of tree other than except (may be NULL). */
+size_t kiln_workers_holders(struct kiln_workers *reg, const struct kiln_digest *tree,
+			    const char *except, struct kiln_worker_ref *out, size_t max);
+/* A call to the worker failed at transport level: lost now, not after heartbeats. */
+void kiln_workers_mark_lost(struct kiln_workers *reg, const char *name, const char *why);
+
+/* ---- placement ---- */
+
+/*
+ * Can a ready worker run platform? *emulated: only emulated ones can.
+ * -ENODEV naming the platform and listing the registered ones.
+ */
+int kiln_workers_check_platform(struct kiln_workers *reg, const char *platform,
+				bool *emulated, struct kiln_error **err);
+
+struct kiln_place_request {
+	const char *platform;
+	const struct kiln_digest *inputs; /* trees the job reads */
+	const uint64_t *input_sizes;      /* their sizes (0 unknown), or NULL */
+	size_t n_inputs;
+	uint64_t est_ms;    /* the job's estimated duration */
+	const char *except; /* a worker not to use (it just failed), or NULL */
+};
+
+/*
+ * Reserve a slot for a job: among ready workers that run its platform,
+ * natively if any can, the one with the least estimated finish time (its
+ * queued work, the bytes of inputs it lacks, the job). Waits while every
+ * such worker is full. -ENODEV when none runs the platform.
+ */
+int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request *rq,
+		       struct kiln_worker_ref *out, struct kiln_error **err);
+/* The job placed on name ended. */
+void kiln_workers_unplace(struct kiln_workers *reg, const char *name, uint64_t est_ms);

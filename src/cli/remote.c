@@ -1,0 +1,348 @@
+#include "cli/remote.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "basic/alloc.h"
+#include "basic/base64.h"
+#include "basic/strbuf.h"
+#include "cas/digest-set.h"
+#include "cas/gc.h"
+#include "cli/common.h"
+#include "proto/http-client.h"
+#include "source/local.h"
+#include "transfer/peer.h"
+
+#define STATE_TIMEOUT_MS 30000L
+#define EVENTS_TIMEOUT_MS 30000L
+#define EVENTS_LIMIT (8u << 20)
+
+struct kiln_remote {
+	char *addr, *token;
+	struct kiln_http_client *http;
+};
+
+int kiln_remote_open(const char *addr, const char *token_file, struct kiln_remote **out,
+		     struct kiln_error **err)
+{
+	struct kiln_remote *rm;
+	char *token = NULL;
+	size_t n;
+	int r;
+
+	*out = NULL;
+	if (!addr)
+		addr = getenv("KILN_ADDR");
+	if (!addr || !*addr)
+		return 0;
+	if (strncmp(addr, "http://", 7) && strncmp(addr, "https://", 8))
+		return kiln_error_set(err, -EINVAL, "--addr %s: expected http://HOST:PORT", addr);
+	r = kiln_cli_token(token_file, &token, err);
+	if (r < 0)
+		return r;
+	if (!token)
+		return kiln_error_set(err, -EINVAL,
+				      "--addr %s: no client token (--token-file F or KILN_TOKEN)",
+				      addr);
+	rm = xcalloc(1, sizeof(*rm));
+	rm->addr = xstrdup(addr);
+	n = strlen(rm->addr);
+	while (n > 0 && rm->addr[n - 1] == '/')
+		rm->addr[--n] = '\0';
+	rm->token = token;
+	rm->http = kiln_http_client_new(NULL);
+	*out = rm;
+	return 0;
+}
+
+void kiln_remote_free(struct kiln_remote *rm)
+{
+	if (!rm)
+		return;
+	kiln_http_client_free(rm->http);
+	free(rm->addr);
+	free(rm->token);
+	free(rm);
+}
+
+static struct kiln_peer_source source(const struct kiln_remote *rm)
+{
+	return (struct kiln_peer_source){ .url = rm->addr, .token = rm->token };
+}
+
+/* ---- context upload: only what kilnd lacks, the root node last ---- */
+
+static int put_blob(struct kiln_remote *rm, struct kiln_store *st, const struct kiln_digest *d,
+		    struct kiln_error **err)
+{
+	_cleanup_free_ char *url = xasprintf("%s/v1/blobs/%s", rm->addr, KILN_DIGEST_STR(d));
+	struct kiln_http_call call = {
+		.method = "PUT",
+		.url = url,
+		.token = rm->token,
+		.content_type = "application/octet-stream",
+		.upload = true,
+		.body_from_fd = true,
+	};
+	uint64_t size = 0;
+	int fd = kiln_store_open_blob(st, d), r;
+
+	if (fd < 0)
+		return kiln_error_seterrno(err, fd, "blob %s", KILN_DIGEST_STR(d));
+	r = kiln_store_size(st, d, &size);
+	call.body_fd = fd;
+	call.body_fd_size = size;
+	if (r == 0)
+		r = kiln_http_client_json(rm->http, &call, NULL, NULL, err);
+	close(fd);
+	return r;
+}
+
+static int upload_tree(struct kiln_remote *rm, struct kiln_store *st,
+		       const struct kiln_digest *root, struct kiln_error **err)
+{
+	struct kiln_digest_set all = { 0 };
+	struct kiln_peer_source src = source(rm);
+	struct kiln_digest *ds = NULL;
+	bool *missing = NULL;
+	size_t n = 0, i, k, batch;
+	int r;
+
+	r = kiln_gc_mark_tree(st, root, &all, err);
+	if (r < 0)
+		goto out;
+	ds = xcalloc(all.n + 1, sizeof(*ds));
+	for (i = 0; i < all.cap; i++)
+		if (all.slots[i].algo != KILN_DIGEST_NONE && !kiln_digest_eq(&all.slots[i], root))
+			ds[n++] = all.slots[i];
+	ds[n++] = *root;
+	missing = xcalloc(n, sizeof(*missing));
+	for (i = 0; r == 0 && i < n; i += batch) {
+		batch = n - i < KILN_PEER_MAX_DIGESTS ? n - i : KILN_PEER_MAX_DIGESTS;
+		r = kiln_peer_find_missing(rm->http, &src, &ds[i], batch, &missing[i], err);
+	}
+	for (k = 0; r == 0 && k < n; k++)
+		if (missing[k])
+			r = put_blob(rm, st, &ds[k], err);
+out:
+	kiln_digest_set_release(&all);
+	free(ds);
+	free(missing);
+	if (r < 0)
+		kiln_error_prefix(err, "uploading context %s", KILN_DIGEST_STR(root));
+	return r;
+}
+
+/* Snapshot every local context and upload it: the pins kilnd solves with. */
+static json_t *pin_contexts(struct kiln_remote *rm, const struct kiln_remote_build *b,
+			    struct kiln_error **err)
+{
+	json_t *pins = json_array();
+	size_t i;
+
+	for (i = 0; i < b->def->n_ops; i++) {
+		const struct kiln_op *op = &b->def->ops[i];
+		struct kiln_digest tree;
+
+		if (op->type != KILN_OP_SOURCE_LOCAL)
+			continue;
+		if (kiln_local_snapshot(b->store, b->cache, op->local_path,
+					(const char *const *)op->include, op->n_include,
+					(const char *const *)op->exclude, op->n_exclude, &tree, NULL,
+					err) < 0 ||
+		    upload_tree(rm, b->store, &tree, err) < 0) {
+			json_decref(pins);
+			return NULL;
+		}
+		json_array_append_new(pins, json_pack("{ssss}", "op", KILN_DIGEST_STR(&op->digest),
+						      "tree", KILN_DIGEST_STR(&tree)));
+	}
+	return pins;
+}
+
+/* ---- submit, follow, fetch ---- */
+
+static int submit(struct kiln_remote *rm, const struct kiln_remote_build *b, json_t *pins,
+		  char **id, struct kiln_error **err)
+{
+	_cleanup_free_ char *url = xasprintf("%s/v1/builds", rm->addr);
+	json_t *secrets = json_object(), *resp = NULL;
+	struct kiln_http_call call = { .method = "POST", .url = url, .token = rm->token };
+	size_t i;
+	int r;
+
+	for (i = 0; i < b->n_secrets; i++) {
+		char *enc = kiln_base64_encode(b->secrets[i].data, b->secrets[i].len);
+
+		json_object_set_new(secrets, b->secrets[i].id, json_string(enc));
+		free(enc);
+	}
+	call.json = json_pack("{sssssssbsoso}", "graph", b->graph, "base_dir", b->base_dir,
+			      "platform", b->platform, "no_cache", b->no_cache, "pins",
+			      json_incref(pins), "secrets", secrets);
+	r = kiln_http_client_json(rm->http, &call, &resp, NULL, err);
+	json_decref(call.json);
+	if (r == 0 && !json_string_value(json_object_get(resp, "id")))
+		r = kiln_error_set(err, -EPROTO, "POST %s: no build id in the answer", url);
+	if (r == 0)
+		*id = xstrdup(json_string_value(json_object_get(resp, "id")));
+	json_decref(resp);
+	return r;
+}
+
+/* Draw kilnd's progress until its summary line (the solve ended). */
+static int follow(struct kiln_remote *rm, const char *id, struct kiln_progress *pg,
+		  struct kiln_error **err)
+{
+	_cleanup_strbuf_ struct kiln_strbuf pending = KILN_STRBUF_INIT(EVENTS_LIMIT * 2);
+	uint64_t from = 0;
+	bool ended = false;
+
+	while (!ended) {
+		_cleanup_free_ char *url = xasprintf("%s/v1/builds/%s/events?from=%llu", rm->addr,
+						     id, (unsigned long long)from);
+		struct kiln_http_call call = { .method = "GET", .url = url, .token = rm->token,
+					       .timeout_ms = EVENTS_TIMEOUT_MS,
+					       .limit = EVENTS_LIMIT };
+		struct kiln_http_result res = { 0 };
+		char *line, *nl;
+		int r = kiln_http_client_do(rm->http, &call, &res, err);
+
+		if (r == 0 && res.status != 200)
+			r = kiln_http_status_error(err, &call, &res);
+		if (r < 0) {
+			kiln_http_result_release(&res);
+			return r;
+		}
+		from += res.body_len;
+		kiln_strbuf_add(&pending, res.body ? res.body : "", res.body_len);
+		kiln_http_result_release(&res);
+		line = pending.buf;
+		while (line && (nl = memchr(line, '\n', pending.len - (size_t)(line - pending.buf)))) {
+			if (pg)
+				kiln_progress_replay(pg, line, (size_t)(nl - line));
+			if (!strncmp(line, "{\"summary\"", 10))
+				ended = true;
+			line = nl + 1;
+		}
+		if (line && line != pending.buf) {
+			size_t rest = pending.len - (size_t)(line - pending.buf);
+
+			memmove(pending.buf, line, rest);
+			pending.len = rest;
+			pending.buf[rest] = '\0';
+		}
+	}
+	return 0;
+}
+
+/* The build's final state, once kilnd has gathered its outputs. */
+static int final_state(struct kiln_remote *rm, const char *id, json_t **out,
+		       struct kiln_error **err)
+{
+	_cleanup_free_ char *url = xasprintf("%s/v1/builds/%s?wait=1", rm->addr, id);
+	struct kiln_http_call call = { .method = "GET", .url = url, .token = rm->token,
+				       .timeout_ms = STATE_TIMEOUT_MS };
+	int r;
+
+	for (;;) {
+		json_t *o = NULL;
+
+		r = kiln_http_client_json(rm->http, &call, &o, NULL, err);
+		if (r < 0)
+			return r;
+		if (!strcmp(json_string_value(json_object_get(o, "state")) ?: "", "done")) {
+			*out = o;
+			return 0;
+		}
+		json_decref(o);
+	}
+}
+
+static void pull_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	void **ctx = ud;
+	struct kiln_remote *rm = ctx[0];
+	struct kiln_store *st = ctx[1];
+	struct kiln_error **err = ctx[2];
+	struct kiln_peer_source src = source(rm);
+	struct kiln_peer_pull_options po = { .http = rm->http };
+
+	if (d && !*err)
+		kiln_peer_pull_blob(st, d, UINT64_MAX, &src, 1, &po, NULL, err);
+}
+
+/* One output: its tree and the blobs its meta names, into the local store. */
+static int fetch(struct kiln_remote *rm, struct kiln_store *st, json_t *o,
+		 struct kiln_digest *tree, char **meta, struct kiln_error **err)
+{
+	struct kiln_peer_source src = source(rm);
+	struct kiln_peer_pull_options po = { .http = rm->http };
+	const char *m = json_string_value(json_object_get(o, "meta"));
+	void *ctx[3] = { rm, st, err };
+	int r;
+
+	if (kiln_digest_parse(json_string_value(json_object_get(o, "tree")) ?: "", tree) < 0)
+		return kiln_error_set(err, -EPROTO, "kilnd: a result without a tree");
+	r = kiln_peer_pull_tree(st, tree, &src, 1, &po, NULL, err);
+	if (r == 0 && m)
+		kiln_cache_meta_blobs(m, pull_meta_blob, ctx);
+	if (r == 0 && *err)
+		r = (*err)->code;
+	*meta = r == 0 && m ? xstrdup(m) : NULL;
+	return r;
+}
+
+static int take_result(struct kiln_remote *rm, struct kiln_store *st, json_t *state,
+		       struct kiln_solve_result *out, struct kiln_error **err)
+{
+	json_t *res = json_object_get(state, "result"), *outs, *o;
+	size_t i;
+	int r;
+
+	if (!json_is_true(json_object_get(state, "ok")))
+		return kiln_error_set(err, -EIO, "%s",
+				      json_string_value(json_object_get(state, "error")) ?:
+					      "the build failed on kilnd");
+	r = fetch(rm, st, res, &out->tree, &out->meta, err);
+	outs = json_object_get(res, "outputs");
+	out->outputs = xcalloc(json_array_size(outs) + 1, sizeof(*out->outputs));
+	json_array_foreach(outs, i, o) {
+		if (r < 0)
+			break;
+		out->outputs[i].op = (size_t)json_integer_value(json_object_get(o, "op"));
+		r = fetch(rm, st, o, &out->outputs[i].tree, &out->outputs[i].meta, err);
+		out->n_outputs++;
+	}
+	out->run = (unsigned)json_integer_value(json_object_get(res, "run"));
+	out->cached = (unsigned)json_integer_value(json_object_get(res, "cached"));
+	out->bytes_moved = (uint64_t)json_integer_value(json_object_get(res, "bytes_moved"));
+	return r;
+}
+
+int kiln_remote_solve(struct kiln_remote *rm, const struct kiln_remote_build *b,
+		      struct kiln_solve_result *out, struct kiln_error **err)
+{
+	_cleanup_free_ char *id = NULL;
+	json_t *pins, *state = NULL;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	pins = pin_contexts(rm, b, err);
+	if (!pins)
+		return (*err)->code;
+	r = submit(rm, b, pins, &id, err);
+	json_decref(pins);
+	if (r == 0)
+		r = follow(rm, id, b->progress, err);
+	if (r == 0)
+		r = final_state(rm, id, &state, err);
+	if (r == 0)
+		r = take_result(rm, b->store, state, out, err);
+	json_decref(state);
+	if (r < 0 && id)
+		kiln_error_prefix(err, "build %s on %s", id, rm->addr);
+	return r;
+}

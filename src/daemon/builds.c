@@ -1,0 +1,489 @@
+/*
+ * Build sessions (builds.h). Threads: HTTP handler threads create builds
+ * and read their progress; each build's solve runs on a thread of its own
+ * and appends progress through a stdio cookie into the build's buffer.
+ * Everything a build shares is under its lock; the table under b->lock.
+ */
+#include "daemon/builds.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "basic/alloc.h"
+#include "basic/base64.h"
+#include "basic/fs-util.h"
+#include "basic/log.h"
+#include "basic/parse-util.h"
+#include "basic/strbuf.h"
+#include "solver/progress.h"
+#include "solver/solve.h"
+
+#define SUBMIT_BODY_LIMIT (64u << 20)
+#define MAX_BUILDS 256u
+/* How long a reader waits for new progress before answering empty. */
+#define EVENTS_WAIT_MS 1000u
+#define EVENTS_CHUNK (1u << 20)
+/* Progress kept per build (past it, later lines are dropped). */
+#define EVENTS_MAX (256u << 20)
+/* Ended builds are kept this long for their client to read. */
+#define KEEP_NS (600ull * 1000000000ull)
+/* Jobs in flight per build (each worker's slots bound the real work). */
+#define BUILD_SLOTS 256u
+
+struct build {
+	char id[17];
+	struct kiln_builds *owner;
+	/* What was submitted. */
+	char *graph;
+	struct kiln_definition *def;
+	char *platform;
+	struct kiln_solve_pin *pins;
+	size_t n_pins;
+	struct kiln_secret *secrets;
+	size_t n_secrets;
+	bool no_cache;
+	struct kiln_sched_build sb;
+	pthread_t thread;
+	/* Shared under lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct kiln_strbuf events;
+	bool done;
+	json_t *state; /* once done: {"ok", "error", "result"} */
+	uint64_t ended_ns;
+};
+
+struct kiln_builds {
+	struct kiln_sched *sched;
+	struct kiln_store *store;
+	struct kiln_cache *cache;
+	pthread_mutex_t lock;
+	struct build *builds[MAX_BUILDS];
+	size_t n;
+};
+
+struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store *store,
+				    struct kiln_cache *cache)
+{
+	struct kiln_builds *b = xcalloc(1, sizeof(*b));
+
+	b->sched = sched;
+	b->store = store;
+	b->cache = cache;
+	pthread_mutex_init(&b->lock, NULL);
+	return b;
+}
+
+static void build_free(struct build *bd)
+{
+	size_t i;
+
+	if (!bd)
+		return;
+	free(bd->graph);
+	kiln_definition_free(bd->def);
+	free(bd->platform);
+	free(bd->pins);
+	for (i = 0; i < bd->n_secrets; i++) {
+		free((char *)bd->secrets[i].id);
+		free((void *)bd->secrets[i].data);
+	}
+	free(bd->secrets);
+	kiln_strbuf_release(&bd->events);
+	json_decref(bd->state);
+	pthread_cond_destroy(&bd->cond);
+	pthread_mutex_destroy(&bd->lock);
+	free(bd);
+}
+
+void kiln_builds_free(struct kiln_builds *b)
+{
+	size_t i;
+
+	if (!b)
+		return;
+	for (i = 0; i < b->n; i++) {
+		pthread_join(b->builds[i]->thread, NULL);
+		build_free(b->builds[i]);
+	}
+	pthread_mutex_destroy(&b->lock);
+	free(b);
+}
+
+void kiln_builds_sweep(struct kiln_builds *b)
+{
+	uint64_t now = kiln_now_mono_ns();
+	size_t i = 0;
+
+	pthread_mutex_lock(&b->lock);
+	while (i < b->n) {
+		struct build *bd = b->builds[i];
+		bool old;
+
+		pthread_mutex_lock(&bd->lock);
+		old = bd->done && now - bd->ended_ns > KEEP_NS;
+		pthread_mutex_unlock(&bd->lock);
+		if (!old) {
+			i++;
+			continue;
+		}
+		pthread_join(bd->thread, NULL);
+		build_free(bd);
+		b->builds[i] = b->builds[--b->n];
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* ---- progress into the build's buffer ---- */
+
+static ssize_t events_write(void *cookie, const char *buf, size_t size)
+{
+	struct build *bd = cookie;
+
+	pthread_mutex_lock(&bd->lock);
+	kiln_strbuf_add(&bd->events, buf, size);
+	pthread_cond_broadcast(&bd->cond);
+	pthread_mutex_unlock(&bd->lock);
+	return (ssize_t)size;
+}
+
+/* ---- the build thread ---- */
+
+static void meta_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	void **ctx = ud;
+	struct kiln_builds *b = ctx[0];
+	const struct kiln_digest *tree = ctx[1];
+	struct kiln_error **err = ctx[2];
+
+	if (d && !*err)
+		kiln_sched_gather_blob(b->sched, d, tree, err);
+}
+
+/* Outputs into kilnd's store, where the client pulls them from. */
+static int gather(struct build *bd, const struct kiln_digest *tree, const char *meta,
+		  struct kiln_error **err)
+{
+	struct kiln_builds *b = bd->owner;
+	void *ctx[3] = { b, (void *)tree, err };
+	int r = kiln_sched_gather_tree(b->sched, tree, err);
+
+	if (r == 0 && meta)
+		kiln_cache_meta_blobs(meta, meta_blob, ctx);
+	return *err ? (*err)->code : r;
+}
+
+static json_t *output_json(size_t op, const struct kiln_digest *tree, const char *meta)
+{
+	return json_pack("{sIssso}", "op", (json_int_t)op, "tree", KILN_DIGEST_STR(tree),
+			 "meta", meta ? json_string(meta) : json_null());
+}
+
+static void *build_main(void *ud)
+{
+	struct build *bd = ud;
+	struct kiln_builds *b = bd->owner;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	cookie_io_functions_t io = { .write = events_write };
+	FILE *f = fopencookie(bd, "w", io);
+	struct kiln_progress *pg = kiln_progress_new(KILN_PROGRESS_JSON, f);
+	struct kiln_solve_result res = { 0 };
+	struct kiln_executor ex;
+	struct kiln_solve_options so = {
+		.worker_name = "kilnd",
+		.executor = &ex,
+		.store = b->store,
+		.pins = bd->pins,
+		.n_pins = bd->n_pins,
+		.cache = b->cache,
+		.progress = pg,
+		.slots = BUILD_SLOTS,
+		.no_cache = bd->no_cache,
+		.secrets = bd->secrets,
+		.n_secrets = bd->n_secrets,
+	};
+	json_t *state, *outs = json_array();
+	size_t i;
+	int r;
+
+	kiln_sched_executor(&bd->sb, &ex);
+	r = kiln_solve(bd->def, &so, &res, &err);
+	if (r == 0)
+		r = gather(bd, &res.tree, res.meta, &err);
+	for (i = 0; r == 0 && i < res.n_outputs; i++) {
+		r = gather(bd, &res.outputs[i].tree, res.outputs[i].meta, &err);
+		json_array_append_new(outs, output_json(res.outputs[i].op, &res.outputs[i].tree,
+							res.outputs[i].meta));
+	}
+	if (r == 0) {
+		state = json_pack("{sbs{sssososIsIsI}}", "ok", 1, "result", "tree",
+				  KILN_DIGEST_STR(&res.tree), "meta",
+				  res.meta ? json_string(res.meta) : json_null(), "outputs", outs,
+				  "run", (json_int_t)res.run, "cached", (json_int_t)res.cached,
+				  "bytes_moved", (json_int_t)res.bytes_moved);
+		log_info("build %s: done, %u run, %u cached", bd->id, res.run, res.cached);
+	} else {
+		json_decref(outs);
+		state = json_pack("{sbss}", "ok", 0, "error",
+				  err ? kiln_error_msg(err) : "build failed");
+		log_info("build %s: failed: %s", bd->id, err ? kiln_error_msg(err) : "");
+	}
+	kiln_solve_result_release(&res);
+	kiln_progress_free(pg);
+	if (f)
+		fclose(f);
+	pthread_mutex_lock(&bd->lock);
+	bd->state = state;
+	bd->done = true;
+	bd->ended_ns = kiln_now_mono_ns();
+	pthread_cond_broadcast(&bd->cond);
+	pthread_mutex_unlock(&bd->lock);
+	return NULL;
+}
+
+/* ---- POST /v1/builds ---- */
+
+static int parse_pins(struct build *bd, json_t *a, struct kiln_error **err)
+{
+	json_t *p;
+	size_t i;
+
+	if (!a)
+		return 0;
+	if (!json_is_array(a))
+		return kiln_error_set(err, -EINVAL, "\"pins\": expected an array");
+	bd->pins = xcalloc(json_array_size(a) + 1, sizeof(*bd->pins));
+	json_array_foreach(a, i, p) {
+		const char *op = json_string_value(json_object_get(p, "op"));
+		const char *tree = json_string_value(json_object_get(p, "tree"));
+
+		if (!op || !tree || kiln_digest_parse(op, &bd->pins[i].op) < 0 ||
+		    kiln_digest_parse(tree, &bd->pins[i].tree) < 0)
+			return kiln_error_set(err, -EINVAL,
+					      "\"pins\"[%zu]: expected {\"op\": digest, \"tree\": digest}",
+					      i);
+		bd->n_pins++;
+	}
+	return 0;
+}
+
+static int parse_secrets(struct build *bd, json_t *o, struct kiln_error **err)
+{
+	const char *k;
+	json_t *v;
+
+	if (!o)
+		return 0;
+	if (!json_is_object(o))
+		return kiln_error_set(err, -EINVAL, "\"secrets\": expected an object");
+	bd->secrets = xcalloc(json_object_size(o) + 1, sizeof(*bd->secrets));
+	json_object_foreach(o, k, v) {
+		size_t len;
+		char *data = json_is_string(v) ? kiln_base64_decode(json_string_value(v), &len)
+					       : NULL;
+
+		if (!data)
+			return kiln_error_set(err, -EINVAL, "\"secrets\".\"%s\": not base64", k);
+		bd->secrets[bd->n_secrets++] = (struct kiln_secret){
+			.id = xstrdup(k), .data = data, .len = len
+		};
+	}
+	return 0;
+}
+
+static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
+			struct kiln_error **err)
+{
+	const char *graph = json_string_value(json_object_get(body, "graph"));
+	const char *platform = json_string_value(json_object_get(body, "platform"));
+	const char *base_dir = json_string_value(json_object_get(body, "base_dir"));
+	json_t *nc = json_object_get(body, "no_cache");
+	size_t k;
+	int r;
+
+	if (!graph)
+		return kiln_error_set(err, -EINVAL, "\"graph\": expected the graph's JSON text");
+	if (!platform)
+		return kiln_error_set(err, -EINVAL, "\"platform\": expected os/arch");
+	if (nc && !json_is_boolean(nc))
+		return kiln_error_set(err, -EINVAL, "\"no_cache\": expected a boolean");
+	bd->no_cache = json_is_true(nc);
+	bd->graph = xstrdup(graph);
+	bd->platform = xstrdup(platform);
+	/* The client's base directory: relative paths become what it hashed. */
+	if (base_dir && base_dir[0] != '/')
+		return kiln_error_set(err, -EINVAL, "\"base_dir\": expected an absolute path");
+	r = kiln_definition_parse(bd->graph, strlen(bd->graph), "graph", base_dir ? base_dir : "/",
+				  bd->platform, &bd->def, err);
+	if (r < 0)
+		return r;
+	for (k = 0; k < bd->def->n_ops; k++)
+		if (bd->def->ops[k].type == KILN_OP_SOURCE_IMAGE &&
+		    !strncmp(bd->def->ops[k].ref, "oci-layout://", 13))
+			return kiln_error_set(err, -EINVAL,
+					      "op '%s': %s: oci-layout sources are read from the client's disk, which kilnd cannot; push the image to a registry or build without --addr",
+					      bd->def->ops[k].id, bd->def->ops[k].ref);
+	r = parse_pins(bd, json_object_get(body, "pins"), err);
+	if (r == 0)
+		r = parse_secrets(bd, json_object_get(body, "secrets"), err);
+	if (r == 0)
+		/* Workers fetch the graph from kilnd, like any blob. */
+		r = kiln_store_put_buf(b->store, bd->graph, strlen(bd->graph), &bd->sb.graph,
+				       err);
+	return r;
+}
+
+static int handle_submit(const struct kiln_http_server_req *req,
+			 struct kiln_http_server_resp *resp, void *ud)
+{
+	struct kiln_builds *b = ud;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ char *id = kiln_random_hex(8);
+	struct build *bd = xcalloc(1, sizeof(*bd));
+
+	snprintf(bd->id, sizeof(bd->id), "%s", id);
+	bd->owner = b;
+	pthread_mutex_init(&bd->lock, NULL);
+	pthread_cond_init(&bd->cond, NULL);
+	kiln_strbuf_init(&bd->events, EVENTS_MAX);
+	if (parse_submit(b, bd, req->json, &err) < 0) {
+		kiln_http_resp_error(resp, 400, "%s", kiln_error_msg(err));
+		build_free(bd);
+		return 0;
+	}
+	bd->sb.sched = b->sched;
+	bd->sb.platform = bd->platform;
+	kiln_builds_sweep(b);
+	pthread_mutex_lock(&b->lock);
+	if (b->n == MAX_BUILDS) {
+		pthread_mutex_unlock(&b->lock);
+		build_free(bd);
+		kiln_http_resp_error(resp, 503, "too many builds (%u kept)", MAX_BUILDS);
+		return 0;
+	}
+	if (pthread_create(&bd->thread, NULL, build_main, bd) != 0)
+		abort(); /* only without memory */
+	b->builds[b->n++] = bd;
+	pthread_mutex_unlock(&b->lock);
+	log_info("build %s: %zu ops submitted", bd->id, bd->def->n_ops);
+	kiln_http_resp_json(resp, 201, json_pack("{ss}", "id", bd->id));
+	return 0;
+}
+
+/* ---- reading a build ---- */
+
+static struct build *find(struct kiln_builds *b, const char *id, size_t idlen)
+{
+	struct build *bd = NULL;
+	size_t i;
+
+	pthread_mutex_lock(&b->lock);
+	for (i = 0; i < b->n; i++)
+		if (strlen(b->builds[i]->id) == idlen && !memcmp(b->builds[i]->id, id, idlen))
+			bd = b->builds[i];
+	pthread_mutex_unlock(&b->lock);
+	return bd; /* builds are freed only by sweep, long after they end */
+}
+
+static void deadline_in(struct timespec *ts, unsigned ms)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += ms / 1000u;
+	ts->tv_nsec += (long)(ms % 1000u) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+static void respond_events(struct build *bd, const char *from_s,
+			   struct kiln_http_server_resp *resp)
+{
+	uint64_t from = 0;
+	struct timespec ts;
+	size_t n = 0;
+	char *data;
+
+	if (from_s && kiln_parse_u64(from_s, &from) < 0) {
+		kiln_http_resp_error(resp, 400, "?from=%s: not an offset", from_s);
+		return;
+	}
+	deadline_in(&ts, EVENTS_WAIT_MS);
+	pthread_mutex_lock(&bd->lock);
+	while (!bd->done && bd->events.len <= from &&
+	       pthread_cond_timedwait(&bd->cond, &bd->lock, &ts) == 0)
+		;
+	if (from > bd->events.len) {
+		pthread_mutex_unlock(&bd->lock);
+		kiln_http_resp_error(resp, 416, "?from=%llu is past the end",
+				     (unsigned long long)from);
+		return;
+	}
+	n = bd->events.len - from;
+	if (n > EVENTS_CHUNK)
+		n = EVENTS_CHUNK;
+	data = xmalloc(n + 1);
+	memcpy(data, bd->events.buf + from, n);
+	pthread_mutex_unlock(&bd->lock);
+	kiln_http_resp_bytes(resp, 200, "application/x-ndjson", data, n);
+}
+
+static int handle_get(const struct kiln_http_server_req *req,
+		      struct kiln_http_server_resp *resp, void *ud)
+{
+	struct kiln_builds *b = ud;
+	const char *slash = strchr(req->rest, '/');
+	size_t idlen = slash ? (size_t)(slash - req->rest) : strlen(req->rest);
+	struct build *bd = find(b, req->rest, idlen);
+	json_t *o;
+
+	if (!bd) {
+		kiln_http_resp_error(resp, 404, "no build %.*s", (int)idlen, req->rest);
+		return 0;
+	}
+	if (slash && !strcmp(slash, "/events")) {
+		respond_events(bd, kiln_http_server_req_query(req, "from"), resp);
+		return 0;
+	}
+	if (slash) {
+		kiln_http_resp_error(resp, 404, "no such resource %s", req->path);
+		return 0;
+	}
+	/* ?wait=1: a client waiting for the end asks without spinning. */
+	pthread_mutex_lock(&bd->lock);
+	if (kiln_http_server_req_query(req, "wait")) {
+		struct timespec ts;
+
+		deadline_in(&ts, EVENTS_WAIT_MS);
+		while (!bd->done && pthread_cond_timedwait(&bd->cond, &bd->lock, &ts) == 0)
+			;
+	}
+	o = bd->done ? json_deep_copy(bd->state) : json_object();
+	json_object_set_new(o, "id", json_string(bd->id));
+	json_object_set_new(o, "state", json_string(bd->done ? "done" : "running"));
+	pthread_mutex_unlock(&bd->lock);
+	kiln_http_resp_json(resp, 200, o);
+	return 0;
+}
+
+int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
+		       const char *token)
+{
+	const struct kiln_http_route routes[] = {
+		{ "POST", "/v1/builds", handle_submit, b, SUBMIT_BODY_LIMIT, true, false, token,
+		  NULL },
+		{ "GET", "/v1/builds/*", handle_get, b, 0, false, false, token, NULL },
+	};
+	size_t i;
+	int r;
+
+	for (i = 0; i < ARRAY_SIZE(routes); i++) {
+		r = kiln_http_server_route(http, &routes[i]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}

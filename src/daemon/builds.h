@@ -1,0 +1,30 @@
+/*
+ * kilnd's build sessions (docs/api.md "Builds"): a client submits a graph
+ * with its pinned contexts and secrets; kilnd solves it on a thread of its
+ * own through the scheduler, streams progress as JSON lines the client
+ * reads by offset, and gathers the outputs into its store, from where the
+ * client pulls them like any peer.
+ *
+ *   POST /v1/builds                 submit: {"id": ...}
+ *   GET  /v1/builds/<id>/events     progress bytes from ?from=OFFSET
+ *   GET  /v1/builds/<id>            state and, once done, the result
+ */
+#pragma once
+
+#include "basic/error.h"
+#include "cache/index.h"
+#include "cas/store.h"
+#include "daemon/scheduler.h"
+#include "proto/http-server.h"
+
+struct kiln_builds;
+
+struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store *store,
+				    struct kiln_cache *cache);
+/* Waits for running builds to end. */
+void kiln_builds_free(struct kiln_builds *b);
+/* Add the routes (client token) to http before it starts. */
+int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
+		       const char *token);
+/* Forget builds that ended long ago (called periodically). */
+void kiln_builds_sweep(struct kiln_builds *b);

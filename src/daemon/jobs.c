@@ -1,0 +1,891 @@
+/*
+ * kiln-worker's job service (jobs.h; the wire format is docs/api.md
+ * "Jobs (kilnd → worker)").
+ *
+ * One job, on its HTTP connection thread:
+ *
+ *   PARSE  --malformed--> 400
+ *     | valid
+ *   GRAPH  (cache, else pull the blob and parse) --no source--> 502
+ *     |                                          --bad graph--> 400
+ *   CHECK  (op in range, inputs match the op)    --mismatch---> 400
+ *     |
+ *   PULL   (each input tree, then a local pin)   --held nowhere--> 409
+ *     |
+ *   RUN    (kiln_job_run)                        --step failed--> 422
+ *     |
+ *   200 {result, meta, size, log, pulled}
+ *
+ * The running count covers GRAPH to the answer. Trees that become complete
+ * here (pulled inputs, results) are added to the inventory.
+ */
+#include "daemon/jobs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "basic/alloc.h"
+#include "basic/base64.h"
+#include "basic/fs-util.h"
+#include "basic/log.h"
+#include "basic/macro.h"
+#include "basic/strbuf.h"
+#include "cas/digest-set.h"
+#include "cas/tree.h"
+#include "proto/http-client.h"
+#include "proto/http-server.h"
+#include "solver/definition.h"
+#include "solver/job.h"
+#include "transfer/peer.h"
+#include "worker/worker.h"
+
+#define URL_MAX 256u
+#define PLATFORM_MAX 64u
+#define SECRET_ID_MAX 256u
+/* A line of the inventory file: a digest and '\n'. */
+#define INVENTORY_LINE_MAX 128u
+
+/* ---- text for JSON: valid UTF-8, no NUL ---- */
+
+/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 if none. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	size_t len, i;
+	uint32_t cp;
+
+	if (s[0] < 0x80)
+		return s[0] ? 1 : 0;
+	if (s[0] < 0xc2 || s[0] > 0xf4)
+		return 0;
+	len = s[0] <= 0xdf ? 2 : s[0] <= 0xef ? 3 : 4;
+	cp = s[0] & (0x7fu >> len);
+	if (len > n)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3fu);
+	}
+	if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+/*
+ * A JSON string of n bytes of s: what is not UTF-8 (a cut sequence, binary
+ * output) or NUL becomes U+FFFD, so the answer always encodes.
+ */
+static json_t *text_json(const char *s, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	_cleanup_free_ char *buf = xmalloc(n * 3 + 1);
+	size_t i = 0, o = 0, l;
+
+	while (i < n) {
+		l = utf8_seq(u + i, n - i);
+		if (l) {
+			memcpy(buf + o, s + i, l);
+			o += l;
+			i += l;
+		} else {
+			memcpy(buf + o, "\xef\xbf\xbd", 3);
+			o += 3;
+			i++;
+		}
+	}
+	return json_stringn(buf, o);
+}
+
+static json_t *msg_json(const char *s)
+{
+	return text_json(s, strlen(s));
+}
+
+/* ---- the inventory ---- */
+
+struct kiln_inventory {
+	pthread_mutex_t lock;
+	struct kiln_store *store;
+	struct kiln_digest *trees; /* oldest first */
+	size_t n, alloc;
+	struct kiln_digest_set set;
+	char *path;
+	int fd; /* O_APPEND */
+};
+
+static bool root_present(struct kiln_store *s, const struct kiln_digest *d)
+{
+	return kiln_tree_is_empty_digest(d) || kiln_store_has(s, d);
+}
+
+static void inv_push(struct kiln_inventory *inv, const struct kiln_digest *d)
+{
+	inv->trees = xgrow(inv->trees, &inv->alloc, inv->n + 1, sizeof(*inv->trees));
+	inv->trees[inv->n++] = *d;
+	kiln_digest_set_add(&inv->set, d);
+}
+
+/* Read path; true when the file should be rewritten (something dropped). */
+static int inv_load(struct kiln_inventory *inv, bool *dirty, struct kiln_error **err)
+{
+	FILE *f = fopen(inv->path, "re");
+	char line[INVENTORY_LINE_MAX];
+	struct kiln_digest d;
+
+	*dirty = false;
+	if (!f && errno == ENOENT)
+		return 0;
+	if (!f)
+		return kiln_error_seterrno(err, -errno, "inventory %s", inv->path);
+	while (fgets(line, sizeof(line), f)) {
+		size_t n = strlen(line);
+
+		if (n && line[n - 1] == '\n')
+			line[--n] = '\0';
+		else if (!feof(f)) { /* over-long: skip the rest of it */
+			int c;
+
+			while ((c = fgetc(f)) != EOF && c != '\n')
+				;
+			*dirty = true;
+			continue;
+		} else {
+			*dirty = true; /* a torn last line */
+		}
+		if (kiln_digest_parse(line, &d) < 0 || kiln_digest_set_has(&inv->set, &d) ||
+		    !root_present(inv->store, &d)) {
+			*dirty = true;
+			continue;
+		}
+		inv_push(inv, &d);
+	}
+	fclose(f);
+	return 0;
+}
+
+static int inv_rewrite(struct kiln_inventory *inv, struct kiln_error **err)
+{
+	_cleanup_free_ char *buf = xmalloc(inv->n * KILN_DIGEST_STRLEN + 1);
+	size_t i, o = 0;
+	int r;
+
+	for (i = 0; i < inv->n; i++) {
+		kiln_digest_fmt(&inv->trees[i], buf + o);
+		o += strlen(buf + o);
+		buf[o++] = '\n';
+	}
+	r = kiln_write_file_atomic_at(AT_FDCWD, inv->path, buf, o, 0644, true);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "rewriting inventory %s", inv->path);
+	return 0;
+}
+
+int kiln_inventory_open(const char *path, struct kiln_store *store,
+			struct kiln_inventory **out, struct kiln_error **err)
+{
+	struct kiln_inventory *inv = xcalloc(1, sizeof(*inv));
+	bool dirty = false;
+	int r;
+
+	pthread_mutex_init(&inv->lock, NULL);
+	inv->store = store;
+	inv->path = xstrdup(path);
+	inv->fd = -1;
+	r = inv_load(inv, &dirty, err);
+	if (r == 0 && dirty)
+		r = inv_rewrite(inv, err);
+	if (r == 0) {
+		inv->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+		if (inv->fd < 0)
+			r = kiln_error_seterrno(err, -errno, "inventory %s", path);
+	}
+	if (r < 0) {
+		kiln_inventory_free(inv);
+		return r;
+	}
+	*out = inv;
+	return 0;
+}
+
+void kiln_inventory_free(struct kiln_inventory *inv)
+{
+	if (!inv)
+		return;
+	if (inv->fd >= 0)
+		close(inv->fd);
+	kiln_digest_set_release(&inv->set);
+	free(inv->trees);
+	free(inv->path);
+	pthread_mutex_destroy(&inv->lock);
+	free(inv);
+}
+
+int kiln_inventory_add(struct kiln_inventory *inv, const struct kiln_digest *tree)
+{
+	char line[KILN_DIGEST_STRLEN + 1];
+	size_t n;
+	int r = 0;
+
+	pthread_mutex_lock(&inv->lock);
+	if (!kiln_digest_set_has(&inv->set, tree)) {
+		/* Held whether or not the line makes it to disk. */
+		inv_push(inv, tree);
+		kiln_digest_fmt(tree, line);
+		n = strlen(line);
+		line[n++] = '\n';
+		r = kiln_write_full(inv->fd, line, n);
+	}
+	pthread_mutex_unlock(&inv->lock);
+	return r;
+}
+
+bool kiln_inventory_has(struct kiln_inventory *inv, const struct kiln_digest *tree)
+{
+	bool has;
+
+	pthread_mutex_lock(&inv->lock);
+	has = kiln_digest_set_has(&inv->set, tree);
+	pthread_mutex_unlock(&inv->lock);
+	return has;
+}
+
+size_t kiln_inventory_size(struct kiln_inventory *inv)
+{
+	size_t n;
+
+	pthread_mutex_lock(&inv->lock);
+	n = inv->n;
+	pthread_mutex_unlock(&inv->lock);
+	return n;
+}
+
+json_t *kiln_inventory_json(struct kiln_inventory *inv, size_t max)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	pthread_mutex_lock(&inv->lock);
+	for (i = max && inv->n > max ? inv->n - max : 0; i < inv->n; i++)
+		json_array_append_new(a, json_string(KILN_DIGEST_STR(&inv->trees[i])));
+	pthread_mutex_unlock(&inv->lock);
+	return a;
+}
+
+/* ---- the service ---- */
+
+/* A parsed definition; freed when neither the cache nor a job holds it. */
+struct def_entry {
+	struct kiln_digest digest;
+	char *platform;
+	struct kiln_definition *def;
+	unsigned refs;
+	uint64_t used; /* tick of the last lookup (LRU) */
+};
+
+struct kiln_jobs {
+	struct kiln_worker *w;
+	struct kiln_store *store;
+	const char *token;
+	struct kiln_inventory *inv;
+	struct kiln_http_client *client;
+	pthread_mutex_t lock; /* defs, tick, running */
+	struct def_entry *defs[KILN_JOBS_DEF_CACHE];
+	uint64_t tick;
+	unsigned running;
+};
+
+/* A job request, parsed; pointers into the request's JSON are borrowed. */
+struct job_req {
+	struct kiln_digest graph;
+	const char *platform;
+	size_t op;
+	struct kiln_digest *inputs;
+	size_t n_inputs;
+	struct kiln_digest pin;
+	bool has_pin;
+	struct kiln_digest *chain;
+	size_t n_chain;
+	struct kiln_peer_source *sources;
+	size_t n_sources;
+	struct kiln_secret *secrets;
+	size_t n_secrets;
+	uint64_t *pulled; /* verified bytes per source, this job */
+};
+
+/* How a job ended when it did not succeed: status and JSON extras. */
+struct job_fail {
+	unsigned status;
+	struct kiln_digest missing; /* 409 */
+};
+
+static void def_unref(struct def_entry *e)
+{
+	kiln_definition_free(e->def);
+	free(e->platform);
+	free(e);
+}
+
+/* Drop a reference under j->lock; the entry is freed by the caller. */
+static struct def_entry *def_drop_locked(struct def_entry *e)
+{
+	return --e->refs == 0 ? e : NULL;
+}
+
+static void def_release(struct kiln_jobs *j, struct def_entry *e)
+{
+	struct def_entry *dead;
+
+	pthread_mutex_lock(&j->lock);
+	dead = def_drop_locked(e);
+	pthread_mutex_unlock(&j->lock);
+	if (dead)
+		def_unref(dead);
+}
+
+static struct def_entry *def_find_locked(struct kiln_jobs *j, const struct kiln_digest *d,
+					 const char *platform)
+{
+	size_t i;
+
+	for (i = 0; i < KILN_JOBS_DEF_CACHE; i++) {
+		struct def_entry *e = j->defs[i];
+
+		if (e && kiln_digest_eq(&e->digest, d) && !strcmp(e->platform, platform)) {
+			e->refs++;
+			e->used = ++j->tick;
+			return e;
+		}
+	}
+	return NULL;
+}
+
+/* Cache e (holding the job's reference) unless a racing job did; returns the one to use. */
+static struct def_entry *def_insert(struct kiln_jobs *j, struct def_entry *e)
+{
+	struct def_entry *have, *dead = NULL;
+	size_t i, lru = 0;
+
+	pthread_mutex_lock(&j->lock);
+	have = def_find_locked(j, &e->digest, e->platform);
+	if (!have) {
+		for (i = 0; i < KILN_JOBS_DEF_CACHE; i++) {
+			if (!j->defs[i]) {
+				lru = i;
+				break;
+			}
+			if (j->defs[i]->used < j->defs[lru]->used)
+				lru = i;
+		}
+		if (j->defs[lru])
+			dead = def_drop_locked(j->defs[lru]);
+		e->refs = 2; /* the cache's and the job's */
+		e->used = ++j->tick;
+		j->defs[lru] = e;
+	}
+	pthread_mutex_unlock(&j->lock);
+	if (dead)
+		def_unref(dead);
+	if (have)
+		def_unref(e); /* never shared */
+	return have ? have : e;
+}
+
+static void add_pulled(struct job_req *q, const struct kiln_peer_source_stats *per)
+{
+	size_t i;
+
+	for (i = 0; i < q->n_sources; i++)
+		q->pulled[i] += per[i].bytes;
+}
+
+/* The definition of q->graph: cached, else pulled and parsed. */
+static int def_get(struct kiln_jobs *j, struct job_req *q, struct def_entry **out,
+		   struct job_fail *f, struct kiln_error **err)
+{
+	struct kiln_peer_source_stats per[KILN_JOBS_MAX_SOURCES + 1];
+	struct kiln_peer_stats st = { .sources = per };
+	struct kiln_peer_pull_options po = { .http = j->client };
+	_cleanup_free_ char *text = NULL;
+	struct kiln_definition *def = NULL;
+	struct def_entry *e;
+	size_t len = 0;
+	int r;
+
+	pthread_mutex_lock(&j->lock);
+	*out = def_find_locked(j, &q->graph, q->platform);
+	pthread_mutex_unlock(&j->lock);
+	if (*out)
+		return 0;
+	f->status = 502;
+	r = kiln_peer_pull_blob(j->store, &q->graph, UINT64_MAX, q->sources, q->n_sources,
+				&po, &st, err);
+	add_pulled(q, per);
+	if (r < 0) {
+		kiln_error_prefix(err, "graph %s", KILN_DIGEST_STR(&q->graph));
+		return r;
+	}
+	f->status = 400;
+	r = kiln_store_read(j->store, &q->graph, KILN_DEF_MAX_BYTES, &text, &len, err);
+	if (r == 0)
+		r = kiln_definition_parse(text, len, "graph", "/", q->platform, &def, err);
+	if (r < 0) {
+		kiln_error_prefix(err, "graph %s", KILN_DIGEST_STR(&q->graph));
+		return r;
+	}
+	e = xcalloc(1, sizeof(*e));
+	e->digest = q->graph;
+	e->platform = xstrdup(q->platform);
+	e->def = def;
+	*out = def_insert(j, e);
+	return 0;
+}
+
+/* ---- parsing the request ---- */
+
+static void req_release(struct job_req *q)
+{
+	size_t i;
+
+	free(q->inputs);
+	free(q->chain);
+	free(q->sources);
+	for (i = 0; i < q->n_secrets; i++) {
+		explicit_bzero((void *)q->secrets[i].data, q->secrets[i].len);
+		free((void *)q->secrets[i].data);
+	}
+	free(q->secrets);
+	free(q->pulled);
+}
+
+/* A known member of the wrong type, or a required one missing: 400. */
+static int member(const json_t *j, const char *key, json_type type, bool required,
+		  json_t **out, struct kiln_error **err)
+{
+	json_t *v = json_object_get(j, key);
+
+	*out = NULL;
+	if (!v && !required)
+		return 0;
+	if (!v)
+		return kiln_error_set(err, -EINVAL, "missing \"%s\"", key);
+	if (json_typeof(v) != type)
+		return kiln_error_set(err, -EINVAL, "\"%s\" has the wrong type", key);
+	*out = v;
+	return 0;
+}
+
+static int parse_digest(const json_t *v, const char *key, struct kiln_digest *d,
+			struct kiln_error **err)
+{
+	if (!json_is_string(v) || kiln_digest_parse(json_string_value(v), d) < 0)
+		return kiln_error_set(err, -EINVAL, "\"%s\": not a digest (sha256:<64 hex>)", key);
+	return 0;
+}
+
+static int parse_digests(const json_t *j, const char *key, size_t max,
+			 struct kiln_digest **out, size_t *n, struct kiln_error **err)
+{
+	json_t *a, *v;
+	size_t i;
+	int r = member(j, key, JSON_ARRAY, true, &a, err);
+
+	if (r < 0)
+		return r;
+	if (json_array_size(a) > max)
+		return kiln_error_set(err, -EINVAL, "\"%s\": more than %zu digests", key, max);
+	*out = xcalloc(json_array_size(a) + 1, sizeof(**out));
+	json_array_foreach(a, i, v) {
+		if (!json_is_string(v) || kiln_digest_parse(json_string_value(v), &(*out)[i]) < 0)
+			return kiln_error_set(err, -EINVAL, "\"%s\"[%zu]: not a digest (sha256:<64 hex>)",
+					      key, i);
+		(*n)++;
+	}
+	return 0;
+}
+
+static bool printable(const char *s)
+{
+	for (; *s; s++)
+		if (*s <= ' ' || *s > '~')
+			return false;
+	return true;
+}
+
+static int parse_sources(const json_t *j, const char *token, struct job_req *q,
+			 struct kiln_error **err)
+{
+	json_t *a, *v, *u;
+	size_t i;
+	int r = member(j, "sources", JSON_ARRAY, true, &a, err);
+
+	if (r < 0)
+		return r;
+	if (json_array_size(a) > KILN_JOBS_MAX_SOURCES)
+		return kiln_error_set(err, -EINVAL, "\"sources\": more than %u", KILN_JOBS_MAX_SOURCES);
+	q->sources = xcalloc(json_array_size(a) + 1, sizeof(*q->sources));
+	q->pulled = xcalloc(json_array_size(a) + 1, sizeof(*q->pulled));
+	json_array_foreach(a, i, v) {
+		const char *s;
+
+		u = json_object_get(v, "url");
+		s = json_string_value(u);
+		if (!s || !*s || strlen(s) > URL_MAX || !printable(s) ||
+		    (strncmp(s, "http://", 7) && strncmp(s, "https://", 8)))
+			return kiln_error_set(err, -EINVAL,
+					      "\"sources\"[%zu].url: not an http:// or https:// URL of at most %u bytes",
+					      i, URL_MAX);
+		q->sources[i].url = s;
+		q->sources[i].token = token;
+		q->n_sources++;
+	}
+	return 0;
+}
+
+static int parse_secrets(const json_t *j, struct job_req *q, struct kiln_error **err)
+{
+	json_t *o, *v;
+	const char *k;
+	int r = member(j, "secrets", JSON_OBJECT, false, &o, err);
+
+	if (r < 0 || !o)
+		return r;
+	if (json_object_size(o) > KILN_JOBS_MAX_SECRETS)
+		return kiln_error_set(err, -EINVAL, "\"secrets\": more than %u", KILN_JOBS_MAX_SECRETS);
+	q->secrets = xcalloc(json_object_size(o) + 1, sizeof(*q->secrets));
+	json_object_foreach(o, k, v) {
+		struct kiln_secret *s = &q->secrets[q->n_secrets];
+		char *data = NULL;
+
+		if (!*k || strlen(k) > SECRET_ID_MAX)
+			return kiln_error_set(err, -EINVAL, "\"secrets\": an id is empty or longer than %u bytes",
+					      SECRET_ID_MAX);
+		if (json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v))
+			data = kiln_base64_decode(json_string_value(v), &s->len);
+		if (!data)
+			return kiln_error_set(err, -EINVAL, "\"secrets\".%s: not base64", k);
+		s->id = k;
+		s->data = data;
+		q->n_secrets++;
+	}
+	return 0;
+}
+
+static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **err)
+{
+	json_t *v;
+	int r = member(j, "graph", JSON_STRING, true, &v, err);
+
+	if (r == 0)
+		r = parse_digest(v, "graph", &q->graph, err);
+	if (r == 0)
+		r = member(j, "platform", JSON_STRING, true, &v, err);
+	if (r < 0)
+		return r;
+	q->platform = json_string_value(v);
+	if (!*q->platform || strlen(q->platform) > PLATFORM_MAX || !printable(q->platform))
+		return kiln_error_set(err, -EINVAL, "\"platform\": not os/arch[/variant]");
+	r = member(j, "op", JSON_INTEGER, true, &v, err);
+	if (r < 0)
+		return r;
+	if (json_integer_value(v) < 0 || json_integer_value(v) >= KILN_DEF_MAX_OPS)
+		return kiln_error_set(err, -EINVAL, "\"op\": %" JSON_INTEGER_FORMAT " is out of range",
+				      json_integer_value(v));
+	q->op = (size_t)json_integer_value(v);
+	v = json_object_get(j, "pin");
+	if (v && !json_is_null(v)) {
+		q->has_pin = true;
+		r = parse_digest(v, "pin", &q->pin, err);
+	}
+	return r;
+}
+
+static int parse_req(const json_t *j, const char *token, struct job_req *q,
+		     struct kiln_error **err)
+{
+	int r;
+
+	if (!json_is_object(j))
+		return kiln_error_set(err, -EINVAL, "job: not a JSON object");
+	r = parse_head(j, q, err);
+	if (r == 0)
+		r = parse_digests(j, "inputs", KILN_DEF_MAX_OPS, &q->inputs, &q->n_inputs, err);
+	if (r == 0 && json_object_get(j, "chain"))
+		r = parse_digests(j, "chain", KILN_JOBS_MAX_CHAIN, &q->chain, &q->n_chain, err);
+	if (r == 0)
+		r = parse_sources(j, token, q, err);
+	if (r == 0)
+		r = parse_secrets(j, q, err);
+	return r;
+}
+
+/* The op against the request: index, inputs, a local source's pin. */
+static int check_op(const struct kiln_definition *def, const struct job_req *q,
+		    struct kiln_error **err)
+{
+	const struct kiln_op *op;
+
+	if (q->op >= def->n_ops)
+		return kiln_error_set(err, -EINVAL, "\"op\": %zu is out of range: graph %s has %zu ops",
+				      q->op, KILN_DIGEST_STR(&q->graph), def->n_ops);
+	op = &def->ops[q->op];
+	if (q->n_inputs != op->n_inputs)
+		return kiln_error_set(err, -EINVAL, "\"inputs\": %zu given, op '%s' has %zu",
+				      q->n_inputs, op->id, op->n_inputs);
+	if (op->type == KILN_OP_SOURCE_LOCAL && !q->has_pin)
+		return kiln_error_set(err, -EINVAL, "\"pin\": required for op '%s' (source.local)",
+				      op->id);
+	return 0;
+}
+
+/* ---- running ---- */
+
+/* The end of the step's output: at most KILN_JOBS_LOG_MAX bytes. */
+struct tail {
+	pthread_mutex_t lock;
+	char *buf; /* 2 * KILN_JOBS_LOG_MAX, on first output */
+	size_t len;
+};
+
+static void tail_output(void *ud, int stream, const char *data, size_t n)
+{
+	struct tail *t = ud;
+	size_t keep;
+
+	(void)stream;
+	pthread_mutex_lock(&t->lock);
+	if (!t->buf)
+		t->buf = xmalloc(2 * KILN_JOBS_LOG_MAX);
+	if (n >= KILN_JOBS_LOG_MAX) {
+		data += n - KILN_JOBS_LOG_MAX;
+		n = KILN_JOBS_LOG_MAX;
+		t->len = 0;
+	} else if (t->len + n > 2 * KILN_JOBS_LOG_MAX) {
+		keep = t->len < KILN_JOBS_LOG_MAX ? t->len : KILN_JOBS_LOG_MAX;
+		memmove(t->buf, t->buf + t->len - keep, keep);
+		t->len = keep;
+	}
+	memcpy(t->buf + t->len, data, n);
+	t->len += n;
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* The log as JSON; a cut start skips to the next character. */
+static json_t *tail_json(struct tail *t)
+{
+	size_t off = t->len > KILN_JOBS_LOG_MAX ? t->len - KILN_JOBS_LOG_MAX : 0, i;
+
+	if (off)
+		for (i = 0; i < 3 && off < t->len && ((unsigned char)t->buf[off] & 0xc0) == 0x80; i++)
+			off++;
+	return text_json(t->buf ? t->buf + off : "", t->len - off);
+}
+
+/* Make tree complete here; -ENOENT / -EPROTO: held by no source. */
+static int pull_tree(struct kiln_jobs *j, struct job_req *q, const struct kiln_digest *t,
+		     struct kiln_error **err)
+{
+	struct kiln_peer_source_stats per[KILN_JOBS_MAX_SOURCES + 1];
+	struct kiln_peer_stats st = { .sources = per };
+	struct kiln_peer_pull_options po = { .http = j->client };
+	int r;
+
+	r = kiln_peer_pull_tree(j->store, t, q->sources, q->n_sources, &po, &st, err);
+	add_pulled(q, per);
+	if (r == 0 && kiln_inventory_add(j->inv, t) < 0)
+		log_warn("kiln-worker: cannot append %s to the inventory", KILN_DIGEST_STR(t));
+	return r;
+}
+
+static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln_op *op,
+		       struct job_fail *f, struct kiln_error **err)
+{
+	/* Other ops' pins name what they fetch themselves (image, URL). */
+	size_t n = q->n_inputs + (op->type == KILN_OP_SOURCE_LOCAL ? 1 : 0), i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < n; i++) {
+		const struct kiln_digest *t = i < q->n_inputs ? &q->inputs[i] : &q->pin;
+
+		r = pull_tree(j, q, t, err);
+		if (r < 0) {
+			f->status = r == -ENOENT || r == -EPROTO ? 409 : 500;
+			f->missing = *t;
+		}
+	}
+	return r;
+}
+
+static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definition *def,
+	       struct tail *log, struct kiln_job_result *res, struct kiln_error **err)
+{
+	struct kiln_job job = {
+		.def = def, .op = q->op, .inputs = q->inputs,
+		.pin = q->has_pin ? &q->pin : NULL, .chain = q->chain,
+		.n_chain = q->n_chain, .secrets = q->secrets, .n_secrets = q->n_secrets,
+		.output = tail_output, .output_ud = log,
+	};
+	int r = kiln_job_run(j->w, &job, res, err);
+
+	if (r == 0 && kiln_inventory_add(j->inv, &res->tree) < 0)
+		log_warn("kiln-worker: cannot append %s to the inventory",
+			 KILN_DIGEST_STR(&res->tree));
+	return r;
+}
+
+static json_t *pulled_json(const struct job_req *q)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; i < q->n_sources; i++)
+		json_array_append_new(a, json_pack("{s:s, s:I}", "url", q->sources[i].url,
+						   "bytes", (json_int_t)q->pulled[i]));
+	return a;
+}
+
+static void answer_ok(struct kiln_http_server_resp *resp, const struct job_req *q,
+		      const struct kiln_job_result *res, struct tail *log)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "result", json_string(KILN_DIGEST_STR(&res->tree)));
+	json_object_set_new(o, "meta", res->meta ? msg_json(res->meta) : json_null());
+	json_object_set_new(o, "size", json_integer((json_int_t)res->size));
+	json_object_set_new(o, "log", tail_json(log));
+	json_object_set_new(o, "pulled", pulled_json(q));
+	kiln_http_resp_json(resp, 200, o);
+}
+
+static void answer_fail(struct kiln_http_server_resp *resp, const struct job_fail *f,
+			const struct kiln_error *err, struct tail *log)
+{
+	json_t *o = json_object();
+
+	json_object_set_new(o, "error", msg_json(kiln_error_msg(err)));
+	if (f->status == 409)
+		json_object_set_new(o, "missing", json_string(KILN_DIGEST_STR(&f->missing)));
+	if (f->status == 422)
+		json_object_set_new(o, "log", tail_json(log));
+	kiln_http_resp_json(resp, f->status, o);
+}
+
+/* GRAPH, CHECK, PULL, RUN of the state comment; the answer goes to resp. */
+static void job_do(struct kiln_jobs *j, struct job_req *q, struct kiln_http_server_resp *resp)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct tail log = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct kiln_job_result res = { 0 };
+	struct job_fail f = { .status = 500 };
+	struct def_entry *e = NULL;
+	int r = def_get(j, q, &e, &f, &err);
+
+	if (r == 0) {
+		f.status = 400;
+		r = check_op(e->def, q, &err);
+	}
+	if (r == 0)
+		r = pull_inputs(j, q, &e->def->ops[q->op], &f, &err);
+	if (r == 0) {
+		f.status = 422;
+		r = run(j, q, e->def, &log, &res, &err);
+	}
+	if (r == 0)
+		answer_ok(resp, q, &res, &log);
+	else
+		answer_fail(resp, &f, err, &log);
+	log_debug("kiln-worker: job op %zu of %s: %u%s%s", q->op, KILN_DIGEST_STR(&q->graph),
+		  r == 0 ? 200 : f.status, r == 0 ? "" : ": ", r == 0 ? "" : kiln_error_msg(err));
+	kiln_job_result_release(&res);
+	if (e)
+		def_release(j, e);
+	free(log.buf);
+	pthread_mutex_destroy(&log.lock);
+}
+
+static int handle_job(const struct kiln_http_server_req *req, struct kiln_http_server_resp *resp,
+		      void *ud)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_jobs *j = ud;
+	struct job_req q = { 0 };
+
+	if (parse_req(req->json, j->token, &q, &err) < 0) {
+		kiln_http_resp_json(resp, 400, json_pack("{s:o}", "error",
+							 msg_json(kiln_error_msg(err))));
+		req_release(&q);
+		return 0;
+	}
+	pthread_mutex_lock(&j->lock);
+	j->running++;
+	pthread_mutex_unlock(&j->lock);
+	job_do(j, &q, resp);
+	pthread_mutex_lock(&j->lock);
+	j->running--;
+	pthread_mutex_unlock(&j->lock);
+	req_release(&q);
+	return 0;
+}
+
+int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
+		  struct kiln_error **err)
+{
+	struct kiln_jobs *j = xcalloc(1, sizeof(*j));
+	struct kiln_http_route route = {
+		.method = "POST", .path = "/v1/jobs", .fn = handle_job, .ud = j,
+		.body_limit = KILN_JOBS_BODY_LIMIT, .json = true, .token = opts->token,
+	};
+	int r;
+
+	pthread_mutex_init(&j->lock, NULL);
+	j->w = opts->worker;
+	j->store = kiln_worker_store(opts->worker);
+	j->token = opts->token;
+	j->client = kiln_http_client_new(NULL);
+	r = kiln_inventory_open(opts->inventory_path, j->store, &j->inv, err);
+	if (r == 0) {
+		r = kiln_http_server_route(opts->http, &route);
+		if (r < 0)
+			kiln_error_set(err, r, "cannot add the route POST /v1/jobs");
+	}
+	if (r < 0) {
+		kiln_jobs_free(j);
+		return r;
+	}
+	*out = j;
+	return 0;
+}
+
+void kiln_jobs_free(struct kiln_jobs *j)
+{
+	size_t i;
+
+	if (!j)
+		return;
+	for (i = 0; i < KILN_JOBS_DEF_CACHE; i++)
+		if (j->defs[i])
+			def_unref(j->defs[i]);
+	kiln_inventory_free(j->inv);
+	kiln_http_client_free(j->client);
+	pthread_mutex_destroy(&j->lock);
+	free(j);
+}
+
+unsigned kiln_jobs_running(struct kiln_jobs *j)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&j->lock);
+	n = j->running;
+	pthread_mutex_unlock(&j->lock);
+	return n;
+}
+
+struct kiln_inventory *kiln_jobs_inventory(struct kiln_jobs *j)
+{
+	return j->inv;
+}

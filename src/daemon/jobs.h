@@ -1,0 +1,92 @@
+/*
+ * The job service of kiln-worker (docs/api.md "Jobs (kilnd → worker)"):
+ * POST /v1/jobs runs one op of a build graph on this worker, after pulling
+ * the graph and the input trees it lacks from the peers kilnd names; and
+ * the inventory, the result trees this worker holds, which it announces
+ * when it registers so that kilnd can rebuild its location index.
+ *
+ * Threads: a job runs on the HTTP connection thread that received it, so
+ * several run at once (kilnd keeps them within the worker's slots). The
+ * definition cache, the inventory and the running count are shared under
+ * their own locks; the worker (kiln_worker) is safe for concurrent jobs.
+ */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "basic/error.h"
+#include "cas/digest.h"
+#include "cas/store.h"
+
+struct kiln_http_server;
+struct kiln_worker;
+
+/* Largest POST /v1/jobs body. */
+#define KILN_JOBS_BODY_LIMIT (4u << 20)
+/* Most of a step's output a job answer carries (the end of it). */
+#define KILN_JOBS_LOG_MAX (1u << 20)
+/* Parsed definitions kept (by digest and platform). */
+#define KILN_JOBS_DEF_CACHE 4u
+/* Most sources, secrets and chain trees one job may list. */
+#define KILN_JOBS_MAX_SOURCES 64u
+#define KILN_JOBS_MAX_SECRETS 256u
+#define KILN_JOBS_MAX_CHAIN 1024u
+
+/* ---- the inventory ---- */
+
+/*
+ * The result trees held, oldest first, mirrored in a file of one digest
+ * per line. Only complete trees are added (a job's result, an input tree
+ * after a pull), so a tree listed here is served whole by the peer routes
+ * as long as nothing removed blobs from the store behind the worker's back.
+ */
+struct kiln_inventory;
+
+/*
+ * Load path (missing: empty), dropping malformed lines, duplicates and
+ * trees whose root node is no longer in store, and rewrite it compacted.
+ * The store must outlive the inventory.
+ */
+int kiln_inventory_open(const char *path, struct kiln_store *store,
+			struct kiln_inventory **out, struct kiln_error **err);
+void kiln_inventory_free(struct kiln_inventory *inv);
+
+/* Add tree (appended to the file) unless listed. 0, or -errno of the write. */
+int kiln_inventory_add(struct kiln_inventory *inv, const struct kiln_digest *tree);
+bool kiln_inventory_has(struct kiln_inventory *inv, const struct kiln_digest *tree);
+size_t kiln_inventory_size(struct kiln_inventory *inv);
+/* The newest max trees (all when max is 0) as a JSON array, oldest first. */
+json_t *kiln_inventory_json(struct kiln_inventory *inv, size_t max);
+
+/* ---- the job route ---- */
+
+struct kiln_jobs;
+
+struct kiln_jobs_options {
+	/* The server the route is added to (before it starts). */
+	struct kiln_http_server *http;
+	struct kiln_worker *worker;
+	/*
+	 * The worker token (borrowed, must outlive the server): the route's
+	 * bearer token and the one presented to every source.
+	 */
+	const char *token;
+	/* Where the inventory lives (ROOT/inventory). */
+	const char *inventory_path;
+};
+
+/*
+ * Open the inventory and add POST /v1/jobs to opts->http. Free the
+ * service only after the HTTP server stopped.
+ */
+int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
+		  struct kiln_error **err);
+void kiln_jobs_free(struct kiln_jobs *j);
+
+/* Jobs being handled now (pulling inputs or running). */
+unsigned kiln_jobs_running(struct kiln_jobs *j);
+/* The service's inventory (owned by it). */
+struct kiln_inventory *kiln_jobs_inventory(struct kiln_jobs *j);

@@ -1,0 +1,470 @@
+/*
+ * kilnd's executor (scheduler.h). Threads: every call comes from a solver's
+ * job thread; placement state lives in the registry (its lock), the
+ * in-flight table under s->lock.
+ */
+#include "daemon/scheduler.h"
+
+#include <assert.h>
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "basic/base64.h"
+#include "basic/log.h"
+#include "cas/tree.h"
+#include "proto/http-client.h"
+#include "transfer/peer.h"
+
+/* Most placements of one job (each failed one marks its worker lost). */
+#define MAX_ATTEMPTS 4u
+/* Most holders asked for one input. */
+#define MAX_HOLDERS 8u
+/* A job's response arrives when it ends: no low-speed abort meanwhile. */
+#define JOB_QUIET_S (24u * 3600u)
+#define JOB_RESPONSE_LIMIT (8u << 20)
+
+/* A job some build is running; other builds with the same key wait on it. */
+struct flight {
+	struct flight *next;
+	char key[KILN_DIGEST_STRLEN];
+	unsigned refs;
+	bool done;
+	int r;
+	char *error;
+	struct kiln_job_result res;
+	struct kiln_placement where;
+};
+
+struct kiln_sched {
+	struct kiln_workers *reg;
+	struct kiln_store *store;
+	char *self_url, *token;
+	struct kiln_http_client *http;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct flight *flights;
+};
+
+struct kiln_sched *kiln_sched_new(struct kiln_workers *reg, struct kiln_store *store,
+				  const char *worker_token)
+{
+	struct kiln_sched *s = xcalloc(1, sizeof(*s));
+
+	s->reg = reg;
+	s->store = store;
+	s->self_url = xstrdup("");
+	s->token = xstrdup(worker_token);
+	s->http = kiln_http_client_new(NULL);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	return s;
+}
+
+void kiln_sched_set_url(struct kiln_sched *s, const char *self_url)
+{
+	free(s->self_url);
+	s->self_url = xstrdup(self_url);
+}
+
+void kiln_sched_free(struct kiln_sched *s)
+{
+	if (!s)
+		return;
+	assert(!s->flights);
+	kiln_http_client_free(s->http);
+	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->lock);
+	free(s->self_url);
+	free(s->token);
+	free(s);
+}
+
+/* ---- sources: who holds a tree ---- */
+
+struct sources {
+	struct kiln_peer_source src[MAX_HOLDERS * 4 + 1];
+	struct kiln_worker_ref refs[MAX_HOLDERS * 4];
+	size_t n, n_refs;
+};
+
+static void add_source(struct sources *ss, const char *url, const char *token)
+{
+	size_t i;
+
+	for (i = 0; i < ss->n; i++)
+		if (!strcmp(ss->src[i].url, url))
+			return;
+	if (ss->n < ARRAY_SIZE(ss->src))
+		ss->src[ss->n++] = (struct kiln_peer_source){ .url = url, .token = token };
+}
+
+/* Holders of tree (but except), then kilnd itself. */
+static void add_holders(struct kiln_sched *s, struct sources *ss, const struct kiln_digest *tree,
+			const char *except)
+{
+	size_t n, i;
+
+	if (ss->n_refs + MAX_HOLDERS > ARRAY_SIZE(ss->refs))
+		return;
+	n = kiln_workers_holders(s->reg, tree, except, &ss->refs[ss->n_refs], MAX_HOLDERS);
+	for (i = 0; i < n; i++)
+		add_source(ss, ss->refs[ss->n_refs + i].addr, s->token);
+	ss->n_refs += n;
+}
+
+static bool is_worker_url(const struct kiln_sched *s, const char *url)
+{
+	return strcmp(url, s->self_url) != 0;
+}
+
+/* ---- one attempt on one worker ---- */
+
+static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
+			const struct sources *ss)
+{
+	const struct kiln_op *op = &t->job.def->ops[t->job.op];
+	json_t *o = json_object(), *a;
+	size_t i;
+
+	json_object_set_new(o, "graph", json_string(KILN_DIGEST_STR(&b->graph)));
+	json_object_set_new(o, "platform", json_string(b->platform));
+	json_object_set_new(o, "op", json_integer((json_int_t)t->job.op));
+	a = json_array();
+	for (i = 0; i < op->n_inputs; i++)
+		json_array_append_new(a, json_string(KILN_DIGEST_STR(&t->job.inputs[i])));
+	json_object_set_new(o, "inputs", a);
+	json_object_set_new(o, "pin", t->job.pin ? json_string(KILN_DIGEST_STR(t->job.pin))
+						 : json_null());
+	a = json_array();
+	for (i = 0; i < t->job.n_chain; i++)
+		json_array_append_new(a, json_string(KILN_DIGEST_STR(&t->job.chain[i])));
+	json_object_set_new(o, "chain", a);
+	a = json_array();
+	for (i = 0; i < ss->n; i++)
+		json_array_append_new(a, json_pack("{ss}", "url", ss->src[i].url));
+	json_object_set_new(o, "sources", a);
+	a = json_object();
+	for (i = 0; i < op->n_mounts; i++) {
+		const struct kiln_def_mount *m = &op->mounts[i];
+		size_t k;
+
+		if (m->kind != KILN_DEF_MOUNT_SECRET)
+			continue;
+		for (k = 0; k < t->job.n_secrets; k++)
+			if (!strcmp(t->job.secrets[k].id, m->cache_id)) {
+				char *enc = kiln_base64_encode(t->job.secrets[k].data,
+							       t->job.secrets[k].len);
+
+				json_object_set_new(a, m->cache_id, json_string(enc));
+				free(enc);
+			}
+	}
+	json_object_set_new(o, "secrets", a);
+	return o;
+}
+
+static void show_log(const struct kiln_task *t, json_t *resp)
+{
+	const char *log = json_string_value(json_object_get(resp, "log"));
+
+	if (log && *log && t->job.output)
+		t->job.output(t->job.output_ud, 1, log, strlen(log));
+}
+
+static int take_result(struct kiln_sched *s, const struct kiln_task *t,
+		       const struct kiln_worker_ref *w, json_t *resp,
+		       struct kiln_task_result *out, struct kiln_error **err)
+{
+	const struct kiln_op *op = &t->job.def->ops[t->job.op];
+	json_t *meta = json_object_get(resp, "meta"), *pulled, *p;
+	json_int_t size = json_integer_value(json_object_get(resp, "size"));
+	size_t i;
+
+	if (kiln_digest_parse(json_string_value(json_object_get(resp, "result")) ?: "",
+			      &out->res.tree) < 0 ||
+	    (meta && !json_is_null(meta) && !json_is_string(meta)))
+		return kiln_error_set(err, -EPROTO, "worker %s (%s): malformed job response",
+				      w->name, w->addr);
+	out->res.meta = json_is_string(meta) ? xstrdup(json_string_value(meta)) : NULL;
+	out->res.size = size > 0 ? (uint64_t)size : 0;
+	pulled = json_object_get(resp, "pulled");
+	json_array_foreach(pulled, i, p) {
+		const char *url = json_string_value(json_object_get(p, "url"));
+		json_int_t bytes = json_integer_value(json_object_get(p, "bytes"));
+
+		if (url && bytes > 0 && is_worker_url(s, url))
+			out->moved += (uint64_t)bytes;
+	}
+	show_log(t, resp);
+	/* It holds the result now, and every input it pulled to run it. */
+	kiln_workers_hold(s->reg, w->name, &out->res.tree, out->res.size);
+	for (i = 0; i < op->n_inputs; i++)
+		kiln_workers_hold(s->reg, w->name, &t->job.inputs[i], 0);
+	return 0;
+}
+
+enum attempt { ATTEMPT_DONE, ATTEMPT_RETRY };
+
+static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *t,
+			    const struct kiln_worker_ref *w, struct kiln_task_result *out,
+			    int *r, struct kiln_error **err)
+{
+	struct kiln_sched *s = b->sched;
+	const struct kiln_op *op = &t->job.def->ops[t->job.op];
+	_cleanup_free_ char *url = xasprintf("%s/v1/jobs", w->addr);
+	_cleanup_error_ struct kiln_error *terr = NULL;
+	struct kiln_http_result res = { 0 };
+	struct kiln_http_call call = {
+		.method = "POST",
+		.url = url,
+		.token = s->token,
+		.low_speed_time_s = JOB_QUIET_S,
+		.limit = JOB_RESPONSE_LIMIT,
+	};
+	struct sources ss = { 0 };
+	json_t *resp = NULL;
+	const char *msg;
+	size_t i;
+	int tr;
+
+	for (i = 0; i < op->n_inputs; i++)
+		add_holders(s, &ss, &t->job.inputs[i], w->name);
+	add_source(&ss, s->self_url, s->token);
+	call.json = job_body(b, t, &ss);
+	tr = kiln_http_client_do(s->http, &call, &res, &terr);
+	json_decref(call.json);
+	if (tr < 0) {
+		/* It did not answer: lost now; the job goes elsewhere. */
+		kiln_workers_mark_lost(s->reg, w->name, kiln_error_msg(terr));
+		return ATTEMPT_RETRY;
+	}
+	resp = res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
+	msg = json_string_value(json_object_get(resp, "error"));
+	switch (res.status) {
+	case 200:
+		*r = take_result(s, t, w, resp, out, err);
+		break;
+	case 409: {
+		/* An input was found nowhere: its holders lost it. */
+		struct kiln_digest missing;
+
+		if (kiln_digest_parse(json_string_value(json_object_get(resp, "missing")) ?: "",
+				      &missing) == 0)
+			kiln_workers_forget(s->reg, &missing);
+		*r = kiln_error_set(err, -ENOLINK, "on worker %s: %s", w->name,
+				    msg ? msg : "an input is missing");
+		break;
+	}
+	case 422:
+		/* The step ran and failed: its error, never retried. */
+		show_log(t, resp);
+		*r = kiln_error_set(err, -ECANCELED, "%s", msg ? msg : "the step failed");
+		break;
+	default:
+		if (res.status >= 500) {
+			log_warn("worker %s: POST /v1/jobs: HTTP %ld: %s; placing the job again",
+				 w->name, res.status, msg ? msg : "");
+			json_decref(resp);
+			kiln_http_result_release(&res);
+			return ATTEMPT_RETRY;
+		}
+		*r = kiln_http_status_error(err, &call, &res);
+		kiln_error_prefix(err, "worker %s", w->name);
+		break;
+	}
+	json_decref(resp);
+	kiln_http_result_release(&res);
+	return ATTEMPT_DONE;
+}
+
+static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
+		    struct kiln_task_result *out, struct kiln_error **err)
+{
+	struct kiln_sched *s = b->sched;
+	const struct kiln_op *op = &t->job.def->ops[t->job.op];
+	struct kiln_place_request rq = {
+		.platform = op->platform,
+		.inputs = t->job.inputs,
+		.n_inputs = op->n_inputs,
+		.est_ms = t->est_ms,
+	};
+	char failed[KILN_REGISTRY_NAME_MAX + 1] = "";
+	unsigned n;
+	int r = 0;
+
+	for (n = 0; n < MAX_ATTEMPTS; n++) {
+		struct kiln_worker_ref w;
+		enum attempt a;
+
+		rq.except = failed[0] ? failed : NULL;
+		r = kiln_workers_place(s->reg, &rq, &w, err);
+		if (r < 0)
+			return r;
+		out->where = (struct kiln_placement){ .emulated = w.emulated };
+		snprintf(out->where.worker, sizeof(out->where.worker), "%s", w.name);
+		if (t->placed)
+			t->placed(t->placed_ud, &out->where);
+		a = attempt(b, t, &w, out, &r, err);
+		kiln_workers_unplace(s->reg, w.name, t->est_ms);
+		if (a == ATTEMPT_DONE)
+			return r;
+		log_warn("%s: worker %s failed; placing it again", t->name, w.name);
+		snprintf(failed, sizeof(failed), "%s", w.name);
+	}
+	return kiln_error_set(err, -EIO, "%s: %u workers failed to run it", t->name, n);
+}
+
+/* ---- the executor ---- */
+
+static struct flight *find_flight(struct kiln_sched *s, const char *key)
+{
+	struct flight *f;
+
+	for (f = s->flights; f; f = f->next)
+		if (!strcmp(f->key, key))
+			return f;
+	return NULL;
+}
+
+static void unref_flight(struct kiln_sched *s, struct flight *f)
+{
+	struct flight **pp;
+
+	if (--f->refs > 0)
+		return;
+	for (pp = &s->flights; *pp; pp = &(*pp)->next)
+		if (*pp == f) {
+			*pp = f->next;
+			break;
+		}
+	free(f->error);
+	kiln_job_result_release(&f->res);
+	free(f);
+}
+
+/* Another build runs the same key: wait for it and share its result. */
+static int wait_flight(struct kiln_sched *s, struct flight *f, const struct kiln_task *t,
+		       struct kiln_task_result *out, struct kiln_error **err)
+{
+	int r;
+
+	f->refs++;
+	while (!f->done)
+		pthread_cond_wait(&s->cond, &s->lock);
+	r = f->r;
+	if (r == 0) {
+		out->res.tree = f->res.tree;
+		out->res.meta = f->res.meta ? xstrdup(f->res.meta) : NULL;
+		out->res.size = f->res.size;
+		out->where = f->where;
+		out->shared = true;
+	} else {
+		kiln_error_set(err, r, "%s", f->error ? f->error : "failed in another build");
+	}
+	unref_flight(s, f);
+	return r;
+}
+
+static int sched_run(void *ud, const struct kiln_task *t, struct kiln_task_result *out,
+		     struct kiln_error **err)
+{
+	struct kiln_sched_build *b = ud;
+	struct kiln_sched *s = b->sched;
+	struct flight *f;
+	int r;
+
+	pthread_mutex_lock(&s->lock);
+	f = find_flight(s, t->key);
+	if (f && !f->done) {
+		if (t->placed)
+			t->placed(t->placed_ud, &f->where);
+		r = wait_flight(s, f, t, out, err);
+		pthread_mutex_unlock(&s->lock);
+		return r;
+	}
+	f = xcalloc(1, sizeof(*f));
+	snprintf(f->key, sizeof(f->key), "%s", t->key);
+	f->refs = 1;
+	f->next = s->flights;
+	s->flights = f;
+	pthread_mutex_unlock(&s->lock);
+
+	r = dispatch(b, t, out, err);
+
+	pthread_mutex_lock(&s->lock);
+	f->r = r;
+	f->where = out->where;
+	if (r == 0) {
+		f->res.tree = out->res.tree;
+		f->res.meta = out->res.meta ? xstrdup(out->res.meta) : NULL;
+		f->res.size = out->res.size;
+	} else {
+		f->error = xstrdup(err && *err ? kiln_error_msg(*err) : "failed");
+	}
+	f->done = true;
+	pthread_cond_broadcast(&s->cond);
+	unref_flight(s, f);
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+static int sched_check_platform(void *ud, const char *platform, bool *emulated,
+				struct kiln_error **err)
+{
+	struct kiln_sched_build *b = ud;
+
+	return kiln_workers_check_platform(b->sched->reg, platform, emulated, err);
+}
+
+static bool sched_have(void *ud, const struct kiln_digest *tree)
+{
+	struct kiln_sched_build *b = ud;
+
+	return kiln_tree_is_empty_digest(tree) || kiln_store_has(b->sched->store, tree) ||
+	       kiln_workers_held(b->sched->reg, tree);
+}
+
+void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out)
+{
+	*out = (struct kiln_executor){
+		.ud = b,
+		.check_platform = sched_check_platform,
+		.have = sched_have,
+		.run = sched_run,
+	};
+}
+
+/* ---- gathering results into kilnd's store (for the client to fetch) ---- */
+
+int kiln_sched_gather_tree(struct kiln_sched *s, const struct kiln_digest *tree,
+			   struct kiln_error **err)
+{
+	struct kiln_peer_pull_options po = { .http = s->http };
+	struct sources ss = { 0 };
+
+	if (kiln_tree_is_empty_digest(tree))
+		return 0;
+	add_holders(s, &ss, tree, NULL);
+	if (ss.n == 0)
+		return kiln_store_has(s->store, tree)
+			       ? kiln_peer_pull_tree(s->store, tree, NULL, 0, &po, NULL, err)
+			       : kiln_error_set(err, -ENOLINK, "result %s is held by no worker",
+						KILN_DIGEST_STR(tree));
+	return kiln_peer_pull_tree(s->store, tree, ss.src, ss.n, &po, NULL, err);
+}
+
+int kiln_sched_gather_blob(struct kiln_sched *s, const struct kiln_digest *d,
+			   const struct kiln_digest *with_tree, struct kiln_error **err)
+{
+	struct kiln_peer_pull_options po = { .http = s->http };
+	struct sources ss = { 0 };
+
+	if (kiln_store_has(s->store, d))
+		return 0;
+	add_holders(s, &ss, with_tree, NULL);
+	return kiln_peer_pull_blob(s->store, d, UINT64_MAX, ss.src, ss.n, &po, NULL, err);
+}

@@ -1,0 +1,50 @@
+/*
+ * kilnd's scheduler: the solver's executor in a cluster
+ * (docs/internals/cluster.md). Each job is placed on a worker through the
+ * registry (platform, native first, least estimated finish), sent to it
+ * as POST /v1/jobs with the holders of its inputs as sources, and its
+ * result entered in the location index. A worker that fails at transport
+ * level is marked lost and the job placed again elsewhere; a step that
+ * failed is not retried. Jobs of concurrent builds with the same content
+ * key run once (in-flight dedup).
+ */
+#pragma once
+
+#include <stdint.h>
+
+#include "basic/error.h"
+#include "cas/store.h"
+#include "daemon/workers.h"
+#include "solver/solve.h"
+
+struct kiln_sched;
+
+/* worker_token: the token jobs and pulls carry. */
+struct kiln_sched *kiln_sched_new(struct kiln_workers *reg, struct kiln_store *store,
+				  const char *worker_token);
+/*
+ * How workers reach kilnd's own blobs (uploaded contexts, the graphs);
+ * set once, when the listener is up, before builds are accepted.
+ */
+void kiln_sched_set_url(struct kiln_sched *s, const char *self_url);
+void kiln_sched_free(struct kiln_sched *s);
+
+/* One build's view: its graph blob and the platform the graph was parsed with. */
+struct kiln_sched_build {
+	struct kiln_sched *sched;
+	struct kiln_digest graph;
+	const char *platform;
+};
+
+/* An executor running b's jobs (b must outlive it). */
+void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out);
+
+/*
+ * Make tree (and all under it) present in kilnd's store, pulled from its
+ * holders; and a blob that came with it (an image's layers, from the
+ * record's meta), pulled from the same holders.
+ */
+int kiln_sched_gather_tree(struct kiln_sched *s, const struct kiln_digest *tree,
+			   struct kiln_error **err);
+int kiln_sched_gather_blob(struct kiln_sched *s, const struct kiln_digest *d,
+			   const struct kiln_digest *with_tree, struct kiln_error **err);

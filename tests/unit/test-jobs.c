@@ -1,0 +1,629 @@
+/*
+ * kiln-worker's job service (src/daemon/jobs.h), in-process: a source
+ * store served by a peer server, a real worker with the job route on a
+ * second server, jobs POSTed with the project's HTTP client. The exec
+ * cases run busybox through the real runc: needs root and runc, and fails
+ * without them (like test-exec).
+ */
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "cas/tree.h"
+#include "daemon/jobs.h"
+#include "proto/http-client.h"
+#include "proto/http-server.h"
+#include "solver/definition.h"
+#include "transfer/peer.h"
+#include "worker/worker.h"
+
+#define TOKEN "worker-token-for-tests"
+
+static const char *const applets[] = { "sh", "echo", "cat", "yes", "head", "sleep", "printf" };
+
+struct state {
+	char *dir, *inventory;
+	struct kiln_store *src;          /* the source machine's store */
+	struct kiln_http_server *src_http;
+	struct kiln_peer_server *src_peer;
+	struct kiln_worker *w;           /* the worker under test */
+	struct kiln_http_server *http;
+	struct kiln_jobs *jobs;
+	struct kiln_http_client *cli;
+	char *jobs_url, *platform;
+	struct kiln_definition *def;     /* the graph, parsed here for op indexes */
+	struct kiln_digest graph, a, b, base;
+};
+
+static struct state S;
+
+/* ---- fixture ---- */
+
+static void write_text(const char *dir, const char *rel, const char *text)
+{
+	_cleanup_free_ char *p = kiln_path_join(dir, rel);
+
+	assert_int_equal(kiln_write_file_atomic_at(AT_FDCWD, p, text, strlen(text), 0644,
+						   false), 0);
+}
+
+static void import(const char *dir, struct kiln_digest *out)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(kiln_tree_from_dir(S.src, fd, NULL, out, NULL), 0);
+	close(fd);
+}
+
+/* Context a (a.txt, same.txt), b (b.txt, same.txt) and a busybox rootfs. */
+static void make_trees(void)
+{
+	_cleanup_free_ char *a = kiln_path_join(S.dir, "a"), *b = kiln_path_join(S.dir, "b");
+	_cleanup_free_ char *base = kiln_path_join(S.dir, "base");
+	_cleanup_free_ char *bin = kiln_path_join(base, "bin");
+	_cleanup_free_ char *bb = kiln_path_join(bin, "busybox");
+	size_t i;
+	int in, out;
+
+	assert_int_equal(kiln_mkdir_p(a, 0755), 0);
+	assert_int_equal(kiln_mkdir_p(b, 0755), 0);
+	write_text(a, "a.txt", "A");
+	write_text(a, "same.txt", "from a");
+	write_text(b, "b.txt", "B");
+	write_text(b, "same.txt", "from b");
+	import(a, &S.a);
+	import(b, &S.b);
+	assert_int_equal(kiln_mkdir_p(bin, 0755), 0);
+	in = open("/bin/busybox", O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		fail_msg("/bin/busybox is missing (install busybox-static)");
+	out = open(bb, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
+	assert_true(out >= 0);
+	assert_int_equal(kiln_copy_fd(in, out), 0);
+	close(in);
+	close(out);
+	for (i = 0; i < sizeof(applets) / sizeof(applets[0]); i++) {
+		_cleanup_free_ char *l = kiln_path_join(bin, applets[i]);
+
+		assert_int_equal(symlink("busybox", l), 0);
+	}
+	import(base, &S.base);
+}
+
+static const char graph_fmt[] =
+	"{\"version\":1,\"platform\":\"%s\",\"ops\":["
+	"{\"id\":\"a\",\"op\":\"source.local\",\"path\":\"/ctx/a\"},"
+	"{\"id\":\"b\",\"op\":\"source.local\",\"path\":\"/ctx/b\"},"
+	"{\"id\":\"base\",\"op\":\"source.local\",\"path\":\"/ctx/base\"},"
+	"{\"id\":\"f\",\"op\":\"file\",\"actions\":["
+	" {\"action\":\"mkdir\",\"path\":\"/d\"},"
+	" {\"action\":\"mkfile\",\"path\":\"/d/new.txt\",\"data\":\"made\"},"
+	" {\"action\":\"copy\",\"from\":\"a\",\"src\":\"/a.txt\",\"dest\":\"/d/a.txt\"}]},"
+	"{\"id\":\"m\",\"op\":\"merge\",\"inputs\":[\"a\",\"b\"]},"
+	"{\"id\":\"bad\",\"op\":\"file\",\"actions\":["
+	" {\"action\":\"copy\",\"from\":\"a\",\"src\":\"/no-such-file\",\"dest\":\"/x\"}]},"
+	"{\"id\":\"run\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
+	" \"echo hello-out; echo hello-err >&2; echo data > /made\"]},"
+	"{\"id\":\"fail\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
+	" \"echo before-fail; exit 3\"]},"
+	"{\"id\":\"loud\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
+	" \"yes 0123456789abcdef | head -c 3000000; echo; echo END-MARK\"]},"
+	"{\"id\":\"secret\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"cat\",\"/run/secrets/s1\"],"
+	" \"mounts\":[{\"type\":\"secret\",\"id\":\"s1\",\"required\":true}]},"
+	"{\"id\":\"binary\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"printf\","
+	" \"a\\\\377b\\\\000c\\\\342\\\\202\"]},"
+	"{\"id\":\"slow\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sleep\",\"1\"]}"
+	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\"]}";
+
+static void make_graph(void)
+{
+	_cleanup_free_ char *text = xasprintf(graph_fmt, S.platform);
+	_cleanup_error_ struct kiln_error *err = NULL;
+
+	if (kiln_definition_parse(text, strlen(text), "graph", "/", S.platform, &S.def, &err) < 0)
+		fail_msg("graph: %s", kiln_error_msg(err));
+	assert_int_equal(kiln_store_put_buf(S.src, text, strlen(text), &S.graph, NULL), 0);
+}
+
+static void serve_source(void)
+{
+	struct kiln_http_server_options o = { .listen = "127.0.0.1:0", .token = TOKEN,
+					      .stop_grace_ms = 500 };
+	struct kiln_store_options so = { .durable = false };
+	_cleanup_free_ char *cas = kiln_path_join(S.dir, "src-cas");
+
+	assert_int_equal(kiln_store_open(cas, &so, &S.src, NULL), 0);
+	assert_int_equal(kiln_http_server_new(&o, &S.src_http, NULL), 0);
+	assert_int_equal(kiln_peer_server_new(S.src_http, S.src, NULL, &S.src_peer, NULL), 0);
+	assert_int_equal(kiln_http_server_start(S.src_http, NULL), 0);
+}
+
+static void serve_worker(void)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ char *wroot = kiln_path_join(S.dir, "worker");
+	struct kiln_worker_options wo = { .root = wroot };
+	struct kiln_http_server_options o = { .listen = "127.0.0.1:0", .token = TOKEN,
+					      .stop_grace_ms = 500 };
+	struct kiln_jobs_options jo = { .token = TOKEN };
+
+	if (kiln_worker_open(&wo, &S.w, &err) < 0)
+		fail_msg("worker open: %s", kiln_error_msg(err));
+	S.inventory = kiln_path_join(kiln_worker_root(S.w), "inventory");
+	assert_int_equal(kiln_http_server_new(&o, &S.http, NULL), 0);
+	jo.http = S.http;
+	jo.worker = S.w;
+	jo.inventory_path = S.inventory;
+	if (kiln_jobs_new(&jo, &S.jobs, &err) < 0)
+		fail_msg("jobs: %s", kiln_error_msg(err));
+	assert_int_equal(kiln_http_server_start(S.http, NULL), 0);
+	S.jobs_url = xasprintf("%s/v1/jobs", kiln_http_server_url(S.http));
+}
+
+static int setup(void **st)
+{
+	char tmpl[] = "/var/tmp/kiln-jobs-XXXXXX";
+
+	if (geteuid() != 0)
+		fail_msg("test-jobs must run as root (a worker: runc, overlay mounts)");
+	if (access("/usr/sbin/runc", X_OK) != 0 && access("/usr/bin/runc", X_OK) != 0)
+		fail_msg("runc is not installed");
+	assert_non_null(mkdtemp(tmpl));
+	S.dir = xstrdup(tmpl);
+	S.platform = kiln_platform_native();
+	serve_source();
+	make_trees();
+	make_graph();
+	serve_worker();
+	S.cli = kiln_http_client_new(NULL);
+	return 0;
+}
+
+static int teardown(void **st)
+{
+	kiln_http_server_free(S.http);
+	kiln_jobs_free(S.jobs);
+	kiln_worker_free(S.w);
+	kiln_http_server_free(S.src_http);
+	kiln_peer_server_free(S.src_peer);
+	kiln_store_free(S.src);
+	kiln_http_client_free(S.cli);
+	kiln_definition_free(S.def);
+	assert_int_equal(kiln_rm_rf(S.dir), 0);
+	free(S.dir);
+	free(S.inventory);
+	free(S.jobs_url);
+	free(S.platform);
+	return 0;
+}
+
+/* ---- helpers ---- */
+
+static size_t op_index(const char *id)
+{
+	size_t i;
+
+	for (i = 0; i < S.def->n_ops; i++)
+		if (!strcmp(S.def->ops[i].id, id))
+			return i;
+	fail_msg("no op %s", id);
+	return 0;
+}
+
+static json_t *digests(const struct kiln_digest *d, size_t n)
+{
+	json_t *a = json_array();
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		json_array_append_new(a, json_string(KILN_DIGEST_STR(&d[i])));
+	return a;
+}
+
+/* A job of op id on inputs, the source server as its one source. */
+static json_t *job(const char *id, const struct kiln_digest *inputs, size_t n)
+{
+	return json_pack("{s:s, s:s, s:I, s:o, s:n, s:[], s:[{s:s}]}", "graph",
+			 KILN_DIGEST_STR(&S.graph), "platform", S.platform, "op",
+			 (json_int_t)op_index(id), "inputs", digests(inputs, n), "pin", "chain",
+			 "sources", "url", kiln_http_server_url(S.src_http));
+}
+
+/* POST body (reference taken) with token; the status, *reply the JSON answer. */
+static long post(json_t *body, const char *token, json_t **reply)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_http_call call = {
+		.method = "POST", .url = S.jobs_url, .token = token, .json = body,
+		.limit = 16u << 20, .timeout_ms = 120000, .low_speed_time_s = 600,
+	};
+	struct kiln_http_result res = { 0 };
+	long status;
+
+	if (kiln_http_client_do(S.cli, &call, &res, &err) < 0)
+		fail_msg("POST %s: %s", S.jobs_url, kiln_error_msg(err));
+	json_decref(body);
+	*reply = json_loadb(res.body ? res.body : "", res.body_len, 0, NULL);
+	if (!*reply)
+		fail_msg("HTTP %ld: not JSON: %.*s", res.status, (int)res.body_len,
+			 res.body ? res.body : "");
+	status = res.status;
+	kiln_http_result_release(&res);
+	return status;
+}
+
+/* A string member of reply (fails when absent). */
+static const char *str(json_t *reply, const char *key)
+{
+	const char *s = json_string_value(json_object_get(reply, key));
+
+	if (!s)
+		fail_msg("answer has no string \"%s\": %s", key,
+			 json_dumps(reply, JSON_COMPACT));
+	return s;
+}
+
+/* Expect status and, in "error", needle. */
+static void expect_error(json_t *body, const char *token, long status, const char *needle)
+{
+	json_t *reply = NULL;
+	long got = post(body, token, &reply);
+
+	if (got != status || !strstr(str(reply, "error"), needle))
+		fail_msg("expected %ld naming '%s', got %ld: %s", status, needle, got,
+			 json_dumps(reply, JSON_COMPACT));
+	json_decref(reply);
+}
+
+static uint64_t pulled_bytes(json_t *reply)
+{
+	json_t *a = json_object_get(reply, "pulled"), *v;
+	uint64_t sum = 0;
+	size_t i;
+
+	assert_true(json_is_array(a));
+	assert_int_equal(json_array_size(a), 1);
+	json_array_foreach(a, i, v) {
+		assert_string_equal(json_string_value(json_object_get(v, "url")),
+				    kiln_http_server_url(S.src_http));
+		assert_true(json_is_integer(json_object_get(v, "bytes")));
+		sum += (uint64_t)json_integer_value(json_object_get(v, "bytes"));
+	}
+	return sum;
+}
+
+static void result_of(json_t *reply, struct kiln_digest *out)
+{
+	assert_int_equal(kiln_digest_parse(str(reply, "result"), out), 0);
+}
+
+/* The file at path in tree (worker's store) holds want (NULL: any). */
+static void expect_file(const struct kiln_digest *tree, const char *path, const char *want)
+{
+	struct kiln_store *st = kiln_worker_store(S.w);
+	struct kiln_tree_entry e = { 0 };
+	_cleanup_free_ char *data = NULL;
+	size_t len = 0;
+
+	if (kiln_tree_lookup(st, tree, path, &e, NULL) < 0)
+		fail_msg("%s: no %s", KILN_DIGEST_STR(tree), path);
+	assert_int_equal(e.type, KILN_ENTRY_FILE);
+	if (!want) {
+		kiln_tree_entry_release(&e);
+		return;
+	}
+	assert_int_equal(kiln_store_read(st, &e.digest, 1 << 20, &data, &len, NULL), 0);
+	kiln_tree_entry_release(&e);
+	assert_int_equal(len, strlen(want));
+	assert_memory_equal(data, want, len);
+}
+
+static bool inventory_lists(const struct kiln_digest *d)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+
+	assert_int_equal(kiln_read_file_at(AT_FDCWD, S.inventory, 64 << 20, &text, &len), 0);
+	return strstr(text, KILN_DIGEST_STR(d)) != NULL;
+}
+
+/* ---- tests ---- */
+
+/* A file op pulls its input, then a second one pulls nothing. */
+static void test_file_op(void **st)
+{
+	struct kiln_digest r1, r2;
+	json_t *reply = NULL;
+
+	assert_false(kiln_store_has(kiln_worker_store(S.w), &S.a));
+	assert_int_equal(post(job("f", &S.a, 1), TOKEN, &reply), 200);
+	result_of(reply, &r1);
+	assert_true(pulled_bytes(reply) > 0);
+	assert_true(json_integer_value(json_object_get(reply, "size")) > 0);
+	assert_string_equal(str(reply, "log"), "");
+	assert_true(json_is_null(json_object_get(reply, "meta")));
+	json_decref(reply);
+	expect_file(&r1, "d/new.txt", "made");
+	expect_file(&r1, "d/a.txt", "A");
+	assert_true(kiln_store_has(kiln_worker_store(S.w), &S.a));
+	assert_true(inventory_lists(&r1));
+	assert_true(inventory_lists(&S.a));
+
+	assert_int_equal(post(job("f", &S.a, 1), TOKEN, &reply), 200);
+	result_of(reply, &r2);
+	assert_int_equal(pulled_bytes(reply), 0);
+	json_decref(reply);
+	assert_true(kiln_digest_eq(&r1, &r2));
+}
+
+static void test_merge(void **st)
+{
+	struct kiln_digest in[2] = { S.a, S.b }, r;
+	json_t *reply = NULL;
+
+	assert_int_equal(post(job("m", in, 2), TOKEN, &reply), 200);
+	result_of(reply, &r);
+	json_decref(reply);
+	expect_file(&r, "a.txt", "A");
+	expect_file(&r, "b.txt", "B");
+	expect_file(&r, "same.txt", "from b"); /* later inputs win */
+	assert_true(inventory_lists(&r));
+	assert_true(inventory_lists(&S.b));
+}
+
+/* An input held nowhere: 409 naming it and each source, "missing" = it. */
+static void test_missing_input(void **st)
+{
+	struct kiln_digest gone;
+	json_t *body, *reply = NULL;
+	const char *msg;
+
+	kiln_digest_buf("held by nobody", 14, &gone);
+	body = job("f", &gone, 1);
+	/* A dead source first: skipped, and named too. */
+	json_array_insert_new(json_object_get(body, "sources"), 0,
+			      json_pack("{s:s}", "url", "http://127.0.0.1:1"));
+	assert_int_equal(post(body, TOKEN, &reply), 409);
+	assert_string_equal(str(reply, "missing"), KILN_DIGEST_STR(&gone));
+	msg = str(reply, "error");
+	assert_non_null(strstr(msg, KILN_DIGEST_STR(&gone)));
+	assert_non_null(strstr(msg, "http://127.0.0.1:1"));
+	assert_non_null(strstr(msg, kiln_http_server_url(S.src_http)));
+	json_decref(reply);
+	assert_false(inventory_lists(&gone));
+}
+
+/* The step fails: 422 naming the path; never a 409. */
+static void test_copy_missing(void **st)
+{
+	expect_error(job("bad", &S.a, 1), TOKEN, 422, "no-such-file");
+}
+
+static void test_bad_requests(void **st)
+{
+	struct kiln_digest two[2] = { S.a, S.b }, absent;
+	json_t *body;
+
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "graph", json_string("sha256:1234"));
+	expect_error(body, TOKEN, 400, "\"graph\"");
+	expect_error(job("f", two, 2), TOKEN, 400, "\"inputs\"");
+	expect_error(job("m", &S.a, 1), TOKEN, 400, "\"inputs\"");
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "op", json_integer(9999));
+	expect_error(body, TOKEN, 400, "\"op\"");
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "op", json_integer(-1));
+	expect_error(body, TOKEN, 400, "\"op\"");
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "op", json_string("f"));
+	expect_error(body, TOKEN, 400, "\"op\"");
+	body = job("f", &S.a, 1);
+	json_array_set_new(json_object_get(body, "inputs"), 0, json_string("sha256:zz"));
+	expect_error(body, TOKEN, 400, "\"inputs\"[0]");
+	body = job("f", &S.a, 1);
+	json_object_del(body, "platform");
+	expect_error(body, TOKEN, 400, "\"platform\"");
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "pin", json_string("nope"));
+	expect_error(body, TOKEN, 400, "\"pin\"");
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "sources", json_pack("[{s:s}]", "url", "ftp://x"));
+	expect_error(body, TOKEN, 400, "\"sources\"[0]");
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "secrets", json_pack("{s:s}", "s1", "not base64!"));
+	expect_error(body, TOKEN, 400, "\"secrets\"");
+	/* A source.local job must carry its pin. */
+	expect_error(job("a", NULL, 0), TOKEN, 400, "\"pin\"");
+	/* A graph held by no source: 502 naming it. */
+	kiln_digest_buf("no such graph", 13, &absent);
+	body = job("f", &S.a, 1);
+	json_object_set_new(body, "graph", json_string(KILN_DIGEST_STR(&absent)));
+	expect_error(body, TOKEN, 502, KILN_DIGEST_STR(&absent));
+	/* The running count came back to zero after all of these. */
+	assert_int_equal(kiln_jobs_running(S.jobs), 0);
+}
+
+static void test_auth(void **st)
+{
+	struct kiln_digest gone;
+
+	kiln_digest_buf("never pulled", 12, &gone);
+	expect_error(job("f", &gone, 1), NULL, 401, "");
+	expect_error(job("f", &gone, 1), "wrong-token", 401, "");
+	assert_false(kiln_store_has(kiln_worker_store(S.w), &gone));
+}
+
+/* The file survives reopening; junk, duplicates and lost trees drop out. */
+static void test_inventory_reopen(void **st)
+{
+	_cleanup_free_ char *copy = kiln_path_join(S.dir, "inventory-copy");
+	_cleanup_free_ char *text = NULL, *junk = NULL, *after = NULL;
+	struct kiln_inventory *inv = NULL;
+	struct kiln_digest lost, r;
+	json_t *reply = NULL, *newest;
+	size_t len, n;
+
+	assert_int_equal(post(job("f", &S.a, 1), TOKEN, &reply), 200);
+	result_of(reply, &r);
+	json_decref(reply);
+	assert_int_equal(kiln_inventory_open(S.inventory, kiln_worker_store(S.w), &inv, NULL), 0);
+	assert_true(kiln_inventory_has(inv, &r));
+	assert_true(kiln_inventory_has(inv, &S.a));
+	n = kiln_inventory_size(inv);
+	assert_int_equal(n, kiln_inventory_size(kiln_jobs_inventory(S.jobs)));
+	newest = kiln_inventory_json(inv, 1);
+	assert_int_equal(json_array_size(newest), 1);
+	json_decref(newest);
+	kiln_inventory_free(inv);
+
+	kiln_digest_buf("a tree this store never had", 27, &lost);
+	assert_int_equal(kiln_read_file_at(AT_FDCWD, S.inventory, 1 << 20, &text, &len), 0);
+	junk = xasprintf("%sgarbage\n%s\n%s\nsha256:0123", text, KILN_DIGEST_STR(&lost),
+			 KILN_DIGEST_STR(&r));
+	assert_int_equal(kiln_write_file_atomic_at(AT_FDCWD, copy, junk, strlen(junk), 0644,
+						   false), 0);
+	assert_int_equal(kiln_inventory_open(copy, kiln_worker_store(S.w), &inv, NULL), 0);
+	assert_int_equal(kiln_inventory_size(inv), n);
+	assert_false(kiln_inventory_has(inv, &lost));
+	assert_int_equal(kiln_inventory_add(inv, &lost), 0);
+	assert_int_equal(kiln_inventory_add(inv, &lost), 0); /* listed once */
+	assert_int_equal(kiln_inventory_size(inv), n + 1);
+	newest = kiln_inventory_json(inv, 1);
+	assert_string_equal(json_string_value(json_array_get(newest, 0)), KILN_DIGEST_STR(&lost));
+	json_decref(newest);
+	kiln_inventory_free(inv);
+	/* Rewritten compacted, then appended to. */
+	assert_int_equal(kiln_read_file_at(AT_FDCWD, copy, 1 << 20, &after, &len), 0);
+	assert_int_equal(len, (n + 1) * (KILN_DIGEST_STRLEN));
+	assert_null(strstr(after, "garbage"));
+}
+
+/* An exec: both streams in the log, the result holds what it wrote. */
+static void test_exec(void **st)
+{
+	struct kiln_digest r;
+	json_t *reply = NULL;
+	const char *log;
+
+	assert_int_equal(post(job("run", &S.base, 1), TOKEN, &reply), 200);
+	log = str(reply, "log");
+	assert_non_null(strstr(log, "hello-out"));
+	assert_non_null(strstr(log, "hello-err"));
+	result_of(reply, &r);
+	assert_true(pulled_bytes(reply) > 1000000); /* busybox */
+	json_decref(reply);
+	expect_file(&r, "made", "data\n");
+	expect_file(&r, "bin/busybox", NULL); /* the rootfs is under it */
+}
+
+static void test_exec_fails(void **st)
+{
+	json_t *reply = NULL;
+
+	assert_int_equal(post(job("fail", &S.base, 1), TOKEN, &reply), 422);
+	assert_non_null(strstr(str(reply, "error"), "exit code 3"));
+	assert_non_null(strstr(str(reply, "log"), "before-fail"));
+	json_decref(reply);
+}
+
+/* 3 MB of output: the log is its last MiB, ending with the marker. */
+static void test_exec_log_tail(void **st)
+{
+	json_t *reply = NULL;
+	const char *log;
+	size_t n;
+
+	assert_int_equal(post(job("loud", &S.base, 1), TOKEN, &reply), 200);
+	log = str(reply, "log");
+	n = json_string_length(json_object_get(reply, "log"));
+	assert_true(n <= KILN_JOBS_LOG_MAX);
+	assert_true(n > KILN_JOBS_LOG_MAX - 4096);
+	assert_non_null(strstr(log + n - 16, "END-MARK"));
+	json_decref(reply);
+}
+
+static void test_exec_secret(void **st)
+{
+	json_t *body = job("secret", &S.base, 1), *reply = NULL;
+
+	expect_error(json_incref(body), TOKEN, 422, "secret 's1' is required");
+	json_object_set_new(body, "secrets", json_pack("{s:s}", "s1", "c2Vrcml0LXZhbHVl"));
+	assert_int_equal(post(body, TOKEN, &reply), 200);
+	assert_string_equal(str(reply, "log"), "sekrit-value");
+	json_decref(reply);
+}
+
+/* Output that is not UTF-8 still makes a JSON answer: U+FFFD for each bad byte. */
+static void test_exec_binary_output(void **st)
+{
+	static const char want[] = "a\xef\xbf\xbd" "b\xef\xbf\xbd" "c\xef\xbf\xbd\xef\xbf\xbd";
+	json_t *reply = NULL;
+
+	assert_int_equal(post(job("binary", &S.base, 1), TOKEN, &reply), 200);
+	assert_string_equal(str(reply, "log"), want);
+	json_decref(reply);
+}
+
+static void *post_slow(void *ud)
+{
+	json_t *reply = NULL;
+
+	*(long *)ud = post(job("slow", &S.base, 1), TOKEN, &reply);
+	json_decref(reply);
+	return NULL;
+}
+
+/* A job counts as running while it runs. */
+static void test_running_count(void **st)
+{
+	pthread_t t;
+	long status = 0;
+	unsigned seen = 0;
+	int i;
+
+	assert_int_equal(kiln_jobs_running(S.jobs), 0);
+	assert_int_equal(pthread_create(&t, NULL, post_slow, &status), 0);
+	for (i = 0; i < 1000 && !seen; i++) {
+		seen = kiln_jobs_running(S.jobs);
+		usleep(5000);
+	}
+	pthread_join(t, NULL);
+	assert_int_equal(seen, 1);
+	assert_int_equal(status, 200);
+	assert_int_equal(kiln_jobs_running(S.jobs), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_file_op),
+		cmocka_unit_test(test_merge),
+		cmocka_unit_test(test_missing_input),
+		cmocka_unit_test(test_copy_missing),
+		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_auth),
+		cmocka_unit_test(test_inventory_reopen),
+		cmocka_unit_test(test_exec),
+		cmocka_unit_test(test_exec_fails),
+		cmocka_unit_test(test_exec_log_tail),
+		cmocka_unit_test(test_exec_secret),
+		cmocka_unit_test(test_exec_binary_output),
+		cmocka_unit_test(test_running_count),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
