@@ -68,6 +68,7 @@ enum stmt_id {
 	ST_KEY_RESULT,
 	ST_INSERT_RESULT,
 	ST_UPSERT_KEY,
+	ST_ALIAS_NEW,
 	ST_DELETE_KEY,
 	ST_DELETE_ORPHAN,
 	ST_ITER,
@@ -94,6 +95,8 @@ static const char *const stmt_sql[N_STMT] = {
 	[ST_UPSERT_KEY] = "INSERT INTO keys (key, result_id) VALUES (?1, ?2)"
 			  " ON CONFLICT (key) DO UPDATE"
 			  " SET result_id = excluded.result_id",
+	[ST_ALIAS_NEW] = "INSERT INTO keys (key, result_id)"
+			 " SELECT ?2, result_id FROM keys WHERE key = ?1",
 	[ST_DELETE_KEY] = "DELETE FROM keys WHERE key = ?1",
 	[ST_DELETE_ORPHAN] =
 		"DELETE FROM results WHERE id = ?1 AND NOT EXISTS"
@@ -127,7 +130,16 @@ struct kiln_cache {
 	unsigned batch_depth;
 	struct stat_row *pending;
 	size_t n_pending, alloc_pending;
+	/* Records hit but not yet touched (last_used): written in batches. */
+	int64_t *touched;
+	size_t n_touched, alloc_touched;
+	unsigned read_depth; /* kiln_cache_read_begin nesting */
 };
+
+/* Touches kept before one transaction writes them. */
+#define TOUCH_BATCH 4096u
+
+static void flush_touches_locked(struct kiln_cache *c);
 
 static int sqlite_to_errno(int rc)
 {
@@ -208,6 +220,9 @@ static int step_done(struct kiln_cache *c, sqlite3_stmt *st,
 
 static int tx_begin(struct kiln_cache *c, struct kiln_error **err)
 {
+	/* In a read bracket of this thread: write in it (tx_end commits it). */
+	if (!sqlite3_get_autocommit(c->db))
+		return 0;
 	return step_done(c, stmt_get(c, ST_BEGIN), err, "begin transaction");
 }
 
@@ -317,6 +332,9 @@ static int configure(struct kiln_cache *c, struct kiln_error **err)
 		r = exec_sql(c, "PRAGMA synchronous=NORMAL", NULL, err);
 	if (r == 0)
 		r = exec_sql(c, "PRAGMA foreign_keys=ON", NULL, err);
+	/* Statement journals in memory: a file write per key written otherwise. */
+	if (r == 0)
+		r = exec_sql(c, "PRAGMA temp_store=MEMORY", NULL, err);
 	if (r == 0)
 		r = migrate(c, err);
 	return r;
@@ -331,7 +349,15 @@ int kiln_cache_open(const char *path, struct kiln_cache **out,
 	*out = NULL;
 	c = xcalloc(1, sizeof(*c));
 	c->path = xstrdup(path);
-	pthread_mutex_init(&c->lock, NULL);
+	{
+		pthread_mutexattr_t ma;
+
+		/* Recursive: a read bracket's owner calls the API inside it. */
+		pthread_mutexattr_init(&ma);
+		pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+		pthread_mutex_init(&c->lock, &ma);
+		pthread_mutexattr_destroy(&ma);
+	}
 	rc = sqlite3_open_v2(path, &c->db,
 			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
 				     SQLITE_OPEN_FULLMUTEX,
@@ -365,6 +391,8 @@ void kiln_cache_free(struct kiln_cache *c)
 
 	if (!c)
 		return;
+	flush_touches_locked(c);
+	free(c->touched);
 	for (i = 0; i < c->n_pending; i++)
 		stat_row_release(&c->pending[i]);
 	free(c->pending);
@@ -474,6 +502,57 @@ static int64_t now_sec(void)
 	return (int64_t)(kiln_now_real_ns() / 1000000000u);
 }
 
+/* A failed touch only ages records (prune may take them sooner). */
+static void flush_touches_locked(struct kiln_cache *c)
+{
+	int64_t now = now_sec();
+	bool own;
+	size_t i;
+	int r;
+
+	if (c->n_touched == 0)
+		return;
+	/* Inside a caller's transaction (a batch), join it. */
+	own = sqlite3_get_autocommit(c->db);
+	r = own ? tx_begin(c, NULL) : 0;
+	for (i = 0; r == 0 && i < c->n_touched; i++) {
+		sqlite3_stmt *st = stmt_get(c, ST_TOUCH);
+
+		if (st) {
+			sqlite3_bind_int64(st, 1, c->touched[i]);
+			sqlite3_bind_int64(st, 2, now);
+		}
+		r = step_done(c, st, NULL, "touch");
+	}
+	if (own)
+		tx_end(c, r, NULL);
+	c->n_touched = 0;
+}
+
+void kiln_cache_read_begin(struct kiln_cache *c)
+{
+	pthread_mutex_lock(&c->lock);
+	/* A failed BEGIN leaves each statement its own transaction: slower only. */
+	if (sqlite3_get_autocommit(c->db))
+		(void)exec_sql(c, "BEGIN", NULL, NULL);
+	c->read_depth++;
+}
+
+void kiln_cache_read_end(struct kiln_cache *c)
+{
+	if (--c->read_depth == 0 && !sqlite3_get_autocommit(c->db) &&
+	    exec_sql(c, "COMMIT", NULL, NULL) < 0)
+		(void)exec_sql(c, "ROLLBACK", NULL, NULL);
+	pthread_mutex_unlock(&c->lock);
+}
+
+void kiln_cache_flush(struct kiln_cache *c)
+{
+	pthread_mutex_lock(&c->lock);
+	flush_touches_locked(c);
+	pthread_mutex_unlock(&c->lock);
+}
+
 static int get_locked(struct kiln_cache *c, const char *key,
 		      struct kiln_cache_record *out, struct kiln_error **err)
 {
@@ -499,14 +578,13 @@ static int get_locked(struct kiln_cache *c, const char *key,
 		return r;
 	out->key = xstrdup(key);
 	if (out->last_used < now) {
-		st = stmt_get(c, ST_TOUCH);
-		if (st) {
-			sqlite3_bind_int64(st, 1, id);
-			sqlite3_bind_int64(st, 2, now);
-		}
-		/* A failed touch only ages the record; the hit stands. */
-		if (step_done(c, st, NULL, "touch") == 0)
-			out->last_used = now;
+		/* Written later, many in one transaction: a solve hits thousands. */
+		c->touched = xgrow(c->touched, &c->alloc_touched, c->n_touched + 1,
+				   sizeof(*c->touched));
+		c->touched[c->n_touched++] = id;
+		out->last_used = now;
+		if (c->n_touched >= TOUCH_BATCH)
+			flush_touches_locked(c);
 	}
 	return 0;
 }
@@ -687,6 +765,47 @@ int kiln_cache_alias(struct kiln_cache *c, const char *key, const char *alias,
 	pthread_mutex_lock(&c->lock);
 	r = alias_locked(c, key, alias, err);
 	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+int kiln_cache_alias_many(struct kiln_cache *c, const char *const *keys,
+			  const char *const *aliases, size_t n, size_t *skipped,
+			  struct kiln_error **err)
+{
+	size_t i, skip = 0;
+	int64_t id;
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	r = tx_begin(c, err);
+	for (i = 0; r == 0 && i < n; i++) {
+		/* A new alias (the usual case) takes one statement. */
+		id = key_result(c, aliases[i], err);
+		if (id == 0) {
+			sqlite3_stmt *st = stmt_get(c, ST_ALIAS_NEW);
+
+			if (st) {
+				bind_text(st, 1, keys[i]);
+				bind_text(st, 2, aliases[i]);
+			}
+			r = step_done(c, st, err, aliases[i]);
+			if (r == 0 && sqlite3_changes(c->db) == 0)
+				skip++;
+			continue;
+		}
+		if (id > 0)
+			id = key_result(c, keys[i], err);
+		if (id < 0)
+			r = (int)id;
+		else if (id == 0)
+			skip++;
+		else
+			r = point_key(c, aliases[i], id, err);
+	}
+	r = tx_end(c, r, err);
+	pthread_mutex_unlock(&c->lock);
+	if (skipped)
+		*skipped = skip;
 	return r;
 }
 

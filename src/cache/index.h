@@ -52,6 +52,16 @@ void kiln_cache_meta_blobs(const char *meta, kiln_cache_blob_fn fn, void *ud);
 /* Open or create the index at path (a file). */
 int kiln_cache_open(const char *path, struct kiln_cache **out,
 		    struct kiln_error **err);
+/*
+ * A read bracket: the calling thread's lookups between begin and end share
+ * one SQLite transaction (one lock round-trip, not one per lookup); other
+ * threads' calls wait until end. Nests. Keep it short and free of waits.
+ */
+void kiln_cache_read_begin(struct kiln_cache *c);
+void kiln_cache_read_end(struct kiln_cache *c);
+
+/* Write what is buffered (records' last use); also done by free. */
+void kiln_cache_flush(struct kiln_cache *c);
 void kiln_cache_free(struct kiln_cache *c);
 
 /* Look up a key: 0 and *out filled, -ENOENT when absent. Marks it used. */
@@ -73,6 +83,14 @@ int kiln_cache_put(struct kiln_cache *c, const char *const *keys,
  */
 int kiln_cache_alias(struct kiln_cache *c, const char *key, const char *alias,
 		     struct kiln_error **err);
+/*
+ * kiln_cache_alias for n pairs in one transaction (a solve's content-key
+ * hits). A key that names no record is skipped; *skipped (may be NULL)
+ * counts them.
+ */
+int kiln_cache_alias_many(struct kiln_cache *c, const char *const *keys,
+			  const char *const *aliases, size_t n, size_t *skipped,
+			  struct kiln_error **err);
 
 int kiln_cache_delete(struct kiln_cache *c, const char *key,
 		      struct kiln_error **err);

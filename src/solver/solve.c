@@ -71,6 +71,14 @@ struct solver {
 	size_t *done_q;
 	size_t n_done_q;
 	unsigned running, slots, n_run, n_cached;
+	/* Ready vertices, a max-heap by priority; entries whose vertex left
+	 * READY since are skipped when they surface. */
+	size_t *ready;
+	size_t n_ready, alloc_ready;
+	/* Content-key hits to record under their definition keys (one
+	 * transaction at the end, not one per vertex). */
+	const char **alias_keys, **alias_defs;
+	size_t n_alias, alloc_alias;
 	uint64_t moved;
 	struct kiln_progress_tally *tally;
 	size_t n_tally;
@@ -249,10 +257,25 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key)
 /* A content-key hit is known under its definition key from now on too. */
 static void alias_defkey(struct solver *s, struct vertex *v)
 {
+	size_t n = s->n_alias + 1;
+
+	s->alias_keys = xgrow(s->alias_keys, &s->alloc_alias, n, sizeof(char *));
+	s->alias_defs = xrealloc(s->alias_defs, s->alloc_alias * sizeof(char *));
+	s->alias_keys[s->n_alias] = v->contentkey;
+	s->alias_defs[s->n_alias] = v->defkey;
+	s->n_alias = n;
+}
+
+/* The aliases, in one transaction. */
+static void flush_aliases(struct solver *s)
+{
 	_cleanup_error_ struct kiln_error *err = NULL;
 
-	if (kiln_cache_alias(s->o->cache, v->contentkey, v->defkey, &err) < 0)
-		log_warn("cannot record cache entry for %s: %s", v->name, kiln_error_msg(err));
+	if (s->n_alias &&
+	    kiln_cache_alias_many(s->o->cache, s->alias_keys, s->alias_defs, s->n_alias, NULL,
+				  &err) < 0)
+		log_warn("cannot record %zu cache entries: %s", s->n_alias, kiln_error_msg(err));
+	s->n_alias = 0;
 }
 
 static void record(struct solver *s, struct vertex *v, uint64_t duration_ns)
@@ -587,6 +610,55 @@ static void mark_needed(struct solver *s)
 	}
 }
 
+/* ---- the ready heap ---- */
+
+static bool before(const struct solver *s, size_t a, size_t b)
+{
+	return s->v[a].priority > s->v[b].priority ||
+	       (s->v[a].priority == s->v[b].priority && a < b);
+}
+
+static void heap_swap(struct solver *s, size_t i, size_t k)
+{
+	size_t t = s->ready[i];
+
+	s->ready[i] = s->ready[k];
+	s->ready[k] = t;
+}
+
+static void make_ready(struct solver *s, size_t vi)
+{
+	size_t i;
+
+	s->v[vi].state = VS_READY;
+	s->ready = xgrow(s->ready, &s->alloc_ready, s->n_ready + 1, sizeof(size_t));
+	i = s->n_ready++;
+	s->ready[i] = vi;
+	while (i > 0 && before(s, s->ready[i], s->ready[(i - 1) / 2])) {
+		heap_swap(s, i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+}
+
+static void heap_pop(struct solver *s)
+{
+	size_t i = 0;
+
+	s->ready[0] = s->ready[--s->n_ready];
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+
+		if (l < s->n_ready && before(s, s->ready[l], s->ready[m]))
+			m = l;
+		if (r < s->n_ready && before(s, s->ready[r], s->ready[m]))
+			m = r;
+		if (m == i)
+			break;
+		heap_swap(s, i, m);
+		i = m;
+	}
+}
+
 static uint64_t default_estimate(const struct kiln_op *op)
 {
 	switch (op->type) {
@@ -627,7 +699,7 @@ static void plan(struct solver *s)
 	for (k = 0; k < s->n_order; k++) {
 		struct vertex *v = &s->v[s->order[k]];
 		if (v->state == VS_WAITING && v->n_waiting == 0)
-			v->state = VS_READY;
+			make_ready(s, s->order[k]);
 	}
 }
 
@@ -644,23 +716,16 @@ static void resolve(struct solver *s, size_t vi)
 		if (d->state != VS_WAITING)
 			continue;
 		if (--d->n_waiting == 0)
-			d->state = VS_READY;
+			make_ready(s, v->dependents[i]);
 	}
 }
 
-/* The ready vertex with the longest critical path, or -1. */
-static ssize_t pick_ready(struct solver *s)
+/* The ready vertex with the longest critical path, or -1; pop takes it. */
+static ssize_t peek_ready(struct solver *s)
 {
-	ssize_t best = -1;
-	size_t k;
-
-	for (k = 0; k < s->n_order; k++) {
-		size_t vi = s->order[k];
-		if (s->v[vi].state == VS_READY &&
-		    (best < 0 || s->v[vi].priority > s->v[best].priority))
-			best = (ssize_t)vi;
-	}
-	return best;
+	while (s->n_ready > 0 && s->v[s->ready[0]].state != VS_READY)
+		heap_pop(s);
+	return s->n_ready > 0 ? (ssize_t)s->ready[0] : -1;
 }
 
 static void start(struct solver *s, size_t vi)
@@ -733,7 +798,7 @@ static void unresolve(struct solver *s, size_t vi, bool was_done)
 			unresolve(s, in, true);
 	}
 	if (v->n_waiting == 0)
-		v->state = VS_READY;
+		make_ready(s, vi);
 }
 
 /* How often a vertex's inputs may vanish under it before the build gives up. */
@@ -796,13 +861,17 @@ static void loop(struct solver *s)
 	for (;;) {
 		ssize_t vi;
 
-		while (!s->failure && s->running < s->slots && (vi = pick_ready(s)) >= 0) {
+		/* Lookups of everything ready now share one cache transaction. */
+		kiln_cache_read_begin(s->o->cache);
+		while (!s->failure && s->running < s->slots && (vi = peek_ready(s)) >= 0) {
+			heap_pop(s);
 			pthread_mutex_unlock(&s->lock);
 			start(s, (size_t)vi);
 			pthread_mutex_lock(&s->lock);
 		}
+		kiln_cache_read_end(s->o->cache);
 		if (s->running == 0 && (s->failure || all_outputs_done(s) ||
-					pick_ready(s) < 0))
+					peek_ready(s) < 0))
 			break;
 		while (s->n_done_q == 0)
 			pthread_cond_wait(&s->cond, &s->lock);
@@ -830,6 +899,9 @@ static void solver_release(struct solver *s)
 	free(s->order);
 	free(s->canon);
 	free(s->done_q);
+	free(s->ready);
+	free(s->alias_keys);
+	free(s->alias_defs);
 	for (i = 0; i < s->n_tally; i++)
 		free((char *)s->tally[i].worker);
 	free(s->tally);
@@ -892,9 +964,13 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 	if (r == 0)
 		r = pin_sources(&s, err);
 	if (r == 0) {
+		kiln_cache_read_begin(opts->cache);
 		mark_needed(&s);
 		plan(&s);
+		kiln_cache_read_end(opts->cache);
 		loop(&s);
+		flush_aliases(&s);
+		kiln_cache_flush(opts->cache);
 		ov = &s.v[s.out];
 		if (s.failure) {
 			r = s.failure->code < 0 ? s.failure->code : -EIO;

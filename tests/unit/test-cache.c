@@ -239,6 +239,49 @@ static void test_alias(void **state)
 	kiln_cache_free(c);
 }
 
+/* Many aliases in one call: new ones, a re-pointed one, a missing key. */
+static void test_alias_many(void **state)
+{
+	struct fixture *f = *state;
+	struct kiln_cache *c = open_ok(f->db);
+	struct kiln_error *err = NULL;
+	const char *keys[] = { "sha256:k1", "sha256:k2", "sha256:none", "sha256:k2" };
+	const char *aliases[] = { "sha256:a1", "sha256:a2", "sha256:a3", "sha256:old" };
+	size_t skipped = 99;
+
+	put_ok(c, 1, "sha256:k1", NULL);
+	put_ok(c, 2, "sha256:k2", NULL);
+	put_ok(c, 3, "sha256:old", NULL);
+	assert_int_equal(kiln_cache_alias_many(c, keys, aliases, 4, &skipped, &err), 0);
+	assert_int_equal(skipped, 1);
+	get_expect(c, "sha256:a1", 1);
+	get_expect(c, "sha256:a2", 2);
+	get_absent(c, "sha256:a3");
+	/* Re-pointed away from its only key, record 3 is gone. */
+	get_expect(c, "sha256:old", 2);
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM results"), 2);
+	kiln_cache_free(c);
+}
+
+/* Hits touch last_used, written in a batch by flush (and by free). */
+static void test_touch_flush(void **state)
+{
+	struct fixture *f = *state;
+	struct kiln_cache *c = open_ok(f->db);
+	struct kiln_cache_record rec = { 0 };
+
+	put_ok(c, 1, "sha256:k1", NULL);
+	sql_exec(f->db, "UPDATE results SET last_used = 5;");
+	kiln_cache_read_begin(c);
+	assert_int_equal(kiln_cache_get(c, "sha256:k1", &rec, NULL), 0);
+	kiln_cache_read_end(c);
+	assert_true(rec.last_used > 5);
+	kiln_cache_record_release(&rec);
+	kiln_cache_flush(c);
+	assert_true(sql_int(f->db, "SELECT last_used FROM results") > 5);
+	kiln_cache_free(c);
+}
+
 static void test_replace(void **state)
 {
 	struct fixture *f = *state;
@@ -574,6 +617,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_roundtrip_two_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alias, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_alias_many, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_touch_flush, setup, teardown),
 		cmocka_unit_test(test_meta_blobs),
 		cmocka_unit_test_setup_teardown(test_replace, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
