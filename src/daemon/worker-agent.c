@@ -41,11 +41,11 @@
 /* bytes_held walks the CAS: refresh it at most this often. */
 #define HELD_REFRESH_NS (10ull * 1000000000ull)
 /*
- * kilnd takes a registration of at most 8 MiB (docs/api.md); an inventory
- * digest costs 74 bytes of it, so send at most the newest this many.
+ * kilnd takes at most 100,000 inventory trees in a registration of at most
+ * 8 MiB (docs/api.md; a digest costs 74 bytes of it): send at most the
+ * newest this many.
  */
-#define REGISTER_BODY_MAX (8u << 20)
-#define INVENTORY_SEND_MAX ((REGISTER_BODY_MAX - (64u << 10)) / 74u)
+#define INVENTORY_SEND_MAX 100000u
 /* --insecure-registry and --registry-endpoint, each. */
 #define MAX_REGISTRY_FLAGS 64u
 
