@@ -135,10 +135,16 @@ void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_even
 	switch (ev->status) {
 	case KILN_VERTEX_QUEUED:
 		break;
-	case KILN_VERTEX_RUNNING:
-		fprintf(p->out, "%s#%u %s%s%s%s\n", color(p, BOLD), id, ev->name, color(p, RESET),
-			ev->emulated ? color(p, MAGENTA) : "", ev->emulated ? " (emulated)" : "");
+	case KILN_VERTEX_RUNNING: {
+		/* The embedded engine's one worker goes unnamed. */
+		bool named = ev->worker && *ev->worker && strcmp(ev->worker, "local");
+
+		fprintf(p->out, "%s#%u %s%s%s%s%s%s%s\n", color(p, BOLD), id, ev->name,
+			color(p, RESET), named ? " on " : "", named ? ev->worker : "",
+			ev->emulated ? color(p, MAGENTA) : "", ev->emulated ? " (emulated)" : "",
+			ev->emulated ? color(p, RESET) : "");
 		break;
+	}
 	case KILN_VERTEX_CACHED:
 		fprintf(p->out, "%s#%u %s%s\n%s#%u CACHED%s\n", color(p, BOLD), id, ev->name,
 			color(p, RESET), color(p, CYAN), id, color(p, RESET));
