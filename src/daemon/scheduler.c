@@ -209,6 +209,19 @@ static int take_result(struct kiln_sched *s, const struct kiln_task *t,
 
 enum attempt { ATTEMPT_DONE, ATTEMPT_RETRY };
 
+struct watch {
+	struct kiln_workers *reg;
+	const char *name;
+};
+
+/* A job's worker missed its heartbeats: give up on its answer. */
+static bool worker_gone(void *ud)
+{
+	const struct watch *w = ud;
+
+	return !kiln_workers_ready(w->reg, w->name);
+}
+
 static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *t,
 			    const struct kiln_worker_ref *w, struct kiln_task_result *out,
 			    int *r, struct kiln_error **err)
@@ -218,12 +231,15 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	_cleanup_free_ char *url = xasprintf("%s/v1/jobs", w->addr);
 	_cleanup_error_ struct kiln_error *terr = NULL;
 	struct kiln_http_result res = { 0 };
+	struct watch watch = { .reg = s->reg, .name = w->name };
 	struct kiln_http_call call = {
 		.method = "POST",
 		.url = url,
 		.token = s->token,
 		.low_speed_time_s = JOB_QUIET_S,
 		.limit = JOB_RESPONSE_LIMIT,
+		.abandon = worker_gone,
+		.abandon_ud = &watch,
 	};
 	struct sources ss = { 0 };
 	json_t *resp = NULL;
@@ -238,7 +254,7 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	tr = kiln_http_client_do(s->http, &call, &res, &terr);
 	json_decref(call.json);
 	if (tr < 0) {
-		/* It did not answer: lost now; the job goes elsewhere. */
+		/* It did not answer, or went silent: lost; the job goes elsewhere. */
 		kiln_workers_mark_lost(s->reg, w->name, kiln_error_msg(terr));
 		return ATTEMPT_RETRY;
 	}

@@ -725,6 +725,17 @@ size_t kiln_workers_holders(struct kiln_workers *reg, const struct kiln_digest *
 	return n;
 }
 
+bool kiln_workers_ready(struct kiln_workers *reg, const char *name)
+{
+	bool ready;
+
+	pthread_mutex_lock(&reg->lock);
+	sweep_locked(reg);
+	ready = find_ready(reg, name) != NULL;
+	pthread_mutex_unlock(&reg->lock);
+	return ready;
+}
+
 void kiln_workers_mark_lost(struct kiln_workers *reg, const char *name, const char *why)
 {
 	struct entry *e;

@@ -105,6 +105,8 @@ bool kiln_workers_held(struct kiln_workers *reg, const struct kiln_digest *tree)
 /* Up to max ready holders of tree other than except (may be NULL). */
 size_t kiln_workers_holders(struct kiln_workers *reg, const struct kiln_digest *tree,
 			    const char *except, struct kiln_worker_ref *out, size_t max);
+/* Is worker name registered and ready (not lost)? */
+bool kiln_workers_ready(struct kiln_workers *reg, const char *name);
 /* A call to the worker failed at transport level: lost now, not after heartbeats. */
 void kiln_workers_mark_lost(struct kiln_workers *reg, const char *name, const char *why);
 

@@ -32,6 +32,7 @@ struct xfer {
 	struct kiln_http_result *res;
 	struct kiln_strbuf body;
 	int sink_error; /* a sink's code, or -E2BIG over the limit */
+	bool abandoned; /* call->abandon said so */
 	const void *upload;   /* the request body from memory */
 	size_t upload_len;
 	uint64_t upload_off;
@@ -335,6 +336,18 @@ static void set_tls_auth(const struct kiln_http_call *call, CURL *c)
 			 call->password ? call->password : "");
 }
 
+static int xferinfo_cb(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
+{
+	struct xfer *x = ud;
+
+	if (x->call->abandon(x->call->abandon_ud)) {
+		x->abandoned = true;
+		return 1; /* CURLE_ABORTED_BY_CALLBACK */
+	}
+	return 0;
+}
+
 static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 			struct curl_slist *hdrs)
 {
@@ -362,6 +375,11 @@ static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, x);
+	if (call->abandon) {
+		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
+		curl_easy_setopt(c, CURLOPT_XFERINFODATA, x);
+		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+	}
 	set_tls_auth(call, c);
 	set_method(x, c);
 }
@@ -396,6 +414,9 @@ static int finish(struct xfer *x, CURLcode rc, const char *errbuf,
 				      call->method, call->url, call->limit);
 	if (x->sink_error < 0)
 		return x->sink_error;
+	if (x->abandoned)
+		return kiln_error_set(err, -ECANCELED, "%s %s: abandoned", call->method,
+				      call->url);
 	if (rc != CURLE_OK)
 		return kiln_error_set(err, curl_errno(rc), "%s %s: %s",
 				      call->method, call->url,

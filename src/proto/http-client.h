@@ -78,6 +78,13 @@ struct kiln_http_call {
 	int (*sink)(void *ud, const void *data, size_t len);
 	void *sink_ud;
 	size_t limit;
+	/*
+	 * Asked about once a second while the request is in flight (also
+	 * while it waits for an answer): true aborts it with -ECANCELED.
+	 * NULL: never.
+	 */
+	bool (*abandon)(void *ud);
+	void *abandon_ud;
 };
 
 struct kiln_http_result {

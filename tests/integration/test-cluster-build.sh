@@ -239,7 +239,50 @@ assert_eq "$(cat "$T/progress-a.json" "$T/progress-b.json" | jq -R 'fromjson? //
 # round builds a step that sleeps 2 s, kills -9 the worker the progress
 # shows running it, requires the build to succeed (on the other worker),
 # then restarts the killed one (same root) so both are there for the next
-# round. Finally every worker is stopped and its root must fsck clean.
+# round. Then one round freezes a worker instead (freeze_round). Finally
+# every worker is stopped and its root must fsck clean.
+# The worker the progress shows running the "sleep 2" step (waits for it
+# while the build in $BG_PID runs; empty if it never does).
+await_victim() { # PROGRESS-FILE
+	local victim=
+	for _ in $(seq 600); do
+		victim=$(jq -r -R 'fromjson? // empty | select(.vertex != null and .status == "running"
+			and (.name | contains("sleep 2"))) | .worker' <"$1" 2>/dev/null | head -1 || true)
+		[ -n "$victim" ] && break
+		kill -0 "$BG_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	echo "$victim"
+}
+
+# A worker that hangs (SIGSTOP: its connections stay open, its heartbeats
+# stop) is lost after 3 heartbeat intervals and its job placed elsewhere;
+# once it wakes it is taken back.
+freeze_round() {
+	local ctx="$T/freeze-ctx" prog="$T/freeze-progress.json" out="$T/freeze-out" victim
+	mkdir -p "$ctx"
+	cat >"$ctx/Dockerfile" <<DF
+FROM $REG/busybox:latest
+RUN sleep 2 && echo frozen-$NONCE > /slow
+DF
+	: >"$prog"
+	rbuild "$prog" --platform linux/amd64 --output "type=local,dest=$out" "$ctx" &
+	BG_PID=$!
+	victim=$(await_victim "$prog")
+	[ -n "$victim" ] || fail "freeze round: the slow step never ran: $(tail -5 "$prog")"
+	kill -STOP "${NETNS_WPID[$victim]}"
+	wait "$BG_PID" || { kill -CONT "${NETNS_WPID[$victim]}"; fail "freeze round: build failed with $victim stopped: $(tail -5 "$prog")"; }
+	BG_PID=
+	kill -CONT "${NETNS_WPID[$victim]}"
+	assert_eq "$(cat "$out/slow")" "frozen-$NONCE" "freeze round output"
+	pcheck "$prog" "[.[] | select(.vertex != null and .status == \"done\" and (.name | contains(\"sleep 2\")))] |
+		length == 1 and .[0].worker != \"$victim\"" ||
+		fail "freeze round: the slow step did not finish on another worker than $victim: $(pev "$prog" | tail -5)"
+	_NETNS_OLD_ID=
+	_netns_until 20 _netns_worker_ready "$victim" || fail "freeze round: $victim not back after SIGCONT"
+	echo "freeze round: stopped $victim, build ok, $victim back" >&2
+}
+
 kill_loop() { # N
 	local n=$1 i victim prog out ctx
 	[ -n "${NETNS_IP[amd2]:-}" ] || netns_add amd2 5
@@ -257,14 +300,7 @@ DF
 		: >"$prog"
 		rbuild "$prog" --platform linux/amd64 --output "type=local,dest=$out" "$ctx" &
 		BG_PID=$!
-		victim=
-		for _ in $(seq 600); do
-			victim=$(jq -r -R 'fromjson? // empty | select(.vertex != null and .status == "running"
-				and (.name | contains("sleep 2"))) | .worker' <"$prog" 2>/dev/null | head -1 || true)
-			[ -n "$victim" ] && break
-			kill -0 "$BG_PID" 2>/dev/null || break
-			sleep 0.05
-		done
+		victim=$(await_victim "$prog")
 		[ -n "$victim" ] || fail "kill round $i: the slow step never ran: $(tail -5 "$prog")"
 		[ -n "${NETNS_WPID[$victim]:-}" ] || fail "kill round $i: progress names unknown worker '$victim'"
 		netns_kill "${NETNS_WPID[$victim]}" KILL
@@ -278,6 +314,7 @@ DF
 		netns_worker_start "$victim" "$T/w-$victim" linux/amd64
 		echo "kill round $i/$n: killed $victim, build ok" >&2
 	done
+	freeze_round
 	for w in "$AMD" amd2 "$ARM"; do
 		netns_worker_stop "$w"
 		worker_fsck "$w" "$T/w-$w"
