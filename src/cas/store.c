@@ -35,6 +35,8 @@ struct kiln_store_writer {
 	int error; /* first write error, reported at commit */
 	struct kiln_blob_meta meta; /* inode metadata for a new blob */
 	bool has_meta;
+	bool defer_dir_sync; /* the caller syncs the directory (kiln_store_sync) */
+	bool renamed;        /* the temp file has its final name */
 };
 
 static int open_dir_at(int dirfd, const char *name)
@@ -283,10 +285,16 @@ static int writer_publish(struct kiln_store_writer *w,
 	if (renameat(s->tmpfd, w->tmpname, s->blobsfd, BLOB_NAME(d)) < 0)
 		return kiln_error_seterrno(err, -errno, "naming blob %s",
 					   KILN_DIGEST_STR(d));
-	if (s->durable && fsync(s->blobsfd) < 0)
+	w->renamed = true;
+	if (s->durable && !w->defer_dir_sync && fsync(s->blobsfd) < 0)
 		return kiln_error_seterrno(err, -errno, "fsync of %s/blobs/sha256",
 					   s->dir);
 	return 0;
+}
+
+void kiln_store_writer_defer_sync(struct kiln_store_writer *w)
+{
+	w->defer_dir_sync = true;
 }
 
 int kiln_store_writer_commit(struct kiln_store_writer *w,
@@ -309,7 +317,7 @@ int kiln_store_writer_commit(struct kiln_store_writer *w,
 		r = writer_publish(w, &d, err);
 	if (r == 0 && out)
 		*out = d;
-	writer_free(w, true); /* after a rename the temp name is gone */
+	writer_free(w, !w->renamed); /* a renamed temp name is gone */
 	return r;
 }
 

@@ -102,6 +102,13 @@ int kiln_store_writer_write(struct kiln_store_writer *w, const void *data,
  * Verify against expected (if non-NULL), make durable, name it. The writer
  * is freed whatever the outcome.
  */
+/*
+ * Name this blob without fsyncing the blobs directory: the caller calls
+ * kiln_store_sync() once for many (a pull, per batch) before it relies on
+ * the names surviving a crash. The blob's content is still fsynced before
+ * it gets its name, so a name that survives always has the right bytes.
+ */
+void kiln_store_writer_defer_sync(struct kiln_store_writer *w);
 int kiln_store_writer_commit(struct kiln_store_writer *w,
 			     const struct kiln_digest *expected,
 			     struct kiln_digest *out, struct kiln_error **err);

@@ -252,6 +252,8 @@ static int frame_header(struct framer *f)
 	f->state = F_BODY;
 	if (!kiln_store_has(f->p->store, &f->cur)) {
 		r = kiln_store_writer_begin(f->p->store, &f->w, NULL);
+		if (r == 0) /* one directory sync when the pull ends */
+			kiln_store_writer_defer_sync(f->w);
 		if (r < 0)
 			return f->local = r;
 	}
@@ -580,6 +582,7 @@ static int get_blob(struct pull *p, size_t i, const struct kiln_digest *d,
 	r = kiln_store_writer_begin(p->store, &b.w, NULL);
 	if (r < 0)
 		return r;
+	kiln_store_writer_defer_sync(b.w); /* one directory sync when the pull ends */
 	count_request(p, i);
 	r = kiln_http_client_do(p->http, &c, &res, &e);
 	r = blob_finish(p, i, &b, &c, &res, r, e, d);
@@ -880,6 +883,9 @@ int kiln_peer_pull_tree(struct kiln_store *store,
 	r = pull_nodes(&p, root, &sc, err);
 	if (r == 0)
 		r = pull_files(&p, &sc.files, err);
+	/* What was named is made durable before anyone relies on it. */
+	if (r == 0)
+		r = kiln_store_sync(store, err);
 	if (r < 0)
 		kiln_error_prefix(err, "pulling tree %s", KILN_DIGEST_STR(root));
 	scan_release(&sc);
@@ -901,6 +907,8 @@ int kiln_peer_pull_blob(struct kiln_store *store, const struct kiln_digest *d,
 	stats->bytes = stats->blobs = stats->requests = 0;
 	pull_init(&p, store, sources, n, opts, stats);
 	r = pull_one(&p, d, size, err);
+	if (r == 0)
+		r = kiln_store_sync(store, err);
 	pull_release(&p, opts);
 	return r;
 }
