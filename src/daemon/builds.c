@@ -54,6 +54,7 @@ struct build {
 	bool done;
 	json_t *state; /* once done: {"ok", "error", "result"} */
 	uint64_t ended_ns;
+	unsigned readers; /* handlers using it (under the table's lock) */
 };
 
 struct kiln_builds {
@@ -124,7 +125,7 @@ void kiln_builds_sweep(struct kiln_builds *b)
 		bool old;
 
 		pthread_mutex_lock(&bd->lock);
-		old = bd->done && now - bd->ended_ns > KEEP_NS;
+		old = bd->done && now - bd->ended_ns > KEEP_NS && bd->readers == 0;
 		pthread_mutex_unlock(&bd->lock);
 		if (!old) {
 			i++;
@@ -375,6 +376,7 @@ static int handle_submit(const struct kiln_http_server_req *req,
 
 /* ---- reading a build ---- */
 
+/* The build, kept from the sweep until unref(). */
 static struct build *find(struct kiln_builds *b, const char *id, size_t idlen)
 {
 	struct build *bd = NULL;
@@ -384,8 +386,20 @@ static struct build *find(struct kiln_builds *b, const char *id, size_t idlen)
 	for (i = 0; i < b->n; i++)
 		if (strlen(b->builds[i]->id) == idlen && !memcmp(b->builds[i]->id, id, idlen))
 			bd = b->builds[i];
+	if (bd) {
+		pthread_mutex_lock(&bd->lock);
+		bd->readers++;
+		pthread_mutex_unlock(&bd->lock);
+	}
 	pthread_mutex_unlock(&b->lock);
-	return bd; /* builds are freed only by sweep, long after they end */
+	return bd;
+}
+
+static void unref(struct build *bd)
+{
+	pthread_mutex_lock(&bd->lock);
+	bd->readers--;
+	pthread_mutex_unlock(&bd->lock);
 }
 
 static void deadline_in(struct timespec *ts, unsigned ms)
@@ -446,10 +460,12 @@ static int handle_get(const struct kiln_http_server_req *req,
 	}
 	if (slash && !strcmp(slash, "/events")) {
 		respond_events(bd, kiln_http_server_req_query(req, "from"), resp);
+		unref(bd);
 		return 0;
 	}
 	if (slash) {
 		kiln_http_resp_error(resp, 404, "no such resource %s", req->path);
+		unref(bd);
 		return 0;
 	}
 	/* ?wait=1: a client waiting for the end asks without spinning. */
@@ -464,6 +480,7 @@ static int handle_get(const struct kiln_http_server_req *req,
 	o = bd->done ? json_deep_copy(bd->state) : json_object();
 	json_object_set_new(o, "id", json_string(bd->id));
 	json_object_set_new(o, "state", json_string(bd->done ? "done" : "running"));
+	bd->readers--;
 	pthread_mutex_unlock(&bd->lock);
 	kiln_http_resp_json(resp, 200, o);
 	return 0;

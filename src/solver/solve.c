@@ -861,15 +861,22 @@ static void loop(struct solver *s)
 	for (;;) {
 		ssize_t vi;
 
-		/* Lookups of everything ready now share one cache transaction. */
+		/*
+		 * Lookups of everything ready now share one cache transaction.
+		 * Lock order: the cache's before s->lock, never the reverse.
+		 */
+		pthread_mutex_unlock(&s->lock);
 		kiln_cache_read_begin(s->o->cache);
+		pthread_mutex_lock(&s->lock);
 		while (!s->failure && s->running < s->slots && (vi = peek_ready(s)) >= 0) {
 			heap_pop(s);
 			pthread_mutex_unlock(&s->lock);
 			start(s, (size_t)vi);
 			pthread_mutex_lock(&s->lock);
 		}
+		pthread_mutex_unlock(&s->lock);
 		kiln_cache_read_end(s->o->cache);
+		pthread_mutex_lock(&s->lock);
 		if (s->running == 0 && (s->failure || all_outputs_done(s) ||
 					peek_ready(s) < 0))
 			break;
