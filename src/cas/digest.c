@@ -2,6 +2,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -13,9 +16,30 @@
 /* Large reads keep per-syscall overhead well under the hashing cost. */
 #define DIGEST_FD_BUF (1u << 20)
 
+/*
+ * A threaded hasher's pipe: the caller copies data into a ring of chunks
+ * and goes on (receiving, writing); a thread of the hasher's own hashes
+ * the chunks in order. filled and hashed count chunks; the caller fills
+ * slot filled % PIPE_DEPTH, which is free while filled - hashed < depth.
+ */
+#define PIPE_CHUNK (1u << 20)
+#define PIPE_DEPTH 8u
+
+struct hash_pipe {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	char *buf[PIPE_DEPTH];
+	size_t len[PIPE_DEPTH];
+	uint64_t filled, hashed;
+	size_t cur; /* bytes in the slot being filled (caller's thread only) */
+	bool stop;
+};
+
 struct kiln_hasher {
 	EVP_MD_CTX *ctx;
 	enum kiln_digest_algo algo;
+	struct hash_pipe *pipe; /* threaded hashers only */
 };
 
 static const char hexdigits[] = "0123456789abcdef";
@@ -100,16 +124,101 @@ struct kiln_hasher *kiln_hasher_new(enum kiln_digest_algo algo)
 	return h;
 }
 
+static void *pipe_main(void *ud)
+{
+	struct kiln_hasher *h = ud;
+	struct hash_pipe *p = h->pipe;
+
+	pthread_mutex_lock(&p->lock);
+	for (;;) {
+		size_t i;
+
+		while (p->hashed == p->filled && !p->stop)
+			pthread_cond_wait(&p->cond, &p->lock);
+		if (p->hashed == p->filled)
+			break; /* stopped, nothing left */
+		i = p->hashed % PIPE_DEPTH;
+		pthread_mutex_unlock(&p->lock);
+		if (EVP_DigestUpdate(h->ctx, p->buf[i], p->len[i]) != 1)
+			abort();
+		pthread_mutex_lock(&p->lock);
+		p->hashed++;
+		pthread_cond_broadcast(&p->cond);
+	}
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
+}
+
+struct kiln_hasher *kiln_hasher_new_threaded(enum kiln_digest_algo algo)
+{
+	struct kiln_hasher *h = kiln_hasher_new(algo);
+	struct hash_pipe *p;
+	size_t i;
+
+	if (!h)
+		return NULL;
+	p = h->pipe = xcalloc(1, sizeof(*p));
+	for (i = 0; i < PIPE_DEPTH; i++)
+		p->buf[i] = xmalloc(PIPE_CHUNK);
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->cond, NULL);
+	if (pthread_create(&p->thread, NULL, pipe_main, h) != 0)
+		abort(); /* only without memory */
+	return h;
+}
+
+/* Hand the slot being filled to the hashing thread; wait for a free one. */
+static void pipe_hand_over(struct hash_pipe *p)
+{
+	pthread_mutex_lock(&p->lock);
+	p->len[p->filled % PIPE_DEPTH] = p->cur;
+	p->filled++;
+	p->cur = 0;
+	pthread_cond_broadcast(&p->cond);
+	while (p->filled - p->hashed >= PIPE_DEPTH)
+		pthread_cond_wait(&p->cond, &p->lock);
+	pthread_mutex_unlock(&p->lock);
+}
+
 void kiln_hasher_update(struct kiln_hasher *h, const void *data, size_t len)
 {
-	if (len && EVP_DigestUpdate(h->ctx, data, len) != 1)
-		abort();
+	struct hash_pipe *p = h->pipe;
+	const char *d = data;
+
+	if (!p) {
+		if (len && EVP_DigestUpdate(h->ctx, data, len) != 1)
+			abort();
+		return;
+	}
+	while (len > 0) {
+		size_t n = len < PIPE_CHUNK - p->cur ? len : PIPE_CHUNK - p->cur;
+
+		memcpy(p->buf[p->filled % PIPE_DEPTH] + p->cur, d, n);
+		p->cur += n;
+		d += n;
+		len -= n;
+		if (p->cur == PIPE_CHUNK)
+			pipe_hand_over(p);
+	}
+}
+
+/* Everything handed over is hashed (the context is the caller's again). */
+static void pipe_drain(struct hash_pipe *p)
+{
+	if (p->cur > 0)
+		pipe_hand_over(p);
+	pthread_mutex_lock(&p->lock);
+	while (p->hashed != p->filled)
+		pthread_cond_wait(&p->cond, &p->lock);
+	pthread_mutex_unlock(&p->lock);
 }
 
 void kiln_hasher_final(struct kiln_hasher *h, struct kiln_digest *out)
 {
 	unsigned int n = 0;
 
+	if (h->pipe)
+		pipe_drain(h->pipe);
 	memset(out, 0, sizeof(*out));
 	if (EVP_DigestFinal_ex(h->ctx, out->bytes, &n) != 1 || n != 32 ||
 	    EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1)
@@ -121,6 +230,21 @@ void kiln_hasher_free(struct kiln_hasher *h)
 {
 	if (!h)
 		return;
+	if (h->pipe) {
+		struct hash_pipe *p = h->pipe;
+		size_t i;
+
+		pthread_mutex_lock(&p->lock);
+		p->stop = true;
+		pthread_cond_broadcast(&p->cond);
+		pthread_mutex_unlock(&p->lock);
+		pthread_join(p->thread, NULL);
+		for (i = 0; i < PIPE_DEPTH; i++)
+			free(p->buf[i]);
+		pthread_cond_destroy(&p->cond);
+		pthread_mutex_destroy(&p->lock);
+		free(p);
+	}
 	EVP_MD_CTX_free(h->ctx);
 	free(h);
 }

@@ -44,6 +44,13 @@ static inline bool kiln_digest_is_set(const struct kiln_digest *d)
 /* Incremental hashing. */
 struct kiln_hasher;
 struct kiln_hasher *kiln_hasher_new(enum kiln_digest_algo algo);
+/*
+ * A hasher that hashes on a thread of its own: update() copies the data
+ * (1 MiB chunks, 8 in flight) and returns, so a caller that receives and
+ * writes a large stream overlaps that with the hash. For streams of
+ * megabytes and more; same results as kiln_hasher_new().
+ */
+struct kiln_hasher *kiln_hasher_new_threaded(enum kiln_digest_algo algo);
 void kiln_hasher_update(struct kiln_hasher *h, const void *data, size_t len);
 /* Finish into out; the hasher is reset and can be reused. */
 void kiln_hasher_final(struct kiln_hasher *h, struct kiln_digest *out);

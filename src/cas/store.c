@@ -37,6 +37,8 @@ struct kiln_store_writer {
 	bool has_meta;
 	bool defer_dir_sync; /* the caller syncs the directory (kiln_store_sync) */
 	bool renamed;        /* the temp file has its final name */
+	bool pipelined;      /* a large stream: hashed on a thread, written back early */
+	uint64_t written, flushed; /* bytes written; bytes whose writeback started */
 };
 
 static int open_dir_at(int dirfd, const char *name)
@@ -218,6 +220,16 @@ int kiln_store_writer_begin(struct kiln_store *s, struct kiln_store_writer **out
 	return 0;
 }
 
+void kiln_store_writer_pipeline(struct kiln_store_writer *w)
+{
+	kiln_hasher_free(w->h);
+	w->h = kiln_hasher_new_threaded(KILN_DIGEST_SHA256);
+	w->pipelined = true;
+}
+
+/* Writeback started per this many bytes, so the final fsync has little left. */
+#define WRITEBACK_STEP (8u << 20)
+
 int kiln_store_writer_write(struct kiln_store_writer *w, const void *data,
 			    size_t len)
 {
@@ -227,9 +239,17 @@ int kiln_store_writer_write(struct kiln_store_writer *w, const void *data,
 		return w->error;
 	kiln_hasher_update(w->h, data, len);
 	r = kiln_write_full(w->fd, data, len);
-	if (r < 0)
+	if (r < 0) {
 		w->error = r;
-	return r;
+		return r;
+	}
+	w->written += len;
+	if (w->pipelined && w->s->durable && w->written - w->flushed >= WRITEBACK_STEP) {
+		(void)sync_file_range(w->fd, (off64_t)w->flushed, (off64_t)(w->written - w->flushed),
+				      SYNC_FILE_RANGE_WRITE);
+		w->flushed = w->written;
+	}
+	return 0;
 }
 
 static void writer_free(struct kiln_store_writer *w, bool unlink_tmp)

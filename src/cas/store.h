@@ -109,6 +109,11 @@ int kiln_store_writer_write(struct kiln_store_writer *w, const void *data,
  * it gets its name, so a name that survives always has the right bytes.
  */
 void kiln_store_writer_defer_sync(struct kiln_store_writer *w);
+/*
+ * Hash this blob on a thread of its own while the caller writes (a large
+ * download: receive and write overlap the hash). Call before any write.
+ */
+void kiln_store_writer_pipeline(struct kiln_store_writer *w);
 int kiln_store_writer_commit(struct kiln_store_writer *w,
 			     const struct kiln_digest *expected,
 			     struct kiln_digest *out, struct kiln_error **err);

@@ -513,6 +513,9 @@ static int pull_nodes(struct pull *p, const struct kiln_digest *root,
 
 /* ---- phase FILES: one large blob ---- */
 
+/* Blobs from this size on are hashed on a thread of their own. */
+#define PIPELINE_MIN (8u << 20)
+
 struct blob_sink {
 	struct kiln_store_writer *w;
 	uint64_t expect, got;
@@ -583,6 +586,8 @@ static int get_blob(struct pull *p, size_t i, const struct kiln_digest *d,
 	if (r < 0)
 		return r;
 	kiln_store_writer_defer_sync(b.w); /* one directory sync when the pull ends */
+	if (size == UINT64_MAX || size >= PIPELINE_MIN)
+		kiln_store_writer_pipeline(b.w); /* hash while receiving */
 	count_request(p, i);
 	r = kiln_http_client_do(p->http, &c, &res, &e);
 	r = blob_finish(p, i, &b, &c, &res, r, e, d);
