@@ -51,6 +51,7 @@ time_build() {
 	for i in $(seq "$runs"); do
 		rm -rf --one-file-system "$T/run"
 		cp -a "$T/root" "$T/run"
+		sync # the copy's writeback must not land in the timed build's fsyncs
 		t0=$(date +%s%N)
 		KILN_ROOT="$T/run" "$kiln" build --def "$g" --progress quiet
 		t1=$(date +%s%N)

@@ -95,7 +95,7 @@ static const char *const stmt_sql[N_STMT] = {
 	[ST_UPSERT_KEY] = "INSERT INTO keys (key, result_id) VALUES (?1, ?2)"
 			  " ON CONFLICT (key) DO UPDATE"
 			  " SET result_id = excluded.result_id",
-	[ST_ALIAS_NEW] = "INSERT INTO keys (key, result_id)"
+	[ST_ALIAS_NEW] = "INSERT OR IGNORE INTO keys (key, result_id)"
 			 " SELECT ?2, result_id FROM keys WHERE key = ?1",
 	[ST_DELETE_KEY] = "DELETE FROM keys WHERE key = ?1",
 	[ST_DELETE_ORPHAN] =
@@ -335,6 +335,9 @@ static int configure(struct kiln_cache *c, struct kiln_error **err)
 	/* Statement journals in memory: a file write per key written otherwise. */
 	if (r == 0)
 		r = exec_sql(c, "PRAGMA temp_store=MEMORY", NULL, err);
+	/* 32 MiB of page cache: a solve's aliases (one transaction) fit without spilling. */
+	if (r == 0)
+		r = exec_sql(c, "PRAGMA cache_size=-32768", NULL, err);
 	if (r == 0)
 		r = migrate(c, err);
 	return r;
@@ -768,33 +771,42 @@ int kiln_cache_alias(struct kiln_cache *c, const char *key, const char *alias,
 	return r;
 }
 
+static int by_alias(const void *a, const void *b, void *aliases)
+{
+	const char *const *al = aliases;
+
+	return strcmp(al[*(const size_t *)a], al[*(const size_t *)b]);
+}
+
 int kiln_cache_alias_many(struct kiln_cache *c, const char *const *keys,
 			  const char *const *aliases, size_t n, size_t *skipped,
 			  struct kiln_error **err)
 {
-	size_t i, skip = 0;
+	_cleanup_free_ size_t *order = xcalloc(n + 1, sizeof(size_t));
+	size_t k, i, skip = 0;
 	int64_t id;
 	int r;
 
 	pthread_mutex_lock(&c->lock);
+	/* In key order, the inserts walk the index's pages once. */
+	for (k = 0; k < n; k++)
+		order[k] = k;
+	qsort_r(order, n, sizeof(*order), by_alias, (void *)aliases);
 	r = tx_begin(c, err);
-	for (i = 0; r == 0 && i < n; i++) {
+	for (k = 0; r == 0 && k < n; k++) {
+		i = order[k];
 		/* A new alias (the usual case) takes one statement. */
-		id = key_result(c, aliases[i], err);
-		if (id == 0) {
-			sqlite3_stmt *st = stmt_get(c, ST_ALIAS_NEW);
+		sqlite3_stmt *st = stmt_get(c, ST_ALIAS_NEW);
 
-			if (st) {
-				bind_text(st, 1, keys[i]);
-				bind_text(st, 2, aliases[i]);
-			}
-			r = step_done(c, st, err, aliases[i]);
-			if (r == 0 && sqlite3_changes(c->db) == 0)
-				skip++;
-			continue;
+		if (st) {
+			bind_text(st, 1, keys[i]);
+			bind_text(st, 2, aliases[i]);
 		}
-		if (id > 0)
-			id = key_result(c, keys[i], err);
+		r = step_done(c, st, err, aliases[i]);
+		if (r < 0 || sqlite3_changes(c->db) > 0)
+			continue;
+		/* The alias exists already (re-point it), or the key does not. */
+		id = key_result(c, keys[i], err);
 		if (id < 0)
 			r = (int)id;
 		else if (id == 0)

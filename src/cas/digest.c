@@ -110,6 +110,26 @@ bool kiln_digest_eq(const struct kiln_digest *a, const struct kiln_digest *b)
 	return memcmp(a->bytes, b->bytes, 32) == 0;
 }
 
+/*
+ * SHA-256 fetched from the provider once: sha256() looks it up on
+ * every init, which costs more than hashing a cache key.
+ */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256_md;
+
+static void sha256_fetch(void)
+{
+	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (!sha256_md)
+		abort();
+}
+
+static const EVP_MD *sha256(void)
+{
+	pthread_once(&sha256_once, sha256_fetch);
+	return sha256_md;
+}
+
 struct kiln_hasher *kiln_hasher_new(enum kiln_digest_algo algo)
 {
 	struct kiln_hasher *h;
@@ -119,7 +139,7 @@ struct kiln_hasher *kiln_hasher_new(enum kiln_digest_algo algo)
 	h = xcalloc(1, sizeof(*h));
 	h->algo = algo;
 	h->ctx = EVP_MD_CTX_new();
-	if (!h->ctx || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1)
+	if (!h->ctx || EVP_DigestInit_ex(h->ctx, sha256(), NULL) != 1)
 		abort(); /* only fails on out of memory */
 	return h;
 }
@@ -221,7 +241,7 @@ void kiln_hasher_final(struct kiln_hasher *h, struct kiln_digest *out)
 		pipe_drain(h->pipe);
 	memset(out, 0, sizeof(*out));
 	if (EVP_DigestFinal_ex(h->ctx, out->bytes, &n) != 1 || n != 32 ||
-	    EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1)
+	    EVP_DigestInit_ex(h->ctx, sha256(), NULL) != 1)
 		abort();
 	out->algo = KILN_DIGEST_SHA256;
 }
@@ -254,7 +274,7 @@ void kiln_digest_buf(const void *data, size_t len, struct kiln_digest *out)
 	unsigned int n = 0;
 
 	memset(out, 0, sizeof(*out));
-	if (EVP_Digest(data, len, out->bytes, &n, EVP_sha256(), NULL) != 1)
+	if (EVP_Digest(data, len, out->bytes, &n, sha256(), NULL) != 1)
 		abort();
 	out->algo = KILN_DIGEST_SHA256;
 }
