@@ -75,9 +75,9 @@ struct solver {
 	 * READY since are skipped when they surface. */
 	size_t *ready;
 	size_t n_ready, alloc_ready;
-	/* Content-key hits to record under their definition keys (one
-	 * transaction at the end, not one per vertex). */
-	const char **alias_keys, **alias_defs;
+	/* Content-key hits, to record under their definition keys at the end
+	 * (flush_aliases: the frontier only, in one transaction). */
+	size_t *alias_v;
 	size_t n_alias, alloc_alias;
 	uint64_t moved;
 	struct kiln_progress_tally *tally;
@@ -255,26 +255,66 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key)
 }
 
 /* A content-key hit is known under its definition key from now on too. */
-static void alias_defkey(struct solver *s, struct vertex *v)
+static void alias_defkey(struct solver *s, size_t vi)
 {
-	size_t n = s->n_alias + 1;
-
-	s->alias_keys = xgrow(s->alias_keys, &s->alloc_alias, n, sizeof(char *));
-	s->alias_defs = xrealloc(s->alias_defs, s->alloc_alias * sizeof(char *));
-	s->alias_keys[s->n_alias] = v->contentkey;
-	s->alias_defs[s->n_alias] = v->defkey;
-	s->n_alias = n;
+	s->alias_v = xgrow(s->alias_v, &s->alloc_alias, s->n_alias + 1, sizeof(size_t));
+	s->alias_v[s->n_alias++] = vi;
 }
 
-/* The aliases, in one transaction. */
+static bool is_output(const struct solver *s, size_t vi)
+{
+	size_t k;
+
+	if (vi == s->out)
+		return true;
+	for (k = 0; k < s->def->n_outputs; k++)
+		if (s->canon[s->def->outputs[k].op] == vi)
+			return true;
+	return false;
+}
+
+/*
+ * A content-key hit is worth a definition-key alias where the next build's
+ * top-down definition lookups will stop: at an output, or under a step
+ * that ran (or failed) this time. A hit whose dependents were all hits
+ * too is found again through them; aliasing every vertex of a large cached
+ * graph cost more than walking it.
+ */
+static bool on_frontier(const struct solver *s, size_t vi)
+{
+	const struct vertex *v = &s->v[vi];
+	size_t i;
+
+	if (is_output(s, vi))
+		return true;
+	for (i = 0; i < v->n_dependents; i++) {
+		const struct vertex *d = &s->v[v->dependents[i]];
+
+		if (d->state == VS_FAILED || d->state == VS_RUNNING ||
+		    (d->state == VS_DONE && !d->cached))
+			return true;
+	}
+	return false;
+}
+
+/* The frontier's aliases, in one transaction. */
 static void flush_aliases(struct solver *s)
 {
 	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ const char **keys = xcalloc(s->n_alias + 1, sizeof(char *));
+	_cleanup_free_ const char **defs = xcalloc(s->n_alias + 1, sizeof(char *));
+	size_t k, n = 0;
 
-	if (s->n_alias &&
-	    kiln_cache_alias_many(s->o->cache, s->alias_keys, s->alias_defs, s->n_alias, NULL,
-				  &err) < 0)
-		log_warn("cannot record %zu cache entries: %s", s->n_alias, kiln_error_msg(err));
+	for (k = 0; k < s->n_alias; k++) {
+		const struct vertex *v = &s->v[s->alias_v[k]];
+
+		if (!on_frontier(s, s->alias_v[k]))
+			continue;
+		keys[n] = v->contentkey;
+		defs[n++] = v->defkey;
+	}
+	if (n && kiln_cache_alias_many(s->o->cache, keys, defs, n, NULL, &err) < 0)
+		log_warn("cannot record %zu cache entries: %s", n, kiln_error_msg(err));
 	s->n_alias = 0;
 }
 
@@ -683,7 +723,14 @@ static void plan(struct solver *s)
 
 		if (v->state != VS_WAITING)
 			continue;
-		if (kiln_cache_estimate(s->o->cache, v->digest, &v->est_ms) < 0)
+		/*
+		 * Provenance for the steps whose durations vary and dominate
+		 * (execs, image pulls); file ops and other sources are short
+		 * in-process edits, where a lookup each would cost more than
+		 * the estimate is worth.
+		 */
+		if ((v->op->type != KILN_OP_EXEC && v->op->type != KILN_OP_SOURCE_IMAGE) ||
+		    kiln_cache_estimate(s->o->cache, v->digest, &v->est_ms) < 0)
 			v->est_ms = default_estimate(v->op);
 		for (i = 0; i < v->n_dependents; i++) {
 			struct vertex *d = &s->v[v->dependents[i]];
@@ -739,7 +786,7 @@ static void start(struct solver *s, size_t vi)
 		s->n_cached++;
 		emit(s, v, KILN_VERTEX_CACHED, NULL);
 		/* Known under its definition key from now on too. */
-		alias_defkey(s, v);
+		alias_defkey(s, vi);
 		resolve(s, vi);
 		return;
 	}
@@ -907,8 +954,7 @@ static void solver_release(struct solver *s)
 	free(s->canon);
 	free(s->done_q);
 	free(s->ready);
-	free(s->alias_keys);
-	free(s->alias_defs);
+	free(s->alias_v);
 	for (i = 0; i < s->n_tally; i++)
 		free((char *)s->tally[i].worker);
 	free(s->tally);

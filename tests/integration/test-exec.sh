@@ -73,6 +73,26 @@ kbuild --def "$T/empty.json" -o "$T/empty" || fail "mkdir build: $(tail -2 "$T/p
 kbuild --def "$T/empty.json" -o "type=tar,dest=$T/empty.tar" || fail "cached mkdir export"
 tar -tf "$T/empty.tar" | grep -q '^newdir/$' || fail "empty dir missing from the tar"
 
+# Early cut-off and aliases: the same chain on the same content under a new
+# definition (an equivalent include pattern) is resolved by content keys,
+# nothing runs; the output is then known under its new definition key, so
+# the next build is one lookup.
+chain() { # INCLUDE
+	printf '{"version":1,"ops":[{"id":"c","op":"source.local","path":"%s","include":["%s"]},' "$T/ctx-e" "$1"
+	printf '{"id":"m1","op":"file","input":"c","actions":[{"action":"mkfile","path":"/1","data":"1"}]},'
+	printf '{"id":"m2","op":"file","input":"m1","actions":[{"action":"mkfile","path":"/2","data":"2"}]},'
+	printf '{"id":"m3","op":"file","input":"m2","actions":[{"action":"mkfile","path":"/3","data":"3"}]}],"output":"m3"}'
+}
+chain f >"$T/chain-a.json"
+chain ./f >"$T/chain-b.json"
+kbuild --def "$T/chain-a.json" || fail "chain a"
+kbuild --def "$T/chain-b.json" || fail "chain b"
+assert_eq "$(events | jq -r 'select(.status == "done") | .name' | grep -c '^\[m' || true)" 0 "steps run for chain b (content keys hit)"
+assert_eq "$(events | jq -r 'select(.status == "cached") | .name' | grep -c '^\[m')" 3 "content-key hits for chain b"
+kbuild --def "$T/chain-b.json" || fail "chain b again"
+assert_eq "$(events | jq -s '[.[] | select(.status == "cached")] | length')" 1 "lookups resolving chain b again (its output's alias)"
+assert_eq "$(events | jq -s '[.[] | select(.status == "done")] | length')" 0 "steps run for chain b again"
+
 assert_no_mounts
 assert_fsck_clean
-echo "ok: whiteouts, cache mounts, failures, network, dedup, empty dirs"
+echo "ok: whiteouts, cache mounts, failures, network, dedup, empty dirs, content-key cut-off"
