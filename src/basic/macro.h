@@ -65,3 +65,22 @@ static inline uint64_t kiln_now_real_ns(void)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+
+/*
+ * An absolute deadline ms from now on clock (the clock of the condition
+ * variable it is for: CLOCK_REALTIME unless one was set), for
+ * pthread_cond_timedwait().
+ */
+static inline struct timespec kiln_deadline_ms(clockid_t clock, uint64_t ms)
+{
+	struct timespec ts;
+
+	clock_gettime(clock, &ts);
+	ts.tv_sec += (time_t)(ms / 1000u);
+	ts.tv_nsec += (long)(ms % 1000u) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}

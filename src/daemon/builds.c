@@ -402,22 +402,11 @@ static void unref(struct build *bd)
 	pthread_mutex_unlock(&bd->lock);
 }
 
-static void deadline_in(struct timespec *ts, unsigned ms)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000u;
-	ts->tv_nsec += (long)(ms % 1000u) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 static void respond_events(struct build *bd, const char *from_s,
 			   struct kiln_http_server_resp *resp)
 {
 	uint64_t from = 0;
-	struct timespec ts;
+	struct timespec ts = kiln_deadline_ms(CLOCK_REALTIME, EVENTS_WAIT_MS);
 	size_t n = 0;
 	char *data;
 
@@ -425,7 +414,6 @@ static void respond_events(struct build *bd, const char *from_s,
 		kiln_http_resp_error(resp, 400, "?from=%s: not an offset", from_s);
 		return;
 	}
-	deadline_in(&ts, EVENTS_WAIT_MS);
 	pthread_mutex_lock(&bd->lock);
 	while (!bd->done && bd->events.len <= from &&
 	       pthread_cond_timedwait(&bd->cond, &bd->lock, &ts) == 0)
@@ -471,9 +459,8 @@ static int handle_get(const struct kiln_http_server_req *req,
 	/* ?wait=1: a client waiting for the end asks without spinning. */
 	pthread_mutex_lock(&bd->lock);
 	if (kiln_http_server_req_query(req, "wait")) {
-		struct timespec ts;
+		struct timespec ts = kiln_deadline_ms(CLOCK_REALTIME, EVENTS_WAIT_MS);
 
-		deadline_in(&ts, EVENTS_WAIT_MS);
 		while (!bd->done && pthread_cond_timedwait(&bd->cond, &bd->lock, &ts) == 0)
 			;
 	}

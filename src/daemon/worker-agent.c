@@ -519,16 +519,9 @@ static int agent_heartbeat(struct agent *a, struct kiln_error **err)
 /* Sleep ms unless asked to stop: true when stopping. */
 static bool agent_wait(struct agent *a, uint64_t ms)
 {
-	struct timespec ts;
+	struct timespec ts = kiln_deadline_ms(CLOCK_MONOTONIC, ms);
 	bool stop;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += (time_t)(ms / 1000u);
-	ts.tv_nsec += (long)(ms % 1000u) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
 	pthread_mutex_lock(&a->lock);
 	while (!a->stop &&
 	       pthread_cond_timedwait(&a->cond, &a->lock, &ts) != ETIMEDOUT)

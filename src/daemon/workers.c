@@ -881,14 +881,8 @@ int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request
 		}
 		/* Every fitting worker is full: wait for a slot (or a change). */
 		{
-			struct timespec ts;
+			struct timespec ts = kiln_deadline_ms(CLOCK_REALTIME, 200);
 
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 200000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
 			pthread_cond_timedwait(&reg->changed, &reg->lock, &ts);
 		}
 	}
