@@ -462,23 +462,6 @@ static void req_release(struct job_req *q)
 	free(q->pulled);
 }
 
-/* A known member of the wrong type, or a required one missing: 400. */
-static int member(const json_t *j, const char *key, json_type type, bool required,
-		  json_t **out, struct kiln_error **err)
-{
-	json_t *v = json_object_get(j, key);
-
-	*out = NULL;
-	if (!v && !required)
-		return 0;
-	if (!v)
-		return kiln_error_set(err, -EINVAL, "missing \"%s\"", key);
-	if (json_typeof(v) != type)
-		return kiln_error_set(err, -EINVAL, "\"%s\" has the wrong type", key);
-	*out = v;
-	return 0;
-}
-
 static int parse_digest(const json_t *v, const char *key, struct kiln_digest *d,
 			struct kiln_error **err)
 {
@@ -492,7 +475,7 @@ static int parse_digests(const json_t *j, const char *key, size_t max,
 {
 	json_t *a, *v;
 	size_t i;
-	int r = member(j, key, JSON_ARRAY, true, &a, err);
+	int r = kiln_json_member(j, key, JSON_ARRAY, true, &a, err);
 
 	if (r < 0)
 		return r;
@@ -521,7 +504,7 @@ static int parse_sources(const json_t *j, const char *token, struct job_req *q,
 {
 	json_t *a, *v, *u;
 	size_t i;
-	int r = member(j, "sources", JSON_ARRAY, true, &a, err);
+	int r = kiln_json_member(j, "sources", JSON_ARRAY, true, &a, err);
 
 	if (r < 0)
 		return r;
@@ -550,7 +533,7 @@ static int parse_secrets(const json_t *j, struct job_req *q, struct kiln_error *
 {
 	json_t *o, *v;
 	const char *k;
-	int r = member(j, "secrets", JSON_OBJECT, false, &o, err);
+	int r = kiln_json_member(j, "secrets", JSON_OBJECT, false, &o, err);
 
 	if (r < 0 || !o)
 		return r;
@@ -578,18 +561,18 @@ static int parse_secrets(const json_t *j, struct job_req *q, struct kiln_error *
 static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **err)
 {
 	json_t *v;
-	int r = member(j, "graph", JSON_STRING, true, &v, err);
+	int r = kiln_json_member(j, "graph", JSON_STRING, true, &v, err);
 
 	if (r == 0)
 		r = parse_digest(v, "graph", &q->graph, err);
 	if (r == 0)
-		r = member(j, "platform", JSON_STRING, true, &v, err);
+		r = kiln_json_member(j, "platform", JSON_STRING, true, &v, err);
 	if (r < 0)
 		return r;
 	q->platform = json_string_value(v);
 	if (!*q->platform || strlen(q->platform) > PLATFORM_MAX || !printable(q->platform))
 		return kiln_error_set(err, -EINVAL, "\"platform\": not os/arch[/variant]");
-	r = member(j, "op", JSON_INTEGER, true, &v, err);
+	r = kiln_json_member(j, "op", JSON_INTEGER, true, &v, err);
 	if (r < 0)
 		return r;
 	if (json_integer_value(v) < 0 || json_integer_value(v) >= KILN_DEF_MAX_OPS)

@@ -26,6 +26,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "cas/digest-set.h"
+#include "proto/http-server.h"
 
 #define INVENTORY_MAX 100000u
 #define LABEL_KEY_MAX 128u
@@ -94,31 +95,12 @@ static bool printable(const char *s)
 	return true;
 }
 
-/* A known member: required or not, of the given JSON type. */
-static int member(const json_t *j, const char *key, json_type type,
-		  bool required, json_t **out, struct kiln_error **err)
-{
-	json_t *v = json_object_get(j, key);
-
-	*out = NULL;
-	if (!v && !required)
-		return 0;
-	if (!v)
-		return kiln_error_set(err, -EINVAL, "missing \"%s\"", key);
-	if (json_typeof(v) != type &&
-	    !(type == JSON_TRUE && json_is_boolean(v)))
-		return kiln_error_set(err, -EINVAL, "\"%s\" has the wrong type",
-				      key);
-	*out = v;
-	return 0;
-}
-
 static int parse_name(const json_t *j, struct kiln_registration *out,
 		      struct kiln_error **err)
 {
 	json_t *v;
 	const char *s;
-	int r = member(j, "name", JSON_STRING, true, &v, err);
+	int r = kiln_json_member(j, "name", JSON_STRING, true, &v, err);
 
 	if (r < 0)
 		return r;
@@ -137,7 +119,7 @@ static int parse_addr(const json_t *j, struct kiln_registration *out,
 {
 	json_t *v;
 	const char *s;
-	int r = member(j, "addr", JSON_STRING, true, &v, err);
+	int r = kiln_json_member(j, "addr", JSON_STRING, true, &v, err);
 
 	if (r < 0)
 		return r;
@@ -181,9 +163,9 @@ static int parse_platform(const json_t *j, size_t i,
 	if (!json_is_object(j))
 		return kiln_error_set(err, -EINVAL,
 				      "\"platforms\"[%zu]: not an object", i);
-	r = member(j, "platform", JSON_STRING, true, &p, err);
+	r = kiln_json_member(j, "platform", JSON_STRING, true, &p, err);
 	if (r == 0)
-		r = member(j, "emulated", JSON_TRUE, false, &e, err);
+		r = kiln_json_member(j, "emulated", JSON_TRUE, false, &e, err);
 	if (r < 0) {
 		kiln_error_prefix(err, "\"platforms\"[%zu]", i);
 		return r;
@@ -202,7 +184,7 @@ static int parse_platforms(const json_t *j, struct kiln_registration *out,
 {
 	json_t *a;
 	size_t i, n;
-	int r = member(j, "platforms", JSON_ARRAY, true, &a, err);
+	int r = kiln_json_member(j, "platforms", JSON_ARRAY, true, &a, err);
 
 	if (r < 0)
 		return r;
@@ -227,7 +209,7 @@ static int parse_slots(const json_t *j, struct kiln_registration *out,
 {
 	json_t *v;
 	json_int_t n;
-	int r = member(j, "slots", JSON_INTEGER, true, &v, err);
+	int r = kiln_json_member(j, "slots", JSON_INTEGER, true, &v, err);
 
 	if (r < 0)
 		return r;
@@ -263,7 +245,7 @@ static int parse_labels(const json_t *j, struct kiln_registration *out,
 {
 	json_t *o, *v;
 	const char *k;
-	int r = member(j, "labels", JSON_OBJECT, false, &o, err);
+	int r = kiln_json_member(j, "labels", JSON_OBJECT, false, &o, err);
 
 	if (r < 0 || !o)
 		return r;
@@ -286,7 +268,7 @@ static int parse_inventory(const json_t *j, struct kiln_registration *out,
 {
 	json_t *a, *v;
 	size_t i, n;
-	int r = member(j, "inventory", JSON_ARRAY, false, &a, err);
+	int r = kiln_json_member(j, "inventory", JSON_ARRAY, false, &a, err);
 
 	if (r < 0 || !a)
 		return r;

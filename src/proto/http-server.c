@@ -61,6 +61,22 @@ struct stream_ctx {
 	void (*free_fn)(void *ud);
 };
 
+int kiln_json_member(const json_t *obj, const char *key, json_type type, bool required,
+		     json_t **out, struct kiln_error **err)
+{
+	json_t *v = json_object_get(obj, key);
+
+	*out = NULL;
+	if (!v && !required)
+		return 0;
+	if (!v)
+		return kiln_error_set(err, -EINVAL, "missing \"%s\"", key);
+	if (json_typeof(v) != type && !(type == JSON_TRUE && json_is_boolean(v)))
+		return kiln_error_set(err, -EINVAL, "\"%s\" has the wrong type", key);
+	*out = v;
+	return 0;
+}
+
 bool kiln_http_token_eq(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b), i;

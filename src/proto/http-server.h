@@ -201,5 +201,13 @@ void kiln_http_server_free(struct kiln_http_server *s);
 /* Requests answered so far, including 4xx answers (for tests and stats). */
 uint64_t kiln_http_server_requests(const struct kiln_http_server *s);
 
+/*
+ * A member of a JSON request body: absent and not required gives *out
+ * NULL; absent and required, or of another type, is -EINVAL naming key
+ * (JSON_TRUE stands for "a boolean").
+ */
+int kiln_json_member(const json_t *obj, const char *key, json_type type, bool required,
+		     json_t **out, struct kiln_error **err);
+
 /* Constant-time comparison of two NUL-terminated secrets. */
 bool kiln_http_token_eq(const char *a, const char *b);
