@@ -261,19 +261,6 @@ static int final_state(struct kiln_remote *rm, const char *id, json_t **out,
 	}
 }
 
-static void pull_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
-{
-	void **ctx = ud;
-	struct kiln_remote *rm = ctx[0];
-	struct kiln_store *st = ctx[1];
-	struct kiln_error **err = ctx[2];
-	struct kiln_peer_source src = source(rm);
-	struct kiln_peer_pull_options po = { .http = rm->http };
-
-	if (d && !*err)
-		kiln_peer_pull_blob(st, d, UINT64_MAX, &src, 1, &po, NULL, err);
-}
-
 /* One output: its tree and the blobs its meta names, into the local store. */
 static int fetch(struct kiln_remote *rm, struct kiln_store *st, json_t *o,
 		 struct kiln_digest *tree, char **meta, struct kiln_error **err)
@@ -281,16 +268,11 @@ static int fetch(struct kiln_remote *rm, struct kiln_store *st, json_t *o,
 	struct kiln_peer_source src = source(rm);
 	struct kiln_peer_pull_options po = { .http = rm->http };
 	const char *m = json_string_value(json_object_get(o, "meta"));
-	void *ctx[3] = { rm, st, err };
 	int r;
 
 	if (kiln_digest_parse(json_string_value(json_object_get(o, "tree")) ?: "", tree) < 0)
 		return kiln_error_set(err, -EPROTO, "kilnd: a result without a tree");
-	r = kiln_peer_pull_tree(st, tree, &src, 1, &po, NULL, err);
-	if (r == 0 && m)
-		kiln_cache_meta_blobs(m, pull_meta_blob, ctx);
-	if (r == 0 && *err)
-		r = (*err)->code;
+	r = kiln_peer_pull_result(st, tree, m, &src, 1, &po, err);
 	*meta = r == 0 && m ? xstrdup(m) : NULL;
 	return r;
 }

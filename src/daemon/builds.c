@@ -153,30 +153,6 @@ static ssize_t events_write(void *cookie, const char *buf, size_t size)
 
 /* ---- the build thread ---- */
 
-static void meta_blob(void *ud, size_t i, const struct kiln_digest *d)
-{
-	void **ctx = ud;
-	struct kiln_builds *b = ctx[0];
-	const struct kiln_digest *tree = ctx[1];
-	struct kiln_error **err = ctx[2];
-
-	if (d && !*err)
-		kiln_sched_gather_blob(b->sched, d, tree, err);
-}
-
-/* Outputs into kilnd's store, where the client pulls them from. */
-static int gather(struct build *bd, const struct kiln_digest *tree, const char *meta,
-		  struct kiln_error **err)
-{
-	struct kiln_builds *b = bd->owner;
-	void *ctx[3] = { b, (void *)tree, err };
-	int r = kiln_sched_gather_tree(b->sched, tree, err);
-
-	if (r == 0 && meta)
-		kiln_cache_meta_blobs(meta, meta_blob, ctx);
-	return *err ? (*err)->code : r;
-}
-
 static json_t *output_json(size_t op, const struct kiln_digest *tree, const char *meta)
 {
 	return json_pack("{sIssso}", "op", (json_int_t)op, "tree", KILN_DIGEST_STR(tree),
@@ -213,9 +189,9 @@ static void *build_main(void *ud)
 	kiln_sched_executor(&bd->sb, &ex);
 	r = kiln_solve(bd->def, &so, &res, &err);
 	if (r == 0)
-		r = gather(bd, &res.tree, res.meta, &err);
+		r = kiln_sched_gather(b->sched, &res.tree, res.meta, &err);
 	for (i = 0; r == 0 && i < res.n_outputs; i++) {
-		r = gather(bd, &res.outputs[i].tree, res.outputs[i].meta, &err);
+		r = kiln_sched_gather(b->sched, &res.outputs[i].tree, res.outputs[i].meta, &err);
 		json_array_append_new(outs, output_json(res.outputs[i].op, &res.outputs[i].tree,
 							res.outputs[i].meta));
 	}

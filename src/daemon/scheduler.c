@@ -456,31 +456,15 @@ void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out)
 
 /* ---- gathering results into kilnd's store (for the client to fetch) ---- */
 
-int kiln_sched_gather_tree(struct kiln_sched *s, const struct kiln_digest *tree,
-			   struct kiln_error **err)
+int kiln_sched_gather(struct kiln_sched *s, const struct kiln_digest *tree, const char *meta,
+		      struct kiln_error **err)
 {
 	struct kiln_peer_pull_options po = { .http = s->http };
 	struct sources ss = { 0 };
 
-	if (kiln_tree_is_empty_digest(tree))
-		return 0;
 	add_holders(s, &ss, tree, NULL);
-	if (ss.n == 0)
-		return kiln_store_has(s->store, tree)
-			       ? kiln_peer_pull_tree(s->store, tree, NULL, 0, &po, NULL, err)
-			       : kiln_error_set(err, -ENOLINK, "result %s is held by no worker",
-						KILN_DIGEST_STR(tree));
-	return kiln_peer_pull_tree(s->store, tree, ss.src, ss.n, &po, NULL, err);
-}
-
-int kiln_sched_gather_blob(struct kiln_sched *s, const struct kiln_digest *d,
-			   const struct kiln_digest *with_tree, struct kiln_error **err)
-{
-	struct kiln_peer_pull_options po = { .http = s->http };
-	struct sources ss = { 0 };
-
-	if (kiln_store_has(s->store, d))
-		return 0;
-	add_holders(s, &ss, with_tree, NULL);
-	return kiln_peer_pull_blob(s->store, d, UINT64_MAX, ss.src, ss.n, &po, NULL, err);
+	if (ss.n == 0 && !kiln_tree_is_empty_digest(tree) && !kiln_store_has(s->store, tree))
+		return kiln_error_set(err, -ENOLINK, "result %s is held by no worker",
+				      KILN_DIGEST_STR(tree));
+	return kiln_peer_pull_result(s->store, tree, meta, ss.src, ss.n, &po, err);
 }

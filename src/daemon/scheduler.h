@@ -40,11 +40,9 @@ struct kiln_sched_build {
 void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out);
 
 /*
- * Make tree (and all under it) present in kilnd's store, pulled from its
- * holders; and a blob that came with it (an image's layers, from the
- * record's meta), pulled from the same holders.
+ * Make a result present in kilnd's store: tree (and all under it) and the
+ * blobs its record meta names (an image's layers), pulled from the tree's
+ * holders.
  */
-int kiln_sched_gather_tree(struct kiln_sched *s, const struct kiln_digest *tree,
-			   struct kiln_error **err);
-int kiln_sched_gather_blob(struct kiln_sched *s, const struct kiln_digest *d,
-			   const struct kiln_digest *with_tree, struct kiln_error **err);
+int kiln_sched_gather(struct kiln_sched *s, const struct kiln_digest *tree, const char *meta,
+		      struct kiln_error **err);

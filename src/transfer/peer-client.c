@@ -25,6 +25,7 @@
 #include "basic/alloc.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
+#include "cache/index.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
 #include "transfer/peer.h"
@@ -916,6 +917,37 @@ int kiln_peer_pull_blob(struct kiln_store *store, const struct kiln_digest *d,
 		r = kiln_store_sync(store, err);
 	pull_release(&p, opts);
 	return r;
+}
+
+struct meta_pull {
+	struct kiln_store *store;
+	const struct kiln_peer_source *sources;
+	size_t n;
+	const struct kiln_peer_pull_options *opts;
+	struct kiln_error **err;
+	int r;
+};
+
+static void pull_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	struct meta_pull *m = ud;
+
+	if (d && m->r == 0)
+		m->r = kiln_peer_pull_blob(m->store, d, UINT64_MAX, m->sources, m->n, m->opts,
+					   NULL, m->err);
+}
+
+int kiln_peer_pull_result(struct kiln_store *store, const struct kiln_digest *tree,
+			  const char *meta, const struct kiln_peer_source *sources,
+			  size_t n, const struct kiln_peer_pull_options *opts,
+			  struct kiln_error **err)
+{
+	struct meta_pull m = { store, sources, n, opts, err, 0 };
+
+	m.r = kiln_peer_pull_tree(store, tree, sources, n, opts, NULL, err);
+	if (m.r == 0 && meta)
+		kiln_cache_meta_blobs(meta, pull_meta_blob, &m);
+	return m.r;
 }
 
 static int parse_missing(json_t *resp, const struct kiln_digest *digests,

@@ -127,6 +127,16 @@ int kiln_peer_pull_blob(struct kiln_store *store, const struct kiln_digest *d,
 			struct kiln_peer_stats *stats, struct kiln_error **err);
 
 /*
+ * A build result: its tree (kiln_peer_pull_tree) and every blob its record
+ * meta names (an image's manifest, config and layers; kiln_cache_meta_blobs),
+ * from the same sources. meta may be NULL.
+ */
+int kiln_peer_pull_result(struct kiln_store *store, const struct kiln_digest *tree,
+			  const char *meta, const struct kiln_peer_source *sources,
+			  size_t n, const struct kiln_peer_pull_options *opts,
+			  struct kiln_error **err);
+
+/*
  * Ask src which of digests[0..n) it lacks: missing[i] is set true for
  * those. n is at most KILN_PEER_MAX_DIGESTS.
  */
