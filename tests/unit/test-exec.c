@@ -21,6 +21,8 @@
 #include "cas/tree.h"
 #include "worker/worker.h"
 
+#include "test-util.h"
+
 static const char *const applets[] = {
 	"sh", "echo", "cat", "ls", "rm", "mkdir", "touch", "id", "true",
 	"false", "sleep", "test", "grep", "wc", "pwd", "head", "mount",
@@ -62,26 +64,15 @@ static void build_rootfs(const char *d)
 	_cleanup_free_ char *bin = xasprintf("%s/bin", d);
 	_cleanup_free_ char *etc = xasprintf("%s/etc", d);
 	_cleanup_free_ char *tmp = xasprintf("%s/tmp", d);
-	_cleanup_free_ char *bb = xasprintf("%s/bin/busybox", d);
-	int in, out;
-	size_t i;
+	int r;
 
-	assert_int_equal(kiln_mkdir_p(bin, 0755), 0);
+	r = test_install_busybox(bin, applets, sizeof(applets) / sizeof(applets[0]));
+	if (r == -ENOENT)
+		fail_msg("/bin/busybox is missing (install busybox-static)");
+	assert_int_equal(r, 0);
 	assert_int_equal(mkdir(etc, 0755), 0);
 	assert_int_equal(mkdir(tmp, 01777), 0);
 	assert_int_equal(chmod(tmp, 01777), 0);
-	in = open("/bin/busybox", O_RDONLY | O_CLOEXEC);
-	if (in < 0)
-		fail_msg("/bin/busybox is missing (install busybox-static)");
-	out = open(bb, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
-	assert_true(out >= 0);
-	assert_int_equal(kiln_copy_fd(in, out), 0);
-	close(in);
-	close(out);
-	for (i = 0; i < sizeof(applets) / sizeof(applets[0]); i++) {
-		_cleanup_free_ char *l = xasprintf("%s/%s", bin, applets[i]);
-		assert_int_equal(symlink("busybox", l), 0);
-	}
 	write_text(d, "etc/passwd",
 		   "root:x:0:0:root:/root:/bin/sh\n"
 		   "builder:x:1000:1000:b:/home/builder:/bin/sh\n");

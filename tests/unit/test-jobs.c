@@ -29,6 +29,8 @@
 #include "transfer/peer.h"
 #include "worker/worker.h"
 
+#include "test-util.h"
+
 #define TOKEN "worker-token-for-tests"
 
 static const char *const applets[] = { "sh", "echo", "cat", "yes", "head", "sleep", "printf" };
@@ -74,9 +76,7 @@ static void make_trees(void)
 	_cleanup_free_ char *a = kiln_path_join(S.dir, "a"), *b = kiln_path_join(S.dir, "b");
 	_cleanup_free_ char *base = kiln_path_join(S.dir, "base");
 	_cleanup_free_ char *bin = kiln_path_join(base, "bin");
-	_cleanup_free_ char *bb = kiln_path_join(bin, "busybox");
-	size_t i;
-	int in, out;
+	int r;
 
 	assert_int_equal(kiln_mkdir_p(a, 0755), 0);
 	assert_int_equal(kiln_mkdir_p(b, 0755), 0);
@@ -86,20 +86,10 @@ static void make_trees(void)
 	write_text(b, "same.txt", "from b");
 	import(a, &S.a);
 	import(b, &S.b);
-	assert_int_equal(kiln_mkdir_p(bin, 0755), 0);
-	in = open("/bin/busybox", O_RDONLY | O_CLOEXEC);
-	if (in < 0)
+	r = test_install_busybox(bin, applets, sizeof(applets) / sizeof(applets[0]));
+	if (r == -ENOENT)
 		fail_msg("/bin/busybox is missing (install busybox-static)");
-	out = open(bb, O_WRONLY | O_CREAT | O_CLOEXEC, 0755);
-	assert_true(out >= 0);
-	assert_int_equal(kiln_copy_fd(in, out), 0);
-	close(in);
-	close(out);
-	for (i = 0; i < sizeof(applets) / sizeof(applets[0]); i++) {
-		_cleanup_free_ char *l = kiln_path_join(bin, applets[i]);
-
-		assert_int_equal(symlink("busybox", l), 0);
-	}
+	assert_int_equal(r, 0);
 	import(base, &S.base);
 }
 
