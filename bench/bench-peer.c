@@ -10,6 +10,12 @@
  *   make-file PATH SIZE                 SIZE pseudo-random bytes, fsynced
  *   make-tree DIR                       50,000 files of 4 KiB (the shape of
  *                                       bench-snapshot-small), synced
+ *   create-files DIR N                  the file system's floor for a
+ *                                       one-file-per-blob store: N new
+ *                                       4 KiB files in DIR (no hash, no
+ *                                       network, no fsync but one syncfs
+ *                                       at the end); prints "seconds=S
+ *                                       files=N"
  *   put-file STOREDIR FILE              store a copy; prints "DIGEST SIZE"
  *   put-tree STOREDIR DIR               store (adopt); prints the root
  *   pull-blob STOREDIR URL TOKEN DIGEST SIZE
@@ -226,6 +232,38 @@ static int cmd_make_tree(char **argv)
 	return 0;
 }
 
+static int cmd_create_files(char **argv)
+{
+	uint64_t i, n = parse_u64(argv[1], "count");
+	char buf[4096], name[32];
+	double t0;
+	int dfd, r;
+
+	if (mkdir(argv[0], 0755) < 0)
+		bench_die("%s: %s", argv[0], strerror(errno));
+	dfd = open(argv[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		bench_die("%s: %s", argv[0], strerror(errno));
+	memset(buf, 'x', sizeof(buf));
+	t0 = bench_now();
+	for (i = 0; i < n; i++) {
+		int fd;
+
+		snprintf(name, sizeof(name), "%llu", (unsigned long long)i);
+		memcpy(buf, name, strlen(name)); /* distinct contents */
+		fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+		r = fd < 0 ? -errno : kiln_write_full(fd, buf, sizeof(buf));
+		if (r < 0)
+			bench_die("%s/%s: %s", argv[0], name, strerror(-r));
+		close(fd);
+	}
+	if (syncfs(dfd) < 0)
+		bench_die("syncfs %s: %s", argv[0], strerror(errno));
+	printf("seconds=%.3f files=%llu\n", bench_now() - t0, (unsigned long long)n);
+	close(dfd);
+	return 0;
+}
+
 static int cmd_put_file(char **argv)
 {
 	struct kiln_store *s = open_store(argv[0], false);
@@ -329,6 +367,7 @@ static const struct {
 	{ "sendfile-server", 2, cmd_sendfile_server, "ADDR:PORT FILE" },
 	{ "make-file", 2, cmd_make_file, "PATH SIZE" },
 	{ "make-tree", 1, cmd_make_tree, "DIR" },
+	{ "create-files", 2, cmd_create_files, "DIR N" },
 	{ "put-file", 2, cmd_put_file, "STOREDIR FILE" },
 	{ "put-tree", 2, cmd_put_tree, "STOREDIR DIR" },
 	{ "pull-blob", 5, cmd_pull_blob, "STOREDIR URL TOKEN DIGEST SIZE" },

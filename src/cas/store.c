@@ -1,5 +1,6 @@
 #include "cas/store.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -339,6 +340,109 @@ int kiln_store_writer_commit(struct kiln_store_writer *w,
 		*out = d;
 	writer_free(w, !w->renamed); /* a renamed temp name is gone */
 	return r;
+}
+
+/* ---- group commit ---- */
+
+struct group_member {
+	char *tmpname;
+	struct kiln_digest d;
+};
+
+struct kiln_store_group {
+	struct kiln_store *s;
+	struct group_member *m;
+	size_t n, alloc;
+};
+
+struct kiln_store_group *kiln_store_group_new(struct kiln_store *s)
+{
+	struct kiln_store_group *g = xcalloc(1, sizeof(*g));
+
+	g->s = s;
+	return g;
+}
+
+size_t kiln_store_group_size(const struct kiln_store_group *g)
+{
+	return g->n;
+}
+
+int kiln_store_writer_commit_group(struct kiln_store_writer *w,
+				   struct kiln_store_group *g,
+				   const struct kiln_digest *expected,
+				   struct kiln_error **err)
+{
+	struct kiln_digest d;
+	int r = 0;
+
+	assert(w->s == g->s);
+	if (w->error)
+		r = kiln_error_seterrno(err, w->error, "writing blob to %s/tmp",
+					w->s->dir);
+	else {
+		kiln_hasher_final(w->h, &d);
+		if (expected && !kiln_digest_eq(&d, expected))
+			r = mismatch(err, &d, expected);
+		else if (w->has_meta && set_meta(w->fd, &w->meta) < 0)
+			r = kiln_error_seterrno(err, -errno, "setting metadata of blob %s",
+						KILN_DIGEST_STR(&d));
+	}
+	if (r < 0) {
+		writer_free(w, true);
+		return r;
+	}
+	g->m = xgrow(g->m, &g->alloc, g->n + 1, sizeof(*g->m));
+	g->m[g->n++] = (struct group_member){ .tmpname = TAKE_PTR(w->tmpname), .d = d };
+	writer_free(w, false);
+	return 0;
+}
+
+/* Forget every member; a temp file that was not renamed is unlinked. */
+static void group_clear(struct kiln_store_group *g)
+{
+	size_t i;
+
+	for (i = 0; i < g->n; i++) {
+		if (g->m[i].tmpname)
+			(void)unlinkat(g->s->tmpfd, g->m[i].tmpname, 0);
+		free(g->m[i].tmpname);
+	}
+	g->n = 0;
+}
+
+void kiln_store_group_free(struct kiln_store_group *g)
+{
+	if (!g)
+		return;
+	group_clear(g);
+	free(g->m);
+	free(g);
+}
+
+int kiln_store_group_commit(struct kiln_store_group *g, struct kiln_error **err)
+{
+	struct kiln_store *s = g->s;
+	size_t i;
+
+	if (g->n == 0)
+		return 0;
+	if (s->durable && syncfs(s->tmpfd) < 0)
+		return kiln_error_seterrno(err, -errno, "syncing the file system of %s",
+					   s->dir);
+	for (i = 0; i < g->n; i++) {
+		struct group_member *m = &g->m[i];
+
+		/* Present already (stored meanwhile): ours is dropped at free. */
+		if (kiln_store_has(s, &m->d))
+			continue;
+		if (renameat(s->tmpfd, m->tmpname, s->blobsfd, BLOB_NAME(&m->d)) < 0)
+			return kiln_error_seterrno(err, -errno, "naming blob %s",
+						   KILN_DIGEST_STR(&m->d));
+		free(TAKE_PTR(m->tmpname)); /* renamed: nothing to drop */
+	}
+	group_clear(g);
+	return 0;
 }
 
 int kiln_store_put_buf(struct kiln_store *s, const void *data, size_t len,

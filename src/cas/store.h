@@ -120,6 +120,30 @@ int kiln_store_writer_commit(struct kiln_store_writer *w,
 void kiln_store_writer_abort(struct kiln_store_writer *w);
 
 /*
+ * Group commit, for many small blobs (a batch pull). A writer committed into
+ * a group is verified at once (-EBADMSG, nothing kept, on a mismatch) but
+ * stays unnamed, absent from the store; kiln_store_group_commit() makes
+ * every member's content durable with one file-system sync (syncfs) where
+ * each blob would otherwise take an fsync, then names them all. Content is
+ * durable before any name, so the store's invariant holds; a crash before
+ * the commit leaves only temp files, which the next open removes. The blobs
+ * directory is not synced: the caller's kiln_store_sync() does that. A group
+ * is used by one thread; the writer is freed whatever the outcome.
+ */
+struct kiln_store_group;
+struct kiln_store_group *kiln_store_group_new(struct kiln_store *s);
+int kiln_store_writer_commit_group(struct kiln_store_writer *w,
+				   struct kiln_store_group *g,
+				   const struct kiln_digest *expected,
+				   struct kiln_error **err);
+/* Members committed so far and not yet named. */
+size_t kiln_store_group_size(const struct kiln_store_group *g);
+int kiln_store_group_commit(struct kiln_store_group *g,
+			    struct kiln_error **err);
+/* Drops (unlinks) members not yet named, then frees the group. */
+void kiln_store_group_free(struct kiln_store_group *g);
+
+/*
  * Read a whole blob of at most limit bytes and verify it against its
  * digest (-EBADMSG naming the digest on mismatch, -EFBIG over limit).
  */

@@ -10,8 +10,10 @@
  *   FILES  the scan's absent file blobs, large ones one GET each (streamed
  *          into a store writer), small ones grouped into batch requests;
  *          `parallel` threads take work items from one queue.
- * Every blob goes through kiln_store_writer_commit() with its expected
- * digest, so nothing unverified is ever named in the store.
+ * Every blob is verified against its expected digest before it is named,
+ * so nothing unverified is ever named in the store. A batch response's
+ * blobs are named together by one group commit (store.h): one file-system
+ * sync per batch where an fsync per blob bound the rate at ~10,000 files/s.
  *
  * Per source: a transport failure, an unexpected status, a protocol
  * violation or corrupt data marks it bad (skipped for the rest of the
@@ -168,6 +170,7 @@ struct framer {
 	struct kiln_digest cur;
 	uint64_t size, left;
 	struct kiln_store_writer *w;
+	struct kiln_store_group *group; /* batch: blobs named by one commit */
 	size_t stored;
 	struct kiln_error *err; /* the source's fault */
 	int local;              /* our own failure (disk): ends the pull */
@@ -187,7 +190,9 @@ static int frame_commit(struct framer *f)
 
 	if (!f->w) /* present already: bytes were only consumed */
 		goto done;
-	r = kiln_store_writer_commit(TAKE_PTR(f->w), &f->cur, NULL, &e);
+	r = f->group ? kiln_store_writer_commit_group(TAKE_PTR(f->w), f->group,
+						      &f->cur, &e)
+		     : kiln_store_writer_commit(TAKE_PTR(f->w), &f->cur, NULL, &e);
 	if (r == -EBADMSG) {
 		kiln_error_set(&f->err, r, "%s %s: corrupt data: %s",
 			       f->method, f->url, kiln_error_msg(e));
@@ -329,6 +334,7 @@ static void framer_release(struct framer *f)
 {
 	if (f->w)
 		kiln_store_writer_abort(f->w);
+	kiln_store_group_free(f->group);
 	kiln_digest_set_release(&f->want);
 	kiln_error_free(f->err);
 }
@@ -637,10 +643,11 @@ static int post_batch(struct pull *p, size_t i, struct item *it,
 		      size_t *stored)
 {
 	_cleanup_free_ char *url = url_for(&p->src[i], "/v1/blobs/batch", NULL);
-	struct framer f = { .src = i, .item = it };
+	struct framer f = { .src = i, .item = it,
+			    .group = kiln_store_group_new(p->store) };
 	json_t *arr = json_array(), *body;
 	size_t k;
-	int r;
+	int r, q;
 
 	for (k = 0; k < it->n; k++) {
 		if (it->state[k] != PENDING)
@@ -650,6 +657,13 @@ static int post_batch(struct pull *p, size_t i, struct item *it,
 	}
 	body = json_pack("{s:o}", "digests", arr);
 	r = framed(p, &f, "POST", url, body);
+	/*
+	 * What was verified is named, whatever became of the request: one
+	 * file-system sync for the batch, not an fsync per blob.
+	 */
+	q = kiln_store_group_commit(f.group, NULL);
+	if (q < 0)
+		r = q; /* our disk failed: the pull ends */
 	*stored = f.stored;
 	json_decref(body);
 	framer_release(&f);

@@ -248,6 +248,79 @@ static void test_writer(void **state)
 	assert_false(kiln_store_has(f->s, &d));
 }
 
+/* Entries in the store's tmp/ directory. */
+static int count_tmp(const struct fixture *f)
+{
+	_cleanup_free_ char *tmp = kiln_path_join(f->storedir, "tmp");
+	DIR *d = opendir(tmp);
+	struct dirent *de;
+	int n = 0;
+
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+/* Write data into a new writer and commit it into g. */
+static int group_put(struct fixture *f, struct kiln_store_group *g,
+		     const char *data, const struct kiln_digest *expected,
+		     struct kiln_error **err)
+{
+	struct kiln_store_writer *w = NULL;
+
+	assert_int_equal(kiln_store_writer_begin(f->s, &w, NULL), 0);
+	assert_int_equal(kiln_store_writer_write(w, data, strlen(data)), 0);
+	return kiln_store_writer_commit_group(w, g, expected, err);
+}
+
+static void test_group(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_store_group *g = kiln_store_group_new(f->s);
+	struct kiln_digest a, b, c, wrong;
+	_cleanup_free_ char *data = NULL;
+	size_t len;
+
+	kiln_digest_buf("alpha", 5, &a);
+	kiln_digest_buf("beta", 4, &b);
+	kiln_digest_buf("gamma", 5, &c);
+	kiln_digest_buf("other", 5, &wrong);
+	/* c is stored meanwhile by someone else: the group's copy is dropped. */
+	assert_int_equal(group_put(f, g, "alpha", &a, NULL), 0);
+	assert_int_equal(group_put(f, g, "beta", &b, NULL), 0);
+	assert_int_equal(group_put(f, g, "gamma", &c, NULL), 0);
+	assert_int_equal(kiln_store_put_buf(f->s, "gamma", 5, &c, NULL), 0);
+	/* A mismatch is refused at once and leaves no temp file. */
+	assert_int_equal(group_put(f, g, "corrupt", &wrong, &err), -EBADMSG);
+	assert_non_null(strstr(kiln_error_msg(err), KILN_DIGEST_STR(&wrong)));
+	assert_int_equal(kiln_store_group_size(g), 3);
+	assert_int_equal(count_tmp(f), 3);
+	/* Verified, but unnamed until the commit. */
+	assert_false(kiln_store_has(f->s, &a));
+	assert_false(kiln_store_has(f->s, &b));
+
+	assert_int_equal(kiln_store_group_commit(g, NULL), 0);
+	assert_int_equal(kiln_store_group_size(g), 0);
+	assert_int_equal(count_tmp(f), 0);
+	assert_int_equal(kiln_store_read(f->s, &a, 100, &data, &len, NULL), 0);
+	assert_int_equal(len, 5);
+	assert_memory_equal(data, "alpha", 5);
+	assert_int_equal(kiln_store_verify(f->s, &b, NULL), 0);
+	assert_int_equal(kiln_store_verify(f->s, &c, NULL), 0);
+	assert_false(kiln_store_has(f->s, &wrong));
+
+	/* Freed uncommitted: nothing is named and no temp file stays. */
+	kiln_digest_buf("delta", 5, &a);
+	assert_int_equal(group_put(f, g, "delta", &a, NULL), 0);
+	assert_int_equal(count_tmp(f), 1);
+	kiln_store_group_free(g);
+	assert_false(kiln_store_has(f->s, &a));
+	assert_int_equal(count_tmp(f), 0);
+}
+
 struct seen {
 	struct kiln_digest want[3];
 	int found[3];
@@ -303,6 +376,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_tmp, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_foreach, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
