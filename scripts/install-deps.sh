@@ -19,7 +19,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
 	build-essential meson ninja-build pkg-config clang \
 	libssl-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev \
-	libarchive-dev libzstd-dev zlib1g-dev libmicrohttpd-dev libcmocka-dev \
+	libarchive-dev libzstd-dev zlib1g-dev libmicrohttpd-dev libgnutls28-dev libcmocka-dev \
 	runc uidmap busybox-static \
 	qemu-user-static binfmt-support \
 	ca-certificates curl jq sqlite3 file python3 \

@@ -42,6 +42,11 @@ static void build_usage(FILE *f)
 		"  --addr URL               build on kilnd at URL (default $KILN_ADDR; unset: in this\n"
 		"                           process, the embedded engine)\n"
 		"  --token-file FILE        kilnd's client token (default $KILN_TOKEN)\n"
+		"  --tls-ca FILE            CAs that verify an https:// kilnd (default $KILN_TLS_CA, else\n"
+		"                           the system's)\n"
+		"  --tls-cert FILE, --tls-key FILE\n"
+		"                           client certificate for a kilnd that requires one (default\n"
+		"                           $KILN_TLS_CERT, $KILN_TLS_KEY)\n"
 		"  --progress MODE          auto|plain|tty|json|quiet (default auto, on stderr)\n"
 		"  --no-cache               do not use cached results (new ones are still recorded)\n"
 		"  --runtime R              OCI runtime: runc, crun or a path (default: first that works)\n"
@@ -81,6 +86,7 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 		{ "token-file", required_argument, NULL, 'K' },
 		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
+		KILN_TLS_CLIENT_OPTIONS,
 		{ 0 },
 	};
 	int c;
@@ -89,6 +95,8 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 	while ((c = getopt_long(argc, argv, "o:f:t:h", opts, NULL)) != -1) {
 		int q = 0;
 
+		if (kiln_tls_arg(&a->tls, c, optarg))
+			continue;
 		switch (c) {
 		case 'f':
 			a->file = optarg;
@@ -247,7 +255,7 @@ int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		.secrets = so->secrets,
 		.n_secrets = so->n_secrets,
 	};
-	int r = kiln_remote_open(a->addr, a->token_file, &rm, err);
+	int r = kiln_remote_open(a->addr, a->token_file, &a->tls, &rm, err);
 
 	if (r < 0)
 		return r;

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 
 #include "basic/error.h"
+#include "proto/tls.h"
 #include "solver/progress.h"
 
 #define MAX_OUTPUTS 16
@@ -35,6 +36,7 @@ struct build_args {
 	size_t n_endpoints;
 	const char *addr;       /* --addr: kilnd (else $KILN_ADDR, else embedded) */
 	const char *token_file; /* --token-file (else $KILN_TOKEN) */
+	struct kiln_tls tls;    /* --tls-ca/--tls-cert/--tls-key (else $KILN_TLS_*) */
 };
 
 struct kiln_registry;

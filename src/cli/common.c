@@ -64,6 +64,22 @@ int kiln_cli_fail(const struct kiln_error *err)
 	return 1;
 }
 
+static void from_env(const char **field, const char *var)
+{
+	const char *v = getenv(var);
+
+	if (!*field && v && *v)
+		*field = v;
+}
+
+int kiln_cli_tls(struct kiln_tls *t, struct kiln_error **err)
+{
+	from_env(&t->ca, "KILN_TLS_CA");
+	from_env(&t->cert, "KILN_TLS_CERT");
+	from_env(&t->key, "KILN_TLS_KEY");
+	return kiln_tls_check(t, err);
+}
+
 int kiln_cli_token(const char *token_file, char **out, struct kiln_error **err)
 {
 	_cleanup_free_ char *buf = NULL;

@@ -12,6 +12,7 @@
 
 #include "basic/error.h"
 #include "cache/index.h"
+#include "proto/tls.h"
 #include "worker/worker.h"
 
 struct kiln_engine {
@@ -35,6 +36,13 @@ void kiln_engine_close(struct kiln_engine *e);
  * else $KILN_TOKEN, else *out = NULL.
  */
 int kiln_cli_token(const char *token_file, char **out, struct kiln_error **err);
+
+/*
+ * The TLS files for calling kilnd (--tls-ca, --tls-cert, --tls-key): what
+ * the flags left unset comes from $KILN_TLS_CA, $KILN_TLS_CERT and
+ * $KILN_TLS_KEY; cert and key must come together (the error names them).
+ */
+int kiln_cli_tls(struct kiln_tls *t, struct kiln_error **err);
 
 /* Print "kiln: error: <msg>" to stderr; returns 1 (a process exit code). */
 int kiln_cli_fail(const struct kiln_error *err);

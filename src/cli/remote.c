@@ -24,9 +24,11 @@ struct kiln_remote {
 	struct kiln_http_client *http;
 };
 
-int kiln_remote_open(const char *addr, const char *token_file, struct kiln_remote **out,
+int kiln_remote_open(const char *addr, const char *token_file,
+		     const struct kiln_tls *flags, struct kiln_remote **out,
 		     struct kiln_error **err)
 {
+	struct kiln_tls tls = flags ? *flags : (struct kiln_tls){ 0 };
 	struct kiln_remote *rm;
 	char *token = NULL;
 	size_t n;
@@ -39,7 +41,9 @@ int kiln_remote_open(const char *addr, const char *token_file, struct kiln_remot
 		return 0;
 	if (strncmp(addr, "http://", 7) && strncmp(addr, "https://", 8))
 		return kiln_error_set(err, -EINVAL, "--addr %s: expected http://HOST:PORT", addr);
-	r = kiln_cli_token(token_file, &token, err);
+	r = kiln_cli_tls(&tls, err);
+	if (r == 0)
+		r = kiln_cli_token(token_file, &token, err);
 	if (r < 0)
 		return r;
 	if (!token)
@@ -52,7 +56,7 @@ int kiln_remote_open(const char *addr, const char *token_file, struct kiln_remot
 	while (n > 0 && rm->addr[n - 1] == '/')
 		rm->addr[--n] = '\0';
 	rm->token = token;
-	rm->http = kiln_http_client_new(NULL);
+	rm->http = kiln_http_client_new(&(struct kiln_http_client_options){ .tls = &tls });
 	*out = rm;
 	return 0;
 }

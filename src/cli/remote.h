@@ -12,6 +12,7 @@
 #include "basic/error.h"
 #include "cache/index.h"
 #include "cas/store.h"
+#include "proto/tls.h"
 #include "solver/solve.h"
 
 struct kiln_remote;
@@ -19,8 +20,10 @@ struct kiln_remote;
 /*
  * addr: --addr, else $KILN_ADDR; *out = NULL when neither is set (the
  * embedded engine builds). token_file: --token-file, else $KILN_TOKEN.
+ * tls: the --tls-* flags (may be NULL), completed by kiln_cli_tls().
  */
-int kiln_remote_open(const char *addr, const char *token_file, struct kiln_remote **out,
+int kiln_remote_open(const char *addr, const char *token_file,
+		     const struct kiln_tls *tls, struct kiln_remote **out,
 		     struct kiln_error **err);
 void kiln_remote_free(struct kiln_remote *rm);
 

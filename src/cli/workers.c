@@ -16,13 +16,19 @@
 
 static void workers_usage(FILE *f)
 {
-	fputs("Usage: kiln workers [--addr URL] [--token-file FILE] [--json]\n"
+	fputs("Usage: kiln workers [--addr URL] [--token-file FILE] [--tls-ca FILE]\n"
+	      "                    [--tls-cert FILE --tls-key FILE] [--json]\n"
 	      "\n"
 	      "List the workers registered with a kilnd.\n"
 	      "\n"
 	      "  --addr URL         kilnd's address (default: $KILN_ADDR)\n"
 	      "  --token-file FILE  the client token, kilnd's ROOT/client.token\n"
 	      "                     (default: the token in $KILN_TOKEN)\n"
+	      "  --tls-ca FILE      CAs that verify an https:// kilnd (default:\n"
+	      "                     $KILN_TLS_CA, else the system's)\n"
+	      "  --tls-cert FILE, --tls-key FILE\n"
+	      "                     client certificate, for a kilnd that requires one\n"
+	      "                     (default: $KILN_TLS_CERT, $KILN_TLS_KEY)\n"
 	      "  --json             print kilnd's answer as JSON\n"
 	      "  -h, --help         show this help\n",
 	      f);
@@ -124,12 +130,14 @@ static void print_table(const json_t *workers)
 	free(rows);
 }
 
-static int fetch_workers(const char *addr, const char *token, json_t **out,
+static int fetch_workers(const char *addr, const char *token,
+			 const struct kiln_tls *tls, json_t **out,
 			 struct kiln_error **err)
 {
 	size_t n = strlen(addr);
 	_cleanup_free_ char *url = NULL;
-	struct kiln_http_client *c = kiln_http_client_new(NULL);
+	struct kiln_http_client *c = kiln_http_client_new(
+		&(struct kiln_http_client_options){ .tls = tls });
 	int r;
 
 	while (n > 0 && addr[n - 1] == '/')
@@ -150,12 +158,13 @@ static int fetch_workers(const char *addr, const char *token, json_t **out,
 	return r;
 }
 
-static int show_workers(const char *addr, const char *token, bool as_json)
+static int show_workers(const char *addr, const char *token,
+			const struct kiln_tls *tls, bool as_json)
 {
 	_cleanup_error_ struct kiln_error *err = NULL;
 	json_t *list = NULL;
 
-	if (fetch_workers(addr, token, &list, &err) < 0)
+	if (fetch_workers(addr, token, tls, &list, &err) < 0)
 		return kiln_cli_fail(err);
 	if (as_json) {
 		json_dumpf(list, stdout, JSON_INDENT(2));
@@ -174,8 +183,10 @@ int kiln_cmd_workers(int argc, char **argv)
 		{ "token-file", required_argument, NULL, 't' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
+		KILN_TLS_CLIENT_OPTIONS,
 		{ 0 },
 	};
+	struct kiln_tls tls = { 0 };
 	_cleanup_error_ struct kiln_error *err = NULL;
 	_cleanup_free_ char *token = NULL;
 	const char *addr = getenv("KILN_ADDR"), *token_file = NULL;
@@ -184,6 +195,8 @@ int kiln_cmd_workers(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (kiln_tls_arg(&tls, c, optarg))
+			continue;
 		switch (c) {
 		case 'a': addr = optarg; break;
 		case 't': token_file = optarg; break;
@@ -202,7 +215,8 @@ int kiln_cmd_workers(int argc, char **argv)
 			       "no kilnd address: use --addr URL or set KILN_ADDR");
 		return kiln_cli_fail(err);
 	}
-	if (kiln_cli_token(token_file, &token, &err) < 0)
+	if (kiln_cli_tls(&tls, &err) < 0 ||
+	    kiln_cli_token(token_file, &token, &err) < 0)
 		return kiln_cli_fail(err);
-	return show_workers(addr, token, as_json);
+	return show_workers(addr, token, &tls, as_json);
 }

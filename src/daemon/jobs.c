@@ -828,7 +828,8 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	j->w = opts->worker;
 	j->store = kiln_worker_store(opts->worker);
 	j->token = opts->token;
-	j->client = kiln_http_client_new(NULL);
+	j->client = kiln_http_client_new(&(struct kiln_http_client_options){
+		.tls = opts->tls });
 	r = kiln_inventory_open(opts->inventory_path, j->store, &j->inv, err);
 	if (r == 0) {
 		r = kiln_http_server_route(opts->http, &route);

@@ -22,6 +22,7 @@
 #include "cas/store.h"
 
 struct kiln_http_server;
+struct kiln_tls;
 struct kiln_worker;
 
 /* Largest POST /v1/jobs body. */
@@ -76,6 +77,8 @@ struct kiln_jobs_options {
 	const char *token;
 	/* Where the inventory lives (ROOT/inventory). */
 	const char *inventory_path;
+	/* For pulls from kilnd and other workers (copied; may be NULL). */
+	const struct kiln_tls *tls;
 };
 
 /*

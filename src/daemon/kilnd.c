@@ -44,6 +44,7 @@
 struct kilnd {
 	char *root;
 	const char *listen, *advertise;
+	struct kiln_tls tls;
 	const char *insecure[MAX_LIST + 1], *endpoints[MAX_LIST + 1];
 	size_t n_insecure, n_endpoints;
 	struct kiln_registry *registry;
@@ -62,7 +63,8 @@ struct kilnd {
 static void usage(FILE *f)
 {
 	fputs("Usage: kilnd --root DIR [--listen ADDR:PORT] [--advertise URL] [--heartbeat-interval-ms N]\n"
-	      "             [--insecure-registry HOST]... [--registry-endpoint NAME=HOST]... [--debug]\n"
+	      "             [--insecure-registry HOST]... [--registry-endpoint NAME=HOST]...\n"
+	      "             [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--tls-ca FILE] [--debug]\n"
 	      "\n"
 	      "The kiln controller: workers register with it, clients talk to it.\n"
 	      "Tokens: DIR/worker.token (for kiln-worker --token-file) and\n"
@@ -77,7 +79,8 @@ static void usage(FILE *f)
 	      "  --heartbeat-interval-ms N  interval workers heartbeat at (default 2000);\n"
 	      "                             a worker silent for 3 intervals is lost\n"
 	      "  --debug                    debug logging\n"
-	      "  -h, --help                 show this help\n",
+	      "  -h, --help                 show this help\n"
+	      KILN_DAEMON_TLS_USAGE,
 	      f);
 }
 
@@ -264,7 +267,7 @@ static int lock_root(struct kilnd *d, struct kiln_error **err)
 
 static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 {
-	struct kiln_http_server_options o = { .listen = d->listen };
+	struct kiln_http_server_options o = { .listen = d->listen, .tls = &d->tls };
 	int r;
 
 	r = lock_root(d, err);
@@ -280,7 +283,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 	if (r < 0)
 		return r;
 	d->reg = kiln_workers_new(d->interval_ms);
-	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token);
+	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token, &d->tls);
 	d->builds = kiln_builds_new(d->sched, d->store, d->cache);
 	r = kiln_http_server_new(&o, &d->http, err);
 	if (r == 0)
@@ -347,11 +350,15 @@ static int parse_args(struct kilnd *d, int argc, char **argv)
 		{ "heartbeat-interval-ms", required_argument, NULL, 'i' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
+		KILN_TLS_SERVER_OPTIONS,
 		{ 0 },
 	};
+	_cleanup_error_ struct kiln_error *err = NULL;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (kiln_tls_arg(&d->tls, c, optarg))
+			continue;
 		switch (c) {
 		case 'r': free(d->root); d->root = xstrdup(optarg); break;
 		case 'l': d->listen = optarg; break;
@@ -387,6 +394,10 @@ static int parse_args(struct kilnd *d, int argc, char **argv)
 	}
 	if (!d->root) {
 		fprintf(stderr, "kilnd: --root DIR is required\n");
+		return -EINVAL;
+	}
+	if (kiln_tls_check(&d->tls, &err) < 0) {
+		fprintf(stderr, "kilnd: %s\n", kiln_error_msg(err));
 		return -EINVAL;
 	}
 	return 0;

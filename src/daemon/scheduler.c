@@ -50,15 +50,16 @@ struct kiln_sched {
 };
 
 struct kiln_sched *kiln_sched_new(struct kiln_workers *reg, struct kiln_store *store,
-				  const char *worker_token)
+				  const char *worker_token, const struct kiln_tls *tls)
 {
+	const struct kiln_http_client_options ho = { .tls = tls };
 	struct kiln_sched *s = xcalloc(1, sizeof(*s));
 
 	s->reg = reg;
 	s->store = store;
 	s->self_url = xstrdup("");
 	s->token = xstrdup(worker_token);
-	s->http = kiln_http_client_new(NULL);
+	s->http = kiln_http_client_new(&ho);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	return s;

@@ -51,6 +51,7 @@
 
 struct agent_opts {
 	const char *join, *token_file, *root, *listen, *advertise, *runtime;
+	struct kiln_tls tls;
 	char *name;
 	char **platforms; /* as given, comma lists split */
 	size_t n_platforms;
@@ -110,7 +111,8 @@ static void usage(FILE *f)
 	      "                      send requests for registry R to HOST[:PORT]\n"
 	      "                      (repeatable)\n"
 	      "  --debug             debug logging\n"
-	      "  -h, --help          show this help\n",
+	      "  -h, --help          show this help\n"
+	      KILN_DAEMON_TLS_USAGE,
 	      f);
 }
 
@@ -223,6 +225,8 @@ enum { OPT_JOIN = 256, OPT_TOKEN, OPT_ROOT, OPT_NAME, OPT_LISTEN,
 
 static int parse_opt(struct agent_opts *o, int c, const char *arg)
 {
+	if (kiln_tls_arg(&o->tls, c, arg))
+		return 0;
 	switch (c) {
 	case OPT_JOIN: o->join = arg; return 0;
 	case OPT_TOKEN: o->token_file = arg; return 0;
@@ -251,6 +255,7 @@ static int check_opts(struct agent_opts *o)
 	const char *missing = !o->join ? "--join URL" :
 			      !o->token_file ? "--token-file FILE" :
 			      !o->root ? "--root DIR" : NULL;
+	_cleanup_error_ struct kiln_error *err = NULL;
 
 	if (missing) {
 		fprintf(stderr, "kiln-worker: %s is required\n", missing);
@@ -266,6 +271,10 @@ static int check_opts(struct agent_opts *o)
 	if (strncmp(o->join, "http://", 7) && strncmp(o->join, "https://", 8)) {
 		fprintf(stderr, "kiln-worker: --join '%s': not an http:// URL\n",
 			o->join);
+		return -EINVAL;
+	}
+	if (kiln_tls_check(&o->tls, &err) < 0) {
+		fprintf(stderr, "kiln-worker: %s\n", kiln_error_msg(err));
 		return -EINVAL;
 	}
 	return 0;
@@ -288,6 +297,7 @@ static int parse_args(struct agent_opts *o, int argc, char **argv)
 		{ "registry-endpoint", required_argument, NULL, OPT_ENDPOINT },
 		{ "debug", no_argument, NULL, OPT_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
+		KILN_TLS_SERVER_OPTIONS,
 		{ 0 },
 	};
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -364,13 +374,13 @@ static int resolve_platforms(struct agent *a, struct kiln_error **err)
 static int serve(struct agent *a, struct kiln_error **err)
 {
 	struct kiln_http_server_options ho = {
-		.listen = a->o.listen, .token = a->token,
+		.listen = a->o.listen, .token = a->token, .tls = &a->o.tls,
 		.max_connections = a->o.slots + KILN_HTTP_SERVER_MAX_CONNECTIONS,
 	};
 	_cleanup_free_ char *inventory = kiln_path_join(
 		kiln_worker_root(a->worker), "inventory");
 	struct kiln_jobs_options jo = { .worker = a->worker, .token = a->token,
-					.inventory_path = inventory };
+					.inventory_path = inventory, .tls = &a->o.tls };
 	int r;
 
 	r = kiln_http_server_new(&ho, &a->http, err);
@@ -436,7 +446,8 @@ static int agent_open(struct agent *a, struct kiln_error **err)
 	r = resolve_platforms(a, err);
 	if (r == 0)
 		r = serve(a, err);
-	a->client = kiln_http_client_new(NULL);
+	a->client = kiln_http_client_new(&(struct kiln_http_client_options){
+		.tls = &a->o.tls });
 	return r;
 }
 

@@ -23,6 +23,7 @@ struct kiln_http_client {
 	pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
 	long connect_timeout_ms;
 	long low_speed_time_s;
+	char *tls_ca, *tls_cert, *tls_key; /* from the options' tls */
 };
 
 /* State of one transfer. */
@@ -75,6 +76,11 @@ kiln_http_client_new(const struct kiln_http_client_options *opts)
 	h->low_speed_time_s = opts && opts->low_speed_time_s
 				      ? (long)opts->low_speed_time_s
 				      : (long)KILN_HTTP_CLIENT_LOW_SPEED_TIME_S;
+	if (opts && opts->tls) {
+		h->tls_ca = opts->tls->ca ? xstrdup(opts->tls->ca) : NULL;
+		h->tls_cert = opts->tls->cert ? xstrdup(opts->tls->cert) : NULL;
+		h->tls_key = opts->tls->key ? xstrdup(opts->tls->key) : NULL;
+	}
 	h->share = curl_share_init();
 	if (!h->share)
 		abort();
@@ -96,6 +102,9 @@ void kiln_http_client_free(struct kiln_http_client *h)
 	curl_share_cleanup(h->share);
 	for (i = 0; i < ARRAY_SIZE(h->locks); i++)
 		pthread_mutex_destroy(&h->locks[i]);
+	free(h->tls_ca);
+	free(h->tls_cert);
+	free(h->tls_key);
 	free(h);
 }
 
@@ -320,14 +329,21 @@ static void set_method(struct xfer *x, CURL *c)
 	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, m);
 }
 
-static void set_tls_auth(const struct kiln_http_call *call, CURL *c)
+static void set_tls_auth(const struct kiln_http_client *h,
+			 const struct kiln_http_call *call, CURL *c)
 {
+	const char *ca = call->ca_file ? call->ca_file : h->tls_ca;
+
 	if (call->tls_noverify) {
 		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
 		curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
 	}
-	if (call->ca_file)
-		curl_easy_setopt(c, CURLOPT_CAINFO, call->ca_file);
+	if (ca)
+		curl_easy_setopt(c, CURLOPT_CAINFO, ca);
+	if (h->tls_cert) {
+		curl_easy_setopt(c, CURLOPT_SSLCERT, h->tls_cert);
+		curl_easy_setopt(c, CURLOPT_SSLKEY, h->tls_key);
+	}
 	if (!call->user)
 		return;
 	curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
@@ -380,7 +396,7 @@ static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 		curl_easy_setopt(c, CURLOPT_XFERINFODATA, x);
 		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	}
-	set_tls_auth(call, c);
+	set_tls_auth(h, call, c);
 	set_method(x, c);
 }
 

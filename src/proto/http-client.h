@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "basic/error.h"
+#include "proto/tls.h"
 
 #define KILN_HTTP_CLIENT_CONNECT_TIMEOUT_MS 5000L
 #define KILN_HTTP_CLIENT_LOW_SPEED_TIME_S 30u
@@ -33,6 +34,12 @@ struct kiln_http_client;
 struct kiln_http_client_options {
 	long connect_timeout_ms;   /* 0: KILN_HTTP_CLIENT_CONNECT_TIMEOUT_MS */
 	unsigned low_speed_time_s; /* 0: KILN_HTTP_CLIENT_LOW_SPEED_TIME_S */
+	/*
+	 * For every https call (copied): tls->ca verifies servers unless the
+	 * call names its own ca_file; tls->cert/key are presented as the
+	 * client certificate. client_ca is not used here. NULL: neither.
+	 */
+	const struct kiln_tls *tls;
 };
 
 /* opts may be NULL. Never fails (out of memory aborts). */

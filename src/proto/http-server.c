@@ -4,6 +4,8 @@
  * Content-Length limit are decided before any body byte is read.
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -15,6 +17,7 @@
 #include <sys/socket.h>
 
 #include "basic/alloc.h"
+#include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
@@ -34,6 +37,9 @@ struct route_entry {
 
 struct kiln_http_server {
 	char *listen, *token;
+	/* TLS: file paths, then their contents from start (MHD borrows them). */
+	char *tls_cert, *tls_key, *tls_client_ca;
+	char *pem_cert, *pem_key, *pem_client_ca;
 	unsigned max_conns, idle_timeout_s, grace_ms;
 	struct route_entry *routes;
 	size_t n_routes, alloc_routes;
@@ -382,6 +388,37 @@ static bool authorized(const struct kiln_http_server *s, const struct kiln_http_
 	       (r->alt_token ? kiln_http_token_eq(h, r->alt_token) : false);
 }
 
+/*
+ * With a client CA: the connection's client certificate was sent and
+ * verifies against it (GnuTLS checks chain, validity and signature; MHD
+ * only asks for the certificate). false with the reason in why.
+ */
+static bool client_cert_ok(struct MHD_Connection *conn, char *why, size_t n)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	gnutls_session_t tls = ci ? (gnutls_session_t)ci->tls_session : NULL;
+	unsigned int status = 0, k = 0;
+
+	if (!tls || !gnutls_certificate_get_peers(tls, &k) || k == 0) {
+		snprintf(why, n, "a client certificate is required");
+		return false;
+	}
+	if (gnutls_certificate_verify_peers2(tls, &status) < 0 || status != 0) {
+		gnutls_datum_t out = { 0 };
+
+		if (gnutls_certificate_verification_status_print(
+			    status, GNUTLS_CRT_X509, &out, 0) == 0) {
+			snprintf(why, n, "client certificate not accepted: %s",
+				 (const char *)out.data);
+			gnutls_free(out.data);
+		} else
+			snprintf(why, n, "client certificate not accepted");
+		return false;
+	}
+	return true;
+}
+
 /* True when the declared Content-Length is over limit. */
 static bool declared_too_big(struct MHD_Connection *conn, size_t limit)
 {
@@ -401,6 +438,7 @@ static enum MHD_Result begin(struct kiln_http_server *s,
 {
 	const struct route_entry *e;
 	struct conn_req *cr;
+	char why[160];
 	bool known;
 
 	atomic_fetch_add(&s->requests, 1);
@@ -413,6 +451,8 @@ static enum MHD_Result begin(struct kiln_http_server *s,
 				  "method not allowed");
 	if (!e)
 		return send_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint");
+	if (s->pem_client_ca && !client_cert_ok(conn, why, sizeof(why)))
+		return send_error(conn, MHD_HTTP_UNAUTHORIZED, why);
 	if (!e->r.public && !authorized(s, &e->r, conn))
 		return send_error(conn, MHD_HTTP_UNAUTHORIZED,
 				  "missing or invalid bearer token");
@@ -553,6 +593,11 @@ int kiln_http_server_new(const struct kiln_http_server_options *opts,
 				    : KILN_HTTP_SERVER_IDLE_TIMEOUT_S;
 	s->grace_ms = opts->stop_grace_ms ? opts->stop_grace_ms
 					  : KILN_HTTP_SERVER_STOP_GRACE_MS;
+	if (kiln_tls_serving(opts->tls)) {
+		s->tls_cert = xstrdup(opts->tls->cert);
+		s->tls_key = xstrdup(opts->tls->key);
+		s->tls_client_ca = opts->tls->client_ca ? xstrdup(opts->tls->client_ca) : NULL;
+	}
 	pthread_mutex_init(&s->stop_lock, NULL);
 	*out = s;
 	return 0;
@@ -643,15 +688,98 @@ static void make_url(struct kiln_http_server *s)
 			snprintf(buf, sizeof(buf), "::1");
 		else
 			inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof(buf));
-		snprintf(s->url, sizeof(s->url), "http://[%s]:%u", buf,
-			 s->port);
+		snprintf(s->url, sizeof(s->url), "%s://[%s]:%u",
+			 s->pem_cert ? "https" : "http", buf, s->port);
 		return;
 	}
 	if (v4->sin_addr.s_addr == htonl(INADDR_ANY))
 		snprintf(buf, sizeof(buf), "127.0.0.1");
 	else
 		inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof(buf));
-	snprintf(s->url, sizeof(s->url), "http://%s:%u", buf, s->port);
+	snprintf(s->url, sizeof(s->url), "%s://%s:%u",
+		 s->pem_cert ? "https" : "http", buf, s->port);
+}
+
+static void free_pems(struct kiln_http_server *s)
+{
+	if (s->pem_key) /* no private key left behind in freed memory */
+		explicit_bzero(s->pem_key, strlen(s->pem_key));
+	free(TAKE_PTR(s->pem_cert));
+	free(TAKE_PTR(s->pem_key));
+	free(TAKE_PTR(s->pem_client_ca));
+}
+
+/* Read one PEM file of the TLS flags; the error names flag and file. */
+static int read_pem(const char *flag, const char *path, char **out,
+		    struct kiln_error **err)
+{
+	size_t len;
+	int r = kiln_read_file_at(AT_FDCWD, path, KILN_TLS_FILE_MAX, out, &len);
+
+	if (r == -EFBIG)
+		return kiln_error_set(err, r, "%s %s: larger than %u bytes", flag,
+				      path, KILN_TLS_FILE_MAX);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "%s %s", flag, path);
+	return 0;
+}
+
+static gnutls_datum_t datum(char *pem)
+{
+	return (gnutls_datum_t){ .data = (unsigned char *)pem,
+				 .size = (unsigned int)strlen(pem) };
+}
+
+/*
+ * Read the certificate, key and client CA, and check them with GnuTLS:
+ * MHD would only log a bad pair at debug level and fail to start.
+ */
+static int load_tls(struct kiln_http_server *s, struct kiln_error **err)
+{
+	gnutls_certificate_credentials_t cred = NULL;
+	gnutls_datum_t cert, key, ca;
+	int r;
+
+	if (!s->tls_cert || s->pem_cert)
+		return 0;
+	if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+		return kiln_error_set(err, -ENOTSUP, "--tls-cert %s: this "
+				      "libmicrohttpd was built without TLS",
+				      s->tls_cert);
+	if ((r = read_pem("--tls-cert", s->tls_cert, &s->pem_cert, err)) < 0 ||
+	    (r = read_pem("--tls-key", s->tls_key, &s->pem_key, err)) < 0 ||
+	    (s->tls_client_ca &&
+	     (r = read_pem("--tls-client-ca", s->tls_client_ca,
+			   &s->pem_client_ca, err)) < 0))
+		goto fail;
+	if (gnutls_certificate_allocate_credentials(&cred) < 0)
+		abort(); /* out of memory */
+	cert = datum(s->pem_cert);
+	key = datum(s->pem_key);
+	r = gnutls_certificate_set_x509_key_mem(cred, &cert, &key, GNUTLS_X509_FMT_PEM);
+	if (r < 0) {
+		r = kiln_error_set(err, -EINVAL, "--tls-cert %s with --tls-key %s: %s",
+				   s->tls_cert, s->tls_key, gnutls_strerror(r));
+		goto fail;
+	}
+	if (s->pem_client_ca) {
+		ca = datum(s->pem_client_ca);
+		r = gnutls_certificate_set_x509_trust_mem(cred, &ca, GNUTLS_X509_FMT_PEM);
+		if (r <= 0) {
+			r = kiln_error_set(err, -EINVAL, "--tls-client-ca %s: %s",
+					   s->tls_client_ca,
+					   r == 0 ? "no certificate in it"
+						  : gnutls_strerror(r));
+			goto fail;
+		}
+	}
+	gnutls_certificate_free_credentials(cred);
+	return 0;
+fail:
+	if (cred)
+		gnutls_certificate_free_credentials(cred);
+	free_pems(s);
+	return r;
 }
 
 int kiln_http_server_start(struct kiln_http_server *s, struct kiln_error **err)
@@ -659,6 +787,7 @@ int kiln_http_server_start(struct kiln_http_server *s, struct kiln_error **err)
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD |
 			 MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC |
 			 MHD_USE_ERROR_LOG;
+	struct MHD_OptionItem tls[4] = { { MHD_OPTION_END, 0, NULL } };
 	const union MHD_DaemonInfo *info;
 	int r;
 
@@ -667,8 +796,21 @@ int kiln_http_server_start(struct kiln_http_server *s, struct kiln_error **err)
 	r = parse_listen(s, err);
 	if (r < 0)
 		return r;
+	r = load_tls(s, err);
+	if (r < 0)
+		return r;
 	if (s->addr.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	if (s->pem_cert) {
+		flags |= MHD_USE_TLS;
+		tls[0] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, s->pem_cert };
+		tls[1] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, s->pem_key };
+		tls[2] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
+		/* MHD asks clients for a certificate; client_cert_ok checks it. */
+		if (s->pem_client_ca)
+			tls[2] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0,
+							  s->pem_client_ca };
+	}
 	s->mhd = MHD_start_daemon(
 		flags, 0, NULL, NULL, access_cb, s,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&s->addr,
@@ -676,6 +818,7 @@ int kiln_http_server_start(struct kiln_http_server *s, struct kiln_error **err)
 		MHD_OPTION_CONNECTION_TIMEOUT, s->idle_timeout_s,
 		MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s,
 		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		MHD_OPTION_ARRAY, tls,
 		MHD_OPTION_END);
 	if (!s->mhd)
 		return kiln_error_set(err, -EADDRNOTAVAIL,
@@ -748,6 +891,10 @@ void kiln_http_server_free(struct kiln_http_server *s)
 	free(s->routes);
 	free(s->listen);
 	free(s->token);
+	free_pems(s);
+	free(s->tls_cert);
+	free(s->tls_key);
+	free(s->tls_client_ca);
 	pthread_mutex_destroy(&s->stop_lock);
 	free(s);
 }

@@ -31,6 +31,7 @@
 
 #include "basic/error.h"
 #include "basic/macro.h"
+#include "proto/tls.h"
 
 /* Default limits. */
 #define KILN_HTTP_SERVER_MAX_CONNECTIONS 64u
@@ -54,6 +55,13 @@ struct kiln_http_server_options {
 	unsigned max_connections; /* 0: KILN_HTTP_SERVER_MAX_CONNECTIONS */
 	unsigned idle_timeout_s;  /* 0: KILN_HTTP_SERVER_IDLE_TIMEOUT_S */
 	unsigned stop_grace_ms;   /* 0: KILN_HTTP_SERVER_STOP_GRACE_MS */
+	/*
+	 * Serve HTTPS when tls->cert is set (cert, key and client_ca are
+	 * used; the files are read at start, and an error names the one at
+	 * fault). With client_ca, every request must come with a client
+	 * certificate signed by it, or gets 401. NULL: plain HTTP.
+	 */
+	const struct kiln_tls *tls;
 };
 
 /* What a handler sees of one request. Valid only during the call. */
@@ -186,7 +194,7 @@ int kiln_http_server_route(struct kiln_http_server *s,
 int kiln_http_server_start(struct kiln_http_server *s, struct kiln_error **err);
 /* The port bound (the one picked for port 0); 0 before start. */
 uint16_t kiln_http_server_port(const struct kiln_http_server *s);
-/* "http://HOST:PORT" of the listener (IPv6 in brackets). */
+/* "http[s]://HOST:PORT" of the listener (IPv6 in brackets). */
 const char *kiln_http_server_url(const struct kiln_http_server *s);
 /*
  * Stop accepting, let requests in progress finish for up to stop_grace_ms,
