@@ -16,6 +16,11 @@
  *     |
  *   200 {result, meta, size, log, pulled}
  *
+ * With "stream": true the job runs on a thread of its own from GRAPH on,
+ * and the connection's thread answers 200 at once with JSON lines: the
+ * step's output as it comes, then the answer above as the last line, with
+ * its status in it (struct live).
+ *
  * The running count covers GRAPH to the answer. Trees that become complete
  * here (pulled inputs, results) are added to the inventory.
  */
@@ -294,6 +299,7 @@ struct kiln_jobs {
 	struct kiln_inventory *inv;
 	struct kiln_http_client *client;
 	pthread_mutex_t lock; /* defs, tick, running */
+	pthread_cond_t idle;  /* running dropped to 0 */
 	struct def_entry *defs[KILN_JOBS_DEF_CACHE];
 	uint64_t tick;
 	unsigned running;
@@ -315,6 +321,7 @@ struct job_req {
 	struct kiln_secret *secrets;
 	size_t n_secrets;
 	uint64_t *pulled; /* verified bytes per source, this job */
+	bool stream;      /* answer with JSON lines (struct live) */
 };
 
 /* How a job ended when it did not succeed: status and JSON extras. */
@@ -584,6 +591,9 @@ static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **er
 		q->has_pin = true;
 		r = parse_digest(v, "pin", &q->pin, err);
 	}
+	if (r == 0)
+		r = kiln_json_member(j, "stream", JSON_TRUE, false, &v, err);
+	q->stream = v && json_is_true(v);
 	return r;
 }
 
@@ -704,13 +714,14 @@ static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln
 }
 
 static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definition *def,
-	       struct tail *log, struct kiln_job_result *res, struct kiln_error **err)
+	       kiln_job_output_fn output, void *output_ud, struct kiln_job_result *res,
+	       struct kiln_error **err)
 {
 	struct kiln_job job = {
 		.def = def, .op = q->op, .inputs = q->inputs,
 		.pin = q->has_pin ? &q->pin : NULL, .chain = q->chain,
 		.n_chain = q->n_chain, .secrets = q->secrets, .n_secrets = q->n_secrets,
-		.output = tail_output, .output_ud = log,
+		.output = output, .output_ud = output_ud,
 	};
 	int r = kiln_job_run(j->w, &job, res, err);
 
@@ -757,8 +768,13 @@ static void answer_fail(struct kiln_http_server_resp *resp, const struct job_fai
 	kiln_http_resp_json(resp, f->status, o);
 }
 
-/* GRAPH, CHECK, PULL, RUN of the state comment; the answer goes to resp. */
-static void job_do(struct kiln_jobs *j, struct job_req *q, struct kiln_http_server_resp *resp)
+/*
+ * GRAPH, CHECK, PULL, RUN of the state comment; the answer goes to resp.
+ * The step's output goes to output when given (a stream), else to the
+ * answer's "log".
+ */
+static void job_do(struct kiln_jobs *j, struct job_req *q, kiln_job_output_fn output,
+		   void *output_ud, struct kiln_http_server_resp *resp)
 {
 	_cleanup_error_ struct kiln_error *err = NULL;
 	struct tail log = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -775,7 +791,8 @@ static void job_do(struct kiln_jobs *j, struct job_req *q, struct kiln_http_serv
 		r = pull_inputs(j, q, &e->def->ops[q->op], &f, &err);
 	if (r == 0) {
 		f.status = 422;
-		r = run(j, q, e->def, &log, &res, &err);
+		r = run(j, q, e->def, output ? output : tail_output,
+			output ? output_ud : &log, &res, &err);
 	}
 	if (r == 0)
 		answer_ok(resp, q, &res, &log);
@@ -788,6 +805,223 @@ static void job_do(struct kiln_jobs *j, struct job_req *q, struct kiln_http_serv
 		def_release(j, e);
 	free(log.buf);
 	pthread_mutex_destroy(&log.lock);
+}
+
+static void job_begin(struct kiln_jobs *j)
+{
+	pthread_mutex_lock(&j->lock);
+	j->running++;
+	pthread_mutex_unlock(&j->lock);
+}
+
+static void job_end(struct kiln_jobs *j)
+{
+	pthread_mutex_lock(&j->lock);
+	if (--j->running == 0)
+		pthread_cond_broadcast(&j->idle);
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* ---- streamed answers ("stream": true) ---- */
+
+/* Output not yet sent past this (per stream) is dropped: kilnd lags. */
+#define LIVE_PENDING_MAX (4u << 20)
+/* A line without its newline yet is sent after this long. */
+#define LIVE_FLUSH_MS 200u
+/* After this long with nothing to send, an empty line (kilnd skips it). */
+#define LIVE_KEEPALIVE_MS 1000u
+
+/*
+ * A streamed job, shared by its job thread (output, then the answer) and
+ * the connection's thread (live_read), under lock; freed by whichever
+ * lets go last.
+ */
+struct live {
+	struct kiln_jobs *j;
+	json_t *body; /* the request: q borrows from it */
+	struct job_req q;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct kiln_strbuf raw[2]; /* stdout, stderr: bytes not yet encoded */
+	uint64_t dropped[2];
+	struct kiln_strbuf enc; /* encoded lines, sent from enc_off */
+	size_t enc_off;
+	uint64_t last_sent_ns;
+	json_t *answer; /* the last line, once the job ended */
+	bool done, eof;
+	unsigned refs;
+};
+
+static void live_unref(void *ud)
+{
+	struct live *l = ud;
+	bool last;
+
+	pthread_mutex_lock(&l->lock);
+	last = --l->refs == 0;
+	pthread_mutex_unlock(&l->lock);
+	if (!last)
+		return;
+	req_release(&l->q);
+	json_decref(l->body);
+	json_decref(l->answer);
+	kiln_strbuf_release(&l->raw[0]);
+	kiln_strbuf_release(&l->raw[1]);
+	kiln_strbuf_release(&l->enc);
+	pthread_cond_destroy(&l->cond);
+	pthread_mutex_destroy(&l->lock);
+	free(l);
+}
+
+static void live_output(void *ud, int stream, const char *data, size_t n)
+{
+	struct live *l = ud;
+	size_t i = stream == 2;
+
+	pthread_mutex_lock(&l->lock);
+	if (kiln_strbuf_add(&l->raw[i], data, n) < 0)
+		l->dropped[i] += n;
+	else if (memchr(data, '\n', n))
+		pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+}
+
+/* Append one JSON value and a newline to enc. */
+static void live_emit(struct live *l, json_t *v)
+{
+	char *text = json_dumps(v, JSON_COMPACT);
+
+	/* enc is unbounded: what it holds came through raw's limits. */
+	if (text)
+		(void)kiln_strbuf_adds(&l->enc, text);
+	(void)kiln_strbuf_addch(&l->enc, '\n');
+	free(text);
+	json_decref(v);
+}
+
+/* Encode raw output into enc: complete lines, or everything when all. */
+static void live_encode(struct live *l, bool all)
+{
+	size_t i, take;
+	const char *nl;
+
+	for (i = 0; i < 2; i++) {
+		struct kiln_strbuf *r = &l->raw[i];
+
+		nl = r->len ? memrchr(r->buf, '\n', r->len) : NULL;
+		take = all ? r->len : nl ? (size_t)(nl - r->buf) + 1 : 0;
+		if (take) {
+			live_emit(l, json_pack("{s:o, s:i}", "log", text_json(r->buf, take),
+					       "stream", (int)i + 1));
+			memmove(r->buf, r->buf + take, r->len - take);
+			r->len -= take;
+			r->buf[r->len] = '\0';
+		}
+		if (l->dropped[i] && (all || r->len == 0)) {
+			char note[128];
+
+			snprintf(note, sizeof(note), "[kiln-worker: %llu bytes of output "
+				 "dropped: they came faster than kilnd read them]\n",
+				 (unsigned long long)l->dropped[i]);
+			live_emit(l, json_pack("{s:s, s:i}", "log", note, "stream", (int)i + 1));
+			l->dropped[i] = 0;
+		}
+	}
+}
+
+/* The stream's body (kiln_http_stream_fn), on the connection's thread. */
+static ssize_t live_read(void *ud, uint64_t pos, char *buf, size_t max)
+{
+	struct live *l = ud;
+	struct timespec until;
+	size_t k;
+	int w = 0;
+
+	(void)pos;
+	pthread_mutex_lock(&l->lock);
+	if (l->enc_off == l->enc.len) {
+		kiln_strbuf_reset(&l->enc);
+		l->enc_off = 0;
+	}
+	while (l->enc.len == 0 && !l->eof) {
+		live_encode(l, l->done || w == ETIMEDOUT);
+		if (l->enc.len)
+			break;
+		if (l->done) {
+			live_emit(l, json_incref(l->answer));
+			l->eof = true;
+			break;
+		}
+		if (kiln_now_mono_ns() - l->last_sent_ns >= LIVE_KEEPALIVE_MS * 1000000ull) {
+			(void)kiln_strbuf_addch(&l->enc, '\n');
+			break;
+		}
+		until = kiln_deadline_ms(CLOCK_REALTIME, LIVE_FLUSH_MS);
+		w = pthread_cond_timedwait(&l->cond, &l->lock, &until);
+	}
+	k = l->enc.len - l->enc_off < max ? l->enc.len - l->enc_off : max;
+	memcpy(buf, l->enc.buf + l->enc_off, k);
+	l->enc_off += k;
+	if (k)
+		l->last_sent_ns = kiln_now_mono_ns();
+	pthread_mutex_unlock(&l->lock);
+	return (ssize_t)k; /* 0 only after the answer line: the end */
+}
+
+static void *live_job(void *ud)
+{
+	struct live *l = ud;
+	struct kiln_http_server_resp resp = { .fd = -1 };
+	json_t *a;
+
+	job_do(l->j, &l->q, live_output, l, &resp);
+	a = resp.json ? json_incref(resp.json) : json_object();
+	json_object_del(a, "log"); /* it went out as it came */
+	json_object_set_new(a, "status", json_integer(resp.status));
+	kiln_http_server_resp_release(&resp);
+	pthread_mutex_lock(&l->lock);
+	l->answer = a;
+	l->done = true;
+	pthread_cond_broadcast(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+	job_end(l->j);
+	live_unref(l);
+	return NULL;
+}
+
+/* Run q on a thread of its own and answer with its stream (takes q). */
+static int live_start(struct kiln_jobs *j, json_t *body, struct job_req *q,
+		      struct kiln_http_server_resp *resp)
+{
+	struct live *l = xcalloc(1, sizeof(*l));
+	pthread_attr_t attr;
+	pthread_t t;
+	int r;
+
+	l->j = j;
+	l->body = json_incref(body);
+	l->q = *q;
+	l->refs = 2; /* the job thread and the response */
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->cond, NULL);
+	kiln_strbuf_init(&l->raw[0], LIVE_PENDING_MAX);
+	kiln_strbuf_init(&l->raw[1], LIVE_PENDING_MAX);
+	kiln_strbuf_init(&l->enc, SIZE_MAX);
+	l->last_sent_ns = kiln_now_mono_ns();
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&t, &attr, live_job, l);
+	pthread_attr_destroy(&attr);
+	if (r != 0) {
+		l->refs = 1;
+		live_unref(l);
+		job_end(j);
+		kiln_http_resp_error(resp, 503, "cannot start a job thread: %s", strerror(r));
+		return 0;
+	}
+	kiln_http_resp_stream(resp, 200, "application/x-ndjson", UINT64_MAX, live_read, l,
+			      live_unref);
+	return 0;
 }
 
 static int handle_job(const struct kiln_http_server_req *req, struct kiln_http_server_resp *resp,
@@ -803,13 +1037,11 @@ static int handle_job(const struct kiln_http_server_req *req, struct kiln_http_s
 		req_release(&q);
 		return 0;
 	}
-	pthread_mutex_lock(&j->lock);
-	j->running++;
-	pthread_mutex_unlock(&j->lock);
-	job_do(j, &q, resp);
-	pthread_mutex_lock(&j->lock);
-	j->running--;
-	pthread_mutex_unlock(&j->lock);
+	job_begin(j);
+	if (q.stream)
+		return live_start(j, req->json, &q, resp);
+	job_do(j, &q, NULL, NULL, resp);
+	job_end(j);
 	req_release(&q);
 	return 0;
 }
@@ -825,6 +1057,7 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	int r;
 
 	pthread_mutex_init(&j->lock, NULL);
+	pthread_cond_init(&j->idle, NULL);
 	j->w = opts->worker;
 	j->store = kiln_worker_store(opts->worker);
 	j->token = opts->token;
@@ -850,11 +1083,17 @@ void kiln_jobs_free(struct kiln_jobs *j)
 
 	if (!j)
 		return;
+	/* Streamed jobs run on threads of their own: let them finish. */
+	pthread_mutex_lock(&j->lock);
+	while (j->running > 0)
+		pthread_cond_wait(&j->idle, &j->lock);
+	pthread_mutex_unlock(&j->lock);
 	for (i = 0; i < KILN_JOBS_DEF_CACHE; i++)
 		if (j->defs[i])
 			def_unref(j->defs[i]);
 	kiln_inventory_free(j->inv);
 	kiln_http_client_free(j->client);
+	pthread_cond_destroy(&j->idle);
 	pthread_mutex_destroy(&j->lock);
 	free(j);
 }

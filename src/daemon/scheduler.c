@@ -15,6 +15,7 @@
 #include "basic/alloc.h"
 #include "basic/base64.h"
 #include "basic/log.h"
+#include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
 #include "transfer/peer.h"
@@ -23,9 +24,13 @@
 #define MAX_ATTEMPTS 4u
 /* Most holders asked for one input. */
 #define MAX_HOLDERS 8u
-/* A job's response arrives when it ends: no low-speed abort meanwhile. */
+/*
+ * A job's answer streams the step's output, then its result; a quiet step
+ * sends only a keep-alive byte a second, so no low-speed abort meanwhile
+ * (a hung worker is found by its heartbeats). A line is at most this long.
+ */
 #define JOB_QUIET_S (24u * 3600u)
-#define JOB_RESPONSE_LIMIT (8u << 20)
+#define JOB_LINE_MAX (8u << 20)
 
 /* A job some build is running; other builds with the same key wait on it. */
 struct flight {
@@ -132,6 +137,7 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 	size_t i;
 
 	json_object_set_new(o, "graph", json_string(KILN_DIGEST_STR(&b->graph)));
+	json_object_set_new(o, "stream", json_true());
 	json_object_set_new(o, "platform", json_string(b->platform));
 	json_object_set_new(o, "op", json_integer((json_int_t)t->job.op));
 	a = json_array();
@@ -168,14 +174,6 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 	return o;
 }
 
-static void show_log(const struct kiln_task *t, json_t *resp)
-{
-	const char *log = json_string_value(json_object_get(resp, "log"));
-
-	if (log && *log && t->job.output)
-		t->job.output(t->job.output_ud, 1, log, strlen(log));
-}
-
 static int take_result(struct kiln_sched *s, const struct kiln_task *t,
 		       const struct kiln_worker_ref *w, json_t *resp,
 		       struct kiln_task_result *out, struct kiln_error **err)
@@ -200,7 +198,6 @@ static int take_result(struct kiln_sched *s, const struct kiln_task *t,
 		if (url && bytes > 0 && is_worker_url(s, url))
 			out->moved += (uint64_t)bytes;
 	}
-	show_log(t, resp);
 	/* It holds the result now, and every input it pulled to run it. */
 	kiln_workers_hold(s->reg, w->name, &out->res.tree, out->res.size);
 	for (i = 0; i < op->n_inputs; i++)
@@ -223,6 +220,59 @@ static bool worker_gone(void *ud)
 	return !kiln_workers_ready(w->reg, w->name);
 }
 
+/* The streamed answer of a job, read as it comes (docs/api.md). */
+struct job_stream {
+	const struct kiln_task *t;
+	struct kiln_strbuf line; /* the line being received */
+	json_t *answer;          /* the last line: the job's answer */
+};
+
+/* One complete line: output goes to the step's progress now. */
+static int job_line(struct job_stream *js)
+{
+	const struct kiln_task *t = js->t;
+	json_t *v, *log;
+
+	if (js->line.len == 0)
+		return 0; /* keep-alive */
+	v = json_loadb(js->line.buf, js->line.len, 0, NULL);
+	kiln_strbuf_reset(&js->line);
+	if (!json_is_object(v) || js->answer) {
+		json_decref(v);
+		return -EPROTO;
+	}
+	log = json_object_get(v, "log");
+	if (!json_is_string(log)) {
+		js->answer = v;
+		return 0;
+	}
+	if (t->job.output)
+		t->job.output(t->job.output_ud,
+			      json_integer_value(json_object_get(v, "stream")) == 2 ? 2 : 1,
+			      json_string_value(log), json_string_length(log));
+	json_decref(v);
+	return 0;
+}
+
+static int job_sink(void *ud, const void *data, size_t len)
+{
+	struct job_stream *js = ud;
+	const char *p = data, *nl;
+	int r;
+
+	while (len > 0) {
+		nl = memchr(p, '\n', len);
+		r = kiln_strbuf_add(&js->line, p, nl ? (size_t)(nl - p) : len);
+		if (r == 0 && nl)
+			r = job_line(js);
+		if (r < 0)
+			return r;
+		len -= nl ? (size_t)(nl - p) + 1 : len;
+		p = nl ? nl + 1 : p;
+	}
+	return 0;
+}
+
 static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *t,
 			    const struct kiln_worker_ref *w, struct kiln_task_result *out,
 			    int *r, struct kiln_error **err)
@@ -233,18 +283,21 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	_cleanup_error_ struct kiln_error *terr = NULL;
 	struct kiln_http_result res = { 0 };
 	struct watch watch = { .reg = s->reg, .name = w->name };
+	struct job_stream js = { .t = t, .line = KILN_STRBUF_INIT(JOB_LINE_MAX) };
 	struct kiln_http_call call = {
 		.method = "POST",
 		.url = url,
 		.token = s->token,
 		.low_speed_time_s = JOB_QUIET_S,
-		.limit = JOB_RESPONSE_LIMIT,
+		.sink = job_sink,
+		.sink_ud = &js,
 		.abandon = worker_gone,
 		.abandon_ud = &watch,
 	};
 	struct sources ss = { 0 };
 	json_t *resp = NULL;
 	const char *msg;
+	long status;
 	size_t i;
 	int tr;
 
@@ -254,14 +307,29 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	call.json = job_body(b, t, &ss);
 	tr = kiln_http_client_do(s->http, &call, &res, &terr);
 	json_decref(call.json);
+	kiln_strbuf_release(&js.line);
+	if (tr == 0 && res.status == 200 && !js.answer)
+		tr = kiln_error_set(&terr, -EPROTO, "the job's answer ended before its result");
 	if (tr < 0) {
-		/* It did not answer, or went silent: lost; the job goes elsewhere. */
+		/*
+		 * It did not answer, went silent, or broke the stream: lost;
+		 * the job goes elsewhere.
+		 */
+		json_decref(js.answer);
+		kiln_http_result_release(&res);
 		kiln_workers_mark_lost(s->reg, w->name, kiln_error_msg(terr));
 		return ATTEMPT_RETRY;
 	}
-	resp = res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
+	/* A streamed answer carries its status; an early refusal is plain. */
+	if (res.status == 200) {
+		resp = TAKE_PTR(js.answer);
+		status = json_integer_value(json_object_get(resp, "status"));
+	} else {
+		resp = res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
+		status = res.status;
+	}
 	msg = json_string_value(json_object_get(resp, "error"));
-	switch (res.status) {
+	switch (status) {
 	case 200:
 		*r = take_result(s, t, w, resp, out, err);
 		break;
@@ -278,18 +346,22 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	}
 	case 422:
 		/* The step ran and failed: its error, never retried. */
-		show_log(t, resp);
 		*r = kiln_error_set(err, -ECANCELED, "%s", msg ? msg : "the step failed");
 		break;
 	default:
-		if (res.status >= 500) {
+		if (status >= 500) {
 			log_warn("worker %s: POST /v1/jobs: HTTP %ld: %s; placing the job again",
-				 w->name, res.status, msg ? msg : "");
+				 w->name, status, msg ? msg : "");
 			json_decref(resp);
 			kiln_http_result_release(&res);
 			return ATTEMPT_RETRY;
 		}
-		*r = kiln_http_status_error(err, &call, &res);
+		if (res.status == 200) /* the status came in the stream */
+			*r = kiln_error_set(err, status >= 400 && status < 500 ? -EINVAL : -EIO,
+					    "POST %s: HTTP %ld: %s", url, status,
+					    msg ? msg : "no error message");
+		else
+			*r = kiln_http_status_error(err, &call, &res);
 		kiln_error_prefix(err, "worker %s", w->name);
 		break;
 	}

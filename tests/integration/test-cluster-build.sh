@@ -234,6 +234,33 @@ assert_eq "$(cat "$T/progress-a.json" "$T/progress-b.json" | jq -R 'fromjson? //
 	jq -s '[.[] | select(.vertex != null and .status == "done" and .cached == false and
 		(.name | contains("/dev/urandom")))] | length')" 1 "non-cached runs of the shared step across both builds"
 
+echo "== a step's output reaches the client while the step runs"
+LCTX="$T/ctx-live"
+mkdir -p "$LCTX"
+# A token of its own: the step is never a cache hit.
+printf 'FROM %s/busybox:latest\nRUN echo live-first-%s && sleep 3 && echo live-second\n' \
+	"$REG" "$RANDOM$RANDOM" >"$LCTX/Dockerfile"
+rbuild "$T/progress-live.json" --platform linux/amd64 "$LCTX" &
+BG_PID=$!
+seen=
+for _ in $(seq 600); do
+	if pcheck "$T/progress-live.json" 'any(.[]; (.log? // "") | contains("live-first"))'; then
+		seen=1
+		break
+	fi
+	kill -0 "$BG_PID" 2>/dev/null || break
+	sleep 0.05
+done
+[ -n "$seen" ] || fail "the step's first line never reached the client: $(pev "$T/progress-live.json" | tail -20)"
+# The step sleeps 3 s between its lines: the second, and its end, are still to come.
+if pcheck "$T/progress-live.json" 'any(.[]; (.log? // "") | contains("live-second"))'; then
+	fail "both lines arrived together: the output was not streamed"
+fi
+wait "$BG_PID" || fail "the live-output build failed: $(pev "$T/progress-live.json" | tail -20)"
+BG_PID=
+passert "$T/progress-live.json" 'any(.[]; (.log? // "") | contains("live-second"))' \
+	"the step's second line"
+
 # kill -9 of a worker mid-build while another worker of its platform is
 # registered, N times: an extra amd64 worker in a fourth namespace; each
 # round builds a step that sleeps 2 s, kills -9 the worker the progress

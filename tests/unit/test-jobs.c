@@ -115,8 +115,10 @@ static const char graph_fmt[] =
 	" \"mounts\":[{\"type\":\"secret\",\"id\":\"s1\",\"required\":true}]},"
 	"{\"id\":\"binary\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"printf\","
 	" \"a\\\\377b\\\\000c\\\\342\\\\202\"]},"
-	"{\"id\":\"slow\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sleep\",\"1\"]}"
-	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\"]}";
+	"{\"id\":\"slow\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sleep\",\"1\"]},"
+	"{\"id\":\"live\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
+	" \"echo first; sleep 1; echo second >&2; echo third\"]}"
+	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\",\"live\"]}";
 
 static void make_graph(void)
 {
@@ -597,6 +599,163 @@ static void test_running_count(void **st)
 	assert_int_equal(kiln_jobs_running(S.jobs), 0);
 }
 
+/* A streamed answer ("stream": true): its lines and when each arrived. */
+struct streamed {
+	struct kiln_strbuf line;
+	json_t *lines;  /* every non-empty line, parsed */
+	json_t *answer; /* the last one */
+	double answer_at, first_log_at[3]; /* seconds since the POST, per stream */
+	size_t log_bytes;
+	double t0;
+};
+
+static double now_s(void)
+{
+	return (double)kiln_now_mono_ns() / 1e9;
+}
+
+static int stream_sink(void *ud, const void *data, size_t len)
+{
+	struct streamed *sd = ud;
+	const char *p = data;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		json_t *v, *log;
+		int k;
+
+		if (p[i] != '\n') {
+			assert_int_equal(kiln_strbuf_addch(&sd->line, p[i]), 0);
+			continue;
+		}
+		if (sd->line.len == 0)
+			continue; /* keep-alive */
+		v = json_loadb(sd->line.buf, sd->line.len, 0, NULL);
+		if (!v)
+			fail_msg("not a JSON line: %s", sd->line.buf);
+		kiln_strbuf_reset(&sd->line);
+		assert_null(sd->answer); /* nothing after the answer */
+		log = json_object_get(v, "log");
+		if (json_is_string(log)) {
+			k = (int)json_integer_value(json_object_get(v, "stream"));
+			assert_true(k == 1 || k == 2);
+			if (sd->first_log_at[k] == 0)
+				sd->first_log_at[k] = now_s() - sd->t0;
+			sd->log_bytes += json_string_length(log);
+		} else {
+			sd->answer = json_incref(v);
+			sd->answer_at = now_s() - sd->t0;
+		}
+		json_array_append_new(sd->lines, v);
+	}
+	return 0;
+}
+
+/* POST body with "stream": true; sd gets the lines; fails unless HTTP 200. */
+static void post_stream(json_t *body, struct streamed *sd)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_http_call call = {
+		.method = "POST", .url = S.jobs_url, .token = TOKEN, .json = body,
+		.sink = stream_sink, .sink_ud = sd, .timeout_ms = 120000,
+		.low_speed_time_s = 600,
+	};
+	struct kiln_http_result res = { 0 };
+
+	memset(sd, 0, sizeof(*sd));
+	kiln_strbuf_init(&sd->line, 16u << 20);
+	sd->lines = json_array();
+	sd->t0 = now_s();
+	json_object_set_new(body, "stream", json_true());
+	if (kiln_http_client_do(S.cli, &call, &res, &err) < 0)
+		fail_msg("POST %s: %s", S.jobs_url, kiln_error_msg(err));
+	json_decref(body);
+	assert_int_equal(res.status, 200);
+	assert_non_null(res.content_type);
+	assert_string_equal(res.content_type, "application/x-ndjson");
+	kiln_http_result_release(&res);
+	assert_int_equal(sd->line.len, 0); /* the stream ends with a newline */
+	if (!sd->answer)
+		fail_msg("no answer line: %s", json_dumps(sd->lines, JSON_COMPACT));
+	/* The output went out as it came: never again in the answer. */
+	assert_null(json_object_get(sd->answer, "log"));
+}
+
+static void streamed_release(struct streamed *sd)
+{
+	kiln_strbuf_release(&sd->line);
+	json_decref(sd->lines);
+	json_decref(sd->answer);
+}
+
+/* The log text of stream k, in order. */
+static char *stream_text(struct streamed *sd, int k)
+{
+	struct kiln_strbuf sb = KILN_STRBUF_INIT(64u << 20);
+	json_t *v;
+	size_t i;
+
+	json_array_foreach(sd->lines, i, v)
+		if (json_integer_value(json_object_get(v, "stream")) == k)
+			assert_int_equal(kiln_strbuf_adds(&sb, json_string_value(
+						json_object_get(v, "log"))), 0);
+	return kiln_strbuf_detach(&sb, NULL);
+}
+
+/* Output arrives while the step runs; the result is the last line. */
+static void test_stream(void **st)
+{
+	_cleanup_free_ char *out = NULL, *err = NULL;
+	struct streamed sd;
+	struct kiln_digest r;
+
+	post_stream(job("live", &S.base, 1), &sd);
+	assert_int_equal(json_integer_value(json_object_get(sd.answer, "status")), 200);
+	result_of(sd.answer, &r);
+	out = stream_text(&sd, 1);
+	err = stream_text(&sd, 2);
+	assert_string_equal(out, "first\nthird\n");
+	assert_string_equal(err, "second\n");
+	/* "first" came before the step's `sleep 1` ended, not with the answer. */
+	assert_true(sd.first_log_at[1] > 0);
+	if (sd.answer_at - sd.first_log_at[1] < 0.7)
+		fail_msg("first output at %.3f s, answer at %.3f s: not streamed",
+			 sd.first_log_at[1], sd.answer_at);
+	streamed_release(&sd);
+}
+
+/* A failed step, a missing input and 3 MB of output, streamed. */
+static void test_stream_outcomes(void **st)
+{
+	struct kiln_digest absent;
+	_cleanup_free_ char *out = NULL;
+	struct streamed sd;
+
+	post_stream(job("fail", &S.base, 1), &sd);
+	assert_int_equal(json_integer_value(json_object_get(sd.answer, "status")), 422);
+	assert_non_null(strstr(str(sd.answer, "error"), "exit code 3"));
+	out = stream_text(&sd, 1);
+	assert_string_equal(out, "before-fail\n");
+	streamed_release(&sd);
+
+	kiln_digest_buf("held by nobody", 14, &absent);
+	post_stream(job("run", &absent, 1), &sd);
+	assert_int_equal(json_integer_value(json_object_get(sd.answer, "status")), 409);
+	assert_string_equal(str(sd.answer, "missing"), KILN_DIGEST_STR(&absent));
+	streamed_release(&sd);
+
+	/* Every byte of it, in order: nothing is dropped for a reader that keeps up. */
+	free(TAKE_PTR(out));
+	post_stream(job("loud", &S.base, 1), &sd);
+	assert_int_equal(json_integer_value(json_object_get(sd.answer, "status")), 200);
+	out = stream_text(&sd, 1);
+	if (strlen(out) != 3000000 + strlen("\nEND-MARK\n"))
+		fail_msg("%zu bytes of output, %zu lines: %s", strlen(out), json_array_size(sd.lines), out + strlen(out) - (strlen(out) > 300 ? 300 : strlen(out)));
+	assert_string_equal(out + 3000000, "\nEND-MARK\n");
+	assert_int_equal(strncmp(out, "0123456789abcdef\n0123", 21), 0);
+	streamed_release(&sd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -613,6 +772,8 @@ int main(void)
 		cmocka_unit_test(test_exec_secret),
 		cmocka_unit_test(test_exec_binary_output),
 		cmocka_unit_test(test_running_count),
+		cmocka_unit_test(test_stream),
+		cmocka_unit_test(test_stream_outcomes),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
