@@ -37,7 +37,7 @@ if [ $# -eq 0 ]; then
 	KILN_KILL_LOOP_N=${KILN_TSAN_KILL_LOOP_N:-3} \
 	meson test -C "$TSAN_BUILD" --print-errorlogs --no-rebuild \
 		solver exec cache proto peer jobs workers it-example it-exec it-kill it-dockerfile \
-		it-cluster-registry it-cluster-build || rc=1
+		it-cluster-registry it-cluster-build it-cluster-tls || rc=1
 fi
 
 # meson's results as the plain closing line.
