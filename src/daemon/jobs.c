@@ -39,6 +39,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "basic/strbuf.h"
+#include "basic/utf8.h"
 #include "cas/digest-set.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
@@ -56,54 +57,13 @@
 
 /* ---- text for JSON: valid UTF-8, no NUL ---- */
 
-/* Length of the valid UTF-8 sequence at s (n > 0 bytes left), 0 if none. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-	size_t len, i;
-	uint32_t cp;
-
-	if (s[0] < 0x80)
-		return s[0] ? 1 : 0;
-	if (s[0] < 0xc2 || s[0] > 0xf4)
-		return 0;
-	len = s[0] <= 0xdf ? 2 : s[0] <= 0xef ? 3 : 4;
-	cp = s[0] & (0x7fu >> len);
-	if (len > n)
-		return 0;
-	for (i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = cp << 6 | (s[i] & 0x3fu);
-	}
-	if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-	    (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	return len;
-}
-
-/*
- * A JSON string of n bytes of s: what is not UTF-8 (a cut sequence, binary
- * output) or NUL becomes U+FFFD, so the answer always encodes.
- */
+/* A JSON string of n bytes of s, made valid UTF-8 (kiln_utf8_clean). */
 static json_t *text_json(const char *s, size_t n)
 {
-	const unsigned char *u = (const unsigned char *)s;
-	_cleanup_free_ char *buf = xmalloc(n * 3 + 1);
-	size_t i = 0, o = 0, l;
+	size_t len;
+	_cleanup_free_ char *clean = kiln_utf8_clean(s, n, &len);
 
-	while (i < n) {
-		l = utf8_seq(u + i, n - i);
-		if (l) {
-			memcpy(buf + o, s + i, l);
-			o += l;
-			i += l;
-		} else {
-			memcpy(buf + o, "\xef\xbf\xbd", 3);
-			o += 3;
-			i++;
-		}
-	}
-	return json_stringn(buf, o);
+	return json_stringn(clean, len);
 }
 
 static json_t *msg_json(const char *s)

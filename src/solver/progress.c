@@ -10,6 +10,7 @@
 
 #include "basic/alloc.h"
 #include "basic/macro.h"
+#include "basic/utf8.h"
 
 struct kiln_progress {
 	enum kiln_progress_mode mode;
@@ -165,18 +166,18 @@ void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_even
 	pthread_mutex_unlock(&p->lock);
 }
 
-/* JSON strings must be UTF-8: replace anything else with '?'. */
+/*
+ * A step's output, safe for a terminal and for JSON: valid UTF-8 as it is,
+ * other bytes U+FFFD (kiln_utf8_clean), control characters but newline
+ * and tab '?' (no escape sequence reaches the terminal).
+ */
 static char *sanitize(const char *data, size_t len)
 {
-	char *s = xmalloc(len + 1);
+	char *s = kiln_utf8_clean(data, len, NULL);
 
-	memcpy(s, data, len);
-	s[len] = '\0';
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if ((c < 0x20 && c != '\n' && c != '\t') || c >= 0x80)
-			s[i] = '?';
-	}
+	for (char *c = s; *c; c++)
+		if ((unsigned char)*c < 0x20 && *c != '\n' && *c != '\t')
+			*c = '?';
 	return s;
 }
 

@@ -20,6 +20,7 @@
 
 #include "basic/alloc.h"
 #include "basic/strbuf.h"
+#include "basic/utf8.h"
 
 #define PATTERN_MAX 4096
 #define PATTERNS_MAX 100000
@@ -66,51 +67,17 @@ struct kiln_patterns {
 
 static size_t utf8_decode(const char *s, size_t len, uint32_t *out)
 {
-	const unsigned char *u = (const unsigned char *)s;
-	size_t n, i;
-	uint32_t c;
+	size_t n = kiln_utf8_decode(s, len, out);
 
-	if (u[0] < 0x80) {
-		*out = u[0];
-		return 1;
-	}
-	if ((u[0] & 0xe0) == 0xc0) {
-		n = 2;
-		c = u[0] & 0x1f;
-	} else if ((u[0] & 0xf0) == 0xe0) {
-		n = 3;
-		c = u[0] & 0x0f;
-	} else if ((u[0] & 0xf8) == 0xf0) {
-		n = 4;
-		c = u[0] & 0x07;
-	} else {
-		goto bad;
-	}
-	if (n > len)
-		goto bad;
-	for (i = 1; i < n; i++) {
-		if ((u[i] & 0xc0) != 0x80)
-			goto bad;
-		c = (c << 6) | (u[i] & 0x3f);
-	}
-	if ((n == 2 && c < 0x80) || (n == 3 && c < 0x800) ||
-	    (n == 4 && (c < 0x10000 || c > 0x10ffff)) ||
-	    (c >= 0xd800 && c <= 0xdfff))
-		goto bad;
-	*out = c;
-	return n;
-bad:
-	*out = 0xfffd;
-	return 1;
+	return n ? n : 1;
 }
 
 /* False for a byte that does not start a valid UTF-8 sequence. */
 static bool utf8_valid_at(const char *s, size_t len)
 {
 	uint32_t c;
-	size_t n = utf8_decode(s, len, &c);
 
-	return !(c == 0xfffd && n == 1);
+	return kiln_utf8_decode(s, len, &c) != 0;
 }
 
 /* ---- Go's filepath.Clean ---- */

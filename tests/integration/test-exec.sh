@@ -93,6 +93,16 @@ kbuild --def "$T/chain-b.json" || fail "chain b again"
 assert_eq "$(events | jq -s '[.[] | select(.status == "cached")] | length')" 1 "lookups resolving chain b again (its output's alias)"
 assert_eq "$(events | jq -s '[.[] | select(.status == "done")] | length')" 0 "steps run for chain b again"
 
+# A step's UTF-8 output shows as it is, in plain and json progress; bytes
+# that are not UTF-8 become U+FFFD, control characters '?'.
+graph "$T/utf8.json" u \
+	'{"id":"u","op":"exec","input":"base","args":["sh","-c","printf \"caf\\303\\251 \\342\\200\\230ok\\342\\200\\231 bad:\\377 bell:\\007 end\\n\""]}'
+"$KILN" build --def "$T/utf8.json" --progress plain 2>"$T/utf8.plain" || fail "utf8 build: $(tail -3 "$T/utf8.plain")"
+grep -q "café ‘ok’ bad:� bell:? end" "$T/utf8.plain" || fail "UTF-8 output in plain progress: $(grep -a 'bad:' "$T/utf8.plain")"
+kbuild --def "$T/utf8.json" --no-cache || fail "utf8 build (json)"
+jq -r 'select(.log != null) | .log' < <(events) | grep -q "café ‘ok’ bad:� bell:? end" ||
+	fail "UTF-8 output in json progress: $(jq -r 'select(.log != null) | .log' < <(events))"
+
 assert_no_mounts
 assert_fsck_clean
-echo "ok: whiteouts, cache mounts, failures, network, dedup, empty dirs, content-key cut-off"
+echo "ok: whiteouts, cache mounts, failures, network, dedup, empty dirs, content-key cut-off, UTF-8 output"

@@ -17,6 +17,7 @@
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
+#include "basic/utf8.h"
 
 static void test_path_clean(void **state)
 {
@@ -180,6 +181,43 @@ static void test_atomic_write(void **state)
 	assert_int_equal(kiln_rm_rf(root), 0);
 }
 
+static void test_utf8(void **state)
+{
+	static const struct {
+		const char *s;
+		size_t len, n;
+		uint32_t cp;
+	} cases[] = {
+		{ "A", 1, 1, 'A' },
+		{ "", 1, 1, 0 },                       /* NUL is valid */
+		{ "\xc3\xa9", 2, 2, 0xe9 },             /* é */
+		{ "\xe2\x80\x98", 3, 3, 0x2018 },        /* ‘ */
+		{ "\xf0\x9f\x94\xa5", 4, 4, 0x1f525 },   /* 🔥 */
+		{ "\xc0\xaf", 2, 0, 0xfffd },            /* overlong */
+		{ "\xe0\x80\xaf", 3, 0, 0xfffd },        /* overlong */
+		{ "\xed\xa0\x80", 3, 0, 0xfffd },        /* a surrogate */
+		{ "\xf4\x90\x80\x80", 4, 0, 0xfffd },    /* past U+10FFFF */
+		{ "\xe2\x80", 2, 0, 0xfffd },            /* cut short */
+		{ "\x80", 1, 0, 0xfffd },                /* a lone continuation */
+		{ "\xc3" "A", 2, 0, 0xfffd },           /* continuation missing */
+	};
+	static const char mixed[] = "ok \xc3\xa9\xff\0x\xe2\x80";
+	static const char want[] = "ok \xc3\xa9\xef\xbf\xbd\xef\xbf\xbd" "x\xef\xbf\xbd\xef\xbf\xbd";
+	_cleanup_free_ char *clean = NULL;
+	uint32_t cp;
+	size_t i, n;
+
+	for (i = 0; i < ARRAY_SIZE(cases); i++) {
+		n = kiln_utf8_decode(cases[i].s, cases[i].len, &cp);
+		if (n != cases[i].n || cp != cases[i].cp)
+			fail_msg("case %zu: %zu bytes, U+%04X", i, n, (unsigned)cp);
+	}
+	/* Valid text as it is; each bad byte, each NUL, a cut end: one U+FFFD each. */
+	clean = kiln_utf8_clean(mixed, sizeof(mixed) - 1, &n);
+	assert_int_equal(n, strlen(want));
+	assert_string_equal(clean, want);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -191,6 +229,7 @@ int main(void)
 		cmocka_unit_test(test_rm_rf_stops_at_mounts),
 		cmocka_unit_test(test_rm_rf_stops_at_bind_mounts),
 		cmocka_unit_test(test_atomic_write),
+		cmocka_unit_test(test_utf8),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
