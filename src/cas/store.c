@@ -351,21 +351,28 @@ struct group_member {
 
 struct kiln_store_group {
 	struct kiln_store *s;
+	/*
+	 * The group's own descriptor for syncfs: a write error since it was
+	 * opened is reported to it, whichever thread's syncfs saw it first.
+	 */
+	int syncfd;
 	struct group_member *m;
 	size_t n, alloc;
 };
 
-struct kiln_store_group *kiln_store_group_new(struct kiln_store *s)
+int kiln_store_group_new(struct kiln_store *s, struct kiln_store_group **out,
+			 struct kiln_error **err)
 {
-	struct kiln_store_group *g = xcalloc(1, sizeof(*g));
+	struct kiln_store_group *g;
+	int fd = openat(s->tmpfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
+	if (fd < 0)
+		return kiln_error_seterrno(err, -errno, "opening %s/tmp", s->dir);
+	g = xcalloc(1, sizeof(*g));
 	g->s = s;
-	return g;
-}
-
-size_t kiln_store_group_size(const struct kiln_store_group *g)
-{
-	return g->n;
+	g->syncfd = fd;
+	*out = g;
+	return 0;
 }
 
 int kiln_store_writer_commit_group(struct kiln_store_writer *w,
@@ -416,6 +423,7 @@ void kiln_store_group_free(struct kiln_store_group *g)
 	if (!g)
 		return;
 	group_clear(g);
+	closep(&g->syncfd);
 	free(g->m);
 	free(g);
 }
@@ -427,7 +435,7 @@ int kiln_store_group_commit(struct kiln_store_group *g, struct kiln_error **err)
 
 	if (g->n == 0)
 		return 0;
-	if (s->durable && syncfs(s->tmpfd) < 0)
+	if (s->durable && syncfs(g->syncfd) < 0)
 		return kiln_error_seterrno(err, -errno, "syncing the file system of %s",
 					   s->dir);
 	for (i = 0; i < g->n; i++) {

@@ -131,13 +131,17 @@ void kiln_store_writer_abort(struct kiln_store_writer *w);
  * is used by one thread; the writer is freed whatever the outcome.
  */
 struct kiln_store_group;
-struct kiln_store_group *kiln_store_group_new(struct kiln_store *s);
+/*
+ * The group gets a descriptor of its own, so the sync reports every write
+ * error since the group began (syncfs does since Linux 5.8; before, it
+ * reported none).
+ */
+int kiln_store_group_new(struct kiln_store *s, struct kiln_store_group **out,
+			 struct kiln_error **err);
 int kiln_store_writer_commit_group(struct kiln_store_writer *w,
 				   struct kiln_store_group *g,
 				   const struct kiln_digest *expected,
 				   struct kiln_error **err);
-/* Members committed so far and not yet named. */
-size_t kiln_store_group_size(const struct kiln_store_group *g);
 int kiln_store_group_commit(struct kiln_store_group *g,
 			    struct kiln_error **err);
 /* Drops (unlinks) members not yet named, then frees the group. */

@@ -638,17 +638,24 @@ static size_t count_state(const struct item *it, enum blob_state s)
 	return k;
 }
 
-/* One batch request for the item's PENDING blobs to source i. */
+/*
+ * One batch request for the item's PENDING blobs to source i. A blob
+ * counts as stored once verified: should naming them fail, the pull ends
+ * (err says why), so nothing relies on an unnamed one.
+ */
 static int post_batch(struct pull *p, size_t i, struct item *it,
-		      size_t *stored)
+		      size_t *stored, struct kiln_error **err)
 {
 	_cleanup_free_ char *url = url_for(&p->src[i], "/v1/blobs/batch", NULL);
-	struct framer f = { .src = i, .item = it,
-			    .group = kiln_store_group_new(p->store) };
-	json_t *arr = json_array(), *body;
+	struct framer f = { .src = i, .item = it };
+	json_t *arr, *body;
 	size_t k;
 	int r, q;
 
+	r = kiln_store_group_new(p->store, &f.group, err);
+	if (r < 0)
+		return r;
+	arr = json_array();
 	for (k = 0; k < it->n; k++) {
 		if (it->state[k] != PENDING)
 			continue;
@@ -661,7 +668,7 @@ static int post_batch(struct pull *p, size_t i, struct item *it,
 	 * What was verified is named, whatever became of the request: one
 	 * file-system sync for the batch, not an fsync per blob.
 	 */
-	q = kiln_store_group_commit(f.group, NULL);
+	q = kiln_store_group_commit(f.group, err);
 	if (q < 0)
 		r = q; /* our disk failed: the pull ends */
 	*stored = f.stored;
@@ -671,7 +678,8 @@ static int post_batch(struct pull *p, size_t i, struct item *it,
 }
 
 /* Ask source i until it has sent all it holds of the item. */
-static int batch_from(struct pull *p, size_t i, struct item *it)
+static int batch_from(struct pull *p, size_t i, struct item *it,
+		      struct kiln_error **err)
 {
 	size_t k, stored;
 	int r;
@@ -680,7 +688,7 @@ static int batch_from(struct pull *p, size_t i, struct item *it)
 		if (it->state[k] == ABSENT)
 			it->state[k] = PENDING;
 	do {
-		r = post_batch(p, i, it, &stored);
+		r = post_batch(p, i, it, &stored, err);
 		if (r != SERVED)
 			return r;
 	} while (stored > 0 && count_state(it, PENDING) > 0);
@@ -696,7 +704,7 @@ static int pull_batch(struct pull *p, struct item *it, struct kiln_error **err)
 	for (i = 0; i < p->n && count_state(it, STORED) < it->n; i++) {
 		if (source_bad(p, i))
 			continue;
-		r = batch_from(p, i, it);
+		r = batch_from(p, i, it, err);
 		if (r < 0)
 			return kiln_error_seterrno(err, r, "storing blobs");
 	}
