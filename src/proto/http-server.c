@@ -15,6 +15,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
@@ -40,6 +42,7 @@ struct kiln_http_server {
 	/* TLS: file paths, then their contents from start (MHD borrows them). */
 	char *tls_cert, *tls_key, *tls_client_ca;
 	char *pem_cert, *pem_key, *pem_client_ca;
+	size_t pem_key_len;
 	unsigned max_conns, idle_timeout_s, grace_ms;
 	struct route_entry *routes;
 	size_t n_routes, alloc_routes;
@@ -399,12 +402,18 @@ static bool client_cert_ok(struct MHD_Connection *conn, char *why, size_t n)
 		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
 	gnutls_session_t tls = ci ? (gnutls_session_t)ci->tls_session : NULL;
 	unsigned int status = 0, k = 0;
+	int r;
 
 	if (!tls || !gnutls_certificate_get_peers(tls, &k) || k == 0) {
 		snprintf(why, n, "a client certificate is required");
 		return false;
 	}
-	if (gnutls_certificate_verify_peers2(tls, &status) < 0 || status != 0) {
+	r = gnutls_certificate_verify_peers2(tls, &status);
+	if (r < 0) {
+		snprintf(why, n, "client certificate not accepted: %s", gnutls_strerror(r));
+		return false;
+	}
+	if (status != 0) {
 		gnutls_datum_t out = { 0 };
 
 		if (gnutls_certificate_verification_status_print(
@@ -583,6 +592,8 @@ int kiln_http_server_new(const struct kiln_http_server_options *opts,
 	if (opts->token && strlen(opts->token) > KILN_HTTP_TOKEN_MAX)
 		return kiln_error_set(err, -EINVAL, "token longer than %u bytes",
 				      KILN_HTTP_TOKEN_MAX);
+	if (kiln_tls_check(opts->tls, err) < 0)
+		return -EINVAL; /* never plain HTTP where TLS was asked for */
 	s = xcalloc(1, sizeof(*s));
 	s->listen = xstrdup(opts->listen);
 	s->token = opts->token && *opts->token ? xstrdup(opts->token) : NULL;
@@ -700,28 +711,72 @@ static void make_url(struct kiln_http_server *s)
 		 s->pem_cert ? "https" : "http", buf, s->port);
 }
 
+/* The private key's copy: wiped, then freed (MHD loaded it at start). */
+static void free_key(struct kiln_http_server *s)
+{
+	if (s->pem_key)
+		explicit_bzero(s->pem_key, s->pem_key_len);
+	free(TAKE_PTR(s->pem_key));
+	s->pem_key_len = 0;
+}
+
 static void free_pems(struct kiln_http_server *s)
 {
-	if (s->pem_key) /* no private key left behind in freed memory */
-		explicit_bzero(s->pem_key, strlen(s->pem_key));
+	free_key(s);
 	free(TAKE_PTR(s->pem_cert));
-	free(TAKE_PTR(s->pem_key));
 	free(TAKE_PTR(s->pem_client_ca));
 }
 
-/* Read one PEM file of the TLS flags; the error names flag and file. */
-static int read_pem(const char *flag, const char *path, char **out,
+/*
+ * Read one PEM file of the TLS flags straight into one buffer (no copy of
+ * a key is left in freed memory); the error names flag and file.
+ */
+static int read_pem(const char *flag, const char *path, char **out, size_t *len,
 		    struct kiln_error **err)
 {
-	size_t len;
-	int r = kiln_read_file_at(AT_FDCWD, path, KILN_TLS_FILE_MAX, out, &len);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	size_t n = 0;
+	ssize_t k;
+	char *buf;
 
-	if (r == -EFBIG)
-		return kiln_error_set(err, r, "%s %s: larger than %u bytes", flag,
-				      path, KILN_TLS_FILE_MAX);
-	if (r < 0)
-		return kiln_error_seterrno(err, r, "%s %s", flag, path);
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return kiln_error_seterrno(err, -errno, "%s %s", flag, path);
+	if (!S_ISREG(st.st_mode) || st.st_size > (off_t)KILN_TLS_FILE_MAX)
+		return kiln_error_set(err, -EFBIG, "%s %s: not a file of at most %u bytes",
+				      flag, path, KILN_TLS_FILE_MAX);
+	buf = xmalloc((size_t)st.st_size + 1);
+	while (n < (size_t)st.st_size) {
+		k = read(fd, buf + n, (size_t)st.st_size - n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			int r = k < 0 ? -errno : -EIO;
+
+			explicit_bzero(buf, n);
+			free(buf);
+			return kiln_error_seterrno(err, r, "%s %s: reading", flag, path);
+		}
+		n += (size_t)k;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
 	return 0;
+}
+
+static int read_pems(struct kiln_http_server *s, struct kiln_error **err)
+{
+	size_t len;
+	int r;
+
+	r = read_pem("--tls-cert", s->tls_cert, &s->pem_cert, &len, err);
+	if (r == 0)
+		r = read_pem("--tls-key", s->tls_key, &s->pem_key, &s->pem_key_len, err);
+	if (r == 0 && s->tls_client_ca)
+		r = read_pem("--tls-client-ca", s->tls_client_ca, &s->pem_client_ca,
+			     &len, err);
+	return r;
 }
 
 static gnutls_datum_t datum(char *pem)
@@ -730,14 +785,30 @@ static gnutls_datum_t datum(char *pem)
 				 .size = (unsigned int)strlen(pem) };
 }
 
-/*
- * Read the certificate, key and client CA, and check them with GnuTLS:
- * MHD would only log a bad pair at debug level and fail to start.
- */
+/* GnuTLS's verdict on the files, naming them (MHD would only log it). */
+static int check_pems(struct kiln_http_server *s, gnutls_certificate_credentials_t cred,
+		      struct kiln_error **err)
+{
+	gnutls_datum_t cert = datum(s->pem_cert), key = datum(s->pem_key), ca;
+	int r = gnutls_certificate_set_x509_key_mem(cred, &cert, &key, GNUTLS_X509_FMT_PEM);
+
+	if (r < 0)
+		return kiln_error_set(err, -EINVAL, "--tls-cert %s with --tls-key %s: %s",
+				      s->tls_cert, s->tls_key, gnutls_strerror(r));
+	if (!s->pem_client_ca)
+		return 0;
+	ca = datum(s->pem_client_ca);
+	r = gnutls_certificate_set_x509_trust_mem(cred, &ca, GNUTLS_X509_FMT_PEM);
+	if (r <= 0)
+		return kiln_error_set(err, -EINVAL, "--tls-client-ca %s: %s", s->tls_client_ca,
+				      r == 0 ? "no certificate in it" : gnutls_strerror(r));
+	return 0;
+}
+
+/* Read and check the certificate, key and client CA (when serving TLS). */
 static int load_tls(struct kiln_http_server *s, struct kiln_error **err)
 {
-	gnutls_certificate_credentials_t cred = NULL;
-	gnutls_datum_t cert, key, ca;
+	gnutls_certificate_credentials_t cred;
 	int r;
 
 	if (!s->tls_cert || s->pem_cert)
@@ -746,39 +817,15 @@ static int load_tls(struct kiln_http_server *s, struct kiln_error **err)
 		return kiln_error_set(err, -ENOTSUP, "--tls-cert %s: this "
 				      "libmicrohttpd was built without TLS",
 				      s->tls_cert);
-	if ((r = read_pem("--tls-cert", s->tls_cert, &s->pem_cert, err)) < 0 ||
-	    (r = read_pem("--tls-key", s->tls_key, &s->pem_key, err)) < 0 ||
-	    (s->tls_client_ca &&
-	     (r = read_pem("--tls-client-ca", s->tls_client_ca,
-			   &s->pem_client_ca, err)) < 0))
-		goto fail;
-	if (gnutls_certificate_allocate_credentials(&cred) < 0)
-		abort(); /* out of memory */
-	cert = datum(s->pem_cert);
-	key = datum(s->pem_key);
-	r = gnutls_certificate_set_x509_key_mem(cred, &cert, &key, GNUTLS_X509_FMT_PEM);
-	if (r < 0) {
-		r = kiln_error_set(err, -EINVAL, "--tls-cert %s with --tls-key %s: %s",
-				   s->tls_cert, s->tls_key, gnutls_strerror(r));
-		goto fail;
-	}
-	if (s->pem_client_ca) {
-		ca = datum(s->pem_client_ca);
-		r = gnutls_certificate_set_x509_trust_mem(cred, &ca, GNUTLS_X509_FMT_PEM);
-		if (r <= 0) {
-			r = kiln_error_set(err, -EINVAL, "--tls-client-ca %s: %s",
-					   s->tls_client_ca,
-					   r == 0 ? "no certificate in it"
-						  : gnutls_strerror(r));
-			goto fail;
-		}
-	}
-	gnutls_certificate_free_credentials(cred);
-	return 0;
-fail:
-	if (cred)
+	r = read_pems(s, err);
+	if (r == 0) {
+		if (gnutls_certificate_allocate_credentials(&cred) < 0)
+			abort(); /* out of memory */
+		r = check_pems(s, cred, err);
 		gnutls_certificate_free_credentials(cred);
-	free_pems(s);
+	}
+	if (r < 0)
+		free_pems(s);
 	return r;
 }
 
@@ -824,6 +871,8 @@ int kiln_http_server_start(struct kiln_http_server *s, struct kiln_error **err)
 		return kiln_error_set(err, -EADDRNOTAVAIL,
 				      "cannot listen on %s (address in use or "
 				      "not local?)", s->listen);
+	/* MHD loaded the key into GnuTLS at start: no other copy stays. */
+	free_key(s);
 	info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
 	s->port = info ? info->port : 0;
 	make_url(s);

@@ -31,9 +31,10 @@ static inline bool kiln_tls_serving(const struct kiln_tls *t)
 }
 
 /*
- * Check that the flags go together: --tls-cert and --tls-key both or
- * neither, --tls-client-ca only with a certificate to serve. The error
- * names the flag. Files are read later, by the server and the client.
+ * Check that the flags go together (--tls-cert and --tls-key both or
+ * neither, --tls-client-ca only with a certificate to serve) and that each
+ * file named can be opened. The error names the flag. What is in the files
+ * is judged later, by the server at start and by the client's first call.
  */
 int kiln_tls_check(const struct kiln_tls *t, struct kiln_error **err);
 

@@ -99,6 +99,8 @@ expect_refused "kiln-worker --tls-key without --tls-cert" "needs --tls-cert" \
 	"$KILN_WORKER" --join "$URL" --token-file /dev/null --root "$T/bad6" --tls-key "$PKI/worker.key"
 expect_refused "kiln workers --tls-cert without --tls-key" "needs --tls-key" \
 	"$KILN" workers --addr "$URL" --token-file /dev/null --tls-cert "$PKI/client.pem"
+expect_refused "kiln workers with a --tls-ca that is not there" "--tls-ca $T/missing.pem" \
+	"$KILN" workers --addr "$URL" --token-file /dev/null --tls-ca "$T/missing.pem"
 
 start_kilnd
 CTOK=$(cat "$CTL/client.token")
