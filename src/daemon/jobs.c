@@ -26,6 +26,7 @@
  */
 #include "daemon/jobs.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -786,6 +787,8 @@ static void job_end(struct kiln_jobs *j)
 
 /* Output not yet sent past this (per stream) is dropped: kilnd lags. */
 #define LIVE_PENDING_MAX (4u << 20)
+/* Output bytes per JSON line (escaped: at most 6 times as many). */
+#define LIVE_LINE_BYTES (256u << 10)
 /* A line without its newline yet is sent after this long. */
 #define LIVE_FLUSH_MS 200u
 /* After this long with nothing to send, an empty line (kilnd skips it). */
@@ -794,7 +797,12 @@ static void job_end(struct kiln_jobs *j)
 /*
  * A streamed job, shared by its job thread (output, then the answer) and
  * the connection's thread (live_read), under lock; freed by whichever
- * lets go last.
+ * lets go last. States:
+ *   RUNNING  output piles up in raw; live_read encodes it into enc
+ *     | the job thread sets answer   (done)
+ *   DONE     live_read encodes what is left, then the answer line
+ *     |                              (eof)
+ *   EOF      live_read sends what enc holds, then returns 0
  */
 struct live {
 	struct kiln_jobs *j;
@@ -859,22 +867,45 @@ static void live_emit(struct live *l, json_t *v)
 	json_decref(v);
 }
 
-/* Encode raw output into enc: complete lines, or everything when all. */
+/*
+ * The next line's bytes of the avail at s: at most LIVE_LINE_BYTES, and a
+ * cut there backs off to the start of a UTF-8 sequence.
+ */
+static size_t line_bytes(const char *s, size_t avail)
+{
+	size_t k = avail, back;
+
+	if (k <= LIVE_LINE_BYTES)
+		return k;
+	k = LIVE_LINE_BYTES;
+	for (back = 0; back < 3 && ((unsigned char)s[k - back] & 0xc0) == 0x80; back++)
+		;
+	return back < 3 ? k - back : k;
+}
+
+/*
+ * Encode raw output into enc: complete lines, or everything when all, in
+ * JSON lines of at most LIVE_LINE_BYTES of output each (kilnd's line limit
+ * holds even for output that escapes to six times its size).
+ */
 static void live_encode(struct live *l, bool all)
 {
-	size_t i, take;
+	size_t i, avail, off, k;
 	const char *nl;
 
 	for (i = 0; i < 2; i++) {
 		struct kiln_strbuf *r = &l->raw[i];
 
 		nl = r->len ? memrchr(r->buf, '\n', r->len) : NULL;
-		take = all ? r->len : nl ? (size_t)(nl - r->buf) + 1 : 0;
-		if (take) {
-			live_emit(l, json_pack("{s:o, s:i}", "log", text_json(r->buf, take),
+		avail = all ? r->len : nl ? (size_t)(nl - r->buf) + 1 : 0;
+		for (off = 0; off < avail; off += k) {
+			k = line_bytes(r->buf + off, avail - off);
+			live_emit(l, json_pack("{s:o, s:i}", "log", text_json(r->buf + off, k),
 					       "stream", (int)i + 1));
-			memmove(r->buf, r->buf + take, r->len - take);
-			r->len -= take;
+		}
+		if (avail) {
+			memmove(r->buf, r->buf + avail, r->len - avail);
+			r->len -= avail;
 			r->buf[r->len] = '\0';
 		}
 		if (l->dropped[i] && (all || r->len == 0)) {
@@ -889,6 +920,13 @@ static void live_encode(struct live *l, bool all)
 	}
 }
 
+static void assert_live_state(const struct live *l)
+{
+	assert(!l->eof || l->done);          /* the answer line comes last */
+	assert(!l->done || l->answer);
+	assert(l->enc_off <= l->enc.len);
+}
+
 /* The stream's body (kiln_http_stream_fn), on the connection's thread. */
 static ssize_t live_read(void *ud, uint64_t pos, char *buf, size_t max)
 {
@@ -899,6 +937,7 @@ static ssize_t live_read(void *ud, uint64_t pos, char *buf, size_t max)
 
 	(void)pos;
 	pthread_mutex_lock(&l->lock);
+	assert_live_state(l);
 	if (l->enc_off == l->enc.len) {
 		kiln_strbuf_reset(&l->enc);
 		l->enc_off = 0;
@@ -916,7 +955,7 @@ static ssize_t live_read(void *ud, uint64_t pos, char *buf, size_t max)
 			(void)kiln_strbuf_addch(&l->enc, '\n');
 			break;
 		}
-		until = kiln_deadline_ms(CLOCK_REALTIME, LIVE_FLUSH_MS);
+		until = kiln_deadline_ms(CLOCK_MONOTONIC, LIVE_FLUSH_MS);
 		w = pthread_cond_timedwait(&l->cond, &l->lock, &until);
 	}
 	k = l->enc.len - l->enc_off < max ? l->enc.len - l->enc_off : max;
@@ -954,6 +993,7 @@ static int live_start(struct kiln_jobs *j, json_t *body, struct job_req *q,
 		      struct kiln_http_server_resp *resp)
 {
 	struct live *l = xcalloc(1, sizeof(*l));
+	pthread_condattr_t ca;
 	pthread_attr_t attr;
 	pthread_t t;
 	int r;
@@ -963,7 +1003,10 @@ static int live_start(struct kiln_jobs *j, json_t *body, struct job_req *q,
 	l->q = *q;
 	l->refs = 2; /* the job thread and the response */
 	pthread_mutex_init(&l->lock, NULL);
-	pthread_cond_init(&l->cond, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&l->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	kiln_strbuf_init(&l->raw[0], LIVE_PENDING_MAX);
 	kiln_strbuf_init(&l->raw[1], LIVE_PENDING_MAX);
 	kiln_strbuf_init(&l->enc, SIZE_MAX);

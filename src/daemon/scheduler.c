@@ -17,6 +17,7 @@
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
+#include "daemon/jobs.h"
 #include "proto/http-client.h"
 #include "transfer/peer.h"
 
@@ -27,10 +28,9 @@
 /*
  * A job's answer streams the step's output, then its result; a quiet step
  * sends only a keep-alive byte a second, so no low-speed abort meanwhile
- * (a hung worker is found by its heartbeats). A line is at most this long.
+ * (a hung worker is found by its heartbeats).
  */
 #define JOB_QUIET_S (24u * 3600u)
-#define JOB_LINE_MAX (8u << 20)
 
 /* A job some build is running; other builds with the same key wait on it. */
 struct flight {
@@ -225,6 +225,7 @@ struct job_stream {
 	const struct kiln_task *t;
 	struct kiln_strbuf line; /* the line being received */
 	json_t *answer;          /* the last line: the job's answer */
+	char why[96];            /* what was wrong with the stream */
 };
 
 /* One complete line: output goes to the step's progress now. */
@@ -239,10 +240,17 @@ static int job_line(struct job_stream *js)
 	kiln_strbuf_reset(&js->line);
 	if (!json_is_object(v) || js->answer) {
 		json_decref(v);
+		snprintf(js->why, sizeof(js->why), "%s",
+			 js->answer ? "a line after the answer" : "a line that is not a JSON object");
 		return -EPROTO;
 	}
 	log = json_object_get(v, "log");
 	if (!json_is_string(log)) {
+		if (!json_is_integer(json_object_get(v, "status"))) {
+			json_decref(v);
+			snprintf(js->why, sizeof(js->why), "an answer line without a status");
+			return -EPROTO;
+		}
 		js->answer = v;
 		return 0;
 	}
@@ -263,6 +271,9 @@ static int job_sink(void *ud, const void *data, size_t len)
 	while (len > 0) {
 		nl = memchr(p, '\n', len);
 		r = kiln_strbuf_add(&js->line, p, nl ? (size_t)(nl - p) : len);
+		if (r < 0)
+			snprintf(js->why, sizeof(js->why), "a line over %u bytes",
+				 KILN_JOBS_LINE_MAX);
 		if (r == 0 && nl)
 			r = job_line(js);
 		if (r < 0)
@@ -283,7 +294,7 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	_cleanup_error_ struct kiln_error *terr = NULL;
 	struct kiln_http_result res = { 0 };
 	struct watch watch = { .reg = s->reg, .name = w->name };
-	struct job_stream js = { .t = t, .line = KILN_STRBUF_INIT(JOB_LINE_MAX) };
+	struct job_stream js = { .t = t, .line = KILN_STRBUF_INIT(KILN_JOBS_LINE_MAX) };
 	struct kiln_http_call call = {
 		.method = "POST",
 		.url = url,
@@ -307,9 +318,15 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	call.json = job_body(b, t, &ss);
 	tr = kiln_http_client_do(s->http, &call, &res, &terr);
 	json_decref(call.json);
+	if (tr == 0 && res.status == 200 && (!js.answer || js.line.len))
+		snprintf(js.why, sizeof(js.why), "%s", js.answer ? "bytes after the answer"
+								 : "it ended before the answer");
 	kiln_strbuf_release(&js.line);
-	if (tr == 0 && res.status == 200 && !js.answer)
-		tr = kiln_error_set(&terr, -EPROTO, "the job's answer ended before its result");
+	if (js.why[0]) {
+		kiln_error_free(TAKE_PTR(terr));
+		tr = kiln_error_set(&terr, -EPROTO, "POST %s: a broken job stream: %s", url,
+				    js.why);
+	}
 	if (tr < 0) {
 		/*
 		 * It did not answer, went silent, or broke the stream: lost;

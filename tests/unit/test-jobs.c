@@ -33,7 +33,7 @@
 
 #define TOKEN "worker-token-for-tests"
 
-static const char *const applets[] = { "sh", "echo", "cat", "yes", "head", "sleep", "printf" };
+static const char *const applets[] = { "sh", "echo", "cat", "yes", "head", "sleep", "printf", "tr" };
 
 struct state {
 	char *dir, *inventory;
@@ -117,8 +117,10 @@ static const char graph_fmt[] =
 	" \"a\\\\377b\\\\000c\\\\342\\\\202\"]},"
 	"{\"id\":\"slow\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sleep\",\"1\"]},"
 	"{\"id\":\"live\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
-	" \"echo first; sleep 1; echo second >&2; echo third\"]}"
-	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\",\"live\"]}";
+	" \"echo first; sleep 1; echo second >&2; echo third\"]},"
+	"{\"id\":\"ctl\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
+	" \"yes $(printf '\\\\001') | tr -d '\\\\n' | head -c 3000000; sleep 1\"]}"
+	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\",\"live\",\"ctl\"]}";
 
 static void make_graph(void)
 {
@@ -663,7 +665,7 @@ static void post_stream(json_t *body, struct streamed *sd)
 	struct kiln_http_result res = { 0 };
 
 	memset(sd, 0, sizeof(*sd));
-	kiln_strbuf_init(&sd->line, 16u << 20);
+	kiln_strbuf_init(&sd->line, KILN_JOBS_LINE_MAX); /* what kilnd takes */
 	sd->lines = json_array();
 	sd->t0 = now_s();
 	json_object_set_new(body, "stream", json_true());
@@ -753,6 +755,18 @@ static void test_stream_outcomes(void **st)
 		fail_msg("%zu bytes of output, %zu lines: %s", strlen(out), json_array_size(sd.lines), out + strlen(out) - (strlen(out) > 300 ? 300 : strlen(out)));
 	assert_string_equal(out + 3000000, "\nEND-MARK\n");
 	assert_int_equal(strncmp(out, "0123456789abcdef\n0123", 21), 0);
+	streamed_release(&sd);
+
+	/*
+	 * 3 MB of a control byte and no newline: sent together after 200 ms,
+	 * and escaped to six times their size, still in lines kilnd takes.
+	 */
+	free(TAKE_PTR(out));
+	post_stream(job("ctl", &S.base, 1), &sd);
+	assert_int_equal(json_integer_value(json_object_get(sd.answer, "status")), 200);
+	out = stream_text(&sd, 1);
+	assert_int_equal(strlen(out), 3000000);
+	assert_int_equal(strspn(out, "\001"), 3000000);
 	streamed_release(&sd);
 }
 
