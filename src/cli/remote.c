@@ -1,6 +1,8 @@
 #include "cli/remote.h"
 
 #include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -196,15 +198,62 @@ static int submit(struct kiln_remote *rm, const struct kiln_remote_build *b, jso
 	return r;
 }
 
-/* Draw kilnd's progress until its summary line (the solve ended). */
+/* The first SIGINT or SIGTERM while a build runs on kilnd (0: none). */
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig)
+{
+	interrupted = sig; /* SA_RESETHAND: a second one ends the client */
+}
+
+/* Catch the first SIGINT/SIGTERM (old: the dispositions to restore). */
+static void catch_interrupts(struct sigaction old[2])
+{
+	struct sigaction sa = { .sa_handler = on_interrupt,
+				.sa_flags = SA_RESETHAND | SA_RESTART };
+
+	interrupted = 0;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, &old[0]);
+	sigaction(SIGTERM, &sa, &old[1]);
+}
+
+static void restore_interrupts(const struct sigaction old[2])
+{
+	sigaction(SIGINT, &old[0], NULL);
+	sigaction(SIGTERM, &old[1], NULL);
+}
+
+/* Ask kilnd to cancel the build (DELETE); it then ends, failed. */
+static void cancel(struct kiln_remote *rm, const char *id)
+{
+	_cleanup_free_ char *url = xasprintf("%s/v1/builds/%s", rm->addr, id);
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_http_call call = { .method = "DELETE", .url = url, .token = rm->token,
+				       .timeout_ms = EVENTS_TIMEOUT_MS };
+
+	fprintf(stderr, "kiln: cancelling build %s on %s (interrupt again to stop waiting)\n",
+		id, rm->addr);
+	if (kiln_http_client_json(rm->http, &call, NULL, NULL, &err) < 0)
+		fprintf(stderr, "kiln: cancelling: %s\n", kiln_error_msg(err));
+}
+
+/*
+ * Draw kilnd's progress until its summary line (the solve ended). A first
+ * interrupt cancels the build; its end is still drawn.
+ */
 static int follow(struct kiln_remote *rm, const char *id, struct kiln_progress *pg,
 		  struct kiln_error **err)
 {
 	_cleanup_strbuf_ struct kiln_strbuf pending = KILN_STRBUF_INIT(EVENTS_LIMIT * 2);
 	uint64_t from = 0;
-	bool ended = false;
+	bool ended = false, cancelling = false;
 
 	while (!ended) {
+		if (interrupted && !cancelling) {
+			cancel(rm, id);
+			cancelling = true;
+		}
 		_cleanup_free_ char *url = xasprintf("%s/v1/builds/%s/events?from=%llu", rm->addr,
 						     id, (unsigned long long)from);
 		struct kiln_http_call call = { .method = "GET", .url = url, .token = rm->token,
@@ -321,8 +370,13 @@ int kiln_remote_solve(struct kiln_remote *rm, const struct kiln_remote_build *b,
 		return (*err)->code;
 	r = submit(rm, b, pins, &id, err);
 	json_decref(pins);
-	if (r == 0)
+	if (r == 0) {
+		struct sigaction old[2];
+
+		catch_interrupts(old);
 		r = follow(rm, id, b->progress, err);
+		restore_interrupts(old);
+	}
 	if (r == 0)
 		r = final_state(rm, id, &state, err);
 	if (r == 0)

@@ -159,6 +159,13 @@ static json_t *output_json(size_t op, const struct kiln_digest *tree, const char
 			 "meta", meta ? json_string(meta) : json_null());
 }
 
+static bool build_cancelled(void *ud)
+{
+	struct build *bd = ud;
+
+	return atomic_load(&bd->sb.cancelled);
+}
+
 static void *build_main(void *ud)
 {
 	struct build *bd = ud;
@@ -181,6 +188,8 @@ static void *build_main(void *ud)
 		.no_cache = bd->no_cache,
 		.secrets = bd->secrets,
 		.n_secrets = bd->n_secrets,
+		.cancelled = build_cancelled,
+		.cancelled_ud = bd,
 	};
 	json_t *state, *outs = json_array();
 	size_t i;
@@ -449,6 +458,33 @@ static int handle_get(const struct kiln_http_server_req *req,
 	return 0;
 }
 
+/* DELETE /v1/builds/<id>: cancel a build that is still running. */
+static int handle_cancel(const struct kiln_http_server_req *req,
+			 struct kiln_http_server_resp *resp, void *ud)
+{
+	struct kiln_builds *b = ud;
+	struct build *bd = strchr(req->rest, '/') ? NULL
+						   : find(b, req->rest, strlen(req->rest));
+	bool done;
+
+	if (!bd) {
+		kiln_http_resp_error(resp, 404, "no build %s", req->rest);
+		return 0;
+	}
+	pthread_mutex_lock(&bd->lock);
+	done = bd->done;
+	if (!done && !atomic_exchange(&bd->sb.cancelled, true))
+		log_info("kilnd: build %s: cancelled by its client", bd->id);
+	pthread_mutex_unlock(&bd->lock);
+	unref(bd);
+	if (done)
+		kiln_http_resp_error(resp, 409, "build %s has already ended", req->rest);
+	else
+		kiln_http_resp_json(resp, 202, json_pack("{s:s, s:s}", "id", req->rest,
+							 "state", "cancelling"));
+	return 0;
+}
+
 int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
 		       const char *token)
 {
@@ -456,6 +492,7 @@ int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
 		{ "POST", "/v1/builds", handle_submit, b, SUBMIT_BODY_LIMIT, true, false, token,
 		  NULL },
 		{ "GET", "/v1/builds/*", handle_get, b, 0, false, false, token, NULL },
+		{ "DELETE", "/v1/builds/*", handle_cancel, b, 0, false, false, token, NULL },
 	};
 	size_t i;
 	int r;

@@ -210,6 +210,7 @@ enum attempt { ATTEMPT_DONE, ATTEMPT_RETRY };
 struct watch {
 	struct kiln_workers *reg;
 	const char *name;
+	const struct kiln_sched_build *b;
 };
 
 /* A job's worker missed its heartbeats: give up on its answer. */
@@ -217,7 +218,12 @@ static bool worker_gone(void *ud)
 {
 	const struct watch *w = ud;
 
-	return !kiln_workers_ready(w->reg, w->name);
+	return atomic_load(&w->b->cancelled) || !kiln_workers_ready(w->reg, w->name);
+}
+
+static int cancelled_error(struct kiln_error **err)
+{
+	return kiln_error_set(err, -ECANCELED, "build cancelled");
 }
 
 /* The streamed answer of a job, read as it comes (docs/api.md). */
@@ -293,7 +299,7 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	_cleanup_free_ char *url = xasprintf("%s/v1/jobs", w->addr);
 	_cleanup_error_ struct kiln_error *terr = NULL;
 	struct kiln_http_result res = { 0 };
-	struct watch watch = { .reg = s->reg, .name = w->name };
+	struct watch watch = { .reg = s->reg, .name = w->name, .b = b };
 	struct job_stream js = { .t = t, .line = KILN_STRBUF_INIT(KILN_JOBS_LINE_MAX) };
 	struct kiln_http_call call = {
 		.method = "POST",
@@ -326,6 +332,13 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 		kiln_error_free(TAKE_PTR(terr));
 		tr = kiln_error_set(&terr, -EPROTO, "POST %s: a broken job stream: %s", url,
 				    js.why);
+	}
+	if (tr < 0 && atomic_load(&b->cancelled)) {
+		/* Given up on for the cancel, not the worker's fault. */
+		json_decref(js.answer);
+		kiln_http_result_release(&res);
+		*r = cancelled_error(err);
+		return ATTEMPT_DONE;
 	}
 	if (tr < 0) {
 		/*
@@ -406,6 +419,8 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		struct kiln_worker_ref w;
 		enum attempt a;
 
+		if (atomic_load(&b->cancelled))
+			return cancelled_error(err);
 		rq.except = failed[0] ? failed : NULL;
 		r = kiln_workers_place(s->reg, &rq, &w, err);
 		if (r < 0)

@@ -10,6 +10,7 @@
  */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "basic/error.h"
@@ -38,6 +39,11 @@ struct kiln_sched_build {
 	struct kiln_sched *sched;
 	struct kiln_digest graph;
 	const char *platform;
+	/*
+	 * Set by whoever cancels the build: jobs in flight are given up (their
+	 * workers are not blamed) and no new one is placed.
+	 */
+	atomic_bool cancelled;
 };
 
 /* An executor running b's jobs (b must outlive it). */

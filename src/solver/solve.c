@@ -902,6 +902,16 @@ static bool all_outputs_done(const struct solver *s)
 	return true;
 }
 
+/* Cancelled: nothing new starts, and the build fails once jobs return. */
+static bool cancelled(struct solver *s)
+{
+	if (!s->o->cancelled || !s->o->cancelled(s->o->cancelled_ud))
+		return false;
+	if (!s->failure)
+		kiln_error_set(&s->failure, -ECANCELED, "build cancelled");
+	return true;
+}
+
 static void loop(struct solver *s)
 {
 	pthread_mutex_lock(&s->lock);
@@ -915,7 +925,8 @@ static void loop(struct solver *s)
 		pthread_mutex_unlock(&s->lock);
 		kiln_cache_read_begin(s->o->cache);
 		pthread_mutex_lock(&s->lock);
-		while (!s->failure && s->running < s->slots && (vi = peek_ready(s)) >= 0) {
+		while (!cancelled(s) && !s->failure && s->running < s->slots &&
+		       (vi = peek_ready(s)) >= 0) {
 			heap_pop(s);
 			pthread_mutex_unlock(&s->lock);
 			start(s, (size_t)vi);

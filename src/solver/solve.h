@@ -83,6 +83,13 @@ struct kiln_solve_options {
 	bool no_cache;   /* do not look up (results are still recorded) */
 	const struct kiln_secret *secrets;
 	size_t n_secrets;
+	/*
+	 * May be NULL. Asked before each job starts: once true, nothing new
+	 * starts, and the build fails with -ECANCELED ("build cancelled") when
+	 * the jobs running return (an executor makes them return early).
+	 */
+	bool (*cancelled)(void *ud);
+	void *cancelled_ud;
 };
 
 /* The result of one requested op ("output" and each of "outputs"). */

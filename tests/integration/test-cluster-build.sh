@@ -261,6 +261,51 @@ BG_PID=
 passert "$T/progress-live.json" 'any(.[]; (.log? // "") | contains("live-second"))' \
 	"the step's second line"
 
+echo "== an interrupted client cancels its build on kilnd"
+CCTX="$T/ctx-cancel"
+mkdir -p "$CCTX"
+printf 'FROM %s/busybox:latest\nRUN echo cancel-me-%s && sleep 20\nRUN echo never-runs\n' \
+	"$REG" "$RANDOM$RANDOM" >"$CCTX/Dockerfile"
+# Not through rbuild: the signal must reach kiln itself.
+"$KILN" build --addr "$KILND_URL" --token-file "$KILND_ROOT/client.token" --progress json \
+	--insecure-registry "$REG" --platform linux/amd64 "$CCTX" 2>"$T/progress-cancel.json" &
+BG_PID=$!
+running=
+for _ in $(seq 600); do
+	if pcheck "$T/progress-cancel.json" 'any(.[]; .status == "running" and (.name | contains("sleep 20")))'; then
+		running=1
+		break
+	fi
+	kill -0 "$BG_PID" 2>/dev/null || break
+	sleep 0.05
+done
+[ -n "$running" ] || fail "the step to cancel never ran: $(pev "$T/progress-cancel.json" | tail -20)"
+t0=$(date +%s)
+kill -INT "$BG_PID"
+rc=0
+wait "$BG_PID" || rc=$?
+BG_PID=
+took=$(($(date +%s) - t0))
+[ "$rc" != 0 ] || fail "the interrupted build succeeded"
+# The step sleeps 20 s: the build must have ended long before it would.
+[ "$took" -lt 15 ] || fail "the cancelled build took ${took}s to end"
+grep -q "cancelling build" "$T/progress-cancel.json" || fail "no cancel notice: $(tail -5 "$T/progress-cancel.json")"
+grep -q "build cancelled" "$T/progress-cancel.json" || fail "no 'build cancelled': $(tail -5 "$T/progress-cancel.json")"
+if pcheck "$T/progress-cancel.json" 'any(.[]; (.name // "") | contains("never-runs") and .status == "running")'; then
+	fail "a step after the cancel started"
+fi
+# The workers were not blamed for the jobs kilnd gave up on.
+netns_wait_workers '[.workers[] | select(.state == "ready")] | length >= 2' "workers still ready after the cancel"
+BID=$(sed -n 's/^kiln: cancelling build \([0-9a-f]*\) .*/\1/p' "$T/progress-cancel.json")
+[ -n "$BID" ] || fail "no build id in the cancel notice"
+CAUTH=(-H "Authorization: Bearer $(cat "$KILND_ROOT/client.token")")
+assert_eq "$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X DELETE "${CAUTH[@]}" "$KILND_URL/v1/builds/$BID")" \
+	409 "cancelling a build that ended"
+assert_eq "$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X DELETE "${CAUTH[@]}" "$KILND_URL/v1/builds/0123456789abcdef")" \
+	404 "cancelling a build that does not exist"
+assert_eq "$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X DELETE "$KILND_URL/v1/builds/$BID")" \
+	401 "cancelling without the client token"
+
 # kill -9 of a worker mid-build while another worker of its platform is
 # registered, N times: an extra amd64 worker in a fourth namespace; each
 # round builds a step that sleeps 2 s, kills -9 the worker the progress
