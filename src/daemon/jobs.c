@@ -674,15 +674,22 @@ static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln
 	return r;
 }
 
+/* Where a job's output goes, and whether its caller has gone. */
+struct job_sink {
+	kiln_job_output_fn output;
+	bool (*cancelled)(void *ud);
+	void *ud;
+};
+
 static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definition *def,
-	       kiln_job_output_fn output, void *output_ud, struct kiln_job_result *res,
-	       struct kiln_error **err)
+	       const struct job_sink *to, struct kiln_job_result *res, struct kiln_error **err)
 {
 	struct kiln_job job = {
 		.def = def, .op = q->op, .inputs = q->inputs,
 		.pin = q->has_pin ? &q->pin : NULL, .chain = q->chain,
 		.n_chain = q->n_chain, .secrets = q->secrets, .n_secrets = q->n_secrets,
-		.output = output, .output_ud = output_ud,
+		.output = to->output, .output_ud = to->ud,
+		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};
 	int r = kiln_job_run(j->w, &job, res, err);
 
@@ -731,11 +738,11 @@ static void answer_fail(struct kiln_http_server_resp *resp, const struct job_fai
 
 /*
  * GRAPH, CHECK, PULL, RUN of the state comment; the answer goes to resp.
- * The step's output goes to output when given (a stream), else to the
+ * The step's output goes to `to` when given (a stream), else to the
  * answer's "log".
  */
-static void job_do(struct kiln_jobs *j, struct job_req *q, kiln_job_output_fn output,
-		   void *output_ud, struct kiln_http_server_resp *resp)
+static void job_do(struct kiln_jobs *j, struct job_req *q, const struct job_sink *to,
+		   struct kiln_http_server_resp *resp)
 {
 	_cleanup_error_ struct kiln_error *err = NULL;
 	struct tail log = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -752,8 +759,8 @@ static void job_do(struct kiln_jobs *j, struct job_req *q, kiln_job_output_fn ou
 		r = pull_inputs(j, q, &e->def->ops[q->op], &f, &err);
 	if (r == 0) {
 		f.status = 422;
-		r = run(j, q, e->def, output ? output : tail_output,
-			output ? output_ud : &log, &res, &err);
+		r = run(j, q, e->def, to ? to : &(struct job_sink){ tail_output, NULL, &log },
+			&res, &err);
 	}
 	if (r == 0)
 		answer_ok(resp, q, &res, &log);
@@ -817,6 +824,7 @@ struct live {
 	uint64_t last_sent_ns;
 	json_t *answer; /* the last line, once the job ended */
 	bool done, eof;
+	bool hung_up; /* the caller went away first: stop the step */
 	unsigned refs;
 };
 
@@ -839,6 +847,32 @@ static void live_unref(void *ud)
 	pthread_cond_destroy(&l->cond);
 	pthread_mutex_destroy(&l->lock);
 	free(l);
+}
+
+/*
+ * The response is done with (MHD's free callback): before the answer line
+ * went out means the caller hung up (kilnd gave up on the job, or its
+ * build was cancelled): the step is stopped.
+ */
+static void live_response_done(void *ud)
+{
+	struct live *l = ud;
+
+	pthread_mutex_lock(&l->lock);
+	l->hung_up = !l->eof;
+	pthread_mutex_unlock(&l->lock);
+	live_unref(l);
+}
+
+static bool live_hung_up(void *ud)
+{
+	struct live *l = ud;
+	bool h;
+
+	pthread_mutex_lock(&l->lock);
+	h = l->hung_up;
+	pthread_mutex_unlock(&l->lock);
+	return h;
 }
 
 static void live_output(void *ud, int stream, const char *data, size_t n)
@@ -973,7 +1007,7 @@ static void *live_job(void *ud)
 	struct kiln_http_server_resp resp = { .fd = -1 };
 	json_t *a;
 
-	job_do(l->j, &l->q, live_output, l, &resp);
+	job_do(l->j, &l->q, &(struct job_sink){ live_output, live_hung_up, l }, &resp);
 	a = resp.json ? json_incref(resp.json) : json_object();
 	json_object_del(a, "log"); /* it went out as it came */
 	json_object_set_new(a, "status", json_integer(resp.status));
@@ -1023,7 +1057,7 @@ static int live_start(struct kiln_jobs *j, json_t *body, struct job_req *q,
 		return 0;
 	}
 	kiln_http_resp_stream(resp, 200, "application/x-ndjson", UINT64_MAX, live_read, l,
-			      live_unref);
+			      live_response_done);
 	return 0;
 }
 
@@ -1043,7 +1077,7 @@ static int handle_job(const struct kiln_http_server_req *req, struct kiln_http_s
 	job_begin(j);
 	if (q.stream)
 		return live_start(j, req->json, &q, resp);
-	job_do(j, &q, NULL, NULL, resp);
+	job_do(j, &q, NULL, resp);
 	job_end(j);
 	req_release(&q);
 	return 0;

@@ -174,6 +174,8 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 	req.platform = op->platform;
 	req.output = job->output;
 	req.output_ud = job->output_ud;
+	req.cancelled = job->cancelled;
+	req.cancelled_ud = job->cancelled_ud;
 	r = kiln_worker_exec(wk, &req, &res, err);
 	if (r < 0) {
 		kiln_error_prefix(err, "%s", w);

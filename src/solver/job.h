@@ -44,6 +44,9 @@ struct kiln_job {
 	size_t n_secrets;
 	kiln_job_output_fn output; /* the step's stdout/stderr, or NULL */
 	void *output_ud;
+	/* May be NULL; true stops a running exec (kiln_exec_request). */
+	bool (*cancelled)(void *ud);
+	void *cancelled_ud;
 };
 
 struct kiln_job_result {

@@ -35,6 +35,7 @@ struct ptime {
 struct exec_ctx {
 	struct kiln_worker *w;
 	const struct kiln_exec_request *req;
+	bool killed; /* cancelled: the container was killed */
 	char *run, *rootfs, *bundle;
 	char *upper, *work;
 	int rootfd;
@@ -533,6 +534,28 @@ static char *runtime_error(struct exec_ctx *c)
 	return msg;
 }
 
+static bool exec_cancelled(void *ud)
+{
+	struct exec_ctx *c = ud;
+
+	return c->req->cancelled(c->req->cancelled_ud);
+}
+
+/* The exec was cancelled: kill the container (the runtime then returns). */
+static void exec_stop(void *ud)
+{
+	struct exec_ctx *c = ud;
+	const char *argv[] = { c->w->runtime, "--root", c->w->state_root, "kill",
+			       c->req->id, "KILL", NULL };
+	int status;
+
+	if (!c->killed)
+		log_info("exec %s: cancelled, killing it", c->req->id);
+	c->killed = true;
+	/* Fails until the container exists, and after it is gone: asked again. */
+	(void)kiln_proc_run(argv, NULL, NULL, NULL, &status);
+}
+
 static int run(struct exec_ctx *c, int *status, struct kiln_error **err)
 {
 	_cleanup_free_ char *log = xasprintf("%s/runc.log", c->run);
@@ -540,12 +563,18 @@ static int run(struct exec_ctx *c, int *status, struct kiln_error **err)
 	const char *argv[] = { c->w->runtime, "--root", c->w->state_root,
 			       "--log", log, "--log-format", "json", "run",
 			       "--bundle", c->bundle, c->req->id, NULL };
+	const struct kiln_proc_watch watch = { .cancelled = exec_cancelled,
+					       .stop = exec_stop, .ud = c };
 	int r;
 
-	r = kiln_proc_run(argv, output_cb, c, status);
+	r = kiln_proc_run(argv, output_cb, c, c->req->cancelled ? &watch : NULL, status);
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "exec %s: spawning %s",
 					   c->req->id, c->w->runtime);
+	if (c->killed) {
+		kiln_runtime_delete(c->w->runtime, c->w->state_root, c->req->id);
+		return kiln_error_set(err, -ECANCELED, "exec %s: cancelled", c->req->id);
+	}
 	if (*status == 0 || !(msg = runtime_error(c)))
 		return 0;
 	kiln_runtime_delete(c->w->runtime, c->w->state_root, c->req->id);

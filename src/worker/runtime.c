@@ -52,11 +52,20 @@ static _noreturn_ void child_exec(const char *const *argv, pid_t parent,
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
 		_exit(127);
+	/*
+	 * Nothing else of ours: a socket a library opened without CLOEXEC
+	 * (libcurl's) would stay open in the runtime for the container's life.
+	 */
+	close_range(3, ~0u, 0);
 	execve(argv[0], (char *const *)argv, environ);
 	_exit(127);
 }
 
-static void pump(int fds[2], kiln_proc_output_fn fn, void *ud)
+/* How often a watch is asked whether to stop the process. */
+#define WATCH_MS 500
+
+static void pump(int fds[2], kiln_proc_output_fn fn, void *ud,
+		 const struct kiln_proc_watch *watch)
 {
 	char buf[16384];
 	int open_fds = 2;
@@ -66,7 +75,10 @@ static void pump(int fds[2], kiln_proc_output_fn fn, void *ud)
 				       { fds[1], POLLIN, 0 } };
 		int i;
 
-		if (poll(p, 2, -1) < 0) {
+		/* Again each time: the first may come before there is a process to stop. */
+		if (watch && watch->cancelled(watch->ud))
+			watch->stop(watch->ud);
+		if (poll(p, 2, watch ? WATCH_MS : -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return;
@@ -92,7 +104,7 @@ static void pump(int fds[2], kiln_proc_output_fn fn, void *ud)
 }
 
 int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
-		  int *status)
+		  const struct kiln_proc_watch *watch, int *status)
 {
 	int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, rd[2], ws, r = 0;
 	_cleanup_close_ int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -122,7 +134,7 @@ int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
 		close(rd[1]);
 		return r;
 	}
-	pump(rd, fn, ud);
+	pump(rd, fn, ud, watch);
 	while (waitpid(pid, &ws, 0) < 0)
 		if (errno != EINTR)
 			return -errno;
@@ -137,7 +149,7 @@ int kiln_runtime_delete(const char *runtime, const char *state_root,
 			       "--force", id, NULL };
 	int status, r;
 
-	r = kiln_proc_run(argv, NULL, NULL, &status);
+	r = kiln_proc_run(argv, NULL, NULL, NULL, &status);
 	if (r < 0)
 		return r;
 	return status == 0 ? 0 : -ESRCH;
@@ -175,7 +187,7 @@ static char *runtime_name(const char *path)
 	char *v, *end;
 	int status;
 
-	if (kiln_proc_run(argv, collect_cb, &t, &status) < 0 || status != 0)
+	if (kiln_proc_run(argv, collect_cb, &t, NULL, &status) < 0 || status != 0)
 		return xstrdup(base);
 	t.buf[t.len < KILN_TAIL_MAX ? t.len : KILN_TAIL_MAX - 1] = '\0';
 	v = strstr(t.buf, "version ");
@@ -230,7 +242,7 @@ static int probe(const char *root, const char *path, struct kiln_error **err)
 
 	r = probe_bundle(dir, err);
 	if (r == 0)
-		r = kiln_proc_run(argv, collect_cb, &t, &status);
+		r = kiln_proc_run(argv, collect_cb, &t, NULL, &status);
 	if (r == 0 && status != 0)
 		r = kiln_error_set(err, -ENOEXEC,
 				   "runtime %s failed its start-up probe (exit %d): %.*s",

@@ -56,12 +56,25 @@ typedef void (*kiln_proc_output_fn)(void *ud, int stream, const char *data,
 				    size_t len);
 
 /*
+ * Asked twice a second while a process runs: while cancelled() is true,
+ * stop() is called (each time, until the process is gone: the first call
+ * may come before there is anything to stop); the output is still read to
+ * the end.
+ */
+struct kiln_proc_watch {
+	bool (*cancelled)(void *ud);
+	void (*stop)(void *ud);
+	void *ud;
+};
+
+/*
  * Run argv[0] (an absolute path) with stdin /dev/null and stdout/stderr
  * read through pipes into fn (may be NULL). The child gets
  * PR_SET_PDEATHSIG SIGKILL. *status is the exit code, 128+N for signal N.
+ * watch may be NULL.
  */
 int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
-		  int *status);
+		  const struct kiln_proc_watch *watch, int *status);
 
 /*
  * Choose the OCI runtime: want ("runc", "crun", a path) or the first of

@@ -97,6 +97,12 @@ struct kiln_exec_request {
 	const char *platform; /* for the error when it cannot run */
 	kiln_exec_output_fn output;
 	void *output_ud;
+	/*
+	 * May be NULL. Asked twice a second while the process runs: true
+	 * kills the container, and the exec fails with -ECANCELED.
+	 */
+	bool (*cancelled)(void *ud);
+	void *cancelled_ud;
 };
 
 struct kiln_exec_result {

@@ -294,6 +294,14 @@ grep -q "build cancelled" "$T/progress-cancel.json" || fail "no 'build cancelled
 if pcheck "$T/progress-cancel.json" 'any(.[]; (.name // "") | contains("never-runs") and .status == "running")'; then
 	fail "a step after the cancel started"
 fi
+# The worker stopped the step when kilnd hung up: `sleep 20` is gone.
+for _ in $(seq 100); do
+	pgrep -f '^sleep 20$' >/dev/null || break
+	sleep 0.1
+done
+if pgrep -f '^sleep 20$' >/dev/null; then
+	fail "the cancelled step still runs on its worker: $(pgrep -af '^sleep 20$')"
+fi
 # The workers were not blamed for the jobs kilnd gave up on.
 netns_wait_workers '[.workers[] | select(.state == "ready")] | length >= 2' "workers still ready after the cancel"
 BID=$(sed -n 's/^kiln: cancelling build \([0-9a-f]*\) .*/\1/p' "$T/progress-cancel.json")

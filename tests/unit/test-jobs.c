@@ -119,8 +119,9 @@ static const char graph_fmt[] =
 	"{\"id\":\"live\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
 	" \"echo first; sleep 1; echo second >&2; echo third\"]},"
 	"{\"id\":\"ctl\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
-	" \"yes $(printf '\\\\001') | tr -d '\\\\n' | head -c 3000000; sleep 1\"]}"
-	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\",\"live\",\"ctl\"]}";
+	" \"yes $(printf '\\\\001') | tr -d '\\\\n' | head -c 3000000; sleep 1\"]},"
+	"{\"id\":\"long\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sleep\",\"60\"]}"
+	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\",\"live\",\"ctl\",\"long\"]}";
 
 static void make_graph(void)
 {
@@ -770,6 +771,42 @@ static void test_stream_outcomes(void **st)
 	streamed_release(&sd);
 }
 
+static bool give_up_after_2s(void *ud)
+{
+	return now_s() - *(double *)ud > 2.0;
+}
+
+/* A caller that hangs up stops the step: the container is killed. */
+static void test_stream_hang_up(void **st)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_http_result res = { 0 };
+	struct streamed sd = { .line = KILN_STRBUF_INIT(KILN_JOBS_LINE_MAX) };
+	json_t *body = job("long", &S.base, 1);
+	double t0 = now_s();
+	struct kiln_http_call call = {
+		.method = "POST", .url = S.jobs_url, .token = TOKEN, .json = body,
+		.sink = stream_sink, .sink_ud = &sd, .timeout_ms = 120000,
+		.low_speed_time_s = 600, .abandon = give_up_after_2s, .abandon_ud = &t0,
+	};
+	int i;
+
+	sd.lines = json_array();
+	sd.t0 = t0;
+	json_object_set_new(body, "stream", json_true());
+	assert_true(kiln_http_client_do(S.cli, &call, &res, &err) < 0); /* given up */
+	json_decref(body);
+	kiln_http_result_release(&res);
+	assert_null(sd.answer);
+	assert_int_equal(kiln_jobs_running(S.jobs), 1);
+	/* `sleep 60` is killed within seconds, not a minute. */
+	for (i = 0; i < 200 && kiln_jobs_running(S.jobs) > 0; i++)
+		usleep(50000);
+	if (kiln_jobs_running(S.jobs) != 0)
+		fail_msg("the job still runs %.1f s after its caller hung up", now_s() - t0 - 2);
+	streamed_release(&sd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -788,6 +825,7 @@ int main(void)
 		cmocka_unit_test(test_running_count),
 		cmocka_unit_test(test_stream),
 		cmocka_unit_test(test_stream_outcomes),
+		cmocka_unit_test(test_stream_hang_up),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
