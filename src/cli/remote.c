@@ -206,16 +206,24 @@ static void on_interrupt(int sig)
 	interrupted = sig; /* SA_RESETHAND: a second one ends the client */
 }
 
-/* Catch the first SIGINT/SIGTERM (old: the dispositions to restore). */
+/*
+ * Catch the first SIGINT/SIGTERM (old: the dispositions to restore); one
+ * that is ignored (a script's `kiln build &`) stays ignored.
+ */
 static void catch_interrupts(struct sigaction old[2])
 {
+	static const int sigs[2] = { SIGINT, SIGTERM };
 	struct sigaction sa = { .sa_handler = on_interrupt,
 				.sa_flags = SA_RESETHAND | SA_RESTART };
+	size_t i;
 
 	interrupted = 0;
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, &old[0]);
-	sigaction(SIGTERM, &sa, &old[1]);
+	for (i = 0; i < 2; i++) {
+		sigaction(sigs[i], NULL, &old[i]);
+		if (old[i].sa_handler != SIG_IGN)
+			sigaction(sigs[i], &sa, NULL);
+	}
 }
 
 static void restore_interrupts(const struct sigaction old[2])
@@ -376,6 +384,9 @@ int kiln_remote_solve(struct kiln_remote *rm, const struct kiln_remote_build *b,
 		catch_interrupts(old);
 		r = follow(rm, id, b->progress, err);
 		restore_interrupts(old);
+		/* One that came after the last look: the build ended, but stop. */
+		if (r == 0 && interrupted)
+			r = kiln_error_set(err, -EINTR, "interrupted");
 	}
 	if (r == 0)
 		r = final_state(rm, id, &state, err);

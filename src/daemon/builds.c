@@ -473,9 +473,13 @@ static int handle_cancel(const struct kiln_http_server_req *req,
 	}
 	pthread_mutex_lock(&bd->lock);
 	done = bd->done;
-	if (!done && !atomic_exchange(&bd->sb.cancelled, true))
-		log_info("kilnd: build %s: cancelled by its client", bd->id);
 	pthread_mutex_unlock(&bd->lock);
+	/*
+	 * Not under bd->lock: the scheduler's lock is taken before it (a
+	 * progress event from a wait). A build ending meanwhile ignores it.
+	 */
+	if (!done && kiln_sched_cancel(&bd->sb))
+		log_info("kilnd: build %s: cancelled by its client", bd->id);
 	unref(bd);
 	if (done)
 		kiln_http_resp_error(resp, 409, "build %s has already ended", req->rest);

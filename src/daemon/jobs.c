@@ -757,6 +757,10 @@ static void job_do(struct kiln_jobs *j, struct job_req *q, const struct job_sink
 	}
 	if (r == 0)
 		r = pull_inputs(j, q, &e->def->ops[q->op], &f, &err);
+	if (r == 0 && to && to->cancelled(to->ud)) { /* gone while we pulled */
+		f.status = 422;
+		r = kiln_error_set(&err, -ECANCELED, "not run: its caller went away");
+	}
 	if (r == 0) {
 		f.status = 422;
 		r = run(j, q, e->def, to ? to : &(struct job_sink){ tail_output, NULL, &log },

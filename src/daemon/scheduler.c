@@ -32,12 +32,17 @@
  */
 #define JOB_QUIET_S (24u * 3600u)
 
-/* A job some build is running; other builds with the same key wait on it. */
+/*
+ * A job some build is running; other builds with the same key wait on it.
+ * RUNNING (done false) -> DONE: r and res, or the error; cancelled when
+ * the owner gave it up for its own build's cancel, which says nothing of
+ * the step: a waiter whose build goes on runs the step itself.
+ */
 struct flight {
 	struct flight *next;
 	char key[KILN_DIGEST_STRLEN];
 	unsigned refs;
-	bool done;
+	bool done, cancelled;
 	int r;
 	char *error;
 	struct kiln_job_result res;
@@ -410,6 +415,7 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		.inputs = t->job.inputs,
 		.n_inputs = op->n_inputs,
 		.est_ms = t->est_ms,
+		.cancelled = &b->cancelled,
 	};
 	char failed[KILN_REGISTRY_NAME_MAX + 1] = "";
 	unsigned n;
@@ -419,12 +425,14 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		struct kiln_worker_ref w;
 		enum attempt a;
 
-		if (atomic_load(&b->cancelled))
-			return cancelled_error(err);
 		rq.except = failed[0] ? failed : NULL;
 		r = kiln_workers_place(s->reg, &rq, &w, err);
 		if (r < 0)
 			return r;
+		if (atomic_load(&b->cancelled)) { /* while it waited for a slot */
+			kiln_workers_unplace(s->reg, w.name, t->est_ms);
+			return cancelled_error(err);
+		}
 		out->where = (struct kiln_placement){ .emulated = w.emulated };
 		snprintf(out->where.worker, sizeof(out->where.worker), "%s", w.name);
 		if (t->placed)
@@ -467,15 +475,23 @@ static void unref_flight(struct kiln_sched *s, struct flight *f)
 	free(f);
 }
 
-/* Another build runs the same key: wait for it and share its result. */
-static int wait_flight(struct kiln_sched *s, struct flight *f, const struct kiln_task *t,
+/*
+ * Another build runs the same key: wait for it and share its result.
+ * -EAGAIN: its owner gave it up (cancelled) while this build goes on.
+ */
+static int wait_flight(struct kiln_sched *s, struct kiln_sched_build *b, struct flight *f,
 		       struct kiln_task_result *out, struct kiln_error **err)
 {
 	int r;
 
 	f->refs++;
-	while (!f->done)
+	while (!f->done && !atomic_load(&b->cancelled))
 		pthread_cond_wait(&s->cond, &s->lock);
+	if (!f->done || (f->cancelled && !atomic_load(&b->cancelled))) {
+		r = f->done ? -EAGAIN : cancelled_error(err);
+		unref_flight(s, f);
+		return r;
+	}
 	r = f->r;
 	if (r == 0) {
 		out->res.tree = f->res.tree;
@@ -499,13 +515,14 @@ static int sched_run(void *ud, const struct kiln_task *t, struct kiln_task_resul
 	int r;
 
 	pthread_mutex_lock(&s->lock);
-	f = find_flight(s, t->key);
-	if (f && !f->done) {
+	while ((f = find_flight(s, t->key)) && !f->done) {
 		if (t->placed)
 			t->placed(t->placed_ud, &f->where);
-		r = wait_flight(s, f, t, out, err);
-		pthread_mutex_unlock(&s->lock);
-		return r;
+		r = wait_flight(s, b, f, out, err);
+		if (r != -EAGAIN) {
+			pthread_mutex_unlock(&s->lock);
+			return r;
+		}
 	}
 	f = xcalloc(1, sizeof(*f));
 	snprintf(f->key, sizeof(f->key), "%s", t->key);
@@ -518,6 +535,7 @@ static int sched_run(void *ud, const struct kiln_task *t, struct kiln_task_resul
 
 	pthread_mutex_lock(&s->lock);
 	f->r = r;
+	f->cancelled = r == -ECANCELED && atomic_load(&b->cancelled);
 	f->where = out->where;
 	if (r == 0) {
 		f->res.tree = out->res.tree;
@@ -547,6 +565,19 @@ static bool sched_have(void *ud, const struct kiln_digest *tree)
 
 	return kiln_tree_is_empty_digest(tree) || kiln_store_has(b->sched->store, tree) ||
 	       kiln_workers_held(b->sched->reg, tree);
+}
+
+bool kiln_sched_cancel(struct kiln_sched_build *b)
+{
+	struct kiln_sched *s = b->sched;
+	bool was;
+
+	/* Under the lock: a build waiting on another's job wakes to it. */
+	pthread_mutex_lock(&s->lock);
+	was = atomic_exchange(&b->cancelled, true);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return !was;
 }
 
 void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out)

@@ -46,6 +46,13 @@ struct kiln_sched_build {
 	atomic_bool cancelled;
 };
 
+/*
+ * Cancel b's build: nothing new is placed, jobs in flight are given up
+ * (their workers stop them), and a wait for a slot or for another build's
+ * run of the same step ends. False when it was cancelled already.
+ */
+bool kiln_sched_cancel(struct kiln_sched_build *b);
+
 /* An executor running b's jobs (b must outlive it). */
 void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out);
 

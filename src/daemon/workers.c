@@ -828,6 +828,10 @@ int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request
 		int best_how = 0;
 		size_t i;
 
+		if (rq->cancelled && atomic_load(rq->cancelled)) {
+			r = kiln_error_set(err, -ECANCELED, "build cancelled");
+			break;
+		}
 		sweep_locked(reg);
 		for (i = 0; i < reg->n; i++) {
 			struct entry *e = reg->entries[i];

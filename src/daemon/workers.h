@@ -10,6 +10,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -126,13 +127,15 @@ struct kiln_place_request {
 	size_t n_inputs;
 	uint64_t est_ms;    /* the job's estimated duration */
 	const char *except; /* a worker not to use (it just failed), or NULL */
+	const atomic_bool *cancelled; /* set: stop waiting (-ECANCELED); or NULL */
 };
 
 /*
  * Reserve a slot for a job: among ready workers that run its platform,
  * natively if any can, the one with the least estimated finish time (its
  * queued work, the bytes of inputs it lacks, the job). Waits while every
- * such worker is full. -ENODEV when none runs the platform.
+ * such worker is full, unless *rq->cancelled becomes true (-ECANCELED, no
+ * slot taken). -ENODEV when none runs the platform.
  */
 int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request *rq,
 		       struct kiln_worker_ref *out, struct kiln_error **err);

@@ -169,15 +169,20 @@ void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_even
 /*
  * A step's output, safe for a terminal and for JSON: valid UTF-8 as it is,
  * other bytes U+FFFD (kiln_utf8_clean), control characters but newline
- * and tab '?' (no escape sequence reaches the terminal).
+ * and tab '?' — C0, DEL and C1 (U+0080..U+009F, two bytes, become "??"):
+ * no escape sequence of a step reaches the terminal.
  */
 static char *sanitize(const char *data, size_t len)
 {
 	char *s = kiln_utf8_clean(data, len, NULL);
+	unsigned char *c;
 
-	for (char *c = s; *c; c++)
-		if ((unsigned char)*c < 0x20 && *c != '\n' && *c != '\t')
+	for (c = (unsigned char *)s; *c; c++) {
+		if ((*c < 0x20 && *c != '\n' && *c != '\t') || *c == 0x7f)
 			*c = '?';
+		else if (*c == 0xc2 && c[1] >= 0x80 && c[1] <= 0x9f)
+			c[0] = c[1] = '?';
+	}
 	return s;
 }
 

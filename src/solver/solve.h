@@ -84,9 +84,10 @@ struct kiln_solve_options {
 	const struct kiln_secret *secrets;
 	size_t n_secrets;
 	/*
-	 * May be NULL. Asked before each job starts: once true, nothing new
-	 * starts, and the build fails with -ECANCELED ("build cancelled") when
-	 * the jobs running return (an executor makes them return early).
+	 * May be NULL. Asked before each job starts, with the solver's lock
+	 * held (it must not block or call into the solver): once true, nothing
+	 * new starts, and the build fails with -ECANCELED ("build cancelled")
+	 * when the jobs running return (an executor makes them return early).
 	 */
 	bool (*cancelled)(void *ud);
 	void *cancelled_ud;

@@ -542,7 +542,7 @@ static bool exec_cancelled(void *ud)
 }
 
 /* The exec was cancelled: kill the container (the runtime then returns). */
-static void exec_stop(void *ud)
+static bool exec_stop(void *ud)
 {
 	struct exec_ctx *c = ud;
 	const char *argv[] = { c->w->runtime, "--root", c->w->state_root, "kill",
@@ -552,8 +552,8 @@ static void exec_stop(void *ud)
 	if (!c->killed)
 		log_info("exec %s: cancelled, killing it", c->req->id);
 	c->killed = true;
-	/* Fails until the container exists, and after it is gone: asked again. */
-	(void)kiln_proc_run(argv, NULL, NULL, NULL, &status);
+	/* Fails until the container exists: then asked again. */
+	return kiln_proc_run(argv, NULL, NULL, NULL, &status) == 0 && status == 0;
 }
 
 static int run(struct exec_ctx *c, int *status, struct kiln_error **err)

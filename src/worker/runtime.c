@@ -41,9 +41,10 @@ void kiln_tail_add(struct kiln_tail *t, const char *data, size_t len)
 
 /* In the child between fork and exec: async-signal-safe calls only. */
 static _noreturn_ void child_exec(const char *const *argv, pid_t parent,
-				  int in, int out, int errfd)
+				  int in, int out, int errfd, int max_fd)
 {
 	sigset_t all;
+	int fd;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
@@ -56,7 +57,9 @@ static _noreturn_ void child_exec(const char *const *argv, pid_t parent,
 	 * Nothing else of ours: a socket a library opened without CLOEXEC
 	 * (libcurl's) would stay open in the runtime for the container's life.
 	 */
-	close_range(3, ~0u, 0);
+	if (close_range(3, ~0u, 0) < 0) /* before Linux 5.9, or filtered */
+		for (fd = 3; fd < max_fd; fd++)
+			close(fd);
 	execve(argv[0], (char *const *)argv, environ);
 	_exit(127);
 }
@@ -69,16 +72,24 @@ static void pump(int fds[2], kiln_proc_output_fn fn, void *ud,
 {
 	char buf[16384];
 	int open_fds = 2;
+	uint64_t next_ns = 0;
+	bool stopped = false;
 
 	while (open_fds > 0) {
 		struct pollfd p[2] = { { fds[0], POLLIN, 0 },
 				       { fds[1], POLLIN, 0 } };
 		int i;
 
-		/* Again each time: the first may come before there is a process to stop. */
-		if (watch && watch->cancelled(watch->ud))
-			watch->stop(watch->ud);
-		if (poll(p, 2, watch ? WATCH_MS : -1) < 0) {
+		/*
+		 * Every WATCH_MS until stop() says it is done: the first may come
+		 * before there is a process to stop.
+		 */
+		if (watch && !stopped && kiln_now_mono_ns() >= next_ns) {
+			next_ns = kiln_now_mono_ns() + WATCH_MS * 1000000ull;
+			if (watch->cancelled(watch->ud))
+				stopped = watch->stop(watch->ud);
+		}
+		if (poll(p, 2, watch && !stopped ? WATCH_MS : -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return;
@@ -109,6 +120,8 @@ int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
 	int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, rd[2], ws, r = 0;
 	_cleanup_close_ int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	pid_t parent = getpid(), pid;
+	long open_max = sysconf(_SC_OPEN_MAX);
+	int max_fd = open_max > 0 && open_max < 65536 ? (int)open_max : 65536;
 
 	if (null < 0)
 		return -errno;
@@ -122,7 +135,7 @@ int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
 	}
 	pid = fork();
 	if (pid == 0)
-		child_exec(argv, parent, null, out[1], errp[1]);
+		child_exec(argv, parent, null, out[1], errp[1], max_fd);
 	if (pid < 0)
 		r = -errno;
 	close(out[1]);

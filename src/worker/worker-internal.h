@@ -57,13 +57,13 @@ typedef void (*kiln_proc_output_fn)(void *ud, int stream, const char *data,
 
 /*
  * Asked twice a second while a process runs: while cancelled() is true,
- * stop() is called (each time, until the process is gone: the first call
- * may come before there is anything to stop); the output is still read to
- * the end.
+ * stop() is called, every half second until it returns true (the first
+ * call may come before there is anything to stop); the output is still
+ * read to the end.
  */
 struct kiln_proc_watch {
 	bool (*cancelled)(void *ud);
-	void (*stop)(void *ud);
+	bool (*stop)(void *ud);
 	void *ud;
 };
 

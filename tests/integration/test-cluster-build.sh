@@ -266,8 +266,11 @@ CCTX="$T/ctx-cancel"
 mkdir -p "$CCTX"
 printf 'FROM %s/busybox:latest\nRUN echo cancel-me-%s && sleep 20\nRUN echo never-runs\n' \
 	"$REG" "$RANDOM$RANDOM" >"$CCTX/Dockerfile"
-# Not through rbuild: the signal must reach kiln itself.
-"$KILN" build --addr "$KILND_URL" --token-file "$KILND_ROOT/client.token" --progress json \
+# Not through rbuild: the signal must reach kiln itself. It is SIGINT, as
+# from Ctrl-C; bash starts background commands of a script with SIGINT
+# ignored (and kiln keeps an ignored signal ignored), so it is reset first.
+python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+	"$KILN" build --addr "$KILND_URL" --token-file "$KILND_ROOT/client.token" --progress json \
 	--insecure-registry "$REG" --platform linux/amd64 "$CCTX" 2>"$T/progress-cancel.json" &
 BG_PID=$!
 running=
@@ -313,6 +316,32 @@ assert_eq "$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X DELETE "${CAUTH[@]}"
 	404 "cancelling a build that does not exist"
 assert_eq "$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X DELETE "$KILND_URL/v1/builds/$BID")" \
 	401 "cancelling without the client token"
+
+echo "== cancelling a build does not fail another that waits on the same step"
+SCTX="$T/ctx-shared-cancel"
+mkdir -p "$SCTX"
+tok=$RANDOM$RANDOM
+printf 'FROM %s/busybox:latest\nRUN echo shared-%s && sleep 4 && echo shared-%s > /shared\n' \
+	"$REG" "$tok" "$tok" >"$SCTX/Dockerfile"
+"$KILN" build --addr "$KILND_URL" --token-file "$KILND_ROOT/client.token" --progress json \
+	--insecure-registry "$REG" --platform linux/amd64 "$SCTX" 2>"$T/progress-ca.json" &
+BG_PID=$!
+for _ in $(seq 600); do
+	pcheck "$T/progress-ca.json" 'any(.[]; .status == "running" and (.name | contains("sleep 4")))' && break
+	kill -0 "$BG_PID" 2>/dev/null || break
+	sleep 0.05
+done
+rbuild "$T/progress-cb.json" --platform linux/amd64 -o "type=local,dest=$T/out-cb" "$SCTX" &
+BPID=$!
+CLEANUP_HOOKS+=("kill -9 $BPID 2>/dev/null")
+sleep 1 # the second build reaches the step and waits on the first's run
+kill -TERM "$BG_PID" # SIGTERM cancels too (SIGINT is ignored in this background job)
+rc=0
+wait "$BG_PID" || rc=$?
+BG_PID=
+[ "$rc" != 0 ] || fail "the interrupted build succeeded"
+wait "$BPID" || fail "the other build failed when the first was cancelled: $(pev "$T/progress-cb.json" | tail -20)"
+assert_eq "$(cat "$T/out-cb/shared")" "shared-$tok" "the other build's result"
 
 # kill -9 of a worker mid-build while another worker of its platform is
 # registered, N times: an extra amd64 worker in a fourth namespace; each

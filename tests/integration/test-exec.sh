@@ -96,11 +96,11 @@ assert_eq "$(events | jq -s '[.[] | select(.status == "done")] | length')" 0 "st
 # A step's UTF-8 output shows as it is, in plain and json progress; bytes
 # that are not UTF-8 become U+FFFD, control characters '?'.
 graph "$T/utf8.json" u \
-	'{"id":"u","op":"exec","input":"base","args":["sh","-c","printf \"caf\\303\\251 \\342\\200\\230ok\\342\\200\\231 bad:\\377 bell:\\007 end\\n\""]}'
+	'{"id":"u","op":"exec","input":"base","args":["sh","-c","printf \"caf\\303\\251 \\342\\200\\230ok\\342\\200\\231 bad:\\377 bell:\\007 csi:\\302\\233 del:\\177 end\\n\""]}'
 "$KILN" build --def "$T/utf8.json" --progress plain 2>"$T/utf8.plain" || fail "utf8 build: $(tail -3 "$T/utf8.plain")"
-grep -q "café ‘ok’ bad:� bell:? end" "$T/utf8.plain" || fail "UTF-8 output in plain progress: $(grep -a 'bad:' "$T/utf8.plain")"
+grep -q "café ‘ok’ bad:� bell:? csi:?? del:? end" "$T/utf8.plain" || fail "UTF-8 output in plain progress: $(grep -a 'bad:' "$T/utf8.plain")"
 kbuild --def "$T/utf8.json" --no-cache || fail "utf8 build (json)"
-jq -r 'select(.log != null) | .log' < <(events) | grep -q "café ‘ok’ bad:� bell:? end" ||
+jq -r 'select(.log != null) | .log' < <(events) | grep -q "café ‘ok’ bad:� bell:? csi:?? del:? end" ||
 	fail "UTF-8 output in json progress: $(jq -r 'select(.log != null) | .log' < <(events))"
 
 assert_no_mounts

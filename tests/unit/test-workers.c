@@ -131,12 +131,14 @@ struct waiter {
 	struct kiln_workers *reg;
 	struct kiln_worker_ref w;
 	int r;
+	atomic_bool cancelled;
 };
 
 static void *place_thread(void *ud)
 {
 	struct waiter *wt = ud;
-	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5 };
+	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5,
+					 .cancelled = &wt->cancelled };
 
 	wt->r = kiln_workers_place(wt->reg, &rq, &wt->w, NULL);
 	return NULL;
@@ -159,6 +161,29 @@ static void test_waits_for_slot(void **state)
 	pthread_join(t, NULL);
 	assert_int_equal(wt.r, 0);
 	assert_string_equal(wt.w.name, "arm");
+	kiln_workers_unplace(reg, "arm", 5);
+	kiln_workers_free(reg);
+}
+
+/* A cancelled build stops waiting for a slot, and takes none. */
+static void test_wait_cancelled(void **state)
+{
+	struct kiln_workers *reg = three_workers();
+	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5 };
+	struct waiter wt = { .reg = reg, .r = 1 };
+	struct kiln_worker_ref w;
+	pthread_t t;
+
+	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
+	assert_int_equal(pthread_create(&t, NULL, place_thread, &wt), 0);
+	usleep(300000);
+	assert_int_equal(wt.r, 1); /* waiting */
+	atomic_store(&wt.cancelled, true);
+	pthread_join(t, NULL);
+	assert_int_equal(wt.r, -ECANCELED);
+	/* The slot is still the first job's alone: freed, it can be taken once. */
+	kiln_workers_unplace(reg, "arm", 5);
+	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
 	kiln_workers_unplace(reg, "arm", 5);
 	kiln_workers_free(reg);
 }
@@ -209,6 +234,7 @@ int main(void)
 		cmocka_unit_test(test_native_before_emulated),
 		cmocka_unit_test(test_least_finish),
 		cmocka_unit_test(test_waits_for_slot),
+		cmocka_unit_test(test_wait_cancelled),
 		cmocka_unit_test(test_location_index),
 	};
 
