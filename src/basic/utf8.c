@@ -35,6 +35,24 @@ size_t kiln_utf8_decode(const char *s, size_t len, uint32_t *cp)
 	return n;
 }
 
+size_t kiln_utf8_cut_tail(const char *s, size_t n)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	size_t back, need;
+
+	for (back = 1; back <= 3 && back <= n; back++) {
+		unsigned char c = u[n - back];
+
+		if ((c & 0xc0) == 0x80)
+			continue; /* a continuation byte: look further back */
+		if (c < 0xc2 || c > 0xf4)
+			return 0; /* ASCII or no lead byte: nothing is cut */
+		need = c <= 0xdf ? 2 : c <= 0xef ? 3 : 4;
+		return back < need ? back : 0;
+	}
+	return 0;
+}
+
 char *kiln_utf8_clean(const char *s, size_t n, size_t *out_len)
 {
 	char *out = xmalloc(n * 3 + 1);

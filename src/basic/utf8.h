@@ -15,6 +15,13 @@
 size_t kiln_utf8_decode(const char *s, size_t len, uint32_t *cp);
 
 /*
+ * Bytes at the end of s (n bytes) that begin a multi-byte sequence cut
+ * short by the end: 0 to 3. Text that arrives in pieces keeps them for the
+ * next piece instead of turning them into U+FFFD.
+ */
+size_t kiln_utf8_cut_tail(const char *s, size_t n);
+
+/*
  * A NUL-terminated copy of n bytes of s that is valid UTF-8: every byte
  * that starts no valid sequence, and every NUL, becomes U+FFFD. *out_len
  * (may be NULL) gets its length. Never fails (out of memory aborts).

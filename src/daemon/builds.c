@@ -51,6 +51,7 @@ struct build {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct kiln_strbuf events;
+	bool solved; /* the steps are over: outputs are being gathered */
 	bool done;
 	json_t *state; /* once done: {"ok", "error", "result"} */
 	uint64_t ended_ns;
@@ -197,6 +198,9 @@ static void *build_main(void *ud)
 
 	kiln_sched_executor(&bd->sb, &ex);
 	r = kiln_solve(bd->def, &so, &res, &err);
+	pthread_mutex_lock(&bd->lock);
+	bd->solved = true;
+	pthread_mutex_unlock(&bd->lock);
 	if (r == 0)
 		r = kiln_sched_gather(b->sched, &res.tree, res.meta, &err);
 	for (i = 0; r == 0 && i < res.n_outputs; i++) {
@@ -472,7 +476,7 @@ static int handle_cancel(const struct kiln_http_server_req *req,
 		return 0;
 	}
 	pthread_mutex_lock(&bd->lock);
-	done = bd->done;
+	done = bd->solved; /* past the solve there is nothing left to cancel */
 	pthread_mutex_unlock(&bd->lock);
 	/*
 	 * Not under bd->lock: the scheduler's lock is taken before it (a
@@ -482,7 +486,8 @@ static int handle_cancel(const struct kiln_http_server_req *req,
 		log_info("kilnd: build %s: cancelled by its client", bd->id);
 	unref(bd);
 	if (done)
-		kiln_http_resp_error(resp, 409, "build %s has already ended", req->rest);
+		kiln_http_resp_error(resp, 409, "build %s has already ended its steps",
+				     req->rest);
 	else
 		kiln_http_resp_json(resp, 202, json_pack("{s:s, s:s}", "id", req->rest,
 							 "state", "cancelling"));

@@ -655,8 +655,24 @@ static int pull_tree(struct kiln_jobs *j, struct job_req *q, const struct kiln_d
 	return r;
 }
 
+/* Where a job's output goes, and whether its caller has gone. */
+struct job_sink {
+	kiln_job_output_fn output;
+	bool (*cancelled)(void *ud);
+	void *ud;
+};
+
+/* The caller of a streamed job went away: the job is not worth going on with. */
+static int gone(const struct job_sink *to, struct job_fail *f, struct kiln_error **err)
+{
+	if (!to || !to->cancelled(to->ud))
+		return 0;
+	f->status = 422;
+	return kiln_error_set(err, -ECANCELED, "not run: its caller went away");
+}
+
 static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln_op *op,
-		       struct job_fail *f, struct kiln_error **err)
+		       const struct job_sink *to, struct job_fail *f, struct kiln_error **err)
 {
 	/* Other ops' pins name what they fetch themselves (image, URL). */
 	size_t n = q->n_inputs + (op->type == KILN_OP_SOURCE_LOCAL ? 1 : 0), i;
@@ -665,6 +681,9 @@ static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln
 	for (i = 0; r == 0 && i < n; i++) {
 		const struct kiln_digest *t = i < q->n_inputs ? &q->inputs[i] : &q->pin;
 
+		r = gone(to, f, err);
+		if (r < 0)
+			break;
 		r = pull_tree(j, q, t, err);
 		if (r < 0) {
 			f->status = r == -ENOENT || r == -EPROTO ? 409 : 500;
@@ -673,13 +692,6 @@ static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln
 	}
 	return r;
 }
-
-/* Where a job's output goes, and whether its caller has gone. */
-struct job_sink {
-	kiln_job_output_fn output;
-	bool (*cancelled)(void *ud);
-	void *ud;
-};
 
 static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definition *def,
 	       const struct job_sink *to, struct kiln_job_result *res, struct kiln_error **err)
@@ -756,11 +768,9 @@ static void job_do(struct kiln_jobs *j, struct job_req *q, const struct job_sink
 		r = check_op(e->def, q, &err);
 	}
 	if (r == 0)
-		r = pull_inputs(j, q, &e->def->ops[q->op], &f, &err);
-	if (r == 0 && to && to->cancelled(to->ud)) { /* gone while we pulled */
-		f.status = 422;
-		r = kiln_error_set(&err, -ECANCELED, "not run: its caller went away");
-	}
+		r = pull_inputs(j, q, &e->def->ops[q->op], to, &f, &err);
+	if (r == 0)
+		r = gone(to, &f, &err); /* while the last one was pulled */
 	if (r == 0) {
 		f.status = 422;
 		r = run(j, q, e->def, to ? to : &(struct job_sink){ tail_output, NULL, &log },
@@ -936,6 +946,8 @@ static void live_encode(struct live *l, bool all)
 
 		nl = r->len ? memrchr(r->buf, '\n', r->len) : NULL;
 		avail = all ? r->len : nl ? (size_t)(nl - r->buf) + 1 : 0;
+		if (all && !l->done) /* a character cut by the flush waits for its end */
+			avail -= kiln_utf8_cut_tail(r->buf, avail);
 		for (off = 0; off < avail; off += k) {
 			k = line_bytes(r->buf + off, avail - off);
 			live_emit(l, json_pack("{s:o, s:i}", "log", text_json(r->buf + off, k),

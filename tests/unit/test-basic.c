@@ -212,6 +212,15 @@ static void test_utf8(void **state)
 		if (n != cases[i].n || cp != cases[i].cp)
 			fail_msg("case %zu: %zu bytes, U+%04X", i, n, (unsigned)cp);
 	}
+	/* A sequence the end cuts short is kept for the next piece. */
+	assert_int_equal(kiln_utf8_cut_tail("ab", 2), 0);
+	assert_int_equal(kiln_utf8_cut_tail("a\xc3", 2), 1);
+	assert_int_equal(kiln_utf8_cut_tail("a\xe2\x80", 3), 2);
+	assert_int_equal(kiln_utf8_cut_tail("a\xf0\x9f\x94", 4), 3);
+	assert_int_equal(kiln_utf8_cut_tail("a\xf0\x9f\x94\xa5", 5), 0); /* whole */
+	assert_int_equal(kiln_utf8_cut_tail("a\xc3\xa9", 3), 0);
+	assert_int_equal(kiln_utf8_cut_tail("\x80\x80\x80", 3), 0); /* no lead */
+	assert_int_equal(kiln_utf8_cut_tail("", 0), 0);
 	/* Valid text as it is; each bad byte, each NUL, a cut end: one U+FFFD each. */
 	clean = kiln_utf8_clean(mixed, sizeof(mixed) - 1, &n);
 	assert_int_equal(n, strlen(want));

@@ -120,8 +120,10 @@ static const char graph_fmt[] =
 	" \"echo first; sleep 1; echo second >&2; echo third\"]},"
 	"{\"id\":\"ctl\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
 	" \"yes $(printf '\\\\001') | tr -d '\\\\n' | head -c 3000000; sleep 1\"]},"
-	"{\"id\":\"long\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sleep\",\"60\"]}"
-	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\",\"live\",\"ctl\",\"long\"]}";
+	"{\"id\":\"long\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sleep\",\"60\"]},"
+	"{\"id\":\"split\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"sh\",\"-c\","
+	" \"printf 'caf\\\\303'; sleep 1; printf '\\\\251\\\\n'\"]}"
+	"],\"output\":\"m\",\"outputs\":[\"f\",\"bad\",\"run\",\"fail\",\"loud\",\"secret\",\"binary\",\"slow\",\"live\",\"ctl\",\"long\",\"split\"]}";
 
 static void make_graph(void)
 {
@@ -768,6 +770,14 @@ static void test_stream_outcomes(void **st)
 	out = stream_text(&sd, 1);
 	assert_int_equal(strlen(out), 3000000);
 	assert_int_equal(strspn(out, "\001"), 3000000);
+	streamed_release(&sd);
+
+	/* "caf" and half an "é", flushed after 200 ms: the half waits for the rest. */
+	free(TAKE_PTR(out));
+	post_stream(job("split", &S.base, 1), &sd);
+	assert_int_equal(json_integer_value(json_object_get(sd.answer, "status")), 200);
+	out = stream_text(&sd, 1);
+	assert_string_equal(out, "caf\xc3\xa9\n");
 	streamed_release(&sd);
 }
 
