@@ -318,23 +318,27 @@ void kiln_store_writer_defer_sync(struct kiln_store_writer *w)
 	w->defer_dir_sync = true;
 }
 
+/* The written content's digest *d, checked against expected (may be NULL). */
+static int writer_verify(struct kiln_store_writer *w, const struct kiln_digest *expected,
+			 struct kiln_digest *d, struct kiln_error **err)
+{
+	if (w->error)
+		return kiln_error_seterrno(err, w->error, "writing blob to %s/tmp",
+					   w->s->dir);
+	kiln_hasher_final(w->h, d);
+	if (expected && !kiln_digest_eq(d, expected))
+		return mismatch(err, d, expected);
+	return 0;
+}
+
 int kiln_store_writer_commit(struct kiln_store_writer *w,
 			     const struct kiln_digest *expected,
 			     struct kiln_digest *out, struct kiln_error **err)
 {
 	struct kiln_digest d;
-	int r;
+	int r = writer_verify(w, expected, &d, err);
 
-	if (w->error) {
-		r = kiln_error_seterrno(err, w->error, "writing blob to %s/tmp",
-					w->s->dir);
-		writer_free(w, true);
-		return r;
-	}
-	kiln_hasher_final(w->h, &d);
-	if (expected && !kiln_digest_eq(&d, expected))
-		r = mismatch(err, &d, expected);
-	else
+	if (r == 0)
 		r = writer_publish(w, &d, err);
 	if (r == 0 && out)
 		*out = d;
@@ -381,20 +385,13 @@ int kiln_store_writer_commit_group(struct kiln_store_writer *w,
 				   struct kiln_error **err)
 {
 	struct kiln_digest d;
-	int r = 0;
+	int r;
 
 	assert(w->s == g->s);
-	if (w->error)
-		r = kiln_error_seterrno(err, w->error, "writing blob to %s/tmp",
-					w->s->dir);
-	else {
-		kiln_hasher_final(w->h, &d);
-		if (expected && !kiln_digest_eq(&d, expected))
-			r = mismatch(err, &d, expected);
-		else if (w->has_meta && set_meta(w->fd, &w->meta) < 0)
-			r = kiln_error_seterrno(err, -errno, "setting metadata of blob %s",
-						KILN_DIGEST_STR(&d));
-	}
+	r = writer_verify(w, expected, &d, err);
+	if (r == 0 && w->has_meta && set_meta(w->fd, &w->meta) < 0)
+		r = kiln_error_seterrno(err, -errno, "setting metadata of blob %s",
+					KILN_DIGEST_STR(&d));
 	if (r < 0) {
 		writer_free(w, true);
 		return r;
