@@ -736,28 +736,22 @@ static int read_pem(const char *flag, const char *path, char **out, size_t *len,
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
-	size_t n = 0;
-	ssize_t k;
+	size_t n;
 	char *buf;
+	int r;
 
 	if (fd < 0 || fstat(fd, &st) < 0)
 		return kiln_error_seterrno(err, -errno, "%s %s", flag, path);
 	if (!S_ISREG(st.st_mode) || st.st_size > (off_t)KILN_TLS_FILE_MAX)
 		return kiln_error_set(err, -EFBIG, "%s %s: not a file of at most %u bytes",
 				      flag, path, KILN_TLS_FILE_MAX);
-	buf = xmalloc((size_t)st.st_size + 1);
-	while (n < (size_t)st.st_size) {
-		k = read(fd, buf + n, (size_t)st.st_size - n);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			int r = k < 0 ? -errno : -EIO;
-
-			explicit_bzero(buf, n);
-			free(buf);
-			return kiln_error_seterrno(err, r, "%s %s: reading", flag, path);
-		}
-		n += (size_t)k;
+	n = (size_t)st.st_size;
+	buf = xmalloc(n + 1);
+	r = kiln_read_full(fd, buf, n);
+	if (r < 0) {
+		explicit_bzero(buf, n);
+		free(buf);
+		return kiln_error_seterrno(err, r, "%s %s: reading", flag, path);
 	}
 	buf[n] = '\0';
 	*out = buf;
