@@ -545,15 +545,12 @@ static bool exec_cancelled(void *ud)
 static bool exec_stop(void *ud)
 {
 	struct exec_ctx *c = ud;
-	const char *argv[] = { c->w->runtime, "--root", c->w->state_root, "kill",
-			       c->req->id, "KILL", NULL };
-	int status;
 
 	if (!c->killed)
 		log_info("exec %s: cancelled, killing it", c->req->id);
 	c->killed = true;
 	/* Fails until the container exists: then asked again. */
-	return kiln_proc_run(argv, NULL, NULL, NULL, &status) == 0 && status == 0;
+	return kiln_runtime_kill(c->w->runtime, c->w->state_root, c->req->id) == 0;
 }
 
 static int run(struct exec_ctx *c, int *status, struct kiln_error **err)

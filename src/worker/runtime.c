@@ -155,17 +155,28 @@ int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
 	return 0;
 }
 
-int kiln_runtime_delete(const char *runtime, const char *state_root,
-			const char *id)
+/* `runtime --root state_root VERB A B`, output discarded: 0 or -ESRCH. */
+static int runtime_do(const char *runtime, const char *state_root, const char *verb,
+		      const char *a, const char *b)
 {
-	const char *argv[] = { runtime, "--root", state_root, "delete",
-			       "--force", id, NULL };
+	const char *argv[] = { runtime, "--root", state_root, verb, a, b, NULL };
 	int status, r;
 
 	r = kiln_proc_run(argv, NULL, NULL, NULL, &status);
 	if (r < 0)
 		return r;
 	return status == 0 ? 0 : -ESRCH;
+}
+
+int kiln_runtime_delete(const char *runtime, const char *state_root,
+			const char *id)
+{
+	return runtime_do(runtime, state_root, "delete", "--force", id);
+}
+
+int kiln_runtime_kill(const char *runtime, const char *state_root, const char *id)
+{
+	return runtime_do(runtime, state_root, "kill", id, "KILL");
 }
 
 static char *find_in_path(const char *name)

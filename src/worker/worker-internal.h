@@ -87,6 +87,11 @@ int kiln_runtime_pick(const char *root, const char *want, char **path,
 /* `runtime --root state_root delete --force id`, output discarded. */
 int kiln_runtime_delete(const char *runtime, const char *state_root,
 			const char *id);
+/*
+ * `runtime --root state_root kill id KILL`, output discarded; -ESRCH when
+ * it failed (no such container yet, or no more).
+ */
+int kiln_runtime_kill(const char *runtime, const char *state_root, const char *id);
 
 /* ---- bundle.c ---- */
 
