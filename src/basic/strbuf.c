@@ -51,6 +51,27 @@ int kiln_strbuf_add(struct kiln_strbuf *sb, const void *data, size_t n)
 	return 0;
 }
 
+int kiln_strbuf_feed_lines(struct kiln_strbuf *sb, const char *data, size_t len,
+			   kiln_line_fn fn, void *ud)
+{
+	const char *nl;
+	size_t k;
+	int r;
+
+	while ((nl = memchr(data, '\n', len))) {
+		k = (size_t)(nl - data);
+		r = kiln_strbuf_add(sb, data, k);
+		if (r == 0)
+			r = fn(ud, sb->buf, sb->len);
+		kiln_strbuf_reset(sb);
+		if (r < 0)
+			return r;
+		data += k + 1;
+		len -= k + 1;
+	}
+	return kiln_strbuf_add(sb, data, len);
+}
+
 int kiln_strbuf_adds(struct kiln_strbuf *sb, const char *s)
 {
 	return kiln_strbuf_add(sb, s, strlen(s));

@@ -32,6 +32,16 @@ int kiln_strbuf_adds(struct kiln_strbuf *sb, const char *s);
 int kiln_strbuf_addch(struct kiln_strbuf *sb, char c);
 int kiln_strbuf_addf(struct kiln_strbuf *sb, const char *fmt, ...) _printf_(2, 3);
 
+/*
+ * Text that arrives in pieces, read by lines: fn gets each complete line
+ * (without its '\n'; it may modify it); an unfinished one waits in sb for
+ * the next piece. A negative return of fn stops and is returned; a line
+ * longer than sb's limit is -E2BIG.
+ */
+typedef int (*kiln_line_fn)(void *ud, char *line, size_t len);
+int kiln_strbuf_feed_lines(struct kiln_strbuf *sb, const char *data, size_t len,
+			   kiln_line_fn fn, void *ud);
+
 static inline const char *kiln_strbuf_str(const struct kiln_strbuf *sb)
 {
 	return sb->buf ? sb->buf : "";

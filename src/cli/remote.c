@@ -246,6 +246,23 @@ static void cancel(struct kiln_remote *rm, const char *id)
 		fprintf(stderr, "kiln: cancelling: %s\n", kiln_error_msg(err));
 }
 
+/* Drawing kilnd's progress. */
+struct replay {
+	struct kiln_progress *pg; /* may be NULL */
+	bool ended;               /* its summary line came */
+};
+
+static int replay_line(void *ud, char *line, size_t len)
+{
+	struct replay *rp = ud;
+
+	if (rp->pg)
+		kiln_progress_replay(rp->pg, line, len);
+	if (!strncmp(line, "{\"summary\"", 10))
+		rp->ended = true;
+	return 0;
+}
+
 /*
  * Draw kilnd's progress until its summary line (the solve ended). A first
  * interrupt cancels the build; its end is still drawn.
@@ -254,10 +271,11 @@ static int follow(struct kiln_remote *rm, const char *id, struct kiln_progress *
 		  struct kiln_error **err)
 {
 	_cleanup_strbuf_ struct kiln_strbuf pending = KILN_STRBUF_INIT(EVENTS_LIMIT * 2);
+	struct replay rp = { .pg = pg };
 	uint64_t from = 0;
-	bool ended = false, cancelling = false;
+	bool cancelling = false;
 
-	while (!ended) {
+	while (!rp.ended) {
 		if (interrupted && !cancelling) {
 			cancel(rm, id);
 			cancelling = true;
@@ -268,7 +286,6 @@ static int follow(struct kiln_remote *rm, const char *id, struct kiln_progress *
 					       .timeout_ms = EVENTS_TIMEOUT_MS,
 					       .limit = EVENTS_LIMIT };
 		struct kiln_http_result res = { 0 };
-		char *line, *nl;
 		int r = kiln_http_client_do(rm->http, &call, &res, err);
 
 		if (r == 0 && res.status != 200)
@@ -278,23 +295,12 @@ static int follow(struct kiln_remote *rm, const char *id, struct kiln_progress *
 			return r;
 		}
 		from += res.body_len;
-		kiln_strbuf_add(&pending, res.body ? res.body : "", res.body_len);
+		r = kiln_strbuf_feed_lines(&pending, res.body ? res.body : "", res.body_len,
+					   replay_line, &rp);
 		kiln_http_result_release(&res);
-		line = pending.buf;
-		while (line && (nl = memchr(line, '\n', pending.len - (size_t)(line - pending.buf)))) {
-			if (pg)
-				kiln_progress_replay(pg, line, (size_t)(nl - line));
-			if (!strncmp(line, "{\"summary\"", 10))
-				ended = true;
-			line = nl + 1;
-		}
-		if (line && line != pending.buf) {
-			size_t rest = pending.len - (size_t)(line - pending.buf);
-
-			memmove(pending.buf, line, rest);
-			pending.len = rest;
-			pending.buf[rest] = '\0';
-		}
+		if (r < 0)
+			return kiln_error_set(err, r, "build %s: a progress line over %u bytes",
+					      id, EVENTS_LIMIT * 2);
 	}
 	return 0;
 }

@@ -240,15 +240,15 @@ struct job_stream {
 };
 
 /* One complete line: output goes to the step's progress now. */
-static int job_line(struct job_stream *js)
+static int job_line(void *ud, char *line, size_t len)
 {
+	struct job_stream *js = ud;
 	const struct kiln_task *t = js->t;
 	json_t *v, *log;
 
-	if (js->line.len == 0)
+	if (len == 0)
 		return 0; /* keep-alive */
-	v = json_loadb(js->line.buf, js->line.len, 0, NULL);
-	kiln_strbuf_reset(&js->line);
+	v = json_loadb(line, len, 0, NULL);
 	if (!json_is_object(v) || js->answer) {
 		json_decref(v);
 		snprintf(js->why, sizeof(js->why), "%s",
@@ -276,23 +276,11 @@ static int job_line(struct job_stream *js)
 static int job_sink(void *ud, const void *data, size_t len)
 {
 	struct job_stream *js = ud;
-	const char *p = data, *nl;
-	int r;
+	int r = kiln_strbuf_feed_lines(&js->line, data, len, job_line, js);
 
-	while (len > 0) {
-		nl = memchr(p, '\n', len);
-		r = kiln_strbuf_add(&js->line, p, nl ? (size_t)(nl - p) : len);
-		if (r < 0)
-			snprintf(js->why, sizeof(js->why), "a line over %u bytes",
-				 KILN_JOBS_LINE_MAX);
-		if (r == 0 && nl)
-			r = job_line(js);
-		if (r < 0)
-			return r;
-		len -= nl ? (size_t)(nl - p) + 1 : len;
-		p = nl ? nl + 1 : p;
-	}
-	return 0;
+	if (r == -E2BIG)
+		snprintf(js->why, sizeof(js->why), "a line over %u bytes", KILN_JOBS_LINE_MAX);
+	return r;
 }
 
 static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *t,

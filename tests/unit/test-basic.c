@@ -181,6 +181,47 @@ static void test_atomic_write(void **state)
 	assert_int_equal(kiln_rm_rf(root), 0);
 }
 
+struct lines {
+	char got[8][16];
+	int n, stop_at;
+};
+
+static int collect_line(void *ud, char *line, size_t len)
+{
+	struct lines *l = ud;
+
+	if (l->n == l->stop_at)
+		return -ECANCELED;
+	assert_true(len < sizeof(l->got[0]) && l->n < 8);
+	memcpy(l->got[l->n], line, len);
+	l->got[l->n++][len] = '\0';
+	return 0;
+}
+
+/* Lines across pieces: whole ones to fn, the unfinished one kept. */
+static void test_feed_lines(void **state)
+{
+	struct kiln_strbuf sb = KILN_STRBUF_INIT(8);
+	struct lines l = { .stop_at = -1 };
+
+	assert_int_equal(kiln_strbuf_feed_lines(&sb, "ab", 2, collect_line, &l), 0);
+	assert_int_equal(l.n, 0);
+	assert_int_equal(kiln_strbuf_feed_lines(&sb, "c\n\nde\nf", 7, collect_line, &l), 0);
+	assert_int_equal(l.n, 3);
+	assert_string_equal(l.got[0], "abc");
+	assert_string_equal(l.got[1], ""); /* an empty line is a line */
+	assert_string_equal(l.got[2], "de");
+	assert_int_equal(sb.len, 1);
+	/* fn's error stops the feed; a line over the limit is -E2BIG. */
+	l.stop_at = 3;
+	assert_int_equal(kiln_strbuf_feed_lines(&sb, "g\nh\n", 4, collect_line, &l), -ECANCELED);
+	assert_int_equal(l.n, 3);
+	kiln_strbuf_reset(&sb);
+	assert_int_equal(kiln_strbuf_feed_lines(&sb, "123456789\n", 10, collect_line, &l),
+			 -E2BIG);
+	kiln_strbuf_release(&sb);
+}
+
 static void test_utf8(void **state)
 {
 	static const struct {
@@ -239,6 +280,7 @@ int main(void)
 		cmocka_unit_test(test_rm_rf_stops_at_bind_mounts),
 		cmocka_unit_test(test_atomic_write),
 		cmocka_unit_test(test_utf8),
+		cmocka_unit_test(test_feed_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
