@@ -1043,7 +1043,6 @@ static int live_start(struct kiln_jobs *j, json_t *body, struct job_req *q,
 		      struct kiln_http_server_resp *resp)
 {
 	struct live *l = xcalloc(1, sizeof(*l));
-	pthread_condattr_t ca;
 	pthread_attr_t attr;
 	pthread_t t;
 	int r;
@@ -1053,10 +1052,7 @@ static int live_start(struct kiln_jobs *j, json_t *body, struct job_req *q,
 	l->q = *q;
 	l->refs = 2; /* the job thread and the response */
 	pthread_mutex_init(&l->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&l->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	kiln_cond_init_monotonic(&l->cond);
 	kiln_strbuf_init(&l->raw[0], LIVE_PENDING_MAX);
 	kiln_strbuf_init(&l->raw[1], LIVE_PENDING_MAX);
 	kiln_strbuf_init(&l->enc, SIZE_MAX);

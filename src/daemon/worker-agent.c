@@ -649,14 +649,9 @@ static void agent_release(struct agent *a)
 
 static void agent_init(struct agent *a)
 {
-	pthread_condattr_t ca;
-
 	memset(a, 0, sizeof(*a));
 	pthread_mutex_init(&a->lock, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&a->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	kiln_cond_init_monotonic(&a->cond);
 }
 
 static int agent_run(struct agent *a, const sigset_t *sigs)
