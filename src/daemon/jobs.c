@@ -921,14 +921,9 @@ static void live_emit(struct live *l, json_t *v)
  */
 static size_t line_bytes(const char *s, size_t avail)
 {
-	size_t k = avail, back;
-
-	if (k <= LIVE_LINE_BYTES)
-		return k;
-	k = LIVE_LINE_BYTES;
-	for (back = 0; back < 3 && ((unsigned char)s[k - back] & 0xc0) == 0x80; back++)
-		;
-	return back < 3 ? k - back : k;
+	if (avail <= LIVE_LINE_BYTES)
+		return avail;
+	return LIVE_LINE_BYTES - kiln_utf8_cut_tail(s, LIVE_LINE_BYTES);
 }
 
 /*
