@@ -145,6 +145,17 @@ passert() { # PROGRESS-FILE JQ-CONDITION WHAT
 	pcheck "$1" "$2" || fail "$3: $(pev "$1" | tail -20)"
 }
 
+# Wait (up to 30 s) for the jq condition to hold on a progress file while
+# the build in $BG_PID runs; fail naming WHAT if it never does.
+pawait() { # PROGRESS-FILE JQ-CONDITION WHAT
+	for _ in $(seq 600); do
+		pcheck "$1" "$2" && return 0
+		kill -0 "$BG_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	passert "$1" "$2" "$3"
+}
+
 # Vertex events of a platform in state running or done (what a worker did).
 placed() { # PLATFORM
 	echo "[.[] | select(.vertex != null and .platform == \"$1\" and (.status == \"running\" or .status == \"done\"))]"
@@ -242,16 +253,8 @@ printf 'FROM %s/busybox:latest\nRUN echo live-first-%s && sleep 3 && echo live-s
 	"$REG" "$RANDOM$RANDOM" >"$LCTX/Dockerfile"
 rbuild "$T/progress-live.json" --platform linux/amd64 "$LCTX" &
 BG_PID=$!
-seen=
-for _ in $(seq 600); do
-	if pcheck "$T/progress-live.json" 'any(.[]; (.log? // "") | contains("live-first"))'; then
-		seen=1
-		break
-	fi
-	kill -0 "$BG_PID" 2>/dev/null || break
-	sleep 0.05
-done
-[ -n "$seen" ] || fail "the step's first line never reached the client: $(pev "$T/progress-live.json" | tail -20)"
+pawait "$T/progress-live.json" 'any(.[]; (.log? // "") | contains("live-first"))' \
+	"the step's first line never reached the client"
 # The step sleeps 3 s between its lines: the second, and its end, are still to come.
 if pcheck "$T/progress-live.json" 'any(.[]; (.log? // "") | contains("live-second"))'; then
 	fail "both lines arrived together: the output was not streamed"
@@ -273,16 +276,8 @@ python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL)
 	"$KILN" build --addr "$KILND_URL" --token-file "$KILND_ROOT/client.token" --progress json \
 	--insecure-registry "$REG" --platform linux/amd64 "$CCTX" 2>"$T/progress-cancel.json" &
 BG_PID=$!
-running=
-for _ in $(seq 600); do
-	if pcheck "$T/progress-cancel.json" 'any(.[]; .status == "running" and (.name | contains("sleep 20")))'; then
-		running=1
-		break
-	fi
-	kill -0 "$BG_PID" 2>/dev/null || break
-	sleep 0.05
-done
-[ -n "$running" ] || fail "the step to cancel never ran: $(pev "$T/progress-cancel.json" | tail -20)"
+pawait "$T/progress-cancel.json" 'any(.[]; .status == "running" and (.name | contains("sleep 20")))' \
+	"the step to cancel never ran"
 t0=$(date +%s)
 kill -INT "$BG_PID"
 rc=0
@@ -326,11 +321,8 @@ printf 'FROM %s/busybox:latest\nRUN echo shared-%s && sleep 4 && echo shared-%s 
 "$KILN" build --addr "$KILND_URL" --token-file "$KILND_ROOT/client.token" --progress json \
 	--insecure-registry "$REG" --platform linux/amd64 "$SCTX" 2>"$T/progress-ca.json" &
 BG_PID=$!
-for _ in $(seq 600); do
-	pcheck "$T/progress-ca.json" 'any(.[]; .status == "running" and (.name | contains("sleep 4")))' && break
-	kill -0 "$BG_PID" 2>/dev/null || break
-	sleep 0.05
-done
+pawait "$T/progress-ca.json" 'any(.[]; .status == "running" and (.name | contains("sleep 4")))' \
+	"the shared step never ran in the first build"
 rbuild "$T/progress-cb.json" --platform linux/amd64 -o "type=local,dest=$T/out-cb" "$SCTX" &
 BPID=$!
 CLEANUP_HOOKS+=("kill -9 $BPID 2>/dev/null")

@@ -144,19 +144,28 @@ static void *place_thread(void *ud)
 	return NULL;
 }
 
+/* Fill arm's one slot, then start wt placing a second job: it waits. */
+static void wait_behind_full(struct kiln_workers *reg, struct waiter *wt, pthread_t *t)
+{
+	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5 };
+	struct kiln_worker_ref w;
+
+	wt->reg = reg;
+	wt->r = 1;
+	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
+	assert_int_equal(pthread_create(t, NULL, place_thread, wt), 0);
+	usleep(300000);
+	assert_int_equal(wt->r, 1); /* still waiting: arm has one slot */
+}
+
 /* A full worker makes placement wait for a slot, not fail or overbook. */
 static void test_waits_for_slot(void **state)
 {
 	struct kiln_workers *reg = three_workers();
-	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5 };
-	struct waiter wt = { .reg = reg, .r = 1 };
-	struct kiln_worker_ref w;
+	struct waiter wt = { 0 };
 	pthread_t t;
 
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
-	assert_int_equal(pthread_create(&t, NULL, place_thread, &wt), 0);
-	usleep(300000);
-	assert_int_equal(wt.r, 1); /* still waiting: arm has one slot */
+	wait_behind_full(reg, &wt, &t);
 	kiln_workers_unplace(reg, "arm", 5);
 	pthread_join(t, NULL);
 	assert_int_equal(wt.r, 0);
@@ -170,14 +179,11 @@ static void test_wait_cancelled(void **state)
 {
 	struct kiln_workers *reg = three_workers();
 	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5 };
-	struct waiter wt = { .reg = reg, .r = 1 };
+	struct waiter wt = { 0 };
 	struct kiln_worker_ref w;
 	pthread_t t;
 
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
-	assert_int_equal(pthread_create(&t, NULL, place_thread, &wt), 0);
-	usleep(300000);
-	assert_int_equal(wt.r, 1); /* waiting */
+	wait_behind_full(reg, &wt, &t);
 	atomic_store(&wt.cancelled, true);
 	pthread_join(t, NULL);
 	assert_int_equal(wt.r, -ECANCELED);
