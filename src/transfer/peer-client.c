@@ -30,18 +30,14 @@
 #include "cache/index.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
-#include "transfer/peer.h"
+#include "transfer/peer-internal.h"
 
 #define DEFAULT_PARALLEL 4u
 #define DEFAULT_SMALL_MAX (256u << 10)
 #define DEFAULT_BATCH_BYTES (4u << 20)
 #define MAX_PARALLEL 64u
-/* Digests per batch request (well under the server's limit). */
-#define BATCH_DIGESTS 1000u
 /* Scan rounds before a tree that keeps coming back incomplete is an error. */
 #define MAX_ROUNDS 64u
-
-enum blob_state { PENDING = 0, STORED, ABSENT };
 
 /* Outcome of one request to one source. */
 enum attempt { SERVED = 0, NEXT_SOURCE = 1 };
@@ -60,15 +56,6 @@ struct pull {
 	struct kiln_peer_source_stats *per;
 	bool failed;
 	struct kiln_error *err;
-};
-
-/* A file-phase work item: one large blob or a batch of small ones. */
-struct item {
-	struct kiln_digest *d;
-	uint64_t *size;
-	uint8_t *state;
-	size_t n;
-	bool batch;
 };
 
 /* ---- bookkeeping ---- */
@@ -119,13 +106,14 @@ static void count_request(struct pull *p, size_t i)
 	pthread_mutex_unlock(&p->lock);
 }
 
-static void count_blob(struct pull *p, size_t i, uint64_t size)
+static void count_blobs(struct pull *p, size_t i, uint64_t blobs,
+			uint64_t bytes)
 {
 	pthread_mutex_lock(&p->lock);
-	p->stats->bytes += size;
-	p->stats->blobs++;
-	p->per[i].bytes += size;
-	p->per[i].blobs++;
+	p->stats->bytes += bytes;
+	p->stats->blobs += blobs;
+	p->per[i].bytes += bytes;
+	p->per[i].blobs += blobs;
 	pthread_mutex_unlock(&p->lock);
 }
 
@@ -146,205 +134,14 @@ static int no_source(struct pull *p, struct kiln_error **err, const char *what)
 			      "(%zu tried): %s", what, p->n, kiln_strbuf_str(&sb));
 }
 
-/* ---- the batch framing parser (docs/api.md) ---- */
-
 /*
- * Framer states (one per framed response):
- *   HEADER --"<digest> <size>"--> BODY --size bytes, committed--> HEADER
- *   HEADER --"<digest> -"--> HEADER   (absent there)
- *   HEADER --"end"--> END             (final: any further byte is an error)
- * A zero-size record commits at once and stays in HEADER.
+ * Judge a framed exchange with source i: SERVED, NEXT_SOURCE (source i
+ * told why) or a local error. A 404 is only "not here"; everything else
+ * wrong is bad.
  */
-enum frame_state { F_HEADER, F_BODY, F_END };
-
-struct framer {
-	struct pull *p;
-	size_t src;
-	const char *method, *url;
-	bool tree;                  /* any node accepted, up to node size */
-	struct kiln_digest_set want; /* batch: digest -> index into item */
-	struct item *item;
-	enum frame_state state;
-	char line[KILN_PEER_FRAME_LINE_MAX];
-	size_t llen;
-	struct kiln_digest cur;
-	uint64_t size, left;
-	struct kiln_store_writer *w;
-	struct kiln_store_group *group; /* batch: blobs named by one commit */
-	size_t stored;
-	struct kiln_error *err; /* the source's fault */
-	int local;              /* our own failure (disk): ends the pull */
-};
-
-static int frame_error(struct framer *f, const char *what, const char *arg)
-{
-	return kiln_error_set(&f->err, -EPROTO,
-			      "%s %s: bad batch framing: %s '%.80s'", f->method,
-			      f->url, what, arg);
-}
-
-static int frame_commit(struct framer *f)
-{
-	struct kiln_error *e = NULL;
-	int r;
-
-	if (!f->w) /* present already: bytes were only consumed */
-		goto done;
-	r = f->group ? kiln_store_writer_commit_group(TAKE_PTR(f->w), f->group,
-						      &f->cur, &e)
-		     : kiln_store_writer_commit(TAKE_PTR(f->w), &f->cur, NULL, &e);
-	if (r == -EBADMSG) {
-		kiln_error_set(&f->err, r, "%s %s: corrupt data: %s",
-			       f->method, f->url, kiln_error_msg(e));
-		kiln_error_free(e);
-		return r;
-	}
-	kiln_error_free(e);
-	if (r < 0)
-		return f->local = r;
-	count_blob(f->p, f->src, f->size);
-done:
-	f->stored++;
-	if (f->item)
-		f->item->state[*kiln_digest_set_value(&f->want, &f->cur)] = STORED;
-	f->state = F_HEADER;
-	return 0;
-}
-
-/* Check a record's digest and size against what was asked. */
-static int frame_expect(struct framer *f, const char *sz, bool absent)
-{
-	uint64_t *idx = NULL;
-
-	if (!f->tree) {
-		idx = kiln_digest_set_value(&f->want, &f->cur);
-		if (!idx)
-			return frame_error(f, "a blob nobody asked for", f->line);
-		if (absent) {
-			f->item->state[*idx] = ABSENT;
-			return 1;
-		}
-	}
-	if (absent)
-		return 1;
-	if (kiln_parse_u64(sz, &f->size) < 0)
-		return frame_error(f, "bad size", sz);
-	if (f->tree && f->size > KILN_TREE_MAX_NODE_BYTES)
-		return frame_error(f, "tree node too large", f->line);
-	if (!f->tree && f->size != f->item->size[*idx])
-		return frame_error(f, "size differs from the tree's", f->line);
-	return 0;
-}
-
-static int frame_header(struct framer *f)
-{
-	char *sp;
-	int r;
-
-	if (!strcmp(f->line, "end")) {
-		f->state = F_END;
-		return 0;
-	}
-	sp = strchr(f->line, ' ');
-	if (!sp)
-		return frame_error(f, "bad record header", f->line);
-	*sp = '\0';
-	if (kiln_digest_parse(f->line, &f->cur) < 0)
-		return frame_error(f, "bad digest", f->line);
-	r = frame_expect(f, sp + 1, !strcmp(sp + 1, "-"));
-	if (r != 0)
-		return r < 0 ? r : 0;
-	f->left = f->size;
-	f->state = F_BODY;
-	if (!kiln_store_has(f->p->store, &f->cur)) {
-		r = kiln_store_writer_begin(f->p->store, &f->w, NULL);
-		if (r == 0) /* one directory sync when the pull ends */
-			kiln_store_writer_defer_sync(f->w);
-		if (r < 0)
-			return f->local = r;
-	}
-	return f->left == 0 ? frame_commit(f) : 0;
-}
-
-static int frame_line(struct framer *f, const char *data, size_t len,
-		      size_t *used)
-{
-	const char *nl = memchr(data, '\n', len);
-	size_t k = nl ? (size_t)(nl - data) : len;
-
-	*used = nl ? k + 1 : k;
-	if (f->llen + k >= sizeof(f->line))
-		return frame_error(f, "header line too long", "");
-	memcpy(f->line + f->llen, data, k);
-	f->llen += k;
-	if (!nl)
-		return 0;
-	f->line[f->llen] = '\0';
-	f->llen = 0;
-	return frame_header(f);
-}
-
-static int frame_body(struct framer *f, const char *data, size_t len,
-		      size_t *used)
-{
-	size_t k = f->left < len ? (size_t)f->left : len;
-	int r;
-
-	*used = k;
-	if (f->w) {
-		r = kiln_store_writer_write(f->w, data, k);
-		if (r < 0)
-			return f->local = r;
-	}
-	f->left -= k;
-	return f->left == 0 ? frame_commit(f) : 0;
-}
-
-static void assert_frame_state(const struct framer *f)
-{
-	/* A writer is open only inside a record body, never empty. */
-	assert(f->state == F_BODY || !f->w);
-	assert(f->state != F_BODY || f->left > 0);
-	assert(f->state == F_HEADER || f->llen == 0);
-	assert(f->llen < sizeof(f->line));
-}
-
-static int frame_sink(void *ud, const void *data, size_t len)
-{
-	struct framer *f = ud;
-	const char *s = data;
-	size_t used;
-	int r;
-
-	while (len > 0) {
-		assert_frame_state(f);
-		if (f->state == F_END)
-			return frame_error(f, "bytes after the end line", "");
-		r = f->state == F_HEADER ? frame_line(f, s, len, &used)
-					 : frame_body(f, s, len, &used);
-		if (r < 0)
-			return r;
-		s += used;
-		len -= used;
-	}
-	return 0;
-}
-
-static void framer_release(struct framer *f)
-{
-	if (f->w)
-		kiln_store_writer_abort(f->w);
-	kiln_store_group_free(f->group);
-	kiln_digest_set_release(&f->want);
-	kiln_error_free(f->err);
-}
-
-/*
- * Judge a framed exchange: SERVED, NEXT_SOURCE (source i told why) or a
- * local error. A 404 is only "not here"; everything else wrong is bad.
- */
-static int judge(struct pull *p, struct framer *f, const struct kiln_http_call *c,
-		 struct kiln_http_result *res, int r, struct kiln_error *e)
+static int judge(struct pull *p, size_t i, struct kiln_peer_framer *f,
+		 const struct kiln_http_call *c, struct kiln_http_result *res,
+		 int r, struct kiln_error *e)
 {
 	if (f->local < 0) {
 		kiln_error_free(e);
@@ -352,46 +149,43 @@ static int judge(struct pull *p, struct framer *f, const struct kiln_http_call *
 	}
 	if (f->err) {
 		kiln_error_free(e);
-		source_failed(p, f->src, true, TAKE_PTR(f->err));
+		source_failed(p, i, true, TAKE_PTR(f->err));
 		return NEXT_SOURCE;
 	}
 	if (r < 0) {
-		source_failed(p, f->src, true, e);
+		source_failed(p, i, true, e);
 		return NEXT_SOURCE;
 	}
 	if (res->status < 200 || res->status > 299) {
 		kiln_http_status_error(&e, c, res);
-		source_failed(p, f->src, res->status != 404, e);
+		source_failed(p, i, res->status != 404, e);
 		return NEXT_SOURCE;
 	}
-	if (f->state != F_END) {
+	if (f->state != KILN_PEER_F_END) {
 		kiln_error_set(&e, -EPROTO, "%s %s: response ended early",
 			       c->method, c->url);
-		source_failed(p, f->src, true, e);
+		source_failed(p, i, true, e);
 		return NEXT_SOURCE;
 	}
 	return SERVED;
 }
 
-/* One framed request (trees GET or batch POST) to source f->src. */
-static int framed(struct pull *p, struct framer *f, const char *method,
-		  const char *url, json_t *body)
+/* One framed request (trees GET or batch POST) to source i. */
+static int framed(struct pull *p, size_t i, struct kiln_peer_framer *f,
+		  json_t *body)
 {
-	const struct kiln_peer_source *s = &p->src[f->src];
 	struct kiln_http_call c = {
-		.method = method, .url = url, .token = s->token, .json = body,
-		.sink = frame_sink, .sink_ud = f,
+		.method = f->method, .url = f->url, .token = p->src[i].token,
+		.json = body, .sink = kiln_peer_framer_feed, .sink_ud = f,
 	};
 	struct kiln_http_result res;
 	struct kiln_error *e = NULL;
 	int r;
 
-	f->p = p;
-	f->method = method;
-	f->url = url;
-	count_request(p, f->src);
+	count_request(p, i);
 	r = kiln_http_client_do(p->http, &c, &res, &e);
-	r = judge(p, f, &c, &res, r, e);
+	count_blobs(p, i, f->blobs, f->bytes);
+	r = judge(p, i, f, &c, &res, r, e);
 	kiln_http_result_release(&res);
 	return r;
 }
@@ -478,13 +272,14 @@ static int fetch_node(struct pull *p, const struct kiln_digest *d,
 		return 0; /* came with an earlier node's subtree */
 	for (i = 0; i < p->n; i++) {
 		_cleanup_free_ char *url = NULL;
-		struct framer f = { .src = i, .tree = true };
+		struct kiln_peer_framer f;
 
 		if (source_bad(p, i))
 			continue;
 		url = url_for(&p->src[i], "/v1/trees/", d);
-		r = framed(p, &f, "GET", url, NULL);
-		framer_release(&f);
+		kiln_peer_framer_init_tree(&f, p->store, "GET", url);
+		r = framed(p, i, &f, NULL);
+		kiln_peer_framer_release(&f);
 		if (r < 0)
 			return kiln_error_seterrno(err, r, "storing tree nodes");
 		if (r == SERVED && kiln_store_has(p->store, d))
@@ -572,7 +367,7 @@ static int blob_finish(struct pull *p, size_t i, struct blob_sink *b,
 	kiln_error_free(e);
 	if (r < 0)
 		return r;
-	count_blob(p, i, b->got);
+	count_blobs(p, i, 1, b->got);
 	return SERVED;
 }
 
@@ -629,12 +424,13 @@ static int pull_one(struct pull *p, const struct kiln_digest *d, uint64_t size,
 
 /* ---- phase FILES: batches of small blobs ---- */
 
-static size_t count_state(const struct item *it, enum blob_state s)
+static size_t count_state(const struct kiln_peer_item *it,
+			  enum kiln_peer_blob_state s)
 {
 	size_t i, k = 0;
 
 	for (i = 0; i < it->n; i++)
-		k += it->state[i] == s;
+		k += it->b[i].state == s;
 	return k;
 }
 
@@ -643,27 +439,26 @@ static size_t count_state(const struct item *it, enum blob_state s)
  * counts as stored once verified: should naming them fail, the pull ends
  * (err says why), so nothing relies on an unnamed one.
  */
-static int post_batch(struct pull *p, size_t i, struct item *it,
+static int post_batch(struct pull *p, size_t i, struct kiln_peer_item *it,
 		      size_t *stored, struct kiln_error **err)
 {
 	_cleanup_free_ char *url = url_for(&p->src[i], "/v1/blobs/batch", NULL);
-	struct framer f = { .src = i, .item = it };
+	struct kiln_store_group *group;
+	struct kiln_peer_framer f;
 	json_t *arr, *body;
 	size_t k;
 	int r, q;
 
-	r = kiln_store_group_new(p->store, &f.group, err);
+	r = kiln_store_group_new(p->store, &group, err);
 	if (r < 0)
 		return r;
+	kiln_peer_framer_init_batch(&f, p->store, it, group, "POST", url);
 	arr = json_array();
-	for (k = 0; k < it->n; k++) {
-		if (it->state[k] != PENDING)
-			continue;
-		kiln_digest_set_put(&f.want, &it->d[k], k);
-		json_array_append_new(arr, json_string(KILN_DIGEST_STR(&it->d[k])));
-	}
+	for (k = 0; k < it->n; k++)
+		if (it->b[k].state == KILN_PEER_PENDING)
+			json_array_append_new(arr, json_string(KILN_DIGEST_STR(&it->b[k].d)));
 	body = json_pack("{s:o}", "digests", arr);
-	r = framed(p, &f, "POST", url, body);
+	r = framed(p, i, &f, body);
 	/*
 	 * What was verified is named, whatever became of the request: one
 	 * file-system sync for the batch, not an fsync per blob.
@@ -673,35 +468,36 @@ static int post_batch(struct pull *p, size_t i, struct item *it,
 		r = q; /* our disk failed: the pull ends */
 	*stored = f.stored;
 	json_decref(body);
-	framer_release(&f);
+	kiln_peer_framer_release(&f);
 	return r;
 }
 
 /* Ask source i until it has sent all it holds of the item. */
-static int batch_from(struct pull *p, size_t i, struct item *it,
+static int batch_from(struct pull *p, size_t i, struct kiln_peer_item *it,
 		      struct kiln_error **err)
 {
 	size_t k, stored;
 	int r;
 
 	for (k = 0; k < it->n; k++)
-		if (it->state[k] == ABSENT)
-			it->state[k] = PENDING;
+		if (it->b[k].state == KILN_PEER_ABSENT)
+			it->b[k].state = KILN_PEER_PENDING;
 	do {
 		r = post_batch(p, i, it, &stored, err);
 		if (r != SERVED)
 			return r;
-	} while (stored > 0 && count_state(it, PENDING) > 0);
+	} while (stored > 0 && count_state(it, KILN_PEER_PENDING) > 0);
 	return 0;
 }
 
-static int pull_batch(struct pull *p, struct item *it, struct kiln_error **err)
+static int pull_batch(struct pull *p, struct kiln_peer_item *it,
+		      struct kiln_error **err)
 {
 	char what[160];
 	size_t i, k;
 	int r;
 
-	for (i = 0; i < p->n && count_state(it, STORED) < it->n; i++) {
+	for (i = 0; i < p->n && count_state(it, KILN_PEER_STORED) < it->n; i++) {
 		if (source_bad(p, i))
 			continue;
 		r = batch_from(p, i, it, err);
@@ -709,98 +505,41 @@ static int pull_batch(struct pull *p, struct item *it, struct kiln_error **err)
 			return kiln_error_seterrno(err, r, "storing blobs");
 	}
 	for (k = 0; k < it->n; k++) {
-		if (it->state[k] == STORED)
+		if (it->b[k].state == KILN_PEER_STORED)
 			continue;
 		snprintf(what, sizeof(what), "blob %s (and %zu more)",
-			 KILN_DIGEST_STR(&it->d[k]),
-			 it->n - count_state(it, STORED) - 1);
+			 KILN_DIGEST_STR(&it->b[k].d),
+			 it->n - count_state(it, KILN_PEER_STORED) - 1);
 		return no_source(p, err, what);
 	}
 	return 0;
 }
 
-/* ---- phase FILES: the work queue ---- */
+/* ---- phase FILES: the work queue (items of kiln_peer_plan_files) ---- */
 
 struct queue {
 	struct pull *p;
-	struct item *items;
-	size_t n, next;
+	struct kiln_peer_plan plan;
+	size_t next;
 };
-
-static void item_release(struct item *it)
-{
-	free(it->d);
-	free(it->size);
-	free(it->state);
-}
-
-static struct item *new_item(struct queue *q, size_t *alloc, bool batch)
-{
-	struct item *it;
-
-	q->items = xgrow(q->items, alloc, q->n + 1, sizeof(*q->items));
-	it = &q->items[q->n++];
-	memset(it, 0, sizeof(*it));
-	it->batch = batch;
-	return it;
-}
-
-static void item_add(struct item *it, const struct kiln_digest *d,
-		     uint64_t size)
-{
-	it->d = xrealloc(it->d, (it->n + 1) * sizeof(*it->d));
-	it->size = xrealloc(it->size, (it->n + 1) * sizeof(*it->size));
-	it->state = xrealloc(it->state, (it->n + 1) * sizeof(*it->state));
-	it->d[it->n] = *d;
-	it->size[it->n] = size;
-	it->state[it->n] = PENDING;
-	it->n++;
-}
-
-/* Large blobs one item each; small ones packed into batches. */
-static void plan(struct pull *p, const struct kiln_digest_set *files,
-		 struct queue *q)
-{
-	struct item *batch = NULL;
-	uint64_t bytes = 0;
-	size_t alloc = 0, i;
-
-	for (i = 0; i < files->cap; i++) {
-		const struct kiln_digest *d = &files->slots[i];
-		uint64_t size = files->vals[i];
-
-		if (!kiln_digest_is_set(d))
-			continue;
-		if (size > p->small_max) {
-			item_add(new_item(q, &alloc, false), d, size);
-			continue;
-		}
-		if (!batch || batch->n == BATCH_DIGESTS ||
-		    bytes + size > p->batch_bytes) {
-			batch = new_item(q, &alloc, true);
-			bytes = 0;
-		}
-		item_add(batch, d, size);
-		bytes += size;
-	}
-}
 
 static void *worker(void *ud)
 {
 	struct queue *q = ud;
 	struct pull *p = q->p;
 	struct kiln_error *e = NULL;
-	struct item *it;
+	struct kiln_peer_item *it;
 	int r;
 
 	for (;;) {
 		pthread_mutex_lock(&p->lock);
-		it = !p->failed && q->next < q->n ? &q->items[q->next++] : NULL;
+		it = !p->failed && q->next < q->plan.n ? &q->plan.items[q->next++]
+						      : NULL;
 		pthread_mutex_unlock(&p->lock);
 		if (!it)
 			return NULL;
 		r = it->batch ? pull_batch(p, it, &e)
-			      : pull_one(p, it->d, it->size[0], &e);
+			      : pull_one(p, &it->b[0].d, it->b[0].size, &e);
 		if (r < 0) {
 			pthread_mutex_lock(&p->lock);
 			p->failed = true;
@@ -815,7 +554,7 @@ static void *worker(void *ud)
 static int run_queue(struct pull *p, struct queue *q, struct kiln_error **err)
 {
 	pthread_t t[MAX_PARALLEL];
-	size_t k, nt = p->parallel < q->n ? p->parallel : q->n;
+	size_t k, nt = p->parallel < q->plan.n ? p->parallel : q->plan.n;
 	int code;
 
 	q->p = p;
@@ -839,14 +578,11 @@ static int pull_files(struct pull *p, const struct kiln_digest_set *files,
 		      struct kiln_error **err)
 {
 	struct queue q = { 0 };
-	size_t i;
 	int r;
 
-	plan(p, files, &q);
-	r = q.n ? run_queue(p, &q, err) : 0;
-	for (i = 0; i < q.n; i++)
-		item_release(&q.items[i]);
-	free(q.items);
+	kiln_peer_plan_files(files, p->small_max, p->batch_bytes, &q.plan);
+	r = q.plan.n ? run_queue(p, &q, err) : 0;
+	kiln_peer_plan_release(&q.plan);
 	return r;
 }
 

@@ -533,6 +533,52 @@ static void test_all_down(void **state)
 	assert_false(kiln_store_has(f->b, &f->root));
 }
 
+/* Every file of root in the store, its content verified. */
+static int present_one(const char *path, const struct kiln_tree_entry *e,
+		       void *ud)
+{
+	if (e->type != KILN_ENTRY_FILE)
+		return 0;
+	return kiln_store_verify(ud, &e->digest, NULL) == 0 ? 0 : -ENOENT;
+}
+
+/*
+ * Files alternate above and below small_max, many of each, so the plan's
+ * item array grows (one large blob per item) while its one batch of small
+ * blobs is still being filled. The planner once kept a pointer to that
+ * batch across the growth: a use after free (a double free without ASan).
+ */
+static void test_pull_mixed_sizes(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *mixed = kiln_path_join(f->dir, "mixed");
+	struct kiln_peer_pull_options o = pull_opts(f);
+	struct kiln_peer_stats st = { 0 };
+	struct kiln_digest root;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	char name[32];
+	int i;
+
+	assert_int_equal(kiln_mkdir_p(mixed, 0755), 0);
+	rng_state = 7;
+	for (i = 0; i < 128; i++) {
+		snprintf(name, sizeof(name), "f%03d", i);
+		write_random(mixed, name, i % 2 ? (size_t)(i * 7)
+						: 4096 + 1 + (size_t)i * 37);
+	}
+	free(f->src);
+	f->src = TAKE_PTR(mixed);
+	import(f, f->a.store, &root);
+	o.small_max = 4096;
+	o.batch_bytes = 1 << 20; /* one batch holds every small blob */
+	assert_int_equal(kiln_peer_pull_tree(f->b, &root, f->sources, 1, &o,
+					     &st, &err), 0);
+	assert_int_equal(st.blobs, 128 + 1);
+	/* 64 large GETs, one batch, one tree request. */
+	assert_int_equal(st.requests, 64 + 1 + 1);
+	assert_int_equal(kiln_tree_walk(f->b, &root, present_one, f->b, NULL), 0);
+}
+
 static void test_wrong_token(void **state)
 {
 	struct fixture *f = *state;
@@ -563,6 +609,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt_only_source, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_all_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pull_mixed_sizes, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
