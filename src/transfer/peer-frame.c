@@ -92,6 +92,10 @@ static int frame_expect(struct kiln_peer_framer *f, const char *sz,
 		idx = kiln_digest_set_value(&f->want, &f->cur);
 		if (!idx)
 			return frame_error(f, "a blob nobody asked for", f->line);
+		/* Asked once, answered once: a second answer could undo the
+		 * first (absent after stored). */
+		if (f->item->b[*idx].state != KILN_PEER_PENDING)
+			return frame_error(f, "a blob answered twice", f->line);
 		if (absent) {
 			f->item->b[*idx].state = KILN_PEER_ABSENT;
 			return 1;
