@@ -67,17 +67,23 @@ static void set_grow(struct kiln_digest_set *s)
 /* Insert d if absent; the index of its slot via *slot. */
 static bool set_insert(struct kiln_digest_set *s, const struct kiln_digest *d, size_t *slot)
 {
-	size_t i;
+	size_t i = 0;
 
 	if (!kiln_digest_is_set(d))
 		return false;
+	/* A digest present already moves nothing: value pointers stay. */
+	if (s->cap) {
+		i = set_slot(s, d);
+		*slot = i;
+		if (s->slots[i].algo != KILN_DIGEST_NONE)
+			return false;
+	}
 	/* Keep the load factor under 1/2 so probes stay short. */
-	if ((s->n + 1) * 2 > s->cap)
+	if ((s->n + 1) * 2 > s->cap) {
 		set_grow(s);
-	i = set_slot(s, d);
-	*slot = i;
-	if (s->slots[i].algo != KILN_DIGEST_NONE)
-		return false;
+		i = set_slot(s, d);
+		*slot = i;
+	}
 	s->slots[i] = *d;
 	if (s->vals)
 		s->vals[i] = 0;

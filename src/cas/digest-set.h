@@ -30,7 +30,10 @@ bool kiln_digest_set_put(struct kiln_digest_set *s, const struct kiln_digest *d,
 			 uint64_t v);
 bool kiln_digest_set_has(const struct kiln_digest_set *s,
 			 const struct kiln_digest *d);
-/* Pointer to d's value, or NULL when d is absent (or nothing was put). */
+/*
+ * Pointer to d's value, or NULL when d is absent (or nothing was put). It
+ * stays valid until a digest is added: adding one may move every value.
+ */
 uint64_t *kiln_digest_set_value(const struct kiln_digest_set *s,
 				const struct kiln_digest *d);
 size_t kiln_digest_set_size(const struct kiln_digest_set *s);

@@ -309,20 +309,32 @@ static void memo_put(struct usage *u, const struct kiln_digest *d,
 	u->n++;
 }
 
+/*
+ * The memo of d, copied out: no slot pointer may live across a recursion,
+ * whose memo_put can move the slots.
+ */
+static bool memo_get(struct usage *u, const struct kiln_digest *d,
+		     uint64_t *bytes, uint64_t *entries)
+{
+	const struct memo_slot *m = memo_find(u, d);
+
+	if (!m->used)
+		return false;
+	*bytes = m->bytes;
+	*entries = m->entries;
+	return true;
+}
+
 static int usage_node(struct usage *u, const struct kiln_digest *d,
 		      unsigned depth, uint64_t *bytes, uint64_t *entries)
 {
 	_cleanup_tree_ struct kiln_tree t = KILN_TREE_INIT;
-	struct memo_slot *m = memo_find(u, d);
 	uint64_t b = 0, n = 0;
 	size_t i;
 	int r;
 
-	if (m->used) {
-		*bytes = m->bytes;
-		*entries = m->entries;
+	if (memo_get(u, d, bytes, entries))
 		return 0;
-	}
 	if (depth > KILN_TREE_MAX_DEPTH)
 		return depth_error(u->err, KILN_DIGEST_STR(d));
 	r = kiln_tree_get(u->s, d, &t, u->err);

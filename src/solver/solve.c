@@ -66,6 +66,7 @@ struct solver {
 	const struct kiln_solve_options *o;
 	struct vertex *v;
 	size_t *order, n_order;
+	pthread_t loop; /* the thread of the solver loop */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	size_t *done_q;
@@ -128,10 +129,15 @@ static const char *worker_name(const struct solver *s)
 	return s->o->worker_name ? s->o->worker_name : "local";
 }
 
+/*
+ * Only the solver loop counts (CACHED and DONE are emitted there; job
+ * threads emit RUNNING): s->tally grows without a lock.
+ */
 static void tally(struct solver *s, const char *worker, bool cached)
 {
 	size_t i;
 
+	assert(pthread_equal(pthread_self(), s->loop));
 	for (i = 0; i < s->n_tally; i++)
 		if (!strcmp(s->tally[i].worker, worker))
 			break;
@@ -1014,6 +1020,7 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 	int r;
 
 	memset(out, 0, sizeof(*out));
+	s.loop = pthread_self();
 	pthread_mutex_init(&s.lock, NULL);
 	pthread_cond_init(&s.cond, NULL);
 	s.local = (struct kiln_executor){ .ud = &s,

@@ -13,6 +13,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "cas/digest-set.h"
 #include "cas/digest.h"
 
 #define EMPTY_SHA "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -153,6 +154,41 @@ static void test_digest_fd(void **state)
 	assert_int_equal(kiln_rm_rf(tmpl), 0);
 }
 
+/*
+ * Putting a digest that is present already moves nothing, even when the
+ * set is full enough that a new one would grow it: a value pointer taken
+ * before stays valid.
+ */
+static void test_set_put_present(void **state)
+{
+	struct kiln_digest_set s = { 0 };
+	struct kiln_digest d, first;
+	uint64_t *v, i;
+
+	(void)state;
+	for (i = 0; i < 1000; i++) {
+		kiln_digest_buf(&i, sizeof(i), &d);
+		if (i == 0)
+			first = d;
+		assert_true(kiln_digest_set_put(&s, &d, i + 7));
+		/* At the growth threshold: the next new digest would grow. */
+		if ((s.n + 1) * 2 <= s.cap)
+			continue;
+		v = kiln_digest_set_value(&s, &first);
+		assert_non_null(v);
+		assert_false(kiln_digest_set_put(&s, &first, 99));
+		assert_false(kiln_digest_set_add(&s, &d));
+		assert_ptr_equal(kiln_digest_set_value(&s, &first), v);
+		assert_int_equal(*v, 7);
+	}
+	assert_int_equal(kiln_digest_set_size(&s), 1000);
+	for (i = 0; i < 1000; i++) {
+		kiln_digest_buf(&i, sizeof(i), &d);
+		assert_int_equal(*kiln_digest_set_value(&s, &d), i + 7);
+	}
+	kiln_digest_set_release(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -162,6 +198,7 @@ int main(void)
 		cmocka_unit_test(test_parse_roundtrip),
 		cmocka_unit_test(test_parse_rejects),
 		cmocka_unit_test(test_digest_fd),
+		cmocka_unit_test(test_set_put_present),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -45,8 +45,11 @@ void kvlist_set(struct kvlist *l, const char *key, const char *value)
 	struct kv *e = (struct kv *)kvlist_find(l, key);
 
 	if (e) {
+		/* Copied first: value may be this entry's own (kvlist_get). */
+		char *v = value ? xstrdup(value) : NULL;
+
 		free(e->value);
-		e->value = value ? xstrdup(value) : NULL;
+		e->value = v;
 		return;
 	}
 	l->v = xgrow(l->v, &l->alloc, l->n + 1, sizeof(*l->v));
