@@ -517,6 +517,10 @@ static int pull_batch(struct pull *p, struct kiln_peer_item *it,
 
 /* ---- phase FILES: the work queue (items of kiln_peer_plan_files) ---- */
 
+/*
+ * The plan is complete before the threads start and never grows while
+ * they run, so a thread may hold a pointer to its item.
+ */
 struct queue {
 	struct pull *p;
 	struct kiln_peer_plan plan;
