@@ -4,12 +4,38 @@
 # system $ROOTFS and the image config $CONFIG) or expect-error (one
 # expected fragment of the error per line). An optional `args` file holds
 # extra `kiln build` arguments (shell words; $CASE, $LAYOUT and $HTTP are
-# expanded). Every case builds FROM ${BASE}, the busybox fixture.
-# Usage: run.sh [CASE...]
+# expanded). Every case builds FROM ${BASE}: the busybox fixture, pushed to
+# a local docker-registry.
+#
+# Each case runs in every mode of $KILN_CONFORMANCE_MODES (default
+# "embedded cluster"): `kiln build` on the embedded engine, and
+# `kiln build --addr` on a cluster on loopback (kilnd, a linux/amd64 and an
+# emulated linux/arm64 kiln-worker: cluster.sh). A case is built for
+# linux/amd64 and linux/arm64 unless its args pass --platform; check.sh
+# then sees the linux/amd64 image. With SOURCE_DATE_EPOCH fixed, the OCI
+# archives of the modes must be byte-identical; where they are not, the
+# difference is shown blob by blob.
+# Usage: [KILN_CONFORMANCE_MODES="embedded cluster"] run.sh [CASE...]
+set -euo pipefail
+: "${KILN_SOURCE_ROOT:?KILN_SOURCE_ROOT must name the source tree (meson test sets it)}"
 . "$KILN_SOURCE_ROOT/tests/integration/lib.sh"
+. "$KILN_SOURCE_ROOT/tests/integration/registry-lib.sh"
 
 CASES="$KILN_SOURCE_ROOT/tests/conformance/cases"
-BASE="oci-layout://$LAYOUT:latest"
+PLATFORMS=linux/amd64,linux/arm64
+BUILD_TIMEOUT=${KILN_CONFORMANCE_BUILD_TIMEOUT:-300}
+read -ra MODES <<<"${KILN_CONFORMANCE_MODES:-embedded cluster}"
+[ ${#MODES[@]} -gt 0 ] || fail "KILN_CONFORMANCE_MODES is empty"
+for m in "${MODES[@]}"; do
+	case "$m" in
+	embedded | cluster) ;;
+	*) fail "KILN_CONFORMANCE_MODES: unknown mode '$m' (embedded, cluster)" ;;
+	esac
+done
+command -v skopeo >/dev/null || fail "skopeo is not installed (scripts/install-deps.sh)"
+
+# Reproducible archives: new layers' mtimes clamped, `created` fixed.
+export SOURCE_DATE_EPOCH=1700000000
 
 # A plain HTTP server for ADD <url> cases, on a free loopback port.
 HTTP_DIR="$T/http"
@@ -21,17 +47,112 @@ BG_PID=$!
 HTTP="http://127.0.0.1:$HTTP_PORT"
 for _ in $(seq 1 50); do curl -fs "$HTTP/file.txt" >/dev/null && break; sleep 0.1; done
 
-# Image config of the (single-platform) OCI archive $1 into $2.
+# The base image in a registry both modes can pull from (kilnd cannot read
+# an oci-layout:// on the client's disk), with the fixture's digests.
+CLEANUP_HOOKS+=("registry_stop")
+registry_start "$T/registry" || fail "cannot start docker-registry"
+skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
+	"docker://$REGISTRY/busybox:latest" >"$T/skopeo.log" 2>&1 ||
+	fail "skopeo cannot push the fixture to $REGISTRY: $(cat "$T/skopeo.log")"
+assert_eq "sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/busybox:latest" | sha256sum | cut -d' ' -f1)" \
+	"$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "latest") | .digest' "$LAYOUT/index.json")" \
+	"digest of the busybox index in $REGISTRY (skopeo must not rewrite it)"
+BASE="$REGISTRY/busybox:latest"
+
+case " ${MODES[*]} " in *" cluster "*)
+	. "$KILN_SOURCE_ROOT/tests/conformance/cluster.sh"
+	cluster_start "$T/cluster"
+	;;
+esac
+
+# kiln build in MODE, progress (JSON lines) to $T/progress.json.
+mode_build() { # MODE ARGS...
+	local mode=$1 rc=0
+	shift
+	case "$mode" in
+	embedded) KILN_ROOT="$T/embedded" timeout -k 5 "$BUILD_TIMEOUT" "$KILN" build --progress json "$@" ;;
+	cluster) KILN_ROOT="$T/cluster/client" timeout -k 5 "$BUILD_TIMEOUT" \
+		"$KILN" build "${CLUSTER_CLIENT_ARGS[@]}" --progress json "$@" ;;
+	esac 2>"$T/progress.json" || rc=$?
+	[ "$mode" != cluster ] || cluster_note_steps "$T/progress.json"
+	[ "$rc" != 124 ] || echo "no result after ${BUILD_TIMEOUT}s: killed" >>"$T/progress.json"
+	return $rc
+}
+
+# Unpack OCI archive $1 into directory $2.
+oci_unpack() {
+	rm -rf --one-file-system "$2" && mkdir -p "$2" && tar -xf "$1" -C "$2"
+}
+
+blob() { # LAYOUT-DIR DIGEST
+	echo "$1/blobs/${2%%:*}/${2#*:}"
+}
+
+# The image config of OCI archive $1 into $2 (of its linux/amd64 image when
+# it holds several); the number of platforms in OCI_PLATFORMS.
 oci_config() {
-	local dir="$T/oci.$$"
-	rm -rf --one-file-system "$dir" && mkdir -p "$dir" && tar -xf "$1" -C "$dir"
-	local idx man cfg
-	idx=$(jq -r '.manifests[0].digest' "$dir/index.json" | sed 's/sha256://')
-	man=$(jq -r 'if .manifests then .manifests[0].digest else empty end' "$dir/blobs/sha256/$idx" | sed 's/sha256://')
-	[ -n "$man" ] || man=$idx
-	cfg=$(jq -r '.config.digest' "$dir/blobs/sha256/$man" | sed 's/sha256://')
-	cp "$dir/blobs/sha256/$cfg" "$2"
+	local dir="$T/oci.$$" top man cfg
+	oci_unpack "$1" "$dir"
+	top=$(jq -r '.manifests[0].digest' "$dir/index.json")
+	OCI_PLATFORMS=$(jq -r 'if .manifests then .manifests | length else 1 end' "$(blob "$dir" "$top")")
+	man=$(jq -r 'if .manifests then ((.manifests | map(select(.platform.os == "linux" and
+		.platform.architecture == "amd64"))) + .manifests)[0].digest else empty end' "$(blob "$dir" "$top")")
+	[ -n "$man" ] || man=$top
+	cfg=$(jq -r '.config.digest' "$(blob "$dir" "$man")")
+	cp "$(blob "$dir" "$cfg")" "$2" || return 1
 	rm -rf --one-file-system "$dir"
+}
+
+# Where the OCI layouts A and B differ, from descriptor DA down (DB: its
+# counterpart): JSON blobs as diffs of their pretty form, then their
+# children (the manifests of an index; the config and layers of a
+# manifest, in order); layers as diffs of their `tar -tv` listings, or
+# when those are the same, of their files' contents.
+oci_diff_blob() { # A B DA DB WHAT
+	local a=$1 b=$2 da=$3 db=$4 what=$5 fa fb i n
+	[ "$da" != "$db" ] || return 0
+	fa=$(blob "$a" "$da")
+	fb=$(blob "$b" "$db")
+	echo "  $what: $da vs $db"
+	if jq -e . "$fa" >/dev/null 2>&1 && jq -e . "$fb" >/dev/null 2>&1; then
+		diff -u <(jq -S . "$fa") <(jq -S . "$fb") | tail -n +3 | sed 's/^/    /'
+		if jq -e '.manifests' "$fa" >/dev/null; then
+			n=$(jq '.manifests | length' "$fa")
+			for ((i = 0; i < n; i++)); do
+				oci_diff_blob "$a" "$b" "$(jq -r ".manifests[$i].digest" "$fa")" \
+					"$(jq -r ".manifests[$i].digest // empty" "$fb")" \
+					"manifest $(jq -r ".manifests[$i].platform | \"\(.os)/\(.architecture)\"" "$fa")"
+			done
+		elif jq -e '.layers' "$fa" >/dev/null; then
+			oci_diff_blob "$a" "$b" "$(jq -r .config.digest "$fa")" "$(jq -r .config.digest "$fb")" "$what config"
+			n=$(jq '.layers | length' "$fa")
+			for ((i = 0; i < n; i++)); do
+				oci_diff_blob "$a" "$b" "$(jq -r ".layers[$i].digest" "$fa")" \
+					"$(jq -r ".layers[$i].digest // empty" "$fb")" "$what layer $i"
+			done
+		fi
+	elif [ -f "$fa" ] && [ -f "$fb" ]; then
+		if ! diff -q <(tar --full-time -tvf "$fa") <(tar --full-time -tvf "$fb") >/dev/null; then
+			diff -u <(tar --full-time -tvf "$fa") <(tar --full-time -tvf "$fb") | tail -n +3 | sed 's/^/    /'
+		else
+			rm -rf "$a.x" "$b.x" && mkdir "$a.x" "$b.x"
+			tar -xf "$fa" -C "$a.x" && tar -xf "$fb" -C "$b.x"
+			diff -ru "$a.x" "$b.x" | sed 's/^/    /' | head -40
+			diff -qr "$a.x" "$b.x" >/dev/null &&
+				echo "    same entries and contents: the compressed bytes differ"
+			rm -rf "$a.x" "$b.x"
+		fi
+	fi
+}
+
+oci_diff() { # ARCHIVE-A ARCHIVE-B NAME-A NAME-B
+	local a="$T/diff/$3" b="$T/diff/$4"
+	oci_unpack "$1" "$a" && oci_unpack "$2" "$b"
+	diff -u <(tar --full-time -tvf "$1") <(tar --full-time -tvf "$2") | tail -n +3 | sed 's/^/    /'
+	diff -u <(jq -S . "$a/index.json") <(jq -S . "$b/index.json") | tail -n +3 | sed 's/^/    /'
+	oci_diff_blob "$a" "$b" "$(jq -r '.manifests[0].digest' "$a/index.json")" \
+		"$(jq -r '.manifests[0].digest' "$b/index.json")" "top"
+	rm -rf --one-file-system "$a" "$b"
 }
 
 # Assertions for check.sh.
@@ -43,46 +164,81 @@ expect_stat() { assert_eq "$(stat -c "$2" "$ROOTFS/$1")" "$3" "stat $2 of $1"; }
 config() { jq -c "$1" "$CONFIG"; }
 expect_config() { assert_eq "$(config "$1")" "$2" "config $1"; }
 
-passed=0 failed=0 failures=""
-run_case() {
-	local dir=$1 name args=()
+# One case in one mode; its outputs in $T/out/NAME/MODE.
+run_case_in() { # MODE DIR ARGS...
+	local mode=$1 dir=$2 name out
+	shift 2
 	name=$(basename "$dir")
-	if [ -f "$dir/args" ]; then
-		# shellcheck disable=SC2046
-		eval "args=($(CASE="$dir" LAYOUT="$LAYOUT" HTTP="$HTTP" envsubst '$CASE $LAYOUT $HTTP' <"$dir/args"))"
-	fi
-	ROOTFS="$T/$name/rootfs"
-	CONFIG="$T/$name/config.json"
-	mkdir -p "$T/$name"
+	out="$T/out/$name/$mode"
+	mkdir -p "$out"
 	if [ -f "$dir/expect-error" ]; then
-		if "$KILN" build --progress json --build-arg "BASE=$BASE" "${args[@]}" "$dir" \
-			2>"$T/progress.json"; then
-			echo "case $name: build succeeded, expected an error" >&2
+		if mode_build "$mode" --build-arg "BASE=$BASE" "$@" "$dir"; then
+			echo "case $name ($mode): build succeeded, expected an error" >&2
 			return 1
 		fi
 		while IFS= read -r frag; do
 			[ -z "$frag" ] && continue
 			grep -qF -- "$frag" "$T/progress.json" || {
-				echo "case $name: error lacks '$frag': $(tail -2 "$T/progress.json")" >&2
+				echo "case $name ($mode): error lacks '$frag': $(tail -2 "$T/progress.json")" >&2
 				return 1
 			}
 		done <"$dir/expect-error"
 		return 0
 	fi
-	"$KILN" build --progress json --build-arg "BASE=$BASE" "${args[@]}" \
-		-o "type=local,dest=$ROOTFS" -o "type=oci,dest=$T/$name/image.tar" "$dir" \
-		2>"$T/progress.json" || {
-		echo "case $name: build failed: $(tail -3 "$T/progress.json")" >&2
+	mode_build "$mode" --build-arg "BASE=$BASE" "$@" \
+		-o "type=local,dest=$out/rootfs" -o "type=oci,dest=$out/image.tar" "$dir" || {
+		echo "case $name ($mode): build failed: $(tail -3 "$T/progress.json")" >&2
+		[ "$mode" != cluster ] || cluster_logs >&2
 		return 1
 	}
-	oci_config "$T/$name/image.tar" "$CONFIG"
-	(set -e; . "$dir/check.sh") || return 1
+	CONFIG="$out/config.json"
+	oci_config "$out/image.tar" "$CONFIG" || {
+		echo "case $name ($mode): no image config in $out/image.tar" >&2
+		return 1
+	}
+	# Several platforms: one directory per platform (docs/outputs.md).
+	ROOTFS="$out/rootfs"
+	[ "$OCI_PLATFORMS" = 1 ] || ROOTFS="$out/rootfs/linux_amd64"
+	(set -e; . "$dir/check.sh") || {
+		echo "case $name ($mode): check.sh failed" >&2
+		return 1
+	}
+}
+
+passed=0 failed=0 failures=""
+run_case() { # DIR
+	local dir=$1 name args=() mode rc=0 first
+	name=$(basename "$dir")
+	[ -f "$dir/Dockerfile" ] || { echo "case $name: no such case ($dir)" >&2; return 1; }
+	if [ -f "$dir/args" ]; then
+		# shellcheck disable=SC2046
+		eval "args=($(CASE="$dir" LAYOUT="$LAYOUT" HTTP="$HTTP" envsubst '$CASE $LAYOUT $HTTP' <"$dir/args"))"
+	fi
+	# Both platforms (on a cluster: both workers), unless the case picks
+	# its own.
+	case " ${args[*]} " in
+	*" --platform "* | *" --platform="*) ;;
+	*) args+=(--platform "$PLATFORMS") ;;
+	esac
+	for mode in "${MODES[@]}"; do
+		run_case_in "$mode" "$dir" "${args[@]}" || rc=1
+	done
+	[ "$rc" = 0 ] && [ ! -f "$dir/expect-error" ] || return $rc
+	first=${MODES[0]}
+	for mode in "${MODES[@]:1}"; do
+		cmp -s "$T/out/$name/$first/image.tar" "$T/out/$name/$mode/image.tar" && continue
+		echo "case $name: the OCI archives of $first and $mode differ:" >&2
+		oci_diff "$T/out/$name/$first/image.tar" "$T/out/$name/$mode/image.tar" "$first" "$mode" >&2
+		rc=1
+	done
+	return $rc
 }
 
 if [ $# -gt 0 ]; then
 	list=("$@")
 else
 	list=("$CASES"/*/)
+	all=all
 fi
 for c in "${list[@]}"; do
 	c=${c%/}
@@ -94,5 +250,10 @@ for c in "${list[@]}"; do
 		failures="$failures $(basename "$c")"
 	fi
 done
-echo "conformance: $passed cases passed, $failed failed${failures:+ (failed:$failures)}"
+case " ${MODES[*]} " in *" cluster "*)
+	cluster_check_steps "${all:-}"
+	cluster_stop
+	;;
+esac
+echo "conformance (${MODES[*]}): $passed cases passed, $failed failed${failures:+ (failed:$failures)}"
 [ "$failed" = 0 ]
