@@ -52,7 +52,7 @@
 #include "cas/store.h"
 #include "cas/tree.h"
 #include "proto/http-server.h"
-#include "transfer/peer.h"
+#include "peer/peer.h"
 
 #define REQUEST_MAX 8192u
 #define SENDFILE_CHUNK (1u << 30)

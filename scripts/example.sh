@@ -71,12 +71,12 @@ pids="$pids $!"
 wait_for "http://$reg/v2/"
 skopeo copy --quiet --all --dest-tls-verify=false oci:examples/busybox:latest \
 	"docker://$reg/busybox:latest"
-./build/src/daemon/kilnd --root "$state/kilnd" --listen "${kilnd#http://}" \
+./build/src/kilnd/kilnd --root "$state/kilnd" --listen "${kilnd#http://}" \
 	>"$state/kilnd.log" 2>&1 &
 pids="$pids $!"
 wait_for "$kilnd/v1/health"
 for w in amd64 arm64; do
-	./build/src/daemon/kiln-worker --join "$kilnd" --token-file "$state/kilnd/worker.token" \
+	./build/src/agent/kiln-worker --join "$kilnd" --token-file "$state/kilnd/worker.token" \
 		--root "$state/worker-$w" --name "worker-$w" --platform "linux/$w" \
 		--listen "127.0.0.1:$(free_port)" >"$state/worker-$w.log" 2>&1 &
 	pids="$pids $!"

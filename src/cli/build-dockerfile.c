@@ -24,7 +24,7 @@
 #include "source/image-config.h"
 #include "source/image.h"
 #include "source/local.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 
 struct dfbuild {
 	const struct build_args *a;

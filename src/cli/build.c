@@ -1,22 +1,11 @@
-/* kiln build: solve a graph on the embedded engine and export the result. */
-#include <fcntl.h>
+/* kiln build: flags and dispatch to the graph or the Dockerfile build. */
 #include <getopt.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "basic/alloc.h"
-#include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "cli/build.h"
 #include "cli/common.h"
-#include "cli/remote.h"
-#include "export/export.h"
-#include "solver/definition.h"
-#include "solver/progress.h"
-#include "solver/solve.h"
-#include "source/image.h"
-#include "transfer/registry.h"
 
 static void build_usage(FILE *f)
 {
@@ -200,123 +189,6 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 	return 0;
 }
 
-int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
-		      struct kiln_error **err)
-{
-	const char *insecure[MAX_LIST + 1] = { 0 }, *endpoints[MAX_LIST + 1] = { 0 };
-	struct kiln_registry_options o = { .insecure = insecure, .endpoints = endpoints };
-	size_t i;
-	int r;
-
-	for (i = 0; i < a->n_insecure; i++)
-		insecure[i] = a->insecure[i];
-	for (i = 0; i < a->n_endpoints; i++)
-		endpoints[i] = a->endpoints[i];
-	r = kiln_registry_new(&o, out, err);
-	if (r == 0)
-		kiln_image_set_registry(*out);
-	return r;
-}
-
-int kiln_build_write_metadata(const char *path, const char *tree, unsigned run,
-			      unsigned cached, const char *image_digest,
-			      struct kiln_error **err)
-{
-	json_t *o = json_pack("{sssisi}", "kiln.result.tree", tree, "kiln.steps.run", run,
-			      "kiln.steps.cached", cached);
-	char *s;
-	int r;
-
-	if (image_digest)
-		json_object_set_new(o, "containerimage.digest", json_string(image_digest));
-	s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
-	json_decref(o);
-	r = kiln_write_file_atomic_at(AT_FDCWD, path, s, strlen(s), 0644, false);
-	free(s);
-	if (r < 0)
-		return kiln_error_seterrno(err, r, "--metadata-file %s", path);
-	return 0;
-}
-
-int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
-		   const struct kiln_definition *def, const struct kiln_solve_options *so,
-		   struct kiln_solve_result *res, struct kiln_error **err)
-{
-	struct kiln_remote *rm = NULL;
-	struct kiln_remote_build b = {
-		.graph = def->text,
-		.base_dir = def->base_dir,
-		.platform = def->default_platform,
-		.def = def,
-		.store = kiln_worker_store(eng->worker),
-		.cache = eng->cache,
-		.progress = so->progress,
-		.no_cache = so->no_cache,
-		.secrets = so->secrets,
-		.n_secrets = so->n_secrets,
-	};
-	int r = kiln_remote_open(a->addr, a->token_file, &a->tls, &rm, err);
-
-	if (r < 0)
-		return r;
-	if (!rm)
-		return kiln_solve(def, so, res, err);
-	r = kiln_remote_solve(rm, &b, res, err);
-	kiln_remote_free(rm);
-	return r;
-}
-
-static int run_build(const struct build_args *a, struct kiln_error **err)
-{
-	struct kiln_export_spec specs[MAX_OUTPUTS] = { 0 };
-	struct kiln_definition *def = NULL;
-	struct kiln_solve_result res = { 0 };
-	struct kiln_engine eng = { 0 };
-	struct kiln_progress *prog = NULL;
-	_cleanup_free_ char *root = kiln_cli_default_root();
-	struct kiln_solve_options so = { 0 };
-	struct kiln_registry *reg = NULL;
-	size_t i;
-	int r = 0;
-
-	/* Check every flag before doing any work. */
-	for (i = 0; r == 0 && i < a->n_outputs; i++)
-		r = kiln_export_spec_parse(a->outputs[i], &specs[i], err);
-	if (r == 0)
-		r = kiln_cli_registry(a, &reg, err);
-	if (r == 0)
-		r = kiln_engine_open(root, a->runtime, &eng, err);
-	if (r == 0)
-		r = kiln_definition_load(a->def,
-					 a->platform ? a->platform
-						     : kiln_worker_native_platform(eng.worker),
-					 &def, err);
-	if (r < 0)
-		goto out;
-	prog = kiln_progress_new(a->progress, stderr);
-	so.worker = eng.worker;
-	so.cache = eng.cache;
-	so.progress = prog;
-	so.slots = a->slots;
-	so.no_cache = a->no_cache;
-	r = kiln_cli_solve(a, &eng, def, &so, &res, err);
-	for (i = 0; r == 0 && i < a->n_outputs; i++)
-		r = kiln_export_run(kiln_worker_store(eng.worker), &res.tree, &specs[i], err);
-	if (r == 0 && a->metadata_file)
-		r = kiln_build_write_metadata(a->metadata_file, KILN_DIGEST_STR(&res.tree), res.run,
-					      res.cached, NULL, err);
-out:
-	for (i = 0; i < a->n_outputs; i++)
-		kiln_export_spec_release(&specs[i]);
-	kiln_solve_result_release(&res);
-	kiln_progress_free(prog);
-	kiln_definition_free(def);
-	kiln_engine_close(&eng);
-	kiln_image_set_registry(NULL);
-	kiln_registry_free(reg);
-	return r;
-}
-
 int kiln_cmd_build(int argc, char **argv)
 {
 	_cleanup_error_ struct kiln_error *err = NULL;
@@ -325,7 +197,7 @@ int kiln_cmd_build(int argc, char **argv)
 
 	if (r)
 		return r == 1 ? 0 : r;
-	if ((a.def ? run_build(&a, &err) : kiln_build_dockerfile(&a, &err)) < 0)
+	if ((a.def ? kiln_build_graph(&a, &err) : kiln_build_dockerfile(&a, &err)) < 0)
 		return kiln_cli_fail(err);
 	return 0;
 }

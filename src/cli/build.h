@@ -1,4 +1,8 @@
-/* kiln build: what the graph and the Dockerfile paths share. */
+/*
+ * kiln build: the flags (build.c), the two builds (build-graph.c,
+ * build-dockerfile.c) and what they share (build-common.c). The builds
+ * call build-common.c, never each other or build.c.
+ */
 #pragma once
 
 #include <stdbool.h>
@@ -61,7 +65,10 @@ int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		   const struct kiln_definition *def, const struct kiln_solve_options *so,
 		   struct kiln_solve_result *res, struct kiln_error **err);
 
-/* The Dockerfile path (build-dockerfile.c). */
+/* The op-graph build, --def (build-graph.c). */
+int kiln_build_graph(const struct build_args *a, struct kiln_error **err);
+
+/* The Dockerfile build (build-dockerfile.c). */
 int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err);
 
 /* Write --metadata-file: result digests and step counts. */

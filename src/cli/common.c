@@ -8,6 +8,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "proto/tokens.h"
 
 char *kiln_cli_default_root(void)
 {
@@ -82,9 +83,7 @@ int kiln_cli_tls(struct kiln_tls *t, struct kiln_error **err)
 
 int kiln_cli_token(const char *token_file, char **out, struct kiln_error **err)
 {
-	_cleanup_free_ char *buf = NULL;
 	const char *env = getenv("KILN_TOKEN");
-	char *s, *e;
 	int r;
 
 	*out = NULL;
@@ -93,14 +92,8 @@ int kiln_cli_token(const char *token_file, char **out, struct kiln_error **err)
 			*out = xstrdup(env);
 		return 0;
 	}
-	r = kiln_read_file_at(AT_FDCWD, token_file, 8192, &buf, NULL);
+	r = kiln_token_read(token_file, out, err);
 	if (r < 0)
-		return kiln_error_seterrno(err, r, "--token-file %s", token_file);
-	s = buf + strspn(buf, " \t\r\n");
-	e = s + strcspn(s, " \t\r\n");
-	*e = '\0';
-	if (!*s)
-		return kiln_error_set(err, -EINVAL, "--token-file %s: empty", token_file);
-	*out = xstrdup(s);
-	return 0;
+		kiln_error_prefix(err, "--token-file");
+	return r;
 }

@@ -15,7 +15,7 @@
 #include "cli/common.h"
 #include "proto/http-client.h"
 #include "source/local.h"
-#include "transfer/peer.h"
+#include "peer/peer.h"
 
 #define STATE_TIMEOUT_MS 30000L
 #define EVENTS_TIMEOUT_MS 30000L

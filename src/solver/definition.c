@@ -15,7 +15,7 @@
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 #include "worker/worker.h"
 
 /* Parsing context for error messages. */

@@ -2,7 +2,7 @@
  * source.image: OCI images from an OCI image layout directory
  * ("oci-layout://PATH[:TAG]" references) or from a registry (any other
  * reference, "NAME[:TAG][@DIGEST]" with Docker's normalization; see
- * transfer/registry.h and docs/registry.md).
+ * registry/registry.h and docs/registry.md).
  *
  * Resolving pins a reference to a manifest digest for one platform (the
  * index or a nested index is searched by platform; a single-manifest layout
@@ -18,7 +18,7 @@
 #include "basic/error.h"
 #include "cas/digest.h"
 #include "cas/store.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 #include "worker/layers.h"
 
 /* A parsed image reference. */

@@ -1,6 +1,6 @@
 /*
  * libFuzzer target for the peer pull's FILES plan and batch framing parser
- * (src/transfer/peer-internal.h). The input drives three things:
+ * (src/peer/peer-internal.h). The input drives three things:
  *   1. a random tree (file count, size spread) and random plan limits: the
  *      plan must put every file in exactly one item within the limits;
  *   2. a batch response built from records the input picks (a blob as
@@ -22,7 +22,7 @@
 #include "basic/fs-util.h"
 #include "basic/strbuf.h"
 #include "cas/store.h"
-#include "transfer/peer-internal.h"
+#include "peer/peer-internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -29,7 +29,7 @@
 #include "basic/fs-util.h"
 #include "cas/tree.h"
 #include "source/image.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 
 #define MT_MANIFEST "application/vnd.oci.image.manifest.v1+json"
 

@@ -1,5 +1,5 @@
 /*
- * kiln-worker's job service (src/daemon/jobs.h), in-process: a source
+ * kiln-worker's job service (src/agent/jobs.h), in-process: a source
  * store served by a peer server, a real worker with the job route on a
  * second server, jobs POSTed with the project's HTTP client. The exec
  * cases run busybox through the real runc: needs root and runc, and fails
@@ -22,11 +22,11 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "cas/tree.h"
-#include "daemon/jobs.h"
+#include "agent/jobs.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"
 #include "solver/definition.h"
-#include "transfer/peer.h"
+#include "peer/peer.h"
 #include "worker/worker.h"
 
 #include "test-util.h"

@@ -24,7 +24,7 @@
 #include "cas/tree.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"
-#include "transfer/peer.h"
+#include "peer/peer.h"
 
 #define BIG_SIZE (8u << 20)
 #define N_SMALL 300

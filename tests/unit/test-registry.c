@@ -27,7 +27,7 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "source/image.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 
 #define REPO "kiln/busybox"
 

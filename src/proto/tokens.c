@@ -1,5 +1,5 @@
 /* Token files: generate once, read many times (tokens.h). */
-#include "daemon/tokens.h"
+#include "proto/tokens.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -9,7 +9,7 @@
 
 #include "basic/parse-util.h"
 #include "cas/tree.h"
-#include "transfer/peer-internal.h"
+#include "peer/peer-internal.h"
 
 static void framer_init(struct kiln_peer_framer *f, struct kiln_store *store,
 			const char *method, const char *url)

@@ -12,7 +12,7 @@
 #include "basic/parse-util.h"
 #include "cas/tree.h"
 #include "proto/http-server.h"
-#include "transfer/peer.h"
+#include "peer/peer.h"
 
 #define OCTETS "application/octet-stream"
 #define FRAMES "application/vnd.kiln.blobs.v1"

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "daemon/workers.h"
+#include "kilnd/worker-table.h"
 
 /* Register a worker from its JSON registration; returns its id. */
-static char *reg_worker(struct kiln_workers *reg, const char *json_text)
+static char *reg_worker(struct kiln_worker_table *reg, const char *json_text)
 {
 	struct kiln_registration r;
 	struct kiln_error *err = NULL;
@@ -24,7 +24,7 @@ static char *reg_worker(struct kiln_workers *reg, const char *json_text)
 
 	assert_non_null(j);
 	assert_int_equal(kiln_registration_parse(j, &r, &err), 0);
-	assert_int_equal(kiln_workers_register(reg, &r, &id), 0);
+	assert_int_equal(kiln_worker_table_register(reg, &r, &id), 0);
 	kiln_registration_release(&r);
 	json_decref(j);
 	return id;
@@ -39,9 +39,9 @@ static void digest_of(char c, struct kiln_digest *d)
 	assert_int_equal(kiln_digest_parse(s, d), 0);
 }
 
-static struct kiln_workers *three_workers(void)
+static struct kiln_worker_table *three_workers(void)
 {
-	struct kiln_workers *reg = kiln_workers_new(60000);
+	struct kiln_worker_table *reg = kiln_worker_table_new(60000);
 
 	free(reg_worker(reg, "{\"name\": \"amd\", \"addr\": \"http://10.0.0.1:1\", \"slots\": 2,"
 			     " \"platforms\": [{\"platform\": \"linux/amd64\"}]}"));
@@ -54,45 +54,45 @@ static struct kiln_workers *three_workers(void)
 
 static void test_check_platform(void **state)
 {
-	struct kiln_workers *reg = three_workers();
+	struct kiln_worker_table *reg = three_workers();
 	struct kiln_error *err = NULL;
 	bool emu = true;
 
-	assert_int_equal(kiln_workers_check_platform(reg, "linux/amd64", &emu, NULL), 0);
+	assert_int_equal(kiln_worker_table_check_platform(reg, "linux/amd64", &emu, NULL), 0);
 	assert_false(emu);
-	assert_int_equal(kiln_workers_check_platform(reg, "linux/arm64", &emu, NULL), 0);
+	assert_int_equal(kiln_worker_table_check_platform(reg, "linux/arm64", &emu, NULL), 0);
 	assert_true(emu);
-	assert_int_equal(kiln_workers_check_platform(reg, "linux/s390x", &emu, &err), -ENODEV);
+	assert_int_equal(kiln_worker_table_check_platform(reg, "linux/s390x", &emu, &err), -ENODEV);
 	assert_non_null(strstr(err->msg, "linux/s390x"));
 	assert_non_null(strstr(err->msg, "arm linux/arm64 (emulated)"));
 	assert_non_null(strstr(err->msg, "amd2 linux/amd64"));
 	kiln_error_free(err);
-	kiln_workers_free(reg);
+	kiln_worker_table_free(reg);
 }
 
 static void test_native_before_emulated(void **state)
 {
-	struct kiln_workers *reg = three_workers();
+	struct kiln_worker_table *reg = three_workers();
 	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 10 };
 	struct kiln_worker_ref w;
 
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
 	assert_string_equal(w.name, "arm");
 	assert_true(w.emulated);
-	kiln_workers_unplace(reg, w.name, rq.est_ms);
+	kiln_worker_table_unplace(reg, w.name, rq.est_ms);
 	free(reg_worker(reg, "{\"name\": \"graviton\", \"addr\": \"http://10.0.0.4:1\", \"slots\": 1,"
 			     " \"platforms\": [{\"platform\": \"linux/arm64\"}]}"));
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
 	assert_string_equal(w.name, "graviton");
 	assert_false(w.emulated);
 	assert_string_equal(w.addr, "http://10.0.0.4:1");
-	kiln_workers_unplace(reg, w.name, rq.est_ms);
-	kiln_workers_free(reg);
+	kiln_worker_table_unplace(reg, w.name, rq.est_ms);
+	kiln_worker_table_free(reg);
 }
 
 static void test_least_finish(void **state)
 {
-	struct kiln_workers *reg = three_workers();
+	struct kiln_worker_table *reg = three_workers();
 	struct kiln_digest big, small;
 	uint64_t big_size = 1ull << 30;
 	struct kiln_place_request rq = { .platform = "linux/amd64", .est_ms = 100 };
@@ -101,34 +101,34 @@ static void test_least_finish(void **state)
 	digest_of('b', &big);
 	digest_of('c', &small);
 	/* amd2 holds the 1 GiB input: it wins although amd has more slots. */
-	kiln_workers_hold(reg, "amd2", &big, big_size);
+	kiln_worker_table_hold(reg, "amd2", &big, big_size);
 	rq.inputs = &big;
 	rq.input_sizes = &big_size;
 	rq.n_inputs = 1;
 	rq.est_ms = 10000;
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
 	assert_string_equal(w.name, "amd2");
 	/* amd2's one slot is taken by 10 s of work: a job with a small input
 	 * is sooner done on amd, which must fetch it. */
 	rq.inputs = &small;
 	rq.input_sizes = NULL;
 	rq.est_ms = 100;
-	assert_int_equal(kiln_workers_place(reg, &rq, &w2, NULL), 0);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w2, NULL), 0);
 	assert_string_equal(w2.name, "amd");
-	kiln_workers_unplace(reg, w2.name, 100);
-	kiln_workers_unplace(reg, w.name, 10000);
+	kiln_worker_table_unplace(reg, w2.name, 100);
+	kiln_worker_table_unplace(reg, w.name, 10000);
 	/* A worker excluded (it just failed the job) is not chosen. */
 	rq.inputs = &big;
 	rq.input_sizes = &big_size;
 	rq.except = "amd2";
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
 	assert_string_equal(w.name, "amd");
-	kiln_workers_unplace(reg, w.name, 100);
-	kiln_workers_free(reg);
+	kiln_worker_table_unplace(reg, w.name, 100);
+	kiln_worker_table_free(reg);
 }
 
 struct waiter {
-	struct kiln_workers *reg;
+	struct kiln_worker_table *reg;
 	struct kiln_worker_ref w;
 	int r;
 	atomic_bool cancelled;
@@ -140,19 +140,19 @@ static void *place_thread(void *ud)
 	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5,
 					 .cancelled = &wt->cancelled };
 
-	wt->r = kiln_workers_place(wt->reg, &rq, &wt->w, NULL);
+	wt->r = kiln_worker_table_place(wt->reg, &rq, &wt->w, NULL);
 	return NULL;
 }
 
 /* Fill arm's one slot, then start wt placing a second job: it waits. */
-static void wait_behind_full(struct kiln_workers *reg, struct waiter *wt, pthread_t *t)
+static void wait_behind_full(struct kiln_worker_table *reg, struct waiter *wt, pthread_t *t)
 {
 	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5 };
 	struct kiln_worker_ref w;
 
 	wt->reg = reg;
 	wt->r = 1;
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
 	assert_int_equal(pthread_create(t, NULL, place_thread, wt), 0);
 	usleep(300000);
 	assert_int_equal(wt->r, 1); /* still waiting: arm has one slot */
@@ -161,23 +161,23 @@ static void wait_behind_full(struct kiln_workers *reg, struct waiter *wt, pthrea
 /* A full worker makes placement wait for a slot, not fail or overbook. */
 static void test_waits_for_slot(void **state)
 {
-	struct kiln_workers *reg = three_workers();
+	struct kiln_worker_table *reg = three_workers();
 	struct waiter wt = { 0 };
 	pthread_t t;
 
 	wait_behind_full(reg, &wt, &t);
-	kiln_workers_unplace(reg, "arm", 5);
+	kiln_worker_table_unplace(reg, "arm", 5);
 	pthread_join(t, NULL);
 	assert_int_equal(wt.r, 0);
 	assert_string_equal(wt.w.name, "arm");
-	kiln_workers_unplace(reg, "arm", 5);
-	kiln_workers_free(reg);
+	kiln_worker_table_unplace(reg, "arm", 5);
+	kiln_worker_table_free(reg);
 }
 
 /* A cancelled build stops waiting for a slot, and takes none. */
 static void test_wait_cancelled(void **state)
 {
-	struct kiln_workers *reg = three_workers();
+	struct kiln_worker_table *reg = three_workers();
 	struct kiln_place_request rq = { .platform = "linux/arm64", .est_ms = 5 };
 	struct waiter wt = { 0 };
 	struct kiln_worker_ref w;
@@ -188,15 +188,15 @@ static void test_wait_cancelled(void **state)
 	pthread_join(t, NULL);
 	assert_int_equal(wt.r, -ECANCELED);
 	/* The slot is still the first job's alone: freed, it can be taken once. */
-	kiln_workers_unplace(reg, "arm", 5);
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, NULL), 0);
-	kiln_workers_unplace(reg, "arm", 5);
-	kiln_workers_free(reg);
+	kiln_worker_table_unplace(reg, "arm", 5);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
+	kiln_worker_table_unplace(reg, "arm", 5);
+	kiln_worker_table_free(reg);
 }
 
 static void test_location_index(void **state)
 {
-	struct kiln_workers *reg = three_workers();
+	struct kiln_worker_table *reg = three_workers();
 	struct kiln_worker_ref refs[4];
 	struct kiln_place_request rq = { .platform = "linux/amd64", .est_ms = 5 };
 	struct kiln_error *err = NULL;
@@ -205,32 +205,32 @@ static void test_location_index(void **state)
 
 	digest_of('d', &t);
 	digest_of('1', &inv);
-	assert_false(kiln_workers_held(reg, &t));
-	kiln_workers_hold(reg, "amd", &t, 0);
-	kiln_workers_hold(reg, "arm", &t, 0);
-	assert_true(kiln_workers_held(reg, &t));
-	assert_int_equal(kiln_workers_holders(reg, &t, NULL, refs, 4), 2);
-	assert_int_equal(kiln_workers_holders(reg, &t, "amd", refs, 4), 1);
+	assert_false(kiln_worker_table_held(reg, &t));
+	kiln_worker_table_hold(reg, "amd", &t, 0);
+	kiln_worker_table_hold(reg, "arm", &t, 0);
+	assert_true(kiln_worker_table_held(reg, &t));
+	assert_int_equal(kiln_worker_table_holders(reg, &t, NULL, refs, 4), 2);
+	assert_int_equal(kiln_worker_table_holders(reg, &t, "amd", refs, 4), 1);
 	assert_string_equal(refs[0].name, "arm");
 	/* Lost workers hold nothing anyone can use, and take no jobs. */
-	kiln_workers_mark_lost(reg, "arm", "test");
-	assert_int_equal(kiln_workers_holders(reg, &t, NULL, refs, 4), 1);
+	kiln_worker_table_mark_lost(reg, "arm", "test");
+	assert_int_equal(kiln_worker_table_holders(reg, &t, NULL, refs, 4), 1);
 	assert_string_equal(refs[0].name, "amd");
 	rq.platform = "linux/arm64";
-	assert_int_equal(kiln_workers_place(reg, &rq, &w, &err), -ENODEV);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, &err), -ENODEV);
 	kiln_error_free(err);
 	/* A tree found nowhere is forgotten everywhere. */
-	kiln_workers_forget(reg, &t);
-	assert_false(kiln_workers_held(reg, &t));
-	kiln_workers_hold(reg, "amd", &t, 7);
-	assert_true(kiln_workers_held(reg, &t));
+	kiln_worker_table_forget(reg, &t);
+	assert_false(kiln_worker_table_held(reg, &t));
+	kiln_worker_table_hold(reg, "amd", &t, 7);
+	assert_true(kiln_worker_table_held(reg, &t));
 	/* An inventory announced at registration fills the index. */
 	free(reg_worker(reg, "{\"name\": \"arm\", \"addr\": \"http://10.0.0.3:1\", \"slots\": 1,"
 			     " \"platforms\": [{\"platform\": \"linux/arm64\", \"emulated\": true}],"
 			     " \"inventory\": [\"sha256:1111111111111111111111111111111111111111111111111111111111111111\"]}"));
-	assert_int_equal(kiln_workers_holders(reg, &inv, NULL, refs, 4), 1);
+	assert_int_equal(kiln_worker_table_holders(reg, &inv, NULL, refs, 4), 1);
 	assert_string_equal(refs[0].name, "arm");
-	kiln_workers_free(reg);
+	kiln_worker_table_free(reg);
 }
 
 int main(void)

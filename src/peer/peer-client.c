@@ -30,7 +30,7 @@
 #include "cache/index.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
-#include "transfer/peer-internal.h"
+#include "peer/peer-internal.h"
 
 #define DEFAULT_PARALLEL 4u
 #define DEFAULT_SMALL_MAX (256u << 10)

@@ -21,7 +21,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 
 #define CONFIG_LIMIT (4u << 20)
 #define TOKEN_TIMEOUT_MS 60000L

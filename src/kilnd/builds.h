@@ -14,7 +14,7 @@
 #include "basic/error.h"
 #include "cache/index.h"
 #include "cas/store.h"
-#include "daemon/scheduler.h"
+#include "kilnd/scheduler.h"
 #include "proto/http-server.h"
 
 struct kiln_builds;

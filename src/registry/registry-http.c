@@ -8,7 +8,7 @@
 #include "basic/alloc.h"
 #include "basic/macro.h"
 #include "proto/http-client.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 
 #define CONNECT_TIMEOUT_MS 10000L
 

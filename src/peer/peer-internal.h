@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "transfer/peer.h"
+#include "peer/peer.h"
 
 /* Digests per batch request (well under the server's limit). */
 #define KILN_PEER_BATCH_DIGESTS 1000u

@@ -10,7 +10,7 @@
 
 #include "basic/alloc.h"
 #include "basic/strbuf.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 
 #define MAX_DEPTH 4
 #define PUT_TIMEOUT_MS 120000L

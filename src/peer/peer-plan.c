@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "basic/alloc.h"
-#include "transfer/peer-internal.h"
+#include "peer/peer-internal.h"
 
 static void item_add(struct kiln_peer_item *it, const struct kiln_digest *d,
 		     uint64_t size)

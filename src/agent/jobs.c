@@ -24,7 +24,7 @@
  * The running count covers GRAPH to the answer. Trees that become complete
  * here (pulled inputs, results) are added to the inventory.
  */
-#include "daemon/jobs.h"
+#include "agent/jobs.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -47,7 +47,7 @@
 #include "proto/http-server.h"
 #include "solver/definition.h"
 #include "solver/job.h"
-#include "transfer/peer.h"
+#include "peer/peer.h"
 #include "worker/worker.h"
 
 #define URL_MAX 256u

@@ -13,7 +13,7 @@
 #include "basic/alloc.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
-#include "transfer/registry.h"
+#include "registry/registry.h"
 
 #define NAME_MAX_LEN 255
 #define TAG_MAX_LEN 128

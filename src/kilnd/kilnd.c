@@ -18,20 +18,20 @@
 #include <strings.h>
 #include <sys/file.h>
 
-#include "daemon/daemon.h"
+#include "proto/daemon.h"
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
 #include "cache/index.h"
-#include "daemon/builds.h"
-#include "daemon/scheduler.h"
-#include "daemon/workers.h"
-#include "daemon/tokens.h"
+#include "kilnd/builds.h"
+#include "kilnd/scheduler.h"
+#include "kilnd/worker-table.h"
+#include "proto/tokens.h"
 #include "proto/http-server.h"
 #include "source/image.h"
-#include "transfer/peer.h"
-#include "transfer/registry.h"
+#include "peer/peer.h"
+#include "registry/registry.h"
 
 #define REGISTER_BODY_LIMIT (8u << 20)
 #define HEARTBEAT_BODY_LIMIT (64u << 10)
@@ -56,7 +56,7 @@ struct kilnd {
 	uint64_t interval_ms;
 	int lock_fd;
 	char *worker_token, *client_token;
-	struct kiln_workers *reg;
+	struct kiln_worker_table *reg;
 	struct kiln_http_server *http;
 };
 
@@ -97,11 +97,11 @@ static int do_register(struct kilnd *d, json_t *body,
 		kiln_http_resp_error(resp, 400, "%s", kiln_error_msg(err));
 		return 0;
 	}
-	if (kiln_workers_register(d->reg, &r, &id) < 0) {
+	if (kiln_worker_table_register(d->reg, &r, &id) < 0) {
 		kiln_registration_release(&r);
 		kiln_http_resp_error(resp, 503,
 				     "the registry is full (%u ready workers)",
-				     KILN_REGISTRY_MAX_WORKERS);
+				     KILN_WORKER_TABLE_MAX_WORKERS);
 		return 0;
 	}
 	kiln_http_resp_json(resp, 200,
@@ -142,7 +142,7 @@ static int do_heartbeat(struct kilnd *d, const char *id, json_t *body,
 				     "heartbeat: expected {\"running\": N, \"bytes_held\": N} with N >= 0");
 		return 0;
 	}
-	if (kiln_workers_heartbeat(d->reg, id, running, held) < 0) {
+	if (kiln_worker_table_heartbeat(d->reg, id, running, held) < 0) {
 		kiln_http_resp_error(resp, 404,
 				     "no worker %s here: register again", id);
 		return 0;
@@ -181,7 +181,7 @@ static int handle_list(const struct kiln_http_server_req *req,
 {
 	struct kilnd *d = ud;
 
-	kiln_http_resp_json(resp, 200, kiln_workers_list_json(d->reg));
+	kiln_http_resp_json(resp, 200, kiln_worker_table_list_json(d->reg));
 	return 0;
 }
 
@@ -282,7 +282,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 	r = open_state(d, err);
 	if (r < 0)
 		return r;
-	d->reg = kiln_workers_new(d->interval_ms);
+	d->reg = kiln_worker_table_new(d->interval_ms);
 	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token, &d->tls);
 	d->builds = kiln_builds_new(d->sched, d->store, d->cache);
 	r = kiln_http_server_new(&o, &d->http, err);
@@ -306,7 +306,7 @@ static void kilnd_release(struct kilnd *d)
 	kiln_peer_server_free(d->peer);
 	kiln_builds_free(d->builds);
 	kiln_sched_free(d->sched);
-	kiln_workers_free(d->reg);
+	kiln_worker_table_free(d->reg);
 	kiln_cache_free(d->cache);
 	kiln_store_free(d->store);
 	if (d->registry) {
@@ -333,7 +333,7 @@ static void kilnd_run(struct kilnd *d, const sigset_t *sigs)
 		sig = sigtimedwait(sigs, NULL, &ts);
 		if (sig == SIGTERM || sig == SIGINT)
 			break;
-		kiln_workers_sweep(d->reg);
+		kiln_worker_table_sweep(d->reg);
 		kiln_builds_sweep(d->builds);
 	}
 	log_info("kilnd: %s, stopping", strsignal(sig));

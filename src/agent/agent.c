@@ -2,7 +2,7 @@
  * kiln-worker: one worker machine in a cluster (docs/cluster.md). It opens
  * the worker state under --root, serves its CAS to peers (the blob
  * endpoints of docs/api.md), runs the jobs kilnd sends (POST /v1/jobs,
- * daemon/jobs.h), registers with kilnd, announcing its inventory, and
+ * agent/jobs.h), registers with kilnd, announcing its inventory, and
  * heartbeats.
  *
  * Threads: the main thread waits for SIGTERM/SIGINT; the agent thread
@@ -20,18 +20,18 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "daemon/daemon.h"
-#include "daemon/jobs.h"
+#include "proto/daemon.h"
+#include "agent/jobs.h"
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
-#include "daemon/tokens.h"
+#include "proto/tokens.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"
 #include "source/image.h"
-#include "transfer/peer.h"
-#include "transfer/registry.h"
+#include "peer/peer.h"
+#include "registry/registry.h"
 #include "worker/worker.h"
 
 #define NAME_MAX_LEN 63u

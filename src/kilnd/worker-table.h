@@ -19,25 +19,25 @@
 #include "cas/digest.h"
 
 /* Limits on what one worker may announce (hostile input). */
-#define KILN_REGISTRY_MAX_WORKERS 1024u
-#define KILN_REGISTRY_NAME_MAX 63u
-#define KILN_REGISTRY_ADDR_MAX 256u
-#define KILN_REGISTRY_MAX_PLATFORMS 16u
-#define KILN_REGISTRY_PLATFORM_MAX 64u
-#define KILN_REGISTRY_MAX_LABELS 64u
-#define KILN_REGISTRY_LABEL_MAX 256u
-#define KILN_REGISTRY_MAX_SLOTS 4096u
+#define KILN_WORKER_TABLE_MAX_WORKERS 1024u
+#define KILN_WORKER_TABLE_NAME_MAX 63u
+#define KILN_WORKER_TABLE_ADDR_MAX 256u
+#define KILN_WORKER_TABLE_MAX_PLATFORMS 16u
+#define KILN_WORKER_TABLE_PLATFORM_MAX 64u
+#define KILN_WORKER_TABLE_MAX_LABELS 64u
+#define KILN_WORKER_TABLE_LABEL_MAX 256u
+#define KILN_WORKER_TABLE_MAX_SLOTS 4096u
 /* Missed heartbeat intervals after which a worker is lost. */
-#define KILN_REGISTRY_LOST_INTERVALS 3u
+#define KILN_WORKER_TABLE_LOST_INTERVALS 3u
 
-struct kiln_workers;
+struct kiln_worker_table;
 
-struct kiln_workers_platform {
+struct kiln_worker_table_platform {
 	char *platform; /* "os/arch[/variant]", as the worker normalized it */
 	bool emulated;
 };
 
-struct kiln_workers_label {
+struct kiln_worker_table_label {
 	char *key, *value;
 };
 
@@ -45,10 +45,10 @@ struct kiln_workers_label {
 struct kiln_registration {
 	char *name;
 	char *addr; /* base URL of its peer blob server */
-	struct kiln_workers_platform *platforms;
+	struct kiln_worker_table_platform *platforms;
 	size_t n_platforms;
 	uint32_t slots;
-	struct kiln_workers_label *labels;
+	struct kiln_worker_table_label *labels;
 	size_t n_labels;
 	struct kiln_digest *inventory; /* result trees it holds */
 	size_t n_inventory;
@@ -64,52 +64,52 @@ int kiln_registration_parse(const json_t *j, struct kiln_registration *out,
 			    struct kiln_error **err);
 
 /* A registry whose workers heartbeat every interval_ms. */
-struct kiln_workers *kiln_workers_new(uint64_t interval_ms);
-void kiln_workers_free(struct kiln_workers *reg);
+struct kiln_worker_table *kiln_worker_table_new(uint64_t interval_ms);
+void kiln_worker_table_free(struct kiln_worker_table *reg);
 
-uint64_t kiln_workers_interval_ms(const struct kiln_workers *reg);
+uint64_t kiln_worker_table_interval_ms(const struct kiln_worker_table *reg);
 
 /*
  * Add a worker (taking reg's contents; *reg is zeroed). A worker of the
  * same name is replaced (a restarted worker). *id gets the new entry's id
  * (caller frees). -ENOSPC when the table is full of ready workers.
  */
-int kiln_workers_register(struct kiln_workers *reg,
+int kiln_worker_table_register(struct kiln_worker_table *reg,
 			   struct kiln_registration *r, char **id);
 
 /* Record a heartbeat of worker id: 0, or -ENOENT for an unknown id. */
-int kiln_workers_heartbeat(struct kiln_workers *reg, const char *id,
+int kiln_worker_table_heartbeat(struct kiln_worker_table *reg, const char *id,
 			    uint64_t running, uint64_t bytes_held);
 
 /* Mark workers that missed their heartbeats lost (logged). */
-void kiln_workers_sweep(struct kiln_workers *reg);
+void kiln_worker_table_sweep(struct kiln_worker_table *reg);
 
 /* {"workers": [...]} as documented in docs/api.md, after a sweep. */
-json_t *kiln_workers_list_json(struct kiln_workers *reg);
+json_t *kiln_worker_table_list_json(struct kiln_worker_table *reg);
 
 /* ---- the location index (docs/internals/cluster.md) ---- */
 
 /* A worker as placement and pulls need it. */
 struct kiln_worker_ref {
-	char name[KILN_REGISTRY_NAME_MAX + 1];
-	char addr[KILN_REGISTRY_ADDR_MAX + 1];
+	char name[KILN_WORKER_TABLE_NAME_MAX + 1];
+	char addr[KILN_WORKER_TABLE_ADDR_MAX + 1];
 	bool emulated; /* placement: it runs the platform emulated */
 };
 
 /* Worker name now holds tree whole (size bytes, 0 = unknown). */
-void kiln_workers_hold(struct kiln_workers *reg, const char *name,
+void kiln_worker_table_hold(struct kiln_worker_table *reg, const char *name,
 		       const struct kiln_digest *tree, uint64_t size);
 /* No worker holds tree any more (a pull of it found it nowhere). */
-void kiln_workers_forget(struct kiln_workers *reg, const struct kiln_digest *tree);
+void kiln_worker_table_forget(struct kiln_worker_table *reg, const struct kiln_digest *tree);
 /* Does some ready worker hold tree? */
-bool kiln_workers_held(struct kiln_workers *reg, const struct kiln_digest *tree);
+bool kiln_worker_table_held(struct kiln_worker_table *reg, const struct kiln_digest *tree);
 /* Up to max ready holders of tree other than except (may be NULL). */
-size_t kiln_workers_holders(struct kiln_workers *reg, const struct kiln_digest *tree,
+size_t kiln_worker_table_holders(struct kiln_worker_table *reg, const struct kiln_digest *tree,
 			    const char *except, struct kiln_worker_ref *out, size_t max);
 /* Is worker name registered and ready (not lost)? */
-bool kiln_workers_ready(struct kiln_workers *reg, const char *name);
+bool kiln_worker_table_ready(struct kiln_worker_table *reg, const char *name);
 /* A call to the worker failed at transport level: lost now, not after heartbeats. */
-void kiln_workers_mark_lost(struct kiln_workers *reg, const char *name, const char *why);
+void kiln_worker_table_mark_lost(struct kiln_worker_table *reg, const char *name, const char *why);
 
 /* ---- placement ---- */
 
@@ -117,7 +117,7 @@ void kiln_workers_mark_lost(struct kiln_workers *reg, const char *name, const ch
  * Can a ready worker run platform? *emulated: only emulated ones can.
  * -ENODEV naming the platform and listing the registered ones.
  */
-int kiln_workers_check_platform(struct kiln_workers *reg, const char *platform,
+int kiln_worker_table_check_platform(struct kiln_worker_table *reg, const char *platform,
 				bool *emulated, struct kiln_error **err);
 
 struct kiln_place_request {
@@ -137,7 +137,7 @@ struct kiln_place_request {
  * such worker is full, unless *rq->cancelled becomes true (-ECANCELED, no
  * slot taken). -ENODEV when none runs the platform.
  */
-int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request *rq,
+int kiln_worker_table_place(struct kiln_worker_table *reg, const struct kiln_place_request *rq,
 		       struct kiln_worker_ref *out, struct kiln_error **err);
 /* The job placed on name ended. */
-void kiln_workers_unplace(struct kiln_workers *reg, const char *name, uint64_t est_ms);
+void kiln_worker_table_unplace(struct kiln_worker_table *reg, const char *name, uint64_t est_ms);

@@ -4,7 +4,7 @@
  * and appends progress through a stdio cookie into the build's buffer.
  * Everything a build shares is under its lock; the table under b->lock.
  */
-#include "daemon/builds.h"
+#include "kilnd/builds.h"
 
 #include <jansson.h>
 #include <pthread.h>

@@ -4,7 +4,7 @@
  * Entry states and transitions:
  *
  *   register            --> READY
- *   READY --sweep: no heartbeat for KILN_REGISTRY_LOST_INTERVALS
+ *   READY --sweep: no heartbeat for KILN_WORKER_TABLE_LOST_INTERVALS
  *           intervals   --> LOST
  *   LOST  --heartbeat   --> READY
  *   READY/LOST --register of the same name--> removed; the new entry
@@ -13,7 +13,7 @@
  *
  * Every path that changes the table ends in assert_workers_state().
  */
-#include "daemon/workers.h"
+#include "kilnd/worker-table.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -48,7 +48,7 @@ struct entry {
 	uint64_t seen_mono_ns, seen_real_ns, registered_real_ns;
 };
 
-struct kiln_workers {
+struct kiln_worker_table {
 	pthread_mutex_t lock;
 	pthread_cond_t changed; /* a slot freed, a worker came or went */
 	uint64_t interval_ms;
@@ -105,11 +105,11 @@ static int parse_name(const json_t *j, struct kiln_registration *out,
 	if (r < 0)
 		return r;
 	s = json_string_value(v);
-	if (!*s || strlen(s) > KILN_REGISTRY_NAME_MAX || *s == '.' ||
+	if (!*s || strlen(s) > KILN_WORKER_TABLE_NAME_MAX || *s == '.' ||
 	    *s == '-' || !all_chars(s, "._-"))
 		return kiln_error_set(err, -EINVAL,
 				      "\"name\": not a worker name (1-%u of A-Z a-z 0-9 . _ -, starting with a letter or digit)",
-				      KILN_REGISTRY_NAME_MAX);
+				      KILN_WORKER_TABLE_NAME_MAX);
 	out->name = xstrdup(s);
 	return 0;
 }
@@ -124,12 +124,12 @@ static int parse_addr(const json_t *j, struct kiln_registration *out,
 	if (r < 0)
 		return r;
 	s = json_string_value(v);
-	if (strlen(s) > KILN_REGISTRY_ADDR_MAX || strchr(s, ' ') ||
+	if (strlen(s) > KILN_WORKER_TABLE_ADDR_MAX || strchr(s, ' ') ||
 	    !printable(s) ||
 	    (strncmp(s, "http://", 7) && strncmp(s, "https://", 8)))
 		return kiln_error_set(err, -EINVAL,
 				      "\"addr\": not an http:// or https:// URL of at most %u bytes",
-				      KILN_REGISTRY_ADDR_MAX);
+				      KILN_WORKER_TABLE_ADDR_MAX);
 	out->addr = xstrdup(s);
 	return 0;
 }
@@ -140,7 +140,7 @@ static bool platform_valid(const char *s)
 	const char *p;
 	unsigned slashes = 0;
 
-	if (!*s || strlen(s) > KILN_REGISTRY_PLATFORM_MAX || *s == '/')
+	if (!*s || strlen(s) > KILN_WORKER_TABLE_PLATFORM_MAX || *s == '/')
 		return false;
 	for (p = s; *p; p++) {
 		if (*p == '/' && (p[1] == '/' || !p[1]))
@@ -154,7 +154,7 @@ static bool platform_valid(const char *s)
 }
 
 static int parse_platform(const json_t *j, size_t i,
-			  struct kiln_workers_platform *out,
+			  struct kiln_worker_table_platform *out,
 			  struct kiln_error **err)
 {
 	json_t *p, *e;
@@ -189,10 +189,10 @@ static int parse_platforms(const json_t *j, struct kiln_registration *out,
 	if (r < 0)
 		return r;
 	n = json_array_size(a);
-	if (n == 0 || n > KILN_REGISTRY_MAX_PLATFORMS)
+	if (n == 0 || n > KILN_WORKER_TABLE_MAX_PLATFORMS)
 		return kiln_error_set(err, -EINVAL,
 				      "\"platforms\": needs 1 to %u entries",
-				      KILN_REGISTRY_MAX_PLATFORMS);
+				      KILN_WORKER_TABLE_MAX_PLATFORMS);
 	out->platforms = xcalloc(n, sizeof(*out->platforms));
 	for (i = 0; i < n; i++) {
 		r = parse_platform(json_array_get(a, i), i,
@@ -214,27 +214,27 @@ static int parse_slots(const json_t *j, struct kiln_registration *out,
 	if (r < 0)
 		return r;
 	n = json_integer_value(v);
-	if (n < 1 || n > KILN_REGISTRY_MAX_SLOTS)
+	if (n < 1 || n > KILN_WORKER_TABLE_MAX_SLOTS)
 		return kiln_error_set(err, -EINVAL,
 				      "\"slots\": must be 1 to %u",
-				      KILN_REGISTRY_MAX_SLOTS);
+				      KILN_WORKER_TABLE_MAX_SLOTS);
 	out->slots = (uint32_t)n;
 	return 0;
 }
 
 static int parse_label(const char *k, const json_t *v,
-		       struct kiln_workers_label *out, struct kiln_error **err)
+		       struct kiln_worker_table_label *out, struct kiln_error **err)
 {
 	if (!*k || strlen(k) > LABEL_KEY_MAX || !all_chars(k, "._/-"))
 		return kiln_error_set(err, -EINVAL,
 				      "\"labels\": bad key (1-%u of A-Z a-z 0-9 . _ / -)",
 				      LABEL_KEY_MAX);
 	if (!json_is_string(v) ||
-	    strlen(json_string_value(v)) > KILN_REGISTRY_LABEL_MAX ||
+	    strlen(json_string_value(v)) > KILN_WORKER_TABLE_LABEL_MAX ||
 	    !printable(json_string_value(v)))
 		return kiln_error_set(err, -EINVAL,
 				      "\"labels\".%s: not a printable string of at most %u bytes",
-				      k, KILN_REGISTRY_LABEL_MAX);
+				      k, KILN_WORKER_TABLE_LABEL_MAX);
 	out->key = xstrdup(k);
 	out->value = xstrdup(json_string_value(v));
 	return 0;
@@ -249,10 +249,10 @@ static int parse_labels(const json_t *j, struct kiln_registration *out,
 
 	if (r < 0 || !o)
 		return r;
-	if (json_object_size(o) > KILN_REGISTRY_MAX_LABELS)
+	if (json_object_size(o) > KILN_WORKER_TABLE_MAX_LABELS)
 		return kiln_error_set(err, -EINVAL,
 				      "\"labels\": more than %u labels",
-				      KILN_REGISTRY_MAX_LABELS);
+				      KILN_WORKER_TABLE_MAX_LABELS);
 	out->labels = xcalloc(json_object_size(o) + 1, sizeof(*out->labels));
 	json_object_foreach(o, k, v) {
 		r = parse_label(k, v, &out->labels[out->n_labels], err);
@@ -317,13 +317,13 @@ int kiln_registration_parse(const json_t *j, struct kiln_registration *out,
 
 /* ---- the table ---- */
 
-static void assert_workers_state(const struct kiln_workers *reg)
+static void assert_workers_state(const struct kiln_worker_table *reg)
 {
 #ifndef NDEBUG
 	size_t i, k;
 
 	assert(reg->n <= reg->alloc || (reg->n == 0 && !reg->entries));
-	assert(reg->n <= KILN_REGISTRY_MAX_WORKERS);
+	assert(reg->n <= KILN_WORKER_TABLE_MAX_WORKERS);
 	for (i = 0; i < reg->n; i++) {
 		const struct entry *e = reg->entries[i];
 
@@ -339,9 +339,9 @@ static void assert_workers_state(const struct kiln_workers *reg)
 #endif
 }
 
-struct kiln_workers *kiln_workers_new(uint64_t interval_ms)
+struct kiln_worker_table *kiln_worker_table_new(uint64_t interval_ms)
 {
-	struct kiln_workers *reg = xcalloc(1, sizeof(*reg));
+	struct kiln_worker_table *reg = xcalloc(1, sizeof(*reg));
 
 	pthread_mutex_init(&reg->lock, NULL);
 	pthread_cond_init(&reg->changed, NULL);
@@ -359,7 +359,7 @@ static void entry_free(struct entry *e)
 	free(e);
 }
 
-void kiln_workers_free(struct kiln_workers *reg)
+void kiln_worker_table_free(struct kiln_worker_table *reg)
 {
 	size_t i;
 
@@ -373,12 +373,12 @@ void kiln_workers_free(struct kiln_workers *reg)
 	free(reg);
 }
 
-uint64_t kiln_workers_interval_ms(const struct kiln_workers *reg)
+uint64_t kiln_worker_table_interval_ms(const struct kiln_worker_table *reg)
 {
 	return reg->interval_ms;
 }
 
-static ssize_t find_name(const struct kiln_workers *reg, const char *name)
+static ssize_t find_name(const struct kiln_worker_table *reg, const char *name)
 {
 	size_t i;
 
@@ -388,7 +388,7 @@ static ssize_t find_name(const struct kiln_workers *reg, const char *name)
 	return -1;
 }
 
-static ssize_t find_id(const struct kiln_workers *reg, const char *id)
+static ssize_t find_id(const struct kiln_worker_table *reg, const char *id)
 {
 	size_t i;
 
@@ -398,7 +398,7 @@ static ssize_t find_id(const struct kiln_workers *reg, const char *id)
 	return -1;
 }
 
-static void remove_at(struct kiln_workers *reg, size_t i)
+static void remove_at(struct kiln_worker_table *reg, size_t i)
 {
 	entry_free(reg->entries[i]);
 	memmove(&reg->entries[i], &reg->entries[i + 1],
@@ -407,12 +407,12 @@ static void remove_at(struct kiln_workers *reg, size_t i)
 }
 
 /* Make room for one more entry: drop the lost worker seen longest ago. */
-static int make_room(struct kiln_workers *reg)
+static int make_room(struct kiln_worker_table *reg)
 {
 	ssize_t oldest = -1;
 	size_t i;
 
-	if (reg->n < KILN_REGISTRY_MAX_WORKERS)
+	if (reg->n < KILN_WORKER_TABLE_MAX_WORKERS)
 		return 0;
 	for (i = 0; i < reg->n; i++)
 		if (reg->entries[i]->state == WORKER_LOST &&
@@ -427,7 +427,7 @@ static int make_room(struct kiln_workers *reg)
 	return 0;
 }
 
-static struct entry *entry_new(struct kiln_workers *reg,
+static struct entry *entry_new(struct kiln_worker_table *reg,
 			       struct kiln_registration *r)
 {
 	struct entry *e = xcalloc(1, sizeof(*e));
@@ -464,7 +464,7 @@ static void log_registered(const struct entry *e, const char *old_id)
 		 e->info.n_inventory);
 }
 
-int kiln_workers_register(struct kiln_workers *reg,
+int kiln_worker_table_register(struct kiln_worker_table *reg,
 			   struct kiln_registration *r, char **id)
 {
 	_cleanup_free_ char *old_id = NULL;
@@ -494,7 +494,7 @@ int kiln_workers_register(struct kiln_workers *reg,
 	return ret;
 }
 
-int kiln_workers_heartbeat(struct kiln_workers *reg, const char *id,
+int kiln_worker_table_heartbeat(struct kiln_worker_table *reg, const char *id,
 			    uint64_t running, uint64_t bytes_held)
 {
 	struct entry *e;
@@ -519,10 +519,10 @@ int kiln_workers_heartbeat(struct kiln_workers *reg, const char *id,
 	return 0;
 }
 
-static void sweep_locked(struct kiln_workers *reg)
+static void sweep_locked(struct kiln_worker_table *reg)
 {
 	uint64_t now = kiln_now_mono_ns();
-	uint64_t limit = KILN_REGISTRY_LOST_INTERVALS * reg->interval_ms *
+	uint64_t limit = KILN_WORKER_TABLE_LOST_INTERVALS * reg->interval_ms *
 			 1000000u;
 	size_t i;
 
@@ -541,7 +541,7 @@ static void sweep_locked(struct kiln_workers *reg)
 	assert_workers_state(reg);
 }
 
-void kiln_workers_sweep(struct kiln_workers *reg)
+void kiln_worker_table_sweep(struct kiln_worker_table *reg)
 {
 	pthread_mutex_lock(&reg->lock);
 	sweep_locked(reg);
@@ -614,7 +614,7 @@ static json_t *entry_json(const struct entry *e, uint64_t now_mono)
 	return o;
 }
 
-json_t *kiln_workers_list_json(struct kiln_workers *reg)
+json_t *kiln_worker_table_list_json(struct kiln_worker_table *reg)
 {
 	json_t *a = json_array();
 	uint64_t now;
@@ -642,14 +642,14 @@ static bool holds(const struct entry *e, const struct kiln_digest *tree)
 	return v ? *v != HELD_GONE : kiln_digest_set_has(e->held, tree);
 }
 
-static struct entry *find_ready(struct kiln_workers *reg, const char *name)
+static struct entry *find_ready(struct kiln_worker_table *reg, const char *name)
 {
 	ssize_t i = find_name(reg, name);
 
 	return i >= 0 && reg->entries[i]->state == WORKER_READY ? reg->entries[i] : NULL;
 }
 
-void kiln_workers_hold(struct kiln_workers *reg, const char *name,
+void kiln_worker_table_hold(struct kiln_worker_table *reg, const char *name,
 		       const struct kiln_digest *tree, uint64_t size)
 {
 	ssize_t i;
@@ -661,7 +661,7 @@ void kiln_workers_hold(struct kiln_workers *reg, const char *name,
 	pthread_mutex_unlock(&reg->lock);
 }
 
-void kiln_workers_forget(struct kiln_workers *reg, const struct kiln_digest *tree)
+void kiln_worker_table_forget(struct kiln_worker_table *reg, const struct kiln_digest *tree)
 {
 	size_t i;
 
@@ -674,7 +674,7 @@ void kiln_workers_forget(struct kiln_workers *reg, const struct kiln_digest *tre
 	pthread_mutex_unlock(&reg->lock);
 }
 
-bool kiln_workers_held(struct kiln_workers *reg, const struct kiln_digest *tree)
+bool kiln_worker_table_held(struct kiln_worker_table *reg, const struct kiln_digest *tree)
 {
 	bool found = false;
 	size_t i;
@@ -686,7 +686,7 @@ bool kiln_workers_held(struct kiln_workers *reg, const struct kiln_digest *tree)
 	return found;
 }
 
-size_t kiln_workers_holders(struct kiln_workers *reg, const struct kiln_digest *tree,
+size_t kiln_worker_table_holders(struct kiln_worker_table *reg, const struct kiln_digest *tree,
 			    const char *except, struct kiln_worker_ref *out, size_t max)
 {
 	size_t i, n = 0;
@@ -707,7 +707,7 @@ size_t kiln_workers_holders(struct kiln_workers *reg, const struct kiln_digest *
 	return n;
 }
 
-bool kiln_workers_ready(struct kiln_workers *reg, const char *name)
+bool kiln_worker_table_ready(struct kiln_worker_table *reg, const char *name)
 {
 	bool ready;
 
@@ -718,7 +718,7 @@ bool kiln_workers_ready(struct kiln_workers *reg, const char *name)
 	return ready;
 }
 
-void kiln_workers_mark_lost(struct kiln_workers *reg, const char *name, const char *why)
+void kiln_worker_table_mark_lost(struct kiln_worker_table *reg, const char *name, const char *why)
 {
 	struct entry *e;
 
@@ -745,7 +745,7 @@ static int runs(const struct entry *e, const char *platform)
 	return 0;
 }
 
-static void list_platforms(struct kiln_workers *reg, char *buf, size_t size)
+static void list_platforms(struct kiln_worker_table *reg, char *buf, size_t size)
 {
 	size_t i, k, len = 0;
 
@@ -765,7 +765,7 @@ static void list_platforms(struct kiln_workers *reg, char *buf, size_t size)
 		snprintf(buf, size, "none");
 }
 
-int kiln_workers_check_platform(struct kiln_workers *reg, const char *platform,
+int kiln_worker_table_check_platform(struct kiln_worker_table *reg, const char *platform,
 				bool *emulated, struct kiln_error **err)
 {
 	char plats[1024];
@@ -815,7 +815,7 @@ static uint64_t finish_ms(const struct entry *e, const struct kiln_place_request
 	return wait + lack / PLACE_BYTES_PER_MS + rq->est_ms;
 }
 
-int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request *rq,
+int kiln_worker_table_place(struct kiln_worker_table *reg, const struct kiln_place_request *rq,
 		       struct kiln_worker_ref *out, struct kiln_error **err)
 {
 	char plats[1024];
@@ -876,7 +876,7 @@ int kiln_workers_place(struct kiln_workers *reg, const struct kiln_place_request
 	return r;
 }
 
-void kiln_workers_unplace(struct kiln_workers *reg, const char *name, uint64_t est_ms)
+void kiln_worker_table_unplace(struct kiln_worker_table *reg, const char *name, uint64_t est_ms)
 {
 	ssize_t i;
 

@@ -3,7 +3,7 @@
  * job thread; placement state lives in the registry (its lock), the
  * in-flight table under s->lock.
  */
-#include "daemon/scheduler.h"
+#include "kilnd/scheduler.h"
 
 #include <assert.h>
 
@@ -17,9 +17,9 @@
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
-#include "daemon/jobs.h"
+#include "agent/jobs.h"
 #include "proto/http-client.h"
-#include "transfer/peer.h"
+#include "peer/peer.h"
 
 /* Most placements of one job (each failed one marks its worker lost). */
 #define MAX_ATTEMPTS 4u
@@ -50,7 +50,7 @@ struct flight {
 };
 
 struct kiln_sched {
-	struct kiln_workers *reg;
+	struct kiln_worker_table *reg;
 	struct kiln_store *store;
 	char *self_url, *token;
 	struct kiln_http_client *http;
@@ -59,7 +59,7 @@ struct kiln_sched {
 	struct flight *flights;
 };
 
-struct kiln_sched *kiln_sched_new(struct kiln_workers *reg, struct kiln_store *store,
+struct kiln_sched *kiln_sched_new(struct kiln_worker_table *reg, struct kiln_store *store,
 				  const char *worker_token, const struct kiln_tls *tls)
 {
 	const struct kiln_http_client_options ho = { .tls = tls };
@@ -121,7 +121,7 @@ static void add_holders(struct kiln_sched *s, struct sources *ss, const struct k
 
 	if (ss->n_refs + MAX_HOLDERS > ARRAY_SIZE(ss->refs))
 		return;
-	n = kiln_workers_holders(s->reg, tree, except, &ss->refs[ss->n_refs], MAX_HOLDERS);
+	n = kiln_worker_table_holders(s->reg, tree, except, &ss->refs[ss->n_refs], MAX_HOLDERS);
 	for (i = 0; i < n; i++)
 		add_source(ss, ss->refs[ss->n_refs + i].addr, s->token);
 	ss->n_refs += n;
@@ -204,16 +204,16 @@ static int take_result(struct kiln_sched *s, const struct kiln_task *t,
 			out->moved += (uint64_t)bytes;
 	}
 	/* It holds the result now, and every input it pulled to run it. */
-	kiln_workers_hold(s->reg, w->name, &out->res.tree, out->res.size);
+	kiln_worker_table_hold(s->reg, w->name, &out->res.tree, out->res.size);
 	for (i = 0; i < op->n_inputs; i++)
-		kiln_workers_hold(s->reg, w->name, &t->job.inputs[i], 0);
+		kiln_worker_table_hold(s->reg, w->name, &t->job.inputs[i], 0);
 	return 0;
 }
 
 enum attempt { ATTEMPT_DONE, ATTEMPT_RETRY };
 
 struct watch {
-	struct kiln_workers *reg;
+	struct kiln_worker_table *reg;
 	const char *name;
 	const struct kiln_sched_build *b;
 };
@@ -223,7 +223,7 @@ static bool worker_gone(void *ud)
 {
 	const struct watch *w = ud;
 
-	return atomic_load(&w->b->cancelled) || !kiln_workers_ready(w->reg, w->name);
+	return atomic_load(&w->b->cancelled) || !kiln_worker_table_ready(w->reg, w->name);
 }
 
 static int cancelled_error(struct kiln_error **err)
@@ -340,7 +340,7 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 		 */
 		json_decref(js.answer);
 		kiln_http_result_release(&res);
-		kiln_workers_mark_lost(s->reg, w->name, kiln_error_msg(terr));
+		kiln_worker_table_mark_lost(s->reg, w->name, kiln_error_msg(terr));
 		return ATTEMPT_RETRY;
 	}
 	/* A streamed answer carries its status; an early refusal is plain. */
@@ -362,7 +362,7 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 
 		if (kiln_digest_parse(json_string_value(json_object_get(resp, "missing")) ?: "",
 				      &missing) == 0)
-			kiln_workers_forget(s->reg, &missing);
+			kiln_worker_table_forget(s->reg, &missing);
 		*r = kiln_error_set(err, -ENOLINK, "on worker %s: %s", w->name,
 				    msg ? msg : "an input is missing");
 		break;
@@ -405,7 +405,7 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		.est_ms = t->est_ms,
 		.cancelled = &b->cancelled,
 	};
-	char failed[KILN_REGISTRY_NAME_MAX + 1] = "";
+	char failed[KILN_WORKER_TABLE_NAME_MAX + 1] = "";
 	unsigned n;
 	int r = 0;
 
@@ -414,11 +414,11 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		enum attempt a;
 
 		rq.except = failed[0] ? failed : NULL;
-		r = kiln_workers_place(s->reg, &rq, &w, err);
+		r = kiln_worker_table_place(s->reg, &rq, &w, err);
 		if (r < 0)
 			return r;
 		if (atomic_load(&b->cancelled)) { /* while it waited for a slot */
-			kiln_workers_unplace(s->reg, w.name, t->est_ms);
+			kiln_worker_table_unplace(s->reg, w.name, t->est_ms);
 			return cancelled_error(err);
 		}
 		out->where = (struct kiln_placement){ .emulated = w.emulated };
@@ -426,7 +426,7 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		if (t->placed)
 			t->placed(t->placed_ud, &out->where);
 		a = attempt(b, t, &w, out, &r, err);
-		kiln_workers_unplace(s->reg, w.name, t->est_ms);
+		kiln_worker_table_unplace(s->reg, w.name, t->est_ms);
 		if (a == ATTEMPT_DONE)
 			return r;
 		log_warn("%s: worker %s failed; placing it again", t->name, w.name);
@@ -544,7 +544,7 @@ static int sched_check_platform(void *ud, const char *platform, bool *emulated,
 {
 	struct kiln_sched_build *b = ud;
 
-	return kiln_workers_check_platform(b->sched->reg, platform, emulated, err);
+	return kiln_worker_table_check_platform(b->sched->reg, platform, emulated, err);
 }
 
 static bool sched_have(void *ud, const struct kiln_digest *tree)
@@ -552,7 +552,7 @@ static bool sched_have(void *ud, const struct kiln_digest *tree)
 	struct kiln_sched_build *b = ud;
 
 	return kiln_tree_is_empty_digest(tree) || kiln_store_has(b->sched->store, tree) ||
-	       kiln_workers_held(b->sched->reg, tree);
+	       kiln_worker_table_held(b->sched->reg, tree);
 }
 
 bool kiln_sched_cancel(struct kiln_sched_build *b)

@@ -15,7 +15,7 @@
 
 #include "basic/error.h"
 #include "cas/store.h"
-#include "daemon/workers.h"
+#include "kilnd/worker-table.h"
 #include "proto/tls.h"
 #include "solver/solve.h"
 
@@ -25,7 +25,7 @@ struct kiln_sched;
  * worker_token: the token jobs and pulls carry; tls (may be NULL): the CA
  * that verifies workers and kilnd's client certificate (copied).
  */
-struct kiln_sched *kiln_sched_new(struct kiln_workers *reg, struct kiln_store *store,
+struct kiln_sched *kiln_sched_new(struct kiln_worker_table *reg, struct kiln_store *store,
 				  const char *worker_token, const struct kiln_tls *tls);
 /*
  * How workers reach kilnd's own blobs (uploaded contexts, the graphs);
