@@ -26,6 +26,7 @@
 #include "basic/log.h"
 #include "basic/macro.h"
 #include "cas/digest-set.h"
+#include "kilnd/placement.h"
 #include "proto/http-server.h"
 
 #define INVENTORY_MAX 100000u
@@ -652,12 +653,17 @@ static struct entry *find_ready(struct kiln_worker_table *reg, const char *name)
 void kiln_worker_table_hold(struct kiln_worker_table *reg, const char *name,
 		       const struct kiln_digest *tree, uint64_t size)
 {
+	uint64_t *v;
 	ssize_t i;
 
 	pthread_mutex_lock(&reg->lock);
 	i = find_name(reg, name);
-	if (i >= 0 && !kiln_digest_set_put(reg->entries[i]->held, tree, size))
-		*kiln_digest_set_value(reg->entries[i]->held, tree) = size;
+	/* Known again, or a size learnt; an unknown size keeps a known one. */
+	if (i >= 0 && !kiln_digest_set_put(reg->entries[i]->held, tree, size)) {
+		v = kiln_digest_set_value(reg->entries[i]->held, tree);
+		if (size || *v == HELD_GONE)
+			*v = size;
+	}
 	pthread_mutex_unlock(&reg->lock);
 }
 
@@ -791,80 +797,101 @@ int kiln_worker_table_check_platform(struct kiln_worker_table *reg, const char *
 	return 0;
 }
 
-/* Assumed bandwidth between workers for inputs a worker lacks. */
-#define PLACE_BYTES_PER_MS (100u * 1000u)
-/* Assumed size of an input of unknown size. */
-#define PLACE_UNKNOWN_BYTES (4u << 20)
-
 /*
- * Estimated finish of a job on e: when a slot frees (its queued work spread
- * over its slots), plus fetching what it lacks, plus the job itself.
+ * The size of tree as the location index knows it: the largest any
+ * worker recorded (a holder may have recorded 0, unknown).
  */
-static uint64_t finish_ms(const struct entry *e, const struct kiln_place_request *rq)
+static uint64_t known_size(const struct kiln_worker_table *reg,
+			   const struct kiln_digest *tree)
 {
-	uint64_t wait = e->busy >= e->info.slots ? e->queued_ms / e->info.slots : 0;
-	uint64_t lack = 0, size;
+	uint64_t size = 0;
+	const uint64_t *v;
 	size_t i;
 
-	for (i = 0; i < rq->n_inputs; i++) {
+	for (i = 0; i < reg->n; i++) {
+		v = kiln_digest_set_value(reg->entries[i]->held, tree);
+		if (v && *v != HELD_GONE && *v > size)
+			size = *v;
+	}
+	return size;
+}
+
+/* Entry e as the placement policy sees it, for request rq. */
+static struct kiln_place_candidate candidate(const struct kiln_worker_table *reg,
+					     const struct entry *e,
+					     const struct kiln_place_request *rq)
+{
+	struct kiln_place_candidate c = {
+		.how = e->state == WORKER_READY ? runs(e, rq->platform) : 0,
+		.slots = e->info.slots, .busy = e->busy, .queued_ms = e->queued_ms,
+	};
+	uint64_t size;
+	size_t i;
+
+	if (rq->except && !strcmp(rq->except, e->info.name))
+		c.how = 0;
+	for (i = 0; c.how && i < rq->n_inputs; i++) {
 		if (holds(e, &rq->inputs[i]))
 			continue;
-		size = rq->input_sizes ? rq->input_sizes[i] : 0;
-		lack += size ? size : PLACE_UNKNOWN_BYTES;
+		size = known_size(reg, &rq->inputs[i]);
+		c.lack_bytes += size ? size : KILN_PLACE_UNKNOWN_BYTES;
 	}
-	return wait + lack / PLACE_BYTES_PER_MS + rq->est_ms;
+	return c;
+}
+
+/* Reserve a slot on the policy's choice: 0, -EAGAIN (full) or -ENODEV. */
+static int place_locked(struct kiln_worker_table *reg,
+			const struct kiln_place_request *rq,
+			struct kiln_worker_ref *out)
+{
+	struct kiln_place_candidate *c = xcalloc(reg->n ? reg->n : 1, sizeof(*c));
+	struct entry *e;
+	ssize_t best;
+	size_t i;
+
+	for (i = 0; i < reg->n; i++)
+		c[i] = candidate(reg, reg->entries[i], rq);
+	best = kiln_place_choose(c, reg->n, rq->est_ms);
+	if (best < 0) {
+		free(c);
+		return -ENODEV;
+	}
+	e = reg->entries[best];
+	if (e->busy >= e->info.slots) {
+		free(c);
+		return -EAGAIN;
+	}
+	e->busy++;
+	e->queued_ms += rq->est_ms;
+	snprintf(out->name, sizeof(out->name), "%s", e->info.name);
+	snprintf(out->addr, sizeof(out->addr), "%s", e->info.addr);
+	out->emulated = c[best].how == 1;
+	free(c);
+	return 0;
 }
 
 int kiln_worker_table_place(struct kiln_worker_table *reg, const struct kiln_place_request *rq,
 		       struct kiln_worker_ref *out, struct kiln_error **err)
 {
 	char plats[1024];
-	int r = 0;
+	int r;
 
 	pthread_mutex_lock(&reg->lock);
 	for (;;) {
-		struct entry *best = NULL;
-		uint64_t best_ms = 0;
-		int best_how = 0;
-		size_t i;
-
 		if (rq->cancelled && atomic_load(rq->cancelled)) {
 			r = kiln_error_set(err, -ECANCELED, "build cancelled");
 			break;
 		}
 		sweep_locked(reg);
-		for (i = 0; i < reg->n; i++) {
-			struct entry *e = reg->entries[i];
-			int how = e->state == WORKER_READY ? runs(e, rq->platform) : 0;
-
-			if (rq->except && !strcmp(rq->except, e->info.name))
-				continue;
-			if (how > best_how) { /* native before emulated */
-				best_how = how;
-				best = NULL;
-			}
-			if (how == 0 || how < best_how)
-				continue;
-			if (!best || finish_ms(e, rq) < best_ms) {
-				best = e;
-				best_ms = finish_ms(e, rq);
-			}
-		}
-		if (best_how == 0) {
+		r = place_locked(reg, rq, out);
+		if (r == -ENODEV) {
 			list_platforms(reg, plats, sizeof(plats));
 			r = kiln_error_set(err, -ENODEV,
 					   "no worker runs platform %s (registered: %s)",
 					   rq->platform, plats);
-			break;
 		}
-		if (best && best->busy < best->info.slots) {
-			best->busy++;
-			best->queued_ms += rq->est_ms;
-			snprintf(out->name, sizeof(out->name), "%s", best->info.name);
-			snprintf(out->addr, sizeof(out->addr), "%s", best->info.addr);
-			out->emulated = best_how == 1;
+		if (r != -EAGAIN)
 			break;
-		}
 		/* Every fitting worker is full: wait for a slot (or a change). */
 		{
 			struct timespec ts = kiln_deadline_ms(CLOCK_REALTIME, 200);

@@ -123,7 +123,6 @@ int kiln_worker_table_check_platform(struct kiln_worker_table *reg, const char *
 struct kiln_place_request {
 	const char *platform;
 	const struct kiln_digest *inputs; /* trees the job reads */
-	const uint64_t *input_sizes;      /* their sizes (0 unknown), or NULL */
 	size_t n_inputs;
 	uint64_t est_ms;    /* the job's estimated duration */
 	const char *except; /* a worker not to use (it just failed), or NULL */
@@ -131,11 +130,13 @@ struct kiln_place_request {
 };
 
 /*
- * Reserve a slot for a job: among ready workers that run its platform,
- * natively if any can, the one with the least estimated finish time (its
- * queued work, the bytes of inputs it lacks, the job). Waits while every
- * such worker is full, unless *rq->cancelled becomes true (-ECANCELED, no
- * slot taken). -ENODEV when none runs the platform.
+ * Reserve a slot for a job on the worker the placement policy chooses
+ * (placement.h): among ready workers that run its platform, natively if
+ * any can, the one with the least estimated finish time (its queued work,
+ * the bytes of inputs it lacks at the sizes the location index records,
+ * the job). Waits while that worker is full, unless *rq->cancelled
+ * becomes true (-ECANCELED, no slot taken). -ENODEV when none runs the
+ * platform.
  */
 int kiln_worker_table_place(struct kiln_worker_table *reg, const struct kiln_place_request *rq,
 		       struct kiln_worker_ref *out, struct kiln_error **err);

@@ -94,16 +94,14 @@ static void test_least_finish(void **state)
 {
 	struct kiln_worker_table *reg = three_workers();
 	struct kiln_digest big, small;
-	uint64_t big_size = 1ull << 30;
 	struct kiln_place_request rq = { .platform = "linux/amd64", .est_ms = 100 };
 	struct kiln_worker_ref w, w2;
 
 	digest_of('b', &big);
 	digest_of('c', &small);
 	/* amd2 holds the 1 GiB input: it wins although amd has more slots. */
-	kiln_worker_table_hold(reg, "amd2", &big, big_size);
+	kiln_worker_table_hold(reg, "amd2", &big, 1ull << 30);
 	rq.inputs = &big;
-	rq.input_sizes = &big_size;
 	rq.n_inputs = 1;
 	rq.est_ms = 10000;
 	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
@@ -111,7 +109,6 @@ static void test_least_finish(void **state)
 	/* amd2's one slot is taken by 10 s of work: a job with a small input
 	 * is sooner done on amd, which must fetch it. */
 	rq.inputs = &small;
-	rq.input_sizes = NULL;
 	rq.est_ms = 100;
 	assert_int_equal(kiln_worker_table_place(reg, &rq, &w2, NULL), 0);
 	assert_string_equal(w2.name, "amd");
@@ -119,11 +116,45 @@ static void test_least_finish(void **state)
 	kiln_worker_table_unplace(reg, w.name, 10000);
 	/* A worker excluded (it just failed the job) is not chosen. */
 	rq.inputs = &big;
-	rq.input_sizes = &big_size;
 	rq.except = "amd2";
 	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
 	assert_string_equal(w.name, "amd");
 	kiln_worker_table_unplace(reg, w.name, 100);
+	kiln_worker_table_free(reg);
+}
+
+/*
+ * Input sizes come from the location index: a job reads a 1 GiB tree that
+ * amd2 holds and a 1 KiB tree that amd holds. amd2 lacks 1 KiB, amd 1 GiB:
+ * amd2 is sooner done. Were the sizes unknown (4 MiB each), the two would
+ * tie and amd, the first, would win.
+ */
+static void test_sizes_from_index(void **state)
+{
+	struct kiln_worker_table *reg = three_workers();
+	struct kiln_digest in[2];
+	struct kiln_place_request rq = { .platform = "linux/amd64", .est_ms = 100,
+					 .inputs = in, .n_inputs = 2 };
+	struct kiln_worker_ref w;
+
+	digest_of('b', &in[0]);
+	digest_of('d', &in[1]);
+	kiln_worker_table_hold(reg, "amd2", &in[0], 1ull << 30);
+	kiln_worker_table_hold(reg, "amd", &in[1], 1024);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
+	assert_string_equal(w.name, "amd2");
+	kiln_worker_table_unplace(reg, w.name, rq.est_ms);
+	/* A later "held, size unknown" (a job's input) keeps the known size. */
+	kiln_worker_table_hold(reg, "amd2", &in[0], 0);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
+	assert_string_equal(w.name, "amd2");
+	kiln_worker_table_unplace(reg, w.name, rq.est_ms);
+	/* Gone from the index: unknown again, the tie goes to amd. */
+	kiln_worker_table_forget(reg, &in[0]);
+	kiln_worker_table_forget(reg, &in[1]);
+	assert_int_equal(kiln_worker_table_place(reg, &rq, &w, NULL), 0);
+	assert_string_equal(w.name, "amd");
+	kiln_worker_table_unplace(reg, w.name, rq.est_ms);
 	kiln_worker_table_free(reg);
 }
 
@@ -239,6 +270,7 @@ int main(void)
 		cmocka_unit_test(test_check_platform),
 		cmocka_unit_test(test_native_before_emulated),
 		cmocka_unit_test(test_least_finish),
+		cmocka_unit_test(test_sizes_from_index),
 		cmocka_unit_test(test_waits_for_slot),
 		cmocka_unit_test(test_wait_cancelled),
 		cmocka_unit_test(test_location_index),
