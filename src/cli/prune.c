@@ -115,24 +115,27 @@ static void prune_release(struct prune *p)
 
 /* Bytes a record adds to what is kept: 0 when its trees are kept already. */
 static uint64_t rec_cost(const struct prune_rec *r,
-			 struct kiln_digest_set *counted)
+			 const struct kiln_digest_set *counted)
 {
-	bool fresh = false;
 	size_t i;
 
 	for (i = 0; i < r->n_outputs; i++)
-		if (kiln_digest_set_add(counted, &r->outputs[i]))
-			fresh = true;
-	return fresh ? r->size : 0;
+		if (!kiln_digest_set_has(counted, &r->outputs[i]))
+			return r->size;
+	return 0;
 }
 
-/* Most recently used first, keep while the running total fits. */
+/*
+ * Most recently used first, keep while the running total fits. Only a
+ * kept record's trees count as kept: a deleted record's trees must not
+ * make a later record with the same trees free.
+ */
 static void choose_keep_storage(struct prune *p)
 {
 	struct kiln_digest_set *counted = kiln_digest_set_new();
 	uint64_t used = 0;
 	bool full = false;
-	size_t i;
+	size_t i, k;
 
 	for (i = p->n; i-- > 0;) {
 		struct prune_rec *r = &p->recs[i];
@@ -144,6 +147,8 @@ static void choose_keep_storage(struct prune *p)
 			continue;
 		}
 		used += cost;
+		for (k = 0; k < r->n_outputs; k++)
+			kiln_digest_set_add(counted, &r->outputs[k]);
 	}
 	kiln_digest_set_free(counted);
 }
