@@ -23,6 +23,7 @@
 #include "proto/daemon.h"
 #include "agent/jobs.h"
 #include "basic/alloc.h"
+#include "basic/args.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
@@ -160,11 +161,9 @@ static int add_platforms(struct agent_opts *o, const char *list)
 		comma = strchr(p, ',');
 		if (comma)
 			*comma = '\0';
-		if (!*p) {
-			fprintf(stderr, "kiln-worker: --platform '%s': empty platform\n",
-				list);
-			return -EINVAL;
-		}
+		if (!*p)
+			return kiln_args_error("kiln-worker", "--platform '%s': empty platform",
+					       list);
 		o->platforms = xrealloc(o->platforms, (o->n_platforms + 1) *
 							  sizeof(char *));
 		o->platforms[o->n_platforms++] = xstrdup(p);
@@ -178,11 +177,8 @@ static int add_label(struct agent_opts *o, const char *kv)
 	const char *eq = strchr(kv, '=');
 	_cleanup_free_ char *k = NULL;
 
-	if (!eq || eq == kv) {
-		fprintf(stderr, "kiln-worker: --label '%s': expected KEY=VALUE\n",
-			kv);
-		return -EINVAL;
-	}
+	if (!eq || eq == kv)
+		return kiln_args_error("kiln-worker", "--label '%s': expected KEY=VALUE", kv);
 	k = xstrndup(kv, (size_t)(eq - kv));
 	json_object_set_new(o->labels, k, json_string(eq + 1));
 	return 0;
@@ -194,17 +190,13 @@ static int add_registry_flag(const char **list, size_t *n, const char *flag,
 	if (!strcmp(flag, "--registry-endpoint")) {
 		const char *eq = strchr(arg, '=');
 
-		if (!eq || eq == arg || !eq[1]) {
-			fprintf(stderr, "kiln-worker: --registry-endpoint: '%s' is not REGISTRY=HOST[:PORT]\n",
-				arg);
-			return -EINVAL;
-		}
+		if (!eq || eq == arg || !eq[1])
+			return kiln_args_error("kiln-worker", "--registry-endpoint: '%s' is not REGISTRY=HOST[:PORT]",
+					       arg);
 	}
-	if (*n == MAX_REGISTRY_FLAGS) {
-		fprintf(stderr, "kiln-worker: %s: at most %u\n", flag,
-			MAX_REGISTRY_FLAGS);
-		return -EINVAL;
-	}
+	if (*n == MAX_REGISTRY_FLAGS)
+		return kiln_args_error("kiln-worker", "%s: at most %u", flag,
+				       MAX_REGISTRY_FLAGS);
 	list[(*n)++] = arg;
 	return 0;
 }
@@ -212,10 +204,8 @@ static int add_registry_flag(const char **list, size_t *n, const char *flag,
 static int parse_slots(struct agent_opts *o, const char *s)
 {
 	if (kiln_parse_u32(s, &o->slots) < 0 || o->slots < 1 ||
-	    o->slots > 4096) {
-		fprintf(stderr, "kiln-worker: --slots: '%s' is not 1..4096\n", s);
-		return -EINVAL;
-	}
+	    o->slots > 4096)
+		return kiln_args_error("kiln-worker", "--slots: '%s' is not 1..4096", s);
 	return 0;
 }
 
@@ -245,8 +235,8 @@ static int parse_opt(struct agent_opts *o, int c, const char *arg)
 		return add_registry_flag(o->endpoints, &o->n_endpoints,
 					 "--registry-endpoint", arg);
 	case OPT_DEBUG: kiln_log_set_level(KILN_LOG_DEBUG); return 0;
-	case 'h': usage(stdout); exit(0);
-	default: usage(stderr); return -EINVAL;
+	case 'h': usage(stdout); return KILN_ARGS_HELP;
+	default: usage(stderr); return KILN_ARGS_USAGE;
 	}
 }
 
@@ -257,30 +247,22 @@ static int check_opts(struct agent_opts *o)
 			      !o->root ? "--root DIR" : NULL;
 	_cleanup_error_ struct kiln_error *err = NULL;
 
-	if (missing) {
-		fprintf(stderr, "kiln-worker: %s is required\n", missing);
-		return -EINVAL;
-	}
+	if (missing)
+		return kiln_args_error("kiln-worker", "%s is required", missing);
 	if (!o->name)
 		o->name = default_name();
-	if (!name_valid(o->name)) {
-		fprintf(stderr, "kiln-worker: --name '%s': 1-%u of A-Z a-z 0-9 . _ -, starting with a letter or digit\n",
-			o->name, NAME_MAX_LEN);
-		return -EINVAL;
-	}
-	if (strncmp(o->join, "http://", 7) && strncmp(o->join, "https://", 8)) {
-		fprintf(stderr, "kiln-worker: --join '%s': not an http:// URL\n",
-			o->join);
-		return -EINVAL;
-	}
-	if (kiln_tls_check(&o->tls, &err) < 0) {
-		fprintf(stderr, "kiln-worker: %s\n", kiln_error_msg(err));
-		return -EINVAL;
-	}
+	if (!name_valid(o->name))
+		return kiln_args_error("kiln-worker", "--name '%s': 1-%u of A-Z a-z 0-9 . _ -, starting with a letter or digit",
+				       o->name, NAME_MAX_LEN);
+	if (strncmp(o->join, "http://", 7) && strncmp(o->join, "https://", 8))
+		return kiln_args_error("kiln-worker", "--join '%s': not an http:// URL",
+				       o->join);
+	if (kiln_tls_check(&o->tls, &err) < 0)
+		return kiln_args_error("kiln-worker", "%s", kiln_error_msg(err));
 	return 0;
 }
 
-static int parse_args(struct agent_opts *o, int argc, char **argv)
+static int parse_args(int argc, char **argv, struct agent_opts *o)
 {
 	static const struct option opts[] = {
 		{ "join", required_argument, NULL, OPT_JOIN },
@@ -306,14 +288,14 @@ static int parse_args(struct agent_opts *o, int argc, char **argv)
 	o->listen = "127.0.0.1:0";
 	o->slots = cpus > 0 && cpus <= 4096 ? (uint32_t)cpus : 1;
 	o->labels = json_object();
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1)
-		if (parse_opt(o, c, optarg) < 0)
-			return -EINVAL;
-	if (optind < argc) {
-		fprintf(stderr, "kiln-worker: unexpected argument '%s'\n",
-			argv[optind]);
-		return -EINVAL;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		int r = parse_opt(o, c, optarg);
+
+		if (r)
+			return r;
 	}
+	if (kiln_args_no_operands("kiln-worker", argc, argv))
+		return KILN_ARGS_USAGE;
 	return check_opts(o);
 }
 
@@ -682,9 +664,10 @@ int main(int argc, char **argv)
 
 	agent_init(&a);
 	kiln_log_set_level(KILN_LOG_INFO);
-	if (parse_args(&a.o, argc, argv) < 0) {
+	rc = parse_args(argc, argv, &a.o);
+	if (rc) {
 		agent_release(&a);
-		return 2;
+		return kiln_args_exit(rc);
 	}
 	kiln_daemon_block_signals(&sigs);
 	if (agent_open(&a, &err) < 0) {

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "basic/args.h"
 #include "basic/parse-util.h"
 #include "cli/build.h"
 #include "cli/common.h"
@@ -46,8 +47,7 @@ static void build_usage(FILE *f)
 static int add_list(const char **list, size_t *n, const char *v, const char *flag)
 {
 	if (*n == MAX_LIST) {
-		fprintf(stderr, "kiln build: at most %d %s\n", MAX_LIST, flag);
-		return 2;
+		return kiln_args_error("kiln build", "at most %d %s", MAX_LIST, flag);
 	}
 	list[(*n)++] = v;
 	return 0;
@@ -110,9 +110,8 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			break;
 		case 'E':
 			if (!strchr(optarg, '=') || optarg[0] == '=' || !strchr(optarg, '=')[1]) {
-				fprintf(stderr, "kiln build: --registry-endpoint: '%s' is not REGISTRY=HOST[:PORT]\n",
-					optarg);
-				return 2;
+				return kiln_args_error("kiln build", "--registry-endpoint: '%s' is not REGISTRY=HOST[:PORT]",
+						       optarg);
 			}
 			q = add_list(a->endpoints, &a->n_endpoints, optarg, "--registry-endpoint");
 			break;
@@ -127,16 +126,14 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			break;
 		case 'o':
 			if (a->n_outputs == MAX_OUTPUTS) {
-				fprintf(stderr, "kiln build: at most %d outputs\n", MAX_OUTPUTS);
-				return 2;
+				return kiln_args_error("kiln build", "at most %d outputs", MAX_OUTPUTS);
 			}
 			a->outputs[a->n_outputs++] = optarg;
 			break;
 		case 'p':
 			if (kiln_progress_mode_parse(optarg, &a->progress) < 0) {
-				fprintf(stderr, "kiln build: --progress: '%s' is not auto, plain, tty, json or quiet\n",
-					optarg);
-				return 2;
+				return kiln_args_error("kiln build", "--progress: '%s' is not auto, plain, tty, json or quiet",
+						       optarg);
 			}
 			break;
 		case 'n':
@@ -150,9 +147,8 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			break;
 		case 's':
 			if (kiln_parse_u32(optarg, &a->slots) < 0 || a->slots == 0 || a->slots > 256) {
-				fprintf(stderr, "kiln build: --slots: '%s' is not a number from 1 to 256\n",
-					optarg);
-				return 2;
+				return kiln_args_error("kiln build", "--slots: '%s' is not a number from 1 to 256",
+						       optarg);
 			}
 			break;
 		case 'm':
@@ -160,29 +156,26 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			break;
 		case 'h':
 			build_usage(stdout);
-			return 1;
+			return KILN_ARGS_HELP;
 		default:
 			build_usage(stderr);
-			return 2;
+			return KILN_ARGS_USAGE;
 		}
 		if (q)
 			return q;
 	}
 	if (optind < argc)
 		a->context = argv[optind++];
-	if (optind < argc) {
-		fprintf(stderr, "kiln build: unexpected argument '%s'\n", argv[optind]);
-		return 2;
-	}
+	if (kiln_args_no_operands("kiln build", argc, argv))
+		return KILN_ARGS_USAGE;
 	if (a->def && (a->context || a->file || a->target || a->n_build_args || a->n_tags ||
 		       a->push)) {
-		fprintf(stderr, "kiln build: --def builds a graph: CONTEXT, -f, --target, --build-arg, -t and --push are for Dockerfiles\n");
-		return 2;
+		return kiln_args_error("kiln build", "--def builds a graph: CONTEXT, -f, --target, --build-arg, -t and --push are for Dockerfiles");
 	}
 	if (!a->def && !a->context && !a->file) {
-		fprintf(stderr, "kiln build: give a build CONTEXT (e.g. '.') or --def GRAPH.json\n");
+		kiln_args_error("kiln build", "give a build CONTEXT (e.g. '.') or --def GRAPH.json");
 		build_usage(stderr);
-		return 2;
+		return KILN_ARGS_USAGE;
 	}
 	if (!a->context)
 		a->context = ".";
@@ -196,7 +189,7 @@ int kiln_cmd_build(int argc, char **argv)
 	int r = parse_args(argc, argv, &a);
 
 	if (r)
-		return r == 1 ? 0 : r;
+		return kiln_args_exit(r);
 	if ((a.def ? kiln_build_graph(&a, &err) : kiln_build_dockerfile(&a, &err)) < 0)
 		return kiln_cli_fail(err);
 	return 0;

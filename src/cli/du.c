@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "basic/alloc.h"
+#include "basic/args.h"
 #include "basic/parse-util.h"
 #include "cli/common.h"
 
@@ -110,31 +111,37 @@ static int du_report(struct kiln_engine *e, bool verbose)
 	return 0;
 }
 
-int kiln_cmd_du(int argc, char **argv)
+static int parse_args(int argc, char **argv, bool *verbose)
 {
 	static const struct option opts[] = {
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	_cleanup_error_ struct kiln_error *err = NULL;
-	_cleanup_free_ char *root = NULL;
-	struct kiln_engine e;
-	bool verbose = false;
-	int c, r;
+	int c;
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
 		switch (c) {
-		case 'v': verbose = true; break;
-		case 'h': du_usage(stdout); return 0;
-		default: du_usage(stderr); return 2;
+		case 'v': *verbose = true; break;
+		case 'h': du_usage(stdout); return KILN_ARGS_HELP;
+		default: du_usage(stderr); return KILN_ARGS_USAGE;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "kiln du: unexpected argument '%s'\n", argv[optind]);
-		return 2;
-	}
+	return kiln_args_no_operands("kiln du", argc, argv);
+}
+
+int kiln_cmd_du(int argc, char **argv)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ char *root = NULL;
+	struct kiln_engine e;
+	bool verbose = false;
+	int r;
+
+	r = parse_args(argc, argv, &verbose);
+	if (r)
+		return kiln_args_exit(r);
 	root = kiln_cli_default_root();
 	if (kiln_engine_open(root, NULL, &e, &err) < 0)
 		return kiln_cli_fail(err);

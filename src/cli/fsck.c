@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "basic/alloc.h"
+#include "basic/args.h"
 #include "basic/fs-util.h"
 #include "cas/gc.h"
 #include "cli/common.h"
@@ -172,37 +173,37 @@ static int fsck_run(struct fsck *f, const char *worker_root)
 	return 0;
 }
 
-static int cmd_fsck(int argc, char **argv)
+static int parse_args(int argc, char **argv, const char **worker_root)
 {
 	static const struct option opts[] = {
 		{ "worker-root", required_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
+	int c;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'w': *worker_root = optarg; break;
+		case 'h': fsck_usage(stdout); return KILN_ARGS_HELP;
+		default: fsck_usage(stderr); return KILN_ARGS_USAGE;
+		}
+	}
+	return kiln_args_no_operands("kiln debug fsck", argc, argv);
+}
+
+static int cmd_fsck(int argc, char **argv)
+{
 	_cleanup_error_ struct kiln_error *err = NULL;
 	_cleanup_free_ char *root = NULL, *cas = NULL;
 	const char *worker_root = NULL;
 	struct fsck f = { 0 };
-	int c, r;
+	int r;
 
-	optind = 0;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		if (c == 'w') {
-			worker_root = optarg;
-			continue;
-		}
-		if (c == 'h') {
-			fsck_usage(stdout);
-			return 0;
-		}
-		fsck_usage(stderr);
-		return 2;
-	}
-	if (optind < argc) {
-		fprintf(stderr, "kiln debug fsck: unexpected argument '%s'\n",
-			argv[optind]);
-		return 2;
-	}
+	r = parse_args(argc, argv, &worker_root);
+	if (r)
+		return kiln_args_exit(r);
 	if (worker_root) {
 		struct kiln_store_options so = { 0 };
 
@@ -236,16 +237,16 @@ int kiln_cmd_debug(int argc, char **argv)
 {
 	if (argc < 2) {
 		debug_usage(stderr);
-		return 2;
+		return kiln_args_exit(KILN_ARGS_USAGE);
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
 	    !strcmp(argv[1], "help")) {
 		debug_usage(stdout);
-		return 0;
+		return kiln_args_exit(KILN_ARGS_HELP);
 	}
 	if (!strcmp(argv[1], "fsck"))
 		return cmd_fsck(argc - 1, argv + 1);
-	fprintf(stderr, "kiln debug: unknown command '%s'\n", argv[1]);
+	kiln_args_error("kiln debug", "unknown command '%s'", argv[1]);
 	debug_usage(stderr);
-	return 2;
+	return kiln_args_exit(KILN_ARGS_USAGE);
 }

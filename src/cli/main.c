@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "basic/args.h"
 #include "basic/log.h"
 #include "cli/common.h"
 
@@ -39,7 +40,7 @@ int main(int argc, char **argv)
 	}
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		usage(argc < 2 ? stderr : stdout);
-		return argc < 2 ? 2 : 0;
+		return kiln_args_exit(argc < 2 ? KILN_ARGS_USAGE : KILN_ARGS_HELP);
 	}
 	if (!strcmp(argv[1], "--version")) {
 		printf("kiln 0.1.0\n");
@@ -50,5 +51,5 @@ int main(int argc, char **argv)
 			return verbs[i].run(argc - 1, argv + 1);
 	fprintf(stderr, "kiln: unknown command '%s'\n\n", argv[1]);
 	usage(stderr);
-	return 2;
+	return kiln_args_exit(KILN_ARGS_USAGE);
 }

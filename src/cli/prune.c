@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "basic/alloc.h"
+#include "basic/args.h"
 #include "basic/parse-util.h"
 #include "cas/gc.h"
 #include "cli/common.h"
@@ -326,7 +327,7 @@ static int prune_run(struct prune *p)
 	return 0;
 }
 
-static int prune_parse(struct prune *p, int argc, char **argv)
+static int parse_args(int argc, char **argv, struct prune *p)
 {
 	static const struct option opts[] = {
 		{ "keep-storage", required_argument, NULL, 'k' },
@@ -341,30 +342,22 @@ static int prune_parse(struct prune *p, int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "anh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'k':
-			if (kiln_parse_size(optarg, &p->limit) < 0) {
-				fprintf(stderr, "kiln prune: invalid --keep-storage '%s'\n",
-					optarg);
-				return 2;
-			}
+			if (kiln_parse_size(optarg, &p->limit) < 0)
+				return kiln_args_error("kiln prune", "invalid --keep-storage '%s'",
+						       optarg);
 			p->has_limit = true;
 			break;
 		case 'a': p->all = true; break;
 		case 'n': p->dry_run = true; break;
-		case 'h': prune_usage(stdout); return -1;
-		default: prune_usage(stderr); return 2;
+		case 'h': prune_usage(stdout); return KILN_ARGS_HELP;
+		default: prune_usage(stderr); return KILN_ARGS_USAGE;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "kiln prune: unexpected argument '%s'\n",
-			argv[optind]);
-		return 2;
-	}
-	if (p->all && p->has_limit) {
-		fputs("kiln prune: --all and --keep-storage exclude each other\n",
-		      stderr);
-		return 2;
-	}
-	return 0;
+	if (kiln_args_no_operands("kiln prune", argc, argv))
+		return KILN_ARGS_USAGE;
+	if (p->all && p->has_limit)
+		return kiln_args_error("kiln prune", "--all and --keep-storage exclude each other");
+	return KILN_ARGS_OK;
 }
 
 int kiln_cmd_prune(int argc, char **argv)
@@ -374,9 +367,9 @@ int kiln_cmd_prune(int argc, char **argv)
 	struct prune p = { 0 };
 	int r;
 
-	r = prune_parse(&p, argc, argv);
+	r = parse_args(argc, argv, &p);
 	if (r)
-		return r < 0 ? 0 : r;
+		return kiln_args_exit(r);
 	root = kiln_cli_default_root();
 	if (kiln_engine_open(root, NULL, &p.e, &err) < 0)
 		return kiln_cli_fail(err);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "basic/alloc.h"
+#include "basic/args.h"
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
@@ -176,7 +177,13 @@ static int show_workers(const char *addr, const char *token,
 	return 0;
 }
 
-int kiln_cmd_workers(int argc, char **argv)
+struct workers_args {
+	const char *addr, *token_file;
+	bool as_json;
+	struct kiln_tls tls;
+};
+
+static int parse_args(int argc, char **argv, struct workers_args *a)
 {
 	static const struct option opts[] = {
 		{ "addr", required_argument, NULL, 'a' },
@@ -186,37 +193,41 @@ int kiln_cmd_workers(int argc, char **argv)
 		KILN_TLS_CLIENT_OPTIONS,
 		{ 0 },
 	};
-	struct kiln_tls tls = { 0 };
-	_cleanup_error_ struct kiln_error *err = NULL;
-	_cleanup_free_ char *token = NULL;
-	const char *addr = getenv("KILN_ADDR"), *token_file = NULL;
-	bool as_json = false;
 	int c;
 
+	a->addr = getenv("KILN_ADDR");
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		if (kiln_tls_arg(&tls, c, optarg))
+		if (kiln_tls_arg(&a->tls, c, optarg))
 			continue;
 		switch (c) {
-		case 'a': addr = optarg; break;
-		case 't': token_file = optarg; break;
-		case 'j': as_json = true; break;
-		case 'h': workers_usage(stdout); return 0;
-		default: workers_usage(stderr); return 2;
+		case 'a': a->addr = optarg; break;
+		case 't': a->token_file = optarg; break;
+		case 'j': a->as_json = true; break;
+		case 'h': workers_usage(stdout); return KILN_ARGS_HELP;
+		default: workers_usage(stderr); return KILN_ARGS_USAGE;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "kiln workers: unexpected argument '%s'\n",
-			argv[optind]);
-		return 2;
-	}
-	if (!addr || !*addr) {
+	return kiln_args_no_operands("kiln workers", argc, argv);
+}
+
+int kiln_cmd_workers(int argc, char **argv)
+{
+	struct workers_args a = { 0 };
+	_cleanup_error_ struct kiln_error *err = NULL;
+	_cleanup_free_ char *token = NULL;
+	int r;
+
+	r = parse_args(argc, argv, &a);
+	if (r)
+		return kiln_args_exit(r);
+	if (!a.addr || !*a.addr) {
 		kiln_error_set(&err, -EINVAL,
 			       "no kilnd address: use --addr URL or set KILN_ADDR");
 		return kiln_cli_fail(err);
 	}
-	if (kiln_cli_tls(&tls, &err) < 0 ||
-	    kiln_cli_token(token_file, &token, &err) < 0)
+	if (kiln_cli_tls(&a.tls, &err) < 0 ||
+	    kiln_cli_token(a.token_file, &token, &err) < 0)
 		return kiln_cli_fail(err);
-	return show_workers(addr, token, &tls, as_json);
+	return show_workers(a.addr, token, &a.tls, a.as_json);
 }

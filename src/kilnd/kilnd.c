@@ -20,6 +20,7 @@
 
 #include "proto/daemon.h"
 #include "basic/alloc.h"
+#include "basic/args.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
@@ -339,7 +340,7 @@ static void kilnd_run(struct kilnd *d, const sigset_t *sigs)
 	log_info("kilnd: %s, stopping", strsignal(sig));
 }
 
-static int parse_args(struct kilnd *d, int argc, char **argv)
+static int parse_args(int argc, char **argv, struct kilnd *d)
 {
 	static const struct option opts[] = {
 		{ "root", required_argument, NULL, 'r' },
@@ -365,42 +366,33 @@ static int parse_args(struct kilnd *d, int argc, char **argv)
 		case 'a': d->advertise = optarg; break;
 		case 'I':
 		case 'E':
-			if ((c == 'I' ? d->n_insecure : d->n_endpoints) == MAX_LIST) {
-				fprintf(stderr, "kilnd: more than %d --%s\n", MAX_LIST,
-					c == 'I' ? "insecure-registry" : "registry-endpoint");
-				return -EINVAL;
-			}
+			if ((c == 'I' ? d->n_insecure : d->n_endpoints) == MAX_LIST)
+				return kiln_args_error("kilnd", "more than %d --%s", MAX_LIST,
+						       c == 'I' ? "insecure-registry"
+								: "registry-endpoint");
 			if (c == 'I')
 				d->insecure[d->n_insecure++] = optarg;
 			else
 				d->endpoints[d->n_endpoints++] = optarg;
 			break;
 		case 'd': kiln_log_set_level(KILN_LOG_DEBUG); break;
-		case 'h': usage(stdout); exit(0);
+		case 'h': usage(stdout); return KILN_ARGS_HELP;
 		case 'i':
 			if (kiln_parse_u64(optarg, &d->interval_ms) < 0 ||
-			    d->interval_ms < 50 || d->interval_ms > 600000) {
-				fprintf(stderr, "kilnd: --heartbeat-interval-ms: '%s' is not 50..600000\n",
-					optarg);
-				return -EINVAL;
-			}
+			    d->interval_ms < 50 || d->interval_ms > 600000)
+				return kiln_args_error("kilnd", "--heartbeat-interval-ms: '%s' is not 50..600000",
+						       optarg);
 			break;
-		default: usage(stderr); return -EINVAL;
+		default: usage(stderr); return KILN_ARGS_USAGE;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "kilnd: unexpected argument '%s'\n", argv[optind]);
-		return -EINVAL;
-	}
-	if (!d->root) {
-		fprintf(stderr, "kilnd: --root DIR is required\n");
-		return -EINVAL;
-	}
-	if (kiln_tls_check(&d->tls, &err) < 0) {
-		fprintf(stderr, "kilnd: %s\n", kiln_error_msg(err));
-		return -EINVAL;
-	}
-	return 0;
+	if (kiln_args_no_operands("kilnd", argc, argv))
+		return KILN_ARGS_USAGE;
+	if (!d->root)
+		return kiln_args_error("kilnd", "--root DIR is required");
+	if (kiln_tls_check(&d->tls, &err) < 0)
+		return kiln_args_error("kilnd", "%s", kiln_error_msg(err));
+	return KILN_ARGS_OK;
 }
 
 int main(int argc, char **argv)
@@ -412,9 +404,10 @@ int main(int argc, char **argv)
 	int rc = 0;
 
 	kiln_log_set_level(KILN_LOG_INFO);
-	if (parse_args(&d, argc, argv) < 0) {
+	rc = parse_args(argc, argv, &d);
+	if (rc) {
 		free(d.root);
-		return 2;
+		return kiln_args_exit(rc);
 	}
 	kiln_daemon_block_signals(&sigs);
 	if (kilnd_start(&d, &err) < 0) {

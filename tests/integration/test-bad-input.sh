@@ -88,6 +88,31 @@ assert_contains "$(error_text)" "sha256:$lay" "corrupt blob error"
 [ -e "$T/root-corrupt/worker/cas/blobs/sha256/$lay" ] && fail "the corrupt blob was stored under its name"
 KILN_ROOT="$T/root-corrupt" "$KILN" debug fsck >/dev/null || fail "fsck after the corrupt import"
 
+# Every program and verb parses flags one way (basic/args.h): --help is
+# the usage on stdout and exit 0; an unknown flag or a stray operand is an
+# error on stderr naming it, and exit 2.
+check_flags() { # NAME COMMAND...
+	local name=$1 rc
+	shift
+	rc=0; "$@" --help >"$T/flags.out" 2>"$T/flags.err" || rc=$?
+	assert_eq "$rc" 0 "$name --help exit status"
+	grep -q "Usage" "$T/flags.out" || fail "$name --help printed no usage on stdout: $(cat "$T/flags.out")"
+	rc=0; "$@" --no-such-flag >"$T/flags.out" 2>"$T/flags.err" || rc=$?
+	assert_eq "$rc" 2 "$name --no-such-flag exit status"
+	assert_contains "$(cat "$T/flags.err")" "no-such-flag" "$name's error for an unknown flag"
+	[ ! -s "$T/flags.out" ] || fail "$name wrote to stdout on bad usage: $(cat "$T/flags.out")"
+	rc=0; "$@" stray-a stray-b >"$T/flags.out" 2>"$T/flags.err" || rc=$?
+	assert_eq "$rc" 2 "$name with stray operands: exit status"
+	assert_contains "$(cat "$T/flags.err")" "stray-" "$name's error for a stray operand"
+}
+check_flags "kiln build" "$KILN" build
+check_flags "kiln du" "$KILN" du
+check_flags "kiln prune" "$KILN" prune
+check_flags "kiln workers" "$KILN" workers
+check_flags "kiln debug fsck" "$KILN" debug fsck
+check_flags kilnd "${KILND:?KILND must name the kilnd binary (meson test sets it)}" --root "$T/flags-kilnd"
+check_flags kiln-worker "${KILN_WORKER:?KILN_WORKER must name the kiln-worker binary (meson test sets it)}"
+
 assert_no_mounts
 assert_fsck_clean
 echo "ok: bad input is refused clearly and confined"
