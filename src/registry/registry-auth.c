@@ -541,7 +541,7 @@ static char *token_url(const char *realm, const char *service,
 	return kiln_strbuf_detach(&sb, NULL);
 }
 
-static int parse_token(const char *realm, const struct kiln_http_resp *resp,
+static int parse_token(const char *realm, const struct kiln_http_result *resp,
 		       char **tok, uint64_t *ttl, struct kiln_error **err)
 {
 	json_t *j = json_loadb(resp->body, resp->body_len, 0, NULL);
@@ -582,8 +582,8 @@ static int fetch_token(struct kiln_registry_auth *a,
 {
 	_cleanup_free_ char *url = token_url(realm, service, scope);
 	_cleanup_free_ char *user = NULL, *pass = NULL;
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "GET", .url = url, .follow = true,
 		/* --insecure-registry relaxes TLS for that registry only, not
 		 * for a token server elsewhere that gets the credentials. */
@@ -592,6 +592,7 @@ static int fetch_token(struct kiln_registry_auth *a,
 		.timeout_ms = TOKEN_TIMEOUT_MS,
 		.low_speed_time_s = t->low_speed_time_s,
 		.limit = KILN_REGISTRY_TOKEN_LIMIT,
+		.upload = true, /* as every registry request (no body here) */
 	};
 	uint64_t ttl = 0;
 	int r;
@@ -602,7 +603,7 @@ static int fetch_token(struct kiln_registry_auth *a,
 	}
 	_cleanup_free_ char *what = xasprintf("token server %s", realm);
 
-	r = kiln_http_do(t->http, &req, &resp, err);
+	r = kiln_http_client_do(t->http, &req, &resp, err);
 	if (r < 0) {
 		kiln_error_prefix(err, "registry %s: token server", reg);
 		return r;
@@ -611,7 +612,7 @@ static int fetch_token(struct kiln_registry_auth *a,
 		r = kiln_registry_status_error(err, -EACCES, reg, what, &resp);
 	else
 		r = parse_token(realm, &resp, tok, &ttl, err);
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&a->lock);

@@ -119,7 +119,7 @@ static void add_digest_param(struct kiln_strbuf *sb, const char *url,
 }
 
 static int status_err(struct push *p, const char *what,
-		      const struct kiln_http_resp *resp, struct kiln_error **err)
+		      const struct kiln_http_result *resp, struct kiln_error **err)
 {
 	return kiln_registry_status_error(err,
 					  kiln_registry_status_code(resp->status),
@@ -141,8 +141,8 @@ static int put_blob(struct push *p, const char *location,
 	_cleanup_free_ char *what = blob_what(p, "uploading", d);
 	const char *hdrs[] = { "Content-Type: application/octet-stream", NULL };
 	_cleanup_close_ int fd = kiln_store_open_blob(p->s, d);
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "PUT", .headers = hdrs, .body_from_fd = true,
 		.body_fd = fd, .body_fd_size = size,
 	};
@@ -159,7 +159,7 @@ static int put_blob(struct push *p, const char *location,
 		rc = status_err(p, what, &resp, err);
 	else if (rc < 0)
 		kiln_error_prefix(err, "%s", what);
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	return rc;
 }
 
@@ -177,8 +177,8 @@ static int start_upload(struct push *p, const struct kiln_digest *d,
 		? xasprintf("/v2/%s/blobs/uploads/?mount=sha256%%3A%s&from=%s",
 			    p->dest->repository, kiln_digest_hex(d, hex), from)
 		: xasprintf("/v2/%s/blobs/uploads/", p->dest->repository);
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "POST", .url = path, .timeout_ms = PUT_TIMEOUT_MS,
 	};
 	int rc;
@@ -193,7 +193,7 @@ static int start_upload(struct push *p, const struct kiln_digest *d,
 		*location = TAKE_PTR(resp.location);
 	else if (!(from && resp.status == 201))
 		rc = status_err(p, what, &resp, err);
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	return rc;
 }
 
@@ -258,8 +258,8 @@ int kiln_registry_put_manifest(struct kiln_registry *r,
 					      strncmp(reference, "sha256:", 7) ? ":" : "@",
 					      reference);
 	const char *hdrs[] = { ct, NULL };
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "PUT", .url = path, .headers = hdrs, .body = data,
 		.body_len = len, .timeout_ms = PUT_TIMEOUT_MS,
 	};
@@ -274,7 +274,7 @@ int kiln_registry_put_manifest(struct kiln_registry *r,
 		rc = kiln_registry_status_error(err,
 						kiln_registry_status_code(resp.status),
 						ref->registry, what, &resp);
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	return rc;
 }
 

@@ -2,7 +2,7 @@
  * The OCI distribution client: references, the client object (endpoints,
  * schemes, authenticated requests), and pulling manifests and blobs.
  * Authentication state lives in registry-auth.c, pushing in
- * registry-push.c, libcurl in http.c.
+ * registry-push.c; requests go through proto's HTTP client.
  */
 #include <ctype.h>
 #include <jansson.h>
@@ -19,6 +19,8 @@
 #define TAG_MAX_LEN 128
 #define REF_MAX_LEN 4096
 #define MANIFEST_TIMEOUT_MS 120000L
+/* Registries may be far away: wait longer for a connection than kiln's API. */
+#define CONNECT_TIMEOUT_MS 10000L
 #define ERROR_MSG_MAX 300
 #define DEFAULT_PARALLEL 4
 #define MIN_SZ(a, b) ((a) < (b) ? (a) : (b))
@@ -259,7 +261,7 @@ struct host_scheme {
 };
 
 struct kiln_registry {
-	struct kiln_http *http;
+	struct kiln_http_client *http;
 	struct kiln_registry_auth *auth;
 	char **insecure, **secure, **endpoints;
 	char *ca_file;
@@ -335,7 +337,9 @@ int kiln_registry_new(const struct kiln_registry_options *opts,
 		return rc;
 	}
 	pthread_mutex_init(&r->lock, NULL);
-	r->http = kiln_http_new();
+	r->http = kiln_http_client_new(&(struct kiln_http_client_options){
+		.connect_timeout_ms = CONNECT_TIMEOUT_MS,
+	});
 	r->insecure = strv_dup(opts->insecure);
 	r->secure = strv_dup(opts->secure);
 	r->endpoints = strv_dup(opts->endpoints);
@@ -352,7 +356,7 @@ void kiln_registry_free(struct kiln_registry *r)
 	if (!r)
 		return;
 	kiln_registry_auth_free(r->auth);
-	kiln_http_free(r->http);
+	kiln_http_client_free(r->http);
 	strv_free(r->insecure);
 	strv_free(r->secure);
 	strv_free(r->endpoints);
@@ -516,7 +520,7 @@ static void add_json_errors(struct kiln_strbuf *sb, json_t *errors)
 }
 
 static void add_body_message(struct kiln_strbuf *sb,
-			     const struct kiln_http_resp *resp)
+			     const struct kiln_http_result *resp)
 {
 	json_t *j = json_loadb(resp->body, resp->body_len, 0, NULL);
 	json_t *errors = json_object_get(j, "errors");
@@ -544,7 +548,7 @@ static void add_body_message(struct kiln_strbuf *sb,
 
 int kiln_registry_status_error(struct kiln_error **err, int code,
 			       const char *registry, const char *what,
-			       const struct kiln_http_resp *resp)
+			       const struct kiln_http_result *resp)
 {
 	_cleanup_strbuf_ struct kiln_strbuf sb = KILN_STRBUF_INIT(4096);
 
@@ -555,6 +559,19 @@ int kiln_registry_status_error(struct kiln_error **err, int code,
 }
 
 /* ---- authenticated requests ---- */
+
+/*
+ * Every request to a registry, counted. Bodies go as uploads: streamed,
+ * rewindable for an auth retry or a redirect, no default Content-Type and
+ * no "Expect: 100-continue" (registries answer POST and PUT at once).
+ */
+static int http_send(struct kiln_registry *r, struct kiln_http_call *req,
+		     struct kiln_http_result *resp, struct kiln_error **err)
+{
+	req->upload = true;
+	__atomic_fetch_add(&r->requests, 1, __ATOMIC_RELAXED);
+	return kiln_http_client_do(r->http, req, resp, err);
+}
 
 static char *full_url(struct kiln_registry *r, const char *registry,
 		      const char *url, enum scheme s)
@@ -567,7 +584,7 @@ static char *full_url(struct kiln_registry *r, const char *registry,
 
 /* Undecided insecure host: https was tried (rc); maybe http, then decide. */
 static int fall_back(struct kiln_registry *r, const char *registry,
-		     struct kiln_http_req *req, struct kiln_http_resp *resp,
+		     struct kiln_http_call *req, struct kiln_http_result *resp,
 		     int rc, struct kiln_error **err)
 {
 	_cleanup_free_ char *url = NULL;
@@ -580,8 +597,7 @@ static int fall_back(struct kiln_registry *r, const char *registry,
 	log_debug("registry %s: https failed, trying http", registry);
 	url = xasprintf("http://%s", https_url + strlen("https://"));
 	req->url = url;
-	__atomic_fetch_add(&r->requests, 1, __ATOMIC_RELAXED);
-	rc = kiln_http_do(r->http, req, resp, err);
+	rc = http_send(r, req, resp, err);
 	req->url = https_url;
 	if (rc == 0)
 		scheme_decide(r, registry, SCHEME_HTTP);
@@ -610,20 +626,19 @@ static bool same_origin(struct kiln_registry *r, const char *registry, const cha
 }
 
 /* A request to a foreign absolute URL: no credentials, normal TLS checks. */
-static int send_foreign(struct kiln_registry *r, struct kiln_http_req *req,
-			struct kiln_http_resp *resp, struct kiln_error **err)
+static int send_foreign(struct kiln_registry *r, struct kiln_http_call *req,
+			struct kiln_http_result *resp, struct kiln_error **err)
 {
 	req->tls_noverify = false;
 	req->ca_file = r->ca_file;
 	req->low_speed_time_s = r->low_speed_time_s;
-	__atomic_fetch_add(&r->requests, 1, __ATOMIC_RELAXED);
-	return kiln_http_do(r->http, req, resp, err);
+	return http_send(r, req, resp, err);
 }
 
 /* One request with the current authorization, scheme fallback included. */
 static int send_once(struct kiln_registry *r, const char *registry,
-		     const char *scope, struct kiln_http_req *req,
-		     struct kiln_http_resp *resp, struct kiln_error **err)
+		     const char *scope, struct kiln_http_call *req,
+		     struct kiln_http_result *resp, struct kiln_error **err)
 {
 	struct kiln_registry_auth_transport t = {
 		.http = r->http, .ca_file = r->ca_file,
@@ -643,38 +658,36 @@ static int send_once(struct kiln_registry *r, const char *registry,
 		return rc;
 	req->user = z.user;
 	req->password = z.password;
-	req->bearer = z.bearer;
+	req->token = z.bearer;
 	req->url = url;
 	req->tls_noverify = t.tls_noverify;
 	req->ca_file = r->ca_file;
 	req->low_speed_time_s = r->low_speed_time_s;
-	__atomic_fetch_add(&r->requests, 1, __ATOMIC_RELAXED);
-	rc = kiln_http_do(r->http, req, resp,
-			  s == SCHEME_UNDECIDED && path[0] == '/' ? NULL : err);
+	rc = http_send(r, req, resp, s == SCHEME_UNDECIDED && path[0] == '/' ? NULL : err);
 	if (s == SCHEME_UNDECIDED && path[0] == '/')
 		rc = fall_back(r, registry, req, resp, rc, err);
 	req->url = path;
-	req->user = req->password = req->bearer = NULL;
+	req->user = req->password = req->token = NULL;
 	kiln_registry_authz_release(&z);
 	return rc;
 }
 
 static int unauthorized(const struct kiln_registry_ref *ref,
-			struct kiln_http_resp *resp, const struct kiln_error *why,
+			struct kiln_http_result *resp, const struct kiln_error *why,
 			struct kiln_error **err)
 {
 	_cleanup_error_ struct kiln_error *e = NULL;
 	_cleanup_free_ char *what = xasprintf("repository %s", ref->repository);
 
 	kiln_registry_status_error(&e, -EACCES, ref->registry, what, resp);
-	kiln_http_resp_release(resp);
+	kiln_http_result_release(resp);
 	return kiln_error_set(err, -EACCES, "%s%s%s%s", e->msg, why ? " (" : "",
 			      why ? why->msg : "", why ? ")" : "");
 }
 
 int kiln_registry_request(struct kiln_registry *r,
 			  const struct kiln_registry_ref *ref, const char *scope,
-			  struct kiln_http_req *req, struct kiln_http_resp *resp,
+			  struct kiln_http_call *req, struct kiln_http_result *resp,
 			  struct kiln_error **err)
 {
 	_cleanup_error_ struct kiln_error *why = NULL;
@@ -690,7 +703,7 @@ int kiln_registry_request(struct kiln_registry *r,
 						  resp->www_authenticate, &why);
 		if (rc < 0)
 			break;
-		kiln_http_resp_release(resp);
+		kiln_http_result_release(resp);
 	}
 	return unauthorized(ref, resp, why, err);
 }
@@ -719,7 +732,7 @@ static char *manifest_what(const struct kiln_registry_ref *ref,
 			 strncmp(reference, "sha256:", 7) ? ":" : "@", reference);
 }
 
-static char *media_type_of(const struct kiln_http_resp *resp, const char *data,
+static char *media_type_of(const struct kiln_http_result *resp, const char *data,
 			   size_t len)
 {
 	const char *ct = resp->content_type;
@@ -742,7 +755,7 @@ static char *media_type_of(const struct kiln_http_resp *resp, const char *data,
 
 static int verify_manifest(const struct kiln_registry_ref *ref,
 			   const char *what, const struct kiln_digest *want,
-			   const struct kiln_http_resp *resp,
+			   const struct kiln_http_result *resp,
 			   const struct kiln_digest *got, struct kiln_error **err)
 {
 	struct kiln_digest hdr;
@@ -762,7 +775,7 @@ static int verify_manifest(const struct kiln_registry_ref *ref,
 
 static int manifest_response(const struct kiln_registry_ref *ref,
 			     const char *what, const struct kiln_digest *want,
-			     struct kiln_http_resp *resp,
+			     struct kiln_http_result *resp,
 			     struct kiln_registry_manifest *out,
 			     struct kiln_error **err)
 {
@@ -792,8 +805,8 @@ int kiln_registry_get_manifest(struct kiln_registry *r,
 	char dbuf[KILN_DIGEST_STRLEN];
 	const char *reference = ref->tag;
 	_cleanup_free_ char *scope = pull_scope(ref), *path = NULL, *what = NULL;
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "GET", .headers = hdrs, .follow = true,
 		.timeout_ms = MANIFEST_TIMEOUT_MS,
 		.limit = KILN_REGISTRY_MANIFEST_LIMIT,
@@ -814,7 +827,7 @@ int kiln_registry_get_manifest(struct kiln_registry *r,
 		return rc;
 	}
 	rc = manifest_response(ref, what, digest, &resp, out, err);
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	if (rc < 0)
 		kiln_registry_manifest_release(out);
 	return rc;
@@ -844,7 +857,7 @@ static char *blob_what(const struct kiln_registry_ref *ref,
 }
 
 static int blob_result(const struct kiln_registry_ref *ref, const char *what,
-		       const struct kiln_http_resp *resp, struct blob_sink *b,
+		       const struct kiln_http_result *resp, struct blob_sink *b,
 		       int rc, struct kiln_error **err)
 {
 	if (rc == -EFBIG)
@@ -878,8 +891,8 @@ static int fetch_into(struct kiln_registry *r,
 	_cleanup_free_ char *scope = pull_scope(ref), *what = blob_what(ref, digest);
 	_cleanup_free_ char *path = xasprintf("/v2/%s/blobs/%s", ref->repository,
 					      KILN_DIGEST_STR(digest));
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "GET", .url = path, .follow = true,
 		.sink = blob_sink, .sink_ud = b,
 	};
@@ -887,7 +900,7 @@ static int fetch_into(struct kiln_registry *r,
 
 	rc = kiln_registry_request(r, ref, scope, &req, &resp, err);
 	rc = blob_result(ref, what, &resp, b, rc, err);
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	return rc;
 }
 
@@ -1015,8 +1028,8 @@ int kiln_registry_get_blob_buf(struct kiln_registry *r,
 	_cleanup_free_ char *scope = pull_scope(ref), *what = blob_what(ref, digest);
 	_cleanup_free_ char *path = xasprintf("/v2/%s/blobs/%s", ref->repository,
 					      KILN_DIGEST_STR(digest));
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "GET", .url = path, .follow = true, .limit = limit,
 		.timeout_ms = MANIFEST_TIMEOUT_MS,
 	};
@@ -1043,7 +1056,7 @@ int kiln_registry_get_blob_buf(struct kiln_registry *r,
 		*len = resp.body_len;
 		*data = TAKE_PTR(resp.body);
 	}
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	return rc;
 }
 
@@ -1065,8 +1078,8 @@ int kiln_registry_head_blob(struct kiln_registry *r,
 	_cleanup_free_ char *what = blob_what(ref, digest);
 	_cleanup_free_ char *path = xasprintf("/v2/%s/blobs/%s", ref->repository,
 					      KILN_DIGEST_STR(digest));
-	struct kiln_http_resp resp;
-	struct kiln_http_req req = {
+	struct kiln_http_result resp;
+	struct kiln_http_call req = {
 		.method = "HEAD", .url = path, .timeout_ms = MANIFEST_TIMEOUT_MS,
 	};
 	int rc;
@@ -1085,6 +1098,6 @@ int kiln_registry_head_blob(struct kiln_registry *r,
 						kiln_registry_status_code(resp.status),
 						ref->registry, what, &resp);
 	}
-	kiln_http_resp_release(&resp);
+	kiln_http_result_release(&resp);
 	return rc;
 }

@@ -20,6 +20,7 @@
 #include "basic/error.h"
 #include "cas/digest.h"
 #include "cas/store.h"
+#include "proto/http-client.h"
 
 #define KILN_MT_OCI_INDEX "application/vnd.oci.image.index.v1+json"
 #define KILN_MT_OCI_MANIFEST "application/vnd.oci.image.manifest.v1+json"
@@ -241,21 +242,22 @@ int kiln_registry_put_manifest(struct kiln_registry *r,
 
 /* ---- low level: authenticated requests (for new endpoints) ---- */
 
-struct kiln_http_req;
-struct kiln_http_resp;
-
 /*
  * Send req to the ref's registry with authorization for scope (one or more
  * space-separated "repository:NAME:ACTIONS"). A req->url starting with '/'
  * is a path on the registry's endpoint (scheme chosen as documented for
  * kiln_registry_options); an absolute URL (an upload Location) is used as
- * is. A 401 is answered once: basic credentials or a bearer token, then the
- * request is sent again. Any final status is returned in resp (0); only
- * transport failures and authentication failures are errors.
+ * is, with credentials only when it is the registry's own endpoint. The
+ * client owns req's authorization (user, password, token), TLS fields
+ * (tls_noverify, ca_file), low_speed_time_s and upload (a body is always
+ * sent as an upload); the caller sets the rest. A 401 is
+ * answered once: basic credentials or a bearer token, then the request is
+ * sent again. Any final status is returned in resp (0); only transport
+ * failures and authentication failures are errors.
  */
 int kiln_registry_request(struct kiln_registry *r,
 			  const struct kiln_registry_ref *ref, const char *scope,
-			  struct kiln_http_req *req, struct kiln_http_resp *resp,
+			  struct kiln_http_call *req, struct kiln_http_result *resp,
 			  struct kiln_error **err);
 
 /*
@@ -265,7 +267,7 @@ int kiln_registry_request(struct kiln_registry *r,
  */
 int kiln_registry_status_error(struct kiln_error **err, int code,
 			       const char *registry, const char *what,
-			       const struct kiln_http_resp *resp);
+			       const struct kiln_http_result *resp);
 
 /* errno-style code for an HTTP status: 404 -ENOENT, 401/403 -EACCES, ... */
 int kiln_registry_status_code(long status);
@@ -294,7 +296,7 @@ int kiln_registry_auth_credentials(struct kiln_registry_auth *a,
 
 /* How token requests reach the realm. */
 struct kiln_registry_auth_transport {
-	struct kiln_http *http;
+	struct kiln_http_client *http;
 	bool tls_noverify;
 	const char *ca_file;
 	unsigned low_speed_time_s;
@@ -332,57 +334,3 @@ int kiln_registry_auth_challenge(struct kiln_registry_auth *a,
 
 /* Bearer tokens fetched so far. */
 uint64_t kiln_registry_auth_token_fetches(struct kiln_registry_auth *a);
-
-/*
- * ---- HTTP helpers (http.c), used by the client above: registry requests
- * on the libcurl core of proto/http-client.h ----
- */
-
-/* Shared connection/DNS/TLS-session cache for many threads. */
-struct kiln_http;
-struct kiln_http *kiln_http_new(void);
-void kiln_http_free(struct kiln_http *h);
-
-struct kiln_http_req {
-	const char *method;           /* "GET", "HEAD", "POST", "PUT" */
-	const char *url;
-	const char *const *headers;   /* "Name: value", NULL-terminated */
-	const char *user, *password;  /* basic auth, or NULL */
-	const char *bearer;           /* "Authorization: Bearer", or NULL */
-	const void *body;             /* request body from memory ... */
-	size_t body_len;
-	bool body_from_fd;            /* ... or from body_fd, offset 0 */
-	int body_fd;
-	uint64_t body_fd_size;
-	bool follow;                  /* follow redirects (http/https only) */
-	bool tls_noverify;
-	const char *ca_file;
-	long timeout_ms;              /* whole request; 0: none */
-	unsigned low_speed_time_s;    /* 0: 30 */
-	/*
-	 * A 2xx body goes to sink when set, else to memory (<= limit; limit 0
-	 * drops it).
-	 */
-	int (*sink)(void *ud, const void *data, size_t len);
-	void *sink_ud;
-	size_t limit;
-};
-
-struct kiln_http_resp {
-	long status;
-	char *body;    /* 2xx without sink; else the error body (<= 64 KiB) */
-	size_t body_len;
-	char *content_type, *location, *www_authenticate, *docker_digest;
-	int64_t content_length; /* -1: not sent */
-};
-void kiln_http_resp_release(struct kiln_http_resp *r);
-
-/*
- * Perform one request. Transport failures are errors naming the URL
- * (-ETIMEDOUT, -ECONNREFUSED, -EIO; TLS handshake failures -EPROTO); any
- * HTTP status is a success for this layer. A 2xx body over limit is -E2BIG;
- * a sink's negative return aborts the transfer with that code and no
- * message (the caller knows what its sink does).
- */
-int kiln_http_do(struct kiln_http *h, const struct kiln_http_req *req,
-		 struct kiln_http_resp *resp, struct kiln_error **err);
