@@ -49,17 +49,17 @@ static const char *fixture_dir(void)
 static void import_busybox(struct ctx *c)
 {
 	_cleanup_free_ char *ref_s = xasprintf("oci-layout://%s:latest", c->fixture);
+	const struct kiln_image_source src = { .store = kiln_worker_store(c->w) };
 	struct kiln_image_ref ref = { 0 };
 	struct kiln_image img = { 0 };
 	struct kiln_digest manifest;
 	struct kiln_error *err = NULL;
 
 	bench_check(kiln_image_ref_parse(ref_s, NULL, &ref, &err), err, ref_s);
-	bench_check(kiln_image_resolve(&ref, kiln_worker_native_platform(c->w),
+	bench_check(kiln_image_resolve(&src, &ref, kiln_worker_native_platform(c->w),
 				       &manifest, &err),
 		    err, "kiln_image_resolve");
-	bench_check(kiln_image_import(kiln_worker_store(c->w),
-				      kiln_worker_layers(c->w), &ref, &manifest,
+	bench_check(kiln_image_import(&src, kiln_worker_layers(c->w), &ref, &manifest,
 				      &img, &err),
 		    err, "kiln_image_import");
 	c->rootfs = img.rootfs;

@@ -30,7 +30,6 @@
 #include "proto/tokens.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"
-#include "source/image.h"
 #include "peer/peer.h"
 #include "registry/registry.h"
 #include "worker/worker.h"
@@ -362,7 +361,8 @@ static int serve(struct agent *a, struct kiln_error **err)
 	_cleanup_free_ char *inventory = kiln_path_join(
 		kiln_worker_root(a->worker), "inventory");
 	struct kiln_jobs_options jo = { .worker = a->worker, .token = a->token,
-					.inventory_path = inventory, .tls = &a->o.tls };
+					.inventory_path = inventory, .tls = &a->o.tls,
+					.registry = a->registry };
 	int r;
 
 	r = kiln_http_server_new(&ho, &a->http, err);
@@ -395,12 +395,8 @@ static int open_registry(struct agent *a, struct kiln_error **err)
 {
 	struct kiln_registry_options ro = { .insecure = a->o.insecure,
 					    .endpoints = a->o.endpoints };
-	int r = kiln_registry_new(&ro, &a->registry, err);
 
-	if (r < 0)
-		return r;
-	kiln_image_set_registry(a->registry);
-	return 0;
+	return kiln_registry_new(&ro, &a->registry, err);
 }
 
 static int agent_open(struct agent *a, struct kiln_error **err)
@@ -617,7 +613,6 @@ static void agent_release(struct agent *a)
 	kiln_jobs_free(a->jobs);
 	kiln_http_client_free(a->client);
 	kiln_worker_free(a->worker);
-	kiln_image_set_registry(NULL);
 	kiln_registry_free(a->registry);
 	json_decref(a->platforms);
 	free(a->token);

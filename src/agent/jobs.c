@@ -259,6 +259,7 @@ struct kiln_jobs {
 	const char *token;
 	struct kiln_inventory *inv;
 	struct kiln_http_client *client;
+	struct kiln_registry *registry;
 	pthread_mutex_t lock; /* defs, tick, running */
 	pthread_cond_t idle;  /* running dropped to 0 */
 	struct def_entry *defs[KILN_JOBS_DEF_CACHE];
@@ -699,7 +700,8 @@ static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definit
 	struct kiln_job job = {
 		.def = def, .op = q->op, .inputs = q->inputs,
 		.pin = q->has_pin ? &q->pin : NULL, .chain = q->chain,
-		.n_chain = q->n_chain, .secrets = q->secrets, .n_secrets = q->n_secrets,
+		.n_chain = q->n_chain, .registry = j->registry,
+		.secrets = q->secrets, .n_secrets = q->n_secrets,
 		.output = to->output, .output_ud = to->ud,
 		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};
@@ -1105,6 +1107,7 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	j->w = opts->worker;
 	j->store = kiln_worker_store(opts->worker);
 	j->token = opts->token;
+	j->registry = opts->registry;
 	j->client = kiln_http_client_new(&(struct kiln_http_client_options){
 		.tls = opts->tls });
 	r = kiln_inventory_open(opts->inventory_path, j->store, &j->inv, err);

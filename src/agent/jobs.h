@@ -84,6 +84,11 @@ struct kiln_jobs_options {
 	const char *inventory_path;
 	/* For pulls from kilnd and other workers (copied; may be NULL). */
 	const struct kiln_tls *tls;
+	/*
+	 * What source.image jobs pull registry images through (borrowed,
+	 * must outlive the service; NULL: such jobs fail).
+	 */
+	struct kiln_registry *registry;
 };
 
 /*

@@ -13,7 +13,6 @@
 #include "registry/registry.h"
 #include "solver/definition.h"
 #include "solver/solve.h"
-#include "source/image.h"
 
 int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
 		      struct kiln_error **err)
@@ -21,16 +20,12 @@ int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
 	const char *insecure[MAX_LIST + 1] = { 0 }, *endpoints[MAX_LIST + 1] = { 0 };
 	struct kiln_registry_options o = { .insecure = insecure, .endpoints = endpoints };
 	size_t i;
-	int r;
 
 	for (i = 0; i < a->n_insecure; i++)
 		insecure[i] = a->insecure[i];
 	for (i = 0; i < a->n_endpoints; i++)
 		endpoints[i] = a->endpoints[i];
-	r = kiln_registry_new(&o, out, err);
-	if (r == 0)
-		kiln_image_set_registry(*out);
-	return r;
+	return kiln_registry_new(&o, out, err);
 }
 
 int kiln_build_write_metadata(const char *path, const char *tree, unsigned run,

@@ -163,12 +163,13 @@ static int resolve_image(void *ud, const char *ref, const char *platform, char *
 			 char **config_json, struct kiln_error **err)
 {
 	struct dfbuild *b = ud;
+	const struct kiln_image_source src = { .registry = b->registry,
+					       .store = kiln_worker_store(b->eng.worker) };
+	struct kiln_registry_ref rr = { 0 };
 	struct kiln_digest manifest;
 	int r;
 
-	struct kiln_registry_ref rr = { 0 };
-
-	r = kiln_image_config(ref, b->context, platform, &manifest, config_json, err);
+	r = kiln_image_config(&src, ref, b->context, platform, &manifest, config_json, err);
 	if (r < 0)
 		return r;
 	/* A registry image is pinned to the platform manifest it resolved to. */
@@ -479,6 +480,7 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 	struct kiln_solve_options so = {
 		.worker = b->eng.worker,
 		.cache = b->eng.cache,
+		.registry = b->registry,
 		.progress = b->progress,
 		.slots = b->a->slots,
 		.no_cache = b->a->no_cache,
@@ -513,7 +515,6 @@ static void dfbuild_release(struct dfbuild *b)
 	free(b->context);
 	free(b->dockerfile);
 	kiln_progress_free(b->progress);
-	kiln_image_set_registry(NULL);
 	kiln_registry_free(b->registry);
 	kiln_engine_close(&b->eng);
 }

@@ -9,7 +9,6 @@
 #include "solver/definition.h"
 #include "solver/progress.h"
 #include "solver/solve.h"
-#include "source/image.h"
 
 int kiln_build_graph(const struct build_args *a, struct kiln_error **err)
 {
@@ -41,6 +40,7 @@ int kiln_build_graph(const struct build_args *a, struct kiln_error **err)
 	prog = kiln_progress_new(a->progress, stderr);
 	so.worker = eng.worker;
 	so.cache = eng.cache;
+	so.registry = reg;
 	so.progress = prog;
 	so.slots = a->slots;
 	so.no_cache = a->no_cache;
@@ -57,7 +57,6 @@ out:
 	kiln_progress_free(prog);
 	kiln_definition_free(def);
 	kiln_engine_close(&eng);
-	kiln_image_set_registry(NULL);
 	kiln_registry_free(reg);
 	return r;
 }

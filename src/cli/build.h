@@ -46,8 +46,9 @@ struct build_args {
 struct kiln_registry;
 
 /*
- * The registry client for this build (--insecure-registry), also set as
- * the one image sources use.
+ * The registry client for this build (--insecure-registry,
+ * --registry-endpoint): what the frontend resolves images through and the
+ * solve options carry to pins and pulls. The caller frees it.
  */
 int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
 		      struct kiln_error **err);

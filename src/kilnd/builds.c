@@ -62,19 +62,21 @@ struct kiln_builds {
 	struct kiln_sched *sched;
 	struct kiln_store *store;
 	struct kiln_cache *cache;
+	struct kiln_registry *registry;
 	pthread_mutex_t lock;
 	struct build *builds[MAX_BUILDS];
 	size_t n;
 };
 
 struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store *store,
-				    struct kiln_cache *cache)
+				    struct kiln_cache *cache, struct kiln_registry *registry)
 {
 	struct kiln_builds *b = xcalloc(1, sizeof(*b));
 
 	b->sched = sched;
 	b->store = store;
 	b->cache = cache;
+	b->registry = registry;
 	pthread_mutex_init(&b->lock, NULL);
 	return b;
 }
@@ -181,6 +183,7 @@ static void *build_main(void *ud)
 		.worker_name = "kilnd",
 		.executor = &ex,
 		.store = b->store,
+		.registry = b->registry,
 		.pins = bd->pins,
 		.n_pins = bd->n_pins,
 		.cache = b->cache,

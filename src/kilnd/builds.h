@@ -19,8 +19,14 @@
 
 struct kiln_builds;
 
+struct kiln_registry;
+
+/*
+ * Builds solve on sched with kilnd's store and cache; their source.image
+ * references are resolved through registry (borrowed, must outlive b).
+ */
 struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store *store,
-				    struct kiln_cache *cache);
+				    struct kiln_cache *cache, struct kiln_registry *registry);
 /* Waits for running builds to end. */
 void kiln_builds_free(struct kiln_builds *b);
 /* Add the routes (client token) to http before it starts. */

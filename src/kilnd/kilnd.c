@@ -30,7 +30,6 @@
 #include "kilnd/worker-table.h"
 #include "proto/tokens.h"
 #include "proto/http-server.h"
-#include "source/image.h"
 #include "peer/peer.h"
 #include "registry/registry.h"
 
@@ -243,8 +242,6 @@ static int open_state(struct kilnd *d, struct kiln_error **err)
 		r = kiln_cache_open(db, &d->cache, err);
 	if (r == 0)
 		r = kiln_registry_new(&ro, &d->registry, err);
-	if (r == 0)
-		kiln_image_set_registry(d->registry);
 	return r;
 }
 
@@ -285,7 +282,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 		return r;
 	d->reg = kiln_worker_table_new(d->interval_ms);
 	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token, &d->tls);
-	d->builds = kiln_builds_new(d->sched, d->store, d->cache);
+	d->builds = kiln_builds_new(d->sched, d->store, d->cache, d->registry);
 	r = kiln_http_server_new(&o, &d->http, err);
 	if (r == 0)
 		r = add_routes(d);
@@ -310,10 +307,7 @@ static void kilnd_release(struct kilnd *d)
 	kiln_worker_table_free(d->reg);
 	kiln_cache_free(d->cache);
 	kiln_store_free(d->store);
-	if (d->registry) {
-		kiln_image_set_registry(NULL);
-		kiln_registry_free(d->registry);
-	}
+	kiln_registry_free(d->registry);
 	free(d->worker_token);
 	free(d->client_token);
 	free(d->root);

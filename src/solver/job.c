@@ -201,6 +201,8 @@ static int job_image(struct kiln_worker *w, const struct kiln_job *job,
 		     struct kiln_job_result *out, struct kiln_error **err)
 {
 	const struct kiln_op *op = &job->def->ops[job->op];
+	const struct kiln_image_source src = { .registry = job->registry,
+					       .store = kiln_worker_store(w) };
 	struct kiln_image_ref ref = { 0 };
 	struct kiln_image img = { 0 };
 	struct kiln_digest pin = { 0 };
@@ -212,8 +214,7 @@ static int job_image(struct kiln_worker *w, const struct kiln_job *job,
 		pin = *job->pin;
 	r = kiln_image_ref_parse(op->ref, "/", &ref, err);
 	if (r == 0)
-		r = kiln_image_import(kiln_worker_store(w), kiln_worker_layers(w), &ref, &pin,
-				      &img, err);
+		r = kiln_image_import(&src, kiln_worker_layers(w), &ref, &pin, &img, err);
 	if (r == 0) {
 		out->tree = img.rootfs;
 		blobs = json_pack("[ss]", KILN_DIGEST_STR(&img.manifest),

@@ -19,6 +19,8 @@
 #include "solver/definition.h"
 #include "worker/worker.h"
 
+struct kiln_registry;
+
 /* A secret the client supplies for RUN --mount=type=secret. */
 struct kiln_secret {
 	const char *id;
@@ -40,6 +42,8 @@ struct kiln_job {
 	 */
 	const struct kiln_digest *chain;
 	size_t n_chain;
+	/* What source.image pulls registry images through (NULL: refused). */
+	struct kiln_registry *registry;
 	const struct kiln_secret *secrets;
 	size_t n_secrets;
 	kiln_job_output_fn output; /* the step's stdout/stderr, or NULL */

@@ -447,6 +447,7 @@ static void *job_main(void *arg)
 	ej.job.pin = kiln_digest_is_set(&v->pin) ? &v->pin : NULL;
 	ej.job.n_chain = rootfs_chain(s, v, &chain);
 	ej.job.chain = chain;
+	ej.job.registry = s->o->registry;
 	ej.job.secrets = s->o->secrets;
 	ej.job.n_secrets = s->o->n_secrets;
 	ej.job.output = on_output;
@@ -587,6 +588,8 @@ static int given_pin(struct solver *s, struct vertex *v, struct kiln_error **err
 /* Sources are pinned to content before keys are computed. */
 static int pin_sources(struct solver *s, struct kiln_error **err)
 {
+	const struct kiln_image_source images = { .registry = s->o->registry,
+						  .store = store(s) };
 	size_t k;
 	int r;
 
@@ -613,7 +616,8 @@ static int pin_sources(struct solver *s, struct kiln_error **err)
 		} else if (v->op->type == KILN_OP_SOURCE_IMAGE) {
 			r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
 			if (r == 0)
-				r = kiln_image_resolve(&ref, v->op->platform, &v->pin, err);
+				r = kiln_image_resolve(&images, &ref, v->op->platform, &v->pin,
+						       err);
 			kiln_image_ref_release(&ref);
 		} else {
 			continue;

@@ -75,6 +75,12 @@ struct kiln_solve_options {
 	const struct kiln_executor *executor;
 	/* Where sources are pinned (snapshots, downloads); default: worker's. */
 	struct kiln_store *store;
+	/*
+	 * The registry client source.image registry references are resolved
+	 * through, and pulled through by embedded jobs (not owned). NULL:
+	 * such references fail.
+	 */
+	struct kiln_registry *registry;
 	const struct kiln_solve_pin *pins; /* source.local pins from the client */
 	size_t n_pins;
 	struct kiln_cache *cache;

@@ -50,18 +50,15 @@ static int manifest_config(const char *text, const char *what, struct kiln_diges
 }
 
 /* The platform manifest, then its config, from the registry (verified). */
-static int registry_config(const struct kiln_image_ref *ir, const char *ref,
-			   const struct kiln_digest *manifest, char **config_json,
-			   struct kiln_error **err)
+static int registry_config(struct kiln_registry *reg, const struct kiln_image_ref *ir,
+			   const char *ref, const struct kiln_digest *manifest,
+			   char **config_json, struct kiln_error **err)
 {
-	struct kiln_registry *reg = kiln_image_registry(err);
 	struct kiln_registry_manifest m = { 0 };
 	struct kiln_digest cfg;
 	size_t len;
 	int r;
 
-	if (!reg)
-		return -EIO;
 	r = kiln_registry_get_manifest(reg, ir->registry, manifest, &m, err);
 	if (r == 0)
 		r = manifest_config(m.data, ref, &cfg, err);
@@ -72,7 +69,8 @@ static int registry_config(const struct kiln_image_ref *ir, const char *ref,
 	return r;
 }
 
-int kiln_image_config(const char *ref, const char *base_dir, const char *platform,
+int kiln_image_config(const struct kiln_image_source *src, const char *ref,
+		      const char *base_dir, const char *platform,
 		      struct kiln_digest *manifest, char **config_json,
 		      struct kiln_error **err)
 {
@@ -84,9 +82,9 @@ int kiln_image_config(const char *ref, const char *base_dir, const char *platfor
 	*config_json = NULL;
 	r = kiln_image_ref_parse(ref, base_dir, &ir, err);
 	if (r == 0)
-		r = kiln_image_resolve(&ir, platform, manifest, err);
+		r = kiln_image_resolve(src, &ir, platform, manifest, err);
 	if (r == 0 && ir.registry)
-		r = registry_config(&ir, ref, manifest, config_json, err);
+		r = registry_config(src->registry, &ir, ref, manifest, config_json, err);
 	else if (r == 0) {
 		r = layout_blob(ir.layout, manifest, &man, err);
 		if (r == 0)

@@ -7,13 +7,15 @@
 
 #include "basic/error.h"
 #include "cas/digest.h"
+#include "source/image.h"
 
 /*
  * Resolve ref ("oci-layout://PATH[:TAG]" or a registry reference) for
- * platform: *config_json gets the image config JSON text and *manifest the
- * platform manifest's digest. Every blob read is verified against its
- * digest. base_dir resolves relative layout paths.
+ * platform through src: *config_json gets the image config JSON text and
+ * *manifest the platform manifest's digest. Every blob read is verified
+ * against its digest. base_dir resolves relative layout paths.
  */
-int kiln_image_config(const char *ref, const char *base_dir, const char *platform,
+int kiln_image_config(const struct kiln_image_source *src, const char *ref,
+		      const char *base_dir, const char *platform,
 		      struct kiln_digest *manifest, char **config_json,
 		      struct kiln_error **err);

@@ -10,7 +10,6 @@
 
 #include <fcntl.h>
 #include <jansson.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -88,30 +87,6 @@ static int registry_ref_parse(const char *s, struct kiln_image_ref *out,
 	out->registry = rr;
 	out->tag = rr->tag ? xstrdup(rr->tag) : NULL;
 	return 0;
-}
-
-/* ---- the registry client ---- */
-
-static pthread_mutex_t client_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct kiln_registry *client_set, *client_default;
-
-void kiln_image_set_registry(struct kiln_registry *r)
-{
-	pthread_mutex_lock(&client_lock);
-	client_set = r;
-	pthread_mutex_unlock(&client_lock);
-}
-
-struct kiln_registry *kiln_image_registry(struct kiln_error **err)
-{
-	struct kiln_registry *c;
-
-	pthread_mutex_lock(&client_lock);
-	if (!client_set && !client_default)
-		(void)kiln_registry_new(NULL, &client_default, err);
-	c = client_set ? client_set : client_default;
-	pthread_mutex_unlock(&client_lock);
-	return c;
 }
 
 static char *absolute_path(const char *path, const char *base_dir)
@@ -713,15 +688,19 @@ static int resolve_desc(struct resolve_ctx *c, const struct descriptor *desc,
 }
 
 static int registry_open(struct layout *l, const struct kiln_image_ref *ref,
-			 struct kiln_store *s, struct kiln_error **err)
+			 struct kiln_registry *reg, struct kiln_store *s,
+			 struct kiln_error **err)
 {
 	_cleanup_free_ char *name = kiln_registry_ref_format(ref->registry);
 
 	l->where = xasprintf("image %s", name);
 	l->rref = ref->registry;
 	l->store = s;
-	l->reg = kiln_image_registry(err);
-	return l->reg ? 0 : -EINVAL;
+	l->reg = reg;
+	if (!reg)
+		return kiln_error_set(err, -EINVAL, "%s: no registry client to pull it with",
+				      l->where);
+	return 0;
 }
 
 /* GET the reference's manifest or index (by tag, or its pinned digest). */
@@ -739,7 +718,8 @@ static int registry_top(struct layout *l, struct descriptor *top,
 	return 0;
 }
 
-int kiln_image_resolve(const struct kiln_image_ref *ref, const char *platform,
+int kiln_image_resolve(const struct kiln_image_source *src,
+		       const struct kiln_image_ref *ref, const char *platform,
 		       struct kiln_digest *manifest, struct kiln_error **err)
 {
 	struct layout l = { .fd = -1 };
@@ -755,7 +735,7 @@ int kiln_image_resolve(const struct kiln_image_ref *ref, const char *platform,
 		return r;
 	want_str = platform_fmt(&want);
 	if (ref->registry) {
-		r = registry_open(&l, ref, NULL, err);
+		r = registry_open(&l, ref, src->registry, NULL, err);
 		if (r == 0)
 			r = registry_top(&l, &top, err);
 	} else {
@@ -1146,18 +1126,19 @@ static int store_blobs(struct kiln_store *s, struct layout *l,
 	return r;
 }
 
-int kiln_image_import(struct kiln_store *s, struct kiln_layers *layers,
+int kiln_image_import(const struct kiln_image_source *src, struct kiln_layers *layers,
 		      const struct kiln_image_ref *ref,
 		      const struct kiln_digest *manifest, struct kiln_image *out,
 		      struct kiln_error **err)
 {
+	struct kiln_store *s = src->store;
 	struct layout l = { .fd = -1 };
 	struct image_doc d = { 0 };
 	struct kiln_digest rootfs;
 	size_t i;
 	int r;
 
-	r = ref->registry ? registry_open(&l, ref, s, err)
+	r = ref->registry ? registry_open(&l, ref, src->registry, s, err)
 			  : layout_open(&l, ref->layout, err);
 	if (r == 0)
 		r = load_image_doc(&l, manifest, &d, err);

@@ -39,21 +39,27 @@ int kiln_image_ref_parse(const char *ref, const char *base_dir,
 void kiln_image_ref_release(struct kiln_image_ref *r);
 
 /*
- * The registry client used for registry references (not owned; NULL goes
- * back to the default). Without one, a client with default options (docker
- * config credentials, http only for loopback) is made on first use.
+ * Where resolving and importing read images from and write them to. The
+ * pointers are borrowed; the struct owns nothing.
  */
-void kiln_image_set_registry(struct kiln_registry *r);
-
-/* The client in use: the one set, else a default made on first use. */
-struct kiln_registry *kiln_image_registry(struct kiln_error **err);
+struct kiln_image_source {
+	/*
+	 * The client registry references go through (NULL: they are
+	 * refused). Its options (insecure hosts, endpoints, credentials) are
+	 * the build's or the daemon's; there is no process-wide one.
+	 */
+	struct kiln_registry *registry;
+	/* The CAS import stores images in (resolving does not need one). */
+	struct kiln_store *store;
+};
 
 /*
  * Pin ref to the manifest digest for platform ("linux/arm64"). A registry
  * ref is looked up by tag (or its pinned digest, with no tag lookup); an
  * index is searched by platform exactly as in a layout.
  */
-int kiln_image_resolve(const struct kiln_image_ref *ref, const char *platform,
+int kiln_image_resolve(const struct kiln_image_source *src,
+		       const struct kiln_image_ref *ref, const char *platform,
 		       struct kiln_digest *manifest, struct kiln_error **err);
 
 struct kiln_image {
@@ -68,13 +74,13 @@ struct kiln_image {
 void kiln_image_release(struct kiln_image *img);
 
 /*
- * Import the manifest (from kiln_image_resolve) into the CAS and layer
- * store: manifest, config and layer blobs are copied into the CAS
+ * Import the manifest (from kiln_image_resolve) into src->store and the
+ * layer store: manifest, config and layer blobs are copied into the CAS
  * (verified); the rootfs tree is built and materialized. For a registry
  * ref, blobs already in the CAS are not fetched; missing layers are fetched
  * a few at a time.
  */
-int kiln_image_import(struct kiln_store *s, struct kiln_layers *layers,
+int kiln_image_import(const struct kiln_image_source *src, struct kiln_layers *layers,
 		      const struct kiln_image_ref *ref,
 		      const struct kiln_digest *manifest, struct kiln_image *out,
 		      struct kiln_error **err);

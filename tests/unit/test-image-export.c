@@ -32,6 +32,9 @@
 
 #define T_BASE 1600000000 /* mtime of every sample entry */
 
+/* Layouts are read from their directory: no registry, no store. */
+static const struct kiln_image_source layout_source;
+
 static char *base_dir;   /* per-binary temp dir */
 static char *layout_dir; /* the busybox fixture */
 static struct kiln_digest sample_base, sample_child; /* in sample_store */
@@ -533,8 +536,9 @@ static void import_fixture(struct ctx *c, const char *platform,
 	size_t i;
 
 	if (kiln_image_ref_parse(s, NULL, &ref, &err) < 0 ||
-	    kiln_image_resolve(&ref, platform, &m, &err) < 0 ||
-	    kiln_image_import(c->store, c->layers, &ref, &m, img, &err) < 0)
+	    kiln_image_resolve(&layout_source, &ref, platform, &m, &err) < 0 ||
+	    kiln_image_import(&(struct kiln_image_source){ .store = c->store },
+				      c->layers, &ref, &m, img, &err) < 0)
 		fail_msg("import %s: %s", platform, kiln_error_msg(err));
 	kiln_image_ref_release(&ref);
 	/* The solver's source.image record meta. */
@@ -848,8 +852,9 @@ static void kiln_reimport(const char *tar, const char *dir,
 	assert_int_equal(test_run("mkdir -p %s && tar -xf %s -C %s", dir, tar, dir), 0);
 	open_state(&fresh, "reimport");
 	if (kiln_image_ref_parse(s, NULL, &ref, &err) < 0 ||
-	    kiln_image_resolve(&ref, platform, &m, &err) < 0 ||
-	    kiln_image_import(fresh.store, fresh.layers, &ref, &m, &img, &err) < 0)
+	    kiln_image_resolve(&layout_source, &ref, platform, &m, &err) < 0 ||
+	    kiln_image_import(&(struct kiln_image_source){ .store = fresh.store },
+				      fresh.layers, &ref, &m, &img, &err) < 0)
 		fail_msg("re-import %s: %s", platform, kiln_error_msg(err));
 	assert_true(kiln_digest_eq(&m, want_manifest));
 	assert_true(kiln_digest_eq(&img.rootfs, want_tree));

@@ -33,6 +33,9 @@
 
 #define MT_MANIFEST "application/vnd.oci.image.manifest.v1+json"
 
+/* Layouts are read from their directory: no registry, no store. */
+static const struct kiln_image_source layout_source;
+
 static char *base_dir;    /* per-binary temp dir */
 static char *layout_dir;  /* the busybox fixture */
 
@@ -162,7 +165,7 @@ static void resolve_ok(const struct kiln_image_ref *ref, const char *platform,
 {
 	struct kiln_error *err = NULL;
 
-	if (kiln_image_resolve(ref, platform, d, &err) < 0)
+	if (kiln_image_resolve(&layout_source, ref, platform, d, &err) < 0)
 		fail_msg("resolve %s: %s", platform, kiln_error_msg(err));
 }
 
@@ -173,7 +176,8 @@ static void import_ok(struct ctx *c, const struct kiln_image_ref *ref,
 	struct kiln_digest m;
 
 	resolve_ok(ref, platform, &m);
-	if (kiln_image_import(c->store, c->layers, ref, &m, img, &err) < 0)
+	if (kiln_image_import(&(struct kiln_image_source){ .store = c->store },
+				      c->layers, ref, &m, img, &err) < 0)
 		fail_msg("import %s: %s", platform, kiln_error_msg(err));
 	assert_true(kiln_digest_eq(&img->manifest, &m));
 }
@@ -350,7 +354,7 @@ static void test_resolve_unknown(void **state)
 	struct kiln_digest d;
 
 	ref_for(&ref, layout_dir, "latest");
-	assert_true(kiln_image_resolve(&ref, "linux/s390x", &d, &err) < 0);
+	assert_true(kiln_image_resolve(&layout_source, &ref, "linux/s390x", &d, &err) < 0);
 	assert_msg_has(err, "linux/s390x");
 	assert_msg_has(err, "linux/amd64");
 	assert_msg_has(err, "linux/arm64");
@@ -359,7 +363,7 @@ static void test_resolve_unknown(void **state)
 	kiln_image_ref_release(&ref);
 
 	ref_for(&ref, layout_dir, "nosuchtag");
-	assert_true(kiln_image_resolve(&ref, "linux/amd64", &d, &err) < 0);
+	assert_true(kiln_image_resolve(&layout_source, &ref, "linux/amd64", &d, &err) < 0);
 	assert_msg_has(err, "nosuchtag");
 	kiln_error_free(err);
 	kiln_image_ref_release(&ref);
@@ -502,7 +506,8 @@ static void test_import_corrupt_blob(void **state)
 	flip_byte(blob, 5000);
 
 	resolve_ok(&ref, "linux/amd64", &m);
-	assert_true(kiln_image_import(c->store, c->layers, &ref, &m, &img, &err) < 0);
+	assert_true(kiln_image_import(&(struct kiln_image_source){ .store = c->store },
+				      c->layers, &ref, &m, &img, &err) < 0);
 	assert_msg_has(err, KILN_DIGEST_STR(&layer));
 	assert_msg_has(err, copy);
 	assert_false(kiln_store_has(c->store, &layer));
@@ -527,7 +532,7 @@ static void test_resolve_corrupt_manifest(void **state)
 	resolve_ok(&ref, "linux/arm64", &m);
 	blob = xasprintf("%s/blobs/sha256/%s", copy, kiln_digest_hex(&m, hex));
 	flip_byte(blob, 10);
-	assert_true(kiln_image_resolve(&ref, "linux/arm64", &m, &err) < 0);
+	assert_true(kiln_image_resolve(&layout_source, &ref, "linux/arm64", &m, &err) < 0);
 	assert_msg_has(err, hex);
 	assert_msg_has(err, copy);
 	kiln_error_free(err);
@@ -823,7 +828,7 @@ static void test_two_layers(void **state)
 	kiln_tree_entry_release(&e);
 	/* A single-manifest layout is checked against its config. */
 	err = NULL;
-	assert_true(kiln_image_resolve(&ref, "linux/arm64", &l2, &err) < 0);
+	assert_true(kiln_image_resolve(&layout_source, &ref, "linux/arm64", &l2, &err) < 0);
 	assert_msg_has(err, "linux/amd64");
 	kiln_error_free(err);
 	kiln_image_release(&img);
@@ -841,7 +846,8 @@ static void test_diff_id_mismatch(void **state)
 
 	ref_for(&ref, layout, "latest");
 	resolve_ok(&ref, "linux/amd64", &m);
-	assert_true(kiln_image_import(c->store, c->layers, &ref, &m, &img, &err) < 0);
+	assert_true(kiln_image_import(&(struct kiln_image_source){ .store = c->store },
+				      c->layers, &ref, &m, &img, &err) < 0);
 	assert_msg_has(err, KILN_DIGEST_STR(&l2));
 	assert_msg_has(err, "diff_id");
 	kiln_error_free(err);

@@ -219,7 +219,8 @@ static int resolve_layout(const char *platform, struct kiln_digest *out)
 	int rc = kiln_image_ref_parse(s, NULL, &ref, NULL);
 
 	if (rc == 0)
-		rc = kiln_image_resolve(&ref, platform, out, NULL);
+		rc = kiln_image_resolve(&(struct kiln_image_source){ 0 }, &ref, platform, out,
+					NULL);
 	kiln_image_ref_release(&ref);
 	return rc;
 }
@@ -274,7 +275,6 @@ static int group_teardown(void **state)
 		free(regs[i].dir);
 	}
 	kiln_store_free(src_store);
-	kiln_image_set_registry(NULL);
 	kiln_rm_rf(base_dir);
 	free(base_dir);
 	free(layout_dir);
@@ -442,18 +442,19 @@ static void pull(struct kiln_registry *r, const char *ref_str, const char *name,
 	_cleanup_free_ char *lay = xasprintf("%s/layers", dir);
 	struct kiln_image_ref ref = { 0 };
 	struct kiln_image img = { 0 };
+	struct kiln_image_source src = { .registry = r };
 	struct kiln_store *s = NULL;
 	struct kiln_layers *layers = NULL;
 	struct kiln_error *err = NULL;
 
 	(void)kiln_rm_rf(dir);
-	kiln_image_set_registry(r);
 	if (kiln_image_ref_parse(ref_str, NULL, &ref, &err) < 0 ||
-	    kiln_image_resolve(&ref, "linux/amd64", &out->amd64, &err) < 0 ||
-	    kiln_image_resolve(&ref, "linux/arm64", &out->arm64, &err) < 0 ||
+	    kiln_image_resolve(&src, &ref, "linux/amd64", &out->amd64, &err) < 0 ||
+	    kiln_image_resolve(&src, &ref, "linux/arm64", &out->arm64, &err) < 0 ||
 	    kiln_store_open(cas, NULL, &s, &err) < 0 ||
 	    kiln_layers_open(lay, s, &layers, &err) < 0 ||
-	    kiln_image_import(s, layers, &ref, &out->amd64, &img, &err) < 0)
+	    kiln_image_import(&(struct kiln_image_source){ .registry = r, .store = s },
+			      layers, &ref, &out->amd64, &img, &err) < 0)
 		fail_msg("pulling %s: %s", ref_str, kiln_error_msg(err));
 	assert_true(kiln_store_has(s, &img.config));
 	assert_true(kiln_store_has(s, &img.manifest));
@@ -464,7 +465,6 @@ static void pull(struct kiln_registry *r, const char *ref_str, const char *name,
 	kiln_image_ref_release(&ref);
 	kiln_layers_free(layers);
 	kiln_store_free(s);
-	kiln_image_set_registry(NULL);
 }
 
 static void test_pull(void **state)
@@ -598,16 +598,16 @@ static void test_blob_verified(void **state)
 		_cleanup_free_ char *rs = kiln_registry_ref_format(&ref);
 
 		assert_int_equal(kiln_layers_open(lay, s, &layers, NULL), 0);
-		kiln_image_set_registry(r);
 		assert_int_equal(kiln_image_ref_parse(rs, NULL, &iref, NULL), 0);
-		assert_int_equal(kiln_image_import(s, layers, &iref, &amd64_manifest,
+		assert_int_equal(kiln_image_import(&(struct kiln_image_source){
+							   .registry = r, .store = s },
+						   layers, &iref, &amd64_manifest,
 						   &img, &err), -EBADMSG);
 		assert_msg_has(err, KILN_DIGEST_STR(&layer));
 		kiln_error_free(err);
 		err = NULL;
 		assert_false(kiln_store_has(s, &layer));
 		kiln_image_ref_release(&iref);
-		kiln_image_set_registry(NULL);
 		kiln_layers_free(layers);
 	}
 
