@@ -49,6 +49,7 @@ struct dfbuild {
 	bool have_image;
 	struct kiln_image_opts image_opts; /* compression of that image */
 	struct kiln_registry *registry;
+	struct kiln_image_tags *tags; /* each FROM tag looked up once */
 };
 
 /* "linux/amd64,linux/arm64" -> normalized, deduplicated list. */
@@ -164,7 +165,8 @@ static int resolve_image(void *ud, const char *ref, const char *platform, char *
 {
 	struct dfbuild *b = ud;
 	const struct kiln_image_source src = { .registry = b->registry,
-					       .store = kiln_worker_store(b->eng.worker) };
+					       .store = kiln_worker_store(b->eng.worker),
+					       .tags = b->tags };
 	struct kiln_registry_ref rr = { 0 };
 	struct kiln_digest manifest;
 	int r;
@@ -515,6 +517,7 @@ static void dfbuild_release(struct dfbuild *b)
 	free(b->context);
 	free(b->dockerfile);
 	kiln_progress_free(b->progress);
+	kiln_image_tags_free(b->tags);
 	kiln_registry_free(b->registry);
 	kiln_engine_close(&b->eng);
 }
@@ -522,7 +525,7 @@ static void dfbuild_release(struct dfbuild *b)
 int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
 {
 	_cleanup_free_ char *root = kiln_cli_default_root();
-	struct dfbuild b = { .a = a };
+	struct dfbuild b = { .a = a, .tags = kiln_image_tags_new() };
 	size_t i;
 	int r = 0;
 

@@ -585,49 +585,56 @@ static int given_pin(struct solver *s, struct vertex *v, struct kiln_error **err
 			      v->op->local_path);
 }
 
-/* Sources are pinned to content before keys are computed. */
+/* Pin one vertex if it is a source (0 for any other). */
+static int pin_source(struct solver *s, struct vertex *v,
+		      const struct kiln_image_source *images, struct kiln_error **err)
+{
+	struct kiln_image_ref ref = { 0 };
+	int r = 0;
+
+	if (v->op->type == KILN_OP_SOURCE_LOCAL && (s->o->executor || s->o->n_pins)) {
+		r = given_pin(s, v, err);
+	} else if (v->op->type == KILN_OP_SOURCE_LOCAL) {
+		r = kiln_local_snapshot(store(s), s->o->cache, v->op->local_path,
+					(const char *const *)v->op->include, v->op->n_include,
+					(const char *const *)v->op->exclude, v->op->n_exclude,
+					&v->pin, NULL, err);
+	} else if (v->op->type == KILN_OP_SOURCE_HTTP) {
+		/* A checksum pins the op; without one the content does. */
+		if (kiln_digest_is_set(&v->op->checksum))
+			v->pin = v->op->checksum;
+		else
+			r = kiln_http_fetch(store(s), v->op->url, NULL, &v->pin, NULL, err);
+	} else if (v->op->type == KILN_OP_SOURCE_IMAGE) {
+		r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
+		if (r == 0)
+			r = kiln_image_resolve(images, &ref, v->op->platform, &v->pin, err);
+		kiln_image_ref_release(&ref);
+	}
+	return r;
+}
+
+/*
+ * Sources are pinned to content before keys are computed. An image tag is
+ * looked up once per solve, and its documents are kept in the store.
+ */
 static int pin_sources(struct solver *s, struct kiln_error **err)
 {
+	struct kiln_image_tags *tags = kiln_image_tags_new();
 	const struct kiln_image_source images = { .registry = s->o->registry,
-						  .store = store(s) };
+						  .store = store(s), .tags = tags };
 	size_t k;
-	int r;
+	int r = 0;
 
-	for (k = 0; k < s->n_order; k++) {
+	for (k = 0; r == 0 && k < s->n_order; k++) {
 		struct vertex *v = &s->v[s->order[k]];
-		struct kiln_image_ref ref = { 0 };
 
-		if (v->op->type == KILN_OP_SOURCE_LOCAL && (s->o->executor || s->o->n_pins)) {
-			r = given_pin(s, v, err);
-		} else if (v->op->type == KILN_OP_SOURCE_LOCAL) {
-			r = kiln_local_snapshot(store(s), s->o->cache,
-						v->op->local_path,
-						(const char *const *)v->op->include,
-						v->op->n_include,
-						(const char *const *)v->op->exclude,
-						v->op->n_exclude, &v->pin, NULL, err);
-		} else if (v->op->type == KILN_OP_SOURCE_HTTP) {
-			/* A checksum pins the op; without one the content does. */
-			if (kiln_digest_is_set(&v->op->checksum))
-				v->pin = v->op->checksum;
-			else
-				r = kiln_http_fetch(store(s), v->op->url,
-						    NULL, &v->pin, NULL, err);
-		} else if (v->op->type == KILN_OP_SOURCE_IMAGE) {
-			r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
-			if (r == 0)
-				r = kiln_image_resolve(&images, &ref, v->op->platform, &v->pin,
-						       err);
-			kiln_image_ref_release(&ref);
-		} else {
-			continue;
-		}
-		if (r < 0) {
+		r = pin_source(s, v, &images, err);
+		if (r < 0)
 			prefix_who(err, v->op);
-			return r;
-		}
 	}
-	return 0;
+	kiln_image_tags_free(tags);
+	return r;
 }
 
 /*

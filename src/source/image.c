@@ -409,21 +409,41 @@ static int read_blob(struct layout *l, const struct kiln_digest *d,
 	return 0;
 }
 
-/* A document from the registry: the one fetched by tag, the store, or GET. */
+static int put_json(struct kiln_store *s, const char *data, size_t len,
+		    const struct kiln_digest *want, struct kiln_error **err)
+{
+	struct kiln_digest got;
+	int r = kiln_store_put_buf(s, data, len, &got, err);
+
+	if (r < 0)
+		return r;
+	if (!kiln_digest_eq(&got, want))
+		return kiln_error_set(err, -EBADMSG, "stored %s as %s",
+				      KILN_DIGEST_STR(want), KILN_DIGEST_STR(&got));
+	return 0;
+}
+
+/*
+ * A document from the registry: the one just fetched by tag, the store
+ * (verified on read), or GET by digest (verified). *fetched: it came from
+ * the registry.
+ */
 static int fetch_doc(struct layout *l, const struct kiln_digest *d,
-		     enum doc_kind kind, char **data, size_t *len,
+		     enum doc_kind kind, char **data, size_t *len, bool *fetched,
 		     struct kiln_error **err)
 {
 	struct kiln_registry_manifest m;
 	int r;
 
+	*fetched = false;
+	if (l->store && kiln_store_has(l->store, d))
+		return kiln_store_read(l->store, d, IMAGE_JSON_LIMIT, data, len, err);
+	*fetched = true;
 	if (l->top.data && kiln_digest_eq(&l->top.digest, d)) {
 		*data = xstrndup(l->top.data, l->top.len);
 		*len = l->top.len;
 		return 0;
 	}
-	if (l->store && kiln_store_has(l->store, d))
-		return kiln_store_read(l->store, d, IMAGE_JSON_LIMIT, data, len, err);
 	if (kind == DOC_CONFIG)
 		return kiln_registry_get_blob_buf(l->reg, l->rref, d, IMAGE_JSON_LIMIT,
 						  data, len, err);
@@ -436,21 +456,32 @@ static int fetch_doc(struct layout *l, const struct kiln_digest *d,
 	return 0;
 }
 
+/*
+ * A registry document, checked against its descriptor's size; one fetched
+ * from the registry is kept in the store (when there is one) only then,
+ * so later reads of the same digest, in this build or the next, need no
+ * request.
+ */
 static int read_doc(struct layout *l, const struct kiln_digest *d, int64_t size,
 		    enum doc_kind kind, char **data, size_t *len,
 		    struct kiln_error **err)
 {
+	bool fetched;
 	int r;
 
+	*data = NULL;
 	if (!l->reg)
 		return read_blob(l, d, size, data, len, err);
-	r = fetch_doc(l, d, kind, data, len, err);
-	if (r == 0 && size >= 0 && (uint64_t)size != *len) {
-		free(*data);
-		*data = NULL;
+	r = fetch_doc(l, d, kind, data, len, &fetched, err);
+	if (r == 0 && size >= 0 && (uint64_t)size != *len)
 		r = kiln_error_set(err, -EBADMSG, "blob %s in %s: size %zu, "
 				   "descriptor says %lld", KILN_DIGEST_STR(d),
 				   l->where, *len, (long long)size);
+	if (r == 0 && fetched && l->store)
+		r = put_json(l->store, *data, *len, d, err);
+	if (r < 0 && *data) {
+		free(*data);
+		*data = NULL;
 	}
 	return r;
 }
@@ -687,34 +718,107 @@ static int resolve_desc(struct resolve_ctx *c, const struct descriptor *desc,
 	return r;
 }
 
+/* ---- tags looked up in one build ---- */
+
+struct tag_seen {
+	char *ref; /* kiln_registry_ref_format() of the tagged reference */
+	struct kiln_digest digest;
+};
+
+struct kiln_image_tags {
+	struct tag_seen *v;
+	size_t n, alloc;
+};
+
+struct kiln_image_tags *kiln_image_tags_new(void)
+{
+	return xcalloc(1, sizeof(struct kiln_image_tags));
+}
+
+void kiln_image_tags_free(struct kiln_image_tags *t)
+{
+	size_t i;
+
+	if (!t)
+		return;
+	for (i = 0; i < t->n; i++)
+		free(t->v[i].ref);
+	free(t->v);
+	free(t);
+}
+
+static bool tags_get(struct kiln_image_tags *t, const struct kiln_registry_ref *ref,
+		     struct kiln_digest *out)
+{
+	_cleanup_free_ char *key = NULL;
+	size_t i;
+
+	if (!t)
+		return false;
+	key = kiln_registry_ref_format(ref);
+	for (i = 0; i < t->n; i++) {
+		if (!strcmp(t->v[i].ref, key)) {
+			*out = t->v[i].digest;
+			return true;
+		}
+	}
+	return false;
+}
+
+static void tags_put(struct kiln_image_tags *t, const struct kiln_registry_ref *ref,
+		     const struct kiln_digest *d)
+{
+	if (!t)
+		return;
+	t->v = xgrow(t->v, &t->alloc, t->n + 1, sizeof(*t->v));
+	t->v[t->n].ref = kiln_registry_ref_format(ref);
+	t->v[t->n++].digest = *d;
+}
+
 static int registry_open(struct layout *l, const struct kiln_image_ref *ref,
-			 struct kiln_registry *reg, struct kiln_store *s,
-			 struct kiln_error **err)
+			 const struct kiln_image_source *src, struct kiln_error **err)
 {
 	_cleanup_free_ char *name = kiln_registry_ref_format(ref->registry);
 
 	l->where = xasprintf("image %s", name);
 	l->rref = ref->registry;
-	l->store = s;
-	l->reg = reg;
-	if (!reg)
+	l->store = src->store;
+	l->reg = src->registry;
+	if (!l->reg)
 		return kiln_error_set(err, -EINVAL, "%s: no registry client to pull it with",
 				      l->where);
 	return 0;
 }
 
-/* GET the reference's manifest or index (by tag, or its pinned digest). */
-static int registry_top(struct layout *l, struct descriptor *top,
-			struct kiln_error **err)
+/* Read ref's documents from its layout, or from the registry through src. */
+static int image_open(struct layout *l, const struct kiln_image_source *src,
+		      const struct kiln_image_ref *ref, struct kiln_error **err)
 {
-	int r = kiln_registry_get_manifest(l->reg, l->rref, NULL, &l->top, err);
+	if (ref->registry)
+		return registry_open(l, ref, src, err);
+	return layout_open(l, ref->layout, err);
+}
 
+/*
+ * The reference's manifest or index: its pinned digest, else what its tag
+ * pointed to when this build first asked, else what it points to now (one
+ * GET by tag, whose body is the document: read_doc keeps it).
+ */
+static int registry_top(struct layout *l, struct kiln_image_tags *tags,
+			struct descriptor *top, struct kiln_error **err)
+{
+	int r;
+
+	*top = (struct descriptor){ .digest = l->rref->digest, .size = -1 };
+	if (kiln_digest_is_set(&top->digest) || tags_get(tags, l->rref, &top->digest))
+		return 0;
+	r = kiln_registry_get_manifest(l->reg, l->rref, NULL, &l->top, err);
 	if (r < 0)
 		return r;
+	tags_put(tags, l->rref, &l->top.digest);
 	top->digest = l->top.digest;
 	top->size = (int64_t)l->top.len;
 	top->media_type = l->top.media_type;
-	top->platform = NULL;
 	return 0;
 }
 
@@ -734,16 +838,12 @@ int kiln_image_resolve(const struct kiln_image_source *src,
 	if (r < 0)
 		return r;
 	want_str = platform_fmt(&want);
-	if (ref->registry) {
-		r = registry_open(&l, ref, src->registry, NULL, err);
-		if (r == 0)
-			r = registry_top(&l, &top, err);
-	} else {
-		r = layout_open(&l, ref->layout, err);
-		if (r == 0) {
-			index = read_layout_json(&l, "index.json", err);
-			r = index ? find_tagged(index, ref, &l, &top, err) : -EBADMSG;
-		}
+	r = image_open(&l, src, ref, err);
+	if (r == 0 && ref->registry) {
+		r = registry_top(&l, src->tags, &top, err);
+	} else if (r == 0) {
+		index = read_layout_json(&l, "index.json", err);
+		r = index ? find_tagged(index, ref, &l, &top, err) : -EBADMSG;
 	}
 	if (r == 0) {
 		struct resolve_ctx c = {
@@ -890,20 +990,6 @@ static int load_image_doc(struct layout *l, const struct kiln_digest *manifest,
 	json_decref(c);
 	json_decref(m);
 	return r;
-}
-
-static int put_json(struct kiln_store *s, const char *data, size_t len,
-		    const struct kiln_digest *want, struct kiln_error **err)
-{
-	struct kiln_digest got;
-	int r = kiln_store_put_buf(s, data, len, &got, err);
-
-	if (r < 0)
-		return r;
-	if (!kiln_digest_eq(&got, want))
-		return kiln_error_set(err, -EBADMSG, "stored %s as %s",
-				      KILN_DIGEST_STR(want), KILN_DIGEST_STR(&got));
-	return 0;
 }
 
 static int copy_layer_blob(struct kiln_store *s, struct layout *l,
@@ -1138,8 +1224,7 @@ int kiln_image_import(const struct kiln_image_source *src, struct kiln_layers *l
 	size_t i;
 	int r;
 
-	r = ref->registry ? registry_open(&l, ref, src->registry, s, err)
-			  : layout_open(&l, ref->layout, err);
+	r = image_open(&l, src, ref, err);
 	if (r == 0)
 		r = load_image_doc(&l, manifest, &d, err);
 	if (r == 0)

@@ -39,6 +39,16 @@ int kiln_image_ref_parse(const char *ref, const char *base_dir,
 void kiln_image_ref_release(struct kiln_image_ref *r);
 
 /*
+ * The tags one build has looked up and what each pointed to then: a build
+ * asks the registry about a tag once, and all its platforms and stages see
+ * the same image even if the tag moves meanwhile. Used by one thread at a
+ * time (a build resolves its images in turn).
+ */
+struct kiln_image_tags;
+struct kiln_image_tags *kiln_image_tags_new(void);
+void kiln_image_tags_free(struct kiln_image_tags *t);
+
+/*
  * Where resolving and importing read images from and write them to. The
  * pointers are borrowed; the struct owns nothing.
  */
@@ -49,14 +59,24 @@ struct kiln_image_source {
 	 * the build's or the daemon's; there is no process-wide one.
 	 */
 	struct kiln_registry *registry;
-	/* The CAS import stores images in (resolving does not need one). */
+	/*
+	 * The CAS. Import stores images here. For registry references it is
+	 * also where resolving and import look for indexes, manifests and
+	 * configs by digest before asking the registry, and where those it
+	 * fetches are kept once verified. NULL (resolving only): nothing is
+	 * kept.
+	 */
 	struct kiln_store *store;
+	/* This build's tag lookups (may be NULL: every resolve asks). */
+	struct kiln_image_tags *tags;
 };
 
 /*
  * Pin ref to the manifest digest for platform ("linux/arm64"). A registry
- * ref is looked up by tag (or its pinned digest, with no tag lookup); an
- * index is searched by platform exactly as in a layout.
+ * ref's tag is looked up with one GET (unless src->tags already has it; a
+ * ref with a digest is never looked up by tag); every other document is
+ * read by digest, from src->store when it is there. An index is searched by
+ * platform exactly as in a layout.
  */
 int kiln_image_resolve(const struct kiln_image_source *src,
 		       const struct kiln_image_ref *ref, const char *platform,

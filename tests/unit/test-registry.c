@@ -492,6 +492,102 @@ static void test_pull(void **state)
 	kiln_registry_free(r);
 }
 
+static uint64_t requests(struct kiln_registry *r)
+{
+	struct kiln_registry_stats st;
+
+	kiln_registry_get_stats(r, &st);
+	return st.requests;
+}
+
+/* Resolve ref for platform; the registry requests that took. */
+static uint64_t resolve_counted(struct kiln_registry *r, const struct kiln_image_source *src,
+				const struct kiln_image_ref *ref, const char *platform,
+				int want, struct kiln_digest *out)
+{
+	uint64_t n = requests(r);
+	struct kiln_error *err = NULL;
+	int rc = kiln_image_resolve(src, ref, platform, out, &err);
+
+	if (rc != want)
+		fail_msg("resolve %s: %d, not %d: %s", platform, rc, want,
+			 err ? kiln_error_msg(err) : "no error");
+	kiln_error_free(err);
+	return requests(r) - n;
+}
+
+/*
+ * A build asks about a tag once and reads every document by digest,
+ * from the store once it has been fetched; the next build asks about the
+ * tag again (one request) and sees where it points now.
+ */
+static void test_resolve_once(void **state)
+{
+	struct kiln_registry *r = client(NULL, NULL, NULL);
+	struct kiln_store *s = new_store("once-cas");
+	_cleanup_free_ char *tag = xasprintf("%s/%s:moving", ANON->addr, REPO);
+	_cleanup_free_ char *pinned = xasprintf("%s/%s@%s", ANON->addr, REPO,
+						KILN_DIGEST_STR(&arm64_manifest));
+	_cleanup_free_ char *lay = xasprintf("%s/once-layers", base_dir);
+	struct kiln_image_source src = { .registry = r, .store = s };
+	struct kiln_image_ref ref = { 0 }, pin = { 0 };
+	struct kiln_registry_push_stats st;
+	struct kiln_registry_ref dest;
+	struct kiln_layers *layers = NULL;
+	struct kiln_image img = { 0 };
+	struct kiln_digest d;
+	uint64_t n;
+
+	/* The tag names the amd64 manifest alone at first. */
+	parse_ref(&dest, "%s", tag);
+	assert_int_equal(kiln_registry_push(r, src_store, &dest, &amd64_manifest, NULL, &st, NULL), 0);
+	assert_int_equal(kiln_image_ref_parse(tag, NULL, &ref, NULL), 0);
+	src.tags = kiln_image_tags_new();
+	assert_int_equal(resolve_counted(r, &src, &ref, "linux/amd64", 0, &d), 2); /* tag, config */
+	assert_true(kiln_digest_eq(&d, &amd64_manifest));
+
+	/* The tag moves to the index; this build still sees what it saw. */
+	assert_int_equal(kiln_registry_push(r, src_store, &dest, &index_digest, NULL, &st, NULL), 0);
+	assert_int_equal(resolve_counted(r, &src, &ref, "linux/arm64", -ENOENT, &d), 0);
+	kiln_image_tags_free(src.tags);
+
+	/* The next build: the tag (now the index), the arm64 manifest and config. */
+	src.tags = kiln_image_tags_new();
+	assert_int_equal(resolve_counted(r, &src, &ref, "linux/amd64", 0, &d), 1);
+	assert_true(kiln_digest_eq(&d, &amd64_manifest));
+	assert_int_equal(resolve_counted(r, &src, &ref, "linux/arm64", 0, &d), 2);
+	assert_true(kiln_digest_eq(&d, &arm64_manifest));
+	kiln_image_tags_free(src.tags);
+
+	/* Fully cached: one request per build, for the tag. */
+	src.tags = kiln_image_tags_new();
+	assert_int_equal(resolve_counted(r, &src, &ref, "linux/amd64", 0, &d), 1);
+	assert_int_equal(resolve_counted(r, &src, &ref, "linux/arm64", 0, &d), 0);
+	assert_true(kiln_digest_eq(&d, &arm64_manifest));
+	kiln_image_tags_free(src.tags);
+	src.tags = NULL;
+
+	/* Pinned by digest: nothing at all. */
+	assert_int_equal(kiln_image_ref_parse(pinned, NULL, &pin, NULL), 0);
+	assert_int_equal(resolve_counted(r, &src, &pin, "linux/arm64", 0, &d), 0);
+
+	/* Import reads manifest and config from the store: only the layer is fetched. */
+	assert_int_equal(kiln_layers_open(lay, s, &layers, NULL), 0);
+	n = requests(r);
+	assert_int_equal(kiln_image_import(&src, layers, &pin, &arm64_manifest, &img, NULL), 0);
+	assert_int_equal(requests(r) - n, 1);
+	assert_int_equal(img.n_layers, 1);
+	assert_true(kiln_store_has(s, &img.layers[0]));
+
+	kiln_image_release(&img);
+	kiln_layers_free(layers);
+	kiln_image_ref_release(&pin);
+	kiln_image_ref_release(&ref);
+	kiln_registry_ref_release(&dest);
+	kiln_store_free(s);
+	kiln_registry_free(r);
+}
+
 static void test_missing_tag(void **state)
 {
 	struct kiln_registry *r = client(NULL, NULL, NULL);
@@ -884,6 +980,7 @@ int main(void)
 		cmocka_unit_test(test_push_anonymous),
 		cmocka_unit_test(test_push_mount),
 		cmocka_unit_test(test_pull),
+		cmocka_unit_test(test_resolve_once),
 		cmocka_unit_test(test_missing_tag),
 		cmocka_unit_test(test_blob_verified),
 		cmocka_unit_test(test_low_speed_timeout),
