@@ -11,9 +11,12 @@
 
 /*
  * Resolve ref ("oci-layout://PATH[:TAG]" or a registry reference) for
- * platform through src: *config_json gets the image config JSON text and
- * *manifest the platform manifest's digest. Every blob read is verified
- * against its digest. base_dir resolves relative layout paths.
+ * platform through src (kiln_image_resolve), then read its config
+ * (kiln_image_read_config): *config_json gets the image config JSON text
+ * and *manifest the platform manifest's digest. Every document read is
+ * bounded and verified against its digest and size; registry documents
+ * come from src->store when they are there and are kept there when
+ * fetched. base_dir resolves relative layout paths.
  */
 int kiln_image_config(const struct kiln_image_source *src, const char *ref,
 		      const char *base_dir, const char *platform,

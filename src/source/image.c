@@ -858,6 +858,34 @@ int kiln_image_resolve(const struct kiln_image_source *src,
 	return r;
 }
 
+int kiln_image_read_config(const struct kiln_image_source *src,
+			   const struct kiln_image_ref *ref,
+			   const struct kiln_digest *manifest, char **config,
+			   size_t *len, struct kiln_error **err)
+{
+	struct descriptor mdesc = { .digest = *manifest, .size = -1 }, cdesc;
+	struct layout l = { .fd = -1 };
+	json_t *m = NULL, *c = NULL;
+	int r;
+
+	*config = NULL;
+	r = image_open(&l, src, ref, err);
+	if (r == 0) {
+		m = read_json_blob(&l, &mdesc, "manifest", NULL, NULL, err);
+		r = m ? parse_descriptor(json_object_get(m, "config"), "manifest config",
+					 l.where, &cdesc, err)
+		      : -EBADMSG;
+	}
+	if (r == 0) {
+		c = read_json_blob(&l, &cdesc, "image config", config, len, err);
+		r = c ? 0 : -EBADMSG;
+	}
+	json_decref(c);
+	json_decref(m);
+	layout_close(&l);
+	return r;
+}
+
 /* ---- importing ---- */
 
 void kiln_image_release(struct kiln_image *img)

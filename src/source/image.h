@@ -82,6 +82,19 @@ int kiln_image_resolve(const struct kiln_image_source *src,
 		       const struct kiln_image_ref *ref, const char *platform,
 		       struct kiln_digest *manifest, struct kiln_error **err);
 
+/*
+ * The image config of manifest (a platform manifest from
+ * kiln_image_resolve) as JSON text in *config (*len bytes, NUL-terminated),
+ * read as import reads it: the manifest, then the config its descriptor
+ * names, each verified against its digest and size and at most 4 MiB, from
+ * the layout, or from src->store or the registry (then kept in
+ * src->store).
+ */
+int kiln_image_read_config(const struct kiln_image_source *src,
+			   const struct kiln_image_ref *ref,
+			   const struct kiln_digest *manifest, char **config,
+			   size_t *len, struct kiln_error **err);
+
 struct kiln_image {
 	struct kiln_digest manifest;
 	struct kiln_digest config; /* config blob, stored in the CAS */
