@@ -1,10 +1,14 @@
 /*
- * source.image for OCI image layouts: reference parsing, index and manifest
- * parsing, platform matching, and import into the CAS and layer store.
+ * source.image for OCI image layouts and registries: reference parsing,
+ * index and manifest parsing, platform matching, the image config, and
+ * import into the CAS and layer store. A registry is read through the same
+ * code as a layout, with documents read by digest from the store first and
+ * kept there once fetched (docs/internals/image.md, Resolving).
  *
- * Everything read from a layout is treated as hostile: JSON documents are
- * bounded (IMAGE_JSON_LIMIT), every blob is verified against its digest and
- * its descriptor's size, and layers are extracted by layer-extract.c.
+ * Everything read from a layout or a registry is treated as hostile: JSON
+ * documents are bounded (IMAGE_JSON_LIMIT), every blob is verified against
+ * its digest and its descriptor's size before it is used or stored, and
+ * layers are extracted by layer-extract.c.
  */
 #include "source/image.h"
 
