@@ -3,7 +3,8 @@
 # registry base and from an oci-layout:// base, timed with hyperfine
 # beside `kiln --version` (the process start-up floor) in the same run.
 # What it shows: the cost of resolving the base image and walking the
-# cache when nothing needs building.
+# cache when nothing needs building. Last, it counts the registry requests
+# of one more cached rebuild (from the registry's log).
 # Usage: bench/bench-rebuild.sh BUILD-DIR   (as root; needs hyperfine,
 # docker-registry, skopeo: scripts/install-deps.sh)
 set -euo pipefail
@@ -47,3 +48,10 @@ hyperfine --warmup 3 --runs "$runs" --export-json "$T/h.json" -N \
 	-n layout "$(build_cmd "oci-layout://$fixture:latest")" >&2
 jq -r '.results | (map(select(.command == "version"))[0].median) as $v |
 	.[] | "RESULT rebuild \(.command) median \(.median * 1000 | . * 10 | round / 10) ms, \(.median / $v * 100 | round / 100)x kiln --version"' "$T/h.json"
+# The registry's log has a "response completed" line per request: count
+# those of one more cached rebuild.
+before=$(grep -c 'response completed' "$T/registry.log" || true)
+$(build_cmd "127.0.0.1:$port/busybox:latest") 2>/dev/null
+sleep 0.5 # the registry logs a request just after answering it
+after=$(grep -c 'response completed' "$T/registry.log" || true)
+echo "RESULT rebuild registry requests $((after - before)) per cached rebuild"
