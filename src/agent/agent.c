@@ -27,6 +27,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
+#include "basic/platform.h"
 #include "proto/tokens.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"

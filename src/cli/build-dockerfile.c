@@ -12,6 +12,7 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
+#include "basic/platform.h"
 #include "cas/tree.h"
 #include "cli/build.h"
 #include "cli/common.h"
@@ -65,8 +66,11 @@ static int split_platforms(struct dfbuild *b, struct kiln_error **err)
 		char *n = kiln_platform_normalize(p);
 		bool dup = false;
 
-		if (!n)
-			return kiln_error_set(err, -EINVAL, "--platform: '%s' is not os/arch[/variant]", p);
+		if (!n) {
+			kiln_platform_invalid(err, p);
+			kiln_error_prefix(err, "--platform");
+			return -EINVAL;
+		}
 		for (i = 0; i < b->n_platforms; i++)
 			dup = dup || !strcmp(b->platforms[i], n);
 		if (dup) {

@@ -8,6 +8,7 @@
 #include "basic/args.h"
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
+#include "basic/platform.h"
 #include "basic/strbuf.h"
 #include "cli/common.h"
 #include "proto/http-client.h"
@@ -43,10 +44,9 @@ static char *platforms_cell(const json_t *platforms)
 	size_t i;
 
 	json_array_foreach(platforms, i, p)
-		kiln_strbuf_addf(&sb, "%s%s%s", i ? "," : "",
-				 json_string_value(json_object_get(p, "platform")) ?: "?",
-				 json_is_true(json_object_get(p, "emulated")) ?
-					 "(emulated)" : "");
+		(void)kiln_platform_list_add(&sb, i == 0,
+					     json_string_value(json_object_get(p, "platform")) ?: "?",
+					     json_is_true(json_object_get(p, "emulated")));
 	return kiln_strbuf_detach(&sb, NULL);
 }
 

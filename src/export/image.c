@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "basic/alloc.h"
+#include "basic/platform.h"
 #include "basic/parse-util.h"
 
 #define JSON_OUT_FLAGS (JSON_COMPACT | JSON_SORT_KEYS)
@@ -138,41 +139,12 @@ static json_t *descriptor(const char *media_type, const struct kiln_digest *d,
 
 /* ---- platforms ---- */
 
-struct platform {
-	char *os, *arch, *variant;
-};
-
-static void platform_release(struct platform *p)
-{
-	free(p->os);
-	free(p->arch);
-	free(p->variant);
-}
-
-static int platform_parse(const char *s, struct platform *p,
-			  struct kiln_error **err)
-{
-	const char *a = s ? strchr(s, '/') : NULL;
-	const char *v = a ? strchr(a + 1, '/') : NULL;
-
-	memset(p, 0, sizeof(*p));
-	if (!a || a == s || !a[1] || v == a + 1 || (v && (!v[1] ||
-						       strchr(v + 1, '/'))))
-		return kiln_error_set(err, -EINVAL,
-				      "platform \"%s\" is not os/arch[/variant]",
-				      s ? s : "");
-	p->os = xstrndup(s, (size_t)(a - s));
-	p->arch = v ? xstrndup(a + 1, (size_t)(v - a - 1)) : xstrdup(a + 1);
-	p->variant = v ? xstrdup(v + 1) : NULL;
-	return 0;
-}
-
 /* Set or remove os/architecture/variant keys of obj. */
-static void platform_apply(const struct platform *p, json_t *obj)
+static void platform_apply(const struct kiln_platform *p, json_t *obj)
 {
 	json_object_set_new(obj, "os", json_string(p->os));
 	json_object_set_new(obj, "architecture", json_string(p->arch));
-	if (p->variant)
+	if (*p->variant)
 		json_object_set_new(obj, "variant", json_string(p->variant));
 	else
 		json_object_del(obj, "variant");
@@ -377,7 +349,7 @@ static void set_created(json_t *config, json_t *history,
 
 static int build_config(const struct kiln_image_spec *spec,
 			const struct kiln_image_opts *o, struct base *b,
-			const struct platform *p, json_t *new_diff_ids,
+			const struct kiln_platform *p, json_t *new_diff_ids,
 			json_t **out, struct kiln_error **err)
 {
 	json_t *config, *history = NULL;
@@ -462,7 +434,7 @@ static int check_spec(const struct kiln_image_spec *spec,
 
 static int assemble(struct kiln_store *s, struct kiln_cache *cache,
 		    const struct kiln_image_spec *spec,
-		    const struct kiln_image_opts *o, const struct platform *p,
+		    const struct kiln_image_opts *o, const struct kiln_platform *p,
 		    struct kiln_digest *manifest, struct kiln_error **err)
 {
 	struct base b;
@@ -488,16 +460,16 @@ int kiln_image_assemble(struct kiln_store *s, struct kiln_cache *cache,
 			struct kiln_digest *manifest, struct kiln_error **err)
 {
 	static const struct kiln_image_opts defaults;
-	struct platform p;
+	struct kiln_platform p;
 	int r;
 
 	r = check_spec(spec, err);
 	if (r == 0)
-		r = platform_parse(spec->platform, &p, err);
+		r = kiln_platform_parse(spec->platform, &p, err);
 	if (r < 0)
 		return r;
 	r = assemble(s, cache, spec, opts ? opts : &defaults, &p, manifest, err);
-	platform_release(&p);
+	kiln_platform_release(&p);
 	if (r < 0)
 		kiln_error_prefix(err, "image for %s", spec->platform);
 	return r;
@@ -510,12 +482,12 @@ static int index_entry(struct kiln_store *s, const struct kiln_digest *d,
 		       struct kiln_error **err)
 {
 	json_t *m = NULL, *plat;
-	struct platform p;
+	struct kiln_platform p;
 	uint64_t size;
 	const char *mt;
 	int r;
 
-	r = platform_parse(platform, &p, err);
+	r = kiln_platform_parse(platform, &p, err);
 	if (r < 0)
 		return r;
 	r = kiln_image_read_json(s, d, &m, err);
@@ -529,7 +501,7 @@ static int index_entry(struct kiln_store *s, const struct kiln_digest *d,
 		json_object_set_new(*out, "platform", plat);
 	}
 	json_decref(m);
-	platform_release(&p);
+	kiln_platform_release(&p);
 	return r;
 }
 

@@ -25,6 +25,8 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/macro.h"
+#include "basic/platform.h"
+#include "basic/strbuf.h"
 #include "cas/digest-set.h"
 #include "kilnd/placement.h"
 #include "proto/http-server.h"
@@ -135,23 +137,20 @@ static int parse_addr(const json_t *j, struct kiln_registration *out,
 	return 0;
 }
 
-/* "os/arch" or "os/arch/variant" of [a-z0-9._-]. */
-static bool platform_valid(const char *s)
+/* A worker announces platforms as it normalized them (docs/api.md). */
+static int platform_check(const char *s, struct kiln_error **err)
 {
-	const char *p;
-	unsigned slashes = 0;
+	_cleanup_free_ char *n = NULL;
 
-	if (!*s || strlen(s) > KILN_WORKER_TABLE_PLATFORM_MAX || *s == '/')
-		return false;
-	for (p = s; *p; p++) {
-		if (*p == '/' && (p[1] == '/' || !p[1]))
-			return false;
-		if (*p == '/')
-			slashes++;
-		else if (!strchr("abcdefghijklmnopqrstuvwxyz0123456789._-", *p))
-			return false;
-	}
-	return slashes == 1 || slashes == 2;
+	if (strlen(s) > KILN_WORKER_TABLE_PLATFORM_MAX)
+		return kiln_platform_invalid(err, s);
+	n = kiln_platform_normalize(s);
+	if (!n)
+		return kiln_platform_invalid(err, s);
+	if (strcmp(n, s))
+		return kiln_error_set(err, -EINVAL, "platform \"%s\" is not normalized (%s)",
+				      s, n);
+	return 0;
 }
 
 static int parse_platform(const json_t *j, size_t i,
@@ -171,10 +170,11 @@ static int parse_platform(const json_t *j, size_t i,
 		kiln_error_prefix(err, "\"platforms\"[%zu]", i);
 		return r;
 	}
-	if (!platform_valid(json_string_value(p)))
-		return kiln_error_set(err, -EINVAL,
-				      "\"platforms\"[%zu]: \"%s\" is not os/arch[/variant]",
-				      i, json_string_value(p));
+	r = platform_check(json_string_value(p), err);
+	if (r < 0) {
+		kiln_error_prefix(err, "\"platforms\"[%zu]", i);
+		return r;
+	}
 	out->platform = xstrdup(json_string_value(p));
 	out->emulated = e && json_is_true(e);
 	return 0;
@@ -448,21 +448,27 @@ static struct entry *entry_new(struct kiln_worker_table *reg,
 	return e;
 }
 
+/* What e announced: "linux/amd64,linux/arm64(emulated)". */
+static int add_entry_platforms(struct kiln_strbuf *sb, const struct entry *e)
+{
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < e->info.n_platforms; i++)
+		r = kiln_platform_list_add(sb, i == 0, e->info.platforms[i].platform,
+					   e->info.platforms[i].emulated);
+	return r;
+}
+
 static void log_registered(const struct entry *e, const char *old_id)
 {
-	char plats[256] = "";
-	size_t i, len = 0;
+	_cleanup_strbuf_ struct kiln_strbuf plats = KILN_STRBUF_INIT(4096);
 
-	for (i = 0; i < e->info.n_platforms && len < sizeof(plats); i++)
-		len += (size_t)snprintf(plats + len, sizeof(plats) - len,
-					"%s%s%s", i ? "," : "",
-					e->info.platforms[i].platform,
-					e->info.platforms[i].emulated ?
-						"(emulated)" : "");
+	(void)add_entry_platforms(&plats, e);
 	log_info("worker %s registered as %s%s%s: %s, %s, %u slots, %zu trees",
 		 e->info.name, e->id, old_id ? ", replacing " : "",
-		 old_id ? old_id : "", e->info.addr, plats, e->info.slots,
-		 e->info.n_inventory);
+		 old_id ? old_id : "", e->info.addr, kiln_strbuf_str(&plats),
+		 e->info.slots, e->info.n_inventory);
 }
 
 int kiln_worker_table_register(struct kiln_worker_table *reg,
@@ -751,31 +757,40 @@ static int runs(const struct entry *e, const char *platform)
 	return 0;
 }
 
-static void list_platforms(struct kiln_worker_table *reg, char *buf, size_t size)
+/* "NAME PLATFORMS, ..." of the ready workers (as much as fits), or "none". */
+static char *list_platforms(struct kiln_worker_table *reg)
 {
-	size_t i, k, len = 0;
+	struct kiln_strbuf sb = KILN_STRBUF_INIT(1024);
+	size_t i;
+	int r = 0;
 
-	buf[0] = '\0';
-	for (i = 0; i < reg->n && len < size; i++) {
+	for (i = 0; r == 0 && i < reg->n; i++) {
 		const struct entry *e = reg->entries[i];
 
 		if (e->state != WORKER_READY)
 			continue;
-		for (k = 0; k < e->info.n_platforms && len < size; k++)
-			len += (size_t)snprintf(buf + len, size - len, "%s%s %s%s",
-						len ? ", " : "", e->info.name,
-						e->info.platforms[k].platform,
-						e->info.platforms[k].emulated ? " (emulated)" : "");
+		r = kiln_strbuf_addf(&sb, "%s%s ", sb.len ? ", " : "", e->info.name);
+		if (r == 0)
+			r = add_entry_platforms(&sb, e);
 	}
-	if (!buf[0])
-		snprintf(buf, size, "none");
+	if (!sb.len)
+		(void)kiln_strbuf_adds(&sb, "none");
+	return kiln_strbuf_detach(&sb, NULL);
+}
+
+static int no_worker_locked(struct kiln_worker_table *reg, const char *platform,
+			    struct kiln_error **err)
+{
+	_cleanup_free_ char *plats = list_platforms(reg);
+
+	return kiln_error_set(err, -ENODEV, "no worker runs platform %s (registered: %s)",
+			      platform, plats);
 }
 
 int kiln_worker_table_check_platform(struct kiln_worker_table *reg, const char *platform,
 				bool *emulated, struct kiln_error **err)
 {
-	char plats[1024];
-	int best = 0;
+	int best = 0, r = 0;
 	size_t i;
 
 	pthread_mutex_lock(&reg->lock);
@@ -787,14 +802,11 @@ int kiln_worker_table_check_platform(struct kiln_worker_table *reg, const char *
 			best = how;
 	}
 	if (best == 0)
-		list_platforms(reg, plats, sizeof(plats));
+		r = no_worker_locked(reg, platform, err);
 	pthread_mutex_unlock(&reg->lock);
-	if (best == 0)
-		return kiln_error_set(err, -ENODEV,
-				      "no worker runs platform %s (registered: %s)", platform,
-				      plats);
-	*emulated = best == 1;
-	return 0;
+	if (r == 0)
+		*emulated = best == 1;
+	return r;
 }
 
 /*
@@ -873,7 +885,6 @@ static int place_locked(struct kiln_worker_table *reg,
 int kiln_worker_table_place(struct kiln_worker_table *reg, const struct kiln_place_request *rq,
 		       struct kiln_worker_ref *out, struct kiln_error **err)
 {
-	char plats[1024];
 	int r;
 
 	pthread_mutex_lock(&reg->lock);
@@ -884,12 +895,8 @@ int kiln_worker_table_place(struct kiln_worker_table *reg, const struct kiln_pla
 		}
 		sweep_locked(reg);
 		r = place_locked(reg, rq, out);
-		if (r == -ENODEV) {
-			list_platforms(reg, plats, sizeof(plats));
-			r = kiln_error_set(err, -ENODEV,
-					   "no worker runs platform %s (registered: %s)",
-					   rq->platform, plats);
-		}
+		if (r == -ENODEV)
+			r = no_worker_locked(reg, rq->platform, err);
 		if (r != -EAGAIN)
 			break;
 		/* Every fitting worker is full: wait for a slot (or a change). */

@@ -14,9 +14,9 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
+#include "basic/platform.h"
 #include "basic/strbuf.h"
 #include "registry/registry.h"
-#include "worker/worker.h"
 
 /* Parsing context for error messages. */
 struct pctx {
@@ -732,9 +732,12 @@ static int parse_op(struct pctx *p, json_t *o)
 	if (r < 0)
 		return r;
 	p->op->platform = kiln_platform_normalize(plat ? plat : p->def->default_platform);
-	if (!p->op->platform)
-		return op_err(p, "platform", "'%s' is not os/arch[/variant]",
-			      plat ? plat : p->def->default_platform);
+	if (!p->op->platform) {
+		_cleanup_error_ struct kiln_error *e = NULL;
+
+		kiln_platform_invalid(&e, plat ? plat : p->def->default_platform);
+		return op_err(p, "platform", "%s", kiln_error_msg(e));
+	}
 	for (i = 0; i < ARRAY_SIZE(types); i++) {
 		if (strcmp(types[i].name, type))
 			continue;

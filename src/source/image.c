@@ -21,6 +21,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/platform.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "worker/worker.h"
@@ -58,10 +59,6 @@ struct descriptor {
 	struct kiln_digest digest;
 	int64_t size; /* -1: unknown */
 	json_t *platform; /* borrowed, may be NULL */
-};
-
-struct platform {
-	char *os, *arch, *variant; /* variant "" when none */
 };
 
 /* ---- references ---- */
@@ -139,80 +136,19 @@ int kiln_image_ref_parse(const char *ref, const char *base_dir,
 
 /* ---- platforms ---- */
 
-static void platform_release(struct platform *p)
+/* The wanted platform, normalized; NULL or empty means the host's. */
+static int want_platform(const char *s, struct kiln_platform *p,
+			 struct kiln_error **err)
 {
-	free(p->os);
-	free(p->arch);
-	free(p->variant);
-	p->os = p->arch = p->variant = NULL;
-}
+	_cleanup_free_ char *native = NULL;
+	int r;
 
-/*
- * Platforms are normalized as everywhere else (kiln_platform_normalize:
- * x86_64 is amd64, aarch64 is arm64, arm64/v8 is arm64, ...), so an op's
- * platform and an index entry's compare alike.
- */
-static void platform_set(struct platform *p, const char *os, const char *arch,
-			 const char *variant)
-{
-	_cleanup_free_ char *s = NULL, *n = NULL;
-	char *a, *v;
-
-	if (!os || !*os || !arch || !*arch) {
-		p->os = xstrdup(os ? os : "");
-		p->arch = xstrdup(arch ? arch : "");
-		p->variant = xstrdup(variant ? variant : "");
-		return;
-	}
-	s = xasprintf("%s/%s%s%s", os, arch, variant && *variant ? "/" : "",
-		      variant && *variant ? variant : "");
-	n = kiln_platform_normalize(s);
-	a = strchr(n, '/');
-	*a++ = '\0';
-	v = strchr(a, '/');
-	if (v)
-		*v++ = '\0';
-	p->os = xstrdup(n);
-	p->arch = xstrdup(a);
-	p->variant = xstrdup(v ? v : "");
-}
-
-static void host_platform(struct platform *p)
-{
-	_cleanup_free_ char *native = kiln_platform_native();
-	char *a = strchr(native, '/'), *v;
-
-	*a++ = '\0';
-	v = strchr(a, '/');
-	if (v)
-		*v++ = '\0';
-	platform_set(p, native, a, v);
-}
-
-/* Parse "os/arch[/variant]". */
-static int platform_parse(const char *s, struct platform *p,
-			  struct kiln_error **err)
-{
-	_cleanup_free_ char *copy = NULL;
-	char *arch, *variant = NULL;
-
-	if (!s || !*s) {
-		host_platform(p);
-		return 0;
-	}
-	copy = xstrdup(s);
-	arch = strchr(copy, '/');
-	if (arch) {
-		*arch++ = '\0';
-		variant = strchr(arch, '/');
-		if (variant)
-			*variant++ = '\0';
-	}
-	if (!arch || !*copy || !*arch || (variant && (!*variant || strchr(variant, '/'))))
-		return kiln_error_set(err, -EINVAL,
-				      "platform '%s': expected OS/ARCH[/VARIANT]", s);
-	platform_set(p, copy, arch, variant);
-	return 0;
+	if (!s || !*s)
+		s = native = kiln_platform_native();
+	r = kiln_platform_parse(s, p, err);
+	if (r == 0)
+		kiln_platform_normalize_parts(p);
+	return r;
 }
 
 static const char *json_str(json_t *obj, const char *key)
@@ -220,25 +156,19 @@ static const char *json_str(json_t *obj, const char *key)
 	return json_string_value(json_object_get(obj, key));
 }
 
-static void platform_from_json(json_t *obj, struct platform *p)
+/*
+ * An index entry's or a config's platform, normalized as the wanted one is
+ * (x86_64 is amd64, arm64/v8 is arm64, ...), so the two compare alike.
+ */
+static void platform_from_json(json_t *obj, struct kiln_platform *p)
 {
-	platform_set(p, json_str(obj, "os"), json_str(obj, "architecture"),
-		     json_str(obj, "variant"));
-}
+	const char *os = json_str(obj, "os"), *arch = json_str(obj, "architecture");
+	const char *variant = json_str(obj, "variant");
 
-/* want's empty variant matches any variant. */
-static bool platform_match(const struct platform *want,
-			   const struct platform *have)
-{
-	return !strcmp(want->os, have->os) && !strcmp(want->arch, have->arch) &&
-	       (!*want->variant || !strcmp(want->variant, have->variant));
-}
-
-static char *platform_fmt(const struct platform *p)
-{
-	if (*p->variant)
-		return xasprintf("%s/%s/%s", p->os, p->arch, p->variant);
-	return xasprintf("%s/%s", p->os, p->arch);
+	p->os = xstrdup(os ? os : "");
+	p->arch = xstrdup(arch ? arch : "");
+	p->variant = xstrdup(variant ? variant : "");
+	kiln_platform_normalize_parts(p);
 }
 
 /* ---- layouts and blobs ---- */
@@ -597,7 +527,7 @@ static int find_tagged(json_t *index, const struct kiln_image_ref *ref,
 
 struct resolve_ctx {
 	struct layout *layout;
-	const struct platform *want;
+	const struct kiln_platform *want;
 	const char *want_str;
 	const char *ref;
 };
@@ -614,15 +544,15 @@ static int no_platform_error(struct resolve_ctx *c, json_t *manifests,
 	size_t i;
 
 	json_array_foreach(manifests, i, d) {
-		struct platform p;
+		struct kiln_platform p;
 		_cleanup_free_ char *s = NULL;
 
 		if (!json_is_object(json_object_get(d, "platform")))
 			continue;
 		platform_from_json(json_object_get(d, "platform"), &p);
-		s = platform_fmt(&p);
-		platform_release(&p);
-		(void)kiln_strbuf_addf(&sb, "%s%s", sb.len ? ", " : "", s);
+		s = kiln_platform_format(&p);
+		kiln_platform_release(&p);
+		(void)kiln_platform_list_add(&sb, !sb.len, s, false);
 	}
 	return kiln_error_set(err, -ENOENT,
 			      "%s has no image for platform %s (available: %s)",
@@ -641,15 +571,15 @@ static int select_platform(struct resolve_ctx *c, json_t *index, int depth,
 				      "%s: image index without manifests", c->ref);
 	json_array_foreach(manifests, i, d) {
 		struct descriptor child;
-		struct platform p;
+		struct kiln_platform p;
 		bool match;
 		int r;
 
 		if (!json_is_object(json_object_get(d, "platform")))
 			continue;
 		platform_from_json(json_object_get(d, "platform"), &p);
-		match = platform_match(c->want, &p);
-		platform_release(&p);
+		match = kiln_platform_match(c->want, &p);
+		kiln_platform_release(&p);
 		if (!match)
 			continue;
 		r = parse_descriptor(d, "image index", c->layout->where, &child, err);
@@ -665,7 +595,7 @@ static int check_manifest(struct resolve_ctx *c, json_t *manifest,
 			  const struct descriptor *desc, struct kiln_error **err)
 {
 	struct descriptor cdesc;
-	struct platform have;
+	struct kiln_platform have;
 	_cleanup_free_ char *have_str = NULL;
 	json_t *config;
 	bool match;
@@ -680,9 +610,9 @@ static int check_manifest(struct resolve_ctx *c, json_t *manifest,
 		return -EBADMSG;
 	platform_from_json(config, &have);
 	json_decref(config);
-	match = platform_match(c->want, &have);
-	have_str = platform_fmt(&have);
-	platform_release(&have);
+	match = kiln_platform_match(c->want, &have);
+	have_str = kiln_platform_format(&have);
+	kiln_platform_release(&have);
 	if (!match)
 		return kiln_error_set(err, -ENOENT,
 				      "%s has no image for platform %s "
@@ -831,17 +761,17 @@ int kiln_image_resolve(const struct kiln_image_source *src,
 		       struct kiln_digest *manifest, struct kiln_error **err)
 {
 	struct layout l = { .fd = -1 };
-	struct platform want = { 0 };
+	struct kiln_platform want = { 0 };
 	struct descriptor top;
 	_cleanup_free_ char *want_str = NULL;
 	char refbuf[4200];
 	json_t *index = NULL;
 	int r;
 
-	r = platform_parse(platform, &want, err);
+	r = want_platform(platform, &want, err);
 	if (r < 0)
 		return r;
-	want_str = platform_fmt(&want);
+	want_str = kiln_platform_format(&want);
 	r = image_open(&l, src, ref, err);
 	if (r == 0 && ref->registry) {
 		r = registry_top(&l, src->tags, &top, err);
@@ -858,7 +788,7 @@ int kiln_image_resolve(const struct kiln_image_source *src,
 	}
 	json_decref(index);
 	layout_close(&l);
-	platform_release(&want);
+	kiln_platform_release(&want);
 	return r;
 }
 

@@ -1,35 +1,13 @@
-/* Platforms: the native one, normalization, and emulation through binfmt_misc. */
+/* Which platforms this worker runs: natively, or emulated through binfmt_misc. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/utsname.h>
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
+#include "basic/platform.h"
 #include "worker/worker-internal.h"
-
-struct arch_alias {
-	const char *alias;   /* what a user or uname may say */
-	const char *arch;    /* OCI arch */
-	const char *variant; /* default variant or NULL */
-};
-
-static const struct arch_alias arches[] = {
-	{ "x86_64", "amd64", NULL },   { "x86-64", "amd64", NULL },
-	{ "amd64", "amd64", NULL },    { "aarch64", "arm64", NULL },
-	{ "arm64", "arm64", NULL },    { "armv8l", "arm", "v8" },
-	{ "armv7l", "arm", "v7" },     { "armv7", "arm", "v7" },
-	{ "armhf", "arm", "v7" },      { "armv6l", "arm", "v6" },
-	{ "armel", "arm", "v6" },      { "arm", "arm", "v7" },
-	{ "i386", "386", NULL },       { "i486", "386", NULL },
-	{ "i586", "386", NULL },       { "i686", "386", NULL },
-	{ "386", "386", NULL },        { "ppc64le", "ppc64le", NULL },
-	{ "s390x", "s390x", NULL },    { "riscv64", "riscv64", NULL },
-	{ "mips64", "mips64", NULL },  { "mips64el", "mips64le", NULL },
-	{ "mips64le", "mips64le", NULL }, { "loongarch64", "loong64", NULL },
-	{ "loong64", "loong64", NULL },
-};
 
 /* binfmt_misc handler names (qemu-user-static's) per OCI arch. */
 static const struct {
@@ -41,68 +19,6 @@ static const struct {
 	{ "riscv64", "qemu-riscv64" }, { "mips64", "qemu-mips64" },
 	{ "mips64le", "qemu-mips64el" }, { "loong64", "qemu-loongarch64" },
 };
-
-static const struct arch_alias *find_arch(const char *s, size_t len)
-{
-	size_t i;
-
-	for (i = 0; i < ARRAY_SIZE(arches); i++)
-		if (strlen(arches[i].alias) == len &&
-		    !strncasecmp(arches[i].alias, s, len))
-			return &arches[i];
-	return NULL;
-}
-
-char *kiln_platform_normalize(const char *p)
-{
-	const char *os = "linux", *arch = p, *variant = NULL, *slash;
-	const struct arch_alias *a;
-	size_t os_len = 5, arch_len;
-
-	if (!p || !*p)
-		return NULL;
-	slash = strchr(p, '/');
-	if (slash) {
-		os = p;
-		os_len = (size_t)(slash - p);
-		arch = slash + 1;
-	}
-	slash = strchr(arch, '/');
-	arch_len = slash ? (size_t)(slash - arch) : strlen(arch);
-	if (slash)
-		variant = slash + 1;
-	a = find_arch(arch, arch_len);
-	if (!a)
-		return xasprintf("%.*s/%.*s%s%s", (int)os_len, os,
-				 (int)arch_len, arch, variant ? "/" : "",
-				 variant ? variant : "");
-	if (!variant || !*variant)
-		variant = a->variant;
-	/* arm64's only variant is v8, which is the default: drop it. */
-	if (variant && !strcmp(a->arch, "arm64") && !strcmp(variant, "v8"))
-		variant = NULL;
-	return xasprintf("%.*s/%s%s%s", (int)os_len, os, a->arch,
-			 variant ? "/" : "", variant ? variant : "");
-}
-
-char *kiln_platform_native(void)
-{
-	struct utsname u;
-
-	if (uname(&u) < 0)
-		return xstrdup("linux/unknown");
-	return kiln_platform_normalize(u.machine);
-}
-
-/* "os/arch[/variant]" -> newly allocated arch. */
-static char *platform_arch(const char *p)
-{
-	const char *a = strchr(p, '/'), *e;
-
-	a = a ? a + 1 : p;
-	e = strchr(a, '/');
-	return e ? xstrndup(a, (size_t)(e - a)) : xstrdup(a);
-}
 
 static const char *handler_for(const char *arch)
 {
@@ -125,60 +41,78 @@ static bool handler_enabled(const char *handler)
 	return !strncmp(data, "enabled\n", 8) || !strcmp(data, "enabled");
 }
 
-/* Variant number of "linux/arm/v7" (7), 0 when there is none. */
-static int variant_of(const char *p)
+/* Variant number of "v7" (7), 0 when there is none. */
+static int variant_of(const struct kiln_platform *p)
 {
-	const char *v = strrchr(p, '/');
+	const char *v = p->variant;
 
-	if (!v || v == strchr(p, '/') || v[1] != 'v')
-		return 0;
-	return v[2] >= '0' && v[2] <= '9' ? v[2] - '0' : 0;
+	return v[0] == 'v' && v[1] >= '0' && v[1] <= '9' ? v[1] - '0' : 0;
 }
 
 /*
  * Same os and arch run natively; amd64 micro-architecture levels are not
  * checked, and an arm CPU runs older arm variants.
  */
-static bool native_can_run(const char *native, const char *p)
+static bool native_can_run(const struct kiln_platform *native,
+			   const struct kiln_platform *p)
 {
-	_cleanup_free_ char *na = platform_arch(native), *pa = platform_arch(p);
-
-	if (!strcmp(native, p))
-		return true;
-	if (strncmp(p, "linux/", 6) || strcmp(na, pa))
+	if (strcmp(p->os, native->os) || strcmp(p->arch, native->arch))
 		return false;
-	if (strcmp(na, "arm"))
+	if (!strcmp(p->variant, native->variant) || strcmp(p->arch, "arm"))
 		return true;
 	return variant_of(p) <= variant_of(native);
 }
 
-int kiln_worker_check_platform(struct kiln_worker *w, const char *platform,
-			       bool *emulated, struct kiln_error **err)
+/* Normalized platform into p, or -EINVAL naming it. */
+static int parse_normalized(const char *s, struct kiln_platform *p,
+			    struct kiln_error **err)
 {
-	_cleanup_free_ char *norm = kiln_platform_normalize(platform);
-	_cleanup_free_ char *arch = NULL;
-	const char *handler;
+	_cleanup_free_ char *norm = kiln_platform_normalize(s);
 
-	*emulated = false;
-	if (!norm)
-		return kiln_error_set(err, -EINVAL, "empty platform");
-	if (native_can_run(w->native, norm))
-		return 0;
-	arch = platform_arch(norm);
-	handler = handler_for(arch);
-	if (strncmp(norm, "linux/", 6) || !handler)
+	if (!norm) {
+		memset(p, 0, sizeof(*p));
+		return kiln_platform_invalid(err, s);
+	}
+	return kiln_platform_parse(norm, p, err);
+}
+
+static int cannot_run(struct kiln_worker *w, const char *norm,
+		      const char *handler, struct kiln_error **err)
+{
+	if (!handler)
 		return kiln_error_set(err, -ENOTSUP,
 				      "platform %s cannot run on this %s worker; add a native %s worker",
 				      norm, w->native, norm);
-	if (handler_enabled(handler)) {
-		log_debug("platform %s: emulated through %s", norm, handler);
-		*emulated = true;
-		return 0;
-	}
 	return kiln_error_set(err, -ENOTSUP,
 			      "platform %s cannot run on this %s worker: no enabled binfmt_misc handler %s; "
 			      "enable emulation (mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; "
 			      "apt-get install qemu-user-static binfmt-support; update-binfmts --enable %s) "
 			      "or add a native %s worker",
 			      norm, w->native, handler, handler, norm);
+}
+
+int kiln_worker_check_platform(struct kiln_worker *w, const char *platform,
+			       bool *emulated, struct kiln_error **err)
+{
+	_cleanup_(kiln_platform_release) struct kiln_platform want = { 0 }, native = { 0 };
+	_cleanup_free_ char *norm = NULL;
+	const char *handler = NULL;
+	int r;
+
+	*emulated = false;
+	r = parse_normalized(platform, &want, err);
+	if (r < 0)
+		return r;
+	norm = kiln_platform_format(&want);
+	if (parse_normalized(w->native, &native, NULL) == 0 &&
+	    native_can_run(&native, &want))
+		return 0;
+	if (!strcmp(want.os, "linux"))
+		handler = handler_for(want.arch);
+	if (handler && handler_enabled(handler)) {
+		log_debug("platform %s: emulated through %s", norm, handler);
+		*emulated = true;
+		return 0;
+	}
+	return cannot_run(w, norm, handler, err);
 }

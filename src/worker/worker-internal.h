@@ -26,10 +26,6 @@ struct kiln_worker {
 	char *native;        /* "linux/amd64" */
 };
 
-/* ---- platform.c ---- */
-
-/* Normalized platform of this machine from uname(2); caller frees. */
-
 /* ---- mount.c ---- */
 
 /* Bind src at dst (recursively), read-only when ro. 0 or -errno. */

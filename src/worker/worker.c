@@ -9,6 +9,7 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
+#include "basic/platform.h"
 #include "worker/worker-internal.h"
 
 static const char *const subdirs[] = { "cas", "layers", "cachemounts", "run",

@@ -124,9 +124,3 @@ void kiln_exec_result_release(struct kiln_exec_result *r);
  */
 int kiln_worker_exec(struct kiln_worker *w, const struct kiln_exec_request *req,
 		     struct kiln_exec_result *res, struct kiln_error **err);
-
-/* The machine's platform, normalized (e.g. "linux/amd64"). Caller frees. */
-char *kiln_platform_native(void);
-
-/* Normalize "linux/x86_64" -> "linux/amd64", "aarch64" -> "arm64" etc. */
-char *kiln_platform_normalize(const char *p);

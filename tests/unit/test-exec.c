@@ -17,6 +17,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/platform.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "worker/worker.h"

@@ -21,6 +21,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/platform.h"
 #include "cas/tree.h"
 #include "agent/jobs.h"
 #include "proto/http-client.h"

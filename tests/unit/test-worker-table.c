@@ -64,7 +64,7 @@ static void test_check_platform(void **state)
 	assert_true(emu);
 	assert_int_equal(kiln_worker_table_check_platform(reg, "linux/s390x", &emu, &err), -ENODEV);
 	assert_non_null(strstr(err->msg, "linux/s390x"));
-	assert_non_null(strstr(err->msg, "arm linux/arm64 (emulated)"));
+	assert_non_null(strstr(err->msg, "arm linux/arm64(emulated)"));
 	assert_non_null(strstr(err->msg, "amd2 linux/amd64"));
 	kiln_error_free(err);
 	kiln_worker_table_free(reg);

@@ -793,14 +793,14 @@ int lower_config_ins(struct ictx *c)
 
 json_t *final_image(struct lower *L, size_t pidx, const struct stage_state *s)
 {
-	_cleanup_free_ char *os = NULL, *arch = NULL, *var = NULL;
+	_cleanup_(kiln_platform_release) struct kiln_platform p = { 0 };
 	json_t *img = json_object(), *author = json_object_get(s->image, "author");
 
-	platform_split(L->o->platforms[pidx], &os, &arch, &var);
-	json_object_set_new(img, "architecture", json_string(arch));
-	json_object_set_new(img, "os", json_string(os));
-	if (*var)
-		json_object_set_new(img, "variant", json_string(var));
+	platform_split(L->o->platforms[pidx], &p);
+	json_object_set_new(img, "architecture", json_string(p.arch));
+	json_object_set_new(img, "os", json_string(p.os));
+	if (*p.variant)
+		json_object_set_new(img, "variant", json_string(p.variant));
 	if (json_is_string(author))
 		json_object_set(img, "author", author);
 	if (L->o->source_date_epoch >= 0) {

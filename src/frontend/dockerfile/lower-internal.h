@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include "basic/error.h"
+#include "basic/platform.h"
 #include "frontend/dockerfile/dockerfile.h"
 #include "frontend/dockerfile/lower.h"
 
@@ -115,8 +116,8 @@ int dispatch_ins(struct ictx *c);
 /* Find a stage by --from value; -1 and an error when it is a later stage. */
 int find_stage(struct lower *L, const char *name, ssize_t *out);
 char *stage_names(const struct lower *L);
-char *platform_normalize(const char *p);
-void platform_split(const char *p, char **os, char **arch, char **variant);
+/* Split a platform check_opts let through (kiln_platform_parse). */
+void platform_split(const char *p, struct kiln_platform *out);
 const char *cmd_upper(enum kiln_df_cmd c);
 /* Expand one word with the stage env. */
 int expand(struct ictx *c, const char *word, char **out);

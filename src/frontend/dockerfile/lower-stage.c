@@ -76,10 +76,12 @@ static int stage_platform(struct ictx *c, const struct stage_def *sd, char **out
 	if (!*v)
 		return lerr(c, -EINVAL, "empty platform value from expression '%s'",
 			    sd->platform_raw);
-	*out = platform_normalize(v);
-	if (!*out)
-		return lerr(c, -EINVAL, "--platform=%s: '%s' is not os/arch[/variant]",
-			    sd->platform_raw, v);
+	*out = kiln_platform_normalize(v);
+	if (!*out) {
+		r = kiln_platform_invalid(c->L->err, v);
+		kiln_error_prefix(c->L->err, "--platform=%s", sd->platform_raw);
+		return lerr_wrap(c, r);
+	}
 	return 0;
 }
 

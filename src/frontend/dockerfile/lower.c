@@ -19,6 +19,7 @@
 #include <strings.h>
 
 #include "basic/alloc.h"
+#include "basic/platform.h"
 #include "basic/strbuf.h"
 
 /* ---- ordered key/value lists ---- */
@@ -85,52 +86,14 @@ const char *kvlist_lookup(void *ud, const char *name)
 
 /* ---- platforms ---- */
 
-void platform_split(const char *p, char **os, char **arch, char **variant)
+void platform_split(const char *p, struct kiln_platform *out)
 {
-	const char *a = strchr(p, '/'), *v = a ? strchr(a + 1, '/') : NULL;
-
-	*os = a ? xstrndup(p, (size_t)(a - p)) : xstrdup(p);
-	*arch = a ? (v ? xstrndup(a + 1, (size_t)(v - a - 1)) : xstrdup(a + 1)) : xstrdup("");
-	*variant = xstrdup(v ? v + 1 : "");
-}
-
-static const char *arch_alias(const char *arch)
-{
-	static const char *const map[][2] = {
-		{ "x86_64", "amd64" }, { "x86-64", "amd64" }, { "aarch64", "arm64" },
-		{ "i386", "386" },     { "i686", "386" },     { "armhf", "arm" },
-		{ "armel", "arm" },
-	};
-	size_t i;
-
-	for (i = 0; i < ARRAY_SIZE(map); i++)
-		if (!strcmp(arch, map[i][0]))
-			return map[i][1];
-	return arch;
-}
-
-/* "linux/x86_64" -> "linux/amd64"; NULL when not os/arch[/variant]. */
-char *platform_normalize(const char *p)
-{
-	_cleanup_free_ char *low = xstrdup(p), *os = NULL, *arch = NULL, *var = NULL;
-	const char *a;
-	char *s;
-
-	for (s = low; *s; s++)
-		*s = (char)tolower((unsigned char)*s);
-	platform_split(low, &os, &arch, &var);
-	if (!*os || !*arch || strchr(var, '/') || strchr(os, ' '))
-		return NULL;
-	a = arch_alias(arch);
-	if (!strcmp(arch, "armhf") && !*var)
-		return xasprintf("%s/arm/v7", os);
-	if (!strcmp(arch, "armel") && !*var)
-		return xasprintf("%s/arm/v6", os);
-	if (!strcmp(a, "arm64") && !strcmp(var, "v8"))
-		var[0] = '\0';
-	if (*var)
-		return xasprintf("%s/%s/%s", os, a, var);
-	return xasprintf("%s/%s", os, a);
+	if (kiln_platform_parse(p, out, NULL) == 0)
+		return;
+	/* check_opts let only platforms through: keep going, empty. */
+	out->os = xstrdup("");
+	out->arch = xstrdup("");
+	out->variant = xstrdup("");
 }
 
 /* ---- errors ---- */
@@ -451,18 +414,18 @@ static int split_stages(struct lower *L)
 
 static void platform_args(struct kvlist *g, const char *prefix, const char *platform)
 {
-	_cleanup_free_ char *os = NULL, *arch = NULL, *var = NULL;
+	_cleanup_(kiln_platform_release) struct kiln_platform p = { 0 };
 	char key[32];
 
-	platform_split(platform, &os, &arch, &var);
+	platform_split(platform, &p);
 	snprintf(key, sizeof(key), "%sPLATFORM", prefix);
 	kvlist_set(g, key, platform);
 	snprintf(key, sizeof(key), "%sOS", prefix);
-	kvlist_set(g, key, os);
+	kvlist_set(g, key, p.os);
 	snprintf(key, sizeof(key), "%sARCH", prefix);
-	kvlist_set(g, key, arch);
+	kvlist_set(g, key, p.arch);
 	snprintf(key, sizeof(key), "%sVARIANT", prefix);
-	kvlist_set(g, key, var);
+	kvlist_set(g, key, p.variant);
 }
 
 /* Split "K=default" (default NULL when there is no '='). */
@@ -787,18 +750,24 @@ static char *definition_text(struct lower *L, struct kiln_df_image *imgs, size_t
 	return text;
 }
 
+static int check_platform(const char *p, struct kiln_error **err)
+{
+	_cleanup_(kiln_platform_release) struct kiln_platform split = { 0 };
+
+	return kiln_platform_parse(p, &split, err);
+}
+
 static int check_opts(const struct kiln_df_build_opts *o, struct kiln_error **err)
 {
 	size_t i;
 
 	if (o->n_platforms == 0)
 		return kiln_error_set(err, -EINVAL, "no target platform given");
-	for (i = 0; i < o->n_platforms; i++) {
-		_cleanup_free_ char *n = platform_normalize(o->platforms[i]);
-		if (!n)
-			return kiln_error_set(err, -EINVAL, "platform '%s' is not os/arch[/variant]",
-					      o->platforms[i]);
-	}
+	for (i = 0; i < o->n_platforms; i++)
+		if (check_platform(o->platforms[i], err) < 0)
+			return -EINVAL;
+	if (o->build_platform && check_platform(o->build_platform, err) < 0)
+		return -EINVAL;
 	return 0;
 }
 
