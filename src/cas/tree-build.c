@@ -13,7 +13,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -24,6 +23,7 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/macro.h"
+#include "basic/pool.h"
 #include "cas/cas-internal.h"
 
 #define OVERLAY_XATTR_PREFIX "trusted.overlay."
@@ -539,10 +539,11 @@ static int build_dir(struct build *b, struct cas_node *node, int dirfd,
 
 /* ---- phase 2: hashing ---- */
 
-struct pool {
+/* Per thread slot: the directory of its last job, open. */
+struct hash_pool {
 	struct build *b;
-	size_t next;
-	bool failed;
+	int dirfd[MAX_HASH_THREADS];
+	const char *dir[MAX_HASH_THREADS];
 };
 
 static int open_job_dir(struct build *b, const char *dir_rel)
@@ -587,30 +588,24 @@ static void run_job(struct build *b, int pfd, struct fjob *j)
 		kiln_error_prefix(&j->err, "%s", j->relpath);
 }
 
-static void *pool_worker(void *arg)
+/*
+ * Hash job i. Each thread keeps the directory of its last job open (jobs
+ * come mostly grouped by directory); the job keeps its own error, so the
+ * first failure in walk order is reported (finish_jobs), not the first in
+ * time.
+ */
+static int hash_one(void *ud, size_t i, unsigned slot, struct kiln_error **err)
 {
-	struct pool *p = arg;
-	const char *dir = NULL;
-	int pfd = -1;
+	struct hash_pool *p = ud;
+	struct fjob *j = &p->b->jobs[i];
 
-	for (;;) {
-		size_t i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED);
-		struct fjob *j;
-
-		if (i >= p->b->n_jobs || __atomic_load_n(&p->failed, __ATOMIC_RELAXED))
-			break;
-		j = &p->b->jobs[i];
-		if (j->dir_rel != dir) {
-			closep(&pfd);
-			pfd = open_job_dir(p->b, j->dir_rel);
-			dir = j->dir_rel;
-		}
-		run_job(p->b, pfd, j);
-		if (j->r < 0)
-			__atomic_store_n(&p->failed, true, __ATOMIC_RELAXED);
+	if (j->dir_rel != p->dir[slot]) {
+		closep(&p->dirfd[slot]);
+		p->dirfd[slot] = open_job_dir(p->b, j->dir_rel);
+		p->dir[slot] = j->dir_rel;
 	}
-	closep(&pfd);
-	return NULL;
+	run_job(p->b, p->dirfd[slot], j);
+	return j->r;
 }
 
 static uint64_t job_key(const struct fjob *j)
@@ -641,19 +636,17 @@ static size_t hash_threads(size_t n_jobs)
 
 static void hash_jobs(struct build *b)
 {
-	struct pool p = { b, 0, false };
-	pthread_t tids[MAX_HASH_THREADS];
-	size_t n = hash_threads(b->n_jobs), started = 0, i;
+	struct hash_pool p = { .b = b };
+	size_t n = hash_threads(b->n_jobs), i;
 
 	if (!b->n_jobs)
 		return;
 	qsort(b->jobs, b->n_jobs, sizeof(*b->jobs), job_cmp);
-	for (i = 1; i < n; i++)
-		if (pthread_create(&tids[started], NULL, pool_worker, &p) == 0)
-			started++;
-	pool_worker(&p);
-	for (i = 0; i < started; i++)
-		pthread_join(tids[i], NULL);
+	for (i = 0; i < MAX_HASH_THREADS; i++)
+		p.dirfd[i] = -1;
+	(void)kiln_pool_run(b->n_jobs, (unsigned)n, hash_one, &p, NULL);
+	for (i = 0; i < MAX_HASH_THREADS; i++)
+		closep(&p.dirfd[i]);
 }
 
 /* The first failed job (in walk order) reports; others fill in digests. */

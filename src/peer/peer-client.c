@@ -26,6 +26,7 @@
 
 #include "basic/alloc.h"
 #include "basic/parse-util.h"
+#include "basic/pool.h"
 #include "basic/strbuf.h"
 #include "cache/index.h"
 #include "cas/tree.h"
@@ -54,8 +55,6 @@ struct pull {
 	char **why; /* per source: what it answered last when it could not serve */
 	struct kiln_peer_stats *stats;
 	struct kiln_peer_source_stats *per;
-	bool failed;
-	struct kiln_error *err;
 };
 
 /* ---- bookkeeping ---- */
@@ -517,75 +516,33 @@ static int pull_batch(struct pull *p, struct kiln_peer_item *it,
 
 /* ---- phase FILES: the work queue (items of kiln_peer_plan_files) ---- */
 
+/* The pool's work: one item of the plan each. */
+struct queue {
+	struct pull *p;
+	struct kiln_peer_plan plan;
+};
+
 /*
  * The plan is complete before the threads start and never grows while
  * they run, so a thread may hold a pointer to its item.
  */
-struct queue {
-	struct pull *p;
-	struct kiln_peer_plan plan;
-	size_t next;
-};
-
-static void *worker(void *ud)
+static int pull_item(void *ud, size_t i, unsigned slot, struct kiln_error **err)
 {
 	struct queue *q = ud;
-	struct pull *p = q->p;
-	struct kiln_error *e = NULL;
-	struct kiln_peer_item *it;
-	int r;
+	struct kiln_peer_item *it = &q->plan.items[i];
 
-	for (;;) {
-		pthread_mutex_lock(&p->lock);
-		it = !p->failed && q->next < q->plan.n ? &q->plan.items[q->next++]
-						      : NULL;
-		pthread_mutex_unlock(&p->lock);
-		if (!it)
-			return NULL;
-		r = it->batch ? pull_batch(p, it, &e)
-			      : pull_one(p, &it->b[0].d, it->b[0].size, &e);
-		if (r < 0) {
-			pthread_mutex_lock(&p->lock);
-			p->failed = true;
-			if (!p->err)
-				p->err = TAKE_PTR(e);
-			pthread_mutex_unlock(&p->lock);
-			kiln_error_free(TAKE_PTR(e));
-		}
-	}
-}
-
-static int run_queue(struct pull *p, struct queue *q, struct kiln_error **err)
-{
-	pthread_t t[MAX_PARALLEL];
-	size_t k, nt = p->parallel < q->plan.n ? p->parallel : q->plan.n;
-	int code;
-
-	q->p = p;
-	for (k = 0; k < nt; k++)
-		if (pthread_create(&t[k], NULL, worker, q) != 0)
-			break;
-	if (k == 0)
-		worker(q); /* no thread could start: do it here */
-	nt = k;
-	for (k = 0; k < nt; k++)
-		pthread_join(t[k], NULL);
-	if (!p->failed)
-		return 0;
-	code = p->err ? p->err->code : -EIO;
-	if (err && !*err)
-		*err = TAKE_PTR(p->err);
-	return code;
+	return it->batch ? pull_batch(q->p, it, err)
+			 : pull_one(q->p, &it->b[0].d, it->b[0].size, err);
 }
 
 static int pull_files(struct pull *p, const struct kiln_digest_set *files,
 		      struct kiln_error **err)
 {
-	struct queue q = { 0 };
+	struct queue q = { .p = p };
 	int r;
 
 	kiln_peer_plan_files(files, p->small_max, p->batch_bytes, &q.plan);
-	r = q.plan.n ? run_queue(p, &q, err) : 0;
+	r = kiln_pool_run(q.plan.n, p->parallel, pull_item, &q, err);
 	kiln_peer_plan_release(&q.plan);
 	return r;
 }
@@ -629,7 +586,6 @@ static void pull_release(struct pull *p, const struct kiln_peer_pull_options *o)
 	free(p->bad);
 	if (p->per != p->stats->sources)
 		free(p->per);
-	kiln_error_free(p->err);
 	pthread_mutex_destroy(&p->lock);
 }
 

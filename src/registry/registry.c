@@ -12,6 +12,7 @@
 
 #include "basic/alloc.h"
 #include "basic/log.h"
+#include "basic/pool.h"
 #include "basic/strbuf.h"
 #include "registry/registry.h"
 
@@ -23,6 +24,7 @@
 #define CONNECT_TIMEOUT_MS 10000L
 #define ERROR_MSG_MAX 300
 #define DEFAULT_PARALLEL 4
+#define MAX_PARALLEL 16u
 #define MIN_SZ(a, b) ((a) < (b) ? (a) : (b))
 
 static const char manifest_accept[] =
@@ -934,59 +936,24 @@ int kiln_registry_fetch_blob(struct kiln_registry *r,
 	return rc;
 }
 
-/* Parallel fetches: workers take the next index until done or failed. */
+/* Parallel fetches: one pool item per blob. */
 struct fetch_pool {
 	struct kiln_registry *r;
 	const struct kiln_registry_ref *ref;
 	const struct kiln_registry_blob *blobs;
-	size_t n, next;
 	struct kiln_store *s;
-	pthread_mutex_t lock;
-	uint64_t fetched;
-	int rc;
-	struct kiln_error *err;
+	uint64_t fetched; /* atomic: bytes, summed over the threads */
 };
 
-static bool pool_take(struct fetch_pool *p, size_t *i)
-{
-	bool ok;
-
-	pthread_mutex_lock(&p->lock);
-	ok = p->rc == 0 && p->next < p->n;
-	if (ok)
-		*i = p->next++;
-	pthread_mutex_unlock(&p->lock);
-	return ok;
-}
-
-static void pool_done(struct fetch_pool *p, int rc, uint64_t got,
-		      struct kiln_error *e)
-{
-	pthread_mutex_lock(&p->lock);
-	p->fetched += got;
-	if (rc < 0 && p->rc == 0) {
-		p->rc = rc;
-		p->err = e;
-		e = NULL;
-	}
-	pthread_mutex_unlock(&p->lock);
-	kiln_error_free(e);
-}
-
-static void *pool_worker(void *ud)
+static int fetch_one(void *ud, size_t i, unsigned slot, struct kiln_error **err)
 {
 	struct fetch_pool *p = ud;
-	size_t i;
+	uint64_t got = 0;
+	int rc = kiln_registry_fetch_blob(p->r, p->ref, &p->blobs[i].digest,
+					  p->blobs[i].size, p->s, &got, err);
 
-	while (pool_take(p, &i)) {
-		struct kiln_error *e = NULL;
-		uint64_t got = 0;
-		int rc = kiln_registry_fetch_blob(p->r, p->ref, &p->blobs[i].digest,
-						  p->blobs[i].size, p->s, &got, &e);
-
-		pool_done(p, rc, got, e);
-	}
-	return NULL;
+	__atomic_fetch_add(&p->fetched, got, __ATOMIC_RELAXED);
+	return rc;
 }
 
 int kiln_registry_fetch_blobs(struct kiln_registry *r,
@@ -995,28 +962,15 @@ int kiln_registry_fetch_blobs(struct kiln_registry *r,
 			      unsigned parallel, struct kiln_store *s,
 			      uint64_t *fetched, struct kiln_error **err)
 {
-	struct fetch_pool p = { .r = r, .ref = ref, .blobs = blobs, .n = n, .s = s };
-	pthread_t th[16];
-	size_t k, started = 0;
+	struct fetch_pool p = { .r = r, .ref = ref, .blobs = blobs, .s = s };
+	int rc;
 
 	if (!parallel)
 		parallel = DEFAULT_PARALLEL;
-	k = MIN_SZ(MIN_SZ((size_t)parallel, ARRAY_SIZE(th)), n);
-	pthread_mutex_init(&p.lock, NULL);
-	for (; started + 1 < k; started++)
-		if (pthread_create(&th[started], NULL, pool_worker, &p) != 0)
-			break;
-	pool_worker(&p); /* this thread is a worker too */
-	while (started--)
-		pthread_join(th[started], NULL);
-	pthread_mutex_destroy(&p.lock);
+	rc = kiln_pool_run(n, MIN_SZ(parallel, MAX_PARALLEL), fetch_one, &p, err);
 	if (fetched)
 		*fetched = p.fetched;
-	if (p.rc < 0 && err && !*err)
-		*err = p.err;
-	else
-		kiln_error_free(p.err);
-	return p.rc;
+	return rc;
 }
 
 int kiln_registry_get_blob_buf(struct kiln_registry *r,
