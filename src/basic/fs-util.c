@@ -32,6 +32,23 @@ int kiln_openat2(int dirfd, const char *path, int flags, mode_t mode,
 	return (int)fd;
 }
 
+int kiln_opendir_at(int dirfd, const char *name, int flags, DIR **out)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | flags);
+
+	*out = NULL;
+	if (fd < 0)
+		return -errno;
+	*out = fdopendir(fd);
+	if (!*out) {
+		int r = -errno;
+
+		close(fd);
+		return r;
+	}
+	return 0;
+}
+
 int kiln_mkdir_p(const char *path, mode_t mode)
 {
 	_cleanup_free_ char *p = xstrdup(path);
@@ -99,17 +116,12 @@ bool kiln_mount_id_same(const struct kiln_mount_id *a, const struct kiln_mount_i
 	return !a->mnt || !b->mnt || a->mnt == b->mnt;
 }
 
-static int rm_rf_children(int fd, const struct kiln_mount_id *mount)
+/* Empty the directory d (then closed), staying on mount. */
+static int rm_rf_children(DIR *d, const struct kiln_mount_id *mount)
 {
-	DIR *d;
 	struct dirent *de;
 	int r = 0;
 
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
 	while ((de = readdir(d))) {
 		struct stat st;
 
@@ -122,7 +134,7 @@ static int rm_rf_children(int fd, const struct kiln_mount_id *mount)
 		}
 		if (S_ISDIR(st.st_mode)) {
 			struct kiln_mount_id here;
-			int sub;
+			DIR *sub;
 
 			if (kiln_mount_id_at(dirfd(d), de->d_name, &here) < 0 ||
 			    !kiln_mount_id_same(&here, mount)) {
@@ -131,10 +143,7 @@ static int rm_rf_children(int fd, const struct kiln_mount_id *mount)
 					r = -EBUSY;
 				continue;
 			}
-			sub = openat(dirfd(d), de->d_name,
-				     O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-					     O_CLOEXEC);
-			if (sub >= 0) {
+			if (kiln_opendir_at(dirfd(d), de->d_name, O_NOFOLLOW, &sub) == 0) {
 				int q = rm_rf_children(sub, mount);
 				if (q < 0 && !r)
 					r = q;
@@ -151,27 +160,28 @@ static int rm_rf_children(int fd, const struct kiln_mount_id *mount)
 	return r;
 }
 
-int kiln_rm_rf_at(int dirfd, const char *name)
+int kiln_rm_rf_at(int at, const char *name)
 {
 	struct kiln_mount_id mount;
 	struct stat st;
-	int fd, r;
+	DIR *d;
+	int r;
 
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+	if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : -errno;
 	if (!S_ISDIR(st.st_mode))
-		return unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? -errno
+		return unlinkat(at, name, 0) < 0 && errno != ENOENT ? -errno
 								       : 0;
-	fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	r = kiln_mount_id_at(fd, "", &mount);
+	r = kiln_opendir_at(at, name, O_NOFOLLOW, &d);
+	if (r < 0)
+		return r == -ENOENT ? 0 : r;
+	r = kiln_mount_id_at(dirfd(d), "", &mount);
 	if (r < 0) {
-		close(fd);
+		closedir(d);
 		return r;
 	}
-	r = rm_rf_children(fd, &mount);
-	if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && !r)
+	r = rm_rf_children(d, &mount);
+	if (unlinkat(at, name, AT_REMOVEDIR) < 0 && errno != ENOENT && !r)
 		r = -errno;
 	return r;
 }

@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include <dirent.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,6 +26,14 @@
  */
 int kiln_openat2(int dirfd, const char *path, int flags, mode_t mode,
 		 uint64_t resolve);
+
+/*
+ * Open dirfd/name as a directory stream: openat with O_RDONLY |
+ * O_DIRECTORY | O_CLOEXEC | flags (O_NOFOLLOW, say), then fdopendir.
+ * 0 or -errno; on failure nothing stays open. name "." reads dirfd
+ * itself through a fresh fd, leaving dirfd's offset alone.
+ */
+int kiln_opendir_at(int dirfd, const char *name, int flags, DIR **out);
 
 /* mkdir -p for an absolute or cwd-relative path. 0 or -errno. */
 int kiln_mkdir_p(const char *path, mode_t mode);

@@ -54,17 +54,12 @@ static int open_dir_at(int dirfd, const char *name)
 
 static int clean_tmp(int tmpfd)
 {
-	_cleanup_close_ int fd = openat(tmpfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	struct dirent *de;
 	DIR *d;
-	int r = 0;
+	int r = kiln_opendir_at(tmpfd, ".", 0, &d);
 
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d)
-		return -errno;
-	TAKE_FD(fd);
+	if (r < 0)
+		return r;
 	while ((de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
@@ -677,19 +672,12 @@ static int foreach_entry(DIR *dir, const char *name, kiln_store_iter_fn fn,
 int kiln_store_foreach(struct kiln_store *s, kiln_store_iter_fn fn,
 		       void *userdata)
 {
-	int fd = openat(s->blobsfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	struct dirent *de;
 	DIR *d;
-	int r = 0;
+	int r = kiln_opendir_at(s->blobsfd, ".", 0, &d);
 
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		r = -errno;
-		close(fd);
+	if (r < 0)
 		return r;
-	}
 	while (r == 0 && (de = readdir(d)))
 		r = foreach_entry(d, de->d_name, fn, userdata);
 	closedir(d);

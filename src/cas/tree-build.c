@@ -105,20 +105,14 @@ static void free_names(char **names, size_t n)
 /* Sorted names of dirfd, read before recursing so few fds stay open. */
 static int read_names(int dirfd, char ***out, size_t *n_out)
 {
-	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	char **names = NULL;
 	size_t n = 0, alloc = 0;
 	struct dirent *de;
 	DIR *d;
+	int r = kiln_opendir_at(dirfd, ".", 0, &d);
 
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		int r = -errno;
-		close(fd);
+	if (r < 0)
 		return r;
-	}
 	while ((errno = 0, de = readdir(d))) {
 		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
 			continue;
@@ -126,7 +120,7 @@ static int read_names(int dirfd, char ***out, size_t *n_out)
 		names[n++] = xstrdup(de->d_name);
 	}
 	if (errno) {
-		int r = -errno;
+		r = -errno;
 		closedir(d);
 		free_names(names, n);
 		return r;

@@ -763,21 +763,14 @@ static uint64_t du_at(int at, const char *name)
 	struct stat st;
 	uint64_t sum;
 	DIR *d;
-	int fd;
 
 	if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return 0;
 	if (!S_ISDIR(st.st_mode))
 		return st.st_nlink > 1 ? 0 : (uint64_t)st.st_blocks * 512;
 	sum = (uint64_t)st.st_blocks * 512;
-	fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
+	if (kiln_opendir_at(at, name, O_NOFOLLOW, &d) < 0)
 		return sum;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return sum;
-	}
 	while ((de = readdir(d)))
 		if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
 			sum += du_at(dirfd(d), de->d_name);
@@ -835,15 +828,9 @@ static void prune_memo(struct kiln_layers *l)
 {
 	struct dirent *de;
 	DIR *d;
-	int fd = openat(l->dirfd, "memo", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
-	if (fd < 0)
+	if (kiln_opendir_at(l->dirfd, "memo", O_NOFOLLOW, &d) < 0)
 		return;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return;
-	}
 	while ((de = readdir(d))) {
 		struct kiln_digest key, tree;
 		_cleanup_free_ char *name = xasprintf("sha256:%s", de->d_name);
@@ -863,17 +850,14 @@ int kiln_layers_prune(struct kiln_layers *l, const struct kiln_digest *keep,
 	struct dirent *de;
 	size_t n = 0, i;
 	DIR *d;
-	int fd, r = 0;
+	int r = 0;
 
 	if (freed)
 		*freed = 0;
 	needed_ids(l, keep, n_keep, &ids, &n, err);
-	fd = openat(l->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	d = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!d) {
-		r = kiln_error_seterrno(err, -errno, "reading %s", l->dir);
-		if (fd >= 0)
-			close(fd);
+	r = kiln_opendir_at(l->dirfd, ".", 0, &d);
+	if (r < 0) {
+		r = kiln_error_seterrno(err, r, "reading %s", l->dir);
 		goto out;
 	}
 	while ((de = readdir(d))) {
@@ -901,18 +885,13 @@ int kiln_layers_usage(struct kiln_layers *l, uint64_t *bytes, size_t *count)
 {
 	struct dirent *de;
 	DIR *d;
-	int fd;
+	int r;
 
 	*bytes = 0;
 	*count = 0;
-	fd = openat(l->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
+	r = kiln_opendir_at(l->dirfd, ".", 0, &d);
+	if (r < 0)
+		return r;
 	while ((de = readdir(d))) {
 		if (!is_layer_name(de->d_name))
 			continue;

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,6 +166,45 @@ static void test_rm_rf_stops_at_bind_mounts(void **state)
 	assert_int_equal(kiln_rm_rf(victim), 0);
 }
 
+/* The lowest free fd: what leaked fds would push up. */
+static int next_fd(void)
+{
+	int fd = dup(0);
+
+	close(fd);
+	return fd;
+}
+
+static void test_opendir_at(void **state)
+{
+	char tmpl[] = "/tmp/kiln-basic-d.XXXXXX", *root = mkdtemp(tmpl);
+	_cleanup_close_ int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	int fd0 = next_fd(), names = 0;
+	DIR *d;
+
+	assert_int_equal(mkdirat(rootfd, "sub", 0700), 0);
+	assert_int_equal(symlinkat("sub", rootfd, "link"), 0);
+	close(openat(rootfd, "sub/f", O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+	assert_int_equal(kiln_opendir_at(rootfd, "sub", 0, &d), 0);
+	assert_true(fcntl(dirfd(d), F_GETFD) & FD_CLOEXEC);
+	while ((de = readdir(d)))
+		names += !strcmp(de->d_name, "f");
+	assert_int_equal(names, 1);
+	closedir(d);
+	/* A symlink is followed unless asked not to. */
+	assert_int_equal(kiln_opendir_at(rootfd, "link", 0, &d), 0);
+	closedir(d);
+	assert_int_equal(kiln_opendir_at(rootfd, "link", O_NOFOLLOW, &d), -ENOTDIR);
+	assert_null(d);
+	assert_int_equal(kiln_opendir_at(rootfd, "sub/f", 0, &d), -ENOTDIR);
+	assert_int_equal(kiln_opendir_at(rootfd, "missing", 0, &d), -ENOENT);
+	assert_null(d);
+	/* Failures leave nothing open. */
+	assert_int_equal(next_fd(), fd0);
+	assert_int_equal(kiln_rm_rf(root), 0);
+}
+
 static void test_atomic_write(void **state)
 {
 	char tmpl[] = "/tmp/kiln-basic-w.XXXXXX", *root = mkdtemp(tmpl);
@@ -278,6 +318,7 @@ int main(void)
 		cmocka_unit_test(test_mkdirat_beneath_refuses_escapes),
 		cmocka_unit_test(test_rm_rf_stops_at_mounts),
 		cmocka_unit_test(test_rm_rf_stops_at_bind_mounts),
+		cmocka_unit_test(test_opendir_at),
 		cmocka_unit_test(test_atomic_write),
 		cmocka_unit_test(test_utf8),
 		cmocka_unit_test(test_feed_lines),
