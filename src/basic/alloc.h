@@ -1,6 +1,7 @@
 /* Allocation that never returns NULL: out of memory aborts through one path. */
 #pragma once
 
+#include <stdarg.h>
 #include <stddef.h>
 
 #include "basic/macro.h"
@@ -13,3 +14,4 @@ void *xgrow(void *p, size_t *alloc, size_t need, size_t elem);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) _printf_(1, 2);
+char *xvasprintf(const char *fmt, va_list ap) _printf_(1, 0);

@@ -6,29 +6,31 @@
 
 #include "basic/alloc.h"
 
-__attribute__((format(printf, 4, 0))) static int
-error_vset(struct kiln_error **err, int code, const char *suffix, const char *fmt,
-	   va_list ap)
+/* "<prefix>: <formatted>: <suffix>", the parts that are not NULL. */
+__attribute__((format(printf, 5, 0))) static int
+error_vset(struct kiln_error **err, int code, const char *prefix, const char *suffix,
+	   const char *fmt, va_list ap)
 {
+	_cleanup_free_ char *m = NULL;
 	struct kiln_error *e;
-	char *m = NULL;
 
 	if (code >= 0)
 		code = -EINVAL;
 	if (!err || *err)
 		return code;
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
+	m = xvasprintf(fmt, ap);
 	e = xcalloc(1, sizeof(*e));
 	e->code = code;
-	if (suffix) {
-		e->msg = xasprintf("%s: %s", m ? m : "", suffix);
-		free(m);
-	} else {
-		e->msg = m ? m : xstrdup("error");
-	}
+	e->msg = xasprintf("%s%s%s%s%s", prefix ? prefix : "", prefix ? ": " : "", m,
+			   suffix ? ": " : "", suffix ? suffix : "");
 	*err = e;
 	return code;
+}
+
+int kiln_error_setv(struct kiln_error **err, int code, const char *prefix,
+		    const char *fmt, va_list ap)
+{
+	return error_vset(err, code, prefix, NULL, fmt, ap);
 }
 
 int kiln_error_set(struct kiln_error **err, int code, const char *fmt, ...)
@@ -37,7 +39,7 @@ int kiln_error_set(struct kiln_error **err, int code, const char *fmt, ...)
 	int r;
 
 	va_start(ap, fmt);
-	r = error_vset(err, code, NULL, fmt, ap);
+	r = error_vset(err, code, NULL, NULL, fmt, ap);
 	va_end(ap);
 	return r;
 }
@@ -50,26 +52,23 @@ int kiln_error_seterrno(struct kiln_error **err, int code, const char *fmt, ...)
 	if (code >= 0)
 		code = -EINVAL;
 	va_start(ap, fmt);
-	r = error_vset(err, code, strerror(-code), fmt, ap);
+	r = error_vset(err, code, NULL, strerror(-code), fmt, ap);
 	va_end(ap);
 	return r;
 }
 
 void kiln_error_prefix(struct kiln_error **err, const char *fmt, ...)
 {
+	_cleanup_free_ char *p = NULL;
 	va_list ap;
-	char *p = NULL, *m;
+	char *m;
 
 	if (!err || !*err)
 		return;
 	va_start(ap, fmt);
-	if (vasprintf(&p, fmt, ap) < 0)
-		p = NULL;
+	p = xvasprintf(fmt, ap);
 	va_end(ap);
-	if (!p)
-		return;
 	m = xasprintf("%s: %s", p, (*err)->msg);
-	free(p);
 	free((*err)->msg);
 	(*err)->msg = m;
 }

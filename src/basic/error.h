@@ -10,6 +10,8 @@
  */
 #pragma once
 
+#include <stdarg.h>
+
 #include "basic/macro.h"
 
 struct kiln_error {
@@ -24,6 +26,13 @@ struct kiln_error {
  */
 int kiln_error_set(struct kiln_error **err, int code, const char *fmt, ...)
 	_printf_(3, 4);
+
+/*
+ * kiln_error_set for wrappers that add their own context: the message is
+ * "<prefix>: <formatted>" (just the formatted part when prefix is NULL).
+ */
+int kiln_error_setv(struct kiln_error **err, int code, const char *prefix,
+		    const char *fmt, va_list ap) _printf_(4, 0);
 
 /* Like kiln_error_set, appending ": strerror(-code)". */
 int kiln_error_seterrno(struct kiln_error **err, int code, const char *fmt,

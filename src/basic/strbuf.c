@@ -86,12 +86,9 @@ int kiln_strbuf_addf(struct kiln_strbuf *sb, const char *fmt, ...)
 {
 	_cleanup_free_ char *p = NULL;
 	va_list ap;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&p, fmt, ap);
+	p = xvasprintf(fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		return -ENOMEM;
-	return kiln_strbuf_add(sb, p, (size_t)n);
+	return kiln_strbuf_add(sb, p, strlen(p));
 }

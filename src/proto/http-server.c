@@ -131,13 +131,10 @@ void kiln_http_resp_error(struct kiln_http_server_resp *r, unsigned status,
 {
 	_cleanup_free_ char *msg = NULL;
 	va_list ap;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&msg, fmt, ap);
+	msg = xvasprintf(fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		abort();
 	kiln_http_resp_json(r, status, json_pack("{s:s}", "error", msg));
 }
 

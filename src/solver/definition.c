@@ -33,20 +33,18 @@ static int op_err(struct pctx *p, const char *field, const char *fmt, ...)
 
 static int op_err(struct pctx *p, const char *field, const char *fmt, ...)
 {
-	_cleanup_free_ char *m = NULL;
+	const char *id = p->op->id ? p->op->id : "?";
+	_cleanup_free_ char *where = field ? xasprintf("%s: op '%s' (ops[%zu]): field '%s'",
+						       p->file, id, p->op->index, field)
+					   : xasprintf("%s: op '%s' (ops[%zu])", p->file, id,
+						       p->op->index);
 	va_list ap;
+	int r;
 
 	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
+	r = kiln_error_setv(p->err, -EINVAL, where, fmt, ap);
 	va_end(ap);
-	if (field)
-		return kiln_error_set(p->err, -EINVAL, "%s: op '%s' (ops[%zu]): field '%s': %s",
-				      p->file, p->op->id ? p->op->id : "?",
-				      p->op->index, field, m ? m : "invalid");
-	return kiln_error_set(p->err, -EINVAL, "%s: op '%s' (ops[%zu]): %s", p->file,
-			      p->op->id ? p->op->id : "?", p->op->index,
-			      m ? m : "invalid");
+	return r;
 }
 
 const char *kiln_op_type_name(enum kiln_op_type t)

@@ -26,15 +26,14 @@ static int act_err(struct fctx *c, int code, const char *fmt, ...) _printf_(3, 4
 
 static int act_err(struct fctx *c, int code, const char *fmt, ...)
 {
-	_cleanup_free_ char *m = NULL;
+	_cleanup_free_ char *where = xasprintf("op '%s': actions[%zu]", c->op->id, c->action);
 	va_list ap;
+	int r;
 
 	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
+	r = kiln_error_setv(c->err, code, where, fmt, ap);
 	va_end(ap);
-	return kiln_error_set(c->err, code, "op '%s': actions[%zu]: %s", c->op->id, c->action,
-			      m ? m : "failed");
+	return r;
 }
 
 /* Rewrite owner/mode below (and including) e when the action asks. */

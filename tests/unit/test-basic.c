@@ -94,6 +94,37 @@ static void test_error_prefix(void **state)
 	kiln_error_free(err);
 }
 
+/* A wrapper that puts its context before the caller's message. */
+_printf_(3, 4) static int at_line(struct kiln_error **err, unsigned line,
+				  const char *fmt, ...)
+{
+	_cleanup_free_ char *where = xasprintf("Dockerfile:%u", line);
+	va_list ap;
+	int r;
+
+	va_start(ap, fmt);
+	r = kiln_error_setv(err, -EINVAL, line ? where : NULL, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+static void test_error_setv(void **state)
+{
+	struct kiln_error *err = NULL;
+
+	assert_int_equal(at_line(&err, 3, "unknown flag --%s", "frob"), -EINVAL);
+	assert_string_equal(err->msg, "Dockerfile:3: unknown flag --frob");
+	/* Set once: a second error leaves the first. */
+	assert_int_equal(at_line(&err, 4, "other"), -EINVAL);
+	assert_string_equal(err->msg, "Dockerfile:3: unknown flag --frob");
+	kiln_error_free(err);
+	err = NULL;
+	at_line(&err, 0, "no %s", "context");
+	assert_string_equal(err->msg, "no context");
+	kiln_error_free(err);
+	assert_int_equal(at_line(NULL, 1, "nobody reads this"), -EINVAL);
+}
+
 static void test_mkdirat_beneath_refuses_escapes(void **state)
 {
 	char tmpl[] = "/tmp/kiln-basic.XXXXXX", *root = mkdtemp(tmpl);
@@ -315,6 +346,7 @@ int main(void)
 		cmocka_unit_test(test_parse),
 		cmocka_unit_test(test_strbuf_limit),
 		cmocka_unit_test(test_error_prefix),
+		cmocka_unit_test(test_error_setv),
 		cmocka_unit_test(test_mkdirat_beneath_refuses_escapes),
 		cmocka_unit_test(test_rm_rf_stops_at_mounts),
 		cmocka_unit_test(test_rm_rf_stops_at_bind_mounts),

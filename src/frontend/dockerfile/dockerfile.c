@@ -93,17 +93,15 @@ static void push_arg(struct kiln_df_instruction *ins, size_t *alloc, char *a)
 _printf_(5, 6) static int perr(struct parser *p, int code, struct kiln_df_pos pos,
 			       const char *what, const char *fmt, ...)
 {
+	_cleanup_free_ char *where = xasprintf("%s:%u:%u%s%s", p->file, pos.line, pos.col,
+					       what ? ": " : "", what ? what : "");
 	va_list ap;
-	char *m = NULL;
+	int r;
 
 	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
+	r = kiln_error_setv(p->err, code, where, fmt, ap);
 	va_end(ap);
-	kiln_error_set(p->err, code, "%s:%u:%u: %s%s%s", p->file, pos.line, pos.col,
-		       what ? what : "", what ? ": " : "", m ? m : "error");
-	free(m);
-	return code ? code : -EINVAL;
+	return r;
 }
 
 static struct kiln_df_pos line_pos(unsigned line, unsigned col)

@@ -52,14 +52,11 @@ static char peek(const struct lexer *lx)
 _printf_(2, 3) static int lex_fail(struct lexer *lx, const char *fmt, ...)
 {
 	va_list ap;
-	char *m = NULL;
 
-	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
-	va_end(ap);
 	free(lx->msg);
-	lx->msg = m ? m : xstrdup("error");
+	va_start(ap, fmt);
+	lx->msg = xvasprintf(fmt, ap);
+	va_end(ap);
 	return -EINVAL;
 }
 

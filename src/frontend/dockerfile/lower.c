@@ -100,17 +100,17 @@ void platform_split(const char *p, struct kiln_platform *out)
 
 int lerr(const struct ictx *c, int code, const char *fmt, ...)
 {
-	_cleanup_free_ char *m = NULL;
 	const struct kiln_df_instruction *at = c->at ? c->at : c->ins;
+	_cleanup_free_ char *where = xasprintf("%s:%u:%u: %s%s", c->L->file, at->pos.line,
+					       at->pos.col, c->onbuild ? "ONBUILD " : "",
+					       kiln_df_cmd_name(c->ins->cmd));
 	va_list ap;
+	int r;
 
 	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
+	r = kiln_error_setv(c->L->err, code, where, fmt, ap);
 	va_end(ap);
-	return kiln_error_set(c->L->err, code, "%s:%u:%u: %s%s: %s", c->L->file,
-			      at->pos.line, at->pos.col, c->onbuild ? "ONBUILD " : "",
-			      kiln_df_cmd_name(c->ins->cmd), m ? m : "invalid");
+	return r;
 }
 
 int lerr_wrap(const struct ictx *c, int r)
