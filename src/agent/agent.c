@@ -28,6 +28,7 @@
 #include "basic/log.h"
 #include "basic/parse-util.h"
 #include "basic/platform.h"
+#include "basic/strv.h"
 #include "proto/tokens.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"
@@ -301,11 +302,7 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
 
 static void opts_release(struct agent_opts *o)
 {
-	size_t i;
-
-	for (i = 0; i < o->n_platforms; i++)
-		free(o->platforms[i]);
-	free(o->platforms);
+	kiln_strv_free(o->platforms, o->n_platforms);
 	free(o->name);
 	json_decref(o->labels);
 }

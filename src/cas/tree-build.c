@@ -24,6 +24,7 @@
 #include "basic/fs-util.h"
 #include "basic/macro.h"
 #include "basic/pool.h"
+#include "basic/strv.h"
 #include "cas/cas-internal.h"
 
 #define OVERLAY_XATTR_PREFIX "trusted.overlay."
@@ -74,9 +75,7 @@ static void build_release(struct build *b)
 		kiln_error_free(b->jobs[i].err);
 	}
 	free(b->jobs);
-	for (i = 0; i < b->n_dirs; i++)
-		free(b->dirs[i]);
-	free(b->dirs);
+	kiln_strv_free(b->dirs, b->n_dirs);
 }
 
 static const char *build_keep_dir(struct build *b, const char *rel)
@@ -91,15 +90,6 @@ static const char *build_keep_dir(struct build *b, const char *rel)
 static int strp_cmp(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static void free_names(char **names, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
 }
 
 /* Sorted names of dirfd, read before recursing so few fds stay open. */
@@ -122,7 +112,7 @@ static int read_names(int dirfd, char ***out, size_t *n_out)
 	if (errno) {
 		r = -errno;
 		closedir(d);
-		free_names(names, n);
+		kiln_strv_free(names, n);
 		return r;
 	}
 	closedir(d);
@@ -527,7 +517,7 @@ static int build_dir(struct build *b, struct cas_node *node, int dirfd,
 		r = build_name(b, node, dirfd, dir_rel, names[i], base, depth);
 	}
 	merge_finish(&m, &node->t);
-	free_names(names, n);
+	kiln_strv_free(names, n);
 	return r;
 }
 

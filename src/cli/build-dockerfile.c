@@ -13,6 +13,7 @@
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "basic/platform.h"
+#include "basic/strv.h"
 #include "cas/tree.h"
 #include "cli/build.h"
 #include "cli/common.h"
@@ -510,10 +511,8 @@ static void dfbuild_release(struct dfbuild *b)
 	for (i = 0; i < b->n_images; i++)
 		kiln_df_image_release(&b->images[i]);
 	free(b->images);
-	for (i = 0; i < b->n_platforms; i++)
-		free(b->platforms[i]);
-	free(b->platforms);
-	kiln_dockerignore_free(b->excludes, b->n_excludes);
+	kiln_strv_free(b->platforms, b->n_platforms);
+	kiln_strv_free(b->excludes, b->n_excludes);
 	kiln_solve_result_release(&b->res);
 	kiln_definition_free(b->def);
 	free(b->graph);

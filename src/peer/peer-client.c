@@ -28,6 +28,7 @@
 #include "basic/parse-util.h"
 #include "basic/pool.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "cache/index.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
@@ -576,13 +577,9 @@ static void pull_init(struct pull *p, struct kiln_store *store,
 
 static void pull_release(struct pull *p, const struct kiln_peer_pull_options *o)
 {
-	size_t i;
-
 	if (!(o && o->http))
 		kiln_http_client_free(p->http);
-	for (i = 0; i < p->n; i++)
-		free(p->why[i]);
-	free(p->why);
+	kiln_strv_free(p->why, p->n);
 	free(p->bad);
 	if (p->per != p->stats->sources)
 		free(p->per);

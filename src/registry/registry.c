@@ -14,6 +14,7 @@
 #include "basic/log.h"
 #include "basic/pool.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "registry/registry.h"
 
 #define NAME_MAX_LEN 255
@@ -287,14 +288,6 @@ static char **strv_dup(const char *const *v)
 	return out;
 }
 
-static void strv_free(char **v)
-{
-	size_t i;
-
-	for (i = 0; v && v[i]; i++)
-		free(v[i]);
-	free(v);
-}
 
 static bool strv_has(char **v, const char *s)
 {
@@ -359,9 +352,9 @@ void kiln_registry_free(struct kiln_registry *r)
 		return;
 	kiln_registry_auth_free(r->auth);
 	kiln_http_client_free(r->http);
-	strv_free(r->insecure);
-	strv_free(r->secure);
-	strv_free(r->endpoints);
+	kiln_strv_free(r->insecure, kiln_strv_len(r->insecure));
+	kiln_strv_free(r->secure, kiln_strv_len(r->secure));
+	kiln_strv_free(r->endpoints, kiln_strv_len(r->endpoints));
 	free(r->ca_file);
 	for (i = 0; i < r->n_schemes; i++)
 		free(r->schemes[i].registry);

@@ -16,6 +16,7 @@
 #include "basic/parse-util.h"
 #include "basic/platform.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "registry/registry.h"
 
 /* Parsing context for error messages. */
@@ -1198,15 +1199,6 @@ int kiln_definition_load(const char *path, const char *default_platform,
 	return kiln_definition_parse(text, len, path, dir, default_platform, out, err);
 }
 
-static void free_strv(char **v, size_t n)
-{
-	size_t i;
-
-	for (i = 0; v && i < n; i++)
-		free(v[i]);
-	free(v);
-}
-
 static void op_release(struct kiln_op *op)
 {
 	size_t i;
@@ -1219,10 +1211,10 @@ static void op_release(struct kiln_op *op)
 	free(op->url);
 	free(op->filename);
 	free(op->local_path);
-	free_strv(op->include, op->n_include);
-	free_strv(op->exclude, op->n_exclude);
-	free_strv(op->args, op->n_args);
-	free_strv(op->env, op->n_env);
+	kiln_strv_free(op->include, op->n_include);
+	kiln_strv_free(op->exclude, op->n_exclude);
+	kiln_strv_free(op->args, op->n_args);
+	kiln_strv_free(op->env, op->n_env);
 	free(op->cwd);
 	free(op->user);
 	for (i = 0; i < op->n_mounts; i++) {

@@ -11,6 +11,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/strv.h"
 #include "cas/tree.h"
 #include "source/image.h"
 
@@ -143,9 +144,7 @@ static int expand(struct fctx *c, struct kiln_tree_editor *src, const char *patt
 			}
 			kiln_tree_release(&t);
 		}
-		for (i = 0; i < ncur; i++)
-			free(cur[i]);
-		free(cur);
+		kiln_strv_free(cur, ncur);
 		cur = next;
 		ncur = nnext;
 		if (r < 0)
@@ -434,9 +433,7 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 	for (i = 0; r == 0 && i < n; i++)
 		r = copy_one(c, a, src, dest, matches[i],
 			     n > 1 || glob);
-	for (i = 0; i < n; i++)
-		free(matches[i]);
-	free(matches);
+	kiln_strv_free(matches, n);
 	kiln_tree_editor_free(src);
 	return r;
 }

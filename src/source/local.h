@@ -59,9 +59,8 @@ bool kiln_patterns_may_include_below(const struct kiln_patterns *p,
  * ignorefile.ReadAll does: a UTF-8 BOM is dropped, lines starting with '#'
  * are comments, blank lines are skipped, each pattern is trimmed, cleaned
  * and loses a leading '/' ("!" kept). *out is NULL-terminated; free it
- * with kiln_dockerignore_free. Pattern syntax is checked later, by
+ * with kiln_strv_free(*out, *n). Pattern syntax is checked later, by
  * kiln_patterns_new.
  */
 int kiln_dockerignore_parse(const char *text, size_t len, char ***out,
 			    size_t *n, struct kiln_error **err);
-void kiln_dockerignore_free(char **patterns, size_t n);

@@ -20,6 +20,7 @@
 
 #include "basic/alloc.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "basic/utf8.h"
 
 #define PATTERN_MAX 4096
@@ -693,20 +694,9 @@ int kiln_dockerignore_parse(const char *text, size_t len, char ***out,
 		start = end + 1;
 	}
 	if (r < 0) {
-		kiln_dockerignore_free(*out, *n);
+		kiln_strv_free(*out, *n);
 		*out = NULL;
 		*n = 0;
 	}
 	return r;
-}
-
-void kiln_dockerignore_free(char **patterns, size_t n)
-{
-	size_t i;
-
-	if (!patterns)
-		return;
-	for (i = 0; i < n; i++)
-		free(patterns[i]);
-	free(patterns);
 }

@@ -13,6 +13,7 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
+#include "basic/strv.h"
 #include "cas/tree.h"
 #include "worker/worker-internal.h"
 
@@ -671,23 +672,19 @@ static void ctx_release(struct exec_ctx *c)
 		close(c->locks[i]);
 	free(c->locks);
 	free(c->secrets);
-	for (i = 0; i < c->n_scratch; i++) {
+	for (i = 0; i < c->n_scratch; i++)
 		kiln_rm_rf(c->scratch[i]);
-		free(c->scratch[i]);
-	}
+	kiln_strv_free(c->scratch, c->n_scratch);
 	if (c->upper)
 		kiln_rm_rf(c->upper);
 	if (c->work)
 		kiln_rm_rf(c->work);
 	kiln_rm_rf(c->run);
-	for (i = 0; i < c->n_owned; i++)
-		free(c->owned[i]);
+	kiln_strv_free(c->owned, c->n_owned);
 	for (i = 0; i < c->n_created; i++)
 		free(c->created[i].rel);
 	for (i = 0; i < c->n_ptimes; i++)
 		free(c->ptimes[i].rel);
-	free(c->owned);
-	free(c->scratch);
 	free(c->created);
 	free(c->ptimes);
 	free(c->mounts);

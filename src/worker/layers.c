@@ -16,6 +16,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "cas/tree.h"
 
 #define LAYER_ID_LEN 16
@@ -32,13 +33,9 @@ struct kiln_layers {
 
 void kiln_chain_release(struct kiln_chain *c)
 {
-	size_t i;
-
 	if (!c)
 		return;
-	for (i = 0; i < c->n; i++)
-		free(c->dirs[i]);
-	free(c->dirs);
+	kiln_strv_free(c->dirs, c->n);
 	c->dirs = NULL;
 	c->n = 0;
 }
@@ -848,7 +845,7 @@ int kiln_layers_prune(struct kiln_layers *l, const struct kiln_digest *keep,
 {
 	char **ids = NULL;
 	struct dirent *de;
-	size_t n = 0, i;
+	size_t n = 0;
 	DIR *d;
 	int r = 0;
 
@@ -875,9 +872,7 @@ int kiln_layers_prune(struct kiln_layers *l, const struct kiln_digest *keep,
 	closedir(d);
 	prune_memo(l);
 out:
-	for (i = 0; i < n; i++)
-		free(ids[i]);
-	free(ids);
+	kiln_strv_free(ids, n);
 	return r;
 }
 

@@ -9,6 +9,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "worker/worker-internal.h"
 
 #define MOUNT_DATA_MAX 4096
@@ -213,9 +214,8 @@ int kiln_umount_under(const char *prefix)
 			log_debug("umount %s: %d", mps[i], q);
 			if (q < 0 && r == 0)
 				r = q;
-			free(mps[i]);
 		}
-		free(mps);
+		kiln_strv_free(mps, n);
 	}
 	return r ? r : -EBUSY;
 }

@@ -10,6 +10,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/platform.h"
+#include "basic/strv.h"
 #include "worker/worker-internal.h"
 
 static const char *const subdirs[] = { "cas", "layers", "cachemounts", "run",
@@ -73,15 +74,6 @@ static char **list_dir(const char *root, const char *sub, size_t *n)
 	return names;
 }
 
-static void free_names(char **names, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
-}
-
 /* Undo what a killed process left: containers, mounts, run dirs. */
 static int recover(struct kiln_worker *w, struct kiln_error **err)
 {
@@ -95,7 +87,7 @@ static int recover(struct kiln_worker *w, struct kiln_error **err)
 		log_debug("recovery: deleting container %s", names[i]);
 		kiln_runtime_delete(w->runtime, w->state_root, names[i]);
 	}
-	free_names(names, n);
+	kiln_strv_free(names, n);
 	names = list_dir(w->root, "run", &n);
 	for (i = 0; i < n; i++) {
 		_cleanup_free_ char *dir = xasprintf("%s/%s", run, names[i]);
@@ -105,12 +97,12 @@ static int recover(struct kiln_worker *w, struct kiln_error **err)
 		kiln_umount_under(dir);
 		r = kiln_rm_rf(dir);
 		if (r < 0) {
-			free_names(names, n);
+			kiln_strv_free(names, n);
 			return kiln_error_seterrno(err, r,
 						   "recovering: removing %s", dir);
 		}
 	}
-	free_names(names, n);
+	kiln_strv_free(names, n);
 	return 0;
 }
 

@@ -18,6 +18,7 @@
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "basic/utf8.h"
 
 static void test_path_clean(void **state)
@@ -123,6 +124,26 @@ static void test_error_setv(void **state)
 	assert_string_equal(err->msg, "no context");
 	kiln_error_free(err);
 	assert_int_equal(at_line(NULL, 1, "nobody reads this"), -EINVAL);
+}
+
+static void test_strv(void **state)
+{
+	char **v = xcalloc(4, sizeof(*v));
+
+	v[0] = xstrdup("a");
+	v[1] = xstrdup("b");
+	assert_int_equal(kiln_strv_len(v), 2);
+	assert_int_equal(kiln_strv_len(NULL), 0);
+	/* Counted: every string freed (LeakSanitizer checks), NULL entries too. */
+	v[2] = NULL;
+	v[3] = xstrdup("d");
+	kiln_strv_free(v, 4);
+	kiln_strv_free(NULL, 3);
+	/* NULL-terminated: counted with kiln_strv_len. */
+	v = xcalloc(3, sizeof(*v));
+	v[0] = xstrdup("x");
+	v[1] = xstrdup("y");
+	kiln_strv_free(v, kiln_strv_len(v));
 }
 
 static void test_mkdirat_beneath_refuses_escapes(void **state)
@@ -347,6 +368,7 @@ int main(void)
 		cmocka_unit_test(test_strbuf_limit),
 		cmocka_unit_test(test_error_prefix),
 		cmocka_unit_test(test_error_setv),
+		cmocka_unit_test(test_strv),
 		cmocka_unit_test(test_mkdirat_beneath_refuses_escapes),
 		cmocka_unit_test(test_rm_rf_stops_at_mounts),
 		cmocka_unit_test(test_rm_rf_stops_at_bind_mounts),

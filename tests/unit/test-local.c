@@ -14,6 +14,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/strv.h"
 #include "cas/tree.h"
 #include "source/local.h"
 
@@ -249,7 +250,7 @@ static void test_dockerignore_parse(void **state)
 	assert_string_equal(pats[2], "!docs/keep.md");
 	assert_string_equal(pats[3], "*.tmp");
 	assert_null(pats[4]);
-	kiln_dockerignore_free(pats, n);
+	kiln_strv_free(pats, n);
 }
 
 /* ---- snapshots ---- */

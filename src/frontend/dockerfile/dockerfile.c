@@ -14,6 +14,7 @@
 
 #include "basic/alloc.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 
 #define DF_MAX_LINE (1u << 20)
 
@@ -446,9 +447,7 @@ static int name_val(struct parser *p, struct kiln_df_instruction *ins, const cha
 	for (i = 0; r == 0 && i < ins->n_args; i += 2)
 		if (!ins->args[i][0])
 			r = perr(p, -EINVAL, ins->pos, what, "%s names can not be blank", what);
-	for (i = 0; i < w.n_args; i++)
-		free(w.args[i]);
-	free(w.args);
+	kiln_strv_free(w.args, w.n_args);
 	return r;
 }
 
@@ -566,9 +565,7 @@ static void ins_release(struct kiln_df_instruction *ins)
 		free(ins->flags[i].value);
 	}
 	free(ins->flags);
-	for (i = 0; i < ins->n_args; i++)
-		free(ins->args[i]);
-	free(ins->args);
+	kiln_strv_free(ins->args, ins->n_args);
 	for (i = 0; i < ins->n_heredocs; i++) {
 		free(ins->heredocs[i].name);
 		free(ins->heredocs[i].content);

@@ -12,6 +12,7 @@
 
 #include "basic/alloc.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 
 /* One expanded word may not grow past this, nor nest ${ deeper. */
 #define EXPAND_MAX_BYTES (16u << 20)
@@ -111,11 +112,7 @@ static int words_add_raw(struct lexer *lx, struct words *w, const char *s, size_
 
 static void words_release(struct words *w)
 {
-	size_t i;
-
-	for (i = 0; i < w->n; i++)
-		free(w->v[i]);
-	free(w->v);
+	kiln_strv_free(w->v, w->n);
 	kiln_strbuf_release(&w->cur);
 }
 

@@ -17,6 +17,7 @@
 #include "basic/alloc.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 
 #define HIST_LIMIT (KILN_DF_MAX_BYTES * 2)
 
@@ -226,14 +227,8 @@ struct pairs {
 
 static void pairs_release(struct pairs *p)
 {
-	size_t i;
-
-	for (i = 0; i < p->n; i++) {
-		free(p->k[i]);
-		free(p->v[i]);
-	}
-	free(p->k);
-	free(p->v);
+	kiln_strv_free(p->k, p->n);
+	kiln_strv_free(p->v, p->n);
 }
 
 /* Expand every key and value first: "ENV A=1 B=$A" sees the old A. */
@@ -489,9 +484,7 @@ static int lower_expose(struct ictx *c)
 			r = lerr_wrap(c, r);
 		for (j = 0; r == 0 && j < n; j++)
 			r = expose_one(c, w[j], ports, list);
-		for (j = 0; w && j < n; j++)
-			free(w[j]);
-		free(w);
+		kiln_strv_free(w, n);
 	}
 	if (r == 0) {
 		plain = json_plain_list(list);
@@ -522,11 +515,9 @@ static int volume_words(struct ictx *c, const char *arg, json_t *out)
 				 &c->s->env, &w, &n, c->L->err);
 	if (r < 0)
 		return lerr_wrap(c, r);
-	for (j = 0; j < n; j++) {
+	for (j = 0; j < n; j++)
 		json_array_append_new(out, json_string(w[j]));
-		free(w[j]);
-	}
-	free(w);
+	kiln_strv_free(w, n);
 	return 0;
 }
 

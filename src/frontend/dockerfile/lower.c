@@ -21,6 +21,7 @@
 #include "basic/alloc.h"
 #include "basic/platform.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 
 /* ---- ordered key/value lists ---- */
 
@@ -629,17 +630,13 @@ int lower_stage(struct lower *L, size_t pidx, size_t sidx)
 
 static void stage_state_release(struct stage_state *s)
 {
-	size_t i;
-
 	free(s->platform);
 	free(s->op);
 	free(s->base_op);
 	kvlist_release(&s->env);
 	kvlist_release(&s->args);
 	json_decref(s->image);
-	for (i = 0; i < s->n_layer_ops; i++)
-		free(s->layer_ops[i]);
-	free(s->layer_ops);
+	kiln_strv_free(s->layer_ops, s->n_layer_ops);
 }
 
 static void lower_release(struct lower *L)
@@ -667,16 +664,12 @@ static void lower_release(struct lower *L)
 
 void kiln_df_image_release(struct kiln_df_image *img)
 {
-	size_t i;
-
 	if (!img)
 		return;
 	free(img->platform);
 	free(img->output);
 	free(img->base_op);
-	for (i = 0; i < img->n_layer_ops; i++)
-		free(img->layer_ops[i]);
-	free(img->layer_ops);
+	kiln_strv_free(img->layer_ops, img->n_layer_ops);
 	json_decref(img->config);
 	memset(img, 0, sizeof(*img));
 }
