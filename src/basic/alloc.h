@@ -14,4 +14,5 @@ void *xgrow(void *p, size_t *alloc, size_t need, size_t elem);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 char *xasprintf(const char *fmt, ...) _printf_(1, 2);
+/* xasprintf taking a va_list, for functions that format for their callers. */
 char *xvasprintf(const char *fmt, va_list ap) _printf_(1, 0);

@@ -30,11 +30,10 @@ static const struct arch_alias arches[] = {
 
 /* Go's architectures (containerd's isKnownArch): what a lone word may be. */
 static const char *const known_arches[] = {
-	"386",	   "amd64",    "amd64p32", "arm",	  "armbe",
-	"arm64",   "arm64be",  "ppc64",	   "ppc64le",	  "loong64",
-	"mips",	   "mipsle",   "mips64",   "mips64le",	  "mips64p32",
-	"mips64p32le", "ppc",  "riscv",	   "riscv64",	  "s390",
-	"s390x",   "sparc",    "sparc64",  "wasm",
+	"386", "amd64", "amd64p32", "arm", "armbe", "arm64", "arm64be",
+	"ppc64", "ppc64le", "loong64", "mips", "mipsle", "mips64", "mips64le",
+	"mips64p32", "mips64p32le", "ppc", "riscv", "riscv64", "s390", "s390x",
+	"sparc", "sparc64", "wasm",
 };
 
 void kiln_platform_release(struct kiln_platform *p)
