@@ -1,6 +1,7 @@
 /*
- * Logging. Library code logs at debug level only; the CLI and daemons log
- * above that (STYLE.md). Output goes to stderr, one line per call.
+ * Logging. Library code logs at debug level only, so what a user reads is
+ * decided once, by the program; the CLI and the daemons log above that.
+ * Output goes to stderr, one line per call.
  */
 #pragma once
 

@@ -1,4 +1,7 @@
-/* Checked number parsing (atoi and friends are banned: see STYLE.md). */
+/*
+ * Checked number parsing. kiln does not use atoi, atol or an unchecked
+ * strtol: they take overflow and trailing junk silently; these reject both.
+ */
 #pragma once
 
 #include <stdint.h>
