@@ -14,8 +14,23 @@
 
 #include "basic/macro.h"
 
+/*
+ * kiln's own codes, above every errno value and returned negated like
+ * them. strerror() does not know them: they are set with a message
+ * (kiln_error_set, never kiln_error_seterrno). docs/internals/errors.md
+ * lists each, with the errno codes that carry a meaning between modules.
+ */
+enum {
+	/*
+	 * A step ran and failed: its command exited non-zero, or its worker
+	 * answered 422. Never retried elsewhere, and not a cancelled build
+	 * (-ECANCELED).
+	 */
+	KILN_ESTEPFAILED = 4096,
+};
+
 struct kiln_error {
-	int code;  /* negative errno-style code */
+	int code;  /* negative errno-style code, or a negated KILN_E* */
 	char *msg; /* full sentence fragment, no trailing newline */
 };
 

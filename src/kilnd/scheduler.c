@@ -34,15 +34,16 @@
 
 /*
  * A job some build is running; other builds with the same key wait on it.
- * RUNNING (done false) -> DONE: r and res, or the error; cancelled when
- * the owner gave it up for its own build's cancel, which says nothing of
- * the step: a waiter whose build goes on runs the step itself.
+ * RUNNING (done false) -> DONE: r and res, or the error. r == -ECANCELED
+ * only when the owner gave it up for its own build's cancel, which says
+ * nothing of the step: a waiter whose build goes on runs the step itself.
+ * A step that failed is -KILN_ESTEPFAILED, and its waiters fail with it.
  */
 struct flight {
 	struct flight *next;
 	char key[KILN_DIGEST_STRLEN];
 	unsigned refs;
-	bool done, cancelled;
+	bool done;
 	int r;
 	char *error;
 	struct kiln_job_result res;
@@ -369,7 +370,7 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	}
 	case 422:
 		/* The step ran and failed: its error, never retried. */
-		*r = kiln_error_set(err, -ECANCELED, "%s", msg ? msg : "the step failed");
+		*r = kiln_error_set(err, -KILN_ESTEPFAILED, "%s", msg ? msg : "the step failed");
 		break;
 	default:
 		if (status >= 500) {
@@ -475,7 +476,7 @@ static int wait_flight(struct kiln_sched *s, struct kiln_sched_build *b, struct 
 	f->refs++;
 	while (!f->done && !atomic_load(&b->cancelled))
 		pthread_cond_wait(&s->cond, &s->lock);
-	if (!f->done || (f->cancelled && !atomic_load(&b->cancelled))) {
+	if (!f->done || (f->r == -ECANCELED && !atomic_load(&b->cancelled))) {
 		r = f->done ? -EAGAIN : cancelled_error(err);
 		unref_flight(s, f);
 		return r;
@@ -523,7 +524,6 @@ static int sched_run(void *ud, const struct kiln_task *t, struct kiln_task_resul
 
 	pthread_mutex_lock(&s->lock);
 	f->r = r;
-	f->cancelled = r == -ECANCELED && atomic_load(&b->cancelled);
 	f->where = out->where;
 	if (r == 0) {
 		f->res.tree = out->res.tree;

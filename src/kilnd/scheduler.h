@@ -59,7 +59,7 @@ void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out);
 /*
  * Make a result present in kilnd's store: tree (and all under it) and the
  * blobs its record meta names (an image's layers), pulled from the tree's
- * holders.
+ * holders. -ENOLINK when no ready worker holds it.
  */
 int kiln_sched_gather(struct kiln_sched *s, const struct kiln_digest *tree, const char *meta,
 		      struct kiln_error **err);

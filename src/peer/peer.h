@@ -108,7 +108,9 @@ struct kiln_peer_pull_options {
  * wrongly or serves data that does not match its digest is skipped for
  * the rest of the pull, one that lacks a blob only for that blob). Nothing
  * unverified is ever stored. Fails only when some node or blob could be
- * had from no source: the error names it and what each source answered.
+ * had from no source (-ENOENT; -EPROTO when the tree is still incomplete
+ * after its rounds): the error names it and what each source answered.
+ * kiln-worker answers a job 409 on these two (docs/internals/errors.md).
  * stats (may be NULL) is zeroed, then filled.
  */
 int kiln_peer_pull_tree(struct kiln_store *store,

@@ -183,7 +183,7 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 	}
 	if (res.exit_code != 0) {
 		cmd = command_line(op);
-		r = kiln_error_set(err, -ECANCELED,
+		r = kiln_error_set(err, -KILN_ESTEPFAILED,
 				   "%s: process \"%s\" did not complete successfully: exit code %d%s%s",
 				   w, cmd, res.exit_code,
 				   res.tail && *res.tail ? "\n--- last output ---\n" : "",

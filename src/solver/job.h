@@ -63,8 +63,9 @@ void kiln_job_result_release(struct kiln_job_result *r);
 
 /*
  * Run job on w. A step that ran and failed (a command's non-zero exit, a
- * COPY source that does not exist) is -ECANCELED or the op's own error,
- * and err names the step; it must not be retried elsewhere.
+ * COPY source that does not exist) is -KILN_ESTEPFAILED (the exit) or the
+ * op's own error, and err names the step; it must not be retried
+ * elsewhere.
  */
 int kiln_job_run(struct kiln_worker *w, const struct kiln_job *job,
 		 struct kiln_job_result *out, struct kiln_error **err);

@@ -56,7 +56,9 @@ struct kiln_executor {
 	/*
 	 * Run a job (called on a job thread). -ENOLINK: an input tree is held
 	 * nowhere any more (its holder was lost); the solver recomputes it
-	 * and runs the job again. Any other failure fails the build.
+	 * and runs the job again. Any other failure fails the build, among
+	 * them -KILN_ESTEPFAILED (the step ran and failed) and -ECANCELED
+	 * (given up because the build was cancelled). docs/internals/errors.md
 	 */
 	int (*run)(void *ud, const struct kiln_task *job,
 		   struct kiln_task_result *out, struct kiln_error **err);

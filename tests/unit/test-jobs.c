@@ -27,6 +27,7 @@
 #include "proto/http-client.h"
 #include "proto/http-server.h"
 #include "solver/definition.h"
+#include "solver/job.h"
 #include "peer/peer.h"
 #include "worker/worker.h"
 
@@ -530,12 +531,18 @@ static void test_exec(void **st)
 
 static void test_exec_fails(void **st)
 {
+	struct kiln_job jb = { .def = S.def, .op = op_index("fail"), .inputs = &S.base };
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_job_result res = { 0 };
 	json_t *reply = NULL;
 
 	assert_int_equal(post(job("fail", &S.base, 1), TOKEN, &reply), 422);
 	assert_non_null(strstr(str(reply, "error"), "exit code 3"));
 	assert_non_null(strstr(str(reply, "log"), "before-fail"));
 	json_decref(reply);
+	/* Behind the 422: the code of a failed step, never a cancel's. */
+	assert_int_equal(kiln_job_run(S.w, &jb, &res, &err), -KILN_ESTEPFAILED);
+	assert_non_null(strstr(kiln_error_msg(err), "exit code 3"));
 }
 
 /* 3 MB of output: the log is its last MiB, ending with the marker. */
