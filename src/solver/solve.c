@@ -7,6 +7,25 @@
  *                                                   RUNNING --ok----> DONE
  *                                                   RUNNING --fail--> FAILED
  *
+ * Lost inputs (unresolve()): the executor's run returned -ENOLINK, an
+ * input's result is held nowhere any more. At most MAX_LOST times per
+ * vertex; the next one is a failure like any other.
+ *
+ *   RUNNING --lost an input--> WAITING  its inputs counted again
+ *   DONE    --held nowhere---> WAITING  an input of a vertex being
+ *                                       unresolved whose result no worker
+ *                                       holds (have() false); recursively,
+ *                                       down to inputs still held
+ *   READY   --input lost-----> WAITING  a dependent of such an input
+ *   WAITING --inputs done----> READY    at once, when none is missing
+ *
+ * Each WAITING or READY dependent of an unresolved input counts it again;
+ * RUNNING and DONE dependents keep what they have. An unresolved vertex
+ * loses its cached mark and runs (or hits the content key) again. Inputs
+ * of a definition-key hit were never needed: they stay UNNEEDED, so a
+ * lost hit whose inputs are UNNEEDED stays WAITING and the build ends
+ * "internal: output unresolved".
+ *
  * Job threads touch only their own vertex's job fields and then post the
  * vertex on the completion queue under the lock; the loop does the rest.
  */
@@ -104,14 +123,42 @@ static inline size_t in_of(const struct solver *s, const struct vertex *v, size_
 }
 
 #ifndef NDEBUG
+/* Input edges of v whose vertex is not DONE (an input used twice counts twice). */
+static size_t inputs_not_done(const struct solver *s, const struct vertex *v)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < v->op->n_inputs; i++)
+		if (s->v[in_of(s, v, i)].state != VS_DONE)
+			n++;
+	return n;
+}
+
+/*
+ * Once planned: a WAITING vertex waits for exactly its inputs that are not
+ * DONE (UNNEEDED ones included), a READY one for none.
+ */
 static void assert_vertex_state(const struct solver *s, size_t i)
 {
 	const struct vertex *v = &s->v[i];
 
-	if (v->state == VS_READY)
+	switch (v->state) {
+	case VS_UNNEEDED:
 		assert(v->n_waiting == 0);
-	if (v->state == VS_DONE)
+		break;
+	case VS_WAITING:
+		assert(v->n_waiting > 0 && v->n_waiting == inputs_not_done(s, v));
+		break;
+	case VS_READY:
+		assert(v->n_waiting == 0 && inputs_not_done(s, v) == 0);
+		break;
+	case VS_DONE:
 		assert(kiln_digest_is_set(&v->result));
+		break;
+	case VS_RUNNING:
+	case VS_FAILED:
+		break;
+	}
 }
 #else
 static inline void assert_vertex_state(const struct solver *s, size_t i) {}
@@ -688,6 +735,7 @@ static void make_ready(struct solver *s, size_t vi)
 	size_t i;
 
 	s->v[vi].state = VS_READY;
+	assert_vertex_state(s, vi);
 	s->ready = xgrow(s->ready, &s->alloc_ready, s->n_ready + 1, sizeof(size_t));
 	i = s->n_ready++;
 	s->ready[i] = vi;
@@ -765,6 +813,17 @@ static void plan(struct solver *s)
 		if (v->state == VS_WAITING && v->n_waiting == 0)
 			make_ready(s, s->order[k]);
 	}
+	for (k = 0; k < s->n_order; k++)
+		assert_vertex_state(s, s->order[k]);
+}
+
+/* After a change of vi's state: its dependents' counts agree. */
+static void assert_dependents_state(const struct solver *s, size_t vi)
+{
+	size_t i;
+
+	for (i = 0; i < s->v[vi].n_dependents; i++)
+		assert_vertex_state(s, s->v[vi].dependents[i]);
 }
 
 static void resolve(struct solver *s, size_t vi)
@@ -782,6 +841,7 @@ static void resolve(struct solver *s, size_t vi)
 		if (--d->n_waiting == 0)
 			make_ready(s, v->dependents[i]);
 	}
+	assert_dependents_state(s, vi);
 }
 
 /* The ready vertex with the longest critical path, or -1; pop takes it. */
@@ -829,9 +889,11 @@ static void start(struct solver *s, size_t vi)
 }
 
 /*
- * vi's result is held nowhere any more (its only holder was lost): it
- * goes back to waiting on its inputs, recursively for inputs that are
- * lost too, and its waiting dependents wait for it again.
+ * vi's result is held nowhere any more (its only holder was lost), or its
+ * job lost an input (was_done false): it goes back to waiting on its
+ * inputs, recursively for inputs that are lost too, and its waiting and
+ * ready dependents wait for it again (the lost-input edges of the state
+ * comment at the top).
  */
 static void unresolve(struct solver *s, size_t vi, bool was_done)
 {
@@ -850,6 +912,8 @@ static void unresolve(struct solver *s, size_t vi, bool was_done)
 			d->state = VS_WAITING;
 		}
 	}
+	if (was_done)
+		assert_dependents_state(s, vi);
 	for (i = 0; i < v->op->n_inputs; i++)
 		if (s->v[in_of(s, v, i)].state != VS_DONE)
 			v->n_waiting++;
@@ -863,6 +927,7 @@ static void unresolve(struct solver *s, size_t vi, bool was_done)
 	}
 	if (v->n_waiting == 0)
 		make_ready(s, vi);
+	assert_vertex_state(s, vi);
 }
 
 /* How often a vertex's inputs may vanish under it before the build gives up. */
