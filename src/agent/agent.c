@@ -11,7 +11,29 @@
  * knows its id (kilnd restarted); the HTTP server's threads serve blobs
  * and run jobs. Agent state below the mutex is shared between the first
  * two only.
+ *
+ * The agent thread's states (kilnd's side: src/kilnd/worker-table.c):
+ *
+ *   start ----------------------------------------------> REGISTERING
+ *   REGISTERING --register answered 200-----------------> HEARTBEATING
+ *   REGISTERING --any other failure (transport, 5xx, 503,
+ *                 a bad answer): wait 200 ms, doubling
+ *                 up to 5 s, and register again---------> REGISTERING
+ *   REGISTERING --401/403, 400 or 422, 404, 413
+ *                 (is_fatal())--------------------------> GAVE_UP
+ *   HEARTBEATING --every interval_ms: a heartbeat, answered
+ *                  or failed any other way--------------> HEARTBEATING
+ *   HEARTBEATING --heartbeat answered 404 or 401/403
+ *                  (-ENOENT, -EACCES): kilnd no longer
+ *                  knows the id (it restarted, or the
+ *                  name registered again)---------------> REGISTERING
+ *   GAVE_UP: logged, fatal set, SIGTERM to itself; kiln-worker exits 1.
+ *
+ * A stop (SIGTERM/SIGINT) ends the thread in either of the first two. A
+ * change between working and failing calls is logged once (note()), not
+ * every attempt.
  */
+#include <assert.h>
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -78,6 +100,7 @@ struct agent {
 	pthread_t thread;
 	bool thread_started;
 	/* Agent thread only. */
+	enum { AGENT_REGISTERING, AGENT_HEARTBEATING, AGENT_GAVE_UP } state;
 	char *id;
 	uint64_t interval_ms, held, held_at_ns;
 	bool failing;
@@ -429,6 +452,13 @@ static int agent_open(struct agent *a, struct kiln_error **err)
 
 /* ---- the agent thread ---- */
 
+/* HEARTBEATING needs what a registration gave: an id and a sane interval. */
+static void assert_agent_state(const struct agent *a)
+{
+	if (a->state == AGENT_HEARTBEATING)
+		assert(a->id && a->interval_ms >= 10 && a->interval_ms <= 3600000);
+}
+
 static int add_size(const struct kiln_digest *d, uint64_t size, void *ud)
 {
 	*(uint64_t *)ud += size;
@@ -551,14 +581,19 @@ static bool register_loop(struct agent *a)
 {
 	uint64_t backoff = BACKOFF_MIN_MS;
 
+	a->state = AGENT_REGISTERING;
 	for (;;) {
 		_cleanup_error_ struct kiln_error *err = NULL;
 		int r = agent_register(a, &err);
 
 		note(a, r, err);
-		if (r == 0)
+		if (r == 0) {
+			a->state = AGENT_HEARTBEATING;
+			assert_agent_state(a);
 			return true;
+		}
 		if (is_fatal(r)) {
+			a->state = AGENT_GAVE_UP;
 			give_up(a, err);
 			return false;
 		}
@@ -577,7 +612,11 @@ static void *agent_main(void *ud)
 		return NULL;
 	while (!agent_wait(a, a->interval_ms)) {
 		_cleanup_error_ struct kiln_error *err = NULL;
-		int r = agent_heartbeat(a, &err);
+		int r;
+
+		assert(a->state == AGENT_HEARTBEATING);
+		assert_agent_state(a);
+		r = agent_heartbeat(a, &err);
 
 		if (r == -ENOENT || r == -EACCES) {
 			log_info("kiln-worker %s: kilnd no longer knows %s: registering again",

@@ -1,17 +1,31 @@
 /*
- * The worker registry (registry.h): one table behind one mutex.
+ * The worker registry (worker-table.h): one table behind one mutex.
  *
- * Entry states and transitions:
+ * Entry states (one entry per worker name, with an id of its own):
  *
- *   register            --> READY
- *   READY --sweep: no heartbeat for KILN_WORKER_TABLE_LOST_INTERVALS
- *           intervals   --> LOST
- *   LOST  --heartbeat   --> READY
- *   READY/LOST --register of the same name--> removed; the new entry
- *           (new id) takes over, so the old process's heartbeats get 404
- *   LOST  --table full, a new name registers--> removed (oldest first)
+ *         register of a new name (in a full table, the lost entry seen
+ *         longest ago is dropped first; none lost: -ENOSPC, kilnd answers 503)
+ *             |
+ *             v
+ *   +----> READY --sweep: no heartbeat for LOST_INTERVALS intervals-->+
+ *   |             --mark_lost: a call to it failed at transport level-->+
+ *   |                                                                   v
+ *   +--heartbeat of its id (logged "is back")------------------------ LOST
  *
- * Every path that changes the table ends in assert_workers_state().
+ *   READY/LOST --register of the same name--> removed; a new entry (new
+ *         id, location index from the announced inventory) takes over,
+ *         so heartbeats of the old id get -ENOENT (404) and that process
+ *         registers again
+ *   LOST  --a new name registers into a full table--> removed
+ *
+ * The sweep runs on kilnd's main thread once per interval, and before
+ * every listing, readiness check, platform check and placement. Only
+ * READY entries are placed on, named as holders or count for a platform;
+ * a LOST entry keeps its location index, so a worker that comes back is a
+ * holder again at once. The worker's side of this is the loop in
+ * src/agent/agent.c.
+ *
+ * Every path that changes an entry's state ends in assert_workers_state().
  */
 #include "kilnd/worker-table.h"
 
@@ -741,6 +755,7 @@ void kiln_worker_table_mark_lost(struct kiln_worker_table *reg, const char *name
 		log_info("worker %s (%s) lost: %s", e->info.name, e->id, why);
 		pthread_cond_broadcast(&reg->changed);
 	}
+	assert_workers_state(reg);
 	pthread_mutex_unlock(&reg->lock);
 }
 
