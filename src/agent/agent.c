@@ -62,6 +62,9 @@
 #define CALL_TIMEOUT_MS 5000L
 #define BACKOFF_MIN_MS 200u
 #define BACKOFF_MAX_MS 5000u
+/* Heartbeat intervals taken from kilnd's answer. */
+#define INTERVAL_MIN_MS 10
+#define INTERVAL_MAX_MS 3600000
 /* bytes_held walks the CAS: refresh it at most this often. */
 #define HELD_REFRESH_NS (10ull * 1000000000ull)
 /*
@@ -456,7 +459,8 @@ static int agent_open(struct agent *a, struct kiln_error **err)
 static void assert_agent_state(const struct agent *a)
 {
 	if (a->state == AGENT_HEARTBEATING)
-		assert(a->id && a->interval_ms >= 10 && a->interval_ms <= 3600000);
+		assert(a->id && a->interval_ms >= INTERVAL_MIN_MS &&
+		       a->interval_ms <= INTERVAL_MAX_MS);
 }
 
 static int add_size(const struct kiln_digest *d, uint64_t size, void *ud)
@@ -502,7 +506,7 @@ static int agent_register(struct agent *a, struct kiln_error **err)
 	id = json_object_get(reply, "id");
 	iv = json_object_get(reply, "heartbeat_interval_ms");
 	if (!json_is_string(id) || !json_is_integer(iv) ||
-	    json_integer_value(iv) < 10 || json_integer_value(iv) > 3600000) {
+	    json_integer_value(iv) < INTERVAL_MIN_MS || json_integer_value(iv) > INTERVAL_MAX_MS) {
 		json_decref(reply);
 		return kiln_error_set(err, -EIO,
 				      "POST %s: answer lacks id or heartbeat_interval_ms",
