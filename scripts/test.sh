@@ -36,7 +36,7 @@ if [ $# -eq 0 ]; then
 	# daemons' threads, the 20 rounds of the ASan run count the failures.
 	KILN_KILL_LOOP_N=${KILN_TSAN_KILL_LOOP_N:-3} \
 	meson test -C "$TSAN_BUILD" --print-errorlogs --no-rebuild \
-		solver exec cache proto peer jobs worker-table it-example it-exec it-kill it-dockerfile \
+		solver exec cache proto peer jobs worker-table pool tree it-example it-exec it-kill it-dockerfile \
 		it-cluster-registry it-cluster-build it-cluster-tls || rc=1
 fi
 
