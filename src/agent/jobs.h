@@ -27,11 +27,6 @@ struct kiln_worker;
 
 /* Largest POST /v1/jobs body. */
 #define KILN_JOBS_BODY_LIMIT (4u << 20)
-/*
- * The longest line of a streamed answer a reader must take (the answer
- * line with an image's meta; output lines are at most ~1.5 MiB).
- */
-#define KILN_JOBS_LINE_MAX (8u << 20)
 /* Most of a step's output a job answer carries (the end of it). */
 #define KILN_JOBS_LOG_MAX (1u << 20)
 /* Parsed definitions kept (by digest and platform). */

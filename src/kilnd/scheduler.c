@@ -17,7 +17,6 @@
 #include "basic/log.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
-#include "agent/jobs.h"
 #include "proto/http-client.h"
 #include "peer/peer.h"
 

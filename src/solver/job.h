@@ -21,6 +21,14 @@
 
 struct kiln_registry;
 
+/*
+ * The longest line of a job's streamed answer (docs/api.md, POST
+ * /v1/jobs) that its reader, kilnd, must take: the answer line with an
+ * image's meta; output lines are at most ~1.5 MiB. Here, below both
+ * kiln-worker (agent/jobs.c) and kilnd (kilnd/scheduler.c), which share it.
+ */
+#define KILN_JOBS_LINE_MAX (8u << 20)
+
 /* A secret the client supplies for RUN --mount=type=secret. */
 struct kiln_secret {
 	const char *id;
