@@ -54,7 +54,8 @@ struct pull {
 	pthread_mutex_t lock; /* guards everything below */
 	bool *bad;
 	char **why; /* per source: what it answered last when it could not serve */
-	struct kiln_peer_stats *stats;
+	struct kiln_peer_stats *stats; /* the caller's, or own */
+	struct kiln_peer_stats own;
 	struct kiln_peer_source_stats *per;
 };
 
@@ -569,9 +570,10 @@ static void pull_init(struct pull *p, struct kiln_store *store,
 	pthread_mutex_init(&p->lock, NULL);
 	p->bad = xcalloc(n ? n : 1, sizeof(*p->bad));
 	p->why = xcalloc(n ? n : 1, sizeof(*p->why));
-	p->stats = stats;
-	p->per = stats->sources ? stats->sources
-				: xcalloc(n ? n : 1, sizeof(*p->per));
+	p->stats = stats ? stats : &p->own; /* own is zeroed */
+	p->stats->bytes = p->stats->blobs = p->stats->requests = 0;
+	p->per = p->stats->sources ? p->stats->sources
+				   : xcalloc(n ? n : 1, sizeof(*p->per));
 	memset(p->per, 0, (n ? n : 1) * sizeof(*p->per));
 }
 
@@ -592,14 +594,10 @@ int kiln_peer_pull_tree(struct kiln_store *store,
 			const struct kiln_peer_pull_options *opts,
 			struct kiln_peer_stats *stats, struct kiln_error **err)
 {
-	struct kiln_peer_stats local = { 0 };
 	struct scan sc = { 0 };
 	struct pull p;
 	int r;
 
-	if (!stats)
-		stats = &local;
-	stats->bytes = stats->blobs = stats->requests = 0;
 	pull_init(&p, store, sources, n, opts, stats);
 	r = pull_nodes(&p, root, &sc, err);
 	if (r == 0)
@@ -619,13 +617,9 @@ int kiln_peer_pull_blob(struct kiln_store *store, const struct kiln_digest *d,
 			size_t n, const struct kiln_peer_pull_options *opts,
 			struct kiln_peer_stats *stats, struct kiln_error **err)
 {
-	struct kiln_peer_stats local = { 0 };
 	struct pull p;
 	int r;
 
-	if (!stats)
-		stats = &local;
-	stats->bytes = stats->blobs = stats->requests = 0;
 	pull_init(&p, store, sources, n, opts, stats);
 	r = pull_one(&p, d, size, err);
 	if (r == 0)
