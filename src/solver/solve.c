@@ -17,14 +17,16 @@
  *                                       holds (have() false); recursively,
  *                                       down to inputs still held
  *   READY   --input lost-----> WAITING  a dependent of such an input
+ *   UNNEEDED --needed now----> WAITING  an input of an unresolved
+ *                              or DONE  definition-key hit (need()): it
+ *                                       was never needed; a hit itself,
+ *                                       or it waits, its own never-needed
+ *                                       inputs needed in turn
  *   WAITING --inputs done----> READY    at once, when none is missing
  *
  * Each WAITING or READY dependent of an unresolved input counts it again;
  * RUNNING and DONE dependents keep what they have. An unresolved vertex
- * loses its cached mark and runs (or hits the content key) again. Inputs
- * of a definition-key hit were never needed: they stay UNNEEDED, so a
- * lost hit whose inputs are UNNEEDED stays WAITING and the build ends
- * "internal: output unresolved".
+ * loses its cached mark and runs (or hits the content key) again.
  *
  * Job threads touch only their own vertex's job fields and then post the
  * vertex on the completion queue under the lock; the loop does the rest.
@@ -122,7 +124,6 @@ static inline size_t in_of(const struct solver *s, const struct vertex *v, size_
 	return s->canon[v->op->inputs[i].op];
 }
 
-#ifndef NDEBUG
 /* Input edges of v whose vertex is not DONE (an input used twice counts twice). */
 static size_t inputs_not_done(const struct solver *s, const struct vertex *v)
 {
@@ -133,6 +134,8 @@ static size_t inputs_not_done(const struct solver *s, const struct vertex *v)
 			n++;
 	return n;
 }
+
+#ifndef NDEBUG
 
 /*
  * Once planned: a WAITING vertex waits for exactly its inputs that are not
@@ -776,36 +779,43 @@ static uint64_t default_estimate(const struct kiln_op *op)
 	}
 }
 
-/* Critical path: a vertex's priority is its estimate plus its heaviest dependent's. */
+/*
+ * Critical path: a waiting vertex's priority is its estimate plus its
+ * heaviest waiting dependent's (so dependents are estimated first).
+ */
+static void estimate(struct solver *s, struct vertex *v)
+{
+	uint64_t best = 0;
+	size_t i;
+
+	/*
+	 * Provenance for the steps whose durations vary and dominate
+	 * (execs, image pulls); file ops and other sources are short
+	 * in-process edits, where a lookup each would cost more than the
+	 * estimate is worth.
+	 */
+	if ((v->op->type != KILN_OP_EXEC && v->op->type != KILN_OP_SOURCE_IMAGE) ||
+	    kiln_cache_estimate(s->o->cache, v->digest, &v->est_ms) < 0)
+		v->est_ms = default_estimate(v->op);
+	for (i = 0; i < v->n_dependents; i++) {
+		struct vertex *d = &s->v[v->dependents[i]];
+		if (d->state == VS_WAITING && d->priority > best)
+			best = d->priority;
+	}
+	v->priority = v->est_ms + best;
+}
+
 static void plan(struct solver *s)
 {
-	size_t k, i;
+	size_t k;
 
 	for (k = s->n_order; k-- > 0;) {
-		size_t vi = s->order[k];
-		struct vertex *v = &s->v[vi];
-		uint64_t best = 0;
+		struct vertex *v = &s->v[s->order[k]];
 
 		if (v->state != VS_WAITING)
 			continue;
-		/*
-		 * Provenance for the steps whose durations vary and dominate
-		 * (execs, image pulls); file ops and other sources are short
-		 * in-process edits, where a lookup each would cost more than
-		 * the estimate is worth.
-		 */
-		if ((v->op->type != KILN_OP_EXEC && v->op->type != KILN_OP_SOURCE_IMAGE) ||
-		    kiln_cache_estimate(s->o->cache, v->digest, &v->est_ms) < 0)
-			v->est_ms = default_estimate(v->op);
-		for (i = 0; i < v->n_dependents; i++) {
-			struct vertex *d = &s->v[v->dependents[i]];
-			if (d->state == VS_WAITING && d->priority > best)
-				best = d->priority;
-		}
-		v->priority = v->est_ms + best;
-		for (i = 0; i < v->op->n_inputs; i++)
-			if (s->v[in_of(s, v, i)].state != VS_DONE)
-				v->n_waiting++;
+		estimate(s, v);
+		v->n_waiting = inputs_not_done(s, v);
 		emit(s, v, KILN_VERTEX_QUEUED, NULL);
 	}
 	for (k = 0; k < s->n_order; k++) {
@@ -895,6 +905,35 @@ static void start(struct solver *s, size_t vi)
  * ready dependents wait for it again (the lost-input edges of the state
  * comment at the top).
  */
+/*
+ * vi was never needed (a dependent of it was a definition-key hit) and now
+ * is: that dependent's result was lost. It is a definition-key hit itself
+ * (DONE) or waits, its never-needed inputs needed in turn.
+ */
+static void need(struct solver *s, size_t vi)
+{
+	struct vertex *v = &s->v[vi];
+	size_t i;
+
+	if (lookup(s, v, v->defkey)) {
+		v->state = VS_DONE;
+		v->cached = true;
+		s->n_cached++;
+		emit(s, v, KILN_VERTEX_CACHED, NULL);
+		return;
+	}
+	v->state = VS_WAITING;
+	estimate(s, v);
+	for (i = 0; i < v->op->n_inputs; i++)
+		if (s->v[in_of(s, v, i)].state == VS_UNNEEDED)
+			need(s, in_of(s, v, i));
+	v->n_waiting = inputs_not_done(s, v);
+	emit(s, v, KILN_VERTEX_QUEUED, NULL);
+	if (v->n_waiting == 0)
+		make_ready(s, vi);
+	assert_vertex_state(s, vi);
+}
+
 static void unresolve(struct solver *s, size_t vi, bool was_done)
 {
 	struct vertex *v = &s->v[vi];
@@ -915,8 +954,9 @@ static void unresolve(struct solver *s, size_t vi, bool was_done)
 	if (was_done)
 		assert_dependents_state(s, vi);
 	for (i = 0; i < v->op->n_inputs; i++)
-		if (s->v[in_of(s, v, i)].state != VS_DONE)
-			v->n_waiting++;
+		if (s->v[in_of(s, v, i)].state == VS_UNNEEDED)
+			need(s, in_of(s, v, i));
+	v->n_waiting = inputs_not_done(s, v);
 	for (i = 0; i < v->op->n_inputs; i++) {
 		size_t in = in_of(s, v, i);
 

@@ -13,6 +13,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "cache/index.h"
 #include "cas/tree.h"
 #include "solver/definition.h"
 #include "solver/fileop.h"
@@ -343,6 +344,106 @@ static void test_merge(void **state)
 	expect_file(f, &m, "b.txt", "B");
 }
 
+/* ---- lost results, with an executor that only pretends ---- */
+
+/*
+ * An executor whose jobs make a result from their op's id. It holds every
+ * tree but, once b's result is lost, that one. With lose_in_c, c's job
+ * loses b's result and answers -ENOLINK (an input is held nowhere).
+ */
+struct fake {
+	bool c_fails, lose_in_c, lose, c_lost;
+	unsigned runs_b, runs_c;
+	struct kiln_digest b_result;
+};
+
+static int fake_platform(void *ud, const char *platform, bool *emulated,
+			 struct kiln_error **err)
+{
+	*emulated = false;
+	return 0;
+}
+
+static bool fake_have(void *ud, const struct kiln_digest *tree)
+{
+	struct fake *fk = ud;
+
+	return !fk->lose || !kiln_digest_eq(tree, &fk->b_result);
+}
+
+static int fake_run(void *ud, const struct kiln_task *t,
+		    struct kiln_task_result *out, struct kiln_error **err)
+{
+	struct fake *fk = ud;
+	const char *id = t->job.def->ops[t->job.op].id;
+
+	kiln_digest_buf(id, strlen(id), &out->res.tree);
+	if (!strcmp(id, "b")) {
+		fk->runs_b++;
+		fk->b_result = out->res.tree;
+		fk->lose = false; /* made again: held */
+	}
+	if (strcmp(id, "c"))
+		return 0;
+	fk->runs_c++;
+	if (fk->c_fails)
+		return kiln_error_set(err, -KILN_ESTEPFAILED, "c failed");
+	if (fk->lose_in_c && !fk->c_lost) {
+		fk->c_lost = fk->lose = true;
+		return kiln_error_set(err, -ENOLINK, "input b is held nowhere");
+	}
+	return 0;
+}
+
+/*
+ * A definition-key hit whose result is lost while its dependent runs: its
+ * inputs were never needed, and are needed now. Build 1 records a and b
+ * (c fails). In build 2, b is a definition-key hit and a is never needed;
+ * then b's result is lost and c's job says so: b runs again on a, itself
+ * a definition-key hit, and c runs again. Before, b waited for an a that
+ * nothing would ever resolve: "internal: output unresolved".
+ */
+static void test_lost_definition_key_hit(void **state)
+{
+	struct fx *f = *state;
+	const char *g = "{\"version\":1,\"ops\":["
+		"{\"id\":\"a\",\"op\":\"file\",\"actions\":[{\"action\":\"mkfile\",\"path\":\"/a\",\"data\":\"a\"}]},"
+		"{\"id\":\"b\",\"op\":\"file\",\"input\":\"a\",\"actions\":[{\"action\":\"mkfile\",\"path\":\"/b\",\"data\":\"b\"}]},"
+		"{\"id\":\"c\",\"op\":\"file\",\"input\":\"b\",\"actions\":[{\"action\":\"mkfile\",\"path\":\"/c\",\"data\":\"c\"}]}"
+		"],\"output\":\"c\"}";
+	_cleanup_free_ char *db = kiln_path_join(f->dir, "lost.db");
+	struct fake fk = { .c_fails = true };
+	struct kiln_executor ex = { &fk, fake_platform, fake_have, fake_run };
+	struct kiln_solve_options so = { .executor = &ex, .store = f->store, .slots = 1 };
+	struct kiln_definition *def = NULL;
+	struct kiln_solve_result res;
+	struct kiln_cache *cache = NULL;
+	struct kiln_digest want;
+	struct kiln_error *err = NULL;
+
+	assert_int_equal(kiln_definition_parse(g, strlen(g), "g", "/", "linux/amd64",
+					       &def, NULL), 0);
+	assert_int_equal(kiln_cache_open(db, &cache, NULL), 0);
+	so.cache = cache;
+	assert_int_equal(kiln_solve(def, &so, &res, &err), -KILN_ESTEPFAILED);
+	kiln_error_free(TAKE_PTR(err));
+	kiln_solve_result_release(&res);
+	assert_int_equal(fk.runs_b, 1);
+
+	fk.c_fails = false;
+	fk.lose_in_c = true; /* b's result is gone as soon as c runs on it */
+	assert_int_equal(kiln_solve(def, &so, &res, &err), 0);
+	assert_null(err);
+	kiln_digest_buf("c", 1, &want);
+	assert_true(kiln_digest_eq(&res.tree, &want));
+	assert_true(fk.c_lost);
+	assert_int_equal(fk.runs_b, 2); /* made again */
+	assert_int_equal(fk.runs_c, 3); /* failed, lost its input, ran */
+	kiln_solve_result_release(&res);
+	kiln_cache_free(cache);
+	kiln_definition_free(def);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -355,6 +456,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_chown_by_name, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_extract_archives, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lost_definition_key_hit, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
