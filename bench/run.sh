@@ -80,6 +80,11 @@ echo "== bench-dockerfile"
 "$here/bench-dockerfile.sh" "$build" 10 | tee -a "$log" | sed 's/^/   /'
 sed -n 's/^  \(cached rebuild.*\)$/RESULT bench-dockerfile \1/p' "$log" >>"$log.tmp" && cat "$log.tmp" >>"$log" && rm -f "$log.tmp"
 
+# A fully cached rebuild from a registry and from a layout (hyperfine).
+echo
+echo "== bench-rebuild"
+"$here/bench-rebuild.sh" "$build" | tee -a "$log" | sed 's/^/   /'
+
 echo
 echo "== summary ($(($(date +%s) - start)) s; load average now $(cut -d' ' -f1-3 /proc/loadavg))"
 sed -n 's/^RESULT //p' "$log"

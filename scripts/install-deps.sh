@@ -23,7 +23,7 @@ apt-get install -y -qq --no-install-recommends \
 	runc uidmap busybox-static \
 	qemu-user-static binfmt-support \
 	ca-certificates curl jq sqlite3 file python3 \
-	docker-registry skopeo umoci apache2-utils openssl gettext-base bzip2 \
+	docker-registry skopeo umoci apache2-utils openssl gettext-base bzip2 hyperfine \
 	>/dev/null
 
 # binfmt_misc lets arm64 binaries run through qemu-user (the embedded worker's
