@@ -379,7 +379,8 @@ void kiln_registry_get_stats(struct kiln_registry *r,
 
 /* ---- endpoints and schemes ---- */
 
-static const char *endpoint_of(struct kiln_registry *r, const char *registry)
+const char *kiln_registry_endpoint(const struct kiln_registry *r,
+				   const char *registry)
 {
 	size_t n = strlen(registry), i;
 
@@ -387,8 +388,11 @@ static const char *endpoint_of(struct kiln_registry *r, const char *registry)
 		if (!strncmp(r->endpoints[i], registry, n) &&
 		    r->endpoints[i][n] == '=')
 			return r->endpoints[i] + n + 1;
+	if (!strcmp(registry, KILN_REGISTRY_DEFAULT_HOST))
+		return KILN_REGISTRY_DOCKER_HUB_API;
 	return registry;
 }
+
 
 static bool is_loopback(const char *host)
 {
@@ -429,7 +433,7 @@ static enum scheme scheme_of(struct kiln_registry *r, const char *registry)
 
 	if (strv_has(r->secure, registry))
 		return SCHEME_HTTPS;
-	if (is_loopback(endpoint_of(r, registry)))
+	if (is_loopback(kiln_registry_endpoint(r, registry)))
 		return SCHEME_HTTP;
 	if (!strv_has(r->insecure, registry))
 		return SCHEME_HTTPS;
@@ -574,7 +578,7 @@ static char *full_url(struct kiln_registry *r, const char *registry,
 	if (url[0] != '/')
 		return xstrdup(url);
 	return xasprintf("%s://%s%s", s == SCHEME_HTTP ? "http" : "https",
-			 endpoint_of(r, registry), url);
+			 kiln_registry_endpoint(r, registry), url);
 }
 
 /* Undecided insecure host: https was tried (rc); maybe http, then decide. */
@@ -608,7 +612,7 @@ static int fall_back(struct kiln_registry *r, const char *registry,
 static bool same_origin(struct kiln_registry *r, const char *registry, const char *url,
 			enum scheme s)
 {
-	const char *ep = endpoint_of(r, registry), *rest;
+	const char *ep = kiln_registry_endpoint(r, registry), *rest;
 	size_t n = strlen(ep);
 
 	if (!strncmp(url, "https://", 8) && s != SCHEME_HTTP)

@@ -36,6 +36,12 @@
 
 /* The default registry of Docker's reference normalization. */
 #define KILN_REGISTRY_DEFAULT_HOST "docker.io"
+/*
+ * Where requests for docker.io go unless an endpoint maps it elsewhere:
+ * Docker Hub's API host, as in Docker and containerd (its 401 names the
+ * token service, auth.docker.io, which the bearer flow follows).
+ */
+#define KILN_REGISTRY_DOCKER_HUB_API "registry-1.docker.io"
 
 /* ---- references ---- */
 
@@ -111,6 +117,13 @@ struct kiln_registry_options {
 int kiln_registry_new(const struct kiln_registry_options *opts,
 		      struct kiln_registry **out, struct kiln_error **err);
 void kiln_registry_free(struct kiln_registry *r);
+
+/*
+ * The host[:port] requests for registry go to: the endpoint an option
+ * maps it to, Docker Hub's API host for docker.io, else registry itself.
+ */
+const char *kiln_registry_endpoint(const struct kiln_registry *r,
+				   const char *registry);
 
 /* Set (or replace) the credentials used for a registry host. */
 void kiln_registry_set_credentials(struct kiln_registry *r,

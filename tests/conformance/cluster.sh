@@ -5,7 +5,8 @@
 #
 #   cluster_start DIR
 #       Start the three daemons and wait until both workers are ready with
-#       the expected platforms. Sets KILND_URL and KILND_ROOT. Whatever is
+#       the expected platforms (with CLUSTER_REGISTRY_ENDPOINT set, each
+#       daemon gets --registry-endpoint with it). Sets KILND_URL and KILND_ROOT. Whatever is
 #       still running at exit is killed by PID (a cleanup hook).
 #       CLUSTER_CLIENT_ARGS then holds the `kiln build` flags for the
 #       cluster (--addr, --token-file); the client's own state should be
@@ -92,7 +93,8 @@ cluster_start() { # DIR
 	# The port may be taken between the probe and kilnd's bind: retry.
 	for _ in 1 2 3 4 5; do
 		KILND_URL="http://127.0.0.1:$(_cluster_free_port)"
-		_cluster_bg kilnd "$KILND" --root "$KILND_ROOT" --listen "${KILND_URL#http://}"
+		_cluster_bg kilnd "$KILND" --root "$KILND_ROOT" --listen "${KILND_URL#http://}" \
+			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"}
 		for i in $(seq 100); do
 			kill -0 "${CLUSTER_PID[kilnd]}" 2>/dev/null || break
 			curl -sf -m 2 "$KILND_URL/v1/health" >/dev/null && break 2
@@ -105,7 +107,8 @@ cluster_start() { # DIR
 		# --listen 127.0.0.1:0: the kernel picks the blob server's port.
 		_cluster_bg "$p" "$KILN_WORKER" --join "$KILND_URL" \
 			--token-file "$KILND_ROOT/worker.token" --root "$CLUSTER_DIR/worker-$p" \
-			--name "conformance-$p" --platform "linux/$p" --listen 127.0.0.1:0
+			--name "conformance-$p" --platform "linux/$p" --listen 127.0.0.1:0 \
+			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"}
 	done
 	# Both ready, each with its one platform; arm64 emulated on x86_64.
 	want='[{"platform":"linux/amd64","emulated":false}]'

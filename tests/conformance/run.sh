@@ -3,7 +3,7 @@
 # Dockerfile and either check.sh (assertions on the exported root file
 # system $ROOTFS and the image config $CONFIG) or expect-error (one
 # expected fragment of the error per line). An optional `args` file holds
-# extra `kiln build` arguments (shell words; $CASE, $LAYOUT and $HTTP are
+# extra `kiln build` arguments (shell words; $CASE, $LAYOUT, $HTTP and $REGISTRY are
 # expanded). Every case builds FROM ${BASE}: the busybox fixture, pushed to
 # a local docker-registry.
 #
@@ -58,6 +58,13 @@ assert_eq "sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/
 	"$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "latest") | .digest' "$LAYOUT/index.json")" \
 	"digest of the busybox index in $REGISTRY (skopeo must not rewrite it)"
 BASE="$REGISTRY/busybox:latest"
+# The same image where Docker Hub keeps a short name ("busybox" is
+# docker.io/library/busybox): cases that name it so map docker.io here
+# with --registry-endpoint, and so do the cluster's daemons.
+skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
+	"docker://$REGISTRY/library/busybox:latest" >"$T/skopeo.log" 2>&1 ||
+	fail "skopeo cannot push the fixture to $REGISTRY/library: $(cat "$T/skopeo.log")"
+CLUSTER_REGISTRY_ENDPOINT="docker.io=$REGISTRY"
 
 case " ${MODES[*]} " in *" cluster "*)
 	. "$KILN_SOURCE_ROOT/tests/conformance/cluster.sh"
@@ -212,7 +219,7 @@ run_case() { # DIR
 	[ -f "$dir/Dockerfile" ] || { echo "case $name: no such case ($dir)" >&2; return 1; }
 	if [ -f "$dir/args" ]; then
 		# shellcheck disable=SC2046
-		eval "args=($(CASE="$dir" LAYOUT="$LAYOUT" HTTP="$HTTP" envsubst '$CASE $LAYOUT $HTTP' <"$dir/args"))"
+		eval "args=($(CASE="$dir" LAYOUT="$LAYOUT" HTTP="$HTTP" REGISTRY="$REGISTRY" envsubst '$CASE $LAYOUT $HTTP $REGISTRY' <"$dir/args"))"
 	fi
 	# Both platforms (on a cluster: both workers), unless the case picks
 	# its own.

@@ -929,6 +929,36 @@ static void test_endpoint_mapping(void **state)
 }
 
 /*
+ * docker.io goes to Docker Hub's API host with no flag, as in Docker; an
+ * endpoint still maps it elsewhere: here a local registry stands in for
+ * Docker Hub, and a short name ("kiln-hub:v1" = docker.io/library/...)
+ * is pulled through it.
+ */
+static void test_docker_hub_default(void **state)
+{
+	_cleanup_free_ char *ep = xasprintf("docker.io=%s", ANON->addr);
+	const char *eps[] = { ep, NULL };
+	struct kiln_registry_options o = { .docker_config = "" };
+	struct kiln_registry *r = NULL;
+	struct kiln_registry_push_stats st;
+	struct pulled p;
+
+	assert_int_equal(kiln_registry_new(&o, &r, NULL), 0);
+	assert_string_equal(kiln_registry_endpoint(r, "docker.io"), "registry-1.docker.io");
+	assert_string_equal(kiln_registry_endpoint(r, "ghcr.io"), "ghcr.io");
+	assert_string_equal(kiln_registry_endpoint(r, "localhost:5000"), "localhost:5000");
+	kiln_registry_free(r);
+
+	o.endpoints = eps;
+	assert_int_equal(kiln_registry_new(&o, &r, NULL), 0);
+	assert_string_equal(kiln_registry_endpoint(r, "docker.io"), ANON->addr);
+	push_ok(r, ANON, "library/kiln-hub", "v1", NULL, &st);
+	pull(r, "kiln-hub:v1", "pull-hub", &p);
+	assert_true(kiln_digest_eq(&p.amd64, &amd64_manifest));
+	kiln_registry_free(r);
+}
+
+/*
  * An insecure host is tried over https (it fails: the registry speaks
  * plain http), then over http, which is remembered. The endpoint spells
  * 127.0.0.1 as one decimal number so that it does not look like loopback
@@ -988,6 +1018,7 @@ int main(void)
 		cmocka_unit_test(test_docker_config),
 		cmocka_unit_test(test_token_auth),
 		cmocka_unit_test(test_endpoint_mapping),
+		cmocka_unit_test(test_docker_hub_default),
 		cmocka_unit_test(test_insecure_fallback),
 	};
 
