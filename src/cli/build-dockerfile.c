@@ -2,6 +2,8 @@
  * kiln build CONTEXT: parse the Dockerfile, lower it for every target
  * platform into one graph, solve it once, export per platform.
  */
+#include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -32,6 +34,8 @@ struct dfbuild {
 	const struct build_args *a;
 	struct kiln_engine eng;
 	char *context, *dockerfile;
+	char *df_text;          /* the Dockerfile as read, for error snippets */
+	const char *df_name;    /* as errors name it: -f's value, or "Dockerfile" */
 	char **platforms;
 	size_t n_platforms;
 	char **excludes;
@@ -159,8 +163,10 @@ static int load_dockerfile(struct dfbuild *b, struct kiln_error **err)
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "cannot read Dockerfile %s", b->dockerfile);
 	r = load_ignore(b, err);
+	b->df_name = b->a->file ? b->a->file : "Dockerfile";
 	if (r == 0)
-		r = kiln_dockerfile_parse(text, len, b->dockerfile, &b->df, err);
+		r = kiln_dockerfile_parse(text, len, b->df_name, &b->df, err);
+	b->df_text = TAKE_PTR(text);
 	return r;
 }
 
@@ -482,6 +488,71 @@ static int parse_specs(struct dfbuild *b, struct kiln_error **err)
 	return r;
 }
 
+/* Lines of the snippet around a failed instruction (BuildKit shows as many). */
+#define SNIPPET_CONTEXT 2u
+
+/* The line of the Dockerfile an error names ("NAME:LINE: ..."), or 0. */
+static unsigned error_line(const struct dfbuild *b, const char *msg)
+{
+	size_t n = strlen(b->df_name);
+	const char *at = msg;
+	uint32_t line;
+	char *end;
+
+	while ((at = strstr(at, b->df_name))) {
+		at += n;
+		if (*at != ':' || !isdigit((unsigned char)at[1]))
+			continue;
+		errno = 0;
+		line = (uint32_t)strtoul(at + 1, &end, 10);
+		if (errno == 0 && *end == ':' && line > 0)
+			return line;
+	}
+	return 0;
+}
+
+/* Print line k (1-based) of the Dockerfile, marked or not. */
+static void show_line(const struct dfbuild *b, unsigned k, bool mark)
+{
+	const char *s = b->df_text;
+	unsigned i;
+
+	for (i = 1; s && i < k; i++) {
+		s = strchr(s, '\n');
+		s = s ? s + 1 : NULL;
+	}
+	if (!s || !*s)
+		return;
+	fprintf(stderr, " %4u | %s %.*s\n", k, mark ? ">>>" : "   ",
+		(int)strcspn(s, "\r\n"), s);
+}
+
+/*
+ * A step failed: show where, as BuildKit does: the file and line, then
+ * the instruction's lines marked among the lines around them.
+ */
+static void show_source(const struct dfbuild *b, const struct kiln_error *err)
+{
+	unsigned line = err && b->df_text ? error_line(b, kiln_error_msg(err)) : 0;
+	unsigned end = line, first, k;
+	size_t i;
+
+	if (!line)
+		return;
+	for (i = 0; i < b->df->n; i++)
+		if (b->df->ins[i].pos.line == line && b->df->ins[i].end_line > line)
+			end = b->df->ins[i].end_line;
+	first = line > SNIPPET_CONTEXT ? line - SNIPPET_CONTEXT : 1;
+	if (end > line)
+		fprintf(stderr, "%s:%u-%u\n", b->df_name, line, end);
+	else
+		fprintf(stderr, "%s:%u\n", b->df_name, line);
+	fputs("--------------------\n", stderr);
+	for (k = first; k <= end + SNIPPET_CONTEXT; k++)
+		show_line(b, k, k >= line && k <= end);
+	fputs("--------------------\n", stderr);
+}
+
 static int solve(struct dfbuild *b, struct kiln_error **err)
 {
 	struct kiln_solve_options so = {
@@ -495,13 +566,18 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 		.n_secrets = b->n_secrets,
 	};
 
-	return kiln_cli_solve(b->a, &b->eng, b->def, &so, &b->res, err);
+	int r = kiln_cli_solve(b->a, &b->eng, b->def, &so, &b->res, err);
+
+	if (r < 0)
+		show_source(b, *err);
+	return r;
 }
 
 static void dfbuild_release(struct dfbuild *b)
 {
 	size_t i;
 
+	free(b->df_text);
 	for (i = 0; i < b->n_specs; i++)
 		kiln_export_spec_release(&b->specs[i]);
 	for (i = 0; i < b->n_secrets; i++) {

@@ -351,10 +351,6 @@ static int take_result(struct kiln_remote *rm, struct kiln_store *st, json_t *st
 	size_t i;
 	int r;
 
-	if (!json_is_true(json_object_get(state, "ok")))
-		return kiln_error_set(err, -EIO, "%s",
-				      json_string_value(json_object_get(state, "error")) ?:
-					      "the build failed on kilnd");
 	r = fetch(rm, st, res, &out->tree, &out->meta, err);
 	outs = json_object_get(res, "outputs");
 	out->outputs = xcalloc(json_array_size(outs) + 1, sizeof(*out->outputs));
@@ -396,6 +392,14 @@ int kiln_remote_solve(struct kiln_remote *rm, const struct kiln_remote_build *b,
 	}
 	if (r == 0)
 		r = final_state(rm, id, &state, err);
+	if (r == 0 && !json_is_true(json_object_get(state, "ok"))) {
+		/* The build's own error leads (a step, a Dockerfile line). */
+		r = kiln_error_set(err, -EIO, "%s (build %s on %s)",
+				   json_string_value(json_object_get(state, "error")) ?:
+					   "the build failed on kilnd", id, rm->addr);
+		json_decref(state);
+		return r;
+	}
 	if (r == 0)
 		r = take_result(rm, b->store, state, out, err);
 	json_decref(state);

@@ -80,6 +80,8 @@ static int check_fields(struct pctx *p, json_t *obj, const char *const *allowed,
 		for (a = allowed; *a; a++)
 			if (!strcmp(*a, key))
 				ok = true;
+		if (!where && !strcmp(key, "source")) /* any op: where it came from */
+			ok = true;
 		if (!ok)
 			return op_err(p, key, "unknown field%s%s", where ? " in " : "",
 				      where ? where : "");
@@ -704,6 +706,47 @@ static bool valid_id(const char *s)
 	return true;
 }
 
+/* Longest "source" file name an op may carry. */
+#define SOURCE_FILE_MAX 4096u
+
+static int get_line(struct pctx *p, json_t *src, const char *field, unsigned *out)
+{
+	json_t *v = json_object_get(src, field);
+
+	if (!v)
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+	    json_integer_value(v) > UINT32_MAX)
+		return op_err(p, "source", "'%s' is not a line number", field);
+	*out = (unsigned)json_integer_value(v);
+	return 0;
+}
+
+/* "source": {"file": "Dockerfile", "line": 4, "end_line": 5}, optional. */
+static int parse_source(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "file", "line", "end_line", NULL };
+	json_t *src = json_object_get(o, "source");
+	int r;
+
+	if (!src)
+		return 0;
+	if (!json_is_object(src))
+		return op_err(p, "source", "expected an object");
+	r = check_fields(p, src, allowed, "\"source\"");
+	if (r == 0)
+		r = get_str(p, src, "file", true, &p->op->src_file);
+	if (r == 0 && strlen(p->op->src_file) > SOURCE_FILE_MAX)
+		r = op_err(p, "source", "file name over %u bytes", SOURCE_FILE_MAX);
+	if (r == 0)
+		r = get_line(p, src, "line", &p->op->src_line);
+	if (r == 0)
+		r = get_line(p, src, "end_line", &p->op->src_end_line);
+	if (r == 0 && p->op->src_end_line && p->op->src_end_line < p->op->src_line)
+		r = op_err(p, "source", "end_line before line");
+	return r;
+}
+
 static int parse_op(struct pctx *p, json_t *o)
 {
 	static const struct {
@@ -726,6 +769,8 @@ static int parse_op(struct pctx *p, json_t *o)
 	r = get_str(p, o, "op", true, &type);
 	if (r == 0)
 		r = get_str(p, o, "name", false, &p->op->name);
+	if (r == 0)
+		r = parse_source(p, o);
 	if (r == 0)
 		r = get_str(p, o, "platform", false, &plat);
 	if (r < 0)
@@ -1205,6 +1250,7 @@ static void op_release(struct kiln_op *op)
 
 	free(op->id);
 	free(op->name);
+	free(op->src_file);
 	free(op->platform);
 	free(op->inputs);
 	free(op->ref);

@@ -93,6 +93,13 @@ struct kiln_op {
 	size_t index;
 	enum kiln_op_type type;
 	char *name; /* progress name; never part of a key */
+	/*
+	 * Where the op came from, for errors (a Dockerfile's path and the
+	 * lines of its instruction; NULL and 0 when unknown); never part of
+	 * a key.
+	 */
+	char *src_file;
+	unsigned src_line, src_end_line;
 	char *platform; /* normalized os/arch[/variant] */
 
 	struct kiln_edge *inputs;

@@ -18,6 +18,9 @@
 
 char *kiln_op_who(const struct kiln_op *op)
 {
+	if (op->src_file && op->src_line)
+		return op->name ? xasprintf("%s:%u: %s", op->src_file, op->src_line, op->name)
+				: xasprintf("%s:%u: op '%s'", op->src_file, op->src_line, op->id);
 	return op->name ? xasprintf("step %s", op->name) : xasprintf("op '%s'", op->id);
 }
 
@@ -235,13 +238,18 @@ static int job_file(struct kiln_worker *w, const struct kiln_job *job,
 		    struct kiln_job_result *out, struct kiln_error **err)
 {
 	const struct kiln_op *op = &job->def->ops[job->op];
+	int r;
 
 	if (op->type == KILN_OP_MERGE)
-		return kiln_merge_trees(kiln_worker_store(w), job->inputs, op->n_inputs,
-					&out->tree, err);
-	return kiln_fileop_run(kiln_worker_store(w), op,
-			       op->rootfs >= 0 ? &job->inputs[op->rootfs] : NULL, job->inputs,
-			       &out->tree, err);
+		r = kiln_merge_trees(kiln_worker_store(w), job->inputs, op->n_inputs,
+				     &out->tree, err);
+	else
+		r = kiln_fileop_run(kiln_worker_store(w), op,
+				    op->rootfs >= 0 ? &job->inputs[op->rootfs] : NULL,
+				    job->inputs, &out->tree, err);
+	if (r < 0) /* the step and its place first, as for execs */
+		prefix_who(err, op);
+	return r;
 }
 
 /* The result of source.http: a tree holding the one downloaded file. */

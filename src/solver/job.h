@@ -79,7 +79,8 @@ int kiln_job_run(struct kiln_worker *w, const struct kiln_job *job,
 		 struct kiln_job_result *out, struct kiln_error **err);
 
 /*
- * How errors name an op: the step as progress shows it when the op has a
- * name (every Dockerfile op does), else its id in the graph.
+ * How errors name an op: where it came from first when known
+ * ("Dockerfile:4: "), then the step as progress shows it when the op has
+ * a name (every Dockerfile op does), else its id in the graph.
  */
 char *kiln_op_who(const struct kiln_op *op);

@@ -80,6 +80,8 @@ struct lower {
 	char *context_op;           /* the whole-context source.local op id, once used */
 	unsigned n_contexts;        /* narrowed context ops emitted (ids) */
 	char *empty_op;             /* an empty tree, once needed */
+	/* The instruction being lowered: every op emitted gets its line. */
+	const struct kiln_df_instruction *cur;
 	struct kiln_error **err;
 };
 

@@ -187,6 +187,10 @@ const char *emit_op(struct lower *L, json_t *op, const char *id)
 	char *key;
 
 	json_object_del(key_obj, "name");
+	if (L->cur) /* where it came from, for errors: the first place */
+		json_object_set_new(op, "source", json_pack("{s:s, s:i, s:i}", "file", L->file,
+							    "line", (json_int_t)L->cur->pos.line,
+							    "end_line", (json_int_t)L->cur->end_line));
 	key = json_dumps(key_obj, JSON_COMPACT | JSON_SORT_KEYS);
 	json_decref(key_obj);
 	if (!key)
@@ -588,7 +592,7 @@ static int lower_body(struct lower *L, struct ictx *c, const struct stage_def *s
 	int r = 0;
 
 	for (i = sd->first + 1; r == 0 && i < sd->end; i++) {
-		c->ins = &L->df->ins[i];
+		c->ins = L->cur = &L->df->ins[i];
 		c->at = NULL;
 		c->onbuild = false;
 		c->idbase = xasprintf("p%zu-s%zu-i%zu", c->pidx, c->sidx, i - sd->first);
@@ -605,6 +609,7 @@ int lower_stage(struct lower *L, size_t pidx, size_t sidx)
 	struct stage_state *s = &L->st[pidx * L->n_stages + sidx];
 	const struct stage_def *sd = &L->stages[sidx];
 	struct ictx c = { .L = L, .pidx = pidx, .sidx = sidx, .s = s, .ins = sd->from };
+	const struct kiln_df_instruction *outer = L->cur; /* COPY --from lowers a stage */
 	int r;
 
 	if (s->done)
@@ -613,6 +618,7 @@ int lower_stage(struct lower *L, size_t pidx, size_t sidx)
 		return lerr(&c, -ELOOP, "stage '%s' depends on itself",
 			    sd->name ? sd->name : sd->label);
 	s->busy = true;
+	L->cur = sd->from;
 	c.idbase = xasprintf("p%zu-s%zu-i0", pidx, sidx);
 	r = stage_init(&c);
 	free(c.idbase);
@@ -623,6 +629,7 @@ int lower_stage(struct lower *L, size_t pidx, size_t sidx)
 		r = lower_body(L, &c, sd);
 	s->busy = false;
 	s->done = r == 0;
+	L->cur = outer;
 	return r;
 }
 
