@@ -208,6 +208,14 @@ static int64_t source_date_epoch(void)
 	return *end || v < 0 ? -1 : v;
 }
 
+/* Lowering's warnings (an unused --build-arg) go to the progress output. */
+static void lower_warn(void *ud, const char *msg)
+{
+	struct dfbuild *b = ud;
+
+	kiln_progress_warning(b->progress, msg);
+}
+
 static int lower(struct dfbuild *b, struct kiln_error **err)
 {
 	struct kiln_df_build_opts o = {
@@ -224,6 +232,8 @@ static int lower(struct dfbuild *b, struct kiln_error **err)
 		.source_date_epoch = source_date_epoch(),
 		.resolve = resolve_image,
 		.resolve_ud = b,
+		.warn = lower_warn,
+		.warn_ud = b,
 	};
 	_cleanup_free_ char *name = xasprintf("%s (lowered)", b->dockerfile);
 	int r;
@@ -620,12 +630,12 @@ int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
 		r = split_platforms(&b, err);
 	if (r == 0)
 		r = load_dockerfile(&b, err);
-	if (r == 0)
-		r = lower(&b, err);
 	if (r == 0) {
 		b.progress = kiln_progress_new(a->progress, stderr);
-		r = solve(&b, err);
+		r = lower(&b, err);
 	}
+	if (r == 0)
+		r = solve(&b, err);
 	if (r == 0)
 		r = run_exports(&b, err);
 	dfbuild_release(&b);

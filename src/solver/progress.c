@@ -210,6 +210,24 @@ void kiln_progress_log(struct kiln_progress *p, const char *vertex, int stream,
 	pthread_mutex_unlock(&p->lock);
 }
 
+void kiln_progress_warning(struct kiln_progress *p, const char *msg)
+{
+	_cleanup_free_ char *s = NULL;
+
+	if (p->mode == KILN_PROGRESS_QUIET)
+		return;
+	s = sanitize(msg, strlen(msg));
+	pthread_mutex_lock(&p->lock);
+	if (p->mode == KILN_PROGRESS_JSON) {
+		emit_json(p, json_pack("{ss}", "warning", s));
+	} else {
+		/* The classic builder's prefix (moby builder/dockerfile/buildargs.go). */
+		fprintf(p->out, "%s[Warning]%s %s\n", color(p, MAGENTA), color(p, RESET), s);
+		fflush(p->out);
+	}
+	pthread_mutex_unlock(&p->lock);
+}
+
 void kiln_progress_summary(struct kiln_progress *p,
 			   const struct kiln_progress_tally *workers, size_t n,
 			   uint64_t bytes_moved, uint64_t wall_ns, bool ok)
@@ -306,6 +324,8 @@ void kiln_progress_replay(struct kiln_progress *p, const char *line, size_t len)
 	}
 	if ((v = json_object_get(o, "summary"))) {
 		replay_summary(p, v);
+	} else if ((v = json_object_get(o, "warning"))) {
+		kiln_progress_warning(p, json_string_value(v) ?: "");
 	} else if ((v = json_object_get(o, "log"))) {
 		kiln_progress_log(p, json_string_value(json_object_get(o, "vertex")) ?: "",
 				  (int)json_integer_value(json_object_get(o, "stream")),

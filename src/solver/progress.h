@@ -6,6 +6,7 @@
  * (queued|running|cached|done|error), cached, platform, worker, emulated,
  * started and completed (RFC 3339, or null), error (on status error).
  * Output lines: {"vertex": ..., "stream": 1|2, "log": "..."}.
+ * Warnings about the build (not one step's): {"warning": "..."}.
  * The last line of a build is {"summary": {...}}.
  *
  * Thread-safe.
@@ -57,6 +58,12 @@ void kiln_progress_free(struct kiln_progress *p);
 void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_event *ev);
 void kiln_progress_log(struct kiln_progress *p, const char *vertex, int stream,
 		       const char *data, size_t len);
+/*
+ * A warning about the build as a whole (e.g. a --build-arg no ARG
+ * declares): "[Warning] msg" in plain and tty mode, {"warning": msg} in
+ * JSON mode. It does not change the build's outcome.
+ */
+void kiln_progress_warning(struct kiln_progress *p, const char *msg);
 /*
  * Render one JSON line as another process's progress wrote it (kilnd's,
  * for `kiln build --addr`): JSON mode passes it through, the others draw

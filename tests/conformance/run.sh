@@ -2,7 +2,9 @@
 # Dockerfile conformance: every case in cases/NAME is a build context with a
 # Dockerfile and either check.sh (assertions on the exported root file
 # system $ROOTFS and the image config $CONFIG) or expect-error (one
-# expected fragment of the error per line). An optional `args` file holds
+# expected fragment of the error per line). An optional `expect-output`
+# lists fragments (one a line) the build's progress output (JSON lines,
+# e.g. a {"warning": ...}) must contain. An optional `args` file holds
 # extra `kiln build` arguments (shell words; $CASE, $LAYOUT, $HTTP and $REGISTRY are
 # expanded). Every case builds FROM ${BASE}: the busybox fixture, pushed to
 # a local docker-registry.
@@ -171,6 +173,18 @@ expect_stat() { assert_eq "$(stat -c "$2" "$ROOTFS/$1")" "$3" "stat $2 of $1"; }
 config() { jq -c "$1" "$CONFIG"; }
 expect_config() { assert_eq "$(config "$1")" "$2" "config $1"; }
 
+# Every line of FILE must appear in the build's progress output.
+expect_fragments() { # NAME MODE FILE WHAT
+	local frag
+	while IFS= read -r frag; do
+		[ -z "$frag" ] && continue
+		grep -qF -- "$frag" "$T/progress.json" || {
+			echo "case $1 ($2): $4 lacks '$frag': $(tail -2 "$T/progress.json")" >&2
+			return 1
+		}
+	done <"$3"
+}
+
 # One case in one mode; its outputs in $T/out/NAME/MODE.
 run_case_in() { # MODE DIR ARGS...
 	local mode=$1 dir=$2 name out
@@ -183,14 +197,10 @@ run_case_in() { # MODE DIR ARGS...
 			echo "case $name ($mode): build succeeded, expected an error" >&2
 			return 1
 		fi
-		while IFS= read -r frag; do
-			[ -z "$frag" ] && continue
-			grep -qF -- "$frag" "$T/progress.json" || {
-				echo "case $name ($mode): error lacks '$frag': $(tail -2 "$T/progress.json")" >&2
-				return 1
-			}
-		done <"$dir/expect-error"
-		return 0
+		expect_fragments "$name" "$mode" "$dir/expect-error" error || return 1
+		[ ! -f "$dir/expect-output" ] ||
+			expect_fragments "$name" "$mode" "$dir/expect-output" "progress output"
+		return
 	fi
 	mode_build "$mode" --build-arg "BASE=$BASE" "$@" \
 		-o "type=local,dest=$out/rootfs" -o "type=oci,dest=$out/image.tar" "$dir" || {
@@ -198,6 +208,8 @@ run_case_in() { # MODE DIR ARGS...
 		[ "$mode" != cluster ] || cluster_logs >&2
 		return 1
 	}
+	[ ! -f "$dir/expect-output" ] ||
+		expect_fragments "$name" "$mode" "$dir/expect-output" "progress output" || return 1
 	CONFIG="$out/config.json"
 	oci_config "$out/image.tar" "$CONFIG" || {
 		echo "case $name ($mode): no image config in $out/image.tar" >&2

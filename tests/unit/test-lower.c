@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "basic/alloc.h"
+#include "basic/macro.h"
 #include "frontend/dockerfile/dockerfile.h"
 #include "frontend/dockerfile/lower.h"
 #include "solver/definition.h"
@@ -78,6 +79,23 @@ static size_t resolve_count(const char *ref, const char *platform)
 
 /* ---- lowering helpers ---- */
 
+/* Lowering's warnings, in order (reset by every lower_opts). */
+static char *warnings[4];
+static size_t n_warnings;
+
+static void collect_warn(void *ud, const char *msg)
+{
+	(void)ud;
+	if (n_warnings < ARRAY_SIZE(warnings))
+		warnings[n_warnings++] = xstrdup(msg);
+}
+
+static void warnings_reset(void)
+{
+	while (n_warnings)
+		free(warnings[--n_warnings]);
+}
+
 struct res {
 	int r;
 	char *def;
@@ -138,6 +156,8 @@ static struct res *lower_opts(const char *text, const struct topts *t)
 	o.n_excludes = ne;
 	o.source_date_epoch = t->epoch ? t->epoch : -1;
 	o.resolve = fake_resolve;
+	o.warn = collect_warn;
+	warnings_reset();
 	n_calls = 0;
 	res->r = kiln_dockerfile_lower(df, &o, &res->def, &res->imgs, &res->n, &res->err);
 	kiln_dockerfile_free(df);
@@ -417,6 +437,40 @@ static void test_global_arg_in_from(void **state)
 	assert_int_equal(resolve_count("debian", "linux/amd64"), 1);
 	assert_int_equal(resolve_count("alpine", NULL), 0);
 	res_free(res);
+}
+
+/*
+ * A --build-arg no ARG declares is one warning, in the classic builder's
+ * words (names sorted, once each); declared ones (global, in a used stage,
+ * or predefined: proxies, platform args) are not. An ARG in a stage the
+ * build does not use does not count.
+ */
+static void test_unused_build_arg(void **state)
+{
+	struct topts t = { .platforms = { "linux/amd64" },
+			   .build_args = { "ZED=1", "V=2", "HTTP_PROXY=http://p:3128", "AB" } };
+	struct topts used = { .platforms = { "linux/amd64" },
+			      .build_args = { "G=1", "V=2", "TARGETARCH=x", "https_proxy=y" } };
+	struct topts other = { .platforms = { "linux/amd64" }, .target = "b",
+			       .build_args = { "ONLY_A=1", "ZED=1", "ZED=2" } };
+	struct res *res;
+
+	res = lower_ok("ARG G\nFROM alpine\nARG V\nRUN echo $V\n", &t);
+	assert_int_equal(n_warnings, 1);
+	assert_string_equal(warnings[0], "One or more build-args [AB ZED] were not consumed");
+	res_free(res);
+	res = lower_ok("ARG G\nFROM alpine\nARG V\nRUN echo $V\n", &used);
+	assert_int_equal(n_warnings, 0);
+	res_free(res);
+	res = lower_ok("FROM alpine AS a\nARG ONLY_A\nFROM alpine AS b\nRUN true\n", &other);
+	assert_int_equal(n_warnings, 1);
+	assert_string_equal(warnings[0], "One or more build-args [ONLY_A ZED] were not consumed");
+	res_free(res);
+	/* no --build-arg, no warning */
+	res = lower_ok("FROM alpine\nRUN true\n", NULL);
+	assert_int_equal(n_warnings, 0);
+	res_free(res);
+	warnings_reset();
 }
 
 static void test_arg_scoping(void **state)
@@ -1028,6 +1082,7 @@ int main(void)
 		cmocka_unit_test(test_progress_names),
 		cmocka_unit_test(test_fixed_platform_stage),
 		cmocka_unit_test(test_exec_form_and_context),
+		cmocka_unit_test(test_unused_build_arg),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -332,6 +332,7 @@ int lower_arg(struct ictx *c)
 			r = lerr(c, -EINVAL, "'%s': missing name", w);
 			break;
 		}
+		kvlist_set(&c->L->declared, key, NULL);
 		r = arg_value(c, key, eq ? eq + 1 : NULL, &val);
 		if (r < 0)
 			break;

@@ -72,6 +72,7 @@ struct lower {
 	size_t n_stages;
 	size_t first_from;          /* index of the first FROM */
 	struct kvlist build_args;   /* --build-arg values */
+	struct kvlist declared;     /* names an ARG declared (global or in a lowered stage) */
 	struct kvlist *globals;     /* per platform: platform ARGs + global ARGs */
 	struct stage_state *st;     /* [platform * n_stages + stage] */
 	json_t *ops;                /* emitted ops, in order */

@@ -456,6 +456,7 @@ static int meta_arg(struct lower *L, struct kvlist *g, const struct kiln_df_inst
 		split_arg(ins->args[i], &key, &def);
 		if (!*key)
 			return lerr(&c, -EINVAL, "'%s': missing name", ins->args[i]);
+		kvlist_set(&L->declared, key, NULL);
 		given = kvlist_get(&L->build_args, key);
 		if (given) {
 			val = xstrdup(given);
@@ -500,6 +501,64 @@ static void parse_build_args(struct lower *L)
 		if (*k && v)
 			kvlist_set(&L->build_args, k, v);
 	}
+}
+
+/*
+ * Declared without an ARG: the proxy args (the classic builder's
+ * builtinAllowedBuildArgs, BuildKit's proxyEnvFromBuildArgs; docs
+ * "Predefined ARGs") and the automatic platform args.
+ */
+static bool predefined_arg(const char *name)
+{
+	static const char *const names[] = {
+		"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
+		"ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
+		"TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT",
+		"BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT",
+	};
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(names); i++)
+		if (!strcmp(name, names[i]))
+			return true;
+	return false;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/*
+ * --build-arg names no ARG declared, sorted, each once, in the classic
+ * builder's words (moby builder/dockerfile/buildargs.go,
+ * WarnOnUnusedBuildArgs): "One or more build-args [A B] were not consumed".
+ */
+static void warn_unused_args(struct lower *L)
+{
+	struct kiln_strbuf msg = KILN_STRBUF_INIT(64u << 10);
+	char **names = xcalloc(L->o->n_build_args + 1, sizeof(*names));
+	size_t i, n = 0;
+
+	for (i = 0; i < L->o->n_build_args; i++) {
+		const char *a = L->o->build_args[i];
+		char *k = xstrndup(a, strcspn(a, "="));
+
+		if (!*k || predefined_arg(k) || kvlist_find(&L->declared, k))
+			free(k);
+		else
+			names[n++] = k;
+	}
+	qsort(names, n, sizeof(*names), cmp_str);
+	kiln_strbuf_adds(&msg, "One or more build-args [");
+	for (i = 0; i < n; i++)
+		if (i == 0 || strcmp(names[i], names[i - 1]))
+			kiln_strbuf_addf(&msg, "%s%s", i ? " " : "", names[i]);
+	kiln_strbuf_adds(&msg, "] were not consumed");
+	if (n && L->o->warn)
+		L->o->warn(L->o->warn_ud, kiln_strbuf_str(&msg));
+	kiln_strv_free(names, n);
+	kiln_strbuf_release(&msg);
 }
 
 /* ---- per-instruction helpers ---- */
@@ -662,6 +721,7 @@ static void lower_release(struct lower *L)
 	}
 	free(L->stages);
 	kvlist_release(&L->build_args);
+	kvlist_release(&L->declared);
 	json_decref(L->ops);
 	json_decref(L->dedup);
 	json_decref(L->resolved);
@@ -789,6 +849,8 @@ static int lower_all(struct lower *L, struct kiln_df_image *imgs)
 		if (r == 0)
 			make_image(L, p, target, &imgs[p]);
 	}
+	if (r == 0)
+		warn_unused_args(L);
 	return r;
 }
 

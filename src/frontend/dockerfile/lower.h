@@ -30,6 +30,12 @@ typedef int (*kiln_df_resolve_fn)(void *ud, const char *ref, const char *platfor
 				  char **pinned_ref, char **config_json,
 				  struct kiln_error **err);
 
+/*
+ * A warning about the build that does not fail it (a --build-arg that no
+ * ARG declares); msg is borrowed for the call.
+ */
+typedef void (*kiln_df_warn_fn)(void *ud, const char *msg);
+
 struct kiln_df_build_opts {
 	const char *context_dir;   /* absolute */
 	const char *dockerfile;    /* path, for errors and the context op */
@@ -44,6 +50,8 @@ struct kiln_df_build_opts {
 	int64_t source_date_epoch; /* -1 when unset */
 	kiln_df_resolve_fn resolve;
 	void *resolve_ud;
+	kiln_df_warn_fn warn;      /* NULL: warnings are dropped */
+	void *warn_ud;
 };
 
 struct kiln_df_image {
@@ -66,6 +74,11 @@ struct kiln_df_image {
 void kiln_df_image_release(struct kiln_df_image *img);
 
 /*
+ * After a successful lowering, the --build-arg names
+ * that no ARG of the used stages (nor a global ARG) declares, other than
+ * the predefined proxy and platform args, are one warning:
+ * "One or more build-args [A B] were not consumed".
+ *
  * Lower df. *definition gets the op graph as JSON text (version 1, with an
  * "output" naming the first image's output op and "outputs" listing every
  * image's output, base image and layer ops). Errors name file:line:column and the
