@@ -212,7 +212,12 @@ static void test_directives(void **state)
 					      "FROM a\n");
 
 	assert_string_equal(df->syntax, "example/front:1");
+	assert_int_equal(df->syntax_line, 1);
 	assert_int_equal(df->escape, '`');
+	kiln_dockerfile_free(df);
+	df = parse_ok("# escape=`\n# syntax=docker/dockerfile:1 --opt\nFROM a\n");
+	assert_string_equal(df->syntax, "docker/dockerfile:1 --opt");
+	assert_int_equal(df->syntax_line, 2);
 	kiln_dockerfile_free(df);
 
 	/* after a comment, an empty line or an instruction: plain comments */
@@ -224,6 +229,7 @@ static void test_directives(void **state)
 	kiln_dockerfile_free(df);
 	df = parse_ok("FROM a\n# syntax=x\n");
 	assert_null(df->syntax);
+	assert_int_equal(df->syntax_line, 0);
 	kiln_dockerfile_free(df);
 
 	parse_fails("# escape=x\nFROM a\n", "Dockerfile:1:1:", "invalid escape token 'x'", NULL);

@@ -473,6 +473,57 @@ static void test_unused_build_arg(void **state)
 	warnings_reset();
 }
 
+/*
+ * # syntax= naming the standard frontend (BuildKit would run that image;
+ * kiln is that frontend) lowers; another image is an error naming it, the
+ * file and the line.
+ */
+static void test_syntax_directive(void **state)
+{
+	static const char *const ok[] = {
+		"docker/dockerfile:1",
+		"docker/dockerfile:1.7",
+		"docker/dockerfile:1.7.1",
+		"docker/dockerfile:1.4-labs",
+		"docker/dockerfile:1.0-experimental",
+		"docker/dockerfile",
+		"docker/dockerfile:latest",
+		"docker.io/docker/dockerfile:1",
+		"index.docker.io/docker/dockerfile:1.6",
+		"docker/dockerfile:1@sha256:"
+		"ac85f380a63b13dfcefa89046420e1781752bab202122f8f50032edf31be0021",
+		"docker.io/docker/dockerfile@sha256:"
+		"ac85f380a63b13dfcefa89046420e1781752bab202122f8f50032edf31be0021",
+		"docker/dockerfile:1 --some-opt",
+	};
+	static const char *const bad[] = {
+		"example/frontend",
+		"docker/dockerfile:2",
+		"docker/dockerfile:10",
+		"docker/dockerfile:1.x",
+		"docker/dockerfile:1.2.3.4",
+		"docker/dockerfile-upstream:master",
+		"docker/dockerfile:1@sha256:abc",
+		"ghcr.io/docker/dockerfile:1",
+		"tonistiigi/dockerfile:runmount",
+	};
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(ok); i++) {
+		_cleanup_free_ char *df = xasprintf("# syntax=%s\nFROM alpine\nRUN true\n", ok[i]);
+
+		res_free(lower_ok(df, NULL));
+	}
+	for (i = 0; i < ARRAY_SIZE(bad); i++) {
+		_cleanup_free_ char *df = xasprintf("# escape=\\\n# syntax=%s\nFROM alpine\n", bad[i]);
+		_cleanup_free_ char *msg = xasprintf(
+			"kiln runs only the standard Dockerfile frontend; `# syntax=%s` (Dockerfile:2) asks for another",
+			bad[i]);
+
+		lower_fails(df, msg);
+	}
+}
+
 static void test_arg_scoping(void **state)
 {
 	struct topts t = { .platforms = { "linux/amd64" }, .build_args = { "W=3" } };
@@ -1083,6 +1134,7 @@ int main(void)
 		cmocka_unit_test(test_fixed_platform_stage),
 		cmocka_unit_test(test_exec_form_and_context),
 		cmocka_unit_test(test_unused_build_arg),
+		cmocka_unit_test(test_syntax_directive),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -245,6 +245,7 @@ static int set_directive(struct parser *p, unsigned no, const char *key, size_t 
 		p->df->escape = val[0];
 	} else if (1u << i == DIR_SYNTAX) {
 		p->df->syntax = xstrndup(val, vlen);
+		p->df->syntax_line = no;
 	}
 	return 0;
 }

@@ -92,6 +92,7 @@ struct kiln_dockerfile {
 	char *filename;
 	char escape; /* '\\' or '`' */
 	char *syntax; /* # syntax= value, or NULL */
+	unsigned syntax_line; /* its line (1-based), 0 without one */
 	struct kiln_df_instruction *ins;
 	size_t n;
 };

@@ -831,11 +831,76 @@ static int check_opts(const struct kiln_df_build_opts *o, struct kiln_error **er
 	return 0;
 }
 
+/* "1", "1.7", "1.7.1", each optionally "-labs" or "-experimental"; "latest". */
+static bool standard_tag(const char *t)
+{
+	unsigned parts = 0;
+
+	if (!strcmp(t, "latest"))
+		return true;
+	if (*t != '1' || (t[1] && t[1] != '.' && t[1] != '-'))
+		return false;
+	t++;
+	while (*t == '.' && parts < 2) {
+		size_t n = strspn(t + 1, "0123456789");
+
+		if (!n)
+			return false;
+		t += 1 + n;
+		parts++;
+	}
+	return !*t || !strcmp(t, "-labs") || !strcmp(t, "-experimental");
+}
+
+/*
+ * Is the # syntax= image the standard Dockerfile frontend, which lowering
+ * implements? BuildKit forwards every syntax to that image (frontend/
+ * dockerfile/builder/build.go, forwardGateway; the ref is the value's
+ * first word, parser/directives.go DetectSyntax); kiln has no gateway and
+ * accepts only docker/dockerfile (docker.io/ or index.docker.io/ before it,
+ * a tag as standard_tag, a sha256 digest after it).
+ */
+static bool standard_frontend(const char *syntax)
+{
+	_cleanup_free_ char *ref = xstrndup(syntax, strcspn(syntax, " \t"));
+	static const char *const prefixes[] = { "docker.io/", "index.docker.io/" };
+	const char *name = ref;
+	char *at = strchr(ref, '@');
+	size_t i;
+
+	if (at) {
+		if (strncmp(at, "@sha256:", 8) || strlen(at + 8) != 64 ||
+		    strspn(at + 8, "0123456789abcdef") != 64)
+			return false;
+		*at = '\0';
+	}
+	for (i = 0; i < ARRAY_SIZE(prefixes); i++)
+		if (!strncmp(name, prefixes[i], strlen(prefixes[i])))
+			name += strlen(prefixes[i]);
+	if (strncmp(name, "docker/dockerfile", 17))
+		return false;
+	name += 17;
+	if (!*name)
+		return true;
+	return *name == ':' && standard_tag(name + 1);
+}
+
+static int check_syntax(struct lower *L)
+{
+	if (!L->df->syntax || standard_frontend(L->df->syntax))
+		return 0;
+	return kiln_error_set(L->err, -ENOTSUP,
+			      "kiln runs only the standard Dockerfile frontend; `# syntax=%.200s` (%s:%u) asks for another",
+			      L->df->syntax, L->file, L->df->syntax_line);
+}
+
 static int lower_all(struct lower *L, struct kiln_df_image *imgs)
 {
 	size_t p, target;
-	int r = split_stages(L);
+	int r = check_syntax(L);
 
+	if (r == 0)
+		r = split_stages(L);
 	if (r < 0)
 		return r;
 	parse_build_args(L);

@@ -74,7 +74,9 @@ struct kiln_df_image {
 void kiln_df_image_release(struct kiln_df_image *img);
 
 /*
- * After a successful lowering, the --build-arg names
+ * Lower df. A `# syntax=` directive must name the standard Dockerfile
+ * frontend (docker/dockerfile:1...), which lowering implements; another
+ * frontend is an error. After a successful lowering, the --build-arg names
  * that no ARG of the used stages (nor a global ARG) declares, other than
  * the predefined proxy and platform args, are one warning:
  * "One or more build-args [A B] were not consumed".

@@ -1,0 +1,1 @@
+expect_content out standard
