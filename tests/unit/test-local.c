@@ -469,6 +469,74 @@ static void test_snapshot_symlink_outside(void **state)
 	assert_false(kiln_store_has(f->store, &secret));
 }
 
+/*
+ * An include naming a symlink also brings the link's target (BuildKit's
+ * FollowPaths, fsutil followlinks.go), resolved inside the context: a
+ * link that climbs out with ".." or is absolute names a context path.
+ */
+static void test_snapshot_include_follows_links(void **state)
+{
+	struct fixture *f = *state;
+	const char *const inc_rel[] = { "alias" };
+	const char *const inc_abs[] = { "abs" };
+	const char *const inc_chain[] = { "chain" };
+	const char *const inc_dir[] = { "dirlink/main.c" };
+	const char *const inc_esc[] = { "esc", "link" };
+	const char *const inc_root[] = { "up" };
+	const struct {
+		const char *name, *target;
+	} links[] = {
+		{ "alias", "src/main.c" },     { "abs", "/docs/readme.md" },
+		{ "chain", "alias" },          { "dirlink", "src" },
+		{ "esc", "../../outside/secret" }, { "up", ".." },
+	};
+	const char *content = "outside-secret-content-7f3a";
+	struct kiln_digest d, secret;
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(links); i++) {
+		_cleanup_free_ char *p = xasprintf("%s/%s", f->ctx, links[i].name);
+		assert_int_equal(symlink(links[i].target, p), 0);
+	}
+
+	snap(f, inc_rel, 1, NULL, 0, &d, NULL);
+	assert_true(has(f, &d, "alias"));
+	assert_true(has(f, &d, "src/main.c"));
+	assert_false(has(f, &d, "src/util.c"));
+	assert_false(has(f, &d, "Dockerfile"));
+
+	snap(f, inc_abs, 1, NULL, 0, &d, NULL);
+	assert_true(has(f, &d, "abs"));
+	assert_true(has(f, &d, "docs/readme.md"));
+	assert_false(has(f, &d, "src"));
+
+	snap(f, inc_chain, 1, NULL, 0, &d, NULL);
+	assert_true(has(f, &d, "chain"));
+	assert_true(has(f, &d, "alias"));
+	assert_true(has(f, &d, "src/main.c"));
+	assert_false(has(f, &d, "src/util.c"));
+
+	snap(f, inc_dir, 1, NULL, 0, &d, NULL);
+	assert_true(has(f, &d, "dirlink"));
+	assert_true(has(f, &d, "src/main.c"));
+	assert_false(has(f, &d, "src/util.c"));
+
+	/* Out of the context: the links are kept, nothing outside is read. */
+	snap(f, inc_esc, 2, NULL, 0, &d, NULL);
+	assert_true(has(f, &d, "esc"));
+	assert_true(has(f, &d, "link"));
+	assert_false(has(f, &d, "outside"));
+	assert_false(has(f, &d, "src"));
+	kiln_digest_buf(content, strlen(content), &secret);
+	assert_false(kiln_store_has(f->store, &secret));
+
+	/* A link to the root (or above it) selects the whole context. */
+	snap(f, inc_root, 1, NULL, 0, &d, NULL);
+	assert_true(has(f, &d, "Dockerfile"));
+	assert_true(has(f, &d, "src/util.c"));
+	assert_false(kiln_store_has(f->store, &secret));
+}
+
 static void test_snapshot_errors(void **state)
 {
 	struct fixture *f = *state;
@@ -503,6 +571,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_snapshot_stat_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_touch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_symlink_outside, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_snapshot_include_follows_links, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_errors, setup, teardown),
 	};
 
