@@ -239,29 +239,12 @@ static int resolve_owner(struct fctx *c, const struct kiln_file_action *a, int64
 
 /* ---- ADD archives ---- */
 
-/* Does the blob start like a tar archive or a compressed stream? */
+/* Is the blob a tar archive, maybe compressed (by content, not name)? */
 static bool looks_like_archive(struct kiln_store *s, const struct kiln_digest *d)
 {
-	static const unsigned char gz[] = { 0x1f, 0x8b }, bz[] = { 'B', 'Z', 'h' },
-				   xz[] = { 0xfd, '7', 'z', 'X', 'Z', 0 },
-				   zst[] = { 0x28, 0xb5, 0x2f, 0xfd };
-	unsigned char buf[512];
-	int fd = kiln_store_open_blob(s, d);
-	ssize_t n;
+	_cleanup_close_ int fd = kiln_store_open_blob(s, d);
 
-	if (fd < 0)
-		return false;
-	n = pread(fd, buf, sizeof(buf), 0);
-	close(fd);
-	if (n >= 2 && !memcmp(buf, gz, 2))
-		return true;
-	if (n >= 3 && !memcmp(buf, bz, 3))
-		return true;
-	if (n >= 6 && !memcmp(buf, xz, 6))
-		return true;
-	if (n >= 4 && !memcmp(buf, zst, 4))
-		return true;
-	return n == 512 && !memcmp(buf + 257, "ustar", 5);
+	return fd >= 0 && kiln_archive_detect(fd);
 }
 
 /*

@@ -148,6 +148,13 @@ struct kiln_layer_extract_opts {
 	bool archive;
 };
 
+/*
+ * Is the file at fd (read from its current offset) a tar archive, plain
+ * or compressed with gzip, bzip2, xz or zstd? Decided by content, as
+ * BuildKit's ADD does: a compressed file that is not a tar is not one.
+ */
+bool kiln_archive_detect(int fd);
+
 /* kiln_layer_extract() with options (opts may be NULL). */
 int kiln_layer_extract_with(int fd, int dirfd,
 			    const struct kiln_layer_extract_opts *opts,

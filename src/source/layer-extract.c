@@ -759,6 +759,28 @@ int kiln_layer_extract_with(int fd, int dirfd,
 	return r;
 }
 
+/*
+ * BuildKit's isArchivePath (solver/llbsolver/file/unpack.go): decompress
+ * what the first bytes announce (gzip, bzip2, xz, zstd, or nothing) and
+ * read one tar header. Only the readers ADD extracts with are used, so
+ * what is detected here is what kiln_layer_extract_with() can unpack.
+ */
+bool kiln_archive_detect(int fd)
+{
+	const struct kiln_layer_extract_opts opts = { .archive = true };
+	struct extract *x = xcalloc(1, sizeof(*x));
+	struct archive_entry *ae;
+	bool ok;
+
+	x->dirfd = -1;
+	x->opts = &opts;
+	ok = open_readers(x, fd, NULL) == 0 &&
+	     archive_read_next_header(x->tar, &ae) == ARCHIVE_OK;
+	extract_release(x);
+	free(x);
+	return ok;
+}
+
 int kiln_layer_extract(int fd, int dirfd, struct kiln_error **err)
 {
 	return kiln_layer_extract_with(fd, dirfd, NULL, err);

@@ -62,6 +62,9 @@ static int setup(void **state)
 		/* An archive for ADD-style extraction: arc/{in.txt,deep/z}. */
 		cmd = xasprintf("set -e; cd %s && mkdir -p t/deep && echo IN > t/in.txt && echo Z > t/deep/z && "
 				"tar -C t -czf a.tar.gz . && echo kept > t/.wh.note && tar -C t -cjf b.tar.bz2 . && "
+				"tar -C t -czf data.bin . && echo 'not a tar' > fake.tar.gz && "
+				"echo 'just text' | gzip -n > note.txt.gz && tar -C t -cJf x.tar.xz.bin . && "
+				"(cd t && tar -P -cf ../evil.bin ../a.txt) && "
 				"rm -r t && echo plain > notar.gz.txt", f->src);
 		assert_int_equal(system(cmd), 0);
 	}
@@ -326,6 +329,43 @@ static void test_extract_archives(void **state)
 	expect_file(f, &t, "bz/deep/z", "Z\n");
 }
 
+/*
+ * ADD decides by content, as BuildKit's isArchivePath does (decompress,
+ * then one tar header): a tarball named data.bin is unpacked, a text file
+ * named fake.tar.gz and a gzip'd text file are copied as they are, and an
+ * archive entry climbing out with ".." is refused, nothing written.
+ */
+static void test_extract_by_content(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *escaped = xasprintf("%s/cas/a.txt", f->dir);
+	_cleanup_free_ char *escaped_tmp = xasprintf("%s/cas/tmp/a.txt", f->dir);
+	struct kiln_error *err = NULL;
+	struct kiln_digest t;
+	char *data = NULL;
+
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/data.bin\",\"dest\":\"/u/\",\"extract\":true},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/x.tar.xz.bin\",\"dest\":\"/xz\",\"extract\":true},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/fake.tar.gz\",\"dest\":\"/f/\",\"extract\":true},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/note.txt.gz\",\"dest\":\"/n/\",\"extract\":true}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "u/in.txt", "IN\n");
+	expect_file(f, &t, "u/deep/z", "Z\n");
+	assert_int_equal(kind(f, &t, "u/data.bin", NULL), 0);
+	expect_file(f, &t, "xz/deep/z", "Z\n");
+	expect_file(f, &t, "f/fake.tar.gz", "not a tar\n");
+	assert_int_equal(kind(f, &t, "n/note.txt.gz", &data), KILN_ENTRY_FILE);
+	assert_int_equal((unsigned char)data[0], 0x1f); /* still gzip'd */
+	free(data);
+
+	assert_true(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/evil.bin\",\"dest\":\"/e/\",\"extract\":true}]",
+				false, &t, &err) < 0);
+	assert_non_null(strstr(err->msg, ".."));
+	kiln_error_free(err);
+	assert_int_equal(access(escaped, F_OK), -1);
+	assert_int_equal(access(escaped_tmp, F_OK), -1);
+}
+
 static void test_merge(void **state)
 {
 	struct fx *f = *state;
@@ -455,6 +495,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_new_empty_dir_is_readable, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_chown_by_name, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_extract_archives, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_extract_by_content, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_definition_key_hit, setup, teardown),
 	};

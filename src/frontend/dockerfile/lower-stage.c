@@ -949,26 +949,6 @@ static void copy_release(struct copy *cp)
 	kiln_strbuf_release(&cp->hist);
 }
 
-static bool ends_with_ci(const char *s, const char *suffix)
-{
-	size_t a = strlen(s), b = strlen(suffix);
-
-	return a >= b && !strcasecmp(s + a - b, suffix);
-}
-
-/* ADD's archive heuristic: a local source whose name looks like a tarball. */
-static bool looks_archive(const char *s)
-{
-	static const char *const ext[] = { ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2",
-					   ".tbz", ".tar.xz", ".txz", ".tar.zst", ".tzst" };
-	size_t i;
-
-	for (i = 0; i < ARRAY_SIZE(ext); i++)
-		if (ends_with_ci(s, ext[i]))
-			return true;
-	return false;
-}
-
 static bool is_url(const char *s)
 {
 	return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8);
@@ -1124,7 +1104,12 @@ static int copy_local(struct ictx *c, struct copy *cp, const char *src)
 	a = copy_action(c, cp, from, path);
 	if (kiln_path_has_glob(src))
 		json_object_set_new(a, "allow_not_found", json_true());
-	if (cp->add && !cp->from_op && looks_archive(clean))
+	/*
+	 * ADD unpacks a local tar archive, detected by content when the step
+	 * runs (BuildKit: AttemptUnpackDockerCompatibility on every local
+	 * source, isArchivePath in solver/llbsolver/file/unpack.go).
+	 */
+	if (cp->add && !cp->from_op)
 		json_object_set_new(a, "extract", json_true());
 	json_array_append_new(cp->actions, a);
 	return 0;
