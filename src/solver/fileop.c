@@ -237,6 +237,8 @@ static int resolve_owner(struct fctx *c, const struct kiln_file_action *a, int64
 	return 0;
 }
 
+static int check_parent(struct fctx *c, const char *path);
+
 /* ---- ADD archives ---- */
 
 /* Is the blob a tar archive, maybe compressed (by content, not name)? */
@@ -277,11 +279,31 @@ static int unpack_archive(struct fctx *c, const struct kiln_digest *blob,
 	return r;
 }
 
-/* Put one source entry e at target (merging directories); releases e. */
+/*
+ * Create the missing directories along path as BuildKit's copy does
+ * (fsutil copy.MkdirAll(dir, 0755, chown, utime)): mode 0755 whatever
+ * --chmod says, the --chown owner (root without one), the action's mtime.
+ * Directories that exist keep their own metadata.
+ */
+static int mkdir_dest(struct fctx *c, const struct kiln_file_action *a, const char *path)
+{
+	return kiln_tree_editor_mkdir_p(c->ed, path, 0755, a->uid >= 0 ? (uint32_t)a->uid : 0,
+					a->gid >= 0 ? (uint32_t)a->gid : 0,
+					a->mtime >= 0 ? a->mtime : 0, c->err);
+}
+
+/*
+ * Put one source entry e at target (merging directories); releases e.
+ * A directory whose contents go to target (contents_only, an unpacked
+ * archive) does not bring its own metadata: target is created like a
+ * parent (fsutil's prepareTargetDir: MkdirAll(destPath, ...) when
+ * copyDirContents and the destination is missing), or merged into.
+ */
 static int copy_into(struct fctx *c, const struct kiln_file_action *a, const char *target,
 		     struct kiln_tree_entry *e)
 {
 	_cleanup_free_ char *parent = NULL;
+	bool contents = e->type == KILN_ENTRY_DIR && a->contents_only && *target;
 	char *slash;
 	int r = 0;
 
@@ -292,7 +314,17 @@ static int copy_into(struct fctx *c, const struct kiln_file_action *a, const cha
 	else
 		parent[0] = '\0';
 	if (a->parents && *parent)
-		r = kiln_tree_editor_mkdir_p(c->ed, parent, 0755, 0, 0, 0, c->err);
+		r = mkdir_dest(c, a, parent);
+	if (r == 0 && contents) {
+		struct kiln_tree_entry cur = { 0 };
+
+		if (kiln_tree_editor_get(c->ed, target, &cur, NULL) == -ENOENT) {
+			r = a->parents ? 0 : check_parent(c, target);
+			if (r == 0)
+				r = mkdir_dest(c, a, target);
+		}
+		kiln_tree_entry_release(&cur);
+	}
 	if (r == 0)
 		r = apply_meta(c, e, a);
 	if (r == 0 && a->mtime >= 0) {
@@ -377,7 +409,7 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		e.mode = 0755;
 		into.contents_only = true;
 		target = copy_target(c, &into, dest, resolved, many, &e);
-		return copy_into(c, a, target, &e);
+		return copy_into(c, &into, target, &e);
 	}
 	target = copy_target(c, a, dest, resolved, many, &e);
 	if (e.type == KILN_ENTRY_DIR && !strcmp(target, dest) && a->contents_only) {

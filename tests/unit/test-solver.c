@@ -366,6 +366,47 @@ static void test_extract_by_content(void **state)
 	assert_int_equal(access(escaped_tmp, F_OK), -1);
 }
 
+/* Owner/mode of path in tree t. */
+static void expect_meta(struct fx *f, const struct kiln_digest *t, const char *path,
+			uint32_t uid, uint32_t gid, uint32_t mode)
+{
+	struct kiln_tree_entry e = { 0 };
+
+	if (kiln_tree_lookup(f->store, t, path, &e, NULL) < 0)
+		fail_msg("%s missing", path);
+	if (e.uid != uid || e.gid != gid || e.mode != mode)
+		fail_msg("%s: %u:%u %o, want %u:%u %o", path, e.uid, e.gid, e.mode, uid, gid,
+			 mode);
+	kiln_tree_entry_release(&e);
+}
+
+/*
+ * Every directory a copy creates gets the --chown owner and mode 0755 (not
+ * --chmod), as fsutil's MkdirAll(dst, 0755, chown, utime); directories
+ * that were there keep their own metadata.
+ */
+static void test_copy_creates_parents_with_owner(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_tree_entry before = { 0 };
+	struct kiln_digest t;
+
+	assert_int_equal(kiln_tree_lookup(f->store, &f->src_tree, "dir", &before, NULL), 0);
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/p/q/r/\","
+				       "\"chown\":\"7:8\",\"mode\":\"0600\"},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir/.\",\"dest\":\"/dir/n1/n2/\","
+				       "\"chown\":\"9:10\"}]",
+				     true, &t, NULL), 0);
+	expect_meta(f, &t, "p", 7, 8, 0755);
+	expect_meta(f, &t, "p/q", 7, 8, 0755);
+	expect_meta(f, &t, "p/q/r", 7, 8, 0755);
+	expect_meta(f, &t, "p/q/r/a.txt", 7, 8, 0600);
+	expect_meta(f, &t, "dir", before.uid, before.gid, before.mode); /* was there */
+	expect_meta(f, &t, "dir/n1", 9, 10, 0755);
+	expect_meta(f, &t, "dir/n1/n2/sub/y", 9, 10, 0644);
+	kiln_tree_entry_release(&before);
+}
+
 static void test_merge(void **state)
 {
 	struct fx *f = *state;
@@ -496,6 +537,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_chown_by_name, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_extract_archives, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_extract_by_content, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_creates_parents_with_owner, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_definition_key_hit, setup, teardown),
 	};
