@@ -408,6 +408,11 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		e.size = 0;
 		e.mode = 0755;
 		into.contents_only = true;
+		/*
+		 * The entries keep the archive's modes; --chown replaces their
+		 * owners (buildkit unpack_root.go, mapArchiveHeaderOwner).
+		 */
+		into.mode = -1;
 		target = copy_target(c, &into, dest, resolved, many, &e);
 		return copy_into(c, &into, target, &e);
 	}

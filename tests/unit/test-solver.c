@@ -407,6 +407,28 @@ static void test_copy_creates_parents_with_owner(void **state)
 	kiln_tree_entry_release(&before);
 }
 
+/*
+ * ADD --chown of an archive: the entries are there and owned by the
+ * --chown owner (buildkit's mapArchiveHeaderOwner); their modes are the
+ * archive's; the destination directories are created like a copy's.
+ */
+static void test_extract_with_chown(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_digest t;
+
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.tar.gz\",\"dest\":\"/u/v/\","
+				       "\"extract\":true,\"chown\":\"7:8\",\"mode\":\"0600\"}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "u/v/in.txt", "IN\n");
+	expect_file(f, &t, "u/v/deep/z", "Z\n");
+	expect_meta(f, &t, "u", 7, 8, 0755);
+	expect_meta(f, &t, "u/v", 7, 8, 0755);
+	expect_meta(f, &t, "u/v/in.txt", 7, 8, 0644);
+	expect_meta(f, &t, "u/v/deep", 7, 8, 0755);
+	expect_meta(f, &t, "u/v/deep/z", 7, 8, 0644);
+}
+
 static void test_merge(void **state)
 {
 	struct fx *f = *state;
@@ -538,6 +560,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_extract_archives, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_extract_by_content, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_creates_parents_with_owner, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_extract_with_chown, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_definition_key_hit, setup, teardown),
 	};
