@@ -249,17 +249,37 @@ static bool looks_like_archive(struct kiln_store *s, const struct kiln_digest *d
 	return fd >= 0 && kiln_archive_detect(fd);
 }
 
+/* The directories an archive implies but does not hold ("a" of "a/f"). */
+struct implied {
+	char **paths;
+	size_t n, alloc;
+};
+
+static int note_implied(void *ud, const char *path, int fd, struct kiln_error **err)
+{
+	struct implied *im = ud;
+
+	(void)fd;
+	(void)err;
+	im->paths = xgrow(im->paths, &im->alloc, im->n + 1, sizeof(char *));
+	im->paths[im->n++] = xstrdup(path);
+	return 0;
+}
+
 /*
  * Unpack the archive blob (safely: kiln_layer_extract confines it) into a
- * scratch directory of the store and turn that into a tree.
+ * scratch directory of the store and turn that into a tree; the implied
+ * directories (created 0755, 0:0) are listed in im.
  */
 static int unpack_archive(struct fctx *c, const struct kiln_digest *blob,
-			  struct kiln_digest *tree)
+			  struct kiln_digest *tree, struct implied *im)
 {
 	_cleanup_free_ char *rnd = kiln_random_hex(8);
 	_cleanup_free_ char *dir = xasprintf("%s/tmp/extract-%s", kiln_store_dir(c->s), rnd);
 	struct kiln_tree_build_opts bo = { .adopt = true };
-	const struct kiln_layer_extract_opts plain = { .archive = true };
+	const struct kiln_layer_extract_opts plain = { .archive = true,
+						       .implied_dir = note_implied,
+						       .ud = im };
 	_cleanup_close_ int fd = -1, dfd = -1;
 	int r;
 
@@ -276,6 +296,43 @@ static int unpack_archive(struct fctx *c, const struct kiln_digest *blob,
 	if (r < 0)
 		kiln_error_prefix(c->err, "op '%s': actions[%zu]: extracting %s", c->op->id,
 				  c->action, KILN_DIGEST_STR(blob));
+	return r;
+}
+
+/*
+ * ADD --chown of an archive: every entry the archive holds gets the owner
+ * (buildkit unpack_root.go: mapArchiveHeaderOwner replaces the header's
+ * uid/gid), but a directory it only implies is created by root
+ * (root.Lchown(cur, impliedUID, impliedGID), 0:0 without a user
+ * namespace) and keeps 0:0. Modes stay the archive's.
+ */
+static int chown_unpacked(struct fctx *c, const struct kiln_file_action *a,
+			  struct kiln_digest *tree, const struct implied *im)
+{
+	struct kiln_file_action owner = { .uid = a->uid, .gid = a->gid, .mode = -1 };
+	struct kiln_tree_editor *ed = NULL;
+	size_t i;
+	int r;
+
+	r = rewrite_dir(c, tree, &owner);
+	if (r < 0 || im->n == 0)
+		return r;
+	r = kiln_tree_editor_new(c->s, tree, &ed, c->err);
+	for (i = 0; r == 0 && i < im->n; i++) {
+		struct kiln_tree_entry e = { 0 };
+
+		if (kiln_tree_editor_get(ed, im->paths[i], &e, NULL) < 0 ||
+		    e.type != KILN_ENTRY_DIR) {
+			kiln_tree_entry_release(&e);
+			continue; /* replaced by a later entry */
+		}
+		e.uid = 0;
+		e.gid = 0;
+		r = kiln_tree_editor_put(ed, im->paths[i], &e, c->err);
+	}
+	if (r == 0)
+		r = kiln_tree_editor_commit(ed, tree, c->err);
+	kiln_tree_editor_free(ed);
 	return r;
 }
 
@@ -300,7 +357,7 @@ static int mkdir_dest(struct fctx *c, const struct kiln_file_action *a, const ch
  * copyDirContents and the destination is missing), or merged into.
  */
 static int copy_into(struct fctx *c, const struct kiln_file_action *a, const char *target,
-		     struct kiln_tree_entry *e)
+		     struct kiln_tree_entry *e, bool meta)
 {
 	_cleanup_free_ char *parent = NULL;
 	bool contents = e->type == KILN_ENTRY_DIR && a->contents_only && *target;
@@ -325,7 +382,7 @@ static int copy_into(struct fctx *c, const struct kiln_file_action *a, const cha
 		}
 		kiln_tree_entry_release(&cur);
 	}
-	if (r == 0)
+	if (r == 0 && meta)
 		r = apply_meta(c, e, a);
 	if (r == 0 && a->mtime >= 0) {
 		e->mtime_sec = a->mtime;
@@ -397,9 +454,13 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 	}
 	if (a->extract && e.type == KILN_ENTRY_FILE && looks_like_archive(c->s, &e.digest)) {
 		struct kiln_file_action into = *a;
+		struct implied im = { 0 };
 
 		/* ADD: an archive's contents land inside dest. */
-		r = unpack_archive(c, &e.digest, &e.digest);
+		r = unpack_archive(c, &e.digest, &e.digest, &im);
+		if (r == 0 && a->uid >= 0)
+			r = chown_unpacked(c, a, &e.digest, &im);
+		kiln_strv_free(im.paths, im.n);
 		if (r < 0) {
 			kiln_tree_entry_release(&e);
 			return r;
@@ -408,19 +469,14 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		e.size = 0;
 		e.mode = 0755;
 		into.contents_only = true;
-		/*
-		 * The entries keep the archive's modes; --chown replaces their
-		 * owners (buildkit unpack_root.go, mapArchiveHeaderOwner).
-		 */
-		into.mode = -1;
 		target = copy_target(c, &into, dest, resolved, many, &e);
-		return copy_into(c, &into, target, &e);
+		return copy_into(c, &into, target, &e, false);
 	}
 	target = copy_target(c, a, dest, resolved, many, &e);
 	if (e.type == KILN_ENTRY_DIR && !strcmp(target, dest) && a->contents_only) {
 		/* fall through: graft merges into dest */
 	}
-	return copy_into(c, a, target, &e);
+	return copy_into(c, a, target, &e, true);
 }
 
 static int do_copy(struct fctx *c, const struct kiln_file_action *orig,

@@ -429,6 +429,33 @@ static void test_extract_with_chown(void **state)
 	expect_meta(f, &t, "u/v/deep/z", 7, 8, 0644);
 }
 
+/*
+ * Directories an archive only implies (it holds "top/mid/f" and no
+ * "top/") are made by root, 0755, even with --chown (buildkit
+ * unpack_root.go: Lchown(cur, impliedUID, impliedGID)).
+ */
+static void test_extract_implied_dirs(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cmd = xasprintf("set -e; cd %s && mkdir -p t/top/mid && echo F > t/top/mid/f && "
+					     "tar -C t -cf imp.tar top/mid/f && rm -r t", f->src);
+	struct kiln_digest t;
+	int fd;
+
+	assert_int_equal(system(cmd), 0);
+	fd = open(f->src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_int_equal(kiln_tree_from_dir(f->store, fd, NULL, &f->src_tree, NULL), 0);
+	close(fd);
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/imp.tar\",\"dest\":\"/i/\","
+				       "\"extract\":true,\"chown\":\"7:8\"}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "i/top/mid/f", "F\n");
+	expect_meta(f, &t, "i", 7, 8, 0755);
+	expect_meta(f, &t, "i/top", 0, 0, 0755);
+	expect_meta(f, &t, "i/top/mid", 0, 0, 0755);
+	expect_meta(f, &t, "i/top/mid/f", 7, 8, 0644);
+}
+
 static void test_merge(void **state)
 {
 	struct fx *f = *state;
@@ -561,6 +588,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_extract_by_content, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_creates_parents_with_owner, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_extract_with_chown, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_extract_implied_dirs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_definition_key_hit, setup, teardown),
 	};

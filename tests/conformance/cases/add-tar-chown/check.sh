@@ -18,3 +18,9 @@ expect_stat tmp/lib "%u:%g %a" "1002:1003 755"
 expect_stat tmp/lib/deep "%u:%g %a" "1002:1003 750"
 expect_stat tmp/lib/deep/key "%u:%g %a" "1002:1003 600"
 expect_stat tmp/lib/run.sh "%u:%g %a" "1002:1003 755"
+# Directories the archive only implies: root, 0755 (unpack_root.go).
+expect_stat srv "%u:%g %a" "1000:1001 755"
+expect_stat srv/pkg "%u:%g %a" "0:0 755"
+expect_stat srv/pkg/bin "%u:%g %a" "0:0 755"
+expect_content srv/pkg/bin/tool tool
+expect_stat srv/pkg/bin/tool "%u:%g %a" "1000:1001 755"
