@@ -544,6 +544,7 @@ static void show_line(const struct dfbuild *b, unsigned k, bool mark)
 static void show_source(const struct dfbuild *b, const struct kiln_error *err)
 {
 	unsigned line = err && b->df_text ? error_line(b, kiln_error_msg(err)) : 0;
+	_cleanup_free_ char *failed = kiln_progress_failed_platforms(b->progress);
 	unsigned end = line, first, k;
 	size_t i;
 
@@ -561,6 +562,8 @@ static void show_source(const struct dfbuild *b, const struct kiln_error *err)
 	for (k = first; k <= end + SNIPPET_CONTEXT; k++)
 		show_line(b, k, k >= line && k <= end);
 	fputs("--------------------\n", stderr);
+	if (b->n_platforms > 1 && failed)
+		fprintf(stderr, "failed on %s\n", failed);
 }
 
 static int solve(struct dfbuild *b, struct kiln_error **err)

@@ -802,6 +802,7 @@ static int collect_ids(struct pctx *p, json_t *ops)
 
 		p->op = &p->def->ops[i];
 		p->op->index = i;
+		p->op->def = p->def;
 		if (!json_is_object(o))
 			return kiln_error_set(p->err, -EINVAL, "%s: ops[%zu]: expected an object",
 					      p->file, i);

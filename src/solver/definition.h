@@ -91,6 +91,7 @@ struct kiln_file_action {
 struct kiln_op {
 	char *id;   /* the id in the JSON */
 	size_t index;
+	const struct kiln_definition *def; /* the graph it is in (its inputs' ops) */
 	enum kiln_op_type type;
 	char *name; /* progress name; never part of a key */
 	/*

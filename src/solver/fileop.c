@@ -23,11 +23,23 @@ struct fctx {
 	struct kiln_error **err;
 };
 
+/*
+ * Which action failed, or NULL. An op from a Dockerfile is named by its
+ * step and line (kiln_op_who, by the caller): only which of several
+ * sources is added here; other ops by id and action index.
+ */
+static char *action_where(const struct fctx *c)
+{
+	if (!c->op->src_file)
+		return xasprintf("op '%s': actions[%zu]", c->op->id, c->action);
+	return c->op->n_actions > 1 ? xasprintf("source %zu", c->action + 1) : NULL;
+}
+
 static int act_err(struct fctx *c, int code, const char *fmt, ...) _printf_(3, 4);
 
 static int act_err(struct fctx *c, int code, const char *fmt, ...)
 {
-	_cleanup_free_ char *where = xasprintf("op '%s': actions[%zu]", c->op->id, c->action);
+	_cleanup_free_ char *where = action_where(c);
 	va_list ap;
 	int r;
 
@@ -293,9 +305,12 @@ static int unpack_archive(struct fctx *c, const struct kiln_digest *blob,
 	if (r == 0)
 		r = kiln_tree_from_dir(c->s, dfd, &bo, tree, c->err);
 	kiln_rm_rf(dir);
-	if (r < 0)
-		kiln_error_prefix(c->err, "op '%s': actions[%zu]: extracting %s", c->op->id,
-				  c->action, KILN_DIGEST_STR(blob));
+	if (r < 0) {
+		_cleanup_free_ char *where = action_where(c);
+
+		kiln_error_prefix(c->err, "%s%sextracting %s", where ?: "", where ? ": " : "",
+				  KILN_DIGEST_STR(blob));
+	}
 	return r;
 }
 
@@ -433,6 +448,24 @@ static char *copy_target(struct fctx *c, const struct kiln_file_action *a,
 	return kiln_path_join(dest, base);
 }
 
+/*
+ * What a copy's source is, as a user calls it: the build context, an
+ * image, or the step that made it (by its progress name).
+ */
+static char *source_what(const struct kiln_op *op, int from)
+{
+	const struct kiln_op *in;
+
+	if (from < 0 || (size_t)from >= op->n_inputs || !op->def)
+		return xstrdup("the source");
+	in = &op->def->ops[op->inputs[from].op];
+	if (in->type == KILN_OP_SOURCE_LOCAL)
+		return xstrdup("the build context");
+	if (in->type == KILN_OP_SOURCE_IMAGE)
+		return xasprintf("image %s", in->ref);
+	return in->name ? xasprintf("the result of %s", in->name) : xasprintf("op '%s'", in->id);
+}
+
 static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		    struct kiln_tree_editor *src, const char *dest, const char *path,
 		    bool many)
@@ -445,9 +478,11 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 	if (r < 0)
 		return r;
 	r = kiln_tree_editor_get(src, resolved, &e, NULL);
-	if (r < 0)
-		return act_err(c, r, "copy: source /%s not found in '%s'", path,
-			       c->op->id);
+	if (r < 0) {
+		_cleanup_free_ char *in = source_what(c->op, a->from);
+
+		return act_err(c, r, "\"%s\": not found in %s", path, in);
+	}
 	if (!*resolved) {
 		/* The root of the source: it has no name, so copy contents. */
 		e.type = KILN_ENTRY_DIR;

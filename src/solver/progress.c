@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -19,6 +20,7 @@ struct kiln_progress {
 	json_t *ids;   /* vertex -> step number (plain) */
 	unsigned next_id;
 	uint64_t start;
+	json_t *failed; /* platform -> true, for each step that failed */
 };
 
 static const char *const status_names[] = { "queued", "running", "cached", "done",
@@ -48,6 +50,7 @@ struct kiln_progress *kiln_progress_new(enum kiln_progress_mode mode, FILE *out)
 	p->out = out;
 	pthread_mutex_init(&p->lock, NULL);
 	p->ids = json_object();
+	p->failed = json_object();
 	p->start = kiln_now_mono_ns();
 	return p;
 }
@@ -57,6 +60,7 @@ void kiln_progress_free(struct kiln_progress *p)
 	if (!p)
 		return;
 	json_decref(p->ids);
+	json_decref(p->failed);
 	pthread_mutex_destroy(&p->lock);
 	free(p);
 }
@@ -111,13 +115,56 @@ static unsigned step_id(struct kiln_progress *p, const char *vertex)
 	return p->next_id;
 }
 
+/* A step of platform failed (the lock held). */
+static void note_failed(struct kiln_progress *p, const char *platform)
+{
+	if (platform && *platform)
+		json_object_set_new(p->failed, platform, json_true());
+}
+
+static int by_string(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+char *kiln_progress_failed_platforms(struct kiln_progress *p)
+{
+	const char **v;
+	const char *k;
+	json_t *x;
+	size_t n = 0, i;
+	char *s;
+
+	if (!p)
+		return NULL;
+	pthread_mutex_lock(&p->lock);
+	v = xcalloc(json_object_size(p->failed) + 1, sizeof(*v));
+	json_object_foreach(p->failed, k, x)
+		v[n++] = k;
+	qsort(v, n, sizeof(*v), by_string);
+	s = n ? xstrdup(v[0]) : NULL;
+	for (i = 1; i < n; i++) {
+		char *t = xasprintf("%s, %s", s, v[i]);
+
+		free(s);
+		s = t;
+	}
+	free(v);
+	pthread_mutex_unlock(&p->lock);
+	return s;
+}
+
 void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_event *ev)
 {
 	unsigned id;
 
-	if (p->mode == KILN_PROGRESS_QUIET)
-		return;
 	pthread_mutex_lock(&p->lock);
+	if (ev->status == KILN_VERTEX_ERROR)
+		note_failed(p, ev->platform);
+	if (p->mode == KILN_PROGRESS_QUIET) {
+		pthread_mutex_unlock(&p->lock);
+		return;
+	}
 	if (p->mode == KILN_PROGRESS_JSON) {
 		json_t *o = json_pack("{sssssssbsssssb}", "vertex", ev->vertex, "name",
 				      ev->name, "status", status_names[ev->status],
@@ -314,11 +361,16 @@ void kiln_progress_replay(struct kiln_progress *p, const char *line, size_t len)
 	const char *status;
 	size_t i;
 
-	if (!json_is_object(o) || p->mode == KILN_PROGRESS_QUIET)
+	if (!json_is_object(o))
 		goto out;
-	if (p->mode == KILN_PROGRESS_JSON) {
+	if (p->mode == KILN_PROGRESS_JSON || p->mode == KILN_PROGRESS_QUIET) {
 		pthread_mutex_lock(&p->lock);
-		emit_json(p, o);
+		if (!strcmp(json_string_value(json_object_get(o, "status")) ?: "", "error"))
+			note_failed(p, json_string_value(json_object_get(o, "platform")));
+		if (p->mode == KILN_PROGRESS_JSON)
+			emit_json(p, o); /* takes o */
+		else
+			json_decref(o);
 		pthread_mutex_unlock(&p->lock);
 		return;
 	}

@@ -56,6 +56,12 @@ struct kiln_progress *kiln_progress_new(enum kiln_progress_mode mode, FILE *out)
 void kiln_progress_free(struct kiln_progress *p);
 
 void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_event *ev);
+
+/*
+ * The platforms of the steps that failed so far, sorted, as
+ * "linux/amd64, linux/arm64"; NULL when none (or p is NULL). Caller frees.
+ */
+char *kiln_progress_failed_platforms(struct kiln_progress *p);
 void kiln_progress_log(struct kiln_progress *p, const char *vertex, int stream,
 		       const char *data, size_t len);
 /*
