@@ -56,7 +56,51 @@ struct dfbuild {
 	struct kiln_image_opts image_opts; /* compression of that image */
 	struct kiln_registry *registry;
 	struct kiln_image_tags *tags; /* each FROM tag looked up once */
+	struct kiln_df_named_context named[MAX_LIST]; /* --build-context, owned strings */
+	size_t n_named;
 };
+
+/*
+ * --build-context values (build.c checked their form): a directory or an
+ * oci-layout path is made absolute from the current directory, as buildx
+ * does, so the graph names the same tree wherever it is solved.
+ */
+static int load_named_contexts(struct dfbuild *b, struct kiln_error **err)
+{
+	size_t i;
+
+	for (i = 0; i < b->a->n_contexts; i++) {
+		const char *v = b->a->contexts[i], *eq = strchr(v, '=');
+		_cleanup_free_ char *raw = xstrndup(v, (size_t)(eq - v));
+		struct kiln_df_named_context *nc = &b->named[b->n_named];
+		const char *val = eq + 1;
+
+		if (!strncmp(val, "docker-image://", 15)) {
+			nc->image = xstrdup(val + 15);
+		} else if (!strncmp(val, "oci-layout://", 13)) {
+			const char *rest = val + 13, *colon = strrchr(rest, ':');
+			_cleanup_free_ char *path = NULL, *abs = NULL;
+
+			if (colon && strchr(colon, '/'))
+				colon = NULL;
+			path = colon ? xstrndup(rest, (size_t)(colon - rest)) : xstrdup(rest);
+			abs = realpath(path, NULL);
+			if (!abs)
+				return kiln_error_seterrno(err, -errno, "--build-context %s: layout %s",
+							   raw, path);
+			nc->image = xasprintf("oci-layout://%s%s", abs, colon ? colon : "");
+		} else {
+			char *abs = realpath(val, NULL);
+
+			if (!abs)
+				return kiln_error_seterrno(err, -errno, "--build-context %s: %s", raw, val);
+			nc->dir = abs;
+		}
+		nc->name = kiln_df_context_name(raw);
+		b->n_named++;
+	}
+	return 0;
+}
 
 /* "linux/amd64,linux/arm64" -> normalized, deduplicated list. */
 static int split_platforms(struct dfbuild *b, struct kiln_error **err)
@@ -163,6 +207,8 @@ static int load_dockerfile(struct dfbuild *b, struct kiln_error **err)
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "cannot read Dockerfile %s", b->dockerfile);
 	r = load_ignore(b, err);
+	if (r == 0)
+		r = load_named_contexts(b, err);
 	b->df_name = b->a->file ? b->a->file : "Dockerfile";
 	if (r == 0)
 		r = kiln_dockerfile_parse(text, len, b->df_name, &b->df, err);
@@ -230,6 +276,8 @@ static int lower(struct dfbuild *b, struct kiln_error **err)
 		.excludes = (const char *const *)b->excludes,
 		.n_excludes = b->n_excludes,
 		.source_date_epoch = source_date_epoch(),
+		.named_contexts = b->named,
+		.n_named_contexts = b->n_named,
 		.resolve = resolve_image,
 		.resolve_ud = b,
 		.warn = lower_warn,
@@ -602,6 +650,11 @@ static void dfbuild_release(struct dfbuild *b)
 	free(b->images);
 	kiln_strv_free(b->platforms, b->n_platforms);
 	kiln_strv_free(b->excludes, b->n_excludes);
+	for (size_t k = 0; k < b->n_named; k++) {
+		free((char *)b->named[k].name);
+		free((char *)b->named[k].dir);
+		free((char *)b->named[k].image);
+	}
 	kiln_solve_result_release(&b->res);
 	kiln_definition_free(b->def);
 	free(b->graph);

@@ -3,10 +3,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
+#include "basic/alloc.h"
 #include "basic/args.h"
 #include "basic/parse-util.h"
 #include "cli/build.h"
 #include "cli/common.h"
+#include "frontend/dockerfile/lower.h"
 
 static void build_usage(FILE *f)
 {
@@ -25,6 +29,10 @@ static void build_usage(FILE *f)
 		"  -o, --output SPEC        type=local,dest=DIR | type=tar,dest=FILE | type=oci,dest=FILE\n"
 		"                           | type=image,name=REF[,push=true] (compression=gzip|zstd);\n"
 		"                           a bare DIR means type=local,dest=DIR; repeatable\n"
+		"  --build-context NAME=VALUE\n"
+		"                           a named context for FROM NAME, COPY --from=NAME and\n"
+		"                           RUN --mount=from=NAME: a DIR, docker-image://REF or\n"
+		"                           oci-layout://PATH[:TAG] (not with --addr); repeatable\n"
 		"  --secret id=ID,src=PATH  a secret for RUN --mount=type=secret (or id=ID,env=VAR)\n"
 		"  --insecure-registry HOST allow plain http to HOST (loopback is always allowed)\n"
 		"  --registry-endpoint R=H  send requests for registry R to HOST[:PORT] (a mirror, or the\n"
@@ -53,6 +61,53 @@ static int add_list(const char **list, size_t *n, const char *v, const char *fla
 	return 0;
 }
 
+/*
+ * --build-context NAME=VALUE, as buildx's parseContextNames takes it (the
+ * name a reference, compared in its familiar form) with the values kiln
+ * supports: docker-image://REF, oci-layout://PATH[:TAG] or a directory.
+ */
+static int check_context(const struct build_args *a, const char *v)
+{
+	const char *eq = strchr(v, '=');
+	_cleanup_free_ char *raw = eq ? xstrndup(v, (size_t)(eq - v)) : NULL;
+	_cleanup_free_ char *name = raw ? kiln_df_context_name(raw) : NULL;
+	const char *val = eq ? eq + 1 : NULL;
+	struct stat st;
+	size_t i;
+
+	if (!eq || eq == v)
+		return kiln_args_error("kiln build", "--build-context: '%s' is not NAME=VALUE", v);
+	if (!name)
+		return kiln_args_error("kiln build", "--build-context: '%s' is not a valid context name (lower case letters, digits and . _ - / : @)",
+				       raw);
+	for (i = 0; i < a->n_contexts; i++) {
+		const char *o = a->contexts[i];
+		_cleanup_free_ char *oraw = xstrndup(o, (size_t)(strchr(o, '=') - o));
+		_cleanup_free_ char *oname = kiln_df_context_name(oraw);
+
+		if (!strcmp(oname, name))
+			return kiln_args_error("kiln build", "--build-context: '%s' is given twice", name);
+	}
+	if (!strncmp(val, "docker-image://", 15) || !strncmp(val, "oci-layout://", 13)) {
+		const char *rest = strstr(val, "://") + 3;
+
+		if (!*rest)
+			return kiln_args_error("kiln build", "--build-context: %s: empty reference in '%s'",
+					       name, val);
+		if (!strncmp(val, "oci-layout://", 13) && strchr(rest, '@'))
+			return kiln_args_error("kiln build", "--build-context: %s: oci-layout://PATH@DIGEST is not supported; name the image by tag (oci-layout://PATH:TAG)",
+					       name);
+		return 0;
+	}
+	if (strstr(val, "://"))
+		return kiln_args_error("kiln build", "--build-context: %s: '%s' is not a directory, docker-image://REF or oci-layout://PATH (URLs are not supported)",
+				       name, val);
+	if (!*val || stat(val, &st) < 0 || !S_ISDIR(st.st_mode))
+		return kiln_args_error("kiln build", "--build-context: %s: '%s' is not a directory, docker-image://REF or oci-layout://PATH",
+				       name, val);
+	return 0;
+}
+
 static int parse_args(int argc, char **argv, struct build_args *a)
 {
 	static const struct option opts[] = {
@@ -74,6 +129,7 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 		{ "addr", required_argument, NULL, 'A' },
 		{ "token-file", required_argument, NULL, 'K' },
 		{ "registry-endpoint", required_argument, NULL, 'E' },
+		{ "build-context", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		KILN_TLS_CLIENT_OPTIONS,
 		{ 0 },
@@ -114,6 +170,11 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 						       optarg);
 			}
 			q = add_list(a->endpoints, &a->n_endpoints, optarg, "--registry-endpoint");
+			break;
+		case 'C':
+			q = check_context(a, optarg);
+			if (q == 0)
+				q = add_list(a->contexts, &a->n_contexts, optarg, "--build-context");
 			break;
 		case 'd':
 			a->def = optarg;
@@ -169,8 +230,8 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 	if (kiln_args_no_operands("kiln build", argc, argv))
 		return KILN_ARGS_USAGE;
 	if (a->def && (a->context || a->file || a->target || a->n_build_args || a->n_tags ||
-		       a->push)) {
-		return kiln_args_error("kiln build", "--def builds a graph: CONTEXT, -f, --target, --build-arg, -t and --push are for Dockerfiles");
+		       a->push || a->n_contexts)) {
+		return kiln_args_error("kiln build", "--def builds a graph: CONTEXT, -f, --target, --build-arg, --build-context, -t and --push are for Dockerfiles");
 	}
 	if (!a->def && !a->context && !a->file) {
 		kiln_args_error("kiln build", "give a build CONTEXT (e.g. '.') or --def GRAPH.json");

@@ -36,6 +36,8 @@ struct build_args {
 	size_t n_secrets;
 	const char *insecure[MAX_LIST];
 	size_t n_insecure;
+	const char *contexts[MAX_LIST];  /* --build-context NAME=VALUE, checked */
+	size_t n_contexts;
 	const char *endpoints[MAX_LIST]; /* REGISTRY=HOST[:PORT] */
 	size_t n_endpoints;
 	const char *addr;       /* --addr: kilnd (else $KILN_ADDR, else embedded) */

@@ -51,6 +51,7 @@ struct stage_def {
 /* A stage lowered for one target platform. */
 struct stage_state {
 	bool done, busy;
+	bool replaced;    /* a named context stands for the stage */
 	char *platform;   /* the stage's platform */
 	char *op;         /* current root file system op; NULL = scratch (empty) */
 	char *base_op;    /* source.image op at the root of the FROM chain, or NULL */
@@ -116,6 +117,16 @@ int resolve_image(struct ictx *c, const char *ref, const char *platform,
 /* Lower stage sidx for platform pidx (dependencies first). */
 int lower_stage(struct lower *L, size_t pidx, size_t sidx);
 int dispatch_ins(struct ictx *c);
+/* The named context for a FROM or --from name, or NULL. */
+const struct kiln_df_named_context *named_context(struct lower *L, const char *name);
+/*
+ * The op holding a named context's tree (source.local or source.image) and,
+ * for an image, its config (borrowed; NULL for a directory). id names a
+ * new image op.
+ */
+int named_context_tree(struct ictx *c, const struct kiln_df_named_context *nc,
+		       const char *platform, const char *id, const char **op,
+		       json_t **config);
 /* Find a stage by --from value; -1 and an error when it is a later stage. */
 int find_stage(struct lower *L, const char *name, ssize_t *out);
 char *stage_names(const struct lower *L);

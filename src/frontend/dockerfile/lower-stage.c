@@ -280,6 +280,48 @@ static void emit_base(struct ictx *c, const char *pinned)
 	s->base_op = xstrdup(s->op);
 }
 
+/*
+ * A stage whose base (or, replaced, the whole stage) is a named context.
+ * An image context behaves as FROM that image (ONBUILD triggers run unless
+ * the stage is replaced, as BuildKit marks those noinit); a directory is a
+ * base with an empty config whose tree is the first layer.
+ */
+static int context_base(struct ictx *c, const struct stage_def *sd,
+			const struct kiln_df_named_context *nc, bool replace)
+{
+	struct stage_state *s = c->s;
+	_cleanup_free_ char *id = op_id(c, NULL);
+	struct triggers t = { 0 };
+	const char *op;
+	json_t *cfg;
+	int r = stage_platform(c, sd, &s->platform);
+
+	if (r == 0)
+		r = named_context_tree(c, nc, s->platform, id, &op, &cfg);
+	if (r < 0)
+		return r;
+	s->replaced = replace;
+	s->image = cfg ? new_image(cfg) : json_pack("{s:{}, s:[]}", "config", "history");
+	if (cfg && !replace)
+		r = image_triggers(c, json_object_get(cfg, "config"), &t);
+	if (r == 0) {
+		json_object_del(image_config(s->image), "OnBuild");
+		ensure_path(image_config(s->image));
+		env_from_config(s);
+		s->cmd_total = replace ? 0 : count_steps(c->L, sd) + t.n;
+		stage_set_op(s, op);
+		if (cfg) {
+			s->base_op = xstrdup(op);
+		} else {
+			_cleanup_free_ char *by = xasprintf("FROM %s", nc->name);
+			commit(c, by, op);
+		}
+		r = run_triggers(c, &t);
+	}
+	triggers_release(&t);
+	return r;
+}
+
 int stage_init(struct ictx *c)
 {
 	struct lower *L = c->L;
@@ -287,6 +329,7 @@ int stage_init(struct ictx *c)
 	const struct stage_def *sd = &L->stages[c->sidx];
 	_cleanup_free_ char *base = NULL;
 	struct triggers t = { 0 };
+	const struct kiln_df_named_context *nc;
 	const char *pinned = NULL;
 	ssize_t parent;
 	int r = expand_global(c, sd->base_raw, &base);
@@ -295,7 +338,16 @@ int stage_init(struct ictx *c)
 		return r;
 	if (!*base)
 		return lerr(c, -EINVAL, "base name (%s) should not be blank", sd->base_raw);
+	/*
+	 * BuildKit's order (dockerfile2llb/convert.go, toDispatchState): a
+	 * named context called like the stage replaces it; FROM an earlier
+	 * stage; a named context called like the base; an image.
+	 */
+	if (sd->name && (nc = named_context(L, sd->name)) != NULL)
+		return context_base(c, sd, nc, true);
 	parent = parent_stage(L, c->sidx, base);
+	if (parent < 0 && (nc = named_context(L, base)) != NULL)
+		return context_base(c, sd, nc, false);
 	if (parent >= 0) {
 		r = lower_stage(L, c->pidx, (size_t)parent);
 		if (r < 0)
@@ -350,6 +402,15 @@ static int from_tree(struct ictx *c, const char *from, const char *suffix, const
 			return r;
 		*out = tree_op(L, &L->st[c->pidx * L->n_stages + (size_t)idx]);
 		return 0;
+	}
+	{
+		/* BuildKit: a --from that names no stage is a named context first. */
+		const struct kiln_df_named_context *nc = named_context(L, from);
+
+		if (nc) {
+			id = op_id(c, suffix);
+			return named_context_tree(c, nc, c->s->platform, id, out, &cfg);
+		}
 	}
 	if (!strpbrk(from, "/:.@")) {
 		/* A bare word is far more likely a mistyped stage than an image. */

@@ -292,6 +292,86 @@ int resolve_image(struct ictx *c, const char *ref, const char *platform,
 	return 0;
 }
 
+/* ---- named contexts (--build-context) ---- */
+
+/*
+ * BuildKit's dockerui NamedContext: reference.ParseNormalizedNamed, then
+ * FamiliarString without ":latest". Only the reference grammar's
+ * characters are accepted; the rest of the grammar is the registry's.
+ */
+char *kiln_df_context_name(const char *name)
+{
+	static const char *const prefixes[] = { "docker.io/library/", "index.docker.io/library/",
+						"docker.io/", "index.docker.io/" };
+	const char *p = name;
+	size_t i, l;
+
+	if (!name || !*name || strlen(name) > 255)
+		return NULL;
+	for (; *p; p++)
+		if (!islower((unsigned char)*p) && !isdigit((unsigned char)*p) &&
+		    !strchr("._-/:@+", *p))
+			return NULL;
+	if (!isalnum((unsigned char)name[0]))
+		return NULL;
+	for (i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
+		l = strlen(prefixes[i]);
+		if (!strncmp(name, prefixes[i], l) && name[l]) {
+			name += l;
+			break;
+		}
+	}
+	l = strlen(name);
+	if (l > 7 && !strcmp(name + l - 7, ":latest") && !strchr(name, '@'))
+		l -= 7;
+	return xstrndup(name, l);
+}
+
+const struct kiln_df_named_context *named_context(struct lower *L, const char *name)
+{
+	_cleanup_free_ char *n = NULL;
+	size_t i;
+
+	if (!L->o->n_named_contexts)
+		return NULL;
+	n = kiln_df_context_name(name);
+	if (!n)
+		return NULL;
+	for (i = 0; i < L->o->n_named_contexts; i++)
+		if (!strcmp(L->o->named_contexts[i].name, n))
+			return &L->o->named_contexts[i];
+	return NULL;
+}
+
+int named_context_tree(struct ictx *c, const struct kiln_df_named_context *nc,
+		       const char *platform, const char *id, const char **op,
+		       json_t **config)
+{
+	struct lower *L = c->L;
+	_cleanup_free_ char *name = NULL, *cid = NULL;
+	const char *pinned;
+	int r;
+
+	if (nc->dir) {
+		/* BuildKit names it "[context NAME] load from client". */
+		name = xasprintf("[context %s] load from client", nc->name);
+		cid = xasprintf("context-%u", ++L->n_contexts);
+		*op = emit_op(L, json_pack("{s:s, s:s, s:s, s:[]}", "op", "source.local", "name",
+					   name, "path", nc->dir, "exclude"),
+			      cid);
+		*config = NULL;
+		return 0;
+	}
+	r = resolve_image(c, nc->image, platform, &pinned, config);
+	if (r < 0)
+		return r;
+	name = xasprintf("[context %s] %s", nc->name, pinned);
+	*op = emit_op(L, json_pack("{s:s, s:s, s:s, s:s}", "op", "source.image", "name", name,
+				   "ref", pinned, "platform", platform),
+		      id);
+	return 0;
+}
+
 /* ---- stages ---- */
 
 int find_stage(struct lower *L, const char *name, ssize_t *out)
@@ -684,7 +764,7 @@ int lower_stage(struct lower *L, size_t pidx, size_t sidx)
 	free(c.name);
 	free(c.text);
 	c.idbase = c.name = c.text = NULL;
-	if (r == 0)
+	if (r == 0 && !s->replaced)
 		r = lower_body(L, &c, sd);
 	s->busy = false;
 	s->done = r == 0;

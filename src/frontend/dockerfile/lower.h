@@ -36,6 +36,24 @@ typedef int (*kiln_df_resolve_fn)(void *ud, const char *ref, const char *platfor
  */
 typedef void (*kiln_df_warn_fn)(void *ud, const char *msg);
 
+/*
+ * A named build context (--build-context NAME=VALUE, BuildKit's
+ * "context:NAME"): exactly one of dir and image is set.
+ */
+struct kiln_df_named_context {
+	const char *name;  /* normalized: kiln_df_context_name() */
+	const char *dir;   /* absolute local directory: a source.local op */
+	const char *image; /* image ref as resolve takes it (registry ref or oci-layout://ABS) */
+};
+
+/*
+ * The normalized form of a context name, as BuildKit's dockerui compares
+ * them: a Docker reference in its familiar form without ":latest"
+ * ("docker.io/library/alpine:latest" -> "alpine"). NULL when name is not a
+ * valid reference name (empty, upper case, other characters).
+ */
+char *kiln_df_context_name(const char *name);
+
 struct kiln_df_build_opts {
 	const char *context_dir;   /* absolute */
 	const char *dockerfile;    /* path, for errors and the context op */
@@ -48,6 +66,13 @@ struct kiln_df_build_opts {
 	const char *const *excludes;   /* .dockerignore patterns (parsed) */
 	size_t n_excludes;
 	int64_t source_date_epoch; /* -1 when unset */
+	/*
+	 * Named contexts, names unique. A stage named NAME is replaced by the
+	 * context (its instructions are not lowered); FROM NAME and --from=NAME
+	 * that name no earlier stage take the context before any image.
+	 */
+	const struct kiln_df_named_context *named_contexts;
+	size_t n_named_contexts;
 	kiln_df_resolve_fn resolve;
 	void *resolve_ud;
 	kiln_df_warn_fn warn;      /* NULL: warnings are dropped */
