@@ -113,6 +113,8 @@ struct topts {
 	const char *build_args[4];
 	const char *excludes[2];
 	int64_t epoch;
+	const struct kiln_df_named_context *named; /* --build-context */
+	size_t n_named;
 };
 
 /* The emitted graph must pass the solver's own validation. */
@@ -155,6 +157,8 @@ static struct res *lower_opts(const char *text, const struct topts *t)
 	o.excludes = t->excludes;
 	o.n_excludes = ne;
 	o.source_date_epoch = t->epoch ? t->epoch : -1;
+	o.named_contexts = t->named;
+	o.n_named_contexts = t->n_named;
 	o.resolve = fake_resolve;
 	o.warn = collect_warn;
 	warnings_reset();
@@ -640,6 +644,112 @@ static void test_copy_from_errors(void **state)
 		    "Dockerfile:3:1: COPY: stage 'bild' not found (stages: build, final)");
 	lower_fails("FROM alpine\nCOPY --from=$X /a /b\n", "variables are not expanded in --from");
 	lower_fails("FROM missing\n", "Dockerfile:1:1: FROM: missing: not found in registry");
+}
+
+/* ---- named contexts (--build-context) ---- */
+
+static const struct kiln_df_named_context named[] = {
+	{ .name = "src", .dir = "/other" },
+	{ .name = "base", .image = "registry.example/base:1" },
+	{ .name = "busybox", .image = "registry.example/bb:2" },
+};
+
+static void test_named_context_from_and_copy(void **state)
+{
+	struct topts t = { .platforms = { "linux/amd64" }, .named = named, .n_named = 3 };
+	struct res *res = lower_ok("FROM base\nCOPY --from=src /a /a\n"
+				   "RUN --mount=from=src,target=/m true\n"
+				   "COPY --from=docker.io/library/busybox:latest /bin/sh /sh\n",
+				   &t);
+	json_t *c1 = op(res, res->imgs[0].layer_ops[0]);
+	json_t *a1 = json_array_get(json_object_get(c1, "actions"), 0);
+	json_t *c3 = op(res, res->imgs[0].layer_ops[2]);
+	json_t *a3 = json_array_get(json_object_get(c3, "actions"), 0);
+	json_t *local = op(res, sget(a1, "from")), *base = op(res, res->imgs[0].base_op);
+	char *cfg = json_dumps(res->imgs[0].config, 0);
+
+	(void)state;
+	/* FROM base: the image context, never an image called "base". */
+	assert_string_equal(sget(base, "op"), "source.image");
+	assert_non_null(strstr(sget(base, "ref"), "/fake/registry.example/base_1:tag@"));
+	assert_int_equal(resolve_count("registry.example/base:1", NULL), 1);
+	assert_int_equal(resolve_count("base", NULL), 0);
+	/* The image context's config is the stage's, as FROM an image. */
+	assert_non_null(strstr(cfg, "BASE=1"));
+	free(cfg);
+	/* COPY --from=src: the directory as a second source.local op. */
+	assert_string_equal(sget(local, "op"), "source.local");
+	assert_string_equal(sget(local, "path"), "/other");
+	assert_string_equal(sget(local, "name"), "[context src] load from client");
+	assert_int_equal(dop(res, sget(local, "id"))->type, KILN_OP_SOURCE_LOCAL);
+	/* RUN --mount=from=src mounts the same op. */
+	assert_non_null(strstr(res->def, sget(local, "id")));
+	/* Names compare in the familiar form: docker.io/library/busybox:latest is busybox. */
+	assert_non_null(strstr(sget(op(res, sget(a3, "from")), "ref"), "/fake/registry.example/bb_2:"));
+	assert_int_equal(resolve_count("docker.io/library/busybox:latest", NULL), 0);
+	res_free(res);
+}
+
+static void test_named_context_precedence(void **state)
+{
+	struct topts t = { .platforms = { "linux/amd64" }, .named = named, .n_named = 3 };
+	/* A stage called like a context is replaced by it: its RUN is not lowered. */
+	struct res *res = lower_ok("FROM alpine AS src\nRUN touch /never\n"
+				   "FROM alpine AS mid\nCOPY --from=src /a /a\n"
+				   "FROM src\nRUN true\n",
+				   &t);
+	json_t *ops = json_object_get(res->j, "ops"), *o, *c;
+	size_t i;
+
+	(void)state;
+	json_array_foreach(ops, i, o)
+		assert_null(strstr(sget(o, "name"), "touch /never"));
+	/* FROM src (the replaced stage): the directory is the first layer, no base image. */
+	assert_null(res->imgs[0].base_op);
+	assert_int_equal(res->imgs[0].n_layer_ops, 2);
+	c = op(res, res->imgs[0].layer_ops[0]);
+	assert_string_equal(sget(c, "op"), "source.local");
+	assert_string_equal(sget(c, "path"), "/other");
+	assert_string_equal(hist_at(res, 0, 0), "FROM src");
+	res_free(res);
+
+	/* A stage replaced by an image context: FROM it is that image. */
+	res = lower_ok("FROM alpine AS base\nRUN touch /x\nFROM base\n", &t);
+	assert_int_equal(resolve_count("registry.example/base:1", NULL), 1);
+	assert_non_null(strstr(sget(op(res, res->imgs[0].base_op), "ref"), "/fake/registry.example/base_1:tag@"));
+	res_free(res);
+
+	/* Without contexts the same names are images again. */
+	res = lower_ok("FROM base\n", NULL);
+	assert_int_equal(resolve_count("base", NULL), 1);
+	res_free(res);
+}
+
+static void test_context_name(void **state)
+{
+	static const char *const cases[][2] = {
+		{ "alpine", "alpine" },
+		{ "docker.io/library/alpine:latest", "alpine" },
+		{ "docker.io/me/app", "me/app" },
+		{ "alpine:3.19", "alpine:3.19" },
+		{ "localhost:5000/app:latest", "localhost:5000/app" },
+		{ "Alpine", NULL },
+		{ "", NULL },
+		{ "-x", NULL },
+		{ "a b", NULL },
+	};
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < ARRAY_SIZE(cases); i++) {
+		char *n = kiln_df_context_name(cases[i][0]);
+
+		if (cases[i][1])
+			assert_string_equal(n, cases[i][1]);
+		else
+			assert_null(n);
+		free(n);
+	}
 }
 
 static void test_chown_chmod(void **state)
@@ -1136,6 +1246,9 @@ int main(void)
 		cmocka_unit_test(test_exec_form_and_context),
 		cmocka_unit_test(test_unused_build_arg),
 		cmocka_unit_test(test_syntax_directive),
+		cmocka_unit_test(test_named_context_from_and_copy),
+		cmocka_unit_test(test_named_context_precedence),
+		cmocka_unit_test(test_context_name),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
