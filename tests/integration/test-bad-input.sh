@@ -106,6 +106,29 @@ check_flags() { # NAME COMMAND...
 	assert_contains "$(cat "$T/flags.err")" "stray-" "$name's error for a stray operand"
 }
 check_flags "kiln build" "$KILN" build
+
+# --build-context NAME=VALUE: a bad value is a usage error naming the flag.
+mkdir -p "$T/bc-ctx/dir"
+printf 'FROM scratch\n' >"$T/bc-ctx/Dockerfile"
+bad_context() { # WHAT FRAGMENT ARGS...
+	local what=$1 frag=$2 rc=0
+	shift 2
+	"$KILN" build "$@" "$T/bc-ctx" >"$T/bc.out" 2>"$T/bc.err" || rc=$?
+	assert_eq "$rc" 2 "--build-context $what: exit status"
+	assert_contains "$(cat "$T/bc.err")" "--build-context" "--build-context $what: error names the flag"
+	assert_contains "$(cat "$T/bc.err")" "$frag" "--build-context $what: error"
+}
+bad_context "without =" "is not NAME=VALUE" --build-context foo
+bad_context "empty name" "is not NAME=VALUE" --build-context "=$T/bc-ctx/dir"
+bad_context "upper-case name" "not a valid context name" --build-context "Foo=$T/bc-ctx/dir"
+bad_context "twice" "'foo' is given twice" --build-context "foo=$T/bc-ctx/dir" \
+	--build-context "docker.io/library/foo:latest=docker-image://busybox"
+bad_context "missing dir" "is not a directory, docker-image://REF or oci-layout://PATH" \
+	--build-context "foo=$T/bc-ctx/nope"
+bad_context "url" "URLs are not supported" --build-context "foo=https://example.com/x.git"
+bad_context "empty image" "empty reference" --build-context "foo=docker-image://"
+bad_context "layout digest" "@DIGEST is not supported" \
+	--build-context "foo=oci-layout://$T/bc-ctx@sha256:0000"
 check_flags "kiln du" "$KILN" du
 check_flags "kiln prune" "$KILN" prune
 check_flags "kiln workers" "$KILN" workers
