@@ -57,8 +57,28 @@ struct dfbuild {
 	struct kiln_registry *registry;
 	struct kiln_image_tags *tags; /* each FROM tag looked up once */
 	struct kiln_df_named_context named[MAX_LIST]; /* --build-context, owned strings */
+	char **named_excludes[MAX_LIST]; /* a directory context's .dockerignore */
 	size_t n_named;
 };
+
+/* DIR/.dockerignore, if any. */
+static int load_ignore(const char *dir, char ***excludes, size_t *n_excludes,
+		       struct kiln_error **err)
+{
+	_cleanup_free_ char *path = kiln_path_join(dir, ".dockerignore");
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r = kiln_read_file_at(AT_FDCWD, path, 1u << 20, &text, &len);
+
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "cannot read %s", path);
+	r = kiln_dockerignore_parse(text, len, excludes, n_excludes, err);
+	if (r < 0)
+		kiln_error_prefix(err, "%s", path);
+	return r;
+}
 
 /*
  * --build-context values (build.c checked their form): a directory or an
@@ -91,10 +111,19 @@ static int load_named_contexts(struct dfbuild *b, struct kiln_error **err)
 			nc->image = xasprintf("oci-layout://%s%s", abs, colon ? colon : "");
 		} else {
 			char *abs = realpath(val, NULL);
+			int r;
 
 			if (!abs)
 				return kiln_error_seterrno(err, -errno, "--build-context %s: %s", raw, val);
 			nc->dir = abs;
+			/* dockerui reads a local named context's own .dockerignore. */
+			r = load_ignore(abs, &b->named_excludes[b->n_named], &nc->n_excludes, err);
+			if (r < 0) {
+				free(abs);
+				nc->dir = NULL;
+				return r;
+			}
+			nc->excludes = (const char *const *)b->named_excludes[b->n_named];
 		}
 		nc->name = kiln_df_context_name(raw);
 		b->n_named++;
@@ -172,24 +201,6 @@ static int load_secret(struct dfbuild *b, const char *spec, struct kiln_error **
 	return 0;
 }
 
-/* .dockerignore of the context, if any. */
-static int load_ignore(struct dfbuild *b, struct kiln_error **err)
-{
-	_cleanup_free_ char *path = kiln_path_join(b->context, ".dockerignore");
-	_cleanup_free_ char *text = NULL;
-	size_t len;
-	int r = kiln_read_file_at(AT_FDCWD, path, 1u << 20, &text, &len);
-
-	if (r == -ENOENT)
-		return 0;
-	if (r < 0)
-		return kiln_error_seterrno(err, r, "cannot read %s", path);
-	r = kiln_dockerignore_parse(text, len, &b->excludes, &b->n_excludes, err);
-	if (r < 0)
-		kiln_error_prefix(err, "%s", path);
-	return r;
-}
-
 static int load_dockerfile(struct dfbuild *b, struct kiln_error **err)
 {
 	_cleanup_free_ char *text = NULL;
@@ -206,7 +217,7 @@ static int load_dockerfile(struct dfbuild *b, struct kiln_error **err)
 				      KILN_DF_MAX_BYTES);
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "cannot read Dockerfile %s", b->dockerfile);
-	r = load_ignore(b, err);
+	r = load_ignore(b->context, &b->excludes, &b->n_excludes, err);
 	if (r == 0)
 		r = load_named_contexts(b, err);
 	b->df_name = b->a->file ? b->a->file : "Dockerfile";
@@ -654,6 +665,7 @@ static void dfbuild_release(struct dfbuild *b)
 		free((char *)b->named[k].name);
 		free((char *)b->named[k].dir);
 		free((char *)b->named[k].image);
+		kiln_strv_free(b->named_excludes[k], b->named[k].n_excludes);
 	}
 	kiln_solve_result_release(&b->res);
 	kiln_definition_free(b->def);

@@ -648,8 +648,10 @@ static void test_copy_from_errors(void **state)
 
 /* ---- named contexts (--build-context) ---- */
 
+static const char *const src_excludes[] = { "*.log" };
+
 static const struct kiln_df_named_context named[] = {
-	{ .name = "src", .dir = "/other" },
+	{ .name = "src", .dir = "/other", .excludes = src_excludes, .n_excludes = 1 },
 	{ .name = "base", .image = "registry.example/base:1" },
 	{ .name = "busybox", .image = "registry.example/bb:2" },
 };
@@ -681,6 +683,10 @@ static void test_named_context_from_and_copy(void **state)
 	assert_string_equal(sget(local, "op"), "source.local");
 	assert_string_equal(sget(local, "path"), "/other");
 	assert_string_equal(sget(local, "name"), "[context src] load from client");
+	/* Its own .dockerignore, not the main context's. */
+	assert_int_equal(json_array_size(json_object_get(local, "exclude")), 1);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(local, "exclude"), 0)),
+			    "*.log");
 	assert_int_equal(dop(res, sget(local, "id"))->type, KILN_OP_SOURCE_LOCAL);
 	/* RUN --mount=from=src mounts the same op. */
 	assert_non_null(strstr(res->def, sget(local, "id")));

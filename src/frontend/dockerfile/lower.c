@@ -353,11 +353,16 @@ int named_context_tree(struct ictx *c, const struct kiln_df_named_context *nc,
 	int r;
 
 	if (nc->dir) {
+		json_t *ex = json_array();
+		size_t i;
+
+		for (i = 0; i < nc->n_excludes; i++)
+			json_array_append_new(ex, json_string(nc->excludes[i]));
 		/* BuildKit names it "[context NAME] load from client". */
 		name = xasprintf("[context %s] load from client", nc->name);
 		cid = xasprintf("context-%u", ++L->n_contexts);
-		*op = emit_op(L, json_pack("{s:s, s:s, s:s, s:[]}", "op", "source.local", "name",
-					   name, "path", nc->dir, "exclude"),
+		*op = emit_op(L, json_pack("{s:s, s:s, s:s, s:o}", "op", "source.local", "name",
+					   name, "path", nc->dir, "exclude", ex),
 			      cid);
 		*config = NULL;
 		return 0;

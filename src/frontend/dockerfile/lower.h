@@ -43,6 +43,8 @@ typedef void (*kiln_df_warn_fn)(void *ud, const char *msg);
 struct kiln_df_named_context {
 	const char *name;  /* normalized: kiln_df_context_name() */
 	const char *dir;   /* absolute local directory: a source.local op */
+	const char *const *excludes; /* dir's .dockerignore patterns (parsed) */
+	size_t n_excludes;
 	const char *image; /* image ref as resolve takes it (registry ref or oci-layout://ABS) */
 };
 
