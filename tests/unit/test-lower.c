@@ -725,6 +725,26 @@ static void test_named_context_precedence(void **state)
 	assert_non_null(strstr(sget(op(res, res->imgs[0].base_op), "ref"), "/fake/registry.example/base_1:tag@"));
 	res_free(res);
 
+	/*
+	 * A stage replaced by an image with ONBUILD triggers keeps them (BuildKit
+	 * noinit): they run in a stage FROM it, not in the replaced one.
+	 */
+	{
+		static const struct kiln_df_named_context ob[] = { { .name = "p", .image = "obbase" } };
+		struct topts t2 = { .platforms = { "linux/amd64" }, .named = ob, .n_named = 1 };
+
+		res = lower_ok("FROM alpine AS p\nFROM p\nRUN x\n", &t2);
+		assert_int_equal(res->imgs[0].n_layer_ops, 2);
+		assert_true(has_str(json_object_get(op(res, res->imgs[0].layer_ops[0]), "args"),
+				    "echo triggered"));
+		assert_null(json_object_get(cfg(res, 0), "OnBuild"));
+		res_free(res);
+		res = lower_ok("FROM alpine AS p\n", &t2);
+		assert_non_null(json_object_get(cfg(res, 0), "OnBuild"));
+		assert_int_equal(res->imgs[0].n_layer_ops, 0);
+		res_free(res);
+	}
+
 	/* Without contexts the same names are images again. */
 	res = lower_ok("FROM base\n", NULL);
 	assert_int_equal(resolve_count("base", NULL), 1);

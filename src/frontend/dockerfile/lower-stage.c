@@ -305,7 +305,13 @@ static int context_base(struct ictx *c, const struct stage_def *sd,
 	if (cfg && !replace)
 		r = image_triggers(c, json_object_get(cfg, "config"), &t);
 	if (r == 0) {
-		json_object_del(image_config(s->image), "OnBuild");
+		/*
+		 * A replaced stage keeps the image's OnBuild, as BuildKit's noinit
+		 * stages do: it is the image's if the stage is the target, and a
+		 * FROM of the stage runs the triggers.
+		 */
+		if (!replace)
+			json_object_del(image_config(s->image), "OnBuild");
 		ensure_path(image_config(s->image));
 		env_from_config(s);
 		s->cmd_total = replace ? 0 : count_steps(c->L, sd) + t.n;
@@ -330,6 +336,7 @@ int stage_init(struct ictx *c)
 	_cleanup_free_ char *base = NULL;
 	struct triggers t = { 0 };
 	const struct kiln_df_named_context *nc;
+	const struct stage_state *ps;
 	const char *pinned = NULL;
 	ssize_t parent;
 	int r = expand_global(c, sd->base_raw, &base);
@@ -352,8 +359,13 @@ int stage_init(struct ictx *c)
 		r = lower_stage(L, c->pidx, (size_t)parent);
 		if (r < 0)
 			return r;
-		inherit(s, &L->st[c->pidx * L->n_stages + (size_t)parent]);
-		parent_triggers(L, (size_t)parent, &t);
+		ps = &L->st[c->pidx * L->n_stages + (size_t)parent];
+		inherit(s, ps);
+		/* A replaced parent's triggers are its image's (its body never ran). */
+		if (ps->replaced)
+			r = image_triggers(c, image_config(ps->image), &t);
+		else
+			parent_triggers(L, (size_t)parent, &t);
 	} else {
 		r = stage_platform(c, sd, &s->platform);
 		if (r == 0)
