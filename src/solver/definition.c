@@ -18,6 +18,7 @@
 #include "basic/strbuf.h"
 #include "basic/strv.h"
 #include "registry/registry.h"
+#include "source/local.h"
 
 /* Parsing context for error messages. */
 struct pctx {
@@ -540,13 +541,34 @@ static int parse_exec(struct pctx *p, json_t *o)
 	return 0;
 }
 
+/*
+ * A copy's "exclude": .dockerignore patterns, checked now so that a bad
+ * one names the op before anything runs.
+ */
+static int get_exclude(struct pctx *p, json_t *a, struct kiln_file_action *fa)
+{
+	struct kiln_patterns *pt = NULL;
+	struct kiln_error *perr = NULL;
+	int r = get_str_array(p, a, "exclude", &fa->exclude, &fa->n_exclude);
+
+	if (r < 0 || fa->n_exclude == 0)
+		return r;
+	r = kiln_patterns_new((const char *const *)fa->exclude, fa->n_exclude, &pt, &perr);
+	kiln_patterns_free(pt);
+	if (r < 0) {
+		r = op_err(p, "exclude", "%s", perr ? kiln_error_msg(perr) : "bad pattern");
+		kiln_error_free(perr);
+	}
+	return r;
+}
+
 static int parse_action(struct pctx *p, json_t *a, size_t i)
 {
 	static const char *const allowed[] = { "action", "from", "src", "dest", "path",
 					       "target", "data", "mode", "chown",
 					       "parents", "allow_not_found",
 					       "follow_symlinks", "allow_wildcard",
-					       "mtime", "extract", NULL };
+					       "mtime", "extract", "exclude", NULL };
 	struct kiln_file_action *fa = &p->op->actions[i];
 	_cleanup_free_ char *kind = NULL;
 	json_t *mt;
@@ -591,6 +613,8 @@ static int parse_action(struct pctx *p, json_t *a, size_t i)
 			r = get_bool(p, a, "allow_wildcard", true, &fa->allow_wildcard);
 		if (r == 0)
 			r = get_bool(p, a, "extract", false, &fa->extract);
+		if (r == 0)
+			r = get_exclude(p, a, fa);
 		if (r < 0)
 			return r;
 		l = strlen(src);
@@ -991,6 +1015,9 @@ static json_t *form_action(const struct kiln_file_action *a)
 		json_object_set_new(o, "contents_only", json_boolean(a->contents_only));
 		json_object_set_new(o, "allow_wildcard", json_boolean(a->allow_wildcard));
 		json_object_set_new(o, "allow_not_found", json_boolean(a->allow_not_found));
+		/* Only when set: graphs without excludes keep their digests. */
+		if (a->n_exclude)
+			json_object_set_new(o, "exclude", str_array(a->exclude, a->n_exclude));
 		break;
 	case KILN_FA_MKDIR:
 		json_object_set_new(o, "parents", json_boolean(a->parents));
@@ -1272,6 +1299,7 @@ static void op_release(struct kiln_op *op)
 	free(op->mounts);
 	for (i = 0; i < op->n_actions; i++) {
 		free(op->actions[i].src);
+		kiln_strv_free(op->actions[i].exclude, op->actions[i].n_exclude);
 		free(op->actions[i].path);
 		free(op->actions[i].target);
 		free(op->actions[i].data);

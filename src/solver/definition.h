@@ -85,6 +85,8 @@ struct kiln_file_action {
 	bool contents_only;     /* COPY: copy a dir's contents (src ends "/.") */
 	bool allow_wildcard;    /* COPY (default true) */
 	bool extract;           /* COPY: unpack a tar archive source */
+	char **exclude;         /* COPY: .dockerignore patterns not copied */
+	size_t n_exclude;
 	int64_t mtime;  /* -1 = keep (COPY) / now-less default 0 (MKDIR/MKFILE) */
 };
 

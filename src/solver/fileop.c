@@ -14,12 +14,14 @@
 #include "basic/strv.h"
 #include "cas/tree.h"
 #include "source/image.h"
+#include "source/local.h"
 
 struct fctx {
 	struct kiln_store *s;
 	const struct kiln_op *op;
 	size_t action;
 	struct kiln_tree_editor *ed; /* the destination */
+	struct kiln_patterns *exclude; /* the copy action's, or NULL */
 	struct kiln_error **err;
 };
 
@@ -426,6 +428,60 @@ static int copy_into(struct fctx *c, const struct kiln_file_action *a, const cha
 	return r;
 }
 
+/*
+ * COPY --exclude: drop what the patterns match below a copied directory,
+ * rel being dir's path below the copied source ("" for it). As fsutil's
+ * copier (copy.go, c.exclude(srcComponents, ...)): paths are relative to
+ * the source being copied and the source itself is never excluded; an
+ * excluded directory is walked only when a "!" exception may bring
+ * something below it back, and kept only if something comes back.
+ */
+static int filter_dir(struct fctx *c, const char *rel, struct kiln_digest *d, bool *empty)
+{
+	struct kiln_tree t = KILN_TREE_INIT;
+	bool changed = false;
+	size_t i, k = 0;
+	int r;
+
+	r = kiln_tree_get(c->s, d, &t, c->err);
+	for (i = 0; r == 0 && i < t.n; i++) {
+		struct kiln_tree_entry *e = &t.entries[i];
+		_cleanup_free_ char *p = kiln_path_join(rel, e->name);
+		bool ex = kiln_patterns_match(c->exclude, p), keep = !ex;
+
+		if (e->type == KILN_ENTRY_DIR &&
+		    (!ex || kiln_patterns_may_match_below(c->exclude, p))) {
+			struct kiln_digest old = e->digest;
+			bool sub_empty = false;
+
+			r = filter_dir(c, p, &e->digest, &sub_empty);
+			changed |= memcmp(&old, &e->digest, sizeof(old)) != 0;
+			keep = !ex || !sub_empty;
+		}
+		if (!keep) {
+			kiln_tree_entry_release(e);
+			changed = true;
+			continue;
+		}
+		if (k != i)
+			t.entries[k] = *e;
+		k++;
+	}
+	/* Entries from k on were moved down or released. */
+	if (r == 0) {
+		t.n = k;
+		*empty = k == 0;
+		if (changed)
+			r = kiln_tree_put(c->s, &t, d, c->err);
+	} else {
+		for (; i < t.n; i++)
+			t.entries[k++] = t.entries[i];
+		t.n = k;
+	}
+	kiln_tree_release(&t);
+	return r;
+}
+
 /* Where one matched source lands: dest itself or dest/<basename>. */
 static char *copy_target(struct fctx *c, const struct kiln_file_action *a,
 			 const char *dest, const char *srcpath, bool many,
@@ -507,6 +563,15 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		target = copy_target(c, &into, dest, resolved, many, &e);
 		return copy_into(c, &into, target, &e, false);
 	}
+	if (c->exclude && e.type == KILN_ENTRY_DIR) {
+		bool empty = false;
+
+		r = filter_dir(c, "", &e.digest, &empty);
+		if (r < 0) {
+			kiln_tree_entry_release(&e);
+			return r;
+		}
+	}
 	target = copy_target(c, a, dest, resolved, many, &e);
 	if (e.type == KILN_ENTRY_DIR && !strcmp(target, dest) && a->contents_only) {
 		/* fall through: graft merges into dest */
@@ -526,11 +591,16 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 	int r;
 
 	r = resolve_owner(c, orig, &eff.uid, &eff.gid);
+	if (r == 0 && orig->n_exclude)
+		r = kiln_patterns_new((const char *const *)orig->exclude, orig->n_exclude,
+				      &c->exclude, c->err);
 	if (r < 0)
 		return r;
 	r = kiln_tree_editor_new(c->s, from, &src, c->err);
-	if (r < 0)
+	if (r < 0) {
+		kiln_patterns_free(TAKE_PTR(c->exclude));
 		return r;
+	}
 	r = kiln_tree_editor_resolve(c->ed, a->path + 1, false, &dest, c->err);
 	if (r == 0 && glob)
 		r = expand(c, src, a->src, &matches, &n);
@@ -541,9 +611,18 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 	}
 	if (r == 0 && n == 0 && !a->allow_not_found)
 		r = act_err(c, -ENOENT, "copy: no source matches '%s'", a->src);
-	for (i = 0; r == 0 && i < n; i++)
-		r = copy_one(c, a, src, dest, matches[i],
-			     n > 1 || glob);
+	for (i = 0; r == 0 && i < n; i++) {
+		/*
+		 * A wildcard match is excluded by its path in the source tree
+		 * (COPY --exclude=*.txt hom* /mydir/ skips homework.txt), unless
+		 * an exception may bring back something below it.
+		 */
+		if (glob && c->exclude && kiln_patterns_match(c->exclude, matches[i]) &&
+		    !kiln_patterns_may_match_below(c->exclude, matches[i]))
+			continue;
+		r = copy_one(c, a, src, dest, matches[i], n > 1 || glob);
+	}
+	kiln_patterns_free(TAKE_PTR(c->exclude));
 	kiln_strv_free(matches, n);
 	kiln_tree_editor_free(src);
 	return r;

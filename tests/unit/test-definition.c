@@ -117,6 +117,33 @@ static void test_platform_in_exec_not_in_file(void **state)
 	kiln_definition_free(b);
 }
 
+static void test_copy_exclude_in_digest(void **state)
+{
+#define EXCL_GRAPH(x)                                                                  \
+	"{\"version\":1,\"ops\":[" IMG ",{\"id\":\"f\",\"op\":\"file\",\"actions\":"        \
+	"[{\"action\":\"copy\",\"from\":\"base\",\"src\":\"/d\",\"dest\":\"/o\"" x "}]}],"  \
+	"\"output\":\"f\"}"
+	struct kiln_definition *a = parse_ok(EXCL_GRAPH(""));
+	struct kiln_definition *b = parse_ok(EXCL_GRAPH(",\"exclude\":[\"*.log\"]"));
+	struct kiln_definition *c = parse_ok(EXCL_GRAPH(",\"exclude\":[\"*.tmp\"]"));
+	struct kiln_definition *e = parse_ok(EXCL_GRAPH(",\"exclude\":[]"));
+
+	assert_int_equal(b->ops[1].actions[0].n_exclude, 1);
+	assert_string_equal(b->ops[1].actions[0].exclude[0], "*.log");
+	assert_false(kiln_digest_eq(&a->ops[1].digest, &b->ops[1].digest));
+	assert_false(kiln_digest_eq(&b->ops[1].digest, &c->ops[1].digest));
+	/* no patterns: the digest of a graph written before the field */
+	assert_true(kiln_digest_eq(&a->ops[1].digest, &e->ops[1].digest));
+	assert_non_null(strstr(b->ops[1].form, "\"exclude\":[\"*.log\"]"));
+	kiln_definition_free(a);
+	kiln_definition_free(b);
+	kiln_definition_free(c);
+	kiln_definition_free(e);
+	parse_fails(EXCL_GRAPH(",\"exclude\":\"*.log\""), "op 'f'", "field 'exclude'", NULL);
+	parse_fails(EXCL_GRAPH(",\"exclude\":[\"a[\"]"), "op 'f'", "field 'exclude'", NULL);
+#undef EXCL_GRAPH
+}
+
 static void test_malformed_json(void **state)
 {
 	parse_fails("{\"version\":1,\"ops\":[", "g.json:", "malformed JSON", NULL);
@@ -249,6 +276,7 @@ int main(void)
 		cmocka_unit_test(test_valid_graph),
 		cmocka_unit_test(test_digest_ignores_ids_names_order),
 		cmocka_unit_test(test_platform_in_exec_not_in_file),
+		cmocka_unit_test(test_copy_exclude_in_digest),
 		cmocka_unit_test(test_malformed_json),
 		cmocka_unit_test(test_unknown_op_and_field),
 		cmocka_unit_test(test_wrong_types),

@@ -847,6 +847,28 @@ static void test_copy_dest_semantics(void **state)
 		    "Dockerfile:2:1: COPY: with more than one source the destination must be a directory ending in '/'");
 }
 
+static void test_copy_exclude(void **state)
+{
+	struct res *res = lower_ok("FROM alpine\nARG X=log\nCOPY --exclude=*.$X --exclude=tmp/ dir /d/\n"
+				   "ADD --exclude=a.tar src/ /s/\nCOPY a /b\n",
+				   NULL);
+	json_t *c1 = json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[0]), "actions"), 0);
+	json_t *c2 = json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[1]), "actions"), 0);
+	json_t *c3 = json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[2]), "actions"), 0);
+	json_t *ex = json_object_get(c1, "exclude");
+
+	assert_int_equal(json_array_size(ex), 2);
+	assert_string_equal(json_string_value(json_array_get(ex, 0)), "*.log");
+	assert_string_equal(json_string_value(json_array_get(ex, 1)), "tmp/");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(c2, "exclude"), 0)), "a.tar");
+	assert_null(json_object_get(c3, "exclude"));
+	/* the parsed form carries them (and so the op's digest) */
+	assert_int_equal(dop(res, res->imgs[0].layer_ops[0])->actions[0].n_exclude, 2);
+	assert_string_equal(hist_at(res, 0, 1), "COPY dir /d/ # buildkit");
+	res_free(res);
+	lower_fails("FROM alpine\nCOPY --exclude= a /b\n", "--exclude needs a pattern");
+}
+
 static void test_workdir_relative(void **state)
 {
 	struct res *res = lower_ok("FROM alpine\nWORKDIR /a\nWORKDIR b\nWORKDIR ../c\nUSER 1000\n"
@@ -1275,6 +1297,7 @@ int main(void)
 		cmocka_unit_test(test_named_context_from_and_copy),
 		cmocka_unit_test(test_named_context_precedence),
 		cmocka_unit_test(test_context_name),
+		cmocka_unit_test(test_copy_exclude),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -173,6 +173,41 @@ static void test_copy_rules(void **state)
 	expect_file(f, &t, "via", "Y");
 }
 
+static void test_copy_exclude(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_digest t;
+
+	/* Patterns are relative to the copied directory; "!" brings back. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir/.\",\"dest\":\"/o/\","
+				       "\"exclude\":[\"x\"]},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/.\",\"dest\":\"/r/\","
+				       "\"exclude\":[\"*.txt\",\"!b.txt\",\"dir\",\"etc/group\",\"*.gz\",\"*.bin\",\"*.bz2\"]},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir\",\"dest\":\"/e\","
+				       "\"exclude\":[\"**\",\"!sub/y\"]}]",
+				     false, &t, NULL), 0);
+	assert_int_equal(kind(f, &t, "o/x", NULL), 0);
+	expect_file(f, &t, "o/sub/y", "Y");
+	assert_int_equal(kind(f, &t, "r/a.txt", NULL), 0);
+	expect_file(f, &t, "r/b.txt", "B");
+	assert_int_equal(kind(f, &t, "r/dir", NULL), 0);
+	assert_int_equal(kind(f, &t, "r/etc/group", NULL), 0);
+	assert_int_equal(kind(f, &t, "r/etc", NULL), KILN_ENTRY_DIR);
+	assert_int_equal(kind(f, &t, "r/link", NULL), KILN_ENTRY_SYMLINK);
+	/* an excluded directory is walked for an exception, kept for it */
+	assert_int_equal(kind(f, &t, "e/x", NULL), 0);
+	expect_file(f, &t, "e/sub/y", "Y");
+	/* The copied source itself is never excluded; wildcard matches are. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/a.txt\",\"dest\":\"/f\","
+				       "\"exclude\":[\"a.txt\",\"*\"]},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/*.txt\",\"dest\":\"/w/\","
+				       "\"exclude\":[\"a*\"]}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "f", "A");
+	assert_int_equal(kind(f, &t, "w/a.txt", NULL), 0);
+	expect_file(f, &t, "w/b.txt", "B");
+}
+
 static void test_copy_replaces_file_in_base(void **state)
 {
 	struct fx *f = *state;
@@ -579,6 +614,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_copy_rules, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_replaces_file_in_base, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_exclude, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_chown_chmod_apply_below, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_action_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dest_symlink_stays_inside, setup, teardown),
