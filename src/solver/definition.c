@@ -410,11 +410,17 @@ static int parse_http(struct pctx *p, json_t *o)
 	return 0;
 }
 
+/* A name a secret may be given as: non-empty, no '=' and no NUL. */
+static bool valid_env_name(const char *s)
+{
+	return *s && !strchr(s, '=') && strlen(s) <= 1024;
+}
+
 static int parse_mount(struct pctx *p, json_t *m, size_t i)
 {
 	static const char *const allowed[] = { "target", "type", "input", "source",
 					       "readonly", "id", "size", "sharing", "mode",
-					       "uid", "gid", "required", NULL };
+					       "uid", "gid", "required", "env", NULL };
 	struct kiln_def_mount *mt = &p->op->mounts[i];
 	_cleanup_free_ char *type = NULL, *src = NULL;
 	int r;
@@ -430,13 +436,15 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 		json_t *id = json_object_get(m, "id");
 		if (!json_is_string(id))
 			return op_err(p, "id", "a secret mount needs an id");
-		mt->target = xasprintf("/run/secrets/%s", json_string_value(id));
+		/* Given as an environment variable only: no file. */
+		if (!json_object_get(m, "env"))
+			mt->target = xasprintf("/run/secrets/%s", json_string_value(id));
 	} else {
 		r = get_abs_path(p, m, "target", true, &mt->target);
 		if (r < 0)
 			return r;
 	}
-	if (!strcmp(mt->target, "/"))
+	if (mt->target && !strcmp(mt->target, "/"))
 		return op_err(p, "mounts", "element %zu: cannot mount over /", i);
 	mt->input = -1;
 	if (!type || !strcmp(type, "bind")) {
@@ -470,6 +478,10 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 			r = get_bool(p, m, "required", false, &mt->required);
 		if (r == 0)
 			r = get_mount_owner(p, m, mt, 0400);
+		if (r == 0)
+			r = get_str(p, m, "env", false, &mt->env);
+		if (r == 0 && mt->env && !valid_env_name(mt->env))
+			r = op_err(p, "env", "'%s' is not an environment variable name", mt->env);
 		return r;
 	}
 	if (!strcmp(type, "tmpfs")) {
@@ -982,10 +994,18 @@ static json_t *form_mount(const struct kiln_def_mount *m)
 				 m->cache_id, "sharing", (int)m->sharing, "mode", (json_int_t)m->mode,
 				 "uid", (json_int_t)m->uid, "gid", (json_int_t)m->gid);
 	case KILN_DEF_MOUNT_SECRET:
+	{
 		/* The secret's content is never part of a key; its use is. */
-		return json_pack("{sssssssbsIsIsI}", "type", "secret", "target", m->target, "id",
-				 m->cache_id, "required", m->required, "mode", (json_int_t)m->mode,
-				 "uid", (json_int_t)m->uid, "gid", (json_int_t)m->gid);
+		json_t *o = json_pack("{sssssbsIsIsI}", "type", "secret", "id", m->cache_id,
+				      "required", m->required, "mode", (json_int_t)m->mode,
+				      "uid", (json_int_t)m->uid, "gid", (json_int_t)m->gid);
+
+		if (m->target)
+			json_object_set_new(o, "target", json_string(m->target));
+		if (m->env)
+			json_object_set_new(o, "env", json_string(m->env));
+		return o;
+	}
 	case KILN_DEF_MOUNT_TMPFS:
 		return json_pack("{sssssI}", "type", "tmpfs", "target", m->target, "size",
 				 (json_int_t)m->size);
@@ -1293,6 +1313,7 @@ static void op_release(struct kiln_op *op)
 	free(op->user);
 	for (i = 0; i < op->n_mounts; i++) {
 		free(op->mounts[i].target);
+		free(op->mounts[i].env);
 		free(op->mounts[i].source);
 		free(op->mounts[i].cache_id);
 	}

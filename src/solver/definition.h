@@ -48,7 +48,8 @@ enum kiln_cache_sharing {
 
 struct kiln_def_mount {
 	enum kiln_mount_kind kind;
-	char *target;     /* absolute, cleaned */
+	char *target;     /* absolute, cleaned; NULL for a SECRET given as env only */
+	char *env;        /* SECRET: environment variable holding it, or NULL */
 	int input;        /* BIND: index into op->inputs, -1 = none */
 	char *source;     /* BIND: subdirectory of the input ("" = root) */
 	bool readonly;    /* BIND */

@@ -75,6 +75,30 @@ static char *command_line(const struct kiln_op *op)
 	return kiln_strbuf_detach(&sb, NULL);
 }
 
+/* Is "K=V" a variable that a secret of op replaces? */
+static bool secret_env_named(const struct kiln_op *op, const char *kv)
+{
+	size_t i, l = strcspn(kv, "=");
+
+	for (i = 0; i < op->n_mounts; i++)
+		if (op->mounts[i].env && strlen(op->mounts[i].env) == l &&
+		    !strncmp(op->mounts[i].env, kv, l))
+			return true;
+	return false;
+}
+
+/* Wipe and free an environment that may hold secrets. */
+static void secret_env_free(char **env)
+{
+	size_t i;
+
+	for (i = 0; env && env[i]; i++) {
+		explicit_bzero(env[i], strlen(env[i]));
+		free(env[i]);
+	}
+	free(env);
+}
+
 static const struct kiln_secret *find_secret(const struct kiln_job *job, const char *id)
 {
 	size_t i;
@@ -111,6 +135,66 @@ static int secret_mount(const struct kiln_job *job, const struct kiln_op *op,
 	return 0;
 }
 
+/*
+ * The environment with the secrets given as variables (RUN --mount=
+ * type=secret,env=NAME) after the op's own, or NULL when there are none.
+ * They replace the op's variables of the same names. The values
+ * never leave this job: not in a key, a log or an error.
+ */
+static int secret_env(const struct kiln_job *job, const struct kiln_op *op, char ***out,
+		      struct kiln_error **err)
+{
+	size_t i, n = 0, k = 0;
+	char **env;
+
+	*out = NULL;
+	for (i = 0; i < op->n_mounts; i++)
+		n += op->mounts[i].kind == KILN_DEF_MOUNT_SECRET && op->mounts[i].env;
+	if (n == 0)
+		return 0;
+	for (i = 0; op->env && op->env[i]; i++)
+		n++;
+	env = xcalloc(n + 1, sizeof(char *));
+	for (i = 0; op->env && op->env[i]; i++)
+		if (!secret_env_named(op, op->env[i]))
+			env[k++] = xstrdup(op->env[i]);
+	for (i = 0; i < op->n_mounts; i++) {
+		const struct kiln_def_mount *m = &op->mounts[i];
+		const struct kiln_secret *sec;
+		_cleanup_free_ char *w = NULL;
+		size_t nl;
+
+		if (m->kind != KILN_DEF_MOUNT_SECRET || !m->env)
+			continue;
+		sec = find_secret(job, m->cache_id);
+		if (!sec && m->required) {
+			w = kiln_op_who(op);
+			secret_env_free(env);
+			return kiln_error_set(err, -ENOENT,
+					      "%s: secret '%s' is required but was not given (kiln build --secret id=%s,src=FILE)",
+					      w, m->cache_id, m->cache_id);
+		}
+		if (!sec)
+			continue; /* an optional secret that is missing: unset */
+		if (memchr(sec->data, '\0', sec->len)) {
+			w = kiln_op_who(op);
+			secret_env_free(env);
+			return kiln_error_set(err, -EINVAL,
+					      "%s: secret '%s' holds a NUL byte and cannot be an environment variable",
+					      w, m->cache_id);
+		}
+		nl = strlen(m->env);
+		env[k] = xmalloc(nl + 1 + sec->len + 1);
+		memcpy(env[k], m->env, nl);
+		env[k][nl] = '=';
+		memcpy(env[k] + nl + 1, sec->data, sec->len);
+		env[k][nl + 1 + sec->len] = '\0';
+		k++;
+	}
+	*out = env;
+	return 0;
+}
+
 static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 		    struct kiln_job_result *out, struct kiln_error **err)
 {
@@ -119,14 +203,19 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 	struct kiln_exec_request req = { 0 };
 	struct kiln_exec_result res = { 0 };
 	_cleanup_free_ char *id = kiln_random_hex(8), *cmd = NULL, *w = kiln_op_who(op);
-	size_t i;
+	char **env = NULL;
+	size_t i, n = 0;
 	int r = 0;
 
 	prepare_layers(wk, job, &job->inputs[op->rootfs]);
+	r = secret_env(job, op, &env, err);
 	for (i = 0; r == 0 && i < op->n_mounts; i++) {
 		const struct kiln_def_mount *m = &op->mounts[i];
-		struct kiln_exec_mount *em = &mounts[i];
+		struct kiln_exec_mount *em = &mounts[n];
 
+		if (!m->target)
+			continue; /* a secret given as an environment variable only */
+		n++;
 		em->target = m->target;
 		switch (m->kind) {
 		case KILN_DEF_MOUNT_BIND: {
@@ -168,12 +257,13 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 	req.id = id;
 	req.rootfs = job->inputs[op->rootfs];
 	req.argv = (const char *const *)op->args;
-	req.env = (const char *const *)op->env;
+	req.env = env ? (const char *const *)env : (const char *const *)op->env;
+	req.env_secret = env != NULL;
 	req.cwd = op->cwd;
 	req.user = op->user;
 	req.network_host = op->network_host;
 	req.mounts = mounts;
-	req.n_mounts = op->n_mounts;
+	req.n_mounts = n;
 	req.platform = op->platform;
 	req.output = job->output;
 	req.output_ud = job->output_ud;
@@ -197,6 +287,7 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 out:
 	kiln_exec_result_release(&res);
 	free(mounts);
+	secret_env_free(env);
 	return r;
 }
 

@@ -488,6 +488,11 @@ static int prepare(struct exec_ctx *c, struct kiln_error **err)
 		return r;
 	/* An open fd would keep the rootfs mount busy at unmount. */
 	close(TAKE_FD(c->rootfd));
+	/* A secret in the environment stays off disk like a secret file. */
+	if (c->req->env_secret &&
+	    mount("tmpfs", c->bundle, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		  "mode=0700,size=1m") < 0)
+		return kiln_error_seterrno(err, -errno, "bundle tmpfs %s", c->bundle);
 	b = (struct kiln_bundle){
 		.rootfs = c->rootfs, .argv = c->req->argv, .env = c->req->env,
 		.cwd = c->req->cwd, .user = &c->user,

@@ -89,6 +89,11 @@ struct kiln_exec_request {
 	struct kiln_digest rootfs; /* input tree */
 	const char *const *argv;   /* NULL-terminated, argv[0] non-NULL */
 	const char *const *env;    /* NULL-terminated "K=V" */
+	/*
+	 * env holds a secret: the bundle's config.json is written to a
+	 * private tmpfs, never to disk.
+	 */
+	bool env_secret;
 	const char *cwd;           /* absolute; created if missing */
 	const char *user;          /* "uid[:gid]" or names from /etc/passwd */
 	bool network_host;         /* else a private network namespace */

@@ -144,6 +144,37 @@ static void test_copy_exclude_in_digest(void **state)
 #undef EXCL_GRAPH
 }
 
+static void test_secret_env(void **state)
+{
+#define SEC_GRAPH(x)                                                                   \
+	"{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\","  \
+	"\"args\":[\"true\"],\"mounts\":[{\"type\":\"secret\",\"id\":\"tok\"" x "}]}],"     \
+	"\"output\":\"r\"}"
+	struct kiln_definition *file = parse_ok(SEC_GRAPH(""));
+	struct kiln_definition *env = parse_ok(SEC_GRAPH(",\"env\":\"TOKEN\""));
+	struct kiln_definition *env2 = parse_ok(SEC_GRAPH(",\"env\":\"OTHER\""));
+	struct kiln_definition *both = parse_ok(SEC_GRAPH(",\"env\":\"TOKEN\",\"target\":\"/t\""));
+
+	assert_string_equal(file->ops[1].mounts[0].target, "/run/secrets/tok");
+	assert_null(file->ops[1].mounts[0].env);
+	assert_null(env->ops[1].mounts[0].target); /* no file */
+	assert_string_equal(env->ops[1].mounts[0].env, "TOKEN");
+	assert_string_equal(both->ops[1].mounts[0].target, "/t");
+	assert_string_equal(both->ops[1].mounts[0].env, "TOKEN");
+	/* how the secret is given is part of the key */
+	assert_false(kiln_digest_eq(&file->ops[1].digest, &env->ops[1].digest));
+	assert_false(kiln_digest_eq(&env->ops[1].digest, &env2->ops[1].digest));
+	assert_false(kiln_digest_eq(&env->ops[1].digest, &both->ops[1].digest));
+	kiln_definition_free(file);
+	kiln_definition_free(env);
+	kiln_definition_free(env2);
+	kiln_definition_free(both);
+	parse_fails(SEC_GRAPH(",\"env\":\"A=B\""), "op 'r'", "field 'env'", NULL);
+	parse_fails(SEC_GRAPH(",\"env\":\"\""), "op 'r'", "field 'env'", NULL);
+	parse_fails(SEC_GRAPH(",\"env\":3"), "op 'r'", "field 'env'", NULL);
+#undef SEC_GRAPH
+}
+
 static void test_malformed_json(void **state)
 {
 	parse_fails("{\"version\":1,\"ops\":[", "g.json:", "malformed JSON", NULL);
@@ -277,6 +308,7 @@ int main(void)
 		cmocka_unit_test(test_digest_ignores_ids_names_order),
 		cmocka_unit_test(test_platform_in_exec_not_in_file),
 		cmocka_unit_test(test_copy_exclude_in_digest),
+		cmocka_unit_test(test_secret_env),
 		cmocka_unit_test(test_malformed_json),
 		cmocka_unit_test(test_unknown_op_and_field),
 		cmocka_unit_test(test_wrong_types),

@@ -949,6 +949,37 @@ static void test_history_and_layer_chain(void **state)
 	res_free(res);
 }
 
+static void test_run_secret_env(void **state)
+{
+	struct res *res = lower_ok("FROM alpine\n"
+				   "RUN --mount=type=secret,id=tok,env=TOKEN a\n"
+				   "RUN --mount=type=secret,id=tok,env=TOKEN,target=/etc/t b\n",
+				   NULL);
+	json_t *m1 = json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[0]), "mounts"), 0);
+	json_t *m2 = json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[1]), "mounts"), 0);
+
+	/* env only: no file (BuildKit: no default target when env= is set) */
+	assert_string_equal(sget(m1, "env"), "TOKEN");
+	assert_string_equal(sget(m1, "id"), "tok");
+	assert_null(json_object_get(m1, "target"));
+	assert_null(dop(res, res->imgs[0].layer_ops[0])->mounts[0].target);
+	/* both */
+	assert_string_equal(sget(m2, "env"), "TOKEN");
+	assert_string_equal(sget(m2, "target"), "/etc/t");
+	/* the step's own environment does not name it */
+	{
+		json_t *env = json_object_get(op(res, res->imgs[0].layer_ops[0]), "env"), *e;
+		size_t i;
+
+		json_array_foreach(env, i, e)
+			assert_null(strstr(json_string_value(e), "TOKEN"));
+	}
+	res_free(res);
+	lower_fails("FROM alpine\nRUN --mount=type=secret,id=t,env= a\n", "env= needs a variable name");
+	lower_fails("FROM alpine\nRUN --mount=type=cache,target=/c,env=X a\n",
+		    "option 'env' does not apply to type=cache");
+}
+
 static void test_run_mounts(void **state)
 {
 	struct topts t = { .platforms = { "linux/amd64" } };
@@ -1298,6 +1329,7 @@ int main(void)
 		cmocka_unit_test(test_named_context_precedence),
 		cmocka_unit_test(test_context_name),
 		cmocka_unit_test(test_copy_exclude),
+		cmocka_unit_test(test_run_secret_env),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -481,7 +481,7 @@ static const struct {
 			   M(MK_UID) | M(MK_GID) },
 	{ "tmpfs", M(MK_TYPE) | M(MK_TARGET) | M(MK_SIZE) },
 	{ "secret", M(MK_TYPE) | M(MK_TARGET) | M(MK_ID) | M(MK_REQUIRED) | M(MK_MODE) |
-			    M(MK_UID) | M(MK_GID) },
+			    M(MK_UID) | M(MK_GID) | M(MK_ENV) },
 };
 
 struct mount_spec {
@@ -705,8 +705,18 @@ static int mount_secret(struct ictx *c, const struct mount_spec *m, json_t *o)
 	if (!id || !*id)
 		return lerr(c, -EINVAL, "--mount=%s: type=secret needs id= or target=", m->raw);
 	json_object_set_new(o, "id", json_string(id));
-	if (!m->v[MK_TARGET])
+	/*
+	 * env=NAME gives the secret as an environment variable; then there
+	 * is a file only when target= is given too (BuildKit
+	 * convert_secrets.go: no default destination when m.Env is set).
+	 */
+	if (m->v[MK_ENV]) {
+		if (!*m->v[MK_ENV] || strchr(m->v[MK_ENV], '='))
+			return lerr(c, -EINVAL, "--mount=%s: env= needs a variable name", m->raw);
+		json_object_set_new(o, "env", json_string(m->v[MK_ENV]));
+	} else if (!m->v[MK_TARGET]) {
 		json_object_set_new(o, "target", json_sprintf("/run/secrets/%s", id));
+	}
 	if (m->v[MK_REQUIRED])
 		r = mount_bool(c, m, MK_REQUIRED, &req);
 	if (r == 0 && req)
