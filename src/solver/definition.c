@@ -554,21 +554,21 @@ static int parse_exec(struct pctx *p, json_t *o)
 }
 
 /*
- * A copy's "exclude": .dockerignore patterns, checked now so that a bad
- * one names the op before anything runs.
+ * A copy's "exclude" or "include": .dockerignore patterns, checked now so
+ * that a bad one names the op before anything runs.
  */
-static int get_exclude(struct pctx *p, json_t *a, struct kiln_file_action *fa)
+static int get_patterns(struct pctx *p, json_t *a, const char *field, char ***out, size_t *n)
 {
 	struct kiln_patterns *pt = NULL;
 	struct kiln_error *perr = NULL;
-	int r = get_str_array(p, a, "exclude", &fa->exclude, &fa->n_exclude);
+	int r = get_str_array(p, a, field, out, n);
 
-	if (r < 0 || fa->n_exclude == 0)
+	if (r < 0 || *n == 0)
 		return r;
-	r = kiln_patterns_new((const char *const *)fa->exclude, fa->n_exclude, &pt, &perr);
+	r = kiln_patterns_new((const char *const *)*out, *n, &pt, &perr);
 	kiln_patterns_free(pt);
 	if (r < 0) {
-		r = op_err(p, "exclude", "%s", perr ? kiln_error_msg(perr) : "bad pattern");
+		r = op_err(p, field, "%s", perr ? kiln_error_msg(perr) : "bad pattern");
 		kiln_error_free(perr);
 	}
 	return r;
@@ -580,7 +580,7 @@ static int parse_action(struct pctx *p, json_t *a, size_t i)
 					       "target", "data", "mode", "chown",
 					       "parents", "allow_not_found",
 					       "follow_symlinks", "allow_wildcard",
-					       "mtime", "extract", "exclude", NULL };
+					       "mtime", "extract", "exclude", "include", NULL };
 	struct kiln_file_action *fa = &p->op->actions[i];
 	_cleanup_free_ char *kind = NULL;
 	json_t *mt;
@@ -626,7 +626,9 @@ static int parse_action(struct pctx *p, json_t *a, size_t i)
 		if (r == 0)
 			r = get_bool(p, a, "extract", false, &fa->extract);
 		if (r == 0)
-			r = get_exclude(p, a, fa);
+			r = get_patterns(p, a, "exclude", &fa->exclude, &fa->n_exclude);
+		if (r == 0)
+			r = get_patterns(p, a, "include", &fa->include, &fa->n_include);
 		if (r < 0)
 			return r;
 		l = strlen(src);
@@ -1038,6 +1040,8 @@ static json_t *form_action(const struct kiln_file_action *a)
 		/* Only when set: graphs without excludes keep their digests. */
 		if (a->n_exclude)
 			json_object_set_new(o, "exclude", str_array(a->exclude, a->n_exclude));
+		if (a->n_include)
+			json_object_set_new(o, "include", str_array(a->include, a->n_include));
 		break;
 	case KILN_FA_MKDIR:
 		json_object_set_new(o, "parents", json_boolean(a->parents));
@@ -1321,6 +1325,7 @@ static void op_release(struct kiln_op *op)
 	for (i = 0; i < op->n_actions; i++) {
 		free(op->actions[i].src);
 		kiln_strv_free(op->actions[i].exclude, op->actions[i].n_exclude);
+		kiln_strv_free(op->actions[i].include, op->actions[i].n_include);
 		free(op->actions[i].path);
 		free(op->actions[i].target);
 		free(op->actions[i].data);

@@ -88,6 +88,8 @@ struct kiln_file_action {
 	bool extract;           /* COPY: unpack a tar archive source */
 	char **exclude;         /* COPY: .dockerignore patterns not copied */
 	size_t n_exclude;
+	char **include;         /* COPY: only these (and what leads there) */
+	size_t n_include;
 	int64_t mtime;  /* -1 = keep (COPY) / now-less default 0 (MKDIR/MKFILE) */
 };
 

@@ -22,6 +22,7 @@ struct fctx {
 	size_t action;
 	struct kiln_tree_editor *ed; /* the destination */
 	struct kiln_patterns *exclude; /* the copy action's, or NULL */
+	struct kiln_patterns *include; /* the copy action's, or NULL */
 	struct kiln_error **err;
 };
 
@@ -429,12 +430,15 @@ static int copy_into(struct fctx *c, const struct kiln_file_action *a, const cha
 }
 
 /*
- * COPY --exclude: drop what the patterns match below a copied directory,
- * rel being dir's path below the copied source ("" for it). As fsutil's
- * copier (copy.go, c.exclude(srcComponents, ...)): paths are relative to
- * the source being copied and the source itself is never excluded; an
- * excluded directory is walked only when a "!" exception may bring
- * something below it back, and kept only if something comes back.
+ * A copy's include and exclude patterns, on paths below a copied
+ * directory, rel being dir's path below the copied source ("" for it).
+ * As fsutil's copier (copy.go: c.include/c.exclude on srcComponents):
+ * paths are relative to the source being copied, and the source itself is
+ * never filtered. With include patterns only what matches is copied, with
+ * the directories leading to it (which keep their metadata, and are kept
+ * only if something below them is). An excluded directory is walked only
+ * when a "!" exception may bring something below it back, and kept only
+ * if something comes back.
  */
 static int filter_dir(struct fctx *c, const char *rel, struct kiln_digest *d, bool *empty)
 {
@@ -447,16 +451,18 @@ static int filter_dir(struct fctx *c, const char *rel, struct kiln_digest *d, bo
 	for (i = 0; r == 0 && i < t.n; i++) {
 		struct kiln_tree_entry *e = &t.entries[i];
 		_cleanup_free_ char *p = kiln_path_join(rel, e->name);
-		bool ex = kiln_patterns_match(c->exclude, p), keep = !ex;
+		bool in = !c->include || kiln_patterns_match(c->include, p);
+		bool ex = kiln_patterns_match(c->exclude, p), keep = in && !ex;
 
 		if (e->type == KILN_ENTRY_DIR &&
+		    (in || kiln_patterns_may_include_below(c->include, p)) &&
 		    (!ex || kiln_patterns_may_match_below(c->exclude, p))) {
 			struct kiln_digest old = e->digest;
 			bool sub_empty = false;
 
 			r = filter_dir(c, p, &e->digest, &sub_empty);
 			changed |= memcmp(&old, &e->digest, sizeof(old)) != 0;
-			keep = !ex || !sub_empty;
+			keep = keep || !sub_empty;
 		}
 		if (!keep) {
 			kiln_tree_entry_release(e);
@@ -563,10 +569,14 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		target = copy_target(c, &into, dest, resolved, many, &e);
 		return copy_into(c, &into, target, &e, false);
 	}
-	if (c->exclude && e.type == KILN_ENTRY_DIR) {
+	if ((c->exclude || c->include) && e.type == KILN_ENTRY_DIR) {
 		bool empty = false;
 
 		r = filter_dir(c, "", &e.digest, &empty);
+		/* COPY --parents of a path that is not there (no wildcard). */
+		if (r == 0 && empty && c->include && !a->allow_not_found)
+			r = act_err(c, -ENOENT, "copy: no source matches '%s' in /%s",
+				    a->include[0], resolved);
 		if (r < 0) {
 			kiln_tree_entry_release(&e);
 			return r;
@@ -594,11 +604,14 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 	if (r == 0 && orig->n_exclude)
 		r = kiln_patterns_new((const char *const *)orig->exclude, orig->n_exclude,
 				      &c->exclude, c->err);
-	if (r < 0)
-		return r;
-	r = kiln_tree_editor_new(c->s, from, &src, c->err);
+	if (r == 0 && orig->n_include)
+		r = kiln_patterns_new((const char *const *)orig->include, orig->n_include,
+				      &c->include, c->err);
+	if (r == 0)
+		r = kiln_tree_editor_new(c->s, from, &src, c->err);
 	if (r < 0) {
 		kiln_patterns_free(TAKE_PTR(c->exclude));
+		kiln_patterns_free(TAKE_PTR(c->include));
 		return r;
 	}
 	r = kiln_tree_editor_resolve(c->ed, a->path + 1, false, &dest, c->err);
@@ -623,6 +636,7 @@ static int do_copy(struct fctx *c, const struct kiln_file_action *orig,
 		r = copy_one(c, a, src, dest, matches[i], n > 1 || glob);
 	}
 	kiln_patterns_free(TAKE_PTR(c->exclude));
+	kiln_patterns_free(TAKE_PTR(c->include));
 	kiln_strv_free(matches, n);
 	kiln_tree_editor_free(src);
 	return r;

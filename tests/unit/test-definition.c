@@ -135,12 +135,21 @@ static void test_copy_exclude_in_digest(void **state)
 	/* no patterns: the digest of a graph written before the field */
 	assert_true(kiln_digest_eq(&a->ops[1].digest, &e->ops[1].digest));
 	assert_non_null(strstr(b->ops[1].form, "\"exclude\":[\"*.log\"]"));
-	kiln_definition_free(a);
 	kiln_definition_free(b);
 	kiln_definition_free(c);
 	kiln_definition_free(e);
 	parse_fails(EXCL_GRAPH(",\"exclude\":\"*.log\""), "op 'f'", "field 'exclude'", NULL);
 	parse_fails(EXCL_GRAPH(",\"exclude\":[\"a[\"]"), "op 'f'", "field 'exclude'", NULL);
+	{
+		struct kiln_definition *i1 = parse_ok(EXCL_GRAPH(",\"include\":[\"*.log\"]"));
+
+		/* include and exclude are distinct in the key */
+		assert_string_equal(i1->ops[1].actions[0].include[0], "*.log");
+		assert_false(kiln_digest_eq(&i1->ops[1].digest, &a->ops[1].digest));
+		kiln_definition_free(i1);
+	}
+	parse_fails(EXCL_GRAPH(",\"include\":[\"a[\"]"), "op 'f'", "field 'include'", NULL);
+	kiln_definition_free(a);
 #undef EXCL_GRAPH
 }
 

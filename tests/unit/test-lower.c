@@ -949,6 +949,34 @@ static void test_history_and_layer_chain(void **state)
 	res_free(res);
 }
 
+static void test_copy_parents(void **state)
+{
+	struct res *res = lower_ok("FROM alpine\nCOPY --parents a/b/c.txt x/./y/*.go /d/\n"
+				   "COPY --parents=false a/b /e/\n",
+				   NULL);
+	json_t *acts = json_object_get(op(res, res->imgs[0].layer_ops[0]), "actions");
+	json_t *c1 = json_array_get(acts, 0), *c2 = json_array_get(acts, 1);
+	json_t *c3 = json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[1]), "actions"), 0);
+
+	/* no pivot: the context's root, keeping the whole path */
+	assert_string_equal(sget(c1, "src"), "/.");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(c1, "include"), 0)), "a/b/c.txt");
+	assert_null(json_object_get(c1, "allow_not_found"));
+	assert_string_equal(json_string_value(json_array_get(json_object_get(op(res, sget(c1, "from")), "include"), 0)),
+			    "a/b/c.txt");
+	/* pivot: the part after "/./" is kept under the destination */
+	assert_string_equal(sget(c2, "src"), "/x/.");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(c2, "include"), 0)), "y/*.go");
+	assert_true(json_is_true(json_object_get(c2, "allow_not_found")));
+	assert_string_equal(sget(c2, "dest"), "/d/");
+	assert_null(json_object_get(c3, "include"));
+	assert_string_equal(hist_at(res, 0, 0), "COPY --parents a/b/c.txt x/./y/*.go /d/ # buildkit");
+	assert_string_equal(dop(res, res->imgs[0].layer_ops[0])->actions[1].include[0], "y/*.go");
+	res_free(res);
+	lower_fails("FROM alpine\nADD --parents a /b/\n", "unknown flag: --parents");
+	lower_fails("FROM alpine\nCOPY --parents a/./ /b/\n", "nothing after the pivot");
+}
+
 static void test_run_secret_env(void **state)
 {
 	struct res *res = lower_ok("FROM alpine\n"
@@ -1054,7 +1082,6 @@ static void test_network_and_flags(void **state)
 	res_free(res);
 	lower_fails("FROM alpine\nRUN --network=bridge a\n", "--network=bridge: expected default, none or host");
 	lower_fails("FROM alpine\nRUN --foo a\n", "Dockerfile:2:1: RUN: unknown flag: --foo");
-	lower_fails("FROM alpine\nCOPY --parents a /b\n", "--parents is not supported");
 }
 
 static void test_add_url_archive_git(void **state)
@@ -1330,6 +1357,7 @@ int main(void)
 		cmocka_unit_test(test_context_name),
 		cmocka_unit_test(test_copy_exclude),
 		cmocka_unit_test(test_run_secret_env),
+		cmocka_unit_test(test_copy_parents),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

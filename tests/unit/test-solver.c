@@ -208,6 +208,44 @@ static void test_copy_exclude(void **state)
 	expect_file(f, &t, "w/b.txt", "B");
 }
 
+static void test_copy_include(void **state)
+{
+	struct fx *f = *state;
+	struct kiln_tree_entry e = { 0 };
+	struct kiln_digest t;
+	struct kiln_error *err = NULL;
+
+	/* Only the included paths, with the directories leading there. */
+	assert_int_equal(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/.\",\"dest\":\"/p/\","
+				       "\"include\":[\"dir/sub/y\"]},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir/.\",\"dest\":\"/q/\","
+				       "\"include\":[\"sub\"]},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/.\",\"dest\":\"/w/\","
+				       "\"include\":[\"*.txt\"],\"exclude\":[\"a*\"],\"allow_not_found\":true},"
+				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/.\",\"dest\":\"/n/\","
+				       "\"include\":[\"*.none\"],\"allow_not_found\":true}]",
+				     false, &t, NULL), 0);
+	expect_file(f, &t, "p/dir/sub/y", "Y");
+	assert_int_equal(kind(f, &t, "p/dir/x", NULL), 0);
+	assert_int_equal(kind(f, &t, "p/a.txt", NULL), 0);
+	assert_int_equal(kind(f, &t, "p/etc", NULL), 0);
+	/* a directory leading there keeps its own metadata */
+	assert_int_equal(kiln_tree_lookup(f->store, &t, "p/dir", &e, NULL), 0);
+	assert_int_equal(e.mode, 0755);
+	kiln_tree_entry_release(&e);
+	expect_file(f, &t, "q/sub/y", "Y");
+	assert_int_equal(kind(f, &t, "q/x", NULL), 0);
+	expect_file(f, &t, "w/b.txt", "B");
+	assert_int_equal(kind(f, &t, "w/a.txt", NULL), 0);
+	assert_int_equal(kind(f, &t, "n", NULL), KILN_ENTRY_DIR);
+	/* A path that is not there fails unless allowed. */
+	assert_true(run_actions(f, "[{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/.\",\"dest\":\"/p/\","
+				  "\"include\":[\"dir/nope\"]}]",
+				false, &t, &err) < 0);
+	assert_non_null(strstr(kiln_error_msg(err), "no source matches 'dir/nope'"));
+	kiln_error_free(err);
+}
+
 static void test_copy_replaces_file_in_base(void **state)
 {
 	struct fx *f = *state;
@@ -615,6 +653,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_copy_rules, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_replaces_file_in_base, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_exclude, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_include, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_chown_chmod_apply_below, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_action_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dest_symlink_stays_inside, setup, teardown),

@@ -1013,7 +1013,7 @@ int lower_workdir(struct ictx *c)
 /* ---- COPY / ADD ---- */
 
 struct copy {
-	bool add, link;
+	bool add, link, parents;
 	char *chown, *chmod, *checksum, *dest_raw, *dest;
 	const char *from_op;      /* --from tree, or NULL = context */
 	json_t *actions;
@@ -1178,11 +1178,45 @@ static int copy_url(struct ictx *c, struct copy *cp, const char *url)
 	return 0;
 }
 
+/*
+ * COPY --parents (BuildKit convert_copy.go, dispatchCopy): "a/./b/c"
+ * copies the contents of a keeping only the path b/c (an include
+ * pattern), so b/c lands under the destination with its parent
+ * directories; without the "/./" pivot the whole path is kept under the
+ * destination. The path must exist unless it holds a wildcard.
+ */
+static int copy_parents(struct ictx *c, struct copy *cp, const char *src)
+{
+	const char *pivot = strstr(src, "/./");
+	_cleanup_free_ char *parent = pivot ? xstrndup(src, (size_t)(pivot - src)) : xstrdup("");
+	_cleanup_free_ char *pattern = kiln_path_clean(pivot ? pivot + 3 : src);
+	_cleanup_free_ char *pclean = kiln_path_clean(parent), *full = NULL, *path = NULL;
+	const char *from;
+	json_t *a;
+
+	if (!*pattern)
+		return lerr(c, -EINVAL, "COPY --parents '%s': nothing after the pivot", src);
+	full = *pclean ? kiln_path_join(pclean, pattern) : xstrdup(pattern);
+	from = cp->from_op ? cp->from_op : context_op_for(c->L, full);
+	path = *pclean ? xasprintf("/%s/.", pclean) : xstrdup("/.");
+	a = copy_action(c, cp, from, path);
+	json_object_set_new(a, "include", json_pack("[s]", pattern));
+	if (kiln_path_has_glob(src))
+		json_object_set_new(a, "allow_not_found", json_true());
+	json_array_append_new(cp->actions, a);
+	return 0;
+}
+
 static int copy_local(struct ictx *c, struct copy *cp, const char *src)
 {
-	_cleanup_free_ char *clean = kiln_path_clean(src), *path = NULL;
-	const char *from = cp->from_op ? cp->from_op : context_op_for(c->L, clean);
+	_cleanup_free_ char *clean = NULL, *path = NULL;
+	const char *from;
 	json_t *a;
+
+	if (cp->parents)
+		return copy_parents(c, cp, src);
+	clean = kiln_path_clean(src);
+	from = cp->from_op ? cp->from_op : context_op_for(c->L, clean);
 
 	/* Docker copies a directory's contents: "/dir/." (a file stays a file). */
 	path = *clean ? xasprintf("/%s/.", clean) : xstrdup("/.");
@@ -1274,17 +1308,20 @@ static int copy_excludes(struct ictx *c, struct copy *cp)
 static int copy_flags(struct ictx *c, struct copy *cp)
 {
 	static const char *const copy_allowed[] = { "from", "chown", "chmod", "link",
-						    "exclude", NULL };
+						    "exclude", "parents", NULL };
 	static const char *const add_allowed[] = { "chown", "chmod", "link", "checksum",
 						   "keep-git-dir", "exclude", NULL };
 	const char *v;
 	int r;
 
-	if (flag_present(c->ins, "parents"))
-		return lerr(c, -ENOTSUP, "--parents is not supported");
 	if (cp->add && flag_present(c->ins, "from"))
 		return lerr(c, -EINVAL, "--from is not supported by ADD (use COPY --from)");
 	r = check_flags(c, cp->add ? add_allowed : copy_allowed);
+	v = flag_value(c->ins, "parents");
+	cp->parents = v && strcmp(v, "false");
+	/* BuildKit's history: "COPY --parents --chown=… --chmod=… src dest". */
+	if (cp->parents)
+		kiln_strbuf_adds(&cp->hist, " --parents");
 	if (r == 0 && (v = flag_value(c->ins, "chown")) && *v)
 		r = expand(c, v, &cp->chown);
 	if (r == 0 && cp->chown)
