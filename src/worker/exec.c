@@ -292,13 +292,54 @@ static int tree_mount(struct exec_ctx *c, size_t i,
 	return 0;
 }
 
-/* Create a cache dir with the mount's mode and owner; existing ones stay. */
-static int cache_dir_create(const char *dir, const struct kiln_exec_mount *m)
+/*
+ * A seeded cache dir is filled beside it and renamed into place, so a
+ * concurrent exec never sees half of it; the first rename wins.
+ */
+static int cache_dir_seed(struct exec_ctx *c, const char *dir,
+			  const struct kiln_exec_mount *m, struct kiln_error **err)
 {
+	_cleanup_free_ char *rnd = kiln_random_hex(8);
+	_cleanup_free_ char *tmp = xasprintf("%s.seed-%s", dir, rnd);
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	if (mkdir(tmp, 0700) < 0)
+		return kiln_error_seterrno(err, -errno, "creating %s", tmp);
+	fd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		r = kiln_error_seterrno(err, -errno, "opening %s", tmp);
+	else
+		r = kiln_layers_checkout(c->w->layers, &m->tree, fd, err);
+	if (r == 0 && (fchown(fd, m->uid, m->gid) < 0 ||
+		       fchmod(fd, m->mode ? m->mode : 0755) < 0))
+		r = kiln_error_seterrno(err, -errno, "chown %s", tmp);
+	if (r == 0 && rename(tmp, dir) < 0 && errno != EEXIST && errno != ENOTEMPTY)
+		r = kiln_error_seterrno(err, -errno, "renaming %s", tmp);
+	kiln_rm_rf(tmp); /* left only when the rename failed */
+	return r;
+}
+
+/*
+ * Create a cache dir with the mount's mode and owner (and seed); existing
+ * ones stay as they are.
+ */
+static int cache_dir_create(struct exec_ctx *c, const char *dir,
+			    const struct kiln_exec_mount *m, struct kiln_error **err)
+{
+	struct stat st;
+
+	if (m->seeded) {
+		if (lstat(dir, &st) == 0)
+			return 0;
+		if (errno != ENOENT)
+			return kiln_error_seterrno(err, -errno, "cache mount %s", dir);
+		return cache_dir_seed(c, dir, m, err);
+	}
 	if (mkdir(dir, 0700) < 0)
-		return errno == EEXIST ? 0 : -errno;
+		return errno == EEXIST ? 0 : kiln_error_seterrno(err, -errno, "cache mount %s", dir);
 	if (chown(dir, m->uid, m->gid) < 0 || chmod(dir, m->mode ? m->mode : 0755) < 0)
-		return -errno;
+		return kiln_error_seterrno(err, -errno, "cache mount %s", dir);
 	return 0;
 }
 
@@ -308,23 +349,23 @@ static int cache_dir_create(const char *dir, const struct kiln_exec_mount *m)
  * Returns the directory to mount (owned by c).
  */
 static int cache_claim(struct exec_ctx *c, const struct kiln_exec_mount *m,
-		       const char *base, const char **dir)
+		       const char *base, const char **dir, struct kiln_error **err)
 {
 	unsigned n;
 	int fd, r;
 
 	*dir = base;
 	if (m->sharing == KILN_MOUNT_SHARED)
-		return cache_dir_create(base, m);
+		return cache_dir_create(c, base, m, err);
 	for (n = 0;; n++) {
 		const char *d = n ? own(c, xasprintf("%s-%u", base, n)) : base;
 
-		r = cache_dir_create(d, m);
+		r = cache_dir_create(c, d, m, err);
 		if (r < 0)
 			return r;
 		fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (fd < 0)
-			return -errno;
+			return kiln_error_seterrno(err, -errno, "cache mount %s", d);
 		if (flock(fd, LOCK_EX | (m->sharing == KILN_MOUNT_PRIVATE ? LOCK_NB : 0)) == 0) {
 			c->locks = xrealloc(c->locks, (c->n_locks + 1) * sizeof(int));
 			c->locks[c->n_locks++] = fd;
@@ -334,7 +375,7 @@ static int cache_claim(struct exec_ctx *c, const struct kiln_exec_mount *m,
 		r = -errno;
 		close(fd);
 		if (r != -EWOULDBLOCK || n >= 64)
-			return r;
+			return kiln_error_seterrno(err, r, "locking cache mount %s", d);
 	}
 }
 
@@ -350,9 +391,11 @@ static int cache_mount(struct exec_ctx *c, const struct kiln_exec_mount *m,
 	kiln_digest_buf(id, strlen(id), &d);
 	kiln_digest_hex(&d, hex);
 	base = own(c, xasprintf("%s/cachemounts/%.32s", c->w->root, hex));
-	r = cache_claim(c, m, base, &dir);
-	if (r < 0)
-		return kiln_error_seterrno(err, r, "cache mount %s for id %s", base, id);
+	r = cache_claim(c, m, base, &dir, err);
+	if (r < 0) {
+		kiln_error_prefix(err, "cache id %s", id);
+		return r;
+	}
 	c->mounts[c->n_mounts++] = (struct kiln_bundle_mount){
 		m->target, "bind", dir, "rbind"
 	};

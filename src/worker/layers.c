@@ -188,6 +188,7 @@ struct layer_writer {
 	size_t n_dirs, alloc_dirs;
 	char *pdir; /* cached parent */
 	int pfd;
+	bool copy; /* never hardlink blobs: the files may be changed */
 	struct kiln_error **err;
 };
 
@@ -311,6 +312,8 @@ static int put_file(struct layer_writer *w, int pfd, const char *name,
 							  &e->digest);
 	struct stat st;
 
+	if (w->copy)
+		return copy_blob(w, pfd, name, e);
 	if (stat(blob, &st) < 0)
 		return -errno;
 	if (blob_meta_matches(&st, e)) {
@@ -654,6 +657,27 @@ int kiln_layers_materialize(struct kiln_layers *l,
 	if (r < 0)
 		return r;
 	return chain_build(l, root, out, err);
+}
+
+int kiln_layers_checkout(struct kiln_layers *l, const struct kiln_digest *root,
+			 int dirfd, struct kiln_error **err)
+{
+	struct layer_writer w = { .l = l, .root = root, .pfd = -1, .fsfd = -1,
+				  .copy = true, .err = err };
+	int r;
+
+	if (is_empty_tree(root))
+		return 0;
+	w.fsfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+	if (w.fsfd < 0)
+		return kiln_error_seterrno(err, -errno, "checking out %s",
+					   KILN_DIGEST_STR(root));
+	r = kiln_tree_walk(l->store, root, walk_cb, &w, err);
+	if (r == 0 && (r = apply_dirfixes(&w)) < 0)
+		kiln_error_seterrno(err, r, "setting directory metadata of %s",
+				    KILN_DIGEST_STR(root));
+	writer_release(&w);
+	return r;
 }
 
 int kiln_layers_mkscratch(struct kiln_layers *l, char **path,

@@ -55,6 +55,14 @@ int kiln_layers_materialize(struct kiln_layers *l,
 			    const struct kiln_digest *hint,
 			    struct kiln_chain *out, struct kiln_error **err);
 
+/*
+ * Write root's content into the empty directory dirfd as plain copies
+ * (never hardlinks into the store, so they may be changed later): the
+ * seed of a cache mount. dirfd's own metadata is left alone.
+ */
+int kiln_layers_checkout(struct kiln_layers *l, const struct kiln_digest *root,
+			 int dirfd, struct kiln_error **err);
+
 /* A fresh empty scratch directory under tmp/ (caller frees the path). */
 int kiln_layers_mkscratch(struct kiln_layers *l, char **path,
 			  struct kiln_error **err);

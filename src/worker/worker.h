@@ -70,8 +70,9 @@ enum kiln_mount_sharing {
 struct kiln_exec_mount {
 	enum kiln_mount_type type;
 	const char *target;      /* absolute path in the container */
-	struct kiln_digest tree; /* TREE */
+	struct kiln_digest tree; /* TREE; CACHE with seeded: its first content */
 	bool readonly;           /* TREE: else writes go to a discarded upper */
+	bool seeded;             /* CACHE: a new cache dir starts as a copy of tree */
 	const char *cache_id;    /* CACHE */
 	enum kiln_mount_sharing sharing; /* CACHE */
 	uint32_t mode, uid, gid; /* CACHE (on creation; mode 0 = 0755), SECRET */

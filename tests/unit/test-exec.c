@@ -302,6 +302,42 @@ static void test_cache_mount(void **st)
 	out_release(&o);
 }
 
+/* A seeded cache starts as a copy of its tree; an existing one is kept. */
+static void test_cache_mount_seeded(void **st)
+{
+	struct kiln_exec_mount m = { .type = KILN_MOUNT_CACHE, .target = "/seed",
+				     .cache_id = "seeded", .seeded = true, .tree = S.t1,
+				     .mode = 0750 };
+	struct kiln_exec_mount ro = { .type = KILN_MOUNT_TREE, .target = "/ro",
+				      .tree = S.t1, .readonly = true };
+	struct kiln_exec_result res;
+	struct out o;
+
+	assert_int_equal(run_on("seed1", &S.base,
+				SH("cat /seed/a; echo more >> /seed/a; ls -ld /seed | head -c 10"),
+				&m, 1, NULL, NULL, &res, &o), 0);
+	assert_int_equal(res.exit_code, 0);
+	assert_string_equal(kiln_strbuf_str(&o.so), "A\ndrwxr-x---");
+	assert_false(tree_has(&res.rootfs, "seed"));
+	kiln_exec_result_release(&res);
+	out_release(&o);
+	/* another seed: the cache exists, so it is not reset */
+	m.tree = S.base;
+	assert_int_equal(run_on("seed2", &S.base, SH("cat /seed/a"), &m, 1, NULL, NULL,
+				&res, &o), 0);
+	assert_int_equal(res.exit_code, 0);
+	assert_string_equal(kiln_strbuf_str(&o.so), "A\nmore\n");
+	kiln_exec_result_release(&res);
+	out_release(&o);
+	/* the seed's files were copies: the tree itself is unchanged */
+	assert_int_equal(run_on("seed3", &S.base, SH("cat /ro/a"), &ro, 1, NULL, NULL,
+				&res, &o), 0);
+	assert_int_equal(res.exit_code, 0);
+	assert_string_equal(kiln_strbuf_str(&o.so), "A\n");
+	kiln_exec_result_release(&res);
+	out_release(&o);
+}
+
 static void test_tmpfs_mount(void **st)
 {
 	struct kiln_exec_mount m = { .type = KILN_MOUNT_TMPFS,
@@ -512,6 +548,7 @@ int main(void)
 		cmocka_unit_test(test_exit_code),
 		cmocka_unit_test(test_runtime_failure),
 		cmocka_unit_test(test_cache_mount),
+		cmocka_unit_test(test_cache_mount_seeded),
 		cmocka_unit_test(test_tmpfs_mount),
 		cmocka_unit_test(test_tree_mounts),
 		cmocka_unit_test(test_network_none),
