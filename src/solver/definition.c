@@ -465,8 +465,17 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 			r = get_sharing(p, m, &mt->sharing);
 		if (r == 0)
 			r = get_mount_owner(p, m, mt, 0755);
+		/* input (and source in it): the seed of a new cache */
+		if (r == 0)
+			r = get_edge(p, m, "input", false, &mt->input);
+		if (r == 0)
+			r = get_str(p, m, "source", false, &src);
 		if (r < 0)
 			return r;
+		if (src && mt->input < 0)
+			return op_err(p, "source", "a cache mount's source needs an input");
+		if (mt->input >= 0)
+			mt->source = kiln_path_clean(src ? src : "");
 		if (!mt->cache_id)
 			mt->cache_id = xstrdup(mt->target);
 		return 0;
@@ -992,9 +1001,19 @@ static json_t *form_mount(const struct kiln_def_mount *m)
 				 "input", edge_ref(m->input), "source", m->source,
 				 "readonly", m->readonly);
 	case KILN_DEF_MOUNT_CACHE:
-		return json_pack("{sssssssisIsIsI}", "type", "cache", "target", m->target, "id",
-				 m->cache_id, "sharing", (int)m->sharing, "mode", (json_int_t)m->mode,
-				 "uid", (json_int_t)m->uid, "gid", (json_int_t)m->gid);
+	{
+		json_t *o = json_pack("{sssssssisIsIsI}", "type", "cache", "target", m->target,
+				      "id", m->cache_id, "sharing", (int)m->sharing, "mode",
+				      (json_int_t)m->mode, "uid", (json_int_t)m->uid, "gid",
+				      (json_int_t)m->gid);
+
+		/* Only when seeded: unseeded caches keep their digests. */
+		if (m->input >= 0) {
+			json_object_set_new(o, "input", edge_ref(m->input));
+			json_object_set_new(o, "source", json_string(m->source));
+		}
+		return o;
+	}
 	case KILN_DEF_MOUNT_SECRET:
 	{
 		/* The secret's content is never part of a key; its use is. */

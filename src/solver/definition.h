@@ -50,8 +50,8 @@ struct kiln_def_mount {
 	enum kiln_mount_kind kind;
 	char *target;     /* absolute, cleaned; NULL for a SECRET given as env only */
 	char *env;        /* SECRET: environment variable holding it, or NULL */
-	int input;        /* BIND: index into op->inputs, -1 = none */
-	char *source;     /* BIND: subdirectory of the input ("" = root) */
+	int input;        /* BIND; CACHE: the seed: index into op->inputs, -1 = none */
+	char *source;     /* BIND, seeded CACHE: subdirectory of the input ("" = root) */
 	bool readonly;    /* BIND */
 	char *cache_id;   /* CACHE: defaults to target; SECRET: the secret's id */
 	enum kiln_cache_sharing sharing; /* CACHE */

@@ -195,6 +195,29 @@ static int secret_env(const struct kiln_job *job, const struct kiln_op *op, char
 	return 0;
 }
 
+/*
+ * A cache seeded from another op's result (RUN --mount=type=cache,from=):
+ * the directory at source in that input is copied into the cache when
+ * the worker creates it (BuildKit: the cache ref is made from the
+ * input's ref); an existing cache is not touched.
+ */
+static int cache_seed(struct kiln_worker *wk, const struct kiln_job *job,
+		      const struct kiln_def_mount *m, const char *who,
+		      struct kiln_exec_mount *em, struct kiln_error **err)
+{
+	struct kiln_tree_entry e = { 0 };
+	int r;
+
+	r = kiln_tree_lookup(kiln_worker_store(wk), &job->inputs[m->input], m->source, &e, err);
+	if (r == 0 && e.type != KILN_ENTRY_DIR)
+		r = kiln_error_set(err, -ENOTDIR, "%s: cache mount %s: source /%s is not a directory",
+				   who, m->target, m->source);
+	em->tree = e.digest;
+	em->seeded = true;
+	kiln_tree_entry_release(&e);
+	return r;
+}
+
 static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 		    struct kiln_job_result *out, struct kiln_error **err)
 {
@@ -242,6 +265,8 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 			em->mode = (uint32_t)m->mode;
 			em->uid = (uint32_t)m->uid;
 			em->gid = (uint32_t)m->gid;
+			if (m->input >= 0)
+				r = cache_seed(wk, job, m, w, em, err);
 			break;
 		case KILN_DEF_MOUNT_SECRET:
 			r = secret_mount(job, op, m, em, err);

@@ -288,6 +288,42 @@ static void test_issue3_fields(void **state)
 		    "field 'outputs'", NULL);
 }
 
+/* A cache mount seeded from an input: an edge of the exec, in the form only then. */
+static void test_cache_seed(void **state)
+{
+#define SEED_DEF(M)                                                                      \
+	"{\"version\":1,\"ops\":[" IMG ","                                                 \
+	"{\"id\":\"s\",\"op\":\"file\",\"actions\":[{\"action\":\"mkdir\",\"path\":\"/o\"}]}," \
+	"{\"id\":\"r\",\"op\":\"exec\",\"input\":\"base\",\"args\":[\"x\"],\"mounts\":[" M "]}" \
+	"],\"output\":\"r\"}"
+	struct kiln_definition *a = parse_ok(SEED_DEF("{\"type\":\"cache\",\"target\":\"/c\"}"));
+	struct kiln_definition *b = parse_ok(SEED_DEF(
+		"{\"type\":\"cache\",\"target\":\"/c\",\"input\":\"s\",\"source\":\"/o/\"}"));
+	struct kiln_definition *c = parse_ok(SEED_DEF(
+		"{\"type\":\"cache\",\"target\":\"/c\",\"input\":\"s\"}"));
+	const struct kiln_op *ra = &a->ops[2], *rb = &b->ops[2], *rc = &c->ops[2];
+
+	assert_int_equal(ra->mounts[0].input, -1);
+	assert_null(ra->mounts[0].source);
+	assert_null(strstr(ra->form, "\"input\":\"$1\""));
+	assert_int_equal(rb->n_inputs, 2);
+	assert_int_equal(rb->mounts[0].input, 1);
+	assert_int_equal(rb->inputs[1].op, 1);
+	assert_string_equal(rb->mounts[0].source, "o");
+	assert_string_equal(rc->mounts[0].source, "");
+	/* seeding changes the op's identity; unseeded caches keep theirs */
+	assert_false(kiln_digest_eq(&ra->digest, &rb->digest));
+	assert_false(kiln_digest_eq(&rb->digest, &rc->digest));
+	kiln_definition_free(a);
+	kiln_definition_free(b);
+	kiln_definition_free(c);
+	parse_fails(SEED_DEF("{\"type\":\"cache\",\"target\":\"/c\",\"source\":\"/o\"}"),
+		    "op 'r'", "field 'source'", "needs an input", NULL);
+	parse_fails(SEED_DEF("{\"type\":\"cache\",\"target\":\"/c\",\"input\":\"nope\"}"),
+		    "field 'input'", NULL);
+#undef SEED_DEF
+}
+
 static void test_deep_graph(void **state)
 {
 	/* 20,000 chained file ops: no recursion limits in validation. */
@@ -323,6 +359,7 @@ int main(void)
 		cmocka_unit_test(test_wrong_types),
 		cmocka_unit_test(test_dangling_and_cycle),
 		cmocka_unit_test(test_issue3_fields),
+		cmocka_unit_test(test_cache_seed),
 		cmocka_unit_test(test_deep_graph),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
