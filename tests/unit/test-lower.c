@@ -1056,10 +1056,57 @@ static void test_run_mounts(void **state)
 	res_free(res);
 }
 
+/* A cache seeded from a stage: the stage is an input edge of the exec. */
+static void test_run_mount_cache_from(void **state)
+{
+	struct topts t = { .platforms = { "linux/amd64" } };
+	struct res *res = lower_opts(
+		"FROM alpine AS seed\nRUN make-seed\nFROM alpine\nWORKDIR /w\n"
+		"RUN --mount=type=cache,target=c,id=s,from=seed,source=/out/./ "
+		"--mount=type=cache,target=/whole,from=seed "
+		"--mount=type=cache,target=/plain use\n",
+		&t);
+	json_t *run, *m;
+
+	assert_int_equal(res->r, 0);
+	validate(res);
+	run = op(res, res->imgs[0].output);
+	m = json_object_get(run, "mounts");
+	assert_int_equal(json_array_size(m), 3);
+	assert_string_equal(sget(json_array_get(m, 0), "type"), "cache");
+	assert_string_equal(sget(json_array_get(m, 0), "target"), "/w/c");
+	assert_string_equal(sget(json_array_get(m, 0), "id"), "s");
+	assert_string_equal(sget(json_array_get(m, 0), "source"), "/out");
+	assert_string_equal(sget(op(res, sget(json_array_get(m, 0), "input")), "name"),
+			    "[seed 2/2] RUN make-seed");
+	assert_null(json_object_get(json_array_get(m, 1), "source"));
+	assert_string_equal(sget(json_array_get(m, 1), "input"),
+			    sget(json_array_get(m, 0), "input"));
+	assert_null(json_object_get(json_array_get(m, 2), "input"));
+	/* as the solver reads it: the seed is one of the exec's inputs (so in its key) */
+	{
+		const struct kiln_op *d = dop(res, res->imgs[0].output);
+		assert_int_equal(d->n_mounts, 3);
+		assert_int_equal(d->mounts[0].kind, KILN_DEF_MOUNT_CACHE);
+		assert_true(d->mounts[0].input >= 0 && (size_t)d->mounts[0].input < d->n_inputs);
+		assert_int_not_equal(d->mounts[0].input, d->rootfs);
+		assert_string_equal(res->d->ops[d->inputs[d->mounts[0].input].op].name,
+				    "[seed 2/2] RUN make-seed");
+		assert_string_equal(d->mounts[0].source, "out");
+		assert_int_equal(d->inputs[d->mounts[1].input].op, d->inputs[d->mounts[0].input].op);
+		assert_string_equal(d->mounts[1].source, "");
+		assert_int_equal(d->mounts[2].input, -1);
+		assert_null(d->mounts[2].source);
+	}
+	res_free(res);
+}
+
 static void test_bad_mounts(void **state)
 {
-	lower_fails("FROM alpine\nRUN --mount=type=cache,target=/x,from=b make\n",
-		    "Dockerfile:2:1: RUN: --mount=type=cache,target=/x,from=b: type=cache with from= or source= is not supported");
+	lower_fails("FROM alpine\nRUN --mount=type=cache,target=/x,source=/s make\n",
+		    "Dockerfile:2:1: RUN: --mount=type=cache,target=/x,source=/s: type=cache with source= needs from=");
+	lower_fails("FROM alpine\nRUN --mount=type=cache,target=/x,from=7 make\n",
+		    "no stage with index 7");
 	lower_fails("FROM alpine\nRUN --mount=type=nfs,target=/x make\n", "unknown type 'nfs'");
 	lower_fails("FROM alpine\nRUN --mount=type=cache make\n", "target= is required");
 	lower_fails("FROM alpine\nRUN --mount=type=bind,target=/x,colour=red make\n",
@@ -1337,6 +1384,7 @@ int main(void)
 		cmocka_unit_test(test_cmd_entrypoint),
 		cmocka_unit_test(test_history_and_layer_chain),
 		cmocka_unit_test(test_run_mounts),
+		cmocka_unit_test(test_run_mount_cache_from),
 		cmocka_unit_test(test_bad_mounts),
 		cmocka_unit_test(test_network_and_flags),
 		cmocka_unit_test(test_add_url_archive_git),

@@ -478,7 +478,7 @@ static const struct {
 } mount_types[] = {
 	{ "bind", M(MK_TYPE) | M(MK_TARGET) | M(MK_SOURCE) | M(MK_FROM) | M(MK_RW) | M(MK_RO) },
 	{ "cache", M(MK_TYPE) | M(MK_TARGET) | M(MK_ID) | M(MK_SHARING) | M(MK_MODE) |
-			   M(MK_UID) | M(MK_GID) },
+			   M(MK_UID) | M(MK_GID) | M(MK_FROM) | M(MK_SOURCE) },
 	{ "tmpfs", M(MK_TYPE) | M(MK_TARGET) | M(MK_SIZE) },
 	{ "secret", M(MK_TYPE) | M(MK_TARGET) | M(MK_ID) | M(MK_REQUIRED) | M(MK_MODE) |
 			    M(MK_UID) | M(MK_GID) | M(MK_ENV) },
@@ -579,9 +579,6 @@ static int mount_check(struct ictx *c, struct mount_spec *m)
 	for (i = 0; i < ARRAY_SIZE(mount_types); i++) {
 		if (strcmp(mount_types[i].type, m->type))
 			continue;
-		if (!strcmp(m->type, "cache") && (m->has & (M(MK_FROM) | M(MK_SOURCE))))
-			return lerr(c, -ENOTSUP, "--mount=%s: type=cache with from= or source= is not supported (a cache starts empty)",
-				    m->raw);
 		for (k = 0; k < ARRAY_SIZE(mount_keys); k++)
 			if ((m->has & M(mount_keys[k].key)) && !(mount_types[i].allowed & M(mount_keys[k].key)))
 				return lerr(c, -EINVAL, "--mount=%s: option '%s' does not apply to type=%s",
@@ -663,10 +660,41 @@ static int mount_bind(struct ictx *c, const struct mount_spec *m, size_t idx, js
 	return r;
 }
 
-static int mount_cache(struct ictx *c, const struct mount_spec *m, json_t *o)
+/*
+ * from= seeds a new cache with the directory source= (default /) of a
+ * stage, image or named context: the tree is an input of the exec, so
+ * its digest is in the step's key (BuildKit dispatchRunMounts: the
+ * cache mount's state is sources[i].state with llb.SourcePath(source)).
+ */
+static int mount_cache_seed(struct ictx *c, const struct mount_spec *m, size_t idx, json_t *o)
+{
+	_cleanup_free_ char *sfx = xasprintf("mnt%zu", idx);
+	const char *input;
+	int r;
+
+	if (!m->v[MK_FROM])
+		return lerr(c, -EINVAL, "--mount=%s: type=cache with source= needs from= (the stage or image to seed the cache from)",
+			    m->raw);
+	r = from_tree(c, m->v[MK_FROM], sfx, &input);
+	if (r < 0)
+		return r;
+	json_object_set_new(o, "input", json_string(input));
+	if (m->v[MK_SOURCE]) {
+		_cleanup_free_ char *src = kiln_path_clean_abs(m->v[MK_SOURCE]);
+		json_object_set_new(o, "source", json_string(src));
+	}
+	return 0;
+}
+
+static int mount_cache(struct ictx *c, const struct mount_spec *m, size_t idx, json_t *o)
 {
 	const char *sh = m->v[MK_SHARING];
 
+	if (m->has & (M(MK_FROM) | M(MK_SOURCE))) {
+		int r = mount_cache_seed(c, m, idx, o);
+		if (r < 0)
+			return r;
+	}
 	if (m->v[MK_ID])
 		json_object_set_new(o, "id", json_string(m->v[MK_ID]));
 	if (sh && strcmp(sh, "shared") && strcmp(sh, "private") && strcmp(sh, "locked"))
@@ -743,7 +771,7 @@ static int mount_json(struct ictx *c, struct mount_spec *m, size_t idx, json_t *
 	if (!strcmp(m->type, "bind"))
 		r = mount_bind(c, m, idx, o);
 	else if (!strcmp(m->type, "cache"))
-		r = mount_cache(c, m, o);
+		r = mount_cache(c, m, idx, o);
 	else if (!strcmp(m->type, "tmpfs"))
 		r = mount_tmpfs(c, m, o);
 	else
