@@ -388,7 +388,18 @@ static int cache_mount(struct exec_ctx *c, const struct kiln_exec_mount *m,
 	const char *base, *dir;
 	int r;
 
-	kiln_digest_buf(id, strlen(id), &d);
+	/*
+	 * A seeded cache is keyed by its id and its seed, as BuildKit's
+	 * mounts/mount.go keys it (id + ":" + the seed ref's id): another
+	 * seed gets another cache, never the old contents.
+	 */
+	if (m->seeded) {
+		_cleanup_free_ char *key = xasprintf("%s:%s", id, KILN_DIGEST_STR(&m->tree));
+
+		kiln_digest_buf(key, strlen(key), &d);
+	} else {
+		kiln_digest_buf(id, strlen(id), &d);
+	}
 	kiln_digest_hex(&d, hex);
 	base = own(c, xasprintf("%s/cachemounts/%.32s", c->w->root, hex));
 	r = cache_claim(c, m, base, &dir, err);

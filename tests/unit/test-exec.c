@@ -302,7 +302,7 @@ static void test_cache_mount(void **st)
 	out_release(&o);
 }
 
-/* A seeded cache starts as a copy of its tree; an existing one is kept. */
+/* A seeded cache starts as a copy of its tree; an existing one is kept; another seed is another cache. */
 static void test_cache_mount_seeded(void **st)
 {
 	struct kiln_exec_mount m = { .type = KILN_MOUNT_CACHE, .target = "/seed",
@@ -321,12 +321,20 @@ static void test_cache_mount_seeded(void **st)
 	assert_false(tree_has(&res.rootfs, "seed"));
 	kiln_exec_result_release(&res);
 	out_release(&o);
-	/* another seed: the cache exists, so it is not reset */
-	m.tree = S.base;
+	/* the same id and seed: the cache exists, so it is not reset */
 	assert_int_equal(run_on("seed2", &S.base, SH("cat /seed/a"), &m, 1, NULL, NULL,
 				&res, &o), 0);
 	assert_int_equal(res.exit_code, 0);
 	assert_string_equal(kiln_strbuf_str(&o.so), "A\nmore\n");
+	kiln_exec_result_release(&res);
+	out_release(&o);
+	/* another seed is another cache (BuildKit keys it id + seed): fresh */
+	m.tree = S.base;
+	assert_int_equal(run_on("seed2b", &S.base,
+				SH("test -e /seed/a || echo fresh; test -e /seed/bin && echo seeded"),
+				&m, 1, NULL, NULL, &res, &o), 0);
+	assert_int_equal(res.exit_code, 0);
+	assert_string_equal(kiln_strbuf_str(&o.so), "fresh\nseeded\n");
 	kiln_exec_result_release(&res);
 	out_release(&o);
 	/* the seed's files were copies: the tree itself is unchanged */
