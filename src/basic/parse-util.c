@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "basic/alloc.h"
+
 int kiln_parse_u64(const char *s, uint64_t *out)
 {
 	unsigned long long v;
@@ -114,4 +116,18 @@ const char *kiln_format_size(uint64_t n, char *buf, unsigned size)
 	else
 		snprintf(buf, size, "%.1f %s", v, u[i]);
 	return buf;
+}
+
+char *kiln_url_strip_userinfo(const char *url)
+{
+	const char *auth = strstr(url, "://"), *end, *at;
+
+	if (!auth)
+		return xstrdup(url);
+	auth += 3;
+	end = auth + strcspn(auth, "/?#");
+	at = memrchr(auth, '@', (size_t)(end - auth));
+	if (!at)
+		return xstrdup(url);
+	return xasprintf("%.*s%s", (int)(auth - url), url, at + 1);
 }

@@ -19,3 +19,10 @@ int kiln_parse_size(const char *s, uint64_t *out);
 
 /* Format bytes as "12.3 MiB" into buf (size >= 32). */
 const char *kiln_format_size(uint64_t n, char *buf, unsigned size);
+
+/*
+ * A copy of url without the userinfo of a "scheme://user:secret@host/…"
+ * URL ("scheme://host/…"), for keys, names and messages. Anything else
+ * (an scp-like "git@host:repo", no "@" before the path) is copied as is.
+ */
+char *kiln_url_strip_userinfo(const char *url);

@@ -239,8 +239,8 @@ static void fill_meta(struct build *b, const struct stat *st, const char *name,
 	e->mode = st->st_mode & 07777;
 	e->uid = b->opts->zero_owner ? 0 : st->st_uid;
 	e->gid = b->opts->zero_owner ? 0 : st->st_gid;
-	e->mtime_sec = st->st_mtim.tv_sec;
-	e->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+	e->mtime_sec = b->opts->zero_mtime ? 0 : st->st_mtim.tv_sec;
+	e->mtime_nsec = b->opts->zero_mtime ? 0 : (uint32_t)st->st_mtim.tv_nsec;
 }
 
 static int read_target(struct build *b, int dirfd, const char *name,
@@ -555,8 +555,8 @@ static int copy_job(struct build *b, int pfd, struct fjob *j)
 	meta.mode = st.st_mode & 07777;
 	meta.uid = b->opts->zero_owner ? 0 : st.st_uid;
 	meta.gid = b->opts->zero_owner ? 0 : st.st_gid;
-	meta.mtime_sec = st.st_mtim.tv_sec;
-	meta.mtime_nsec = (uint32_t)st.st_mtim.tv_nsec;
+	meta.mtime_sec = b->opts->zero_mtime ? 0 : st.st_mtim.tv_sec;
+	meta.mtime_nsec = b->opts->zero_mtime ? 0 : (uint32_t)st.st_mtim.tv_nsec;
 	return kiln_store_put_fd_meta(b->s, fd, &meta, &j->d, &j->size, &j->err);
 }
 

@@ -129,6 +129,7 @@ int kiln_tree_get(struct kiln_store *s, const struct kiln_digest *d,
 struct kiln_tree_build_opts {
 	bool adopt;       /* hardlink files into the CAS (source immutable) */
 	bool zero_owner;  /* record uid/gid as 0 (build contexts) */
+	bool zero_mtime;  /* record mtimes as 0 (git checkouts) */
 	bool (*filter)(void *ud, const char *relpath, bool is_dir);
 	bool (*filter_descend)(void *ud, const char *relpath);
 	bool (*stat_lookup)(void *ud, const char *relpath, const struct stat *st,

@@ -58,6 +58,8 @@ const char *kiln_op_type_name(enum kiln_op_type t)
 		return "source.local";
 	case KILN_OP_SOURCE_HTTP:
 		return "source.http";
+	case KILN_OP_SOURCE_GIT:
+		return "source.git";
 	case KILN_OP_EXEC:
 		return "exec";
 	case KILN_OP_FILE:
@@ -407,6 +409,64 @@ static int parse_http(struct pctx *p, json_t *o)
 	if (!*p->op->filename || strchr(p->op->filename, '/') ||
 	    !strcmp(p->op->filename, ".") || !strcmp(p->op->filename, ".."))
 		return op_err(p, "filename", "'%s' is not a file name", p->op->filename);
+	return 0;
+}
+
+/*
+ * source.git: a remote repository (BuildKit's llb.Git). Only transports
+ * that reach another host: https, http, git, ssh and scp-like
+ * "user@host:path"; never a path or file:// on the worker.
+ */
+static bool git_url_ok(const char *u)
+{
+	static const char *const schemes[] = { "https://", "http://", "git://", "ssh://", NULL };
+	const char *colon, *at;
+	size_t i;
+
+	if (strpbrk(u, " \t\n\r") || *u == '-')
+		return false;
+	for (i = 0; schemes[i]; i++)
+		if (!strncmp(u, schemes[i], strlen(schemes[i])))
+			return u[strlen(schemes[i])] != '\0';
+	/* scp-like: user@host:path, no "://", host not empty */
+	colon = strchr(u, ':');
+	at = strchr(u, '@');
+	return colon && at && at < colon && at > u && colon > at + 1 && !strstr(u, "://");
+}
+
+static int parse_git(struct pctx *p, json_t *o)
+{
+	static const char *const allowed[] = { "id", "op", "name", "platform", "url", "ref",
+					       "subdir", "keep_git_dir", NULL };
+	int r = check_fields(p, o, allowed, NULL);
+
+	if (r == 0)
+		r = get_str(p, o, "url", true, &p->op->url);
+	if (r == 0)
+		r = get_str(p, o, "ref", false, &p->op->git_ref);
+	if (r == 0)
+		r = get_str(p, o, "subdir", false, &p->op->git_subdir);
+	if (r == 0)
+		r = get_bool(p, o, "keep_git_dir", false, &p->op->keep_git_dir);
+	if (r < 0)
+		return r;
+	if (!git_url_ok(p->op->url)) {
+		_cleanup_free_ char *safe = kiln_url_strip_userinfo(p->op->url);
+		return op_err(p, "url", "'%s': expected an https://, http://, git://, ssh:// or "
+			      "user@host:path repository", safe);
+	}
+	if (p->op->git_ref && (*p->op->git_ref == '-' || strpbrk(p->op->git_ref, " \t\n:")))
+		return op_err(p, "ref", "'%s' is not a ref", p->op->git_ref);
+	if (p->op->git_ref && !*p->op->git_ref)
+		free(TAKE_PTR(p->op->git_ref));
+	if (p->op->git_subdir) {
+		char *clean = kiln_path_clean(p->op->git_subdir);
+
+		free(p->op->git_subdir);
+		p->op->git_subdir = clean;
+		if (!*clean)
+			free(TAKE_PTR(p->op->git_subdir));
+	}
 	return 0;
 }
 
@@ -804,6 +864,7 @@ static int parse_op(struct pctx *p, json_t *o)
 		{ "source.image", KILN_OP_SOURCE_IMAGE, parse_image },
 		{ "source.local", KILN_OP_SOURCE_LOCAL, parse_local },
 		{ "source.http", KILN_OP_SOURCE_HTTP, parse_http },
+		{ "source.git", KILN_OP_SOURCE_GIT, parse_git },
 		{ "exec", KILN_OP_EXEC, parse_exec },
 		{ "file", KILN_OP_FILE, parse_file },
 		{ "merge", KILN_OP_MERGE, parse_merge },
@@ -835,7 +896,7 @@ static int parse_op(struct pctx *p, json_t *o)
 		p->op->type = types[i].type;
 		return types[i].parse(p, o);
 	}
-	return op_err(p, "op", "unknown op type '%s' (source.image, source.local, source.http, exec, file, merge)",
+	return op_err(p, "op", "unknown op type '%s' (source.image, source.local, source.http, source.git, exec, file, merge)",
 		      type);
 }
 
@@ -1100,6 +1161,19 @@ static json_t *op_form(const struct kiln_op *op)
 		if (kiln_digest_is_set(&op->checksum))
 			json_object_set_new(o, "checksum", json_string(KILN_DIGEST_STR(&op->checksum)));
 		break;
+	case KILN_OP_SOURCE_GIT: {
+		/* Credentials in the URL never reach a key. */
+		char *safe = kiln_url_strip_userinfo(op->url);
+
+		json_object_set_new(o, "url", json_string(safe));
+		free(safe);
+		if (op->git_ref)
+			json_object_set_new(o, "ref", json_string(op->git_ref));
+		if (op->git_subdir)
+			json_object_set_new(o, "subdir", json_string(op->git_subdir));
+		json_object_set_new(o, "keep_git_dir", json_boolean(op->keep_git_dir));
+		break;
+	}
 	case KILN_OP_SOURCE_LOCAL:
 		json_object_set_new(o, "path", json_string(op->local_path));
 		json_object_set_new(o, "include", str_array(op->include, op->n_include));
@@ -1327,6 +1401,8 @@ static void op_release(struct kiln_op *op)
 	free(op->ref);
 	free(op->url);
 	free(op->filename);
+	free(op->git_ref);
+	free(op->git_subdir);
 	free(op->local_path);
 	kiln_strv_free(op->include, op->n_include);
 	kiln_strv_free(op->exclude, op->n_exclude);

@@ -22,6 +22,7 @@ enum kiln_op_type {
 	KILN_OP_SOURCE_IMAGE,
 	KILN_OP_SOURCE_LOCAL,
 	KILN_OP_SOURCE_HTTP,
+	KILN_OP_SOURCE_GIT,
 	KILN_OP_EXEC,
 	KILN_OP_FILE,
 	KILN_OP_MERGE,
@@ -117,6 +118,9 @@ struct kiln_op {
 	char *url, *filename;
 	struct kiln_digest checksum; /* unset when not given */
 	int64_t http_mode;
+	/* source.git (and url) */
+	char *git_ref, *git_subdir; /* NULL when not given */
+	bool keep_git_dir;
 	/* source.local */
 	char *local_path; /* absolute */
 	char **include, **exclude;

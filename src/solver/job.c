@@ -13,6 +13,7 @@
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "solver/fileop.h"
+#include "source/git.h"
 #include "source/http.h"
 #include "source/image.h"
 
@@ -402,6 +403,34 @@ static int job_http(struct kiln_worker *w, const struct kiln_job *job,
 	return r;
 }
 
+/* The result of source.git: the pinned commit's tree, fetched here. */
+static int job_git(struct kiln_worker *w, const struct kiln_job *job,
+		   struct kiln_job_result *out, struct kiln_error **err)
+{
+	const struct kiln_op *op = &job->def->ops[job->op];
+	char commit[KILN_GIT_COMMIT_HEXLEN + 1];
+	_cleanup_free_ char *scratch = NULL;
+	struct kiln_git_checkout c = { .url = op->url, .ref = op->git_ref,
+				       .subdir = op->git_subdir,
+				       .keep_git_dir = op->keep_git_dir };
+	int r;
+
+	if (!job->pin || kiln_git_pin_to_commit(job->pin, commit) < 0)
+		return kiln_error_set(err, -EINVAL, "internal: git source without a commit pin");
+	c.commit = commit;
+	scratch = xasprintf("%s/run/git-XXXXXX", kiln_worker_root(w));
+	if (!mkdtemp(scratch)) {
+		r = kiln_error_seterrno(err, -errno, "%s", scratch);
+	} else {
+		c.scratch = scratch;
+		r = kiln_git_checkout(kiln_worker_store(w), &c, &out->tree, err);
+		kiln_rm_rf(scratch);
+	}
+	if (r < 0)
+		prefix_who(err, op);
+	return r;
+}
+
 int kiln_job_run(struct kiln_worker *w, const struct kiln_job *job,
 		 struct kiln_job_result *out, struct kiln_error **err)
 {
@@ -421,6 +450,9 @@ int kiln_job_run(struct kiln_worker *w, const struct kiln_job *job,
 		break;
 	case KILN_OP_SOURCE_HTTP:
 		r = job_http(w, job, out, err);
+		break;
+	case KILN_OP_SOURCE_GIT:
+		r = job_git(w, job, out, err);
 		break;
 	case KILN_OP_EXEC:
 		r = job_exec(w, job, out, err);

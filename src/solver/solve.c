@@ -43,8 +43,10 @@
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
+#include "basic/parse-util.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
+#include "source/git.h"
 #include "source/http.h"
 #include "source/image.h"
 #include "source/local.h"
@@ -239,6 +241,11 @@ static char *default_name(const struct kiln_op *op)
 		return xasprintf("[%s] load context %s", op->id, op->local_path);
 	case KILN_OP_SOURCE_HTTP:
 		return xasprintf("[%s] download %s", op->id, op->url);
+	case KILN_OP_SOURCE_GIT: {
+		_cleanup_free_ char *safe = kiln_url_strip_userinfo(op->url);
+
+		return xasprintf("[%s] git %s#%s", op->id, safe, op->git_ref ? op->git_ref : "HEAD");
+	}
 	case KILN_OP_EXEC:
 		kiln_strbuf_addf(&sb, "[%s] exec", op->id);
 		for (i = 0; i < op->n_args; i++)
@@ -655,6 +662,13 @@ static int pin_source(struct solver *s, struct vertex *v,
 			v->pin = v->op->checksum;
 		else
 			r = kiln_http_fetch(store(s), v->op->url, NULL, &v->pin, NULL, err);
+	} else if (v->op->type == KILN_OP_SOURCE_GIT) {
+		/* The commit is the pin: the key follows it, not the ref. */
+		char commit[KILN_GIT_COMMIT_HEXLEN + 1];
+
+		r = kiln_git_resolve(v->op->url, v->op->git_ref, commit, err);
+		if (r == 0)
+			kiln_git_commit_to_pin(commit, &v->pin);
 	} else if (v->op->type == KILN_OP_SOURCE_IMAGE) {
 		r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
 		if (r == 0)

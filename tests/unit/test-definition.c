@@ -1,4 +1,5 @@
 /* Op graph parsing: validation errors name op and field; digests are canonical. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "basic/alloc.h"
+#include "basic/parse-util.h"
 #include "solver/definition.h"
+#include "source/git.h"
 
 static struct kiln_definition *parse_ok(const char *json)
 {
@@ -151,6 +155,73 @@ static void test_copy_exclude_in_digest(void **state)
 	parse_fails(EXCL_GRAPH(",\"include\":[\"a[\"]"), "op 'f'", "field 'include'", NULL);
 	kiln_definition_free(a);
 #undef EXCL_GRAPH
+}
+
+/* source.git: fields, the URL's credentials out of the form, the commit pin. */
+static void test_git_source(void **state)
+{
+#define GIT_GRAPH(url, x)                                                              \
+	"{\"version\":1,\"ops\":[{\"id\":\"g\",\"op\":\"source.git\",\"url\":\"" url "\"" x "}]," \
+	"\"output\":\"g\"}"
+	struct kiln_definition *a = parse_ok(GIT_GRAPH("https://h/r.git", ",\"ref\":\"v1\""));
+	struct kiln_definition *b =
+		parse_ok(GIT_GRAPH("https://user:s3cret@h/r.git", ",\"ref\":\"v1\""));
+	struct kiln_definition *c = parse_ok(GIT_GRAPH("https://h/r.git", ",\"ref\":\"v2\""));
+	struct kiln_definition *k = parse_ok(GIT_GRAPH(
+		"git@h:r.git", ",\"ref\":\"main\",\"subdir\":\"/a/../b/\",\"keep_git_dir\":true"));
+	struct kiln_digest pin;
+	char commit[KILN_GIT_COMMIT_HEXLEN + 1];
+	char *s;
+
+	(void)state;
+	assert_int_equal(a->ops[0].type, KILN_OP_SOURCE_GIT);
+	assert_string_equal(a->ops[0].git_ref, "v1");
+	/* the URL with credentials fetches with them; the key never sees them */
+	assert_string_equal(b->ops[0].url, "https://user:s3cret@h/r.git");
+	assert_null(strstr(b->ops[0].form, "s3cret"));
+	assert_null(strstr(b->ops[0].form, "user"));
+	assert_true(kiln_digest_eq(&a->ops[0].digest, &b->ops[0].digest));
+	assert_false(kiln_digest_eq(&a->ops[0].digest, &c->ops[0].digest));
+	assert_string_equal(k->ops[0].git_subdir, "b");
+	assert_true(k->ops[0].keep_git_dir);
+	assert_non_null(strstr(k->ops[0].form, "\"keep_git_dir\":true"));
+	kiln_definition_free(a);
+	kiln_definition_free(b);
+	kiln_definition_free(c);
+	kiln_definition_free(k);
+	parse_fails(GIT_GRAPH("file:///srv/r.git", ""), "op 'g'", "field 'url'", NULL);
+	parse_fails(GIT_GRAPH("/srv/r.git", ""), "field 'url'", NULL);
+	parse_fails(GIT_GRAPH("ext::sh -c x", ""), "field 'url'", NULL);
+	parse_fails(GIT_GRAPH("https://u:pw@h/r.git", ",\"ref\":\"--upload-pack=x\""),
+		    "field 'ref'", NULL);
+	parse_fails(GIT_GRAPH("https://h/r.git", ",\"checksum\":\"x\""), "checksum", NULL);
+	/* the error names the URL without its password */
+	{
+		struct kiln_definition *d = NULL;
+		struct kiln_error *err = NULL;
+		const char *j = GIT_GRAPH("file://u:pw@h/r.git", "");
+
+		assert_true(kiln_definition_parse(j, strlen(j), "g.json", "/base", "linux/amd64",
+						  &d, &err) < 0);
+		assert_null(strstr(err->msg, "pw"));
+		kiln_error_free(err);
+	}
+	/* the commit travels as a pin and back */
+	kiln_git_commit_to_pin("87325f6857ad445ee39f2835e3f542c57cdaf848", &pin);
+	assert_int_equal(kiln_git_pin_to_commit(&pin, commit), 0);
+	assert_string_equal(commit, "87325f6857ad445ee39f2835e3f542c57cdaf848");
+	pin.bytes[31] = 1;
+	assert_int_equal(kiln_git_pin_to_commit(&pin, commit), -EINVAL);
+	assert_true(kiln_git_is_commit("87325f6857ad445ee39f2835e3f542c57cdaf848"));
+	assert_false(kiln_git_is_commit("87325f6857ad445ee39f2835e3f542c57cdaf84"));
+	assert_false(kiln_git_is_commit("87325F6857AD445EE39F2835E3F542C57CDAF848"));
+	s = kiln_url_strip_userinfo("https://a:b@c@h:1/p@q?x=@y");
+	assert_string_equal(s, "https://h:1/p@q?x=@y");
+	free(s);
+	s = kiln_url_strip_userinfo("git@h:r.git");
+	assert_string_equal(s, "git@h:r.git");
+	free(s);
+#undef GIT_GRAPH
 }
 
 static void test_secret_env(void **state)
@@ -353,6 +424,7 @@ int main(void)
 		cmocka_unit_test(test_digest_ignores_ids_names_order),
 		cmocka_unit_test(test_platform_in_exec_not_in_file),
 		cmocka_unit_test(test_copy_exclude_in_digest),
+		cmocka_unit_test(test_git_source),
 		cmocka_unit_test(test_secret_env),
 		cmocka_unit_test(test_malformed_json),
 		cmocka_unit_test(test_unknown_op_and_field),
