@@ -72,14 +72,18 @@ extern char **environ;
 /* The git binary on PATH (absolute), looked up before any fork. */
 static char *find_git(void)
 {
-	const char *path = getenv("PATH");
-	_cleanup_free_ char *copy = xstrdup(path && *path ? path : "/usr/bin:/bin");
-	char *save = NULL, *dir;
+	const char *path = getenv("PATH"), *dir, *end;
 
-	for (dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
-		char *p = xasprintf("%s/git", *dir ? dir : ".");
+	if (!path || !*path)
+		path = "/usr/bin:/bin";
+	for (dir = path; *dir; dir = *end ? end + 1 : end) {
+		char *p;
 
-		if (*dir == '/' && access(p, X_OK) == 0)
+		end = dir + strcspn(dir, ":");
+		if (*dir != '/') /* only absolute entries */
+			continue;
+		p = xasprintf("%.*s/git", (int)(end - dir), dir);
+		if (access(p, X_OK) == 0)
 			return p;
 		free(p);
 	}
