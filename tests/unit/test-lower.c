@@ -1160,11 +1160,56 @@ static void test_add_url_archive_git(void **state)
 	assert_true(dop(res, res->imgs[0].layer_ops[1])->actions[1].extract);
 	assert_int_equal(dop(res, sget(http, "id"))->type, KILN_OP_SOURCE_HTTP);
 	res_free(res);
-	lower_fails("FROM alpine\nADD https://github.com/a/b.git /src\n",
-		    "ADD of git repositories is not supported");
+	lower_fails("FROM alpine\nCOPY https://example.com/x /x\n", "COPY cannot fetch URLs");
+	lower_fails("FROM alpine\nADD --checksum=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef "
+		    "https://h/r.git /x\n", "--checksum needs an http(s) source");
 	lower_fails("FROM alpine\nCOPY https://example.com/x /x\n", "COPY cannot fetch URLs");
 	lower_fails("FROM alpine\nADD --checksum=sha256:12 https://e.com/x /x\n",
 		    "expected sha256:<64 hex digits>");
+}
+
+/*
+ * ADD of a git repository (BuildKit dispatchCopy: ParseGitRef, llb.Git,
+ * KeepGitDir, a copy of "/" into the destination).
+ */
+static void test_add_git(void **state)
+{
+	struct topts t = { .platforms = { "linux/amd64" } };
+	struct res *res = lower_opts(
+		"FROM alpine\n"
+		"ADD https://u:tok@example.com/a/b.git#v1.2:sub/dir /src\n"
+		"ADD --keep-git-dir git@example.com:a/b.git /k/\n"
+		"ADD git://example.com/c.git#main /c\n",
+		&t);
+	json_t *a1, *g1, *g2, *g3;
+
+	(void)state;
+	assert_int_equal(res->r, 0);
+	validate(res);
+	a1 = json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[0]), "actions"), 0);
+	g1 = op(res, sget(a1, "from"));
+	assert_string_equal(sget(g1, "op"), "source.git");
+	assert_string_equal(sget(g1, "url"), "https://u:tok@example.com/a/b.git");
+	assert_string_equal(sget(g1, "ref"), "v1.2");
+	assert_string_equal(sget(g1, "subdir"), "sub/dir");
+	assert_null(json_object_get(g1, "keep_git_dir"));
+	/* the progress name has no credentials */
+	assert_null(strstr(sget(g1, "name"), "tok"));
+	assert_string_equal(sget(a1, "src"), "/.");
+	assert_string_equal(sget(a1, "dest"), "/src");
+	assert_null(json_object_get(a1, "extract"));
+	g2 = op(res, sget(json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[1]),
+							 "actions"), 0), "from"));
+	assert_string_equal(sget(g2, "url"), "git@example.com:a/b.git");
+	assert_null(json_object_get(g2, "ref"));
+	assert_true(json_is_true(json_object_get(g2, "keep_git_dir")));
+	g3 = op(res, sget(json_array_get(json_object_get(op(res, res->imgs[0].layer_ops[2]),
+							 "actions"), 0), "from"));
+	assert_string_equal(sget(g3, "ref"), "main");
+	assert_int_equal(dop(res, sget(g1, "id"))->type, KILN_OP_SOURCE_GIT);
+	assert_null(strstr(dop(res, sget(g1, "id"))->form, "tok"));
+	res_free(res);
+	lower_fails("FROM alpine\nCOPY https://h/r.git /x\n", "COPY cannot fetch URLs");
 }
 
 static void test_heredocs(void **state)
@@ -1388,6 +1433,7 @@ int main(void)
 		cmocka_unit_test(test_bad_mounts),
 		cmocka_unit_test(test_network_and_flags),
 		cmocka_unit_test(test_add_url_archive_git),
+		cmocka_unit_test(test_add_git),
 		cmocka_unit_test(test_heredocs),
 		cmocka_unit_test(test_config_instructions),
 		cmocka_unit_test(test_onbuild_triggers),

@@ -1041,7 +1041,7 @@ int lower_workdir(struct ictx *c)
 /* ---- COPY / ADD ---- */
 
 struct copy {
-	bool add, link, parents;
+	bool add, link, parents, keep_git_dir;
 	char *chown, *chmod, *checksum, *dest_raw, *dest;
 	const char *from_op;      /* --from tree, or NULL = context */
 	json_t *actions;
@@ -1207,6 +1207,48 @@ static int copy_url(struct ictx *c, struct copy *cp, const char *url)
 }
 
 /*
+ * ADD of a git repository (BuildKit dockerfile2llb dispatchCopy:
+ * gitutil.ParseGitRef, llb.Git(remote, ref[:subdir]) with KeepGitDir, then
+ * a copy of its "/" into the destination): "URL#ref:subdir" becomes a
+ * source.git op whose tree is copied into place. Its name carries the URL
+ * without credentials.
+ */
+static int copy_git(struct ictx *c, struct copy *cp, const char *src)
+{
+	_cleanup_free_ char *sfx = xasprintf("git%zu", json_array_size(cp->actions));
+	_cleanup_free_ char *id = op_id(c, sfx), *remote = NULL, *ref = NULL, *safe = NULL;
+	_cleanup_free_ char *name = NULL;
+	const char *hash = strchr(src, '#'), *colon;
+	json_t *op;
+
+	remote = hash ? xstrndup(src, (size_t)(hash - src)) : xstrdup(src);
+	if (hash && hash[1]) {
+		colon = strchr(hash + 1, ':');
+		ref = colon ? xstrndup(hash + 1, (size_t)(colon - hash - 1)) : xstrdup(hash + 1);
+	}
+	safe = kiln_url_strip_userinfo(remote);
+	name = xstrdup(ins_name(c));
+	if (strlen(safe) < strlen(remote)) {
+		/* the userinfo as written ("user:secret@"), out of the name */
+		size_t k = strlen(remote) - strlen(safe);
+		_cleanup_free_ char *info = xstrndup(strstr(remote, "://") + 3, k);
+		char *hit;
+
+		while ((hit = strstr(name, info)))
+			memmove(hit, hit + k, strlen(hit + k) + 1);
+	}
+	op = json_pack("{s:s, s:s, s:s}", "op", "source.git", "name", name, "url", remote);
+	if (ref && *ref)
+		json_object_set_new(op, "ref", json_string(ref));
+	if (hash && (colon = strchr(hash + 1, ':')) && colon[1])
+		json_object_set_new(op, "subdir", json_string(colon + 1));
+	if (cp->keep_git_dir)
+		json_object_set_new(op, "keep_git_dir", json_true());
+	json_array_append_new(cp->actions, copy_action(c, cp, emit_op(c->L, op, id), "/."));
+	return 0;
+}
+
+/*
  * COPY --parents (BuildKit convert_copy.go, dispatchCopy): "a/./b/c"
  * copies the contents of a keeping only the path b/c (an include
  * pattern), so b/c lands under the destination with its parent
@@ -1278,8 +1320,11 @@ static int copy_source(struct ictx *c, struct copy *cp, const char *word)
 	kiln_strbuf_addf(&cp->hist, " %s", src);
 	if (!*src)
 		return lerr(c, -EINVAL, "'%s' expands to an empty source", word);
-	if (cp->add && (is_git(src) || flag_present(c->ins, "keep-git-dir")))
-		return lerr(c, -ENOTSUP, "'%s': ADD of git repositories is not supported", src);
+	if (cp->add && is_git(src)) {
+		if (cp->checksum)
+			return lerr(c, -EINVAL, "--checksum needs an http(s) source, not '%s'", src);
+		return copy_git(c, cp, src);
+	}
 	if (is_url(src))
 		return copy_url(c, cp, src);
 	if (cp->checksum)
@@ -1358,6 +1403,9 @@ static int copy_flags(struct ictx *c, struct copy *cp)
 		r = copy_chmod(c, cp, v);
 	v = flag_value(c->ins, "link");
 	cp->link = v && strcmp(v, "false");
+	/* BuildKit: a bool flag, used by git sources only. */
+	v = flag_value(c->ins, "keep-git-dir");
+	cp->keep_git_dir = cp->add && v && strcmp(v, "false");
 	if (r == 0 && (v = flag_value(c->ins, "checksum")))
 		r = expand(c, v, &cp->checksum);
 	if (r == 0)
