@@ -5,9 +5,10 @@
 # expected fragment of the error per line). An optional `expect-output`
 # lists fragments (one a line) the build's progress output (JSON lines,
 # e.g. a {"warning": ...}) must contain. An optional `args` file holds
-# extra `kiln build` arguments (shell words; $CASE, $LAYOUT, $HTTP and $REGISTRY are
-# expanded). Every case builds FROM ${BASE}: the busybox fixture, pushed to
-# a local docker-registry.
+# extra `kiln build` arguments (shell words; $CASE, $LAYOUT, $HTTP, $GIT (a
+# git:// daemon serving repo.git) and $REGISTRY are expanded). Every case
+# builds FROM ${BASE}: the busybox fixture, pushed to a local
+# docker-registry.
 #
 # Each case runs in every mode of $KILN_CONFORMANCE_MODES (default
 # "embedded cluster"): `kiln build` on the embedded engine, and
@@ -48,6 +49,37 @@ python3 -m http.server "$HTTP_PORT" --bind 127.0.0.1 --directory "$HTTP_DIR" >/d
 BG_PID=$!
 HTTP="http://127.0.0.1:$HTTP_PORT"
 for _ in $(seq 1 50); do curl -fs "$HTTP/file.txt" >/dev/null && break; sleep 0.1; done
+
+# A git daemon for ADD <git URL> cases (git:// on loopback): repo.git has
+# two commits on main, a branch `old` and an annotated tag v1 at the
+# first, and a subdirectory sub/.
+GIT_DIR_SRV="$T/git"
+mkdir -p "$GIT_DIR_SRV/work"
+(
+	cd "$GIT_DIR_SRV/work"
+	export GIT_AUTHOR_DATE=@1700000000 GIT_COMMITTER_DATE=@1700000000 \
+		GIT_AUTHOR_NAME=kiln GIT_AUTHOR_EMAIL=kiln@example.com \
+		GIT_COMMITTER_NAME=kiln GIT_COMMITTER_EMAIL=kiln@example.com \
+		GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
+	git init -q -b main .
+	printf 'first\n' >a.txt
+	mkdir sub
+	printf 'inner\n' >sub/s.txt
+	printf '#!/bin/sh\necho run\n' >run.sh
+	chmod 755 run.sh
+	git add . && git commit -qm one && git tag -a v1 -m v1 && git branch old
+	printf 'second\n' >b.txt
+	git add . && git commit -qm two
+	git clone -q --bare . "$GIT_DIR_SRV/repo.git"
+) >"$T/git-setup.log" 2>&1 || fail "cannot create the git repository: $(cat "$T/git-setup.log")"
+GIT_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+git daemon --base-path="$GIT_DIR_SRV" --export-all --reuseaddr --listen=127.0.0.1 \
+	--port="$GIT_PORT" --pid-file="$T/git-daemon.pid" >"$T/git-daemon.log" 2>&1 &
+GIT_DAEMON_PID=$!
+CLEANUP_HOOKS+=('kill "$GIT_DAEMON_PID" 2>/dev/null')
+GIT="git://127.0.0.1:$GIT_PORT"
+for _ in $(seq 1 50); do git ls-remote "$GIT/repo.git" >/dev/null 2>&1 && break; sleep 0.1; done
+git ls-remote "$GIT/repo.git" >/dev/null 2>&1 || fail "git daemon did not start: $(cat "$T/git-daemon.log")"
 
 # The base image in a registry both modes can pull from (kilnd cannot read
 # an oci-layout:// on the client's disk), with the fixture's digests.
@@ -231,7 +263,7 @@ run_case() { # DIR
 	[ -f "$dir/Dockerfile" ] || { echo "case $name: no such case ($dir)" >&2; return 1; }
 	if [ -f "$dir/args" ]; then
 		# shellcheck disable=SC2046
-		eval "args=($(CASE="$dir" LAYOUT="$LAYOUT" HTTP="$HTTP" REGISTRY="$REGISTRY" envsubst '$CASE $LAYOUT $HTTP $REGISTRY' <"$dir/args"))"
+		eval "args=($(CASE="$dir" LAYOUT="$LAYOUT" HTTP="$HTTP" GIT="$GIT" REGISTRY="$REGISTRY" envsubst '$CASE $LAYOUT $HTTP $GIT $REGISTRY' <"$dir/args"))"
 	fi
 	# Both platforms (on a cluster: both workers), unless the case picks
 	# its own.
