@@ -92,14 +92,22 @@ static char *find_git(void)
 
 /*
  * A minimal environment: no config of the host's user or system, no
- * prompt, ssh in batch mode. Credentials in the URL are the only ones.
+ * prompt. Credentials in the URL are the only ones: ssh reads no config,
+ * offers no key and asks no agent of the worker (ssh finds ~/.ssh through
+ * the password database, not $HOME), and trusts no known host, so an ssh
+ * URL cannot use the worker's identity (until `--ssh` forwards the
+ * client's agent, it cannot authenticate at all).
  */
 static char **git_env(void)
 {
 	static const char *const fixed[] = {
 		"GIT_TERMINAL_PROMPT=0", "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null",
 		"GIT_ASKPASS=/bin/false", "SSH_ASKPASS=/bin/false",
-		"GIT_SSH_COMMAND=ssh -o BatchMode=yes", "HOME=/nonexistent", "LC_ALL=C",
+		"GIT_SSH_COMMAND=ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes"
+		" -o IdentityFile=/dev/null -o IdentityAgent=none"
+		" -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null"
+		" -o StrictHostKeyChecking=yes",
+		"HOME=/nonexistent", "LC_ALL=C",
 		"GIT_PROTOCOL_FROM_USER=0", NULL,
 	};
 	const char *path = getenv("PATH");
