@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "basic/alloc.h"
+#include "basic/platform.h"
+#include "basic/strbuf.h"
 #include "basic/macro.h"
 #include "basic/utf8.h"
 
@@ -129,11 +131,11 @@ static int by_string(const void *a, const void *b)
 
 char *kiln_progress_failed_platforms(struct kiln_progress *p)
 {
+	struct kiln_strbuf sb = KILN_STRBUF_INIT(64u << 10);
 	const char **v;
 	const char *k;
 	json_t *x;
 	size_t n = 0, i;
-	char *s;
 
 	if (!p)
 		return NULL;
@@ -142,16 +144,15 @@ char *kiln_progress_failed_platforms(struct kiln_progress *p)
 	json_object_foreach(p->failed, k, x)
 		v[n++] = k;
 	qsort(v, n, sizeof(*v), by_string);
-	s = n ? xstrdup(v[0]) : NULL;
-	for (i = 1; i < n; i++) {
-		char *t = xasprintf("%s, %s", s, v[i]);
-
-		free(s);
-		s = t;
-	}
+	for (i = 0; i < n; i++)
+		(void)kiln_platform_list_add(&sb, i == 0, v[i], false);
 	free(v);
 	pthread_mutex_unlock(&p->lock);
-	return s;
+	if (n == 0) {
+		kiln_strbuf_release(&sb);
+		return NULL;
+	}
+	return kiln_strbuf_detach(&sb, NULL);
 }
 
 void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_event *ev)

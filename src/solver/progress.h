@@ -59,7 +59,7 @@ void kiln_progress_vertex(struct kiln_progress *p, const struct kiln_vertex_even
 
 /*
  * The platforms of the steps that failed so far, sorted, as
- * "linux/amd64, linux/arm64"; NULL when none (or p is NULL). Caller frees.
+ * "linux/amd64,linux/arm64" (kiln_platform_list_add); NULL when none (or p is NULL). Caller frees.
  */
 char *kiln_progress_failed_platforms(struct kiln_progress *p);
 void kiln_progress_log(struct kiln_progress *p, const char *vertex, int stream,
