@@ -423,3 +423,22 @@ char *kiln_random_hex(size_t nbytes)
 		snprintf(out + 2 * i, 3, "%02x", buf[i]);
 	return out;
 }
+
+int kiln_link_beneath(int rootfd, const char *path, int dirfd,
+		      const char *name)
+{
+	const char *slash = strrchr(path, '/');
+	_cleanup_close_ int pfd = -1;
+
+	if (slash) {
+		_cleanup_free_ char *dir = xstrndup(path, (size_t)(slash - path));
+
+		pfd = kiln_openat2(rootfd, dir, O_PATH | O_DIRECTORY, 0,
+				   KILN_RESOLVE_BENEATH | KILN_RESOLVE_NO_SYMLINKS);
+		if (pfd < 0)
+			return pfd;
+	}
+	if (linkat(slash ? pfd : rootfd, slash ? slash + 1 : path, dirfd, name, 0) < 0)
+		return -errno;
+	return 0;
+}

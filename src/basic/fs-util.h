@@ -47,6 +47,13 @@ int kiln_mkdir_p(const char *path, mode_t mode);
 int kiln_mkdirat_p_beneath(int dirfd, const char *rel, mode_t mode);
 
 /*
+ * Hardlink the file at path (relative to rootfd, resolved beneath it
+ * without following any symlink) as dirfd/name. 0 or -errno.
+ */
+int kiln_link_beneath(int rootfd, const char *path, int dirfd,
+		      const char *name);
+
+/*
  * Which mount a path is on: the statx mount id, which tells even a bind
  * mount of the same file system apart, and st_dev where the kernel has no
  * mount id. name "" means dirfd itself.

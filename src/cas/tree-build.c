@@ -45,6 +45,14 @@ struct fjob {
 	struct kiln_error *err;
 };
 
+/* A regular file with other links: a hardlink group when they are met. */
+struct inode_rec {
+	dev_t dev;
+	ino_t ino;
+	size_t seq; /* walk order */
+	char *path;
+};
+
 struct build {
 	struct kiln_store *s;
 	const struct kiln_tree_build_opts *opts;
@@ -55,6 +63,8 @@ struct build {
 	size_t n_jobs, alloc_jobs;
 	char **dirs;
 	size_t n_dirs, alloc_dirs;
+	struct inode_rec *inodes;
+	size_t n_inodes, alloc_inodes;
 	struct kiln_error **err;
 };
 
@@ -76,6 +86,22 @@ static void build_release(struct build *b)
 	}
 	free(b->jobs);
 	kiln_strv_free(b->dirs, b->n_dirs);
+	for (i = 0; i < b->n_inodes; i++)
+		free(b->inodes[i].path);
+	free(b->inodes);
+}
+
+static void note_inode(struct build *b, const char *relpath, const struct stat *st)
+{
+	struct inode_rec *in;
+
+	b->inodes = xgrow(b->inodes, &b->alloc_inodes, b->n_inodes + 1,
+			  sizeof(*b->inodes));
+	in = &b->inodes[b->n_inodes];
+	in->dev = st->st_dev;
+	in->ino = st->st_ino;
+	in->seq = b->n_inodes++;
+	in->path = xstrdup(relpath);
 }
 
 static const char *build_keep_dir(struct build *b, const char *rel)
@@ -380,11 +406,16 @@ static int subdir_base(struct build *b, struct cas_node *node, int fd,
 	bool merge = b->layer && base && base->type == KILN_ENTRY_DIR &&
 		     !is_opaque(fd);
 
+	int r;
+
 	if (!merge) {
 		*kid = cas_node_new(node, name);
 		return 0;
 	}
-	return cas_node_load(b->s, &base->digest, node, name, kid, b->err);
+	r = cas_node_load(b->s, &base->digest, node, name, kid, b->err);
+	if (r == 0)
+		(*kid)->merged = true;
+	return r;
 }
 
 /*
@@ -482,6 +513,8 @@ static int build_name(struct build *b, struct cas_node *node, int dirfd,
 			kiln_tree_entry_release(&e);
 			return r;
 		}
+		if (e.type == KILN_ENTRY_FILE && st.st_nlink > 1)
+			note_inode(b, relpath, &st);
 	}
 	cas_tree_append(&node->t, &e);
 	return 0;
@@ -494,10 +527,60 @@ drop:
 	return 0;
 }
 
+/*
+ * Whether the layer replaced or removed path (relative to node) or a
+ * directory above it: it names it, and does not merge into it.
+ */
+static bool layer_touched(const struct cas_node *node, const char *path)
+{
+	size_t k = strcspn(path, "/");
+	_cleanup_free_ char *first = xstrndup(path, k);
+	const struct cas_node *kid;
+
+	if (!bsearch(&first, node->layer_names, node->n_layer_names,
+		     sizeof(char *), strp_cmp))
+		return false;
+	kid = cas_node_kid(node, first);
+	if (!path[k] || !kid || !kid->merged)
+		return true;
+	return layer_touched(kid, path + k + 1);
+}
+
+/*
+ * The base's hardlink groups of a merged node, minus the members the
+ * layer replaced or removed (they are other files now).
+ */
+static int keep_base_links(struct build *b, struct cas_node *node,
+			   struct kiln_tree *old)
+{
+	size_t g, i, k;
+
+	for (g = 0; g < old->n_links; g++) {
+		struct kiln_tree_link *l = &old->links[g];
+
+		for (i = k = 0; i < l->n; i++) {
+			if (layer_touched(node, l->paths[i]))
+				free(l->paths[i]);
+			else
+				l->paths[k++] = l->paths[i];
+		}
+		l->n = k;
+		if (k >= 2)
+			kiln_tree_add_link(&node->t, l->paths, k);
+		else
+			kiln_strv_free(l->paths, k);
+		l->paths = NULL;
+		l->n = 0;
+	}
+	old->n_links = 0;
+	return cas_node_settle_links(b->s, node, b->err);
+}
+
 static int build_dir(struct build *b, struct cas_node *node, int dirfd,
 		     const char *dir_rel, unsigned depth)
 {
 	struct merge m = { node->t, 0 };
+	struct kiln_tree base_links = KILN_TREE_INIT;
 	char **names = NULL;
 	size_t n = 0, i;
 	int r;
@@ -511,12 +594,23 @@ static int build_dir(struct build *b, struct cas_node *node, int dirfd,
 					   *dir_rel ? dir_rel : ".");
 	kiln_tree_init(&node->t);
 	cas_node_mark_dirty(node);
+	/* The base's groups, checked once the layer's names are known. */
+	base_links.links = TAKE_PTR(m.old.links);
+	base_links.n_links = m.old.n_links;
+	m.old.n_links = 0;
 	for (i = 0; r == 0 && i < n; i++) {
 		struct kiln_tree_entry *base = merge_take(&m, &node->t, names[i]);
 
 		r = build_name(b, node, dirfd, dir_rel, names[i], base, depth);
 	}
 	merge_finish(&m, &node->t);
+	if (r == 0 && b->layer) {
+		/* Kept for the ancestors' groups (layer_touched). */
+		node->layer_names = TAKE_PTR(names);
+		node->n_layer_names = n;
+		r = keep_base_links(b, node, &base_links);
+	}
+	kiln_tree_release(&base_links);
 	kiln_strv_free(names, n);
 	return r;
 }
@@ -661,6 +755,114 @@ static int finish_jobs(struct build *b)
 	return first->r;
 }
 
+/* ---- phase 3: hardlink groups ---- */
+
+static int inode_cmp(const void *pa, const void *pb)
+{
+	const struct inode_rec *a = pa, *b = pb;
+
+	if (a->dev != b->dev)
+		return a->dev < b->dev ? -1 : 1;
+	if (a->ino != b->ino)
+		return a->ino < b->ino ? -1 : 1;
+	return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+/* Length of the directory prefix ("a/b/") that all of paths share. */
+static size_t common_dir(struct inode_rec *recs, size_t n)
+{
+	const char *p0 = recs[0].path;
+	size_t len = 0, i, k;
+
+	for (k = 0; p0[k]; k++) {
+		if (p0[k] != '/')
+			continue;
+		for (i = 1; i < n; i++)
+			if (strncmp(recs[i].path, p0, k + 1))
+				return len;
+		len = k + 1;
+	}
+	return len;
+}
+
+/* The built entry at path below node (only loaded nodes), or NULL. */
+static const struct kiln_tree_entry *built_entry(struct cas_node *node,
+						 const char *path)
+{
+	const char *slash;
+
+	while ((slash = strchr(path, '/'))) {
+		_cleanup_free_ char *name = xstrndup(path, (size_t)(slash - path));
+
+		node = cas_node_kid(node, name);
+		if (!node)
+			return NULL;
+		path = slash + 1;
+	}
+	return kiln_tree_find(&node->t, path);
+}
+
+/*
+ * Files met more than once by inode become one group, held by the deepest
+ * directory that holds them all. Members must have come out identical
+ * (a file changed between two reads of its names is not linked).
+ */
+static void add_group(struct cas_node *root, struct inode_rec *recs, size_t n)
+{
+	size_t dlen = common_dir(recs, n), i;
+	_cleanup_free_ char *dir = xstrndup(recs[0].path, dlen ? dlen - 1 : 0);
+	const struct kiln_tree_entry *first = NULL;
+	struct cas_node *node = root;
+	char **paths;
+
+	if (*dir) {
+		const char *p = dir;
+
+		while (node && *p) {
+			size_t k = strcspn(p, "/");
+			_cleanup_free_ char *name = xstrndup(p, k);
+
+			node = cas_node_kid(node, name);
+			p += k + (p[k] == '/');
+		}
+		if (!node)
+			return;
+	}
+	for (i = 0; i < n; i++) {
+		const struct kiln_tree_entry *e = built_entry(node, recs[i].path + dlen);
+
+		if (!e || e->type != KILN_ENTRY_FILE)
+			return;
+		if (!first)
+			first = e;
+		else if (!kiln_tree_entry_same_file(first, e))
+			return;
+	}
+	paths = xcalloc(n, sizeof(*paths));
+	for (i = 0; i < n; i++)
+		paths[i] = xstrdup(recs[i].path + dlen);
+	kiln_tree_add_link(&node->t, paths, n);
+	cas_node_mark_dirty(node);
+}
+
+static void add_inode_links(struct build *b, struct cas_node *root)
+{
+	size_t i = 0, j;
+
+	if (b->n_inodes > 1)
+		qsort(b->inodes, b->n_inodes, sizeof(*b->inodes), inode_cmp);
+	while (i < b->n_inodes) {
+		for (j = i + 1; j < b->n_inodes &&
+				b->inodes[j].dev == b->inodes[i].dev &&
+				b->inodes[j].ino == b->inodes[i].ino;
+		     j++)
+			;
+		if (j - i >= 2)
+			add_group(root, &b->inodes[i], j - i);
+		i = j;
+	}
+}
+
 /* ---- entry points ---- */
 
 static int build_run(struct build *b, struct cas_node *root,
@@ -681,6 +883,8 @@ static int build_run(struct build *b, struct cas_node *root,
 		return r;
 	hash_jobs(b);
 	r = finish_jobs(b);
+	if (r == 0)
+		add_inode_links(b, root);
 	r = r ? r : cas_node_flush(b->s, root, b->err);
 	if (r == 0)
 		*out = root->digest;

@@ -322,6 +322,35 @@ static int replace_root(struct kiln_tree_editor *ed, struct kiln_tree_entry *e,
 	return 0;
 }
 
+/*
+ * n/name is no longer the file it was (replaced or removed): it leaves the
+ * hardlink groups of n and of every ancestor, all of them loaded; a group
+ * left inside one subdirectory moves down to it.
+ */
+static int forget_links(struct kiln_tree_editor *ed, struct cas_node *n,
+			const char *name, struct kiln_error **err)
+{
+	_cleanup_free_ char *rel = xstrdup(name);
+	int r;
+
+	for (; n; n = n->parent) {
+		char *up;
+
+		if (n->t.n_links && kiln_tree_forget_link(&n->t, rel)) {
+			cas_node_mark_dirty(n);
+			r = cas_node_settle_links(ed->s, n, err);
+			if (r < 0)
+				return r;
+		}
+		if (!n->parent)
+			break;
+		up = xasprintf("%s/%s", n->name, rel);
+		free(rel);
+		rel = up;
+	}
+	return 0;
+}
+
 static int put_entry(struct kiln_tree_editor *ed, const char *path,
 		     struct kiln_tree_entry *e, struct kiln_error **err)
 {
@@ -340,6 +369,9 @@ static int put_entry(struct kiln_tree_editor *ed, const char *path,
 	if (r < 0)
 		return r;
 	cas_node_drop_kid(n, e->name);
+	r = forget_links(ed, n, e->name, err);
+	if (r < 0)
+		return r;
 	kiln_tree_set(&n->t, e);
 	cas_node_mark_dirty(n);
 	return 0;
@@ -373,6 +405,32 @@ int kiln_tree_editor_remove(struct kiln_tree_editor *ed, const char *path,
 	if (kiln_tree_remove(&n->t, base) < 0)
 		return kiln_error_set(err, -ENOENT, "%s: no such entry", path);
 	cas_node_drop_kid(n, base);
+	cas_node_mark_dirty(n);
+	return forget_links(ed, n, base, err);
+}
+
+int kiln_tree_editor_add_links(struct kiln_tree_editor *ed, const char *dir,
+			       const struct kiln_tree *from,
+			       struct kiln_error **err)
+{
+	struct cas_node *n;
+	size_t g;
+	int r;
+
+	if (!from->n_links)
+		return 0;
+	r = load_dir(ed, dir, &n, err);
+	if (r < 0)
+		return r;
+	for (g = 0; g < from->n_links; g++) {
+		const struct kiln_tree_link *l = &from->links[g];
+		char **paths = xcalloc(l->n, sizeof(*paths));
+		size_t i;
+
+		for (i = 0; i < l->n; i++)
+			paths[i] = xstrdup(l->paths[i]);
+		kiln_tree_add_link(&n->t, paths, l->n);
+	}
 	cas_node_mark_dirty(n);
 	return 0;
 }

@@ -20,6 +20,110 @@ static int depth_error(struct kiln_error **err, const char *path)
 			      KILN_TREE_MAX_DEPTH, path);
 }
 
+static char *child_path(const char *dir, const char *name)
+{
+	return *dir ? xasprintf("%s/%s", dir, name) : xstrdup(name);
+}
+
+/* ---- hardlink groups met by a walk or a diff ---- */
+
+struct lgroup {
+	char *first;              /* path of the first member */
+	struct kiln_tree_entry e; /* the first member, once reported */
+	bool seen;
+};
+
+struct lmember {
+	char *path;
+	size_t group;
+};
+
+struct linkmap {
+	struct lgroup *g;
+	size_t ng, galloc;
+	struct lmember *m; /* sorted by path (strcmp) */
+	size_t nm, malloc;
+};
+
+static void linkmap_release(struct linkmap *lm)
+{
+	size_t i;
+
+	for (i = 0; i < lm->ng; i++) {
+		free(lm->g[i].first);
+		kiln_tree_entry_release(&lm->g[i].e);
+	}
+	for (i = 0; i < lm->nm; i++)
+		free(lm->m[i].path);
+	free(lm->g);
+	free(lm->m);
+}
+
+static int member_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct lmember *)a)->path,
+		      ((const struct lmember *)b)->path);
+}
+
+/* Remember the groups of node t, the directory at dir. */
+static void linkmap_add(struct linkmap *lm, const struct kiln_tree *t,
+			const char *dir)
+{
+	size_t g, i;
+
+	for (g = 0; g < t->n_links; g++) {
+		const struct kiln_tree_link *l = &t->links[g];
+		struct lgroup *lg;
+
+		lm->g = xgrow(lm->g, &lm->galloc, lm->ng + 1, sizeof(*lm->g));
+		lg = &lm->g[lm->ng];
+		memset(lg, 0, sizeof(*lg));
+		lg->first = child_path(dir, l->paths[0]);
+		for (i = 0; i < l->n; i++) {
+			lm->m = xgrow(lm->m, &lm->malloc, lm->nm + 1, sizeof(*lm->m));
+			lm->m[lm->nm].path = child_path(dir, l->paths[i]);
+			lm->m[lm->nm++].group = lm->ng;
+		}
+		lm->ng++;
+	}
+	if (t->n_links)
+		qsort(lm->m, lm->nm, sizeof(*lm->m), member_cmp);
+}
+
+/*
+ * A FILE at path is being reported: the first member of its group is
+ * remembered; a later one gets e->link when the first was reported and
+ * is the same file. Members that differ mean a corrupt or forged tree.
+ */
+static int linkmap_note(struct linkmap *lm, const char *path,
+			struct kiln_tree_entry *e, struct kiln_error **err)
+{
+	struct lmember key = { (char *)path, 0 }, *m;
+	struct lgroup *g;
+
+	if (!lm->nm || e->type != KILN_ENTRY_FILE)
+		return 0;
+	m = bsearch(&key, lm->m, lm->nm, sizeof(*lm->m), member_cmp);
+	if (!m)
+		return 0;
+	g = &lm->g[m->group];
+	if (!strcmp(g->first, path)) {
+		if (!g->seen)
+			kiln_tree_entry_copy(&g->e, e);
+		g->seen = true;
+		return 0;
+	}
+	if (!g->seen)
+		return 0;
+	if (!kiln_tree_entry_same_file(&g->e, e))
+		return kiln_error_set(err, -EBADMSG,
+				      "hardlink group of %s: %s is not the same file",
+				      g->first, path);
+	free(e->link);
+	e->link = xstrdup(g->first);
+	return 0;
+}
+
 /* ---- walk ---- */
 
 struct walk {
@@ -27,12 +131,8 @@ struct walk {
 	kiln_tree_walk_fn fn;
 	void *ud;
 	struct kiln_error **err;
+	struct linkmap lm;
 };
-
-static char *child_path(const char *dir, const char *name)
-{
-	return *dir ? xasprintf("%s/%s", dir, name) : xstrdup(name);
-}
 
 static int walk_node(struct walk *w, const struct kiln_digest *d,
 		     const char *dir, unsigned depth)
@@ -44,11 +144,14 @@ static int walk_node(struct walk *w, const struct kiln_digest *d,
 	if (depth > KILN_TREE_MAX_DEPTH)
 		return depth_error(w->err, dir);
 	r = kiln_tree_get(w->s, d, &t, w->err);
+	if (r == 0)
+		linkmap_add(&w->lm, &t, dir);
 	for (i = 0; r == 0 && i < t.n; i++) {
-		const struct kiln_tree_entry *e = &t.entries[i];
+		struct kiln_tree_entry *e = &t.entries[i];
 		_cleanup_free_ char *path = child_path(dir, e->name);
 
-		r = w->fn(path, e, w->ud);
+		r = linkmap_note(&w->lm, path, e, w->err);
+		r = r ? r : w->fn(path, e, w->ud);
 		if (r == 0 && e->type == KILN_ENTRY_DIR)
 			r = walk_node(w, &e->digest, path, depth + 1);
 	}
@@ -58,9 +161,11 @@ static int walk_node(struct walk *w, const struct kiln_digest *d,
 int kiln_tree_walk(struct kiln_store *s, const struct kiln_digest *root,
 		   kiln_tree_walk_fn fn, void *ud, struct kiln_error **err)
 {
-	struct walk w = { s, fn, ud, err };
+	struct walk w = { s, fn, ud, err, { 0 } };
+	int r = walk_node(&w, root, "", 1);
 
-	return walk_node(&w, root, "", 1);
+	linkmap_release(&w.lm);
+	return r;
 }
 
 /* ---- lookup ---- */
@@ -117,6 +222,7 @@ struct diff {
 	kiln_tree_diff_fn fn;
 	void *ud;
 	struct kiln_error **err;
+	struct linkmap lm; /* of the new tree */
 };
 
 static int load_or_empty(struct kiln_store *s, const struct kiln_digest *d,
@@ -132,10 +238,12 @@ static int load_or_empty(struct kiln_store *s, const struct kiln_digest *d,
 static int add_all(struct diff *df, const struct kiln_digest *d,
 		   const char *dir, unsigned depth);
 
-static int emit_add(struct diff *df, const struct kiln_tree_entry *e,
+static int emit_add(struct diff *df, struct kiln_tree_entry *e,
 		    const char *path, unsigned depth)
 {
-	int r = df->fn(KILN_DIFF_ADD, path, NULL, e, df->ud);
+	int r = linkmap_note(&df->lm, path, e, df->err);
+
+	r = r ? r : df->fn(KILN_DIFF_ADD, path, NULL, e, df->ud);
 
 	if (r == 0 && e->type == KILN_ENTRY_DIR)
 		r = add_all(df, &e->digest, path, depth + 1);
@@ -152,6 +260,8 @@ static int add_all(struct diff *df, const struct kiln_digest *d,
 	if (depth > KILN_TREE_MAX_DEPTH)
 		return depth_error(df->err, dir);
 	r = kiln_tree_get(df->s, d, &t, df->err);
+	if (r == 0)
+		linkmap_add(&df->lm, &t, dir);
 	for (i = 0; r == 0 && i < t.n; i++) {
 		_cleanup_free_ char *path = child_path(dir, t.entries[i].name);
 
@@ -174,7 +284,7 @@ static int diff_nodes(struct diff *df, const struct kiln_digest *a,
 		      unsigned depth);
 
 static int diff_same_name(struct diff *df, const struct kiln_tree_entry *o,
-			  const struct kiln_tree_entry *n, const char *path,
+			  struct kiln_tree_entry *n, const char *path,
 			  unsigned depth)
 {
 	bool odir = o->type == KILN_ENTRY_DIR, ndir = n->type == KILN_ENTRY_DIR;
@@ -186,8 +296,10 @@ static int diff_same_name(struct diff *df, const struct kiln_tree_entry *o,
 		r = df->fn(KILN_DIFF_DELETE, path, o, NULL, df->ud);
 		return r ? r : emit_add(df, n, path, depth);
 	}
-	if (!odir)
-		return df->fn(KILN_DIFF_MODIFY, path, o, n, df->ud);
+	if (!odir) {
+		r = linkmap_note(&df->lm, path, n, df->err);
+		return r ? r : df->fn(KILN_DIFF_MODIFY, path, o, n, df->ud);
+	}
 	if (!dir_meta_eq(o, n)) {
 		r = df->fn(KILN_DIFF_MODIFY, path, o, n, df->ud);
 		if (r)
@@ -199,11 +311,11 @@ static int diff_same_name(struct diff *df, const struct kiln_tree_entry *o,
 }
 
 static int diff_step(struct diff *df, const struct kiln_tree *ta, size_t *i,
-		     const struct kiln_tree *tb, size_t *j, const char *dir,
+		     struct kiln_tree *tb, size_t *j, const char *dir,
 		     unsigned depth)
 {
 	const struct kiln_tree_entry *o = *i < ta->n ? &ta->entries[*i] : NULL;
-	const struct kiln_tree_entry *n = *j < tb->n ? &tb->entries[*j] : NULL;
+	struct kiln_tree_entry *n = *j < tb->n ? &tb->entries[*j] : NULL;
 	int c = !o ? 1 : !n ? -1 : strcmp(o->name, n->name);
 	_cleanup_free_ char *path = child_path(dir, c <= 0 ? o->name : n->name);
 
@@ -233,6 +345,8 @@ static int diff_nodes(struct diff *df, const struct kiln_digest *a,
 		return depth_error(df->err, dir);
 	r = load_or_empty(df->s, a, &ta, df->err);
 	r = r ? r : load_or_empty(df->s, b, &tb, df->err);
+	if (r == 0)
+		linkmap_add(&df->lm, &tb, dir);
 	while (r == 0 && (i < ta.n || j < tb.n))
 		r = diff_step(df, &ta, &i, &tb, &j, dir, depth);
 	return r;
@@ -242,11 +356,14 @@ int kiln_tree_diff(struct kiln_store *s, const struct kiln_digest *a,
 		   const struct kiln_digest *b, kiln_tree_diff_fn fn, void *ud,
 		   struct kiln_error **err)
 {
-	struct diff df = { s, fn, ud, err };
+	struct diff df = { s, fn, ud, err, { 0 } };
+	int r;
 
 	if (a && b && kiln_digest_eq(a, b))
 		return 0;
-	return diff_nodes(&df, a, b, "", 1);
+	r = diff_nodes(&df, a, b, "", 1);
+	linkmap_release(&df.lm);
+	return r;
 }
 
 /* ---- usage: identical subtrees are read once (memoized by digest) ---- */

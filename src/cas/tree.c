@@ -11,6 +11,7 @@
 
 #include "basic/alloc.h"
 #include "basic/macro.h"
+#include "basic/strv.h"
 #include "cas/cas-internal.h"
 
 /* ---- entries ---- */
@@ -19,6 +20,8 @@ void kiln_tree_init(struct kiln_tree *t)
 {
 	t->entries = NULL;
 	t->n = t->alloc = 0;
+	t->links = NULL;
+	t->n_links = 0;
 }
 
 void kiln_tree_entry_release(struct kiln_tree_entry *e)
@@ -34,7 +37,15 @@ void kiln_tree_entry_release(struct kiln_tree_entry *e)
 	free(e->xattrs);
 	free(e->name);
 	free(e->target);
+	free(e->link);
 	memset(e, 0, sizeof(*e));
+}
+
+static void link_release(struct kiln_tree_link *l)
+{
+	kiln_strv_free(l->paths, l->n);
+	l->paths = NULL;
+	l->n = 0;
 }
 
 void kiln_tree_release(struct kiln_tree *t)
@@ -46,6 +57,9 @@ void kiln_tree_release(struct kiln_tree *t)
 	for (i = 0; i < t->n; i++)
 		kiln_tree_entry_release(&t->entries[i]);
 	free(t->entries);
+	for (i = 0; i < t->n_links; i++)
+		link_release(&t->links[i]);
+	free(t->links);
 	kiln_tree_init(t);
 }
 
@@ -66,6 +80,7 @@ void kiln_tree_entry_copy(struct kiln_tree_entry *dst,
 	*dst = *src;
 	dst->name = src->name ? xstrdup(src->name) : NULL;
 	dst->target = src->target ? xstrdup(src->target) : NULL;
+	dst->link = src->link ? xstrdup(src->link) : NULL;
 	dst->xattrs = NULL;
 	if (!src->n_xattrs)
 		return;
@@ -120,13 +135,19 @@ static bool payload_eq(const struct kiln_tree_entry *a,
 	}
 }
 
+bool kiln_tree_entry_same_file(const struct kiln_tree_entry *a,
+			       const struct kiln_tree_entry *b)
+{
+	return a->type == b->type && a->mode == b->mode && a->uid == b->uid &&
+	       a->gid == b->gid && a->mtime_sec == b->mtime_sec &&
+	       a->mtime_nsec == b->mtime_nsec && a->size == b->size &&
+	       payload_eq(a, b) && xattrs_eq(a, b);
+}
+
 bool kiln_tree_entry_eq(const struct kiln_tree_entry *a,
 			const struct kiln_tree_entry *b)
 {
-	return streq_null(a->name, b->name) && a->type == b->type &&
-	       a->mode == b->mode && a->uid == b->uid && a->gid == b->gid &&
-	       a->mtime_sec == b->mtime_sec && a->mtime_nsec == b->mtime_nsec &&
-	       a->size == b->size && payload_eq(a, b) && xattrs_eq(a, b);
+	return streq_null(a->name, b->name) && kiln_tree_entry_same_file(a, b);
 }
 
 /* Index of name, or -(insertion point) - 1. */
@@ -194,6 +215,93 @@ struct kiln_tree_entry *kiln_tree_find(const struct kiln_tree *t,
 	ssize_t i = tree_search(t, name);
 
 	return i >= 0 ? &t->entries[i] : NULL;
+}
+
+/* ---- hardlink groups ---- */
+
+int kiln_path_walk_cmp(const char *a, const char *b)
+{
+	for (;;) {
+		size_t na = strcspn(a, "/"), nb = strcspn(b, "/");
+		int c = memcmp(a, b, na < nb ? na : nb);
+
+		if (c == 0 && na != nb)
+			c = na < nb ? -1 : 1;
+		if (c)
+			return c;
+		a += na;
+		b += nb;
+		if (!*a || !*b)
+			return *a ? 1 : *b ? -1 : 0;
+		a++;
+		b++;
+	}
+}
+
+static int path_cmpp(const void *a, const void *b)
+{
+	return kiln_path_walk_cmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int link_cmp(const void *a, const void *b)
+{
+	return kiln_path_walk_cmp(((const struct kiln_tree_link *)a)->paths[0],
+				  ((const struct kiln_tree_link *)b)->paths[0]);
+}
+
+void kiln_tree_add_link(struct kiln_tree *t, char **paths, size_t n)
+{
+	struct kiln_tree_link *l;
+
+	qsort(paths, n, sizeof(*paths), path_cmpp);
+	t->links = xrealloc(t->links, (t->n_links + 1) * sizeof(*t->links));
+	l = &t->links[t->n_links++];
+	l->paths = paths;
+	l->n = n;
+	qsort(t->links, t->n_links, sizeof(*t->links), link_cmp);
+}
+
+/* path is p, or below p. */
+static bool path_within(const char *path, const char *p)
+{
+	size_t n = strlen(p);
+
+	return !strncmp(path, p, n) && (path[n] == '\0' || path[n] == '/');
+}
+
+bool kiln_tree_forget_link(struct kiln_tree *t, const char *path)
+{
+	bool changed = false;
+	size_t i = 0, j, k;
+
+	while (i < t->n_links) {
+		struct kiln_tree_link *l = &t->links[i];
+
+		for (j = k = 0; j < l->n; j++) {
+			if (path_within(l->paths[j], path)) {
+				free(l->paths[j]);
+				changed = true;
+			} else {
+				l->paths[k++] = l->paths[j];
+			}
+		}
+		l->n = k;
+		if (l->n >= 2) {
+			i++;
+			continue;
+		}
+		link_release(l);
+		memmove(l, l + 1, (t->n_links - i - 1) * sizeof(*l));
+		t->n_links--;
+	}
+	if (t->n_links == 0) {
+		free(t->links);
+		t->links = NULL;
+	}
+	/* The first member may have gone: groups re-sort by their new first. */
+	if (changed && t->n_links > 1)
+		qsort(t->links, t->n_links, sizeof(*t->links), link_cmp);
+	return changed;
 }
 
 /* ---- canonical form ---- */
@@ -282,6 +390,112 @@ int cas_entry_check(const struct kiln_tree_entry *e, struct kiln_error **err)
 		return kiln_error_set(err, -EINVAL, "entry \"%s\": mtime nsec %u",
 				      e->name, e->mtime_nsec);
 	return check_xattrs(e, err);
+}
+
+/* A member path: 1..KILN_TREE_MAX_LINK_PATH bytes of valid names. */
+static bool link_path_ok(const char *p)
+{
+	size_t len = strlen(p);
+
+	if (len == 0 || len > KILN_TREE_MAX_LINK_PATH)
+		return false;
+	for (;;) {
+		size_t n = strcspn(p, "/");
+
+		if (!name_ok(p, n))
+			return false;
+		if (!p[n])
+			return true;
+		p += n + 1;
+	}
+}
+
+/* The entry a member's first component names, and what it must be. */
+static bool link_root_ok(const struct kiln_tree *t, const char *p)
+{
+	size_t n = strcspn(p, "/");
+	_cleanup_free_ char *name = xstrndup(p, n);
+	const struct kiln_tree_entry *e = kiln_tree_find(t, name);
+
+	return e && e->type == (p[n] ? KILN_ENTRY_DIR : KILN_ENTRY_FILE);
+}
+
+static bool same_first(const char *a, const char *b)
+{
+	size_t n = strcspn(a, "/");
+
+	return n == strcspn(b, "/") && !memcmp(a, b, n);
+}
+
+static int check_group(const struct kiln_tree *t, size_t g,
+		       struct kiln_error **err)
+{
+	const struct kiln_tree_link *l = &t->links[g];
+	bool spread = false;
+	size_t i;
+
+	if (l->n < 2)
+		return kiln_error_set(err, -EINVAL, "hardlink group %zu has %zu member",
+				      g, l->n);
+	for (i = 0; i < l->n; i++) {
+		const char *p = l->paths[i];
+
+		if (!p || !link_path_ok(p))
+			return kiln_error_set(err, -EINVAL,
+					      "hardlink group %zu: bad path \"%s\"", g,
+					      p ? p : "");
+		if (!link_root_ok(t, p))
+			return kiln_error_set(err, -EINVAL,
+					      "hardlink group %zu: \"%s\" is not a file "
+					      "below this directory", g, p);
+		if (i > 0 && kiln_path_walk_cmp(l->paths[i - 1], p) >= 0)
+			return kiln_error_set(err, -EINVAL,
+					      "hardlink group %zu: members not in walk "
+					      "order at \"%s\"", g, p);
+		spread |= !same_first(l->paths[0], p);
+	}
+	/* Held by the deepest directory holding all the members. */
+	if (!spread)
+		return kiln_error_set(err, -EINVAL,
+				      "hardlink group %zu lies inside \"%s\": held "
+				      "by the wrong directory", g, l->paths[0]);
+	return 0;
+}
+
+/*
+ * Groups are canonical: each valid, in order of their first members, and
+ * no path in two groups or inside another member.
+ */
+static int check_links(const struct kiln_tree *t, struct kiln_error **err)
+{
+	_cleanup_free_ char **all = NULL;
+	size_t n = 0, g, i;
+	int r = 0;
+
+	for (g = 0; g < t->n_links; g++) {
+		r = check_group(t, g, err);
+		if (r < 0)
+			return r;
+		if (g > 0 && kiln_path_walk_cmp(t->links[g - 1].paths[0],
+						t->links[g].paths[0]) >= 0)
+			return kiln_error_set(err, -EINVAL,
+					      "hardlink groups not sorted at \"%s\"",
+					      t->links[g].paths[0]);
+		n += t->links[g].n;
+	}
+	if (t->n_links == 0)
+		return 0;
+	all = xcalloc(n, sizeof(*all));
+	for (g = 0, n = 0; g < t->n_links; g++)
+		for (i = 0; i < t->links[g].n; i++)
+			all[n++] = t->links[g].paths[i];
+	qsort(all, n, sizeof(*all), path_cmpp);
+	for (i = 1; i < n; i++)
+		if (path_within(all[i], all[i - 1]))
+			return kiln_error_set(err, -EINVAL,
+					      "hardlink groups: \"%s\" is in two groups "
+					      "or inside another member", all[i]);
+	return 0;
 }
 
 static int xattr_cmp(const void *a, const void *b)
@@ -374,16 +588,33 @@ static int put_entry(struct kiln_strbuf *out, const struct kiln_tree_entry *e)
 	return r ? r : put_xattrs(out, e);
 }
 
+static int put_links(struct kiln_strbuf *out, const struct kiln_tree *t)
+{
+	int r = put_be(out, t->n_links, 4);
+	size_t g, i;
+
+	for (g = 0; r == 0 && g < t->n_links; g++) {
+		r = put_be(out, t->links[g].n, 4);
+		for (i = 0; r == 0 && i < t->links[g].n; i++) {
+			size_t n = strlen(t->links[g].paths[i]);
+
+			r = put_be(out, n, 2);
+			r = r ? r : kiln_strbuf_add(out, t->links[g].paths[i], n);
+		}
+	}
+	return r;
+}
+
 static int tree_encode(const struct kiln_tree *t, struct kiln_strbuf *out,
 		       struct kiln_error **err)
 {
 	size_t i;
 	int r;
 
-	if (t->n > UINT32_MAX)
+	if (t->n > UINT32_MAX || t->n_links > UINT32_MAX)
 		return kiln_error_set(err, -E2BIG, "directory has too many entries");
 	r = kiln_strbuf_add(out, KILN_TREE_MAGIC, KILN_TREE_MAGIC_LEN);
-	r = r ? r : put_be(out, KILN_TREE_VERSION, 1);
+	r = r ? r : put_be(out, t->n_links ? KILN_TREE_VERSION_LINKS : KILN_TREE_VERSION, 1);
 	r = r ? r : put_be(out, t->n, 4);
 	for (i = 0; r == 0 && i < t->n; i++) {
 		r = cas_entry_check(&t->entries[i], err);
@@ -392,6 +623,10 @@ static int tree_encode(const struct kiln_tree *t, struct kiln_strbuf *out,
 			r = kiln_error_set(err, -EINVAL, "entries not sorted at \"%s\"",
 					   t->entries[i].name);
 		r = r ? r : put_entry(out, &t->entries[i]);
+	}
+	if (r == 0 && t->n_links) {
+		r = check_links(t, err);
+		r = r ? r : put_links(out, t);
 	}
 	if (r == -E2BIG)
 		kiln_error_set(err, r, "directory node larger than %u bytes",
@@ -581,33 +816,75 @@ static int get_entry(struct reader *rd, struct kiln_tree_entry *e,
 	return r ? r : get_xattrs(rd, e, err);
 }
 
-static int get_header(struct reader *rd, uint64_t *count,
+static int get_header(struct reader *rd, uint64_t *version, uint64_t *count,
 		      struct kiln_error **err)
 {
 	const uint8_t *magic = get_bytes(rd, KILN_TREE_MAGIC_LEN);
-	uint64_t version;
 
 	if (rd->len > KILN_TREE_MAX_NODE_BYTES)
 		return kiln_error_set(err, -EBADMSG, "tree node larger than %u bytes",
 				      KILN_TREE_MAX_NODE_BYTES);
 	if (!magic || memcmp(magic, KILN_TREE_MAGIC, KILN_TREE_MAGIC_LEN))
 		return kiln_error_set(err, -EBADMSG, "not a tree node (bad magic)");
-	if (!get_be(rd, 1, &version) || !get_be(rd, 4, count))
+	if (!get_be(rd, 1, version) || !get_be(rd, 4, count))
 		return kiln_error_set(err, -EBADMSG, "tree node header truncated");
-	if (version != KILN_TREE_VERSION)
+	if (*version != KILN_TREE_VERSION && *version != KILN_TREE_VERSION_LINKS)
 		return kiln_error_set(err, -EBADMSG, "unsupported tree node version %u",
-				      (unsigned)version);
+				      (unsigned)*version);
 	return 0;
 }
 
 /* Smallest possible entry: 1-byte name, FIFO, no xattrs. */
 #define MIN_ENTRY_BYTES (2 + 1 + 1 + 4 + 4 + 4 + 8 + 4 + 8 + 2)
 
+/* Smallest group: two one-byte paths. */
+#define MIN_LINK_BYTES (4 + 2 * (2 + 1))
+
+static int get_links(struct reader *rd, struct kiln_tree *out,
+		     struct kiln_error **err)
+{
+	uint64_t n, m;
+	size_t g, i;
+	int r;
+
+	if (!get_be(rd, 4, &n))
+		return kiln_error_set(err, -EBADMSG, "tree node truncated in its hardlink groups");
+	if (n == 0 || n > (rd->len - rd->off) / MIN_LINK_BYTES)
+		return kiln_error_set(err, -EBADMSG,
+				      "tree node claims %llu hardlink groups",
+				      (unsigned long long)n);
+	out->links = xcalloc((size_t)n, sizeof(*out->links));
+	for (g = 0; g < n; g++) {
+		struct kiln_tree_link *l = &out->links[g];
+
+		out->n_links = g + 1; /* so a failure releases it */
+		if (!get_be(rd, 4, &m))
+			return kiln_error_set(err, -EBADMSG,
+					      "tree node truncated in hardlink group %zu", g);
+		if (m < 2 || m > (rd->len - rd->off) / 3)
+			return kiln_error_set(err, -EBADMSG,
+					      "tree node hardlink group %zu claims %llu members",
+					      g, (unsigned long long)m);
+		l->paths = xcalloc((size_t)m, sizeof(*l->paths));
+		for (i = 0; i < m; i++) {
+			l->n = i;
+			r = get_str(rd, 2, KILN_TREE_MAX_LINK_PATH, &l->paths[i], err);
+			if (r < 0) {
+				kiln_error_prefix(err, "hardlink group %zu", g);
+				return r;
+			}
+		}
+		l->n = (size_t)m;
+	}
+	r = check_links(out, err);
+	return r < 0 ? -EBADMSG : 0;
+}
+
 static int decode(struct reader *rd, struct kiln_tree *out,
 		  struct kiln_error **err)
 {
-	uint64_t count = 0;
-	int r = get_header(rd, &count, err);
+	uint64_t count = 0, version = 0;
+	int r = get_header(rd, &version, &count, err);
 
 	if (r < 0)
 		return r;
@@ -626,6 +903,11 @@ static int decode(struct reader *rd, struct kiln_tree *out,
 			return r;
 		if (rd->entry > 0 && strcmp(e[-1].name, e->name) >= 0)
 			return bad(rd, err, "names not sorted or duplicate");
+	}
+	if (version == KILN_TREE_VERSION_LINKS) {
+		r = get_links(rd, out, err);
+		if (r < 0)
+			return r;
 	}
 	if (rd->off != rd->len)
 		return kiln_error_set(err, -EBADMSG, "%zu trailing bytes after tree node",
@@ -731,6 +1013,7 @@ void cas_node_free(struct cas_node *n)
 		cas_node_free(n->kids[i]);
 	free(n->kids);
 	kiln_tree_release(&n->t);
+	kiln_strv_free(n->layer_names, n->n_layer_names);
 	free(n->name);
 	free(n);
 }
@@ -816,6 +1099,71 @@ void cas_node_mark_dirty(struct cas_node *n)
 {
 	for (; n; n = n->parent)
 		n->dirty = true;
+}
+
+int cas_node_kid_load(struct kiln_store *s, struct cas_node *n,
+		      const char *name, struct cas_node **out,
+		      struct kiln_error **err)
+{
+	const struct kiln_tree_entry *e;
+	int r;
+
+	*out = cas_node_kid(n, name);
+	if (*out)
+		return 0;
+	e = kiln_tree_find(&n->t, name);
+	if (!e || e->type != KILN_ENTRY_DIR)
+		return 0;
+	r = cas_node_load(s, &e->digest, n, name, out, err);
+	if (r == 0)
+		cas_node_add_kid(n, *out);
+	return r;
+}
+
+int cas_node_settle_links(struct kiln_store *s, struct cas_node *n,
+			  struct kiln_error **err)
+{
+	size_t g = 0, i;
+	int r;
+
+	while (g < n->t.n_links) {
+		struct kiln_tree_link l = n->t.links[g];
+		size_t k = strcspn(l.paths[0], "/");
+		_cleanup_free_ char *first = xstrndup(l.paths[0], k);
+		struct cas_node *kid = NULL;
+		bool spread = false;
+
+		for (i = 1; i < l.n; i++)
+			spread |= !same_first(l.paths[0], l.paths[i]);
+		if (spread) {
+			g++;
+			continue;
+		}
+		/* All inside first/: the group belongs to that directory. */
+		memmove(&n->t.links[g], &n->t.links[g + 1],
+			(n->t.n_links - g - 1) * sizeof(l));
+		n->t.n_links--;
+		cas_node_mark_dirty(n);
+		r = l.paths[0][k] ? cas_node_kid_load(s, n, first, &kid, err) : 0;
+		if (r < 0 || !kid) {
+			link_release(&l);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		for (i = 0; i < l.n; i++) {
+			char *rest = xstrdup(l.paths[i] + k + 1);
+
+			free(l.paths[i]);
+			l.paths[i] = rest;
+		}
+		kiln_tree_add_link(&kid->t, l.paths, l.n);
+		cas_node_mark_dirty(kid);
+		r = cas_node_settle_links(s, kid, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
 }
 
 int cas_node_flush(struct kiln_store *s, struct cas_node *n,

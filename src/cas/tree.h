@@ -37,6 +37,7 @@ enum kiln_entry_type {
 #define KILN_TREE_MAX_XATTRS 64
 #define KILN_TREE_MAX_XATTR_VALUE 65536
 #define KILN_TREE_MAX_DEPTH 256
+#define KILN_TREE_MAX_LINK_PATH 4096
 
 struct kiln_xattr {
 	char *name;
@@ -57,15 +58,37 @@ struct kiln_tree_entry {
 	uint32_t rdev_major, rdev_minor; /* char/block devices */
 	struct kiln_xattr *xattrs; /* sorted by name */
 	size_t n_xattrs;
+	/*
+	 * Set by kiln_tree_walk and kiln_tree_diff only, never encoded: this
+	 * FILE is a hardlink of the one at this path (relative to the walk's
+	 * root), which the same walk or diff reported earlier and which is an
+	 * identical entry. NULL otherwise.
+	 */
+	char *link;
+};
+
+/*
+ * A hardlink group (tree version 2): two or more FILE entries that are one
+ * inode. The group is held by the deepest directory node that contains all
+ * its members, as their paths relative to that node in walk order, so a
+ * subtree carries exactly the groups that lie wholly inside it. Members
+ * are identical entries (content, mode, owner, mtime, xattrs); the first
+ * holds the content in a tar layer, the others are tar hardlinks to it.
+ */
+struct kiln_tree_link {
+	char **paths; /* "a/b" form, walk order */
+	size_t n;     /* >= 2 */
 };
 
 /* One directory node. */
 struct kiln_tree {
 	struct kiln_tree_entry *entries; /* sorted by name (strcmp) */
 	size_t n, alloc;
+	struct kiln_tree_link *links; /* sorted by first path, walk order */
+	size_t n_links;
 };
 
-#define KILN_TREE_INIT { NULL, 0, 0 }
+#define KILN_TREE_INIT { NULL, 0, 0, NULL, 0 }
 
 void kiln_tree_init(struct kiln_tree *t);
 void kiln_tree_release(struct kiln_tree *t);
@@ -77,6 +100,29 @@ void kiln_tree_entry_copy(struct kiln_tree_entry *dst,
 /* True if two entries are identical in every encoded field. */
 bool kiln_tree_entry_eq(const struct kiln_tree_entry *a,
 			const struct kiln_tree_entry *b);
+/* The same, names aside: what the members of a hardlink group share. */
+bool kiln_tree_entry_same_file(const struct kiln_tree_entry *a,
+			       const struct kiln_tree_entry *b);
+
+/*
+ * Walk order of two relative paths: component by component, a directory
+ * before what it contains ("a" < "a/b" < "a.txt").
+ */
+int kiln_path_walk_cmp(const char *a, const char *b);
+
+/*
+ * Add a hardlink group of t: the paths (relative to t's directory, at
+ * least two, taken over) are sorted into walk order and the group into
+ * place. The caller knows the members are identical FILE entries below t
+ * and that t is the deepest directory holding them all.
+ */
+void kiln_tree_add_link(struct kiln_tree *t, char **paths, size_t n);
+/*
+ * Forget path (relative to t's directory) and everything below it as a
+ * member of t's groups: it no longer is the file it was. A group left with
+ * one member goes. Returns true when a group changed.
+ */
+bool kiln_tree_forget_link(struct kiln_tree *t, const char *path);
 
 /*
  * Insert or replace by name, taking ownership of e's contents (e is zeroed).
@@ -89,7 +135,11 @@ int kiln_tree_remove(struct kiln_tree *t, const char *name);
 struct kiln_tree_entry *kiln_tree_find(const struct kiln_tree *t,
 				       const char *name);
 
-/* Canonical encoding; appends to out. */
+/*
+ * Canonical encoding; appends to out. A node with hardlink groups is
+ * written as version 2, any other as version 1 (so trees without
+ * hardlinks keep their digests).
+ */
 int kiln_tree_encode(const struct kiln_tree *t, struct kiln_strbuf *out);
 /*
  * Strict decoding: rejects unknown versions, unsorted or duplicate names,
@@ -166,6 +216,8 @@ int kiln_tree_apply_layer(struct kiln_store *s, const struct kiln_digest *base,
 /*
  * Visit every entry below root in pre-order, sorted by name; path is
  * relative ("a/b"). Return non-zero from fn to stop (returned as is).
+ * e->link names an earlier reported hardlink of a FILE (see struct
+ * kiln_tree_entry); a group whose members differ fails with -EBADMSG.
  */
 typedef int (*kiln_tree_walk_fn)(const char *path,
 				 const struct kiln_tree_entry *e, void *ud);
@@ -188,6 +240,8 @@ enum kiln_diff_kind {
 
 /*
  * Compare trees a (old) and b (new), skipping identical subtrees by digest.
+ * new_e->link is set as in kiln_tree_walk when the group's first member
+ * was itself reported (added or modified) earlier in this diff.
  * Calls fn in path order. For a directory added or deleted whole, one
  * ADD/DELETE for the directory then ADDs for everything below it (on ADD)
  * or nothing below it (on DELETE). A directory replaced by a non-directory
@@ -245,6 +299,14 @@ int kiln_tree_editor_put(struct kiln_tree_editor *ed, const char *path,
 /* Remove path (and everything below); -ENOENT when missing. */
 int kiln_tree_editor_remove(struct kiln_tree_editor *ed, const char *path,
 			    struct kiln_error **err);
+
+/*
+ * Give directory dir the hardlink groups of node from (a directory whose
+ * entries were just put into dir one by one, as a merging copy does).
+ */
+int kiln_tree_editor_add_links(struct kiln_tree_editor *ed, const char *dir,
+			       const struct kiln_tree *from,
+			       struct kiln_error **err);
 
 /*
  * Create missing directories along path with the given metadata (existing

@@ -177,7 +177,9 @@ static int export_leaf(struct local_ctx *c, int dirfd,
 	_cleanup_free_ char *tmp = tmp_name();
 	int r;
 
-	if (e->type == KILN_ENTRY_FILE)
+	if (e->type == KILN_ENTRY_FILE && e->link)
+		r = kiln_link_beneath(c->stack[0].fd, e->link, dirfd, tmp);
+	else if (e->type == KILN_ENTRY_FILE)
 		r = write_file(c, dirfd, tmp, e);
 	else
 		r = make_special(c, dirfd, tmp, e);

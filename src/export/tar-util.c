@@ -41,7 +41,10 @@ struct archive_entry *kiln_tar_header(const char *path,
 	archive_entry_set_uid(ae, e->uid);
 	archive_entry_set_gid(ae, e->gid);
 	archive_entry_set_mtime(ae, mtime_sec, mtime_nsec);
-	archive_entry_set_size(ae, e->type == KILN_ENTRY_FILE ? e->size : 0);
+	archive_entry_set_size(ae, e->type == KILN_ENTRY_FILE && !e->link ? e->size : 0);
+	/* A hardlink of a file written earlier in this archive (typeflag 1). */
+	if (e->type == KILN_ENTRY_FILE && e->link)
+		archive_entry_set_hardlink(ae, e->link);
 	if (e->type == KILN_ENTRY_SYMLINK)
 		archive_entry_set_symlink(ae, e->target);
 	if (e->type == KILN_ENTRY_CHAR || e->type == KILN_ENTRY_BLOCK) {
@@ -133,7 +136,7 @@ int kiln_tar_write_entry(struct kiln_tar *t, const char *path,
 	archive_entry_free(ae);
 	if (r < ARCHIVE_WARN)
 		return kiln_tar_fail(t, path);
-	if (e->type == KILN_ENTRY_FILE)
+	if (e->type == KILN_ENTRY_FILE && !e->link)
 		return kiln_tar_write_blob(t, path, e);
 	return 0;
 }

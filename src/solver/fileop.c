@@ -114,6 +114,9 @@ static int graft(struct fctx *c, const char *path, struct kiln_tree_entry *e)
 		r = graft(c, sub, &child);
 		kiln_tree_entry_release(&child);
 	}
+	/* The merged directory keeps the hardlinks among what it got. */
+	if (r == 0)
+		r = kiln_tree_editor_add_links(c->ed, path, &t, c->err);
 	kiln_tree_release(&t);
 	kiln_tree_entry_release(e);
 	memset(e, 0, sizeof(*e));

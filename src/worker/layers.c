@@ -377,6 +377,9 @@ static int put_entry(struct layer_writer *w, int pfd, const char *path,
 		}
 		return add_dirfix(w, path, e);
 	}
+	/* A hardlink of a file this layer already holds. */
+	if (e->type == KILN_ENTRY_FILE && e->link)
+		return kiln_link_beneath(w->fsfd, e->link, pfd, name);
 	r = e->type == KILN_ENTRY_FILE ? put_file(w, pfd, name, e)
 				       : put_special(pfd, name, e);
 	if (r < 0)

@@ -61,12 +61,12 @@ static int teardown(void **state)
 
 /* ---- building directories on disk ---- */
 
-enum { F, D, L, P, W, O, C };
+enum { F, D, L, P, W, O, C, H };
 
 struct spec {
-	int kind; /* F file, D dir, L symlink, P fifo, W whiteout, O opaque dir, C chardev */
+	int kind; /* F file, D dir, L symlink, P fifo, W whiteout, O opaque dir, C chardev, H hardlink */
 	const char *path;
-	const char *arg; /* file content or link target */
+	const char *arg; /* file content, link target, or (H) the path to link */
 	unsigned mode;   /* 0: 0644 files, 0755 dirs */
 };
 
@@ -103,6 +103,12 @@ static void make_one(const char *root, const struct spec *sp)
 	case C:
 		assert_int_equal(mknod(p, S_IFCHR | 0666, makedev(1, 3)), 0);
 		break;
+	case H: {
+		_cleanup_free_ char *old = kiln_path_join(root, sp->arg);
+
+		assert_int_equal(link(old, p), 0);
+		break;
+	}
 	}
 }
 
@@ -1139,6 +1145,297 @@ static void test_from_dir_skips_bind_mounts(void **state)
 	kiln_tree_entry_release(&e);
 }
 
+/* ---- hardlink groups (tree version 2) ---- */
+
+/* "path>link" for every FILE the walk or diff reports linked, "path" else. */
+struct link_log {
+	char lines[32][96];
+	int n;
+};
+
+static int log_links(const char *path, const struct kiln_tree_entry *e, void *ud)
+{
+	struct link_log *l = ud;
+
+	if (e->type != KILN_ENTRY_FILE)
+		return 0;
+	assert_true(l->n < 32);
+	snprintf(l->lines[l->n++], 96, "%s%s%s", path, e->link ? ">" : "",
+		 e->link ? e->link : "");
+	return 0;
+}
+
+static int log_diff_links(enum kiln_diff_kind kind, const char *path,
+			  const struct kiln_tree_entry *o,
+			  const struct kiln_tree_entry *n, void *ud)
+{
+	return kind == KILN_DIFF_DELETE ? 0 : log_links(path, n, ud);
+}
+
+static void assert_links(struct fixture *f, const struct kiln_digest *root,
+			 const char **want, size_t n)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct link_log l = { 0 };
+	size_t i;
+
+	if (kiln_tree_walk(f->s, root, log_links, &l, &err) < 0)
+		fail_msg("walk: %s", kiln_error_msg(err));
+	for (i = 0; i < (size_t)l.n && i < n; i++)
+		assert_string_equal(l.lines[i], want[i]);
+	assert_int_equal(l.n, n);
+}
+
+/* The groups of the node at path, as "p1 p2|q1 q2". */
+static char *groups_at(struct fixture *f, const struct kiln_digest *root,
+		       const char *path)
+{
+	struct kiln_strbuf sb = KILN_STRBUF_INIT(4096);
+	struct kiln_tree_entry e;
+	struct kiln_tree t;
+	size_t g, i;
+
+	lookup(f, root, path, &e);
+	assert_int_equal(e.type, KILN_ENTRY_DIR);
+	assert_int_equal(kiln_tree_get(f->s, &e.digest, &t, NULL), 0);
+	kiln_tree_entry_release(&e);
+	for (g = 0; g < t.n_links; g++)
+		for (i = 0; i < t.links[g].n; i++)
+			kiln_strbuf_addf(&sb, "%s%s", i ? " " : g ? "|" : "",
+					 t.links[g].paths[i]);
+	kiln_tree_release(&t);
+	return kiln_strbuf_detach(&sb, NULL);
+}
+
+static void assert_groups(struct fixture *f, const struct kiln_digest *root,
+			  const char *path, const char *want)
+{
+	_cleanup_free_ char *got = groups_at(f, root, path);
+
+	assert_string_equal(got, want);
+}
+
+static void test_links_codec(void **state)
+{
+	_cleanup_strbuf_ struct kiln_strbuf sb = KILN_STRBUF_INIT(1 << 20);
+	_cleanup_strbuf_ struct kiln_strbuf again = KILN_STRBUF_INIT(1 << 20);
+	struct kiln_tree t, u;
+	char **paths;
+	size_t len, at;
+
+	(void)state;
+	assert_int_equal(kiln_path_walk_cmp("a", "a/b"), -1);
+	assert_int_equal(kiln_path_walk_cmp("a/b", "a.txt"), -1); /* strcmp says 1 */
+	assert_int_equal(kiln_path_walk_cmp("a/b", "a/b"), 0);
+	assert_int_equal(kiln_path_walk_cmp("b", "a/z"), 1);
+
+	sample_tree(&t);
+	paths = xcalloc(2, sizeof(*paths));
+	paths[0] = xstrdup("file.txt");
+	paths[1] = xstrdup("file");
+	kiln_tree_add_link(&t, paths, 2);
+	assert_string_equal(t.links[0].paths[0], "file"); /* sorted */
+	assert_int_equal(kiln_tree_encode(&t, &sb), 0);
+	assert_int_equal((unsigned char)sb.buf[8], 2); /* version 2 */
+	assert_int_equal(kiln_tree_decode(sb.buf, sb.len, &u, NULL), 0);
+	assert_int_equal(u.n_links, 1);
+	assert_int_equal(u.links[0].n, 2);
+	assert_string_equal(u.links[0].paths[1], "file.txt");
+	assert_int_equal(kiln_tree_encode(&u, &again), 0);
+	assert_int_equal(again.len, sb.len);
+	assert_memory_equal(again.buf, sb.buf, sb.len);
+	kiln_tree_release(&u);
+
+	/* Every proper prefix is rejected. */
+	for (len = 0; len < sb.len; len++)
+		assert_int_equal(kiln_tree_decode(sb.buf, len, &u, NULL), -EBADMSG);
+
+	/* Forged groups: members swapped (unsorted), a member that names no
+	 * file, a link section on a node that says version 1. */
+	at = sb.len - strlen("file.txt") - 2 - strlen("file");
+	assert_memory_equal(sb.buf + at, "file", 4);
+	sb.buf[at] = 'g';
+	assert_int_equal(kiln_tree_decode(sb.buf, sb.len, &u, NULL), -EBADMSG);
+	sb.buf[at] = 'f';
+	memcpy(sb.buf + at, "zfif", 4); /* "zfif" is no entry */
+	assert_int_equal(kiln_tree_decode(sb.buf, sb.len, &u, NULL), -EBADMSG);
+	memcpy(sb.buf + at, "file", 4);
+	sb.buf[8] = 1;
+	assert_int_equal(kiln_tree_decode(sb.buf, sb.len, &u, NULL), -EBADMSG);
+	sb.buf[8] = 2;
+	assert_int_equal(kiln_tree_decode(sb.buf, sb.len, &u, NULL), 0);
+	kiln_tree_release(&u);
+
+	/* The encoder refuses what the decoder would: a group inside one
+	 * directory belongs to that directory; a member that is a directory. */
+	paths = xcalloc(2, sizeof(*paths));
+	paths[0] = xstrdup("dir/x");
+	paths[1] = xstrdup("dir/y");
+	kiln_tree_add_link(&t, paths, 2);
+	{
+		_cleanup_error_ struct kiln_error *err = NULL;
+		struct kiln_digest d;
+
+		/* The encoder checks before the store is touched. */
+		assert_int_equal(kiln_tree_put(NULL, &t, &d, &err), -EINVAL);
+		assert_non_null(strstr(kiln_error_msg(err), "wrong directory"));
+	}
+	assert_true(kiln_tree_forget_link(&t, "dir"));
+	assert_int_equal(t.n_links, 1);
+	paths = xcalloc(2, sizeof(*paths));
+	paths[0] = xstrdup("dir");
+	paths[1] = xstrdup("chr");
+	kiln_tree_add_link(&t, paths, 2);
+	{
+		_cleanup_error_ struct kiln_error *err = NULL;
+		struct kiln_digest d;
+
+		assert_int_equal(kiln_tree_put(NULL, &t, &d, &err), -EINVAL);
+		assert_non_null(strstr(kiln_error_msg(err), "not a file"));
+	}
+	/* Forgetting a member leaves a group of one, which goes. */
+	assert_true(kiln_tree_forget_link(&t, "dir"));
+	assert_true(kiln_tree_forget_link(&t, "file"));
+	assert_int_equal(t.n_links, 0);
+	assert_false(kiln_tree_forget_link(&t, "file"));
+	kiln_strbuf_reset(&again);
+	assert_int_equal(kiln_tree_encode(&t, &again), 0);
+	assert_int_equal((unsigned char)again.buf[8], 1);
+	kiln_tree_release(&t);
+}
+
+static const struct spec linked_spec[] = {
+	{ F, "a", "same\n", 0 },
+	{ F, "c", "same\n", 0 }, /* same content, its own inode */
+	{ H, "sub/b", "a", 0 },
+	{ F, "sub/deep/e", "deep\n", 0 },
+	{ H, "sub/deep/f", "sub/deep/e", 0 },
+	{ F, "sub/z", "z\n", 0 },
+};
+
+static void test_links_from_dir(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *d = make_dir(f, "linked", linked_spec, ARRAY_SIZE(linked_spec));
+	const char *want[] = { "a", "c", "sub/b>a", "sub/deep/e",
+			       "sub/deep/f>sub/deep/e", "sub/z" };
+	struct kiln_digest root, again;
+
+	from_dir(f, d, NULL, &root);
+	assert_groups(f, &root, "", "a sub/b");
+	assert_groups(f, &root, "sub", "");
+	assert_groups(f, &root, "sub/deep", "e f");
+	assert_links(f, &root, want, ARRAY_SIZE(want));
+	from_dir(f, d, NULL, &again);
+	assert_true(kiln_digest_eq(&root, &again));
+}
+
+/* Base: x/a, x/b, y/c one inode; layers replace and remove members. */
+static const struct spec lbase_spec[] = {
+	{ F, "x/a", "one\n", 0 },
+	{ H, "x/b", "x/a", 0 },
+	{ H, "y/c", "x/a", 0 },
+	{ F, "p/q1", "q\n", 0 },
+	{ H, "p/q2", "p/q1", 0 },
+};
+static const struct spec llayer_spec[] = {
+	{ D, "y", NULL, 0 },
+	{ F, "y/c", "other\n", 0 },
+	{ F, "n1", "new\n", 0 },
+	{ H, "n2", "n1", 0 },
+};
+static const struct spec lfinal_spec[] = {
+	{ F, "x/a", "one\n", 0 },
+	{ H, "x/b", "x/a", 0 },
+	{ F, "y/c", "other\n", 0 },
+	{ F, "p/q1", "q\n", 0 },
+	{ H, "p/q2", "p/q1", 0 },
+	{ F, "n1", "new\n", 0 },
+	{ H, "n2", "n1", 0 },
+};
+static const struct spec lwhiteout_spec[] = {
+	{ D, "x", NULL, 0 },
+	{ W, "x/b", NULL, 0 },
+};
+
+static void test_links_apply_layer(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *b = make_dir(f, "lbase", lbase_spec, ARRAY_SIZE(lbase_spec));
+	_cleanup_free_ char *l = make_dir(f, "llayer", llayer_spec, ARRAY_SIZE(llayer_spec));
+	_cleanup_free_ char *fin = make_dir(f, "lfinal", lfinal_spec, ARRAY_SIZE(lfinal_spec));
+	_cleanup_free_ char *wh = make_dir(f, "lwh", lwhiteout_spec, ARRAY_SIZE(lwhiteout_spec));
+	const char *want[] = { "n1", "n2>n1", "p/q1", "p/q2>p/q1", "x/a", "x/b>x/a", "y/c" };
+	const char *want_wh[] = { "n1", "n2>n1", "p/q1", "p/q2>p/q1", "x/a", "y/c" };
+	struct kiln_digest base, got, want_d, after;
+
+	from_dir(f, b, NULL, &base);
+	assert_groups(f, &base, "", "x/a x/b y/c");
+	assert_groups(f, &base, "p", "q1 q2");
+	/* y/c is another file now: x/a and x/b stay one, held by x. */
+	apply(f, &base, l, NULL, &got);
+	assert_groups(f, &got, "", "n1 n2");
+	assert_groups(f, &got, "x", "a b");
+	assert_links(f, &got, want, ARRAY_SIZE(want));
+	/* The canonical form: the same tree as the directory built whole. */
+	from_dir(f, fin, NULL, &want_d);
+	assert_string_equal(KILN_DIGEST_STR(&got), KILN_DIGEST_STR(&want_d));
+	/* x/b removed: a group of one is no group. */
+	apply(f, &got, wh, NULL, &after);
+	assert_groups(f, &after, "x", "");
+	assert_links(f, &after, want_wh, ARRAY_SIZE(want_wh));
+}
+
+static void test_links_edit_and_diff(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *b = make_dir(f, "lbase", lbase_spec, ARRAY_SIZE(lbase_spec));
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_tree_editor *ed = NULL;
+	struct kiln_tree_entry e;
+	struct kiln_digest base, got, only_a;
+	struct link_log l = { 0 };
+
+	from_dir(f, b, NULL, &base);
+	/* Removing y/c moves the group of x/a and x/b down to x. */
+	assert_int_equal(kiln_tree_editor_new(f->s, &base, &ed, NULL), 0);
+	assert_int_equal(kiln_tree_editor_remove(ed, "y/c", &err), 0);
+	assert_int_equal(kiln_tree_editor_commit(ed, &got, &err), 0);
+	assert_groups(f, &got, "", "");
+	assert_groups(f, &got, "x", "a b");
+	/* Replacing x/b leaves no group at all. */
+	lookup(f, &got, "x/a", &e);
+	assert_int_equal(kiln_tree_editor_put(ed, "x/b", &e, &err), 0);
+	assert_int_equal(kiln_tree_editor_commit(ed, &got, &err), 0);
+	assert_groups(f, &got, "x", "");
+	kiln_tree_editor_free(ed);
+
+	/* A graft carries the groups inside it. */
+	assert_int_equal(kiln_tree_editor_new(f->s, NULL, &ed, NULL), 0);
+	lookup(f, &base, "p", &e);
+	assert_int_equal(kiln_tree_editor_put(ed, "copy", &e, &err), 0);
+	assert_int_equal(kiln_tree_editor_commit(ed, &got, &err), 0);
+	assert_groups(f, &got, "copy", "q1 q2");
+	kiln_tree_editor_free(ed);
+
+	/* A diff links a member only to a first member it reported itself. */
+	assert_int_equal(kiln_tree_diff(f->s, NULL, &base, log_diff_links, &l, &err), 0);
+	assert_int_equal(l.n, 5);
+	assert_string_equal(l.lines[1], "p/q2>p/q1");
+	assert_string_equal(l.lines[3], "x/b>x/a");
+	assert_string_equal(l.lines[4], "y/c>x/a");
+	assert_int_equal(kiln_tree_editor_new(f->s, &base, &ed, NULL), 0);
+	assert_int_equal(kiln_tree_editor_remove(ed, "x/b", &err), 0);
+	assert_int_equal(kiln_tree_editor_remove(ed, "y/c", &err), 0);
+	assert_int_equal(kiln_tree_editor_commit(ed, &only_a, &err), 0);
+	kiln_tree_editor_free(ed);
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(kiln_tree_diff(f->s, &only_a, &base, log_diff_links, &l, &err), 0);
+	assert_int_equal(l.n, 2);
+	assert_string_equal(l.lines[0], "x/b"); /* x/a is in the old tree */
+	assert_string_equal(l.lines[1], "y/c");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1156,6 +1453,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_apply_empty_layer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_editor, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_editor_resolve, setup, teardown),
+		cmocka_unit_test(test_links_codec),
+		cmocka_unit_test_setup_teardown(test_links_from_dir, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_links_apply_layer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_links_edit_and_diff, setup, teardown),
 	};
 
 	umask(022);
