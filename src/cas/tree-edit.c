@@ -60,27 +60,16 @@ static bool next_comp(const char **p, char **comp)
 	}
 }
 
-/* The loaded kid called name of n, loading it from its DIR entry. */
+/* The kid called name of n, loading it; *why says why there is none. */
 static int step(struct kiln_tree_editor *ed, struct cas_node *n,
 		const char *name, struct cas_node **out, int *why,
 		struct kiln_error **err)
 {
-	const struct kiln_tree_entry *e;
-	int r;
+	int r = cas_node_kid_load(ed->s, n, name, out, err);
 
-	*out = cas_node_kid(n, name);
-	if (*out)
-		return 0;
-	e = kiln_tree_find(&n->t, name);
-	if (!e || e->type != KILN_ENTRY_DIR) {
-		*why = e ? -ENOTDIR : -ENOENT;
-		return 0;
-	}
-	r = cas_node_load(ed->s, &e->digest, n, name, out, err);
-	if (r < 0)
-		return r;
-	cas_node_add_kid(n, *out);
-	return 0;
+	if (r == 0 && !*out)
+		*why = kiln_tree_find(&n->t, name) ? -ENOTDIR : -ENOENT;
+	return r;
 }
 
 /*

@@ -286,6 +286,57 @@ static void test_tar_listing(void **state)
 	assert_int_equal(n, ARRAY_SIZE(want));
 }
 
+/* Hardlink groups: linked in type=local, tar hardlink entries in type=tar. */
+static void test_hardlinks(void **state)
+{
+	struct fixture *f = *state;
+	_cleanup_free_ char *src = xasprintf("%s/hl", f->dir);
+	_cleanup_free_ char *out = xasprintf("%s/hl-out", f->dir);
+	_cleanup_free_ char *t = xasprintf("%s/hl.tar", f->dir);
+	_cleanup_free_ char *a = xasprintf("%s/a", src), *b = xasprintf("%s/sub/b", src);
+	_cleanup_free_ char *cmd = xasprintf("tar -tvf %s", t);
+	_cleanup_free_ char *oa = xasprintf("%s/a", out), *ob = xasprintf("%s/sub/b", out);
+	_cleanup_free_ char *oc = xasprintf("%s/sub/c", out);
+	struct kiln_tree_build_opts bo = { 0 };
+	struct kiln_error *err = NULL;
+	struct kiln_digest tree;
+	struct stat sa, sb, sc;
+	char line[512];
+	int fd, links = 0, files = 0;
+	FILE *p;
+
+	assert_int_equal(mkdir(src, 0755), 0);
+	write_file(src, "a", "linked data\n", 0640);
+	mkdir_in(src, "sub", 0755);
+	assert_int_equal(link(a, b), 0);
+	write_file(src, "sub/c", "linked data\n", 0640); /* same bytes, own inode */
+	fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(kiln_tree_from_dir(f->store, fd, &bo, &tree, &err), 0);
+	close(fd);
+
+	assert_int_equal(kiln_export_local(f->store, &tree, out, &err), 0);
+	assert_int_equal(stat(oa, &sa), 0);
+	assert_int_equal(stat(ob, &sb), 0);
+	assert_int_equal(stat(oc, &sc), 0);
+	assert_true(sa.st_ino == sb.st_ino);
+	assert_int_equal(sa.st_nlink, 2);
+	assert_true(sc.st_ino != sa.st_ino);
+	assert_int_equal(sc.st_nlink, 1);
+
+	assert_int_equal(kiln_export_tar(f->store, &tree, t, &err), 0);
+	p = popen(cmd, "re");
+	assert_non_null(p);
+	while (fgets(line, sizeof(line), p)) {
+		links += strstr(line, "sub/b link to a") != NULL;
+		files += line[0] == '-';
+	}
+	assert_int_equal(pclose(p), 0);
+	assert_int_equal(links, 1);
+	assert_int_equal(files, 2); /* a and sub/c carry data; sub/b does not */
+	assert_null(err);
+}
+
 static void expect_spec(const char *spec, const char *type, const char *dest)
 {
 	struct kiln_export_spec s;
@@ -468,6 +519,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_tar_deterministic, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_tar_listing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hardlinks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_export_run, setup, teardown),
 		cmocka_unit_test(test_spec_parse),
 		cmocka_unit_test(test_digest_set),
