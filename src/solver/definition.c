@@ -553,6 +553,20 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 			r = op_err(p, "env", "'%s' is not an environment variable name", mt->env);
 		return r;
 	}
+	if (!strcmp(type, "ssh")) {
+		/* Only the id is in the op; the socket is the client's, never here. */
+		mt->kind = KILN_DEF_MOUNT_SSH;
+		r = get_str(p, m, "id", false, &mt->cache_id);
+		if (r == 0)
+			r = get_bool(p, m, "required", false, &mt->required);
+		if (r == 0)
+			r = get_mount_owner(p, m, mt, 0600);
+		if (r == 0 && !mt->cache_id)
+			mt->cache_id = xstrdup("default");
+		if (r == 0 && !*mt->cache_id)
+			r = op_err(p, "id", "an ssh mount's id is empty");
+		return r;
+	}
 	if (!strcmp(type, "tmpfs")) {
 		json_t *sz = json_object_get(m, "size");
 		mt->kind = KILN_DEF_MOUNT_TMPFS;
@@ -561,7 +575,7 @@ static int parse_mount(struct pctx *p, json_t *m, size_t i)
 		mt->size = sz ? (uint64_t)json_integer_value(sz) : 0;
 		return 0;
 	}
-	return op_err(p, "mounts", "element %zu: unknown type '%s' (bind, cache, tmpfs, secret)",
+	return op_err(p, "mounts", "element %zu: unknown type '%s' (bind, cache, tmpfs, secret, ssh)",
 		      i, type);
 }
 
@@ -1088,6 +1102,11 @@ static json_t *form_mount(const struct kiln_def_mount *m)
 			json_object_set_new(o, "env", json_string(m->env));
 		return o;
 	}
+	case KILN_DEF_MOUNT_SSH:
+		/* Which agent and where; never the client's socket. */
+		return json_pack("{sssssssbsIsIsI}", "type", "ssh", "target", m->target, "id",
+				 m->cache_id, "required", m->required, "mode", (json_int_t)m->mode,
+				 "uid", (json_int_t)m->uid, "gid", (json_int_t)m->gid);
 	case KILN_DEF_MOUNT_TMPFS:
 		return json_pack("{sssssI}", "type", "tmpfs", "target", m->target, "size",
 				 (json_int_t)m->size);

@@ -39,6 +39,7 @@ enum kiln_mount_kind {
 	KILN_DEF_MOUNT_CACHE,
 	KILN_DEF_MOUNT_TMPFS,
 	KILN_DEF_MOUNT_SECRET,
+	KILN_DEF_MOUNT_SSH,   /* the client's ssh agent, forwarded (docs/definition.md) */
 };
 
 enum kiln_cache_sharing {
@@ -54,11 +55,11 @@ struct kiln_def_mount {
 	int input;        /* BIND; CACHE: the seed: index into op->inputs, -1 = none */
 	char *source;     /* BIND, seeded CACHE: subdirectory of the input ("" = root) */
 	bool readonly;    /* BIND */
-	char *cache_id;   /* CACHE: defaults to target; SECRET: the secret's id */
+	char *cache_id;   /* CACHE: defaults to target; SECRET, SSH: the client's id */
 	enum kiln_cache_sharing sharing; /* CACHE */
-	int64_t mode;     /* CACHE (default 0755), SECRET (default 0400) */
-	int64_t uid, gid; /* CACHE, SECRET: -1 = 0 */
-	bool required;    /* SECRET: fail when the client has no such secret */
+	int64_t mode;     /* CACHE (default 0755), SECRET (default 0400), SSH (0600) */
+	int64_t uid, gid; /* CACHE, SECRET, SSH: -1 = 0 */
+	bool required;    /* SECRET, SSH: fail when the client has no such id */
 	uint64_t size;    /* TMPFS */
 };
 

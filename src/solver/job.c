@@ -5,8 +5,11 @@
  */
 #include "solver/job.h"
 
+#include <fcntl.h>
 #include <jansson.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
@@ -196,6 +199,85 @@ static int secret_env(const struct kiln_job *job, const struct kiln_op *op, char
 	return 0;
 }
 
+bool kiln_ssh_agents_has(const struct kiln_ssh_agents *a, const char *id)
+{
+	size_t i;
+
+	for (i = 0; a && i < a->n_ids; i++)
+		if (!strcmp(a->ids[i], id))
+			return true;
+	return false;
+}
+
+/* The forwarders of one exec's ssh mounts, in a private dir of the worker's. */
+struct ssh_mounts {
+	char *dir;
+	int dirfd;
+	struct kiln_ssh_forwarder **fw;
+	size_t n;
+};
+
+static void ssh_mounts_release(struct ssh_mounts *s)
+{
+	size_t i;
+
+	for (i = 0; i < s->n; i++)
+		kiln_ssh_forwarder_free(s->fw[i]);
+	free(s->fw);
+	if (s->dirfd >= 0)
+		close(s->dirfd);
+	if (s->dir)
+		rmdir(s->dir);
+	free(s->dir);
+	*s = (struct ssh_mounts){ .dirfd = -1 };
+}
+
+/*
+ * RUN --mount=type=ssh: a forwarder socket bind-mounted at the target,
+ * living as long as the exec. An id the client did not declare fails a
+ * required mount and leaves an optional one out (*skip), as BuildKit's
+ * getSSHMountable (solver/llbsolver/mounts/mount.go) does.
+ */
+static int ssh_mount(struct kiln_worker *wk, const struct kiln_job *job, const char *who,
+		     const struct kiln_def_mount *m, struct ssh_mounts *s,
+		     struct kiln_exec_mount *em, bool *skip, struct kiln_error **err)
+{
+	_cleanup_free_ char *name = xasprintf("a%zu", s->n);
+	int r;
+
+	*skip = !kiln_ssh_agents_has(job->ssh, m->cache_id);
+	if (*skip && m->required)
+		return kiln_error_set(err, -ENOENT,
+				      "%s: ssh agent '%s' is required but was not given (kiln build --ssh %s[=SOCKET|KEY])",
+				      who, m->cache_id, m->cache_id);
+	if (*skip)
+		return 0;
+	if (!s->dir) {
+		_cleanup_free_ char *rnd = kiln_random_hex(8);
+
+		s->dir = xasprintf("%s/run/ssh-%s", kiln_worker_root(wk), rnd);
+		if (mkdir(s->dir, 0700) < 0) {
+			free(TAKE_PTR(s->dir));
+			return kiln_error_seterrno(err, -errno, "%s: ssh agent dir", who);
+		}
+		s->dirfd = open(s->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (s->dirfd < 0)
+			return kiln_error_seterrno(err, -errno, "%s: ssh agent dir", who);
+	}
+	s->fw = xrealloc(s->fw, (s->n + 1) * sizeof(*s->fw));
+	r = kiln_ssh_forwarder_start(s->dirfd, name, (uid_t)m->uid, (gid_t)m->gid,
+				     (mode_t)m->mode, m->cache_id, job->ssh->relay, job->ssh->ud,
+				     &s->fw[s->n], err);
+	if (r < 0) {
+		kiln_error_prefix(err, "%s", who);
+		return r;
+	}
+	s->n++;
+	em->type = KILN_MOUNT_SSH;
+	em->socket = xasprintf("%s/%s", s->dir, name);
+	return 0;
+}
+
 /*
  * A cache seeded from another op's result (RUN --mount=type=cache,from=):
  * the directory at source in that input is copied into the cache when
@@ -227,8 +309,10 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 	struct kiln_exec_request req = { 0 };
 	struct kiln_exec_result res = { 0 };
 	_cleanup_free_ char *id = kiln_random_hex(8), *cmd = NULL, *w = kiln_op_who(op);
+	struct ssh_mounts ssh = { .dirfd = -1 };
 	char **env = NULL;
 	size_t i, n = 0;
+	bool skip = false;
 	int r = 0;
 
 	prepare_layers(wk, job, &job->inputs[op->rootfs]);
@@ -276,6 +360,11 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 			em->type = KILN_MOUNT_TMPFS;
 			em->tmpfs_size = m->size;
 			break;
+		case KILN_DEF_MOUNT_SSH:
+			r = ssh_mount(wk, job, w, m, &ssh, em, &skip, err);
+			if (skip)
+				n--; /* an optional agent the client did not give */
+			break;
 		}
 	}
 	if (r < 0)
@@ -312,6 +401,10 @@ static int job_exec(struct kiln_worker *wk, const struct kiln_job *job,
 	out->tree = res.rootfs;
 out:
 	kiln_exec_result_release(&res);
+	for (i = 0; i < n; i++)
+		if (mounts[i].type == KILN_MOUNT_SSH)
+			free((char *)mounts[i].socket);
+	ssh_mounts_release(&ssh);
 	free(mounts);
 	secret_env_free(env);
 	return r;

@@ -17,6 +17,7 @@
 #include "basic/error.h"
 #include "cas/digest.h"
 #include "solver/definition.h"
+#include "worker/ssh-agent.h"
 #include "worker/worker.h"
 
 struct kiln_registry;
@@ -36,6 +37,20 @@ struct kiln_secret {
 	size_t len;
 };
 
+/*
+ * The ssh agents the client declared (kiln build --ssh ID...): their ids
+ * and where a step's agent requests for them go (worker/ssh-agent.h).
+ * Never a socket path: that stays with the client.
+ */
+struct kiln_ssh_agents {
+	const char *const *ids;
+	size_t n_ids;
+	kiln_ssh_relay_fn relay;
+	void *ud;
+};
+
+bool kiln_ssh_agents_has(const struct kiln_ssh_agents *a, const char *id);
+
 typedef void (*kiln_job_output_fn)(void *ud, int stream, const char *data, size_t len);
 
 struct kiln_job {
@@ -54,6 +69,7 @@ struct kiln_job {
 	struct kiln_registry *registry;
 	const struct kiln_secret *secrets;
 	size_t n_secrets;
+	const struct kiln_ssh_agents *ssh; /* NULL: the client declared none */
 	kiln_job_output_fn output; /* the step's stdout/stderr, or NULL */
 	void *output_ud;
 	/* May be NULL; true stops a running exec (kiln_exec_request). */

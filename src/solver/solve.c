@@ -507,6 +507,7 @@ static void *job_main(void *arg)
 	ej.job.registry = s->o->registry;
 	ej.job.secrets = s->o->secrets;
 	ej.job.n_secrets = s->o->n_secrets;
+	ej.job.ssh = s->o->ssh;
 	ej.job.output = on_output;
 	ej.job.output_ud = cb;
 	ej.key = v->contentkey;

@@ -91,6 +91,7 @@ struct kiln_solve_options {
 	bool no_cache;   /* do not look up (results are still recorded) */
 	const struct kiln_secret *secrets;
 	size_t n_secrets;
+	const struct kiln_ssh_agents *ssh; /* kiln build --ssh, or NULL */
 	/*
 	 * May be NULL. Asked before each job starts, with the solver's lock
 	 * held (it must not block or call into the solver): once true, nothing

@@ -248,7 +248,9 @@ static int make_points(struct exec_ctx *c, struct kiln_error **err)
 		r = make_point(c, what = files[i], true, false);
 	for (i = 0; r == 0 && i < req->n_mounts; i++)
 		r = make_point(c, what = req->mounts[i].target,
-			       req->mounts[i].type == KILN_MOUNT_SECRET, false);
+			       req->mounts[i].type == KILN_MOUNT_SECRET ||
+				       req->mounts[i].type == KILN_MOUNT_SSH,
+			       false);
 	if (r == 0)
 		r = make_point(c, what = req->cwd ? req->cwd : "/", false, true);
 	if (r < 0)
@@ -480,6 +482,11 @@ static int request_mounts(struct exec_ctx *c, struct kiln_error **err)
 			break;
 		case KILN_MOUNT_SECRET:
 			r = secret_mount(c, i, m, err);
+			break;
+		case KILN_MOUNT_SSH: /* the forwarder's socket; its point is removed after */
+			c->mounts[c->n_mounts++] = (struct kiln_bundle_mount){
+				m->target, "bind", m->socket, "rbind"
+			};
 			break;
 		default:
 			r = kiln_error_set(err, -EINVAL,

@@ -59,6 +59,7 @@ enum kiln_mount_type {
 	KILN_MOUNT_CACHE, /* persistent per-worker directory keyed by id */
 	KILN_MOUNT_TMPFS,
 	KILN_MOUNT_SECRET, /* a read-only file with client-supplied content */
+	KILN_MOUNT_SSH,    /* a unix socket of this host (an ssh agent forwarder) */
 };
 
 enum kiln_mount_sharing {
@@ -79,6 +80,7 @@ struct kiln_exec_mount {
 	uint64_t tmpfs_size;     /* TMPFS: bytes, 0 = default */
 	const void *secret;      /* SECRET: content (kept in a tmpfs only) */
 	size_t secret_len;
+	const char *socket;      /* SSH: the socket's path on this host */
 };
 
 /* Called from the exec thread with output as it arrives (stream 1 or 2). */

@@ -482,6 +482,8 @@ static const struct {
 	{ "tmpfs", M(MK_TYPE) | M(MK_TARGET) | M(MK_SIZE) },
 	{ "secret", M(MK_TYPE) | M(MK_TARGET) | M(MK_ID) | M(MK_REQUIRED) | M(MK_MODE) |
 			    M(MK_UID) | M(MK_GID) | M(MK_ENV) },
+	{ "ssh", M(MK_TYPE) | M(MK_TARGET) | M(MK_ID) | M(MK_REQUIRED) | M(MK_MODE) | M(MK_UID) |
+			 M(MK_GID) },
 };
 
 struct mount_spec {
@@ -489,6 +491,7 @@ struct mount_spec {
 	unsigned has;
 	const char *type;
 	const char *raw;
+	size_t ssh_index; /* type=ssh: how many ssh mounts come before it */
 };
 
 static void mount_spec_release(struct mount_spec *m)
@@ -574,8 +577,6 @@ static int mount_check(struct ictx *c, struct mount_spec *m)
 	size_t i, k;
 
 	m->type = m->v[MK_TYPE] ? m->v[MK_TYPE] : "bind";
-	if (!strcmp(m->type, "ssh"))
-		return lerr(c, -ENOTSUP, "--mount=%s: type=ssh is not supported", m->raw);
 	for (i = 0; i < ARRAY_SIZE(mount_types); i++) {
 		if (strcmp(mount_types[i].type, m->type))
 			continue;
@@ -583,11 +584,11 @@ static int mount_check(struct ictx *c, struct mount_spec *m)
 			if ((m->has & M(mount_keys[k].key)) && !(mount_types[i].allowed & M(mount_keys[k].key)))
 				return lerr(c, -EINVAL, "--mount=%s: option '%s' does not apply to type=%s",
 					    m->raw, mount_keys[k].name, m->type);
-		if (!m->v[MK_TARGET] && strcmp(m->type, "secret"))
+		if (!m->v[MK_TARGET] && strcmp(m->type, "secret") && strcmp(m->type, "ssh"))
 			return lerr(c, -EINVAL, "--mount=%s: target= is required", m->raw);
 		return 0;
 	}
-	return lerr(c, -EINVAL, "--mount=%s: unknown type '%s' (bind, cache, tmpfs, secret)",
+	return lerr(c, -EINVAL, "--mount=%s: unknown type '%s' (bind, cache, tmpfs, secret, ssh)",
 		    m->raw, m->type);
 }
 
@@ -752,6 +753,30 @@ static int mount_secret(struct ictx *c, const struct mount_spec *m, json_t *o)
 	return r < 0 ? r : mount_perms(c, m, o);
 }
 
+/*
+ * The client's agent: only its id goes into the op. BuildKit
+ * (dockerfile2llb/convert_ssh.go, client/llb/exec.go): id "default",
+ * target /run/buildkit/ssh_agent.N for the N-th ssh mount of the RUN,
+ * optional unless required=true, mode 0600, uid and gid 0.
+ */
+static int mount_ssh(struct ictx *c, const struct mount_spec *m, json_t *o)
+{
+	bool req = false;
+	int r = 0;
+
+	if (m->v[MK_ID] && !*m->v[MK_ID])
+		return lerr(c, -EINVAL, "--mount=%s: id= is empty", m->raw);
+	json_object_set_new(o, "id", json_string(m->v[MK_ID] ? m->v[MK_ID] : "default"));
+	if (!m->v[MK_TARGET])
+		json_object_set_new(o, "target",
+				    json_sprintf("/run/buildkit/ssh_agent.%zu", m->ssh_index));
+	if (m->v[MK_REQUIRED])
+		r = mount_bool(c, m, MK_REQUIRED, &req);
+	if (r == 0 && req)
+		json_object_set_new(o, "required", json_true());
+	return r < 0 ? r : mount_perms(c, m, o);
+}
+
 static int mount_json(struct ictx *c, struct mount_spec *m, size_t idx, json_t **out)
 {
 	json_t *o = json_pack("{s:s}", "type", m->type);
@@ -774,6 +799,8 @@ static int mount_json(struct ictx *c, struct mount_spec *m, size_t idx, json_t *
 		r = mount_cache(c, m, idx, o);
 	else if (!strcmp(m->type, "tmpfs"))
 		r = mount_tmpfs(c, m, o);
+	else if (!strcmp(m->type, "ssh"))
+		r = mount_ssh(c, m, o);
 	else
 		r = mount_secret(c, m, o);
 	if (r < 0) {
@@ -786,11 +813,12 @@ static int mount_json(struct ictx *c, struct mount_spec *m, size_t idx, json_t *
 
 static int run_mounts(struct ictx *c, json_t *mounts)
 {
-	size_t i;
+	size_t i, n_ssh = 0;
 	int r = 0;
 
 	for (i = 0; r == 0 && i < c->ins->n_flags; i++) {
-		struct mount_spec m = { .raw = c->ins->flags[i].value ? c->ins->flags[i].value : "" };
+		struct mount_spec m = { .raw = c->ins->flags[i].value ? c->ins->flags[i].value : "",
+					.ssh_index = n_ssh };
 		json_t *o = NULL;
 
 		if (strcmp(flag_name(&c->ins->flags[i]), "mount"))
@@ -802,6 +830,8 @@ static int run_mounts(struct ictx *c, json_t *mounts)
 			r = mount_json(c, &m, i, &o);
 		if (r == 0)
 			json_array_append_new(mounts, o);
+		if (r == 0 && !strcmp(m.type, "ssh"))
+			n_ssh++;
 		mount_spec_release(&m);
 	}
 	return r;
@@ -935,6 +965,27 @@ static json_t *env_array(const struct stage_state *s)
 	return a;
 }
 
+/*
+ * With an ssh mount, SSH_AUTH_SOCK names the first one's socket unless
+ * the stage sets it (BuildKit client/llb/exec.go: AddOrReplace only when
+ * env.Get("SSH_AUTH_SOCK") finds nothing).
+ */
+static void ssh_env(json_t *env, const json_t *mounts)
+{
+	json_t *v;
+	size_t i;
+
+	json_array_foreach(env, i, v)
+		if (!strncmp(json_string_value(v), "SSH_AUTH_SOCK=", 14))
+			return;
+	json_array_foreach(mounts, i, v)
+		if (!strcmp(json_string_value(json_object_get(v, "type")), "ssh")) {
+			json_array_append_new(env, json_sprintf("SSH_AUTH_SOCK=%s",
+								json_string_value(json_object_get(v, "target"))));
+			return;
+		}
+}
+
 /* BuildKit's history text: "|N K=v ... argv..." when the stage has ARGs. */
 static char *run_history(const struct stage_state *s, const json_t *argv)
 {
@@ -964,6 +1015,7 @@ int lower_run(struct ictx *c)
 	json_t *mounts = json_array(), *argv = NULL, *op, *user;
 	_cleanup_free_ char *id = op_id(c, NULL), *hist = NULL;
 	const char *net = NULL, *name;
+	json_t *env;
 	int r = check_flags(c, allowed);
 
 	if (r == 0 && c->ins->n_args == 0)
@@ -979,9 +1031,11 @@ int lower_run(struct ictx *c)
 		return r;
 	}
 	name = ins_name(c);
+	env = env_array(s);
+	ssh_env(env, mounts);
 	op = json_pack("{s:s, s:s, s:s, s:s, s:O, s:o, s:s, s:s}", "op", "exec", "name", name,
 		       "platform", s->platform, "input", tree_op(c->L, s), "args", argv,
-		       "env", env_array(s), "cwd", workdir_of(s), "network", net);
+		       "env", env, "cwd", workdir_of(s), "network", net);
 	user = json_object_get(image_config(s->image), "User");
 	if (json_is_string(user) && *json_string_value(user))
 		json_object_set(op, "user", user);
