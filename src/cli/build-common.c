@@ -64,6 +64,7 @@ int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		.no_cache = so->no_cache,
 		.secrets = so->secrets,
 		.n_secrets = so->n_secrets,
+		.ssh = so->ssh,
 	};
 	int r = kiln_remote_open(a->addr, a->token_file, &a->tls, &rm, err);
 

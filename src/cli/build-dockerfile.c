@@ -47,6 +47,7 @@ struct dfbuild {
 	size_t n_images;
 	struct kiln_secret secrets[MAX_LIST];
 	size_t n_secrets;
+	struct kiln_cli_ssh ssh;
 	struct kiln_export_spec specs[MAX_OUTPUTS + MAX_LIST];
 	size_t n_specs;
 	struct kiln_solve_result res;
@@ -642,6 +643,7 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 		.no_cache = b->a->no_cache,
 		.secrets = b->secrets,
 		.n_secrets = b->n_secrets,
+		.ssh = b->ssh.n ? &b->ssh.agents : NULL,
 	};
 
 	int r = kiln_cli_solve(b->a, &b->eng, b->def, &so, &b->res, err);
@@ -683,6 +685,7 @@ static void dfbuild_release(struct dfbuild *b)
 	kiln_image_tags_free(b->tags);
 	kiln_registry_free(b->registry);
 	kiln_engine_close(&b->eng);
+	kiln_cli_ssh_release(&b->ssh);
 }
 
 int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
@@ -696,6 +699,8 @@ int kiln_build_dockerfile(const struct build_args *a, struct kiln_error **err)
 	r = parse_specs(&b, err);
 	for (i = 0; r == 0 && i < a->n_secrets; i++)
 		r = load_secret(&b, a->secrets[i], err);
+	if (r == 0)
+		r = kiln_cli_ssh_open(a, &b.ssh, err);
 	if (r == 0)
 		r = kiln_cli_registry(a, &b.registry, err);
 	if (r == 0)

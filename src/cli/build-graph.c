@@ -20,12 +20,15 @@ int kiln_build_graph(const struct build_args *a, struct kiln_error **err)
 	_cleanup_free_ char *root = kiln_cli_default_root();
 	struct kiln_solve_options so = { 0 };
 	struct kiln_registry *reg = NULL;
+	struct kiln_cli_ssh ssh = { 0 };
 	size_t i;
 	int r = 0;
 
 	/* Check every flag before doing any work. */
 	for (i = 0; r == 0 && i < a->n_outputs; i++)
 		r = kiln_export_spec_parse(a->outputs[i], &specs[i], err);
+	if (r == 0)
+		r = kiln_cli_ssh_open(a, &ssh, err);
 	if (r == 0)
 		r = kiln_cli_registry(a, &reg, err);
 	if (r == 0)
@@ -44,6 +47,7 @@ int kiln_build_graph(const struct build_args *a, struct kiln_error **err)
 	so.progress = prog;
 	so.slots = a->slots;
 	so.no_cache = a->no_cache;
+	so.ssh = ssh.n ? &ssh.agents : NULL;
 	r = kiln_cli_solve(a, &eng, def, &so, &res, err);
 	for (i = 0; r == 0 && i < a->n_outputs; i++)
 		r = kiln_export_run(kiln_worker_store(eng.worker), &res.tree, &specs[i], err);
@@ -58,5 +62,6 @@ out:
 	kiln_definition_free(def);
 	kiln_engine_close(&eng);
 	kiln_registry_free(reg);
+	kiln_cli_ssh_release(&ssh);
 	return r;
 }

@@ -34,6 +34,9 @@ static void build_usage(FILE *f)
 		"                           RUN --mount=from=NAME: a DIR, docker-image://REF or\n"
 		"                           oci-layout://PATH[:TAG] (not with --addr); repeatable\n"
 		"  --secret id=ID,src=PATH  a secret for RUN --mount=type=secret (or id=ID,env=VAR)\n"
+		"  --ssh ID[=SOCKET|KEY[,KEY...]]\n"
+		"                           an ssh agent for RUN --mount=type=ssh,id=ID: a socket\n"
+		"                           (default $SSH_AUTH_SOCK) or key files; repeatable\n"
 		"  --insecure-registry HOST allow plain http to HOST (loopback is always allowed)\n"
 		"  --registry-endpoint R=H  send requests for registry R to HOST[:PORT] (a mirror, or the\n"
 		"                           API host of a registry whose name differs, e.g. docker.io)\n"
@@ -125,6 +128,7 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 		{ "tag", required_argument, NULL, 't' },
 		{ "push", no_argument, NULL, 'u' },
 		{ "secret", required_argument, NULL, 'S' },
+		{ "ssh", required_argument, NULL, 'H' },
 		{ "insecure-registry", required_argument, NULL, 'I' },
 		{ "addr", required_argument, NULL, 'A' },
 		{ "token-file", required_argument, NULL, 'K' },
@@ -160,6 +164,9 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			break;
 		case 'S':
 			q = add_list(a->secrets, &a->n_secrets, optarg, "--secret");
+			break;
+		case 'H':
+			q = add_list(a->ssh, &a->n_ssh, optarg, "--ssh");
 			break;
 		case 'I':
 			q = add_list(a->insecure, &a->n_insecure, optarg, "--insecure-registry");

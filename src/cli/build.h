@@ -9,6 +9,7 @@
 
 #include "basic/error.h"
 #include "proto/tls.h"
+#include "solver/job.h"
 #include "solver/progress.h"
 
 #define MAX_OUTPUTS 16
@@ -34,6 +35,8 @@ struct build_args {
 	bool push;
 	const char *secrets[MAX_LIST];
 	size_t n_secrets;
+	const char *ssh[MAX_LIST];       /* --ssh ID[=SOCKET|KEY[,KEY...]] */
+	size_t n_ssh;
 	const char *insecure[MAX_LIST];
 	size_t n_insecure;
 	const char *contexts[MAX_LIST];  /* --build-context NAME=VALUE, checked */
@@ -44,6 +47,23 @@ struct build_args {
 	const char *token_file; /* --token-file (else $KILN_TOKEN) */
 	struct kiln_tls tls;    /* --tls-ca/--tls-cert/--tls-key (else $KILN_TLS_*) */
 };
+
+/* The build's ssh agents (build-ssh.c): what --ssh names, by id. */
+struct kiln_cli_ssh {
+	char *ids[MAX_LIST];
+	char *socks[MAX_LIST]; /* the agent socket of each id */
+	size_t n;
+	pid_t pids[MAX_LIST];  /* ssh-agents started for key files */
+	size_t n_pids;
+	char *dir;             /* their private directory, or NULL */
+	struct kiln_ssh_agents agents; /* for the solve options */
+};
+
+/* Check and open every --ssh (starting agents for key files). */
+int kiln_cli_ssh_open(const struct build_args *a, struct kiln_cli_ssh *s,
+		      struct kiln_error **err);
+/* Kill the agents started, remove their directory. */
+void kiln_cli_ssh_release(struct kiln_cli_ssh *s);
 
 struct kiln_registry;
 

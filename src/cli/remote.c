@@ -1,7 +1,9 @@
 #include "cli/remote.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,7 +173,7 @@ static json_t *pin_contexts(struct kiln_remote *rm, const struct kiln_remote_bui
 /* ---- submit, follow, fetch ---- */
 
 static int submit(struct kiln_remote *rm, const struct kiln_remote_build *b, json_t *pins,
-		  char **id, struct kiln_error **err)
+		  char **id, char **ssh_token, struct kiln_error **err)
 {
 	_cleanup_free_ char *url = xasprintf("%s/v1/builds", rm->addr);
 	json_t *secrets = json_object(), *resp = NULL;
@@ -188,14 +190,114 @@ static int submit(struct kiln_remote *rm, const struct kiln_remote_build *b, jso
 	call.json = json_pack("{sssssssbsoso}", "graph", b->graph, "base_dir", b->base_dir,
 			      "platform", b->platform, "no_cache", b->no_cache, "pins",
 			      json_incref(pins), "secrets", secrets);
+	if (b->ssh) { /* the ids only: sockets and keys stay here */
+		json_t *ids = json_array();
+
+		for (i = 0; i < b->ssh->n_ids; i++)
+			json_array_append_new(ids, json_string(b->ssh->ids[i]));
+		json_object_set_new(call.json, "ssh", ids);
+	}
 	r = kiln_http_client_json(rm->http, &call, &resp, NULL, err);
 	json_decref(call.json);
 	if (r == 0 && !json_string_value(json_object_get(resp, "id")))
 		r = kiln_error_set(err, -EPROTO, "POST %s: no build id in the answer", url);
 	if (r == 0)
 		*id = xstrdup(json_string_value(json_object_get(resp, "id")));
+	if (r == 0 && b->ssh && !json_string_value(json_object_get(resp, "ssh_token")))
+		r = kiln_error_set(err, -EPROTO, "POST %s: kilnd took no --ssh agents", url);
+	if (r == 0 && b->ssh)
+		*ssh_token = xstrdup(json_string_value(json_object_get(resp, "ssh_token")));
 	json_decref(resp);
 	return r;
+}
+
+/*
+ * Answering the build's ssh agent requests (docs/api.md "SSH agent
+ * relay") while it runs: a thread long-polls kilnd with the answers to
+ * the last requests and gets the next ones.
+ */
+struct ssh_answerer {
+	struct kiln_remote *rm;
+	const char *id, *token;
+	const struct kiln_ssh_agents *ssh;
+	atomic_bool stop;
+	pthread_t thread;
+};
+
+static bool answerer_stopped(void *ud)
+{
+	struct ssh_answerer *sa = ud;
+
+	return atomic_load(&sa->stop);
+}
+
+/* The answer to one request: the agent's, or SSH_AGENT_FAILURE. */
+static json_t *answer_one(struct ssh_answerer *sa, json_t *q)
+{
+	const char *id = json_string_value(json_object_get(q, "id"));
+	const char *data = json_string_value(json_object_get(q, "data"));
+	static const uint8_t failure[1] = { KILN_SSH_AGENT_FAILURE };
+	_cleanup_free_ uint8_t *msg = NULL, *resp = NULL;
+	_cleanup_free_ char *enc = NULL;
+	size_t len = 0, rlen = 0;
+
+	if (id && data)
+		msg = (uint8_t *)kiln_base64_decode(data, &len);
+	if (!msg || !kiln_ssh_agents_has(sa->ssh, id) ||
+	    sa->ssh->relay(sa->ssh->ud, id, msg, len, &resp, &rlen) < 0)
+		enc = kiln_base64_encode(failure, sizeof(failure));
+	else
+		enc = kiln_base64_encode(resp, rlen);
+	return json_pack("{sOss}", "n", json_object_get(q, "n"), "data", enc);
+}
+
+static void *answerer_main(void *ud)
+{
+	struct ssh_answerer *sa = ud;
+	_cleanup_free_ char *url = xasprintf("%s/v1/builds/%s/ssh", sa->rm->addr, sa->id);
+	json_t *answers = json_array();
+
+	while (!atomic_load(&sa->stop)) {
+		_cleanup_error_ struct kiln_error *err = NULL;
+		struct kiln_http_call call = {
+			.method = "POST", .url = url, .token = sa->rm->token,
+			.json = json_pack("{ssso}", "token", sa->token, "answers", answers),
+			.timeout_ms = EVENTS_TIMEOUT_MS, .abandon = answerer_stopped,
+			.abandon_ud = sa,
+		};
+		json_t *resp = NULL, *q;
+		size_t i;
+		int r = kiln_http_client_json(sa->rm->http, &call, &resp, NULL, &err);
+
+		json_decref(call.json);
+		answers = json_array();
+		if (r < 0) {
+			/* Those asking time out; the build goes on. */
+			if (!atomic_load(&sa->stop))
+				sleep(1);
+			continue;
+		}
+		json_array_foreach(json_object_get(resp, "requests"), i, q)
+			json_array_append_new(answers, answer_one(sa, q));
+		if (json_is_true(json_object_get(resp, "ended")))
+			atomic_store(&sa->stop, true);
+		json_decref(resp);
+	}
+	json_decref(answers);
+	return NULL;
+}
+
+static void answerer_start(struct ssh_answerer *sa)
+{
+	atomic_init(&sa->stop, false);
+	if (pthread_create(&sa->thread, NULL, answerer_main, sa) != 0)
+		abort(); /* only without memory */
+}
+
+static void answerer_stop(struct ssh_answerer *sa)
+{
+	atomic_store(&sa->stop, true);
+	pthread_join(sa->thread, NULL);
 }
 
 /* The first SIGINT or SIGTERM while a build runs on kilnd (0: none). */
@@ -370,7 +472,8 @@ static int take_result(struct kiln_remote *rm, struct kiln_store *st, json_t *st
 int kiln_remote_solve(struct kiln_remote *rm, const struct kiln_remote_build *b,
 		      struct kiln_solve_result *out, struct kiln_error **err)
 {
-	_cleanup_free_ char *id = NULL;
+	_cleanup_free_ char *id = NULL, *ssh_token = NULL;
+	struct ssh_answerer sa = { .rm = rm, .ssh = b->ssh };
 	json_t *pins, *state = NULL;
 	int r;
 
@@ -378,14 +481,20 @@ int kiln_remote_solve(struct kiln_remote *rm, const struct kiln_remote_build *b,
 	pins = pin_contexts(rm, b, err);
 	if (!pins)
 		return (*err)->code;
-	r = submit(rm, b, pins, &id, err);
+	r = submit(rm, b, pins, &id, &ssh_token, err);
 	json_decref(pins);
 	if (r == 0) {
 		struct sigaction old[2];
 
+		sa.id = id;
+		sa.token = ssh_token;
+		if (ssh_token)
+			answerer_start(&sa);
 		catch_interrupts(old);
 		r = follow(rm, id, b->progress, err);
 		restore_interrupts(old);
+		if (ssh_token)
+			answerer_stop(&sa);
 		/* One that came after the last look: the build ended, but stop. */
 		if (r == 0 && interrupted)
 			r = kiln_error_set(err, -EINTR, "interrupted");

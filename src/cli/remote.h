@@ -38,6 +38,8 @@ struct kiln_remote_build {
 	bool no_cache;
 	const struct kiln_secret *secrets;
 	size_t n_secrets;
+	/* kiln build --ssh: the ids go to kilnd, requests come back (NULL: none) */
+	const struct kiln_ssh_agents *ssh;
 };
 
 /* Solve b on kilnd; *out as kiln_solve() fills it, its trees local. */
