@@ -386,7 +386,7 @@ static int serve(struct agent *a, struct kiln_error **err)
 		kiln_worker_root(a->worker), "inventory");
 	struct kiln_jobs_options jo = { .worker = a->worker, .token = a->token,
 					.inventory_path = inventory, .tls = &a->o.tls,
-					.registry = a->registry };
+					.registry = a->registry, .controller = a->base };
 	int r;
 
 	r = kiln_http_server_new(&ho, &a->http, err);

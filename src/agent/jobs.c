@@ -260,6 +260,7 @@ struct kiln_jobs {
 	struct kiln_inventory *inv;
 	struct kiln_http_client *client;
 	struct kiln_registry *registry;
+	const char *controller;
 	pthread_mutex_t lock; /* defs, tick, running */
 	pthread_cond_t idle;  /* running dropped to 0 */
 	struct def_entry *defs[KILN_JOBS_DEF_CACHE];
@@ -282,6 +283,9 @@ struct job_req {
 	size_t n_sources;
 	struct kiln_secret *secrets;
 	size_t n_secrets;
+	const char *ssh_session; /* "ssh": the session at kilnd, or NULL */
+	const char **ssh_ids;
+	size_t n_ssh_ids;
 	uint64_t *pulled; /* verified bytes per source, this job */
 	bool stream;      /* answer with JSON lines (struct live) */
 };
@@ -428,6 +432,7 @@ static void req_release(struct job_req *q)
 		free((void *)q->secrets[i].data);
 	}
 	free(q->secrets);
+	free(q->ssh_ids);
 	free(q->pulled);
 }
 
@@ -559,6 +564,34 @@ static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **er
 	return r;
 }
 
+/*
+ * "ssh": {"session": S, "ids": [...]}: the agents the build's client
+ * declared that this op mounts, reached through kilnd with S.
+ */
+static int parse_ssh(const json_t *j, struct job_req *q, struct kiln_error **err)
+{
+	json_t *o = json_object_get(j, "ssh"), *ids, *v;
+	size_t i;
+
+	if (!o)
+		return 0;
+	q->ssh_session = json_string_value(json_object_get(o, "session"));
+	ids = json_object_get(o, "ids");
+	if (!json_is_object(o) || !q->ssh_session || strspn(q->ssh_session, "0123456789abcdef") != 32 ||
+	    q->ssh_session[32] || !json_is_array(ids) || json_array_size(ids) > KILN_JOBS_MAX_SECRETS)
+		return kiln_error_set(err, -EINVAL,
+				      "\"ssh\": expected {\"session\": 32 hex, \"ids\": [at most %u ids]}",
+				      KILN_JOBS_MAX_SECRETS);
+	q->ssh_ids = xcalloc(json_array_size(ids) + 1, sizeof(*q->ssh_ids));
+	json_array_foreach(ids, i, v) {
+		if (!json_is_string(v) || !*json_string_value(v) ||
+		    strlen(json_string_value(v)) > SECRET_ID_MAX)
+			return kiln_error_set(err, -EINVAL, "\"ssh\".ids[%zu]: not an id", i);
+		q->ssh_ids[q->n_ssh_ids++] = json_string_value(v);
+	}
+	return 0;
+}
+
 static int parse_req(const json_t *j, const char *token, struct job_req *q,
 		     struct kiln_error **err)
 {
@@ -575,6 +608,8 @@ static int parse_req(const json_t *j, const char *token, struct job_req *q,
 		r = parse_sources(j, token, q, err);
 	if (r == 0)
 		r = parse_secrets(j, q, err);
+	if (r == 0)
+		r = parse_ssh(j, q, err);
 	return r;
 }
 
@@ -694,14 +729,53 @@ static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln
 	return r;
 }
 
+/* Where a job's ssh agent requests go: kilnd, for the client to answer. */
+struct ssh_via_kilnd {
+	struct kiln_jobs *j;
+	const char *session;
+};
+
+static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len, uint8_t **resp,
+		     size_t *resp_len)
+{
+	const struct ssh_via_kilnd *v = ud;
+	_cleanup_free_ char *url = xasprintf("%s/v1/ssh/%s", v->j->controller, v->session);
+	_cleanup_free_ char *enc = kiln_base64_encode(msg, len);
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_http_call call = {
+		.method = "POST", .url = url, .token = v->j->token,
+		.json = json_pack("{ssss}", "id", id, "data", enc),
+		/* kilnd answers within its 30 s; a little more for the way */
+		.timeout_ms = KILN_SSH_AGENT_TIMEOUT_MS + 5000,
+		.limit = KILN_SSH_AGENT_MSG_MAX * 2,
+	};
+	const char *data;
+	json_t *o = NULL;
+	int r = kiln_http_client_json(v->j->client, &call, &o, NULL, &err);
+
+	json_decref(call.json);
+	if (r < 0) {
+		log_debug("kiln-worker: ssh agent request for '%s': %s", id, kiln_error_msg(err));
+		return r;
+	}
+	data = json_string_value(json_object_get(o, "data"));
+	*resp = data ? (uint8_t *)kiln_base64_decode(data, resp_len) : NULL;
+	json_decref(o);
+	return *resp ? 0 : -EPROTO;
+}
+
 static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definition *def,
 	       const struct job_sink *to, struct kiln_job_result *res, struct kiln_error **err)
 {
+	struct ssh_via_kilnd via = { .j = j, .session = q->ssh_session };
+	struct kiln_ssh_agents ssh = { .ids = q->ssh_ids, .n_ids = q->n_ssh_ids,
+				       .relay = ssh_relay, .ud = &via };
 	struct kiln_job job = {
 		.def = def, .op = q->op, .inputs = q->inputs,
 		.pin = q->has_pin ? &q->pin : NULL, .chain = q->chain,
 		.n_chain = q->n_chain, .registry = j->registry,
 		.secrets = q->secrets, .n_secrets = q->n_secrets,
+		.ssh = q->ssh_session && j->controller ? &ssh : NULL,
 		.output = to->output, .output_ud = to->ud,
 		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};
@@ -1108,6 +1182,7 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	j->store = kiln_worker_store(opts->worker);
 	j->token = opts->token;
 	j->registry = opts->registry;
+	j->controller = opts->controller;
 	j->client = kiln_http_client_new(&(struct kiln_http_client_options){
 		.tls = opts->tls });
 	r = kiln_inventory_open(opts->inventory_path, j->store, &j->inv, err);

@@ -84,6 +84,12 @@ struct kiln_jobs_options {
 	 * must outlive the service; NULL: such jobs fail).
 	 */
 	struct kiln_registry *registry;
+	/*
+	 * kilnd's base URL (borrowed): where a job's ssh agent requests go
+	 * (POST /v1/ssh/<session>, docs/api.md). NULL: such jobs' ssh mounts
+	 * get no agent.
+	 */
+	const char *controller;
 };
 
 /*

@@ -18,6 +18,8 @@
 #include "basic/log.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
+#include "kilnd/ssh-relay.h"
 #include "solver/progress.h"
 #include "solver/solve.h"
 
@@ -32,6 +34,9 @@
 #define KEEP_NS (600ull * 1000000000ull)
 /* Jobs in flight per build (each worker's slots bound the real work). */
 #define BUILD_SLOTS 256u
+/* kiln build --ssh: ids per build, bytes per id. */
+#define MAX_SSH_IDS 64u
+#define SSH_ID_MAX 256u
 
 struct build {
 	char id[17];
@@ -44,6 +49,9 @@ struct build {
 	size_t n_pins;
 	struct kiln_secret *secrets;
 	size_t n_secrets;
+	char **ssh_ids; /* the ssh agents its client declared (names only) */
+	size_t n_ssh_ids;
+	struct kiln_ssh_agents ssh;
 	bool no_cache;
 	struct kiln_sched_build sb;
 	pthread_t thread;
@@ -63,6 +71,7 @@ struct kiln_builds {
 	struct kiln_store *store;
 	struct kiln_cache *cache;
 	struct kiln_registry *registry;
+	struct kiln_ssh_relay *relay;
 	pthread_mutex_t lock;
 	struct build *builds[MAX_BUILDS];
 	size_t n;
@@ -77,6 +86,7 @@ struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store 
 	b->store = store;
 	b->cache = cache;
 	b->registry = registry;
+	b->relay = kiln_ssh_relay_new();
 	pthread_mutex_init(&b->lock, NULL);
 	return b;
 }
@@ -96,6 +106,7 @@ static void build_free(struct build *bd)
 		free((void *)bd->secrets[i].data);
 	}
 	free(bd->secrets);
+	kiln_strv_free(bd->ssh_ids, bd->n_ssh_ids);
 	kiln_strbuf_release(&bd->events);
 	json_decref(bd->state);
 	pthread_cond_destroy(&bd->cond);
@@ -113,6 +124,7 @@ void kiln_builds_free(struct kiln_builds *b)
 		pthread_join(b->builds[i]->thread, NULL);
 		build_free(b->builds[i]);
 	}
+	kiln_ssh_relay_free(b->relay);
 	pthread_mutex_destroy(&b->lock);
 	free(b);
 }
@@ -192,6 +204,7 @@ static void *build_main(void *ud)
 		.no_cache = bd->no_cache,
 		.secrets = bd->secrets,
 		.n_secrets = bd->n_secrets,
+		.ssh = bd->n_ssh_ids ? &bd->ssh : NULL,
 		.cancelled = build_cancelled,
 		.cancelled_ud = bd,
 	};
@@ -201,6 +214,7 @@ static void *build_main(void *ud)
 
 	kiln_sched_executor(&bd->sb, &ex);
 	r = kiln_solve(bd->def, &so, &res, &err);
+	kiln_ssh_relay_end_build(b->relay, bd->id);
 	pthread_mutex_lock(&bd->lock);
 	bd->solved = true;
 	pthread_mutex_unlock(&bd->lock);
@@ -287,6 +301,31 @@ static int parse_secrets(struct build *bd, json_t *o, struct kiln_error **err)
 	return 0;
 }
 
+/* "ssh": the ids of the client's --ssh flags; never a socket or a key. */
+static int parse_ssh(struct build *bd, json_t *a, struct kiln_error **err)
+{
+	json_t *v;
+	size_t i;
+
+	if (!a)
+		return 0;
+	if (!json_is_array(a) || json_array_size(a) > MAX_SSH_IDS)
+		return kiln_error_set(err, -EINVAL, "\"ssh\": expected an array of at most %u ids",
+				      MAX_SSH_IDS);
+	bd->ssh_ids = xcalloc(json_array_size(a) + 1, sizeof(char *));
+	json_array_foreach(a, i, v) {
+		const char *id = json_string_value(v);
+
+		if (!id || !*id || strlen(id) > SSH_ID_MAX)
+			return kiln_error_set(err, -EINVAL, "\"ssh\"[%zu]: expected an id of 1-%u bytes",
+					      i, SSH_ID_MAX);
+		bd->ssh_ids[bd->n_ssh_ids++] = xstrdup(id);
+	}
+	bd->ssh = (struct kiln_ssh_agents){ .ids = (const char *const *)bd->ssh_ids,
+					    .n_ids = bd->n_ssh_ids };
+	return 0;
+}
+
 static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 			struct kiln_error **err)
 {
@@ -323,6 +362,8 @@ static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 	if (r == 0)
 		r = parse_secrets(bd, json_object_get(body, "secrets"), err);
 	if (r == 0)
+		r = parse_ssh(bd, json_object_get(body, "ssh"), err);
+	if (r == 0)
 		/* Workers fetch the graph from kilnd, like any blob. */
 		r = kiln_store_put_buf(b->store, bd->graph, strlen(bd->graph), &bd->sb.graph,
 				       err);
@@ -334,8 +375,9 @@ static int handle_submit(const struct kiln_http_server_req *req,
 {
 	struct kiln_builds *b = ud;
 	_cleanup_error_ struct kiln_error *err = NULL;
-	_cleanup_free_ char *id = kiln_random_hex(8);
+	_cleanup_free_ char *id = kiln_random_hex(8), *ssh_token = NULL;
 	struct build *bd = xcalloc(1, sizeof(*bd));
+	json_t *o;
 
 	snprintf(bd->id, sizeof(bd->id), "%s", id);
 	bd->owner = b;
@@ -349,10 +391,20 @@ static int handle_submit(const struct kiln_http_server_req *req,
 	}
 	bd->sb.sched = b->sched;
 	bd->sb.platform = bd->platform;
+	bd->sb.id = bd->id;
+	bd->sb.relay = b->relay;
+	if (bd->n_ssh_ids &&
+	    !(ssh_token = kiln_ssh_relay_add_build(b->relay, bd->id,
+						   (const char *const *)bd->ssh_ids, bd->n_ssh_ids))) {
+		build_free(bd);
+		kiln_http_resp_error(resp, 503, "too many builds with ssh agents");
+		return 0;
+	}
 	kiln_builds_sweep(b);
 	pthread_mutex_lock(&b->lock);
 	if (b->n == MAX_BUILDS) {
 		pthread_mutex_unlock(&b->lock);
+		kiln_ssh_relay_end_build(b->relay, bd->id);
 		build_free(bd);
 		kiln_http_resp_error(resp, 503, "too many builds (%u kept)", MAX_BUILDS);
 		return 0;
@@ -362,7 +414,10 @@ static int handle_submit(const struct kiln_http_server_req *req,
 	b->builds[b->n++] = bd;
 	pthread_mutex_unlock(&b->lock);
 	log_info("build %s: %zu ops submitted", bd->id, bd->def->n_ops);
-	kiln_http_resp_json(resp, 201, json_pack("{ss}", "id", bd->id));
+	o = json_pack("{ss}", "id", bd->id);
+	if (ssh_token) /* only its client can answer for the build's agents */
+		json_object_set_new(o, "ssh_token", json_string(ssh_token));
+	kiln_http_resp_json(resp, 201, o);
 	return 0;
 }
 
@@ -498,7 +553,7 @@ static int handle_cancel(const struct kiln_http_server_req *req,
 }
 
 int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
-		       const char *token)
+		       const char *token, const char *worker_token)
 {
 	const struct kiln_http_route routes[] = {
 		{ "POST", "/v1/builds", handle_submit, b, SUBMIT_BODY_LIMIT, true, false, token,
@@ -514,5 +569,5 @@ int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
 		if (r < 0)
 			return r;
 	}
-	return 0;
+	return kiln_ssh_relay_routes(b->relay, http, worker_token, token);
 }

@@ -8,6 +8,8 @@
  *   POST /v1/builds                 submit: {"id": ...}
  *   GET  /v1/builds/<id>/events     progress bytes from ?from=OFFSET
  *   GET  /v1/builds/<id>            state and, once done, the result
+ *   POST /v1/builds/<id>/ssh        the client answers ssh agent requests
+ *   POST /v1/ssh/<session>          a worker asks them (kilnd/ssh-relay.h)
  */
 #pragma once
 
@@ -29,8 +31,11 @@ struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store 
 				    struct kiln_cache *cache, struct kiln_registry *registry);
 /* Waits for running builds to end. */
 void kiln_builds_free(struct kiln_builds *b);
-/* Add the routes (client token) to http before it starts. */
+/*
+ * Add the routes to http before it starts: the clients' with token, the
+ * ssh relay's workers' side with worker_token.
+ */
 int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
-		       const char *token);
+		       const char *token, const char *worker_token);
 /* Forget builds that ended long ago (called periodically). */
 void kiln_builds_sweep(struct kiln_builds *b);

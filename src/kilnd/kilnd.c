@@ -221,7 +221,7 @@ static int add_routes(struct kilnd *d)
 		if (r < 0)
 			return r;
 	}
-	r = kiln_builds_routes(d->builds, d->http, d->client_token);
+	r = kiln_builds_routes(d->builds, d->http, d->client_token, d->worker_token);
 	if (r == 0)
 		r = kiln_peer_server_new(d->http, d->store, &po, &d->peer, &err);
 	return r;

@@ -18,6 +18,7 @@
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
+#include "kilnd/ssh-relay.h"
 #include "peer/peer.h"
 
 /* Most placements of one job (each failed one marks its worker lost). */
@@ -134,8 +135,41 @@ static bool is_worker_url(const struct kiln_sched *s, const char *url)
 
 /* ---- one attempt on one worker ---- */
 
+/*
+ * The op's ssh agents its build's client declared: {"session", "ids"}
+ * (docs/api.md), or NULL. Ids the client did not declare are left out:
+ * the worker then skips an optional mount and fails a required one.
+ */
+static json_t *job_ssh(const struct kiln_task *t, const char *session)
+{
+	const struct kiln_op *op = &t->job.def->ops[t->job.op];
+	json_t *ids = json_array();
+	size_t i;
+
+	for (i = 0; i < op->n_mounts; i++)
+		if (op->mounts[i].kind == KILN_DEF_MOUNT_SSH &&
+		    kiln_ssh_agents_has(t->job.ssh, op->mounts[i].cache_id))
+			json_array_append_new(ids, json_string(op->mounts[i].cache_id));
+	if (!session || !json_array_size(ids)) {
+		json_decref(ids);
+		return NULL;
+	}
+	return json_pack("{ssso}", "session", session, "ids", ids);
+}
+
+static bool uses_ssh(const struct kiln_task *t)
+{
+	const struct kiln_op *op = &t->job.def->ops[t->job.op];
+	size_t i;
+
+	for (i = 0; t->job.ssh && i < op->n_mounts; i++)
+		if (op->mounts[i].kind == KILN_DEF_MOUNT_SSH)
+			return true;
+	return false;
+}
+
 static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
-			const struct sources *ss)
+			const struct sources *ss, const char *ssh_session)
 {
 	const struct kiln_op *op = &t->job.def->ops[t->job.op];
 	json_t *o = json_object(), *a;
@@ -176,6 +210,9 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 			}
 	}
 	json_object_set_new(o, "secrets", a);
+	a = job_ssh(t, ssh_session);
+	if (a)
+		json_object_set_new(o, "ssh", a);
 	return o;
 }
 
@@ -305,6 +342,9 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 		.abandon_ud = &watch,
 	};
 	struct sources ss = { 0 };
+	/* The ssh agent session lives as long as this attempt. */
+	_cleanup_free_ char *ssh = b->relay && uses_ssh(t) ? kiln_ssh_relay_open(b->relay, b->id)
+							   : NULL;
 	json_t *resp = NULL;
 	const char *msg;
 	long status;
@@ -314,9 +354,10 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 	for (i = 0; i < op->n_inputs; i++)
 		add_holders(s, &ss, &t->job.inputs[i], w->name);
 	add_source(&ss, s->self_url, s->token);
-	call.json = job_body(b, t, &ss);
+	call.json = job_body(b, t, &ss, ssh);
 	tr = kiln_http_client_do(s->http, &call, &res, &terr);
 	json_decref(call.json);
+	kiln_ssh_relay_close(b->relay, ssh);
 	if (tr == 0 && res.status == 200 && (!js.answer || js.line.len))
 		snprintf(js.why, sizeof(js.why), "%s", js.answer ? "bytes after the answer"
 								 : "it ended before the answer");

@@ -20,6 +20,7 @@
 #include "solver/solve.h"
 
 struct kiln_sched;
+struct kiln_ssh_relay;
 
 /*
  * worker_token: the token jobs and pulls carry; tls (may be NULL): the CA
@@ -39,6 +40,9 @@ struct kiln_sched_build {
 	struct kiln_sched *sched;
 	struct kiln_digest graph;
 	const char *platform;
+	/* Its ssh agent requests go through relay (NULL: none), by build id. */
+	const char *id;
+	struct kiln_ssh_relay *relay;
 	/*
 	 * Set by whoever cancels the build: jobs in flight are given up (their
 	 * workers are not blamed) and no new one is placed.

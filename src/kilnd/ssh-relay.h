@@ -1,0 +1,48 @@
+/*
+ * kilnd's relay of ssh agent requests for RUN --mount=type=ssh in a
+ * cluster (docs/api.md "SSH agent relay"). The agent protocol is strictly
+ * request/response, so each message a step sends travels as one HTTP
+ * exchange each way:
+ *
+ *   worker  POST /v1/ssh/<session>      {"id", "data"} → waits for {"data"}
+ *   client  POST /v1/builds/<id>/ssh    {"token", "answers"} → {"requests"}
+ *
+ * A session is opened for one job attempt of a build whose client
+ * declared ssh ids (kiln build --ssh), travels to the worker inside the
+ * job, and is closed when the attempt ends: a worker can only ask for a
+ * build it is running a job of, and only for the ids the client declared.
+ * The client answers with the token kilnd gave it at submit: only the
+ * submitting client answers for its build. Everything is bounded: message
+ * sizes (KILN_SSH_AGENT_MSG_MAX), requests pending per build and in all,
+ * and time (a request unanswered for 30 s fails, and the step reads
+ * SSH_AGENT_FAILURE). Only allowed requests and answers pass
+ * (worker/ssh-agent.h), so neither side can widen what the other does.
+ */
+#pragma once
+
+#include <stddef.h>
+
+#include "proto/http-server.h"
+
+struct kiln_ssh_relay;
+
+struct kiln_ssh_relay *kiln_ssh_relay_new(void);
+/* After the HTTP server stopped. Accepts NULL. */
+void kiln_ssh_relay_free(struct kiln_ssh_relay *r);
+
+/*
+ * Build id's client declared ids: the token its client answers with (32
+ * hex, the caller frees it), or NULL when the table is full.
+ */
+char *kiln_ssh_relay_add_build(struct kiln_ssh_relay *r, const char *build,
+			       const char *const *ids, size_t n_ids);
+/* The build's steps are over: its requests fail, its sessions close. */
+void kiln_ssh_relay_end_build(struct kiln_ssh_relay *r, const char *build);
+
+/* A session for one job of build (the caller frees it), or NULL. */
+char *kiln_ssh_relay_open(struct kiln_ssh_relay *r, const char *build);
+void kiln_ssh_relay_close(struct kiln_ssh_relay *r, const char *session);
+
+/* The two routes: the workers' (worker token) and the clients' (client token). */
+int kiln_ssh_relay_routes(struct kiln_ssh_relay *r, struct kiln_http_server *http,
+			  const char *worker_token, const char *client_token);
