@@ -22,7 +22,7 @@ apt-get install -y -qq --no-install-recommends \
 	libarchive-dev libzstd-dev zlib1g-dev libmicrohttpd-dev libgnutls28-dev libcmocka-dev \
 	runc uidmap busybox-static \
 	qemu-user-static binfmt-support \
-	ca-certificates curl jq sqlite3 file python3 git \
+	ca-certificates curl jq sqlite3 file python3 git openssh-client gcc-aarch64-linux-gnu \
 	docker-registry skopeo umoci apache2-utils openssl gettext-base bzip2 hyperfine \
 	>/dev/null
 

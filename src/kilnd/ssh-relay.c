@@ -56,6 +56,7 @@ struct rbuild {
 	struct request *pending[MAX_PENDING_BUILD];
 	size_t n_pending;
 	uint64_t next_n;
+	unsigned waiters; /* client exchanges waiting on it */
 	bool ended;
 };
 
@@ -143,7 +144,7 @@ static void sweep(struct kiln_ssh_relay *r)
 
 	while (i < r->n_builds) {
 		struct rbuild *b = r->builds[i];
-		bool used = b->n_pending > 0;
+		bool used = b->n_pending > 0 || b->waiters > 0;
 
 		for (k = 0; !used && k < r->n_sessions; k++)
 			used = r->sessions[k].b == b;
@@ -405,8 +406,12 @@ static int handle_exchange(const struct kiln_http_server_req *req,
 	json_array_foreach(answers, i, a)
 		take_answer(r, b, a);
 	pthread_cond_broadcast(&r->cond);
+	b->waiters++;
 	reqs = take_requests(r, b);
+	b->waiters--;
 	ended = b->ended;
+	if (ended)
+		sweep(r);
 	pthread_mutex_unlock(&r->lock);
 	kiln_http_resp_json(resp, 200, json_pack("{sosb}", "requests", reqs, "ended", ended));
 	return 0;

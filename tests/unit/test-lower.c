@@ -977,6 +977,46 @@ static void test_copy_parents(void **state)
 	lower_fails("FROM alpine\nCOPY --parents a/./ /b/\n", "nothing after the pivot");
 }
 
+/* BuildKit convert_ssh.go / llb exec.go: defaults, SSH_AUTH_SOCK, only ids. */
+static void test_run_ssh(void **state)
+{
+	struct res *res = lower_ok("FROM alpine\n"
+				   "RUN --mount=type=ssh --mount=type=ssh,id=gh,required=true,mode=0640,uid=1 a\n"
+				   "ENV SSH_AUTH_SOCK=/mine\n"
+				   "RUN --mount=type=ssh,target=/s b\n",
+				   NULL);
+	json_t *o1 = op(res, res->imgs[0].layer_ops[0]), *o2 = op(res, res->imgs[0].layer_ops[1]);
+	json_t *m0 = json_array_get(json_object_get(o1, "mounts"), 0);
+	json_t *m1 = json_array_get(json_object_get(o1, "mounts"), 1);
+	const struct kiln_def_mount *d1 = &dop(res, res->imgs[0].layer_ops[0])->mounts[1];
+	json_t *e;
+	size_t i;
+	int found = 0;
+
+	(void)state;
+	assert_string_equal(sget(m0, "id"), "default");
+	assert_string_equal(sget(m0, "target"), "/run/buildkit/ssh_agent.0");
+	assert_null(json_object_get(m0, "required"));
+	assert_string_equal(sget(m1, "id"), "gh");
+	assert_string_equal(sget(m1, "target"), "/run/buildkit/ssh_agent.1");
+	assert_true(d1->required);
+	assert_int_equal(d1->mode, 0640);
+	assert_int_equal(d1->uid, 1);
+	assert_int_equal(dop(res, res->imgs[0].layer_ops[0])->mounts[0].mode, 0600);
+	json_array_foreach(json_object_get(o1, "env"), i, e)
+		found += !strcmp(json_string_value(e), "SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0");
+	assert_int_equal(found, 1);
+	/* a stage's own SSH_AUTH_SOCK stays */
+	found = 0;
+	json_array_foreach(json_object_get(o2, "env"), i, e)
+		found += !strncmp(json_string_value(e), "SSH_AUTH_SOCK=", 14);
+	assert_int_equal(found, 1);
+	res_free(res);
+	lower_fails("FROM alpine\nRUN --mount=type=ssh,source=/x a\n",
+		    "option 'source' does not apply to type=ssh");
+	lower_fails("FROM alpine\nRUN --mount=type=ssh,id= a\n", "id= is empty");
+}
+
 static void test_run_secret_env(void **state)
 {
 	struct res *res = lower_ok("FROM alpine\n"
@@ -1451,6 +1491,7 @@ int main(void)
 		cmocka_unit_test(test_context_name),
 		cmocka_unit_test(test_copy_exclude),
 		cmocka_unit_test(test_run_secret_env),
+		cmocka_unit_test(test_run_ssh),
 		cmocka_unit_test(test_copy_parents),
 	};
 

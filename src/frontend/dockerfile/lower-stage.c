@@ -979,7 +979,7 @@ static void ssh_env(json_t *env, const json_t *mounts)
 		if (!strncmp(json_string_value(v), "SSH_AUTH_SOCK=", 14))
 			return;
 	json_array_foreach(mounts, i, v)
-		if (!strcmp(json_string_value(json_object_get(v, "type")), "ssh")) {
+		if (!strcmp(json_string_value(json_object_get(v, "type")) ?: "", "ssh")) {
 			json_array_append_new(env, json_sprintf("SSH_AUTH_SOCK=%s",
 								json_string_value(json_object_get(v, "target"))));
 			return;
