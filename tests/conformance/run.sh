@@ -18,13 +18,33 @@
 # then sees the linux/amd64 image. With SOURCE_DATE_EPOCH fixed, the OCI
 # archives of the modes must be byte-identical; where they are not, the
 # difference is shown blob by blob.
-# Usage: [KILN_CONFORMANCE_MODES="embedded cluster"] run.sh [CASE...]
+#
+# Goldens: every case that builds an image also holds, for each platform
+# it builds, the file list of the layers the build added to its base
+# (expect-files) and the image config (expect-config), which
+# image-list.py computes from the OCI archive (its header has the
+# format). One file serves every platform when they are the same;
+# otherwise there is one per platform, suffixed with its name
+# (expect-files.linux_amd64, expect-files.linux_arm64; the name the local
+# exporter gives the platform's directory); $HTTP, $GIT, $REGISTRY,
+# $CASE and $LAYOUT, which change from run to run, appear in them as
+# ${HTTP}, .... Each mode's archive is listed and compared; a difference
+# is shown as a unified diff (- golden, + actual) naming the case, mode
+# and platform. With
+# KILN_CONFORMANCE_UPDATE=1 the first mode writes the goldens of the
+# cases run instead (the other modes then compare against them): review
+# the diff before committing it (tests/conformance/README.md).
+# Usage: [KILN_CONFORMANCE_MODES="embedded cluster"] [KILN_CONFORMANCE_UPDATE=1]
+#        run.sh [CASE...]
 set -euo pipefail
 : "${KILN_SOURCE_ROOT:?KILN_SOURCE_ROOT must name the source tree (meson test sets it)}"
 . "$KILN_SOURCE_ROOT/tests/integration/lib.sh"
 . "$KILN_SOURCE_ROOT/tests/integration/registry-lib.sh"
 
 CASES="$KILN_SOURCE_ROOT/tests/conformance/cases"
+LISTER="$KILN_SOURCE_ROOT/tests/conformance/image-list.py"
+UPDATE=${KILN_CONFORMANCE_UPDATE:-}
+case "$UPDATE" in '' | 0) UPDATE= ;; 1) ;; *) fail "KILN_CONFORMANCE_UPDATE=$UPDATE: want 1 (write the goldens) or 0" ;; esac
 PLATFORMS=linux/amd64,linux/arm64
 BUILD_TIMEOUT=${KILN_CONFORMANCE_BUILD_TIMEOUT:-300}
 read -ra MODES <<<"${KILN_CONFORMANCE_MODES:-embedded cluster}"
@@ -217,6 +237,78 @@ expect_fragments() { # NAME MODE FILE WHAT
 	done <"$3"
 }
 
+# Write the goldens of case DIR from the lists in LIST (image-list.py's
+# output) for the platforms PLATS: one shared file per kind when every
+# platform has the same, else one per platform.
+goldens_write() { # DIR LIST PLATS...
+	local dir=$1 list=$2 kind p first same
+	shift 2
+	for kind in files config; do
+		rm -f "$dir/expect-$kind" "$dir/expect-$kind".*
+		first=$1 same=1
+		for p in "$@"; do
+			cmp -s "$list/$kind.$first" "$list/$kind.$p" || same=
+		done
+		if [ -n "$same" ]; then
+			cp "$list/$kind.$first" "$dir/expect-$kind"
+		else
+			for p in "$@"; do cp "$list/$kind.$p" "$dir/expect-$kind.$p"; done
+		fi
+	done
+}
+
+# The file list of the built layers and the config of each platform of
+# OUT/image.tar against the goldens of case DIR (or, in update mode and
+# the first mode, written to them).
+goldens_check() { # NAME MODE DIR OUT
+	local name=$1 mode=$2 dir=$3 out=$4 list=$4/list plats=() p kind g rc=0
+	rm -rf "$list"
+	# What changes from run to run (ports, this checkout's path) is
+	# written as ${NAME}.
+	python3 "$LISTER" "$out/image.tar" "$LAYOUT" "$list" "CASE=$dir" "LAYOUT=$LAYOUT" \
+		"HTTP=$HTTP" "GIT=$GIT" "REGISTRY=$REGISTRY" >"$out/platforms" || {
+		echo "case $name ($mode): cannot list the images of $out/image.tar" >&2
+		return 1
+	}
+	mapfile -t plats <"$out/platforms"
+	# The images are those of the platforms asked for, named as asked
+	# (linux/arm64 is linux_arm64, with no variant, as in BuildKit).
+	if [ "$(printf '%s\n' "${plats[@]}" | sort)" != "$(printf '%s\n' "${WANT_PLATFORMS[@]}" | sort)" ]; then
+		echo "case $name ($mode): images for ${plats[*]}, not ${WANT_PLATFORMS[*]}" >&2
+		return 1
+	fi
+	for p in "${plats[@]}"; do
+		jq -S . "$list/config.$p" >"$list/config.$p.pretty" && mv "$list/config.$p.pretty" "$list/config.$p" || return 1
+	done
+	if [ -n "$UPDATE" ] && [ "$mode" = "${MODES[0]}" ]; then
+		goldens_write "$dir" "$list" "${plats[@]}"
+		return
+	fi
+	for p in "${plats[@]}"; do
+		for kind in files config; do
+			g="$dir/expect-$kind.$p"
+			[ -f "$g" ] || g="$dir/expect-$kind"
+			if [ ! -f "$g" ]; then
+				echo "case $name ($mode, $p): no expect-$kind.$p or expect-$kind (KILN_CONFORMANCE_UPDATE=1 run.sh $name writes them)" >&2
+				rc=1
+				continue
+			fi
+			diff -u --label "$name/$(basename "$g")" --label "$name $mode $p" "$g" "$list/$kind.$p" >"$list/$kind.$p.diff" && continue
+			echo "case $name ($mode, $p): the $kind of the image differ from $(basename "$g") (- golden, + actual):" >&2
+			sed 's/^/    /' "$list/$kind.$p.diff" >&2
+			rc=1
+		done
+	done
+	# A golden for a platform the build did not produce is stale.
+	for g in "$dir"/expect-files.* "$dir"/expect-config.*; do
+		[ -f "$g" ] || continue
+		case " ${plats[*]} " in *" ${g##*.} "*) continue ;; esac
+		echo "case $name ($mode): $(basename "$g") names a platform the build did not produce (${plats[*]})" >&2
+		rc=1
+	done
+	return $rc
+}
+
 # One case in one mode; its outputs in $T/out/NAME/MODE.
 run_case_in() { # MODE DIR ARGS...
 	local mode=$1 dir=$2 name out
@@ -254,6 +346,23 @@ run_case_in() { # MODE DIR ARGS...
 		echo "case $name ($mode): check.sh failed" >&2
 		return 1
 	}
+	goldens_check "$name" "$mode" "$dir" "$out"
+}
+
+# The platforms of --platform in ARGS, as image-list.py names them.
+want_platforms() { # ARGS...
+	local a next=
+	for a in "$@"; do
+		if [ -n "$next" ]; then
+			echo "$a"
+			next=
+			continue
+		fi
+		case "$a" in
+		--platform) next=1 ;;
+		--platform=*) echo "${a#--platform=}" ;;
+		esac
+	done | tr ',' '\n' | tr '/' '_'
 }
 
 passed=0 failed=0 failures=""
@@ -271,6 +380,7 @@ run_case() { # DIR
 	*" --platform "* | *" --platform="*) ;;
 	*) args+=(--platform "$PLATFORMS") ;;
 	esac
+	mapfile -t WANT_PLATFORMS < <(want_platforms "${args[@]}")
 	for mode in "${MODES[@]}"; do
 		run_case_in "$mode" "$dir" "${args[@]}" || rc=1
 	done
