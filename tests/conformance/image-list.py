@@ -73,10 +73,13 @@ class Layout:
         if self.dir:
             with open(os.path.join(self.dir, name), "rb") as f:
                 return f.read()
-        try:
-            f = self.tar.extractfile(name)
-        except KeyError:
-            f = None
+        f = None
+        for n in (name, "./" + name):
+            try:
+                f = self.tar.extractfile(n)
+                break
+            except KeyError:
+                pass
         if f is None:
             fail("%s: no %s" % (self.tar.name, name))
         return f.read()
