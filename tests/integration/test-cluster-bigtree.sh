@@ -9,9 +9,11 @@
 # The tree is generated here, deterministically (seeded), into the build
 # context and shaped like a Debian root file system: ~24,600 files, most of
 # them 0-16 KiB, a tail of larger ones up to a few MiB, two of 50 MiB and
-# more, empty files, identical files, directories up to 13 levels deep,
-# symlinks (relative, absolute, to directories, dangling), setuid/setgid
-# files, sticky and private directories; ~380 MB in all.
+# more, empty files, identical files, hardlinked files (git's helpers and
+# perl under several names, across directories, as dpkg leaves them),
+# directories up to 13 levels deep, symlinks (relative, absolute, to
+# directories, dangling), setuid/setgid files, sticky and private
+# directories; ~380 MB in all.
 #
 # The Dockerfile's build stage (FROM --platform=$BUILDPLATFORM, on the amd64
 # worker) copies the tree in and writes the sha256 manifest of its files;
@@ -20,7 +22,8 @@
 # and checks every file against the manifest under emulation. Asserted:
 # placement, the bytes moved between the workers and the blobs in the
 # arm64 worker's store, the exported tree equal to the generated one (path,
-# type, mode, owner, size, content, symlink target), the check's output,
+# type, mode, owner, size, content, symlink target, hardlink group), the
+# check's output,
 # both workers alive and ready under their first ids, a full cache hit on
 # a second build, clean exits (no sanitizer report) and fsck-clean roots.
 . "$(dirname "$0")/lib.sh"
@@ -92,6 +95,7 @@ root, seed = sys.argv[1], int(sys.argv[2])
 rng = random.Random(seed)
 KiB, MiB = 1 << 10, 1 << 20
 entries = []  # ("f", path, size, mode, dup-of) ("l", path, target) ("d", path, mode)
+hardlinks = []  # (path, existing path): made after every file
 seen = set()
 pools = {}
 
@@ -118,6 +122,12 @@ def l(path, target):
 
 def d(path, mode):
     entries.append(("d", path, mode, None, None))
+
+
+def h(path, existing):
+    assert path not in seen, path
+    seen.add(path)
+    hardlinks.append((path, existing))
 
 
 def word(n=None):
@@ -155,6 +165,15 @@ for dr, n in (("usr/bin", 900), ("usr/sbin", 220)):
 for name, mode in (("passwd", 0o4755), ("su", 0o4755), ("mount", 0o4755),
                    ("chage", 0o2755), ("wall", 0o2755)):
     f(f"usr/bin/{name}", logu(30 * KiB, 90 * KiB), mode)
+# hardlinks: git's helpers are links of git, perl has two names
+f("usr/bin/git", 3 * MiB + 777, 0o755)
+for name in ("add", "commit", "log", "status", "diff", "fetch", "push", "pull",
+             "merge", "rebase", "checkout", "branch", "tag", "show", "grep"):
+    h(f"usr/lib/git-core/git-{name}", "usr/bin/git")
+f("usr/bin/perl", 3 * MiB + 123, 0o755)
+h("usr/bin/perl5.36.0", "usr/bin/perl")
+f("usr/share/zoneinfo/Europe/Paris", 2962)
+h("usr/share/zoneinfo/Europe/Monaco", "usr/share/zoneinfo/Europe/Paris")
 # identical files: a tool installed under two names
 f("usr/bin/gcc-12", 1234567, 0o755)
 f("usr/bin/x86_64-linux-gnu-gcc-12", 1234567, 0o755, dup="usr/bin/gcc-12")
@@ -255,25 +274,39 @@ for kind, path, a, b, dup in entries:
         uniq[dup or path] = a
     elif kind == "l":
         os.symlink(a, p)
+for path, existing in hardlinks:
+    p = os.path.join(root, path)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    os.link(os.path.join(root, existing), p)
 for kind, path, a, b, dup in entries:
     if kind == "d":
         os.makedirs(os.path.join(root, path), exist_ok=True)
         os.chmod(os.path.join(root, path), a)
 sizes.sort()
-print(f"files={len(sizes)} empty={sizes.count(0)} "
+print(f"files={len(sizes) + len(hardlinks)} empty={sizes.count(0)} "
       f"le16k={sum(1 for v in sizes if v <= 16 * KiB)} "
       f"gt256k={sum(1 for v in sizes if v > 256 * KiB)} "
       f"ge50m={sum(1 for v in sizes if v >= 50 * MiB)} max={sizes[-1]} "
-      f"symlinks={sum(1 for e in entries if e[0] == 'l')} "
+      f"symlinks={sum(1 for e in entries if e[0] == 'l')} hardlinks={len(hardlinks)} "
       f"bytes={sum(sizes)} unique_bytes={sum(uniq.values())}")
 PY
 cat >"$T/list-tree.py" <<'PY'
 # list-tree.py DIR: one line per entry below DIR, sorted by path:
-# path, type, mode (07777), uid:gid, size, sha256 or symlink target.
+# path, type, mode (07777), uid:gid, size, sha256 or symlink target, and
+# for a file with other names in the tree the first of them ("-" else).
 import hashlib, os, stat, sys
 
 root = sys.argv[1]
 out = []
+first = {}  # (dev, ino) -> the smallest path of a linked file
+for dirpath, dirs, files in os.walk(root):
+    for name in files:
+        p = os.path.join(dirpath, name)
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            rel = os.path.relpath(p, root).encode()
+            key = (st.st_dev, st.st_ino)
+            first[key] = min(first.get(key, rel), rel)
 for dirpath, dirs, files in os.walk(root):
     for name in dirs + files:
         p = os.path.join(dirpath, name)
@@ -289,7 +322,8 @@ for dirpath, dirs, files in os.walk(root):
             with open(p, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
-            out.append(f"{rel}\tf\t{common}\t{st.st_size}\t{h.hexdigest()}")
+            group = first.get((st.st_dev, st.st_ino), b"-").decode()
+            out.append(f"{rel}\tf\t{common}\t{st.st_size}\t{h.hexdigest()}\t{group}")
         else:
             out.append(f"{rel}\t?\t{common}\t-\t-")
 out.sort(key=lambda s: s.split("\t", 1)[0].encode())
@@ -312,6 +346,8 @@ assert_eq "$N_FILES" "$(gen files)" "files listed vs generated"
 [ "$(gen gt256k)" -ge 50 ] || fail "too few files over 256 KiB: $GEN"
 [ "$(gen ge50m)" -ge 2 ] || fail "fewer than two files of 50 MiB: $GEN"
 [ "$N_EMPTY" -ge 100 ] && [ "$N_LINKS" -ge 10 ] || fail "too few empty files or symlinks: $GEN"
+[ "$(awk -F'\t' '$2 == "f" && $7 != "-"' "$T/expected.list" | wc -l)" = 20 ] ||
+	fail "the generated tree should have 20 hardlinked names: $GEN"
 [ "$(awk -F'\t' '$2 == "f" { print $6 }' "$T/expected.list" | sort | uniq -d | wc -l)" -ge 10 ] ||
 	fail "too few identical files"
 
