@@ -359,13 +359,16 @@ static int chown_unpacked(struct fctx *c, const struct kiln_file_action *a,
 
 /*
  * Create the missing directories along path as BuildKit's copy does
- * (fsutil copy.MkdirAll(dir, 0755, chown, utime)): mode 0755 whatever
- * --chmod says, the --chown owner (root without one), the action's mtime.
- * Directories that exist keep their own metadata.
+ * (fsutil copy.Copy and prepareTargetDir: MkdirAll(dir, mode, chown,
+ * utime) with the --chmod mode when one is given, 0755 otherwise, since
+ * fsutil 183e7fb "copy: fix custom chmod for parent directories"), the
+ * --chown owner (root without one), the action's mtime. Directories that
+ * exist keep their own metadata.
  */
 static int mkdir_dest(struct fctx *c, const struct kiln_file_action *a, const char *path)
 {
-	return kiln_tree_editor_mkdir_p(c->ed, path, 0755, a->uid >= 0 ? (uint32_t)a->uid : 0,
+	return kiln_tree_editor_mkdir_p(c->ed, path, a->mode >= 0 ? (uint32_t)a->mode : 0755,
+					a->uid >= 0 ? (uint32_t)a->uid : 0,
 					a->gid >= 0 ? (uint32_t)a->gid : 0,
 					a->mtime >= 0 ? a->mtime : 0, c->err);
 }

@@ -1,8 +1,9 @@
-# BuildKit: fsutil copy.Copy creates missing parents with
-# MkdirAll(dir, 0755, chown, utime), which chowns only what it creates.
-expect_stat a "%u:%g %a" "1000:1001 755"
-expect_stat a/b "%u:%g %a" "1000:1001 755"
-expect_stat a/b/c "%u:%g %a" "1000:1001 755"
+# BuildKit: fsutil copy.Copy creates missing parents with MkdirAll(dir,
+# --chmod mode or 0755, chown, utime), which chowns only what it creates
+# (fsutil 183e7fb, "copy: fix custom chmod for parent directories").
+expect_stat a "%u:%g %a" "1000:1001 640"
+expect_stat a/b "%u:%g %a" "1000:1001 640"
+expect_stat a/b/c "%u:%g %a" "1000:1001 640"
 expect_content a/b/c/f f
 expect_stat a/b/c/f "%u:%g %a" "1000:1001 640"
 expect_stat home "%u:%g %a" "0:0 755"
