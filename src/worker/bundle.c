@@ -331,6 +331,42 @@ static json_t *linux_json(const struct kiln_bundle *b)
 		"resources", "devices", "allow", 0, "access", "rwm");
 }
 
+/*
+ * A step without the host's network still gets /etc/hosts and
+ * /etc/resolv.conf, as in BuildKit (executor/oci: they are bind-mounted
+ * whatever the network mode): its own hosts file naming only loopback,
+ * and the host's resolver configuration (useless without a network, but
+ * present, so the step's /etc looks the same).
+ */
+static int write_net_files(const char *bundle_dir, json_t *mounts,
+			   struct kiln_error **err)
+{
+	static const char hosts[] = "127.0.0.1\tlocalhost kiln\n"
+				    "::1\tlocalhost ip6-localhost ip6-loopback\n";
+	_cleanup_free_ char *hosts_path = xasprintf("%s/hosts", bundle_dir);
+	_cleanup_free_ char *resolv_path = xasprintf("%s/resolv.conf", bundle_dir);
+	_cleanup_free_ char *resolv = NULL;
+	size_t len = 0;
+	struct kiln_bundle_mount m[] = {
+		{ "/etc/resolv.conf", "bind", resolv_path, "rbind,ro" },
+		{ "/etc/hosts", "bind", hosts_path, "rbind,ro" },
+	};
+	int r;
+
+	if (kiln_read_file_at(AT_FDCWD, "/etc/resolv.conf", 65536, &resolv, &len) < 0)
+		len = 0;
+	r = kiln_write_file_atomic_at(AT_FDCWD, resolv_path, resolv ? resolv : "",
+				      len, 0644, false);
+	if (r == 0)
+		r = kiln_write_file_atomic_at(AT_FDCWD, hosts_path, hosts,
+					      strlen(hosts), 0644, false);
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "writing the step's hosts and resolv.conf in %s",
+					   bundle_dir);
+	add_mounts(mounts, m, ARRAY_SIZE(m));
+	return 0;
+}
+
 int kiln_bundle_write(const char *bundle_dir, const struct kiln_bundle *b,
 		      struct kiln_error **err)
 {
@@ -340,8 +376,12 @@ int kiln_bundle_write(const char *bundle_dir, const struct kiln_bundle *b,
 	int r;
 
 	add_mounts(mounts, default_mounts, ARRAY_SIZE(default_mounts));
-	if (b->network_host)
+	if (b->network_host) {
 		add_mounts(mounts, host_net_mounts, ARRAY_SIZE(host_net_mounts));
+	} else if ((r = write_net_files(bundle_dir, mounts, err)) < 0) {
+		json_decref(mounts);
+		return r;
+	}
 	add_mounts(mounts, b->mounts, b->n_mounts);
 	cfg = json_pack("{s:s, s:o, s:{s:s, s:b}, s:s, s:o, s:o}",
 			"ociVersion", "1.0.2", "process", process_json(b),

@@ -244,7 +244,7 @@ static int make_points(struct exec_ctx *c, struct kiln_error **err)
 
 	for (i = 0; r == 0 && i < ARRAY_SIZE(dirs); i++)
 		r = make_point(c, what = dirs[i], false, false);
-	for (i = 0; r == 0 && req->network_host && i < ARRAY_SIZE(files); i++)
+	for (i = 0; r == 0 && i < ARRAY_SIZE(files); i++)
 		r = make_point(c, what = files[i], true, false);
 	for (i = 0; r == 0 && i < req->n_mounts; i++)
 		r = make_point(c, what = req->mounts[i].target,
