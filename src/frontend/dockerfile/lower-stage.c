@@ -246,6 +246,16 @@ static size_t count_steps(const struct lower *L, const struct stage_def *sd)
 	return n;
 }
 
+/*
+ * The config of a base that is no image (scratch, a directory context):
+ * BuildKit's emptyImage (dockerfile2llb/image.go) sets WorkingDir "/";
+ * PATH is added with every stage's default environment.
+ */
+static json_t *empty_image(void)
+{
+	return json_pack("{s:{s:s}, s:[]}", "config", "WorkingDir", "/", "history");
+}
+
 static int image_base(struct ictx *c, const char *base, struct triggers *t,
 		      const char **pinned)
 {
@@ -254,7 +264,7 @@ static int image_base(struct ictx *c, const char *base, struct triggers *t,
 	int r;
 
 	if (!strcasecmp(base, "scratch")) {
-		s->image = json_pack("{s:{}, s:[]}", "config", "history");
+		s->image = empty_image();
 		*pinned = NULL;
 		return 0;
 	}
@@ -301,7 +311,7 @@ static int context_base(struct ictx *c, const struct stage_def *sd,
 	if (r < 0)
 		return r;
 	s->replaced = replace;
-	s->image = cfg ? new_image(cfg) : json_pack("{s:{}, s:[]}", "config", "history");
+	s->image = cfg ? new_image(cfg) : empty_image();
 	if (cfg && !replace)
 		r = image_triggers(c, json_object_get(cfg, "config"), &t);
 	if (r == 0) {
