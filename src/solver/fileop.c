@@ -559,6 +559,9 @@ static int copy_one(struct fctx *c, const struct kiln_file_action *a,
 		struct kiln_file_action into = *a;
 		struct implied im = { 0 };
 
+		/* BuildKit's unpack: MkdirAll(dest, 0755, chown, utime), --chmod aside. */
+		into.mode = -1;
+
 		/* ADD: an archive's contents land inside dest. */
 		r = unpack_archive(c, &e.digest, &e.digest, &im);
 		if (r == 0 && a->uid >= 0)

@@ -454,9 +454,10 @@ static void expect_meta(struct fx *f, const struct kiln_digest *t, const char *p
 }
 
 /*
- * Every directory a copy creates gets the --chown owner and mode 0755 (not
- * --chmod), as fsutil's MkdirAll(dst, 0755, chown, utime); directories
- * that were there keep their own metadata.
+ * Every directory a copy creates gets the --chown owner and the --chmod
+ * mode (0755 without one), as fsutil's MkdirAll(dst, mode, chown, utime)
+ * since its commit 183e7fb; directories that were there keep their own
+ * metadata.
  */
 static void test_copy_creates_parents_with_owner(void **state)
 {
@@ -470,9 +471,9 @@ static void test_copy_creates_parents_with_owner(void **state)
 				       "{\"action\":\"copy\",\"from\":\"src\",\"src\":\"/dir/.\",\"dest\":\"/dir/n1/n2/\","
 				       "\"chown\":\"9:10\"}]",
 				     true, &t, NULL), 0);
-	expect_meta(f, &t, "p", 7, 8, 0755);
-	expect_meta(f, &t, "p/q", 7, 8, 0755);
-	expect_meta(f, &t, "p/q/r", 7, 8, 0755);
+	expect_meta(f, &t, "p", 7, 8, 0600);
+	expect_meta(f, &t, "p/q", 7, 8, 0600);
+	expect_meta(f, &t, "p/q/r", 7, 8, 0600);
 	expect_meta(f, &t, "p/q/r/a.txt", 7, 8, 0600);
 	expect_meta(f, &t, "dir", before.uid, before.gid, before.mode); /* was there */
 	expect_meta(f, &t, "dir/n1", 9, 10, 0755);
