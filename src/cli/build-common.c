@@ -6,7 +6,9 @@
 #include <jansson.h>
 #include <string.h>
 
+#include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "rcache/rcache.h"
 #include "cli/build.h"
 #include "cli/common.h"
 #include "cli/remote.h"
@@ -48,6 +50,92 @@ int kiln_build_write_metadata(const char *path, const char *tree, unsigned run,
 	return 0;
 }
 
+void kiln_cli_cache_spec_release(struct kiln_cli_cache_spec *s)
+{
+	free(s->dir);
+	s->dir = NULL;
+}
+
+int kiln_cli_cache_spec_parse(const char *spec, bool to, struct kiln_cli_cache_spec *out,
+			      struct kiln_error **err)
+{
+	const char *flag = to ? "--cache-to" : "--cache-from";
+	const char *dirkey = to ? "dest" : "src";
+	_cleanup_free_ char *copy = xstrdup(spec);
+	char *save = NULL, *kv;
+	bool local = false;
+
+	memset(out, 0, sizeof(*out));
+	for (kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(kv, '=');
+		const char *val = eq ? eq + 1 : "";
+
+		if (eq)
+			*eq = '\0';
+		if (!strcmp(kv, "type") && !strcmp(val, "local")) {
+			local = true;
+		} else if (!strcmp(kv, "type")) {
+			kiln_cli_cache_spec_release(out);
+			return kiln_error_set(err, -EINVAL, "%s %s: type '%s' is not supported (type=local)",
+					      flag, spec, val);
+		} else if (!strcmp(kv, dirkey) && *val) {
+			free(out->dir);
+			out->dir = xstrdup(val);
+		} else if (to && !strcmp(kv, "mode") && (!strcmp(val, "min") || !strcmp(val, "max"))) {
+			out->all = !strcmp(val, "max");
+		} else if (!strcmp(kv, "ignore-error")) {
+			/* Always so: a remote cache never fails a build. */
+		} else {
+			kiln_cli_cache_spec_release(out);
+			return kiln_error_set(err, -EINVAL, "%s %s: unknown or bad '%s%s%s'%s",
+					      flag, spec, kv, eq ? "=" : "", val,
+					      to ? " (type=local,dest=DIR[,mode=min|max])"
+						 : " (type=local,src=DIR)");
+		}
+	}
+	if (!local || !out->dir) {
+		kiln_cli_cache_spec_release(out);
+		return kiln_error_set(err, -EINVAL, "%s %s: want type=local,%s=DIR", flag, spec,
+				      dirkey);
+	}
+	return 0;
+}
+
+/*
+ * The remote caches of --cache-from/--cache-to, for the embedded engine.
+ * A --cache-from directory that cannot be opened is a warning (a speed-up,
+ * never a dependency); --cache-to creates its directory.
+ */
+static int open_rcaches(const struct build_args *a, struct kiln_solve_options *so,
+			struct kiln_error **err)
+{
+	struct kiln_cli_cache_spec spec = { 0 };
+	_cleanup_error_ struct kiln_error *e2 = NULL;
+	int r;
+
+	if (a->cache_from && kiln_cli_cache_spec_parse(a->cache_from, false, &spec, err) == 0) {
+		if (kiln_rcache_open_dir(spec.dir, false, &so->cache_from, &e2) < 0) {
+			_cleanup_free_ char *msg = xasprintf("--cache-from %s: %s; building without it",
+							     a->cache_from, kiln_error_msg(e2));
+
+			kiln_progress_warning(so->progress, msg);
+		}
+		kiln_cli_cache_spec_release(&spec);
+	}
+	if (a->cache_to) {
+		r = kiln_cli_cache_spec_parse(a->cache_to, true, &spec, err);
+		if (r == 0)
+			r = kiln_rcache_open_dir(spec.dir, true, &so->cache_to, err);
+		so->cache_to_all = spec.all;
+		kiln_cli_cache_spec_release(&spec);
+		if (r < 0) {
+			kiln_error_prefix(err, "--cache-to %s", a->cache_to);
+			return r;
+		}
+	}
+	return 0;
+}
+
 int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		   const struct kiln_definition *def, const struct kiln_solve_options *so,
 		   struct kiln_solve_result *res, struct kiln_error **err)
@@ -70,8 +158,22 @@ int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 
 	if (r < 0)
 		return r;
-	if (!rm)
-		return kiln_solve(def, so, res, err);
+	if (!rm) {
+		struct kiln_solve_options o = *so;
+
+		r = open_rcaches(a, &o, err);
+		if (r == 0)
+			r = kiln_solve(def, &o, res, err);
+		kiln_rcache_free(o.cache_from);
+		kiln_rcache_free(o.cache_to);
+		return r;
+	}
+	if (a->cache_from || a->cache_to) {
+		kiln_remote_free(rm);
+		return kiln_error_set(err, -ENOTSUP,
+				      "--cache-from/--cache-to work with the embedded engine; "
+				      "with --addr, kilnd's own cache serves the cluster");
+	}
 	r = kiln_remote_solve(rm, &b, res, err);
 	kiln_remote_free(rm);
 	return r;

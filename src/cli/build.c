@@ -37,6 +37,9 @@ static void build_usage(FILE *f)
 		"  --ssh ID[=SOCKET|KEY[,KEY...]]\n"
 		"                           an ssh agent for RUN --mount=type=ssh,id=ID: a socket\n"
 		"                           (default $SSH_AUTH_SOCK) or key files; repeatable\n"
+		"  --cache-from SPEC        look results up in a remote cache: type=local,src=DIR\n"
+		"  --cache-to SPEC          export this build's cache: type=local,dest=DIR[,mode=min|max]\n"
+		"                           (min: the outputs' records, the default; max: every step's)\n"
 		"  --insecure-registry HOST allow plain http to HOST (loopback is always allowed)\n"
 		"  --registry-endpoint R=H  send requests for registry R to HOST[:PORT] (a mirror, or the\n"
 		"                           API host of a registry whose name differs, e.g. docker.io)\n"
@@ -111,6 +114,23 @@ static int check_context(const struct build_args *a, const char *v)
 	return 0;
 }
 
+/* --cache-from/--cache-to: checked now, opened when the build starts. */
+static int check_cache_spec(struct build_args *a, bool to, const char *v)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_cli_cache_spec spec = { 0 };
+	const char **slot = to ? &a->cache_to : &a->cache_from;
+
+	if (*slot)
+		return kiln_args_error("kiln build", "%s is given twice (one remote cache each way for now)",
+				       to ? "--cache-to" : "--cache-from");
+	if (kiln_cli_cache_spec_parse(v, to, &spec, &err) < 0)
+		return kiln_args_error("kiln build", "%s", kiln_error_msg(err));
+	kiln_cli_cache_spec_release(&spec);
+	*slot = v;
+	return 0;
+}
+
 static int parse_args(int argc, char **argv, struct build_args *a)
 {
 	static const struct option opts[] = {
@@ -134,6 +154,8 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 		{ "token-file", required_argument, NULL, 'K' },
 		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "build-context", required_argument, NULL, 'C' },
+		{ "cache-from", required_argument, NULL, 'F' },
+		{ "cache-to", required_argument, NULL, 'O' },
 		{ "help", no_argument, NULL, 'h' },
 		KILN_TLS_CLIENT_OPTIONS,
 		{ 0 },
@@ -182,6 +204,10 @@ static int parse_args(int argc, char **argv, struct build_args *a)
 			q = check_context(a, optarg);
 			if (q == 0)
 				q = add_list(a->contexts, &a->n_contexts, optarg, "--build-context");
+			break;
+		case 'F':
+		case 'O':
+			q = check_cache_spec(a, c == 'O', optarg);
 			break;
 		case 'd':
 			a->def = optarg;

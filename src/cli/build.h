@@ -43,6 +43,8 @@ struct build_args {
 	size_t n_contexts;
 	const char *endpoints[MAX_LIST]; /* REGISTRY=HOST[:PORT] */
 	size_t n_endpoints;
+	const char *cache_from; /* --cache-from SPEC, checked */
+	const char *cache_to;   /* --cache-to SPEC, checked */
 	const char *addr;       /* --addr: kilnd (else $KILN_ADDR, else embedded) */
 	const char *token_file; /* --token-file (else $KILN_TOKEN) */
 	struct kiln_tls tls;    /* --tls-ca/--tls-cert/--tls-key (else $KILN_TLS_*) */
@@ -74,6 +76,18 @@ struct kiln_registry;
  */
 int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
 		      struct kiln_error **err);
+
+/* A --cache-from/--cache-to SPEC (buildx's spelling), parsed. */
+struct kiln_cli_cache_spec {
+	char *dir;     /* type=local: src= (from) or dest= (to) */
+	bool all;      /* mode=max: every step's records (to) */
+};
+
+/* Parse SPEC of --cache-from (to false) or --cache-to (to true). */
+int kiln_cli_cache_spec_parse(const char *spec, bool to,
+			      struct kiln_cli_cache_spec *out,
+			      struct kiln_error **err);
+void kiln_cli_cache_spec_release(struct kiln_cli_cache_spec *s);
 
 struct kiln_engine;
 struct kiln_definition;

@@ -278,7 +278,8 @@ void kiln_progress_warning(struct kiln_progress *p, const char *msg)
 
 void kiln_progress_summary(struct kiln_progress *p,
 			   const struct kiln_progress_tally *workers, size_t n,
-			   uint64_t bytes_moved, uint64_t wall_ns, bool ok)
+			   const struct kiln_progress_bytes *bytes, uint64_t wall_ns,
+			   bool ok)
 {
 	unsigned run = 0, cached = 0;
 	size_t i;
@@ -293,8 +294,10 @@ void kiln_progress_summary(struct kiln_progress *p,
 			json_object_set_new(w, workers[i].worker,
 					    json_pack("{sisi}", "run", workers[i].run, "cached",
 						      workers[i].cached));
-		emit_json(p, json_pack("{s{sbsosIsf}}", "summary", "ok", ok, "workers", w,
-				       "bytes_moved", (json_int_t)bytes_moved, "seconds",
+		emit_json(p, json_pack("{s{sbsosIsIsIsf}}", "summary", "ok", ok, "workers", w,
+				       "bytes_moved", (json_int_t)bytes->moved,
+				       "bytes_from_cache", (json_int_t)bytes->cache_in,
+				       "bytes_to_cache", (json_int_t)bytes->cache_out, "seconds",
 				       (double)wall_ns / 1e9));
 	} else {
 		for (i = 0; i < n; i++) {
@@ -305,9 +308,15 @@ void kiln_progress_summary(struct kiln_progress *p,
 			run, cached, (double)wall_ns / 1e9);
 		if (n == 1)
 			fprintf(p->out, " on worker %s", workers[0].worker);
-		if (bytes_moved)
+		if (bytes->moved)
 			fprintf(p->out, "; %.1f MiB moved between workers",
-				(double)bytes_moved / (1024.0 * 1024.0));
+				(double)bytes->moved / (1024.0 * 1024.0));
+		if (bytes->cache_in)
+			fprintf(p->out, "; %.1f MiB from the remote cache",
+				(double)bytes->cache_in / (1024.0 * 1024.0));
+		if (bytes->cache_out)
+			fprintf(p->out, "; %.1f MiB to the remote cache",
+				(double)bytes->cache_out / (1024.0 * 1024.0));
 		fputc('\n', p->out);
 		for (i = 0; n > 1 && i < n; i++)
 			fprintf(p->out, "  %s: %u run, %u cached\n", workers[i].worker,
@@ -349,10 +358,17 @@ static void replay_summary(struct kiln_progress *p, json_t *sum)
 		t[n].cached = (unsigned)json_integer_value(json_object_get(w, "cached"));
 		n++;
 	}
-	kiln_progress_summary(p, t, n,
-			      (uint64_t)json_integer_value(json_object_get(sum, "bytes_moved")),
-			      (uint64_t)(json_number_value(json_object_get(sum, "seconds")) * 1e9),
-			      json_is_true(json_object_get(sum, "ok")));
+	{
+		struct kiln_progress_bytes b = {
+			(uint64_t)json_integer_value(json_object_get(sum, "bytes_moved")),
+			(uint64_t)json_integer_value(json_object_get(sum, "bytes_from_cache")),
+			(uint64_t)json_integer_value(json_object_get(sum, "bytes_to_cache")),
+		};
+
+		kiln_progress_summary(p, t, n, &b,
+				      (uint64_t)(json_number_value(json_object_get(sum, "seconds")) * 1e9),
+				      json_is_true(json_object_get(sum, "ok")));
+	}
 	free(t);
 }
 

@@ -84,10 +84,17 @@ struct kiln_progress_tally {
 	unsigned run, cached;
 };
 
+/* Bytes a build moved, for its summary. */
+struct kiln_progress_bytes {
+	uint64_t moved;     /* workers pulled from each other */
+	uint64_t cache_in;  /* copied from the remote cache */
+	uint64_t cache_out; /* copied to the remote cache */
+};
+
 /*
- * Final line: steps run/cached per worker, bytes workers pulled from each
- * other, wall time.
+ * Final line: steps run/cached per worker, the bytes moved, wall time.
  */
 void kiln_progress_summary(struct kiln_progress *p,
 			   const struct kiln_progress_tally *workers, size_t n,
-			   uint64_t bytes_moved, uint64_t wall_ns, bool ok);
+			   const struct kiln_progress_bytes *bytes, uint64_t wall_ns,
+			   bool ok);

@@ -104,6 +104,9 @@ struct solver {
 	size_t *alias_v;
 	size_t n_alias, alloc_alias;
 	uint64_t moved;
+	uint64_t cache_in, cache_out; /* remote cache bytes */
+	bool warned_remote;           /* "remote cache ... unavailable" said */
+	bool in_bracket;              /* the loop thread holds a cache read bracket */
 	struct kiln_progress_tally *tally;
 	size_t n_tally;
 	struct kiln_executor local; /* the embedded executor */
@@ -297,14 +300,91 @@ static void compute_key(struct solver *s, struct vertex *v, bool content, char *
 	kiln_digest_fmt(&d, out);
 }
 
-/* A cache hit counts only when its result tree is still in the store. */
-static bool lookup(struct solver *s, struct vertex *v, const char *key)
+/* Where results from the remote cache go: the store jobs read. */
+static struct kiln_store *result_store(struct solver *s)
+{
+	return s->o->store ? s->o->store : kiln_worker_store(s->o->worker);
+}
+
+/* A remote cache failure: a warning (once when it is unreachable). */
+static void remote_warn(struct solver *s, struct kiln_rcache *rc, int r,
+			struct kiln_error *err)
+{
+	_cleanup_free_ char *msg = NULL;
+
+	if (r == -ENOENT)
+		return;
+	if (r == -EBADMSG) {
+		msg = xasprintf("%s; not used", kiln_error_msg(err));
+	} else {
+		if (s->warned_remote)
+			return;
+		s->warned_remote = true;
+		msg = xasprintf("remote cache %s unavailable: %s; building without it",
+				kiln_rcache_name(rc),
+				kiln_rcache_unavailable(rc) ?: kiln_error_msg(err));
+	}
+	log_warn("%s", msg);
+	kiln_progress_warning(s->o->progress, msg);
+}
+
+/*
+ * A definition key the local cache lacks, from the remote: the record,
+ * then its trees copied into the store, then a local record so the next
+ * build hits here. The cache read bracket is let go meanwhile: the remote
+ * may take seconds, and other threads must not wait on the index for it.
+ */
+static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
+{
+	struct kiln_rcache *rc = s->o->cache_from;
+	struct kiln_cache_record rec = { 0 };
+	_cleanup_error_ struct kiln_error *err = NULL;
+	const char *keys[1] = { key };
+	uint64_t bytes = 0;
+	int r;
+
+	if (!rc || s->o->no_cache || !result_store(s))
+		return false;
+	if (s->in_bracket)
+		kiln_cache_read_end(s->o->cache);
+	r = kiln_rcache_get(rc, key, &rec, &err);
+	if (r == 0 && rec.n_outputs != 1)
+		r = kiln_error_set(&err, -EBADMSG, "remote cache %s: record %s has %zu outputs",
+				   kiln_rcache_name(rc), key, rec.n_outputs);
+	if (r == 0)
+		r = kiln_rcache_fetch(rc, &rec, result_store(s), &bytes, &err);
+	s->cache_in += bytes;
+	if (s->in_bracket)
+		kiln_cache_read_begin(s->o->cache);
+	if (r < 0) {
+		remote_warn(s, rc, r, err);
+		kiln_cache_record_release(&rec);
+		return false;
+	}
+	free(rec.worker);
+	rec.worker = xasprintf("cache:%s", kiln_rcache_name(rc));
+	if (kiln_cache_put(s->o->cache, keys, 1, &rec, NULL) < 0)
+		log_debug("cannot record the remote cache's %s locally", key);
+	v->result = rec.outputs[0];
+	free(v->meta);
+	v->meta = rec.meta ? xstrdup(rec.meta) : NULL;
+	kiln_cache_record_release(&rec);
+	return true;
+}
+
+/*
+ * A cache hit counts only when its result tree is still in the store.
+ * remote: a definition key (top-down), which the remote cache may have.
+ */
+static bool lookup(struct solver *s, struct vertex *v, const char *key, bool remote)
 {
 	struct kiln_cache_record rec = { 0 };
 	bool hit = false;
 
-	if (s->o->no_cache || kiln_cache_get(s->o->cache, key, &rec, NULL) < 0)
+	if (s->o->no_cache)
 		return false;
+	if (kiln_cache_get(s->o->cache, key, &rec, NULL) < 0)
+		return remote && remote_lookup(s, v, key);
 	if (rec.n_outputs == 1 &&
 	    (kiln_tree_is_empty_digest(&rec.outputs[0]) ||
 	     executor(s)->have(executor_ud(s), &rec.outputs[0]))) {
@@ -314,7 +394,7 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key)
 		hit = true;
 	}
 	kiln_cache_record_release(&rec);
-	return hit;
+	return hit || (remote && remote_lookup(s, v, key));
 }
 
 /* A content-key hit is known under its definition key from now on too. */
@@ -720,7 +800,7 @@ static void mark_needed(struct solver *s)
 
 		if (v->state != VS_WAITING)
 			continue;
-		if (lookup(s, v, v->defkey)) {
+		if (lookup(s, v, v->defkey, true)) {
 			v->state = VS_DONE;
 			v->cached = true;
 			s->n_cached++;
@@ -883,7 +963,7 @@ static void start(struct solver *s, size_t vi)
 	void **arg;
 
 	compute_key(s, v, true, v->contentkey);
-	if (lookup(s, v, v->contentkey)) {
+	if (lookup(s, v, v->contentkey, false)) {
 		v->cached = true;
 		s->n_cached++;
 		emit(s, v, KILN_VERTEX_CACHED, NULL);
@@ -930,7 +1010,7 @@ static void need(struct solver *s, size_t vi)
 	struct vertex *v = &s->v[vi];
 	size_t i;
 
-	if (lookup(s, v, v->defkey)) {
+	if (lookup(s, v, v->defkey, true)) {
 		v->state = VS_DONE;
 		v->cached = true;
 		s->n_cached++;
@@ -1142,6 +1222,56 @@ static void collect_outputs(struct solver *s, struct kiln_solve_result *out)
 	out->n_outputs = s->def->n_outputs;
 }
 
+/*
+ * --cache-to: the records of the outputs (mode=min) or of every step that
+ * has a result (mode=max), blobs first, each under its definition key and,
+ * when known, its content key. Local contexts are left out (they are the
+ * client's files, not results). The first failure ends the export with one
+ * warning; the build has succeeded whatever happens here.
+ */
+static void export_records(struct solver *s)
+{
+	struct kiln_rcache *rc = s->o->cache_to;
+	struct kiln_store *store = result_store(s);
+	size_t k;
+
+	if (!rc || !store)
+		return;
+	for (k = 0; k < s->n_order; k++) {
+		size_t vi = s->order[k];
+		struct vertex *v = &s->v[vi];
+		struct kiln_cache_record rec = { 0 };
+		_cleanup_error_ struct kiln_error *err = NULL;
+		const char *keys[2] = { v->defkey, v->contentkey };
+		uint64_t bytes = 0;
+		int r;
+
+		if (v->state != VS_DONE || !kiln_digest_is_set(&v->result) ||
+		    v->op->type == KILN_OP_SOURCE_LOCAL ||
+		    (!s->o->cache_to_all && !is_output(s, vi)))
+			continue;
+		rec.op = v->digest;
+		rec.outputs = &v->result;
+		rec.n_outputs = 1;
+		rec.meta = v->meta;
+		rec.created = (int64_t)(kiln_now_real_ns() / 1000000000u);
+		rec.platform = v->op->platform;
+		rec.worker = (char *)(v->where.worker[0] ? v->where.worker : worker_name(s));
+		rec.size = v->size;
+		r = kiln_rcache_put(rc, store, keys, v->contentkey[0] ? 2 : 1, &rec, &bytes, &err);
+		s->cache_out += bytes;
+		if (r < 0) {
+			_cleanup_free_ char *msg = xasprintf("cannot export the cache to %s: %s",
+							     kiln_rcache_name(rc),
+							     kiln_error_msg(err));
+
+			log_warn("%s", msg);
+			kiln_progress_warning(s->o->progress, msg);
+			return;
+		}
+	}
+}
+
 int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_options *opts,
 	       struct kiln_solve_result *out, struct kiln_error **err)
 {
@@ -1167,8 +1297,10 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 		r = pin_sources(&s, err);
 	if (r == 0) {
 		kiln_cache_read_begin(opts->cache);
+		s.in_bracket = true;
 		mark_needed(&s);
 		plan(&s);
+		s.in_bracket = false;
 		kiln_cache_read_end(opts->cache);
 		loop(&s);
 		flush_aliases(&s);
@@ -1184,13 +1316,18 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 			r = kiln_error_set(err, -EIO, "internal: output '%s' unresolved", ov->op->id);
 		} else {
 			collect_outputs(&s, out);
+			export_records(&s);
 		}
 	}
 	out->run = s.n_run;
 	out->cached = s.n_cached;
 	out->bytes_moved = s.moved;
+	out->cache_in = s.cache_in;
+	out->cache_out = s.cache_out;
 	if (opts->progress) {
-		kiln_progress_summary(opts->progress, s.tally, s.n_tally, s.moved,
+		struct kiln_progress_bytes b = { s.moved, s.cache_in, s.cache_out };
+
+		kiln_progress_summary(opts->progress, s.tally, s.n_tally, &b,
 				      kiln_now_mono_ns() - t0, r == 0);
 	}
 	solver_release(&s);

@@ -14,6 +14,7 @@
 
 #include "basic/error.h"
 #include "cache/index.h"
+#include "rcache/rcache.h"
 #include "solver/definition.h"
 #include "solver/job.h"
 #include "solver/progress.h"
@@ -93,6 +94,17 @@ struct kiln_solve_options {
 	size_t n_secrets;
 	const struct kiln_ssh_agents *ssh; /* kiln build --ssh, or NULL */
 	/*
+	 * Remote caches (kiln build --cache-from, --cache-to; not owned). A
+	 * definition key that misses locally is looked up in cache_from and
+	 * its result copied into the store (top-down: a hit spares everything
+	 * upstream). Once the build succeeded, its records go to cache_to:
+	 * every step's with cache_to_all (mode=max), else the outputs'. A
+	 * remote failure is a miss and one warning, never a failed build.
+	 */
+	struct kiln_rcache *cache_from;
+	struct kiln_rcache *cache_to;
+	bool cache_to_all;
+	/*
 	 * May be NULL. Asked before each job starts, with the solver's lock
 	 * held (it must not block or call into the solver): once true, nothing
 	 * new starts, and the build fails with -ECANCELED ("build cancelled")
@@ -116,6 +128,7 @@ struct kiln_solve_result {
 	size_t n_outputs;
 	unsigned run, cached;    /* vertices run / resolved from the cache */
 	uint64_t bytes_moved;    /* bytes workers pulled from other workers */
+	uint64_t cache_in, cache_out; /* bytes from cache_from, to cache_to */
 };
 
 void kiln_solve_result_release(struct kiln_solve_result *r);

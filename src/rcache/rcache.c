@@ -1,0 +1,560 @@
+/*
+ * The remote cache: records and blobs over a backend (rcache.h,
+ * docs/internals/remote-cache.md).
+ */
+#include "rcache/rcache.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "basic/alloc.h"
+#include "basic/macro.h"
+#include "cas/digest-set.h"
+#include "cas/tree.h"
+
+#define MAX_OUTPUTS 16
+#define MAX_TEXT 4096 /* worker, platform */
+
+struct kiln_rcache {
+	struct kiln_rcache_backend be;
+	pthread_mutex_t lock;
+	char *down; /* why the remote is no longer called */
+};
+
+struct kiln_rcache *kiln_rcache_new(const struct kiln_rcache_backend *backend)
+{
+	struct kiln_rcache *rc = xcalloc(1, sizeof(*rc));
+
+	rc->be = *backend;
+	pthread_mutex_init(&rc->lock, NULL);
+	return rc;
+}
+
+void kiln_rcache_free(struct kiln_rcache *rc)
+{
+	if (!rc)
+		return;
+	if (rc->be.free)
+		rc->be.free(rc->be.b);
+	pthread_mutex_destroy(&rc->lock);
+	free(rc->down);
+	free(rc);
+}
+
+const char *kiln_rcache_name(const struct kiln_rcache *rc)
+{
+	return rc->be.name;
+}
+
+const char *kiln_rcache_unavailable(struct kiln_rcache *rc)
+{
+	const char *d;
+
+	pthread_mutex_lock(&rc->lock);
+	d = rc->down;
+	pthread_mutex_unlock(&rc->lock);
+	return d;
+}
+
+/* ---- calls: a failure that is not a miss makes the remote unavailable ---- */
+
+static int check_up(struct kiln_rcache *rc, struct kiln_error **err)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&rc->lock);
+	if (rc->down)
+		r = kiln_error_set(err, -EHOSTDOWN, "remote cache %s unavailable: %s",
+				   rc->be.name, rc->down);
+	pthread_mutex_unlock(&rc->lock);
+	return r;
+}
+
+/*
+ * r from the backend, e its error: a miss (-ENOENT), a corrupt or oversized
+ * object (our verdict) leave the remote up; anything else takes it down,
+ * with e's message as the reason. e goes to err (first cause wins).
+ */
+static int note(struct kiln_rcache *rc, int r, struct kiln_error *e,
+		struct kiln_error **err)
+{
+	if (r < 0 && r != -ENOENT && r != -EBADMSG && r != -EFBIG) {
+		pthread_mutex_lock(&rc->lock);
+		if (!rc->down)
+			rc->down = xstrdup(e ? kiln_error_msg(e) : strerror(-r));
+		pthread_mutex_unlock(&rc->lock);
+	}
+	if (e && err && !*err)
+		*err = e;
+	else
+		kiln_error_free(e);
+	return r;
+}
+
+static int be_get(struct kiln_rcache *rc, const char *name, uint64_t limit,
+		  int (*sink)(void *ud, const void *data, size_t n), void *ud,
+		  struct kiln_error **err)
+{
+	struct kiln_error *e = NULL;
+	int r = check_up(rc, err);
+
+	if (r)
+		return r;
+	r = rc->be.get(rc->be.b, name, limit, sink, ud, &e);
+	return note(rc, r, e, err);
+}
+
+static int be_has(struct kiln_rcache *rc, const char *name, struct kiln_error **err)
+{
+	struct kiln_error *e = NULL;
+	int r = check_up(rc, err);
+
+	if (r)
+		return r;
+	r = rc->be.has(rc->be.b, name, &e);
+	return note(rc, r, e, err);
+}
+
+static int be_put(struct kiln_rcache *rc, const char *name, int fd, const void *data,
+		  uint64_t size, struct kiln_error **err)
+{
+	struct kiln_error *e = NULL;
+	int r = check_up(rc, err);
+
+	if (r)
+		return r;
+	r = rc->be.put(rc->be.b, name, fd, data, size, &e);
+	return note(rc, r, e, err);
+}
+
+/* ---- names ---- */
+
+static char *blob_name(const struct kiln_digest *d)
+{
+	char hex[KILN_DIGEST_HEXLEN];
+
+	return xasprintf("cas/sha256/%s", kiln_digest_hex(d, hex));
+}
+
+/* "sha256:<hex>" -> "ac/sha256/<hex>"; NULL for anything else. */
+static char *record_name(const char *key)
+{
+	struct kiln_digest d;
+	char hex[KILN_DIGEST_HEXLEN];
+
+	if (!key || kiln_digest_parse(key, &d) < 0)
+		return NULL;
+	return xasprintf("ac/sha256/%s", kiln_digest_hex(&d, hex));
+}
+
+/* ---- records ---- */
+
+char *kiln_rcache_record_encode(const char *key, const struct kiln_cache_record *rec)
+{
+	json_t *outs = json_array(), *meta = NULL, *o;
+	char *s;
+	size_t i;
+
+	for (i = 0; i < rec->n_outputs; i++)
+		json_array_append_new(outs, json_string(KILN_DIGEST_STR(&rec->outputs[i])));
+	if (rec->meta)
+		meta = json_loads(rec->meta, 0, NULL);
+	o = json_pack("{s:i, s:s, s:s*, s:o, s:o*, s:I, s:I, s:s*, s:s*, s:I, s:s}",
+		      "kiln_cache_record", KILN_RCACHE_RECORD_VERSION, "key", key,
+		      "op", rec->op, "outputs", outs, "meta", meta,
+		      "created", (json_int_t)rec->created,
+		      "duration_ms", (json_int_t)rec->duration_ms,
+		      "platform", rec->platform, "worker", rec->worker,
+		      "size", (json_int_t)rec->size, "producer", "kiln");
+	if (!o)
+		return NULL;
+	s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+	json_decref(o);
+	return s;
+}
+
+static int bad_record(const char *key, struct kiln_error **err, const char *what)
+{
+	return kiln_error_set(err, -EBADMSG, "cache record %s: %s", key, what);
+}
+
+static bool digest_str_ok(const json_t *v)
+{
+	struct kiln_digest d;
+
+	return json_is_string(v) && kiln_digest_parse(json_string_value(v), &d) == 0;
+}
+
+static bool text_ok(const json_t *v)
+{
+	return !v || json_is_null(v) || (json_is_string(v) && json_string_length(v) <= MAX_TEXT &&
+		      !memchr(json_string_value(v), '\0', json_string_length(v)));
+}
+
+static bool count_ok(const json_t *v)
+{
+	return json_is_integer(v) && json_integer_value(v) >= 0;
+}
+
+static int check_record(const char *key, json_t *o, struct kiln_error **err)
+{
+	json_t *outs = json_object_get(o, "outputs"), *v, *meta = json_object_get(o, "meta");
+	size_t i;
+
+	if (!json_is_object(o))
+		return bad_record(key, err, "not a JSON object");
+	v = json_object_get(o, "kiln_cache_record");
+	if (!json_is_integer(v) || json_integer_value(v) != KILN_RCACHE_RECORD_VERSION)
+		return bad_record(key, err, "unknown record version");
+	v = json_object_get(o, "key");
+	if (!json_is_string(v) || strcmp(json_string_value(v), key))
+		return bad_record(key, err, "stored under another key");
+	v = json_object_get(o, "op");
+	if (v && !json_is_null(v) && !digest_str_ok(v))
+		return bad_record(key, err, "bad op digest");
+	if (!json_is_array(outs) || json_array_size(outs) == 0 ||
+	    json_array_size(outs) > MAX_OUTPUTS)
+		return bad_record(key, err, "bad outputs");
+	json_array_foreach(outs, i, v)
+		if (!digest_str_ok(v))
+			return bad_record(key, err, "bad output digest");
+	if (meta && !json_is_null(meta) && !json_is_object(meta))
+		return bad_record(key, err, "meta is not an object");
+	if (!count_ok(json_object_get(o, "created")) ||
+	    !count_ok(json_object_get(o, "duration_ms")) ||
+	    !count_ok(json_object_get(o, "size")))
+		return bad_record(key, err, "bad created, duration_ms or size");
+	if (!text_ok(json_object_get(o, "platform")) || !text_ok(json_object_get(o, "worker")))
+		return bad_record(key, err, "bad platform or worker");
+	return 0;
+}
+
+static char *opt_dup(json_t *o, const char *name)
+{
+	json_t *v = json_object_get(o, name);
+
+	return json_is_string(v) ? xstrdup(json_string_value(v)) : NULL;
+}
+
+int kiln_rcache_record_decode(const char *key, const void *data, size_t len,
+			      struct kiln_cache_record *out, struct kiln_error **err)
+{
+	json_error_t jerr;
+	json_t *o = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr), *v;
+	size_t i;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (!o)
+		return kiln_error_set(err, -EBADMSG, "cache record %s: bad JSON: %s",
+				      key, jerr.text);
+	r = check_record(key, o, err);
+	if (r < 0) {
+		json_decref(o);
+		return r;
+	}
+	out->key = xstrdup(key);
+	out->op = opt_dup(o, "op");
+	out->n_outputs = json_array_size(json_object_get(o, "outputs"));
+	out->outputs = xcalloc(out->n_outputs, sizeof(*out->outputs));
+	json_array_foreach(json_object_get(o, "outputs"), i, v)
+		kiln_digest_parse(json_string_value(v), &out->outputs[i]);
+	if ((v = json_object_get(o, "meta")) && json_is_object(v))
+		out->meta = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+	out->created = json_integer_value(json_object_get(o, "created"));
+	out->duration_ms = (uint64_t)json_integer_value(json_object_get(o, "duration_ms"));
+	out->size = (uint64_t)json_integer_value(json_object_get(o, "size"));
+	out->platform = opt_dup(o, "platform");
+	out->worker = opt_dup(o, "worker");
+	json_decref(o);
+	return 0;
+}
+
+struct buf_sink {
+	char *p;
+	size_t len, alloc;
+};
+
+static int to_buf(void *ud, const void *data, size_t n)
+{
+	struct buf_sink *b = ud;
+
+	b->p = xgrow(b->p, &b->alloc, b->len + n + 1, 1);
+	memcpy(b->p + b->len, data, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+	return 0;
+}
+
+int kiln_rcache_get(struct kiln_rcache *rc, const char *key,
+		    struct kiln_cache_record *out, struct kiln_error **err)
+{
+	_cleanup_free_ char *name = record_name(key);
+	struct buf_sink b = { 0 };
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (!name)
+		return kiln_error_set(err, -EINVAL, "remote cache: bad key '%s'", key ? key : "");
+	r = be_get(rc, name, KILN_RCACHE_MAX_RECORD, to_buf, &b, err);
+	if (r == 0)
+		r = kiln_rcache_record_decode(key, b.p ? b.p : "", b.len, out, err);
+	else if (r == -EFBIG)
+		r = kiln_error_set(err, -EBADMSG, "cache record %s: larger than %u bytes",
+				   key, KILN_RCACHE_MAX_RECORD);
+	if (r < 0 && r != -ENOENT)
+		kiln_error_prefix(err, "remote cache %s", rc->be.name);
+	free(b.p);
+	return r;
+}
+
+/* ---- fetching: remote -> store, every blob verified before it is named ---- */
+
+struct fetch {
+	struct kiln_rcache *rc;
+	struct kiln_store *store;
+	struct kiln_digest_set seen; /* nodes done */
+	uint64_t bytes;
+	struct kiln_error **err;
+};
+
+struct to_writer {
+	struct kiln_store_writer *w;
+	uint64_t n;
+};
+
+static int to_writer(void *ud, const void *data, size_t n)
+{
+	struct to_writer *t = ud;
+
+	t->n += n;
+	return kiln_store_writer_write(t->w, data, n);
+}
+
+static int fetch_blob(struct fetch *f, const struct kiln_digest *d, uint64_t limit)
+{
+	_cleanup_free_ char *name = NULL;
+	struct to_writer t = { 0 };
+	int r;
+
+	if (kiln_store_has(f->store, d))
+		return 0;
+	name = blob_name(d);
+	r = kiln_store_writer_begin(f->store, &t.w, f->err);
+	if (r < 0)
+		return r;
+	kiln_store_writer_defer_sync(t.w); /* kiln_rcache_fetch syncs once */
+	r = be_get(f->rc, name, limit, to_writer, &t, f->err);
+	if (r < 0) {
+		kiln_store_writer_abort(t.w);
+		if (r == -ENOENT)
+			return kiln_error_set(f->err, -EBADMSG,
+					      "blob %s is missing (a record or node names it)",
+					      KILN_DIGEST_STR(d));
+		if (r == -EFBIG)
+			return kiln_error_set(f->err, -EBADMSG, "blob %s is larger than %llu bytes",
+					      KILN_DIGEST_STR(d), (unsigned long long)limit);
+		return r;
+	}
+	r = kiln_store_writer_commit(t.w, d, NULL, f->err);
+	if (r == 0)
+		f->bytes += t.n;
+	return r;
+}
+
+static int fetch_tree(struct fetch *f, const struct kiln_digest *d, unsigned depth)
+{
+	struct kiln_tree t = KILN_TREE_INIT;
+	size_t i;
+	int r;
+
+	if (kiln_tree_is_empty_digest(d) || kiln_digest_set_has(&f->seen, d))
+		return 0;
+	if (depth > KILN_TREE_MAX_DEPTH)
+		return kiln_error_set(f->err, -EBADMSG, "tree deeper than %u levels",
+				      KILN_TREE_MAX_DEPTH);
+	r = fetch_blob(f, d, KILN_TREE_MAX_NODE_BYTES);
+	r = r ? r : kiln_tree_get(f->store, d, &t, f->err);
+	for (i = 0; r == 0 && i < t.n; i++) {
+		const struct kiln_tree_entry *e = &t.entries[i];
+
+		if (e->type == KILN_ENTRY_DIR)
+			r = fetch_tree(f, &e->digest, depth + 1);
+		else if (e->type == KILN_ENTRY_FILE)
+			r = fetch_blob(f, &e->digest, e->size);
+	}
+	kiln_tree_release(&t);
+	if (r == 0)
+		kiln_digest_set_add(&f->seen, d);
+	return r;
+}
+
+struct meta_walk {
+	struct fetch *f;
+	int r;
+};
+
+static void fetch_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	struct meta_walk *m = ud;
+
+	(void)i;
+	if (m->r == 0 && d)
+		m->r = fetch_blob(m->f, d, UINT64_MAX);
+}
+
+int kiln_rcache_fetch(struct kiln_rcache *rc, const struct kiln_cache_record *rec,
+		      struct kiln_store *store, uint64_t *bytes,
+		      struct kiln_error **err)
+{
+	struct fetch f = { .rc = rc, .store = store, .err = err };
+	struct meta_walk m = { &f, 0 };
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < rec->n_outputs; i++)
+		r = fetch_tree(&f, &rec->outputs[i], 1);
+	if (r == 0) {
+		kiln_cache_meta_blobs(rec->meta, fetch_meta_blob, &m);
+		r = m.r;
+	}
+	if (r == 0)
+		r = kiln_store_sync(store, err);
+	kiln_digest_set_release(&f.seen);
+	if (bytes)
+		*bytes = f.bytes;
+	if (r < 0)
+		kiln_error_prefix(err, "remote cache %s: record %s", rc->be.name,
+				  rec->key ? rec->key : "");
+	return r;
+}
+
+/* ---- putting: store -> remote; files, then nodes bottom-up, then records ---- */
+
+struct upload {
+	struct kiln_rcache *rc;
+	struct kiln_store *store;
+	struct kiln_digest_set seen;
+	uint64_t bytes;
+	struct kiln_error **err;
+};
+
+/* Copy blob d unless the remote has it (force: do not ask, a node's files). */
+static int put_blob(struct upload *u, const struct kiln_digest *d)
+{
+	_cleanup_free_ char *name = blob_name(d);
+	_cleanup_close_ int fd = -1;
+	uint64_t size = 0;
+	int r = be_has(u->rc, name, u->err);
+
+	if (r != 0)
+		return r < 0 ? r : 0;
+	r = kiln_store_size(u->store, d, &size);
+	if (r < 0)
+		return kiln_error_seterrno(u->err, r, "blob %s is not in the local store",
+					   KILN_DIGEST_STR(d));
+	fd = kiln_store_open_blob(u->store, d);
+	if (fd < 0)
+		return kiln_error_seterrno(u->err, fd, "opening blob %s", KILN_DIGEST_STR(d));
+	r = be_put(u->rc, name, fd, NULL, size, u->err);
+	if (r == 0)
+		u->bytes += size;
+	return r;
+}
+
+/*
+ * A node that is there stands for everything below it; otherwise its
+ * files and subtrees go first and the node last.
+ */
+static int put_tree(struct upload *u, const struct kiln_digest *d, unsigned depth)
+{
+	_cleanup_free_ char *name = NULL;
+	struct kiln_tree t = KILN_TREE_INIT;
+	size_t i;
+	int r;
+
+	if (kiln_tree_is_empty_digest(d) || kiln_digest_set_has(&u->seen, d))
+		return 0;
+	if (depth > KILN_TREE_MAX_DEPTH)
+		return kiln_error_set(u->err, -ELOOP, "tree deeper than %u levels",
+				      KILN_TREE_MAX_DEPTH);
+	name = blob_name(d);
+	r = be_has(u->rc, name, u->err);
+	if (r != 0) {
+		if (r > 0)
+			kiln_digest_set_add(&u->seen, d);
+		return r < 0 ? r : 0;
+	}
+	r = kiln_tree_get(u->store, d, &t, u->err);
+	for (i = 0; r == 0 && i < t.n; i++) {
+		const struct kiln_tree_entry *e = &t.entries[i];
+
+		if (e->type == KILN_ENTRY_DIR)
+			r = put_tree(u, &e->digest, depth + 1);
+		else if (e->type == KILN_ENTRY_FILE)
+			r = put_blob(u, &e->digest);
+	}
+	kiln_tree_release(&t);
+	r = r ? r : put_blob(u, d);
+	if (r == 0)
+		kiln_digest_set_add(&u->seen, d);
+	return r;
+}
+
+struct meta_put {
+	struct upload *u;
+	int r;
+};
+
+static void put_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	struct meta_put *m = ud;
+
+	(void)i;
+	if (m->r == 0 && d)
+		m->r = put_blob(m->u, d);
+}
+
+int kiln_rcache_put(struct kiln_rcache *rc, struct kiln_store *store,
+		    const char *const *keys, size_t n_keys,
+		    const struct kiln_cache_record *rec, uint64_t *bytes,
+		    struct kiln_error **err)
+{
+	struct upload u = { .rc = rc, .store = store, .err = err };
+	struct meta_put m = { &u, 0 };
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < rec->n_outputs; i++)
+		r = put_tree(&u, &rec->outputs[i], 1);
+	if (r == 0) {
+		kiln_cache_meta_blobs(rec->meta, put_meta_blob, &m);
+		r = m.r;
+	}
+	/* Only now that everything it names is there: the record. */
+	for (i = 0; r == 0 && i < n_keys; i++) {
+		_cleanup_free_ char *name = record_name(keys[i]);
+		_cleanup_free_ char *json = NULL;
+
+		if (!name) {
+			r = kiln_error_set(err, -EINVAL, "bad cache key '%s'", keys[i]);
+			break;
+		}
+		json = kiln_rcache_record_encode(keys[i], rec);
+		if (!json) {
+			r = kiln_error_set(err, -EINVAL, "cannot encode the record of %s", keys[i]);
+			break;
+		}
+		r = be_put(rc, name, -1, json, strlen(json), err);
+	}
+	kiln_digest_set_release(&u.seen);
+	if (bytes)
+		*bytes = u.bytes;
+	if (r < 0)
+		kiln_error_prefix(err, "remote cache %s", rc->be.name);
+	return r;
+}

@@ -1,0 +1,112 @@
+/*
+ * A remote cache: cache records and the blobs they reference, kept where
+ * many machines can reach them (a directory a CI system saves, or an S3
+ * prefix), in one layout (docs/internals/remote-cache.md):
+ *
+ *   cas/sha256/<hex>   a blob: a file's content or a tree node
+ *   ac/sha256/<hex>    a record, named by its cache key
+ *
+ * A record is written only after every blob it references is there, and a
+ * tree node only after everything below it, so a record never points at
+ * missing data and a node that is there stands for its whole subtree.
+ * Everything read back is verified (digests, the record's schema) before it
+ * is used.
+ *
+ * A remote cache is a speed-up, never a dependency: every failure is
+ * reported to the caller as an error it may treat as a miss. After a
+ * failure that says the remote is unreachable (not a plain miss), the
+ * cache stops calling it for the rest of its life (the caller's build) and
+ * kiln_rcache_unavailable() says why, once, for the warning.
+ *
+ * Thread-safe: calls may come from several threads.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "basic/error.h"
+#include "cache/index.h"
+#include "cas/store.h"
+
+struct kiln_rcache;
+
+/* Record format version ("kiln_cache_record" in the JSON). */
+#define KILN_RCACHE_RECORD_VERSION 1
+/* Bounds on what is read back: a record, a tree node. */
+#define KILN_RCACHE_MAX_RECORD (4u << 20)
+
+/* The objects of a remote cache, whatever keeps them. */
+struct kiln_rcache_backend {
+	/* For messages: "s3://bucket/prefix", "/var/cache/kiln". */
+	const char *name;
+	/*
+	 * Stream object name (at most limit bytes) into sink: 0, -ENOENT when
+	 * absent, -EFBIG past limit, another code (err set) when the remote
+	 * failed. sink's failure is returned as is.
+	 */
+	int (*get)(void *b, const char *name, uint64_t limit,
+		   int (*sink)(void *ud, const void *data, size_t n), void *ud,
+		   struct kiln_error **err);
+	/* 1 present, 0 absent, < 0 (err set) failed. */
+	int (*has)(void *b, const char *name, struct kiln_error **err);
+	/*
+	 * Store an object from fd (size bytes from offset 0) or, fd < 0, from
+	 * data: all or nothing (a reader never sees part of it).
+	 */
+	int (*put)(void *b, const char *name, int fd, const void *data,
+		   uint64_t size, struct kiln_error **err);
+	void (*free)(void *b);
+	void *b;
+};
+
+/* Take over backend (its free is called by kiln_rcache_free). */
+struct kiln_rcache *kiln_rcache_new(const struct kiln_rcache_backend *backend);
+void kiln_rcache_free(struct kiln_rcache *rc);
+const char *kiln_rcache_name(const struct kiln_rcache *rc);
+
+/* A directory as a remote cache (created when create and missing). */
+int kiln_rcache_open_dir(const char *dir, bool create, struct kiln_rcache **out,
+			 struct kiln_error **err);
+
+/*
+ * Why the remote stopped being called (the first failure that was not a
+ * miss), or NULL while it is fine. The text never holds a credential.
+ */
+const char *kiln_rcache_unavailable(struct kiln_rcache *rc);
+
+/*
+ * The record under key ("sha256:<hex>"): 0 and *out filled, verified
+ * (schema, digests); -ENOENT when there is none; -EBADMSG (err says what)
+ * for a corrupt record; another code when the remote failed.
+ */
+int kiln_rcache_get(struct kiln_rcache *rc, const char *key,
+		    struct kiln_cache_record *out, struct kiln_error **err);
+
+/*
+ * Copy what store lacks of rec's result trees (nodes and files) and of the
+ * blobs its meta names into store, verifying every blob against its digest
+ * before it is named. *bytes (may be NULL) gets the bytes copied.
+ */
+int kiln_rcache_fetch(struct kiln_rcache *rc,
+		      const struct kiln_cache_record *rec,
+		      struct kiln_store *store, uint64_t *bytes,
+		      struct kiln_error **err);
+
+/*
+ * Copy what the remote lacks of rec's trees and meta blobs from store
+ * (files, then nodes bottom-up), then write rec under every key.
+ * *bytes (may be NULL) gets the bytes copied.
+ */
+int kiln_rcache_put(struct kiln_rcache *rc, struct kiln_store *store,
+		    const char *const *keys, size_t n_keys,
+		    const struct kiln_cache_record *rec, uint64_t *bytes,
+		    struct kiln_error **err);
+
+/* The record's JSON (the remote form) and its strict reading. */
+char *kiln_rcache_record_encode(const char *key,
+				const struct kiln_cache_record *rec);
+int kiln_rcache_record_decode(const char *key, const void *data, size_t len,
+			      struct kiln_cache_record *out,
+			      struct kiln_error **err);

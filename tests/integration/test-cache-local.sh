@@ -1,0 +1,81 @@
+#!/bin/bash
+# A remote cache in a directory, with buildx's flags (issue 12 item 4):
+# --cache-to type=local,dest=DIR from one empty KILN_ROOT, --cache-from
+# type=local,src=DIR into another (as an ephemeral CI runner would), for a
+# two-platform build: nothing runs the second time and the OCI export is
+# byte-identical. mode=min exports fewer records than mode=max. A corrupt
+# record, a corrupt blob and a missing directory are warnings, never used,
+# and the build's output is still right; a bad spec fails before building.
+. "$(dirname "$0")/lib.sh"
+export SOURCE_DATE_EPOCH=1700000000
+
+CTX="$T/ctx"
+mkdir -p "$CTX"
+cat >"$CTX/Dockerfile" <<'DF'
+ARG BASE
+FROM ${BASE}
+RUN seq 1 130000 > /big && echo small > /small && ln /small /small2
+COPY f /f
+RUN cat /f /small > /both
+DF
+printf 'from the context\n' >"$CTX/f"
+B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=oci-layout://$LAYOUT:latest")
+summary() { events | jq -r "select(.summary) | .summary.$1"; }
+records() { find "$1/ac" -type f | wc -l; }
+
+echo "== export (mode=max) from an empty root"
+KILN_ROOT="$T/r1" kbuild "${B[@]}" --cache-to "type=local,dest=$T/cache,mode=max" \
+	-o "type=oci,dest=$T/a.tar" "$CTX" || fail "first build: $(tail -3 "$T/progress.json")"
+[ "$(summary bytes_to_cache)" -gt 1500000 ] || fail "too little exported: $(summary bytes_to_cache)"
+[ "$(records "$T/cache")" -ge 6 ] || fail "mode=max wrote $(records "$T/cache") records"
+
+echo "== import into another empty root: nothing runs, the same image"
+KILN_ROOT="$T/r2" kbuild "${B[@]}" --cache-from "type=local,src=$T/cache" \
+	-o "type=oci,dest=$T/b.tar" "$CTX" || fail "cached build: $(tail -3 "$T/progress.json")"
+assert_eq "$(vertices_run | grep -v 'load build context' || true)" "" "steps run with everything in the cache"
+[ "$(summary bytes_from_cache)" -gt 1500000 ] || fail "too little imported: $(summary bytes_from_cache)"
+cmp -s "$T/a.tar" "$T/b.tar" || fail "the image from the cache differs"
+has_event '.warning' && fail "unexpected warning: $(events | grep warning)"
+
+echo "== mode=min exports the outputs' records only"
+KILN_ROOT="$T/r1" kbuild "${B[@]}" --cache-to "type=local,dest=$T/cmin" "$CTX" ||
+	fail "mode=min build: $(tail -3 "$T/progress.json")"
+[ "$(records "$T/cmin")" -ge 1 ] && [ "$(records "$T/cmin")" -lt "$(records "$T/cache")" ] ||
+	fail "mode=min wrote $(records "$T/cmin") records, mode=max $(records "$T/cache")"
+
+echo "== a record with bad JSON: reported, not used"
+cp -a "$T/cache" "$T/badrec"
+for f in "$T/badrec"/ac/sha256/*; do printf '{"kiln_cache_record": 1, oops' >"$f"; done
+KILN_ROOT="$T/r3" kbuild "${B[@]}" --cache-from "type=local,src=$T/badrec" \
+	-o "type=oci,dest=$T/c.tar" "$CTX" || fail "build with corrupt records: $(tail -3 "$T/progress.json")"
+assert_contains "$(events | jq -r 'select(.warning) | .warning')" "bad JSON" "warnings"
+assert_contains "$(events | jq -r 'select(.warning) | .warning')" "not used" "warnings"
+[ -n "$(vertices_run)" ] || fail "nothing ran, yet every record was corrupt"
+cmp -s "$T/a.tar" "$T/c.tar" || fail "the image differs after corrupt records"
+
+echo "== a blob with other bytes: reported, not used"
+cp -a "$T/cache" "$T/badblob"
+big=$(find "$T/badblob/cas" -type f -size +700k | head -1)
+[ -n "$big" ] || fail "no large blob in the cache"
+head -c "$(stat -c %s "$big")" /dev/zero >"$big"
+KILN_ROOT="$T/r4" kbuild "${B[@]}" --cache-from "type=local,src=$T/badblob" \
+	-o "type=oci,dest=$T/d.tar" "$CTX" || fail "build with a corrupt blob: $(tail -3 "$T/progress.json")"
+assert_contains "$(events | jq -r 'select(.warning) | .warning')" "sha256:$(basename "$big")" "warning names the blob"
+cmp -s "$T/a.tar" "$T/d.tar" || fail "the image differs after a corrupt blob"
+[ -d "$T/r4/worker/cas/blobs/sha256" ] || fail "no store at $T/r4/worker/cas"
+[ ! -e "$T/r4/worker/cas/blobs/sha256/$(head -c "$(stat -c %s "$big")" /dev/zero | sha256sum | cut -c1-64)" ] ||
+	fail "the corrupt bytes were stored"
+
+echo "== a missing directory: a warning, the build goes on"
+KILN_ROOT="$T/r5" kbuild --build-arg "BASE=oci-layout://$LAYOUT:latest" \
+	--cache-from "type=local,src=$T/nonexistent" "$CTX" || fail "missing cache dir failed the build"
+assert_contains "$(events | jq -r 'select(.warning) | .warning')" "$T/nonexistent" "warning names the dir"
+
+echo "== bad specs fail before anything runs"
+kbuild_fails --cache-to "type=registry,ref=x" "$CTX"
+assert_contains "$(error_text)" "--cache-to type=registry,ref=x: type 'registry' is not supported" "error"
+kbuild_fails --cache-from "type=local,dest=$T/x" "$CTX"
+assert_contains "$(error_text)" "--cache-from type=local,dest=$T/x" "error"
+kbuild_fails --cache-to "type=local,dest=$T/x,mode=all" "$CTX"
+assert_contains "$(error_text)" "mode=all" "error"
+echo "ok: cache-local"

@@ -1,0 +1,351 @@
+/*
+ * Unit tests for rcache: the record's strict reading, the directory
+ * backend, fetching (every blob verified; a corrupt or missing one is
+ * reported and nothing of it kept), the order of writes (blobs, then
+ * nodes bottom-up, then the record) and the unavailable state.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "basic/alloc.h"
+#include "basic/fs-util.h"
+#include "cas/tree.h"
+#include "rcache/rcache.h"
+
+#define KEY "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+
+struct fx {
+	char dir[64];
+	struct kiln_store *a, *b; /* the producer's and the consumer's */
+	struct kiln_digest tree;  /* a/ with files, a subdirectory, a link */
+};
+
+static void write_file(const char *dir, const char *rel, const char *data)
+{
+	_cleanup_free_ char *p = kiln_path_join(dir, rel);
+	_cleanup_free_ char *parent = xstrdup(p);
+
+	*strrchr(parent, '/') = '\0';
+	assert_int_equal(kiln_mkdir_p(parent, 0755), 0);
+	assert_int_equal(kiln_write_file_atomic_at(AT_FDCWD, p, data, strlen(data), 0644, false), 0);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = xcalloc(1, sizeof(*f));
+	struct kiln_store_options o = { .durable = false };
+	_cleanup_free_ char *sa = NULL, *sb = NULL, *src = NULL, *lnk = NULL;
+	int fd;
+
+	snprintf(f->dir, sizeof(f->dir), "/tmp/kiln-rcache-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	sa = kiln_path_join(f->dir, "a");
+	sb = kiln_path_join(f->dir, "b");
+	src = kiln_path_join(f->dir, "src");
+	assert_int_equal(kiln_store_open(sa, &o, &f->a, NULL), 0);
+	assert_int_equal(kiln_store_open(sb, &o, &f->b, NULL), 0);
+	write_file(src, "x.txt", "one\n");
+	write_file(src, "sub/y.txt", "two\n");
+	write_file(src, "sub/deep/z.txt", "three\n");
+	lnk = kiln_path_join(src, "sub/w.txt");
+	{
+		_cleanup_free_ char *y = kiln_path_join(src, "sub/y.txt");
+
+		assert_int_equal(link(y, lnk), 0); /* a hardlink group travels too */
+	}
+	fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_int_equal(kiln_tree_from_dir(f->a, fd, NULL, &f->tree, NULL), 0);
+	close(fd);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+
+	kiln_store_free(f->a);
+	kiln_store_free(f->b);
+	kiln_rm_rf(f->dir);
+	free(f);
+	return 0;
+}
+
+static void sample_record(struct kiln_cache_record *r, struct kiln_digest *tree)
+{
+	memset(r, 0, sizeof(*r));
+	r->op = (char *)"sha256:2222222222222222222222222222222222222222222222222222222222222222";
+	r->outputs = tree;
+	r->n_outputs = 1;
+	r->meta = (char *)"{\"config\":{\"Env\":[\"A=b\"]}}";
+	r->created = 1700000000;
+	r->duration_ms = 42;
+	r->platform = (char *)"linux/arm64";
+	r->worker = (char *)"w1";
+	r->size = 13;
+}
+
+static void test_record_codec(void **state)
+{
+	struct kiln_cache_record r, back;
+	struct kiln_digest t;
+	_cleanup_free_ char *json = NULL;
+	static const char *const bad[] = {
+		"not json",
+		"[]",
+		"{\"kiln_cache_record\":2,\"key\":\"" KEY "\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"created\":0,\"duration_ms\":0,\"size\":0}",
+		"{\"kiln_cache_record\":1,\"key\":\"sha256:3333333333333333333333333333333333333333333333333333333333333333\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"created\":0,\"duration_ms\":0,\"size\":0}",
+		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[],\"created\":0,\"duration_ms\":0,\"size\":0}",
+		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[\"sha256:zz\"],\"created\":0,\"duration_ms\":0,\"size\":0}",
+		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"created\":-1,\"duration_ms\":0,\"size\":0}",
+		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"meta\":[1],\"created\":0,\"duration_ms\":0,\"size\":0}",
+		"{\"kiln_cache_record\":1,\"kiln_cache_record\":1}",
+	};
+	size_t i;
+
+	(void)state;
+	kiln_digest_parse("sha256:4444444444444444444444444444444444444444444444444444444444444444", &t);
+	sample_record(&r, &t);
+	json = kiln_rcache_record_encode(KEY, &r);
+	assert_non_null(json);
+	assert_int_equal(kiln_rcache_record_decode(KEY, json, strlen(json), &back, NULL), 0);
+	assert_string_equal(back.op, r.op);
+	assert_int_equal(back.n_outputs, 1);
+	assert_true(kiln_digest_eq(&back.outputs[0], &t));
+	assert_string_equal(back.meta, r.meta);
+	assert_int_equal(back.created, 1700000000);
+	assert_int_equal(back.duration_ms, 42);
+	assert_string_equal(back.platform, "linux/arm64");
+	assert_string_equal(back.worker, "w1");
+	assert_int_equal(back.size, 13);
+	kiln_cache_record_release(&back);
+	/* The same bytes under another key are not this key's record. */
+	assert_int_equal(kiln_rcache_record_decode("sha256:5555555555555555555555555555555555555555555555555555555555555555",
+						   json, strlen(json), &back, NULL), -EBADMSG);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		_cleanup_error_ struct kiln_error *err = NULL;
+
+		assert_int_equal(kiln_rcache_record_decode(KEY, bad[i], strlen(bad[i]), &back, &err),
+				 -EBADMSG);
+		assert_non_null(strstr(kiln_error_msg(err), KEY));
+		assert_null(back.outputs);
+	}
+}
+
+/* Put from store a, fetch into store b: the same tree, every blob there. */
+static void test_dir_roundtrip(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cdir = kiln_path_join(f->dir, "cache");
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_rcache *rc = NULL;
+	struct kiln_cache_record r, got;
+	const char *keys[2] = { KEY, "sha256:6666666666666666666666666666666666666666666666666666666666666666" };
+	uint64_t up = 0, down = 0, again = 1;
+	struct kiln_tree_entry e;
+
+	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, &err), 0);
+	sample_record(&r, &f->tree);
+	assert_int_equal(kiln_rcache_get(rc, KEY, &got, NULL), -ENOENT);
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 2, &r, &up, &err), 0);
+	assert_true(up >= strlen("one\ntwo\nthree\n"));
+	/* Everything is there: a second put copies nothing. */
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 2, &r, &again, &err), 0);
+	assert_int_equal(again, 0);
+	assert_int_equal(kiln_rcache_get(rc, keys[1], &got, &err), 0);
+	assert_int_equal(kiln_rcache_fetch(rc, &got, f->b, &down, &err), 0);
+	assert_int_equal(down, up);
+	assert_int_equal(kiln_tree_lookup(f->b, &f->tree, "sub/deep/z.txt", &e, &err), 0);
+	assert_true(kiln_store_has(f->b, &e.digest));
+	kiln_tree_entry_release(&e);
+	kiln_cache_record_release(&got);
+	assert_null(kiln_rcache_unavailable(rc));
+	kiln_rcache_free(rc);
+}
+
+/* Overwrite the cache's copy of the blob of path with other bytes. */
+static void spoil_blob(struct fx *f, const char *cdir, const char *path, const char *bytes)
+{
+	struct kiln_tree_entry e;
+	char hex[KILN_DIGEST_HEXLEN];
+	_cleanup_free_ char *p = NULL;
+
+	assert_int_equal(kiln_tree_lookup(f->a, &f->tree, path, &e, NULL), 0);
+	p = xasprintf("%s/cas/sha256/%s", cdir, kiln_digest_hex(&e.digest, hex));
+	if (bytes)
+		assert_int_equal(kiln_write_file_atomic_at(AT_FDCWD, p, bytes, strlen(bytes), 0644, false), 0);
+	else
+		assert_int_equal(unlink(p), 0);
+	kiln_tree_entry_release(&e);
+}
+
+static void test_fetch_verifies(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cdir = kiln_path_join(f->dir, "cache2");
+	struct kiln_rcache *rc = NULL;
+	struct kiln_cache_record r, got;
+	const char *keys[1] = { KEY };
+	struct kiln_tree_entry e;
+
+	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, NULL), 0);
+	sample_record(&r, &f->tree);
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, NULL, NULL), 0);
+	assert_int_equal(kiln_rcache_get(rc, KEY, &got, NULL), 0);
+
+	/* Other bytes under a blob's name: reported, never stored. */
+	spoil_blob(f, cdir, "sub/deep/z.txt", "THREE\n");
+	{
+		_cleanup_error_ struct kiln_error *err = NULL;
+
+		assert_int_equal(kiln_rcache_fetch(rc, &got, f->b, NULL, &err), -EBADMSG);
+		assert_non_null(strstr(kiln_error_msg(err), cdir));
+		assert_int_equal(kiln_tree_lookup(f->a, &f->tree, "sub/deep/z.txt", &e, NULL), 0);
+		assert_false(kiln_store_has(f->b, &e.digest));
+		kiln_tree_entry_release(&e);
+	}
+	/* A missing blob: the same. The remote stays usable: not its fault. */
+	spoil_blob(f, cdir, "sub/deep/z.txt", NULL);
+	{
+		_cleanup_error_ struct kiln_error *err = NULL;
+
+		assert_int_equal(kiln_rcache_fetch(rc, &got, f->b, NULL, &err), -EBADMSG);
+		assert_non_null(strstr(kiln_error_msg(err), "missing"));
+	}
+	assert_null(kiln_rcache_unavailable(rc));
+	/* A record with bad JSON is corrupt, not absent. */
+	{
+		_cleanup_free_ char *p = xasprintf("%s/ac/sha256/%s", cdir, KEY + 7);
+		_cleanup_error_ struct kiln_error *err = NULL;
+		struct kiln_cache_record bad;
+
+		assert_int_equal(kiln_write_file_atomic_at(AT_FDCWD, p, "{oops", 5, 0644, false), 0);
+		assert_int_equal(kiln_rcache_get(rc, KEY, &bad, &err), -EBADMSG);
+		assert_non_null(strstr(kiln_error_msg(err), "bad JSON"));
+	}
+	kiln_cache_record_release(&got);
+	kiln_rcache_free(rc);
+}
+
+/* A backend that logs the order of writes, and can break. */
+struct logged {
+	char names[64][96];
+	int n;
+	int fail; /* a code every call returns, 0 = work */
+	int calls;
+};
+
+static int log_get(void *b, const char *name, uint64_t limit,
+		   int (*sink)(void *ud, const void *data, size_t n), void *ud,
+		   struct kiln_error **err)
+{
+	struct logged *l = b;
+
+	l->calls++;
+	if (l->fail)
+		return kiln_error_set(err, l->fail, "connection refused by test");
+	return -ENOENT;
+}
+
+static int log_has(void *b, const char *name, struct kiln_error **err)
+{
+	struct logged *l = b;
+	int i;
+
+	l->calls++;
+	if (l->fail)
+		return kiln_error_set(err, l->fail, "connection refused by test");
+	for (i = 0; i < l->n; i++)
+		if (!strcmp(l->names[i], name))
+			return 1;
+	return 0;
+}
+
+static int log_put(void *b, const char *name, int fd, const void *data, uint64_t size,
+		   struct kiln_error **err)
+{
+	struct logged *l = b;
+
+	l->calls++;
+	if (l->fail)
+		return kiln_error_set(err, l->fail, "connection refused by test");
+	assert_true(l->n < 64);
+	snprintf(l->names[l->n++], 96, "%s", name);
+	return 0;
+}
+
+static void test_write_order_and_down(void **state)
+{
+	struct fx *f = *state;
+	struct logged l = { 0 };
+	struct kiln_rcache_backend be = { "test://", log_get, log_has, log_put, NULL, &l };
+	struct kiln_rcache *rc = kiln_rcache_new(&be);
+	struct kiln_cache_record r, got;
+	const char *keys[1] = { KEY };
+	struct kiln_tree_entry sub, deep, z;
+	char hex[KILN_DIGEST_HEXLEN];
+	int i, at_sub = -1, at_deep = -1, at_z = -1, at_root = -1;
+	_cleanup_free_ char *nsub = NULL, *ndeep = NULL, *nz = NULL, *nroot = NULL;
+
+	sample_record(&r, &f->tree);
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, NULL, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->a, &f->tree, "sub", &sub, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->a, &f->tree, "sub/deep", &deep, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->a, &f->tree, "sub/deep/z.txt", &z, NULL), 0);
+	nsub = xasprintf("cas/sha256/%s", kiln_digest_hex(&sub.digest, hex));
+	ndeep = xasprintf("cas/sha256/%s", kiln_digest_hex(&deep.digest, hex));
+	nz = xasprintf("cas/sha256/%s", kiln_digest_hex(&z.digest, hex));
+	nroot = xasprintf("cas/sha256/%s", kiln_digest_hex(&f->tree, hex));
+	for (i = 0; i < l.n; i++) {
+		at_sub = strcmp(l.names[i], nsub) ? at_sub : i;
+		at_deep = strcmp(l.names[i], ndeep) ? at_deep : i;
+		at_z = strcmp(l.names[i], nz) ? at_z : i;
+		at_root = strcmp(l.names[i], nroot) ? at_root : i;
+	}
+	assert_true(at_z >= 0 && at_z < at_deep && at_deep < at_sub && at_sub < at_root);
+	assert_string_equal(l.names[l.n - 1], "ac/sha256/1111111111111111111111111111111111111111111111111111111111111111");
+	kiln_tree_entry_release(&sub);
+	kiln_tree_entry_release(&deep);
+	kiln_tree_entry_release(&z);
+
+	/* Refused: unavailable from then on, and not called again. */
+	l.fail = -ECONNREFUSED;
+	assert_int_equal(kiln_rcache_get(rc, KEY, &got, NULL), -ECONNREFUSED);
+	assert_non_null(kiln_rcache_unavailable(rc));
+	if (!strstr(kiln_rcache_unavailable(rc), "connection refused by test"))
+		fail_msg("unavailable: %s", kiln_rcache_unavailable(rc));
+	l.calls = 0;
+	{
+		_cleanup_error_ struct kiln_error *err = NULL;
+
+		assert_int_equal(kiln_rcache_get(rc, KEY, &got, &err), -EHOSTDOWN);
+		assert_non_null(strstr(kiln_error_msg(err), "test://"));
+		assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, NULL, NULL), -EHOSTDOWN);
+	}
+	assert_int_equal(l.calls, 0);
+	kiln_rcache_free(rc);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_record_codec),
+		cmocka_unit_test_setup_teardown(test_dir_roundtrip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_verifies, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_write_order_and_down, setup, teardown),
+	};
+
+	umask(022);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
