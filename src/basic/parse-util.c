@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "basic/alloc.h"
+#include "basic/macro.h"
 
 int kiln_parse_u64(const char *s, uint64_t *out)
 {
@@ -130,4 +131,34 @@ char *kiln_url_strip_userinfo(const char *url)
 	if (!at)
 		return xstrdup(url);
 	return xasprintf("%.*s%s", (int)(auth - url), url, at + 1);
+}
+
+int kiln_parse_duration(const char *s, int64_t *out)
+{
+	static const struct {
+		char unit;
+		uint64_t mult;
+	} units[] = { { 's', 1 }, { 'm', 60 }, { 'h', 3600 }, { 'd', 86400 } };
+	_cleanup_free_ char *num = NULL;
+	uint64_t n, mult = 1;
+	size_t len, i;
+
+	if (!s || !*s)
+		return -EINVAL;
+	len = strlen(s);
+	if (!isdigit((unsigned char)s[len - 1])) {
+		for (i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+			if (s[len - 1] == units[i].unit)
+				mult = units[i].mult;
+		if (mult == 1 && s[len - 1] != 's')
+			return -EINVAL;
+		len--;
+	}
+	num = xstrndup(s, len);
+	if (kiln_parse_u64(num, &n) < 0)
+		return -EINVAL;
+	if (n > 100ull * 365 * 86400 / mult)
+		return -ERANGE;
+	*out = (int64_t)(n * mult);
+	return 0;
 }

@@ -17,6 +17,13 @@ int kiln_parse_int(const char *s, int *out);
  */
 int kiln_parse_size(const char *s, uint64_t *out);
 
+/*
+ * Parse a duration in seconds: a number with an optional unit, "90", "90s",
+ * "30m", "24h", "7d" (as in Go, and "d" for days). -EINVAL on junk,
+ * -ERANGE past a century.
+ */
+int kiln_parse_duration(const char *s, int64_t *out);
+
 /* Format bytes as "12.3 MiB" into buf (size >= 32). */
 const char *kiln_format_size(uint64_t n, char *buf, unsigned size);
 

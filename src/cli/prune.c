@@ -13,12 +13,14 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "basic/alloc.h"
 #include "basic/args.h"
 #include "basic/parse-util.h"
 #include "cas/gc.h"
 #include "cli/common.h"
+#include "rcache/rcache.h"
 
 struct prune_rec {
 	char *key;
@@ -34,6 +36,10 @@ struct prune {
 	struct kiln_engine e;
 	bool all, dry_run, has_limit;
 	uint64_t limit;
+	const char *cache;   /* --cache: prune a remote cache instead */
+	int64_t older_than;  /* --older-than (remote cache) */
+	int64_t grace;       /* --grace (remote cache) */
+	bool grace_set;
 	struct prune_rec *recs; /* oldest last_used first */
 	size_t n, alloc;
 	uint64_t deleted;
@@ -43,15 +49,23 @@ struct prune {
 static void prune_usage(FILE *f)
 {
 	fputs("Usage: kiln prune [--keep-storage SIZE] [--all] [--dry-run]\n"
+	      "       kiln prune --cache DIR [--keep-storage SIZE] [--older-than DURATION]\n"
+	      "                  [--grace DURATION] [--dry-run]\n"
 	      "\n"
 	      "Delete cache records and the data only they used. With neither\n"
 	      "--all nor --keep-storage, records are kept and only unreferenced\n"
-	      "data goes.\n"
+	      "data goes. With --cache, the remote cache at DIR (--cache-to's\n"
+	      "directory) is pruned instead of this machine's.\n"
 	      "\n"
 	      "      --keep-storage SIZE  keep the most recently used records\n"
 	      "                           while their total size fits in SIZE\n"
 	      "                           (e.g. 10GB, 512MiB)\n"
 	      "  -a, --all                delete every record\n"
+	      "      --cache DIR          prune the remote cache in DIR\n"
+	      "      --older-than D       (--cache) delete records written more than D ago\n"
+	      "                           (e.g. 7d, 24h, 90m)\n"
+	      "      --grace D            (--cache) never delete a blob younger than D\n"
+	      "                           (default 1h: a writer at work)\n"
 	      "  -n, --dry-run            show what would be freed, change nothing\n"
 	      "  -h, --help               show this help\n",
 	      f);
@@ -327,12 +341,43 @@ static int prune_run(struct prune *p)
 	return 0;
 }
 
+/* kiln prune --cache: the remote cache's own gc (rcache-gc.c). */
+static int prune_remote(struct prune *p)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_rcache_gc_opts o = {
+		.now = (int64_t)time(NULL), .older_than = p->older_than,
+		.has_keep = p->has_limit, .keep_bytes = p->limit, .grace = p->grace,
+		.dry_run = p->dry_run,
+	};
+	struct kiln_rcache_gc_stats st;
+	struct kiln_rcache *rc = NULL;
+	const char *verb = p->dry_run ? "would delete" : "deleted";
+	char a[32], b[32];
+	int r;
+
+	if (kiln_rcache_open_dir(p->cache, false, &rc, &err) < 0)
+		return kiln_cli_fail(err);
+	r = kiln_rcache_gc(rc, &o, &st, &err);
+	kiln_rcache_free(rc);
+	if (r < 0)
+		return kiln_cli_fail(err);
+	printf("records:  %s %zu of %zu (%zu unusable)\n", verb, st.records_deleted,
+	       st.records, st.records_bad);
+	printf("blobs:    %s %zu of %zu (%s of %s)\n", verb, st.blobs_deleted, st.blobs,
+	       kiln_format_size(st.bytes_deleted, a, 32), kiln_format_size(st.bytes, b, 32));
+	return 0;
+}
+
 static int parse_args(int argc, char **argv, struct prune *p)
 {
 	static const struct option opts[] = {
 		{ "keep-storage", required_argument, NULL, 'k' },
 		{ "all", no_argument, NULL, 'a' },
 		{ "dry-run", no_argument, NULL, 'n' },
+		{ "cache", required_argument, NULL, 'c' },
+		{ "older-than", required_argument, NULL, 'o' },
+		{ "grace", required_argument, NULL, 'g' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -349,6 +394,14 @@ static int parse_args(int argc, char **argv, struct prune *p)
 			break;
 		case 'a': p->all = true; break;
 		case 'n': p->dry_run = true; break;
+		case 'c': p->cache = optarg; break;
+		case 'o':
+		case 'g':
+			if (kiln_parse_duration(optarg, c == 'o' ? &p->older_than : &p->grace) < 0)
+				return kiln_args_error("kiln prune", "invalid %s '%s' (e.g. 7d, 24h, 90m, 3600)",
+						       c == 'o' ? "--older-than" : "--grace", optarg);
+			p->grace_set |= c == 'g';
+			break;
 		case 'h': prune_usage(stdout); return KILN_ARGS_HELP;
 		default: prune_usage(stderr); return KILN_ARGS_USAGE;
 		}
@@ -357,6 +410,10 @@ static int parse_args(int argc, char **argv, struct prune *p)
 		return KILN_ARGS_USAGE;
 	if (p->all && p->has_limit)
 		return kiln_args_error("kiln prune", "--all and --keep-storage exclude each other");
+	if (!p->cache && (p->older_than >= 0 || p->grace_set))
+		return kiln_args_error("kiln prune", "--older-than and --grace are for --cache");
+	if (p->cache && p->all)
+		return kiln_args_error("kiln prune", "--all is for this machine's cache; with --cache, --older-than 0 deletes every record");
 	return KILN_ARGS_OK;
 }
 
@@ -367,9 +424,13 @@ int kiln_cmd_prune(int argc, char **argv)
 	struct prune p = { 0 };
 	int r;
 
+	p.grace = 3600;
+	p.older_than = -1;
 	r = parse_args(argc, argv, &p);
 	if (r)
 		return kiln_args_exit(r);
+	if (p.cache)
+		return prune_remote(&p);
 	root = kiln_cli_default_root();
 	if (kiln_engine_open(root, NULL, &p.e, &err) < 0)
 		return kiln_cli_fail(err);

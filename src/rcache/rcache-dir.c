@@ -7,6 +7,7 @@
  */
 #include "rcache/rcache.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -110,6 +111,75 @@ static int dir_put(void *b, const char *name, int fd, const void *data,
 	return 0;
 }
 
+/* Walk dir/<path> recursively: objects are files, names relative to dir. */
+static int walk_objects(struct dir_backend *d, int dfd, const char *rel,
+			const char *prefix,
+			int (*fn)(void *ud, const char *name, uint64_t size, int64_t mtime),
+			void *ud, struct kiln_error **err)
+{
+	DIR *dir = NULL;
+	struct dirent *de;
+	int r = kiln_opendir_at(dfd, ".", 0, &dir);
+
+	if (r < 0)
+		return kiln_error_seterrno(err, r, "listing %s/%s", d->dir, rel);
+	while (r == 0 && (errno = 0, de = readdir(dir))) {
+		_cleanup_free_ char *name = NULL;
+		struct stat st;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		name = *rel ? xasprintf("%s/%s", rel, de->d_name) : xstrdup(de->d_name);
+		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* gone meanwhile */
+		if (S_ISDIR(st.st_mode)) {
+			/* Only directories on the way to (or under) the prefix. */
+			size_t n = strlen(name);
+
+			if (strncmp(name, prefix, n < strlen(prefix) ? n : strlen(prefix)))
+				continue;
+			_cleanup_close_ int sub = kiln_openat2(dirfd(dir), de->d_name,
+							       O_RDONLY | O_DIRECTORY, 0, BENEATH);
+			if (sub < 0)
+				continue;
+			r = walk_objects(d, sub, name, prefix, fn, ud, err);
+		} else if (S_ISREG(st.st_mode) && !strncmp(name, prefix, strlen(prefix))) {
+			r = fn(ud, name, (uint64_t)st.st_size, st.st_mtim.tv_sec);
+		}
+	}
+	closedir(dir);
+	return r;
+}
+
+static int dir_list(void *b, const char *prefix,
+		    int (*fn)(void *ud, const char *name, uint64_t size, int64_t mtime),
+		    void *ud, struct kiln_error **err)
+{
+	struct dir_backend *d = b;
+
+	return walk_objects(d, d->fd, "", prefix, fn, ud, err);
+}
+
+static int dir_del(void *b, const char *name, struct kiln_error **err)
+{
+	struct dir_backend *d = b;
+	_cleanup_free_ char *parent = xstrdup(name);
+	char *slash = strrchr(parent, '/');
+	_cleanup_close_ int pfd = -1;
+
+	if (slash) {
+		*slash = '\0';
+		pfd = kiln_openat2(d->fd, parent, O_PATH | O_DIRECTORY, 0, BENEATH);
+		if (pfd == -ENOENT)
+			return 0;
+		if (pfd < 0)
+			return kiln_error_seterrno(err, pfd, "%s/%s", d->dir, parent);
+	}
+	if (unlinkat(slash ? pfd : d->fd, slash ? slash + 1 : name, 0) < 0 && errno != ENOENT)
+		return kiln_error_seterrno(err, -errno, "deleting %s/%s", d->dir, name);
+	return 0;
+}
+
 static void dir_free(void *b)
 {
 	struct dir_backend *d = b;
@@ -141,6 +211,8 @@ int kiln_rcache_open_dir(const char *dir, bool create, struct kiln_rcache **out,
 	be.get = dir_get;
 	be.has = dir_has;
 	be.put = dir_put;
+	be.list = dir_list;
+	be.del = dir_del;
 	be.free = dir_free;
 	be.b = d;
 	*out = kiln_rcache_new(&be);

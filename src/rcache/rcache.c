@@ -15,6 +15,7 @@
 #include "basic/macro.h"
 #include "cas/digest-set.h"
 #include "cas/tree.h"
+#include "rcache/rcache-internal.h"
 
 #define MAX_OUTPUTS 16
 #define MAX_TEXT 4096 /* worker, platform */
@@ -82,7 +83,7 @@ static int check_up(struct kiln_rcache *rc, struct kiln_error **err)
 static int note(struct kiln_rcache *rc, int r, struct kiln_error *e,
 		struct kiln_error **err)
 {
-	if (r < 0 && r != -ENOENT && r != -EBADMSG && r != -EFBIG) {
+	if (r < 0 && r != -ENOENT && r != -EBADMSG && r != -EFBIG && r != -ECANCELED) {
 		pthread_mutex_lock(&rc->lock);
 		if (!rc->down)
 			rc->down = xstrdup(e ? kiln_error_msg(e) : strerror(-r));
@@ -128,6 +129,41 @@ static int be_put(struct kiln_rcache *rc, const char *name, int fd, const void *
 	if (r)
 		return r;
 	r = rc->be.put(rc->be.b, name, fd, data, size, &e);
+	return note(rc, r, e, err);
+}
+
+int rcache_get_raw(struct kiln_rcache *rc, const char *name, uint64_t limit,
+		   int (*sink)(void *ud, const void *data, size_t n), void *ud,
+		   struct kiln_error **err)
+{
+	return be_get(rc, name, limit, sink, ud, err);
+}
+
+int rcache_list(struct kiln_rcache *rc, const char *prefix,
+		int (*fn)(void *ud, const char *name, uint64_t size, int64_t mtime),
+		void *ud, struct kiln_error **err)
+{
+	struct kiln_error *e = NULL;
+	int r = check_up(rc, err);
+
+	if (r)
+		return r;
+	if (!rc->be.list)
+		return kiln_error_set(err, -ENOTSUP, "%s cannot be listed", rc->be.name);
+	r = rc->be.list(rc->be.b, prefix, fn, ud, &e);
+	return note(rc, r, e, err);
+}
+
+int rcache_del(struct kiln_rcache *rc, const char *name, struct kiln_error **err)
+{
+	struct kiln_error *e = NULL;
+	int r = check_up(rc, err);
+
+	if (r)
+		return r;
+	if (!rc->be.del)
+		return kiln_error_set(err, -ENOTSUP, "%s cannot delete", rc->be.name);
+	r = rc->be.del(rc->be.b, name, &e);
 	return note(rc, r, e, err);
 }
 
@@ -312,6 +348,36 @@ int kiln_rcache_get(struct kiln_rcache *rc, const char *key,
 	return r;
 }
 
+int rcache_read_node(struct kiln_rcache *rc, const struct kiln_digest *d,
+		     struct kiln_tree *out, struct kiln_error **err)
+{
+	_cleanup_free_ char *name = blob_name(d);
+	struct buf_sink b = { 0 };
+	struct kiln_digest got;
+	int r;
+
+	kiln_tree_init(out);
+	r = be_get(rc, name, KILN_TREE_MAX_NODE_BYTES, to_buf, &b, err);
+	if (r == -ENOENT || r == -EFBIG)
+		r = kiln_error_set(err, -EBADMSG, "tree node %s is %s", KILN_DIGEST_STR(d),
+				   r == -ENOENT ? "missing" : "too large");
+	if (r == 0) {
+		kiln_digest_buf(b.p ? b.p : "", b.len, &got);
+		if (!kiln_digest_eq(&got, d))
+			r = kiln_error_set(err, -EBADMSG, "tree node %s holds other bytes (%s)",
+					   KILN_DIGEST_STR(d), KILN_DIGEST_STR(&got));
+	}
+	if (r == 0) {
+		r = kiln_tree_decode(b.p ? b.p : "", b.len, out, err);
+		if (r < 0) {
+			kiln_error_prefix(err, "tree node %s", KILN_DIGEST_STR(d));
+			r = -EBADMSG;
+		}
+	}
+	free(b.p);
+	return r;
+}
+
 /* ---- fetching: remote -> store, every blob verified before it is named ---- */
 
 struct fetch {
@@ -466,6 +532,16 @@ static int put_blob(struct upload *u, const struct kiln_digest *d)
 	return r;
 }
 
+static int put_node_again(struct upload *u, const struct kiln_digest *d)
+{
+	_cleanup_free_ char *name = blob_name(d);
+	_cleanup_free_ char *data = NULL;
+	size_t len = 0;
+	int r = kiln_store_read(u->store, d, KILN_TREE_MAX_NODE_BYTES, &data, &len, u->err);
+
+	return r < 0 ? r : be_put(u->rc, name, -1, data, len, u->err);
+}
+
 /*
  * A node that is there stands for everything below it; otherwise its
  * files and subtrees go first and the node last.
@@ -484,10 +560,18 @@ static int put_tree(struct upload *u, const struct kiln_digest *d, unsigned dept
 				      KILN_TREE_MAX_DEPTH);
 	name = blob_name(d);
 	r = be_has(u->rc, name, u->err);
-	if (r != 0) {
-		if (r > 0)
+	if (r < 0)
+		return r;
+	if (r > 0) {
+		/*
+		 * There, with all below it. Written again, small as a node is,
+		 * so a gc running now sees it young and keeps its subtree for
+		 * the record about to name it.
+		 */
+		r = put_node_again(u, d);
+		if (r == 0)
 			kiln_digest_set_add(&u->seen, d);
-		return r < 0 ? r : 0;
+		return r;
 	}
 	r = kiln_tree_get(u->store, d, &t, u->err);
 	for (i = 0; r == 0 && i < t.n; i++) {

@@ -57,6 +57,17 @@ struct kiln_rcache_backend {
 	 */
 	int (*put)(void *b, const char *name, int fd, const void *data,
 		   uint64_t size, struct kiln_error **err);
+	/*
+	 * Every object whose name starts with prefix, in any order, with its
+	 * size and its modification time (unix seconds); fn's non-zero
+	 * return stops the listing and is returned. May be NULL (no GC).
+	 */
+	int (*list)(void *b, const char *prefix,
+		    int (*fn)(void *ud, const char *name, uint64_t size,
+			      int64_t mtime),
+		    void *ud, struct kiln_error **err);
+	/* Delete an object; an absent one is not an error. May be NULL. */
+	int (*del)(void *b, const char *name, struct kiln_error **err);
 	void (*free)(void *b);
 	void *b;
 };
@@ -110,3 +121,29 @@ char *kiln_rcache_record_encode(const char *key,
 int kiln_rcache_record_decode(const char *key, const void *data, size_t len,
 			      struct kiln_cache_record *out,
 			      struct kiln_error **err);
+
+/* Garbage collection of a remote cache (kiln prune --cache). */
+struct kiln_rcache_gc_opts {
+	int64_t now;         /* unix seconds */
+	int64_t older_than;  /* >= 0: records written before now - older_than go */
+	bool has_keep;       /* keep_bytes set: oldest records go until it fits */
+	uint64_t keep_bytes;
+	int64_t grace;       /* blobs younger than this are never deleted */
+	bool dry_run;
+};
+
+struct kiln_rcache_gc_stats {
+	size_t records, records_deleted, records_bad;
+	size_t blobs, blobs_deleted;
+	uint64_t bytes, bytes_deleted; /* of blobs */
+};
+
+/*
+ * Records by age (older_than), then oldest first while the blobs the kept
+ * ones reach exceed keep_bytes; then every blob no kept record reaches and
+ * no young tree node (written within grace: a writer at work) reaches,
+ * older than grace, tree nodes before files. A record that cannot be read
+ * or points at missing data is deleted too (records_bad).
+ */
+int kiln_rcache_gc(struct kiln_rcache *rc, const struct kiln_rcache_gc_opts *o,
+		   struct kiln_rcache_gc_stats *st, struct kiln_error **err);

@@ -78,4 +78,32 @@ kbuild_fails --cache-from "type=local,dest=$T/x" "$CTX"
 assert_contains "$(error_text)" "--cache-from type=local,dest=$T/x" "error"
 kbuild_fails --cache-to "type=local,dest=$T/x,mode=all" "$CTX"
 assert_contains "$(error_text)" "mode=all" "error"
+echo "== kiln prune --cache: old records go, and what a kept record needs stays"
+# The cache of build 1 is two days old; build 2 changes its last step and
+# writes to the same cache (its first steps' records are written again).
+find "$T/cache" -type f -exec touch -d "@$(($(date +%s) - 172800))" {} +
+sed 's|cat /f /small > /both|cat /small /f > /both|' "$CTX/Dockerfile" >"$CTX/Dockerfile.2"
+KILN_ROOT="$T/r1" kbuild "${B[@]}" -f "$CTX/Dockerfile.2" --cache-to "type=local,dest=$T/cache,mode=max" \
+	-o "type=oci,dest=$T/e.tar" "$CTX" || fail "second export: $(tail -3 "$T/progress.json")"
+n_before=$(records "$T/cache")
+"$KILN" prune --cache "$T/cache" --older-than 1d --grace 0s --dry-run >"$T/prune.out" ||
+	fail "prune --dry-run: $(cat "$T/prune.out")"
+assert_eq "$(records "$T/cache")" "$n_before" "records after a dry run"
+"$KILN" prune --cache "$T/cache" --older-than 1d --grace 0s >"$T/prune.out" || fail "prune: $(cat "$T/prune.out")"
+grep -q "^records:  deleted [1-9]" "$T/prune.out" || fail "prune deleted no record: $(cat "$T/prune.out")"
+grep -q "^blobs:    deleted [1-9]" "$T/prune.out" || fail "prune deleted no blob: $(cat "$T/prune.out")"
+[ "$(records "$T/cache")" -lt "$n_before" ] || fail "records left: $(records "$T/cache") of $n_before"
+# Build 2 from the pruned cache: a full hit, the same image.
+KILN_ROOT="$T/r6" kbuild "${B[@]}" -f "$CTX/Dockerfile.2" --cache-from "type=local,src=$T/cache" \
+	-o "type=oci,dest=$T/f.tar" "$CTX" || fail "build 2 from the pruned cache: $(tail -3 "$T/progress.json")"
+assert_eq "$(vertices_run | grep -v 'load build context' || true)" "" "steps run after prune"
+cmp -s "$T/e.tar" "$T/f.tar" || fail "build 2's image differs after prune"
+has_event '.warning' && fail "warning after prune: $(events | grep warning)"
+# Build 1's last step was pruned: only it runs; the rest still hits.
+KILN_ROOT="$T/r7" kbuild "${B[@]}" --cache-from "type=local,src=$T/cache" \
+	-o "type=oci,dest=$T/g.tar" "$CTX" || fail "build 1 from the pruned cache: $(tail -3 "$T/progress.json")"
+assert_eq "$(vertices_run | grep -c 'cat /f /small')" 2 "build 1's last step runs on both platforms"
+cmp -s "$T/a.tar" "$T/g.tar" || fail "build 1's image differs after prune"
+"$KILN" prune --cache "$T/nonexistent" >"$T/prune.out" 2>&1 && fail "prune of a missing cache succeeded"
+assert_contains "$(cat "$T/prune.out")" "$T/nonexistent" "prune error"
 echo "ok: cache-local"

@@ -63,6 +63,27 @@ static void test_parse(void **state)
 	assert_int_equal(kiln_parse_int("-42", &i), 0);
 	assert_int_equal(i, -42);
 	assert_int_equal(kiln_parse_u64("", &v), -EINVAL);
+	{
+		int64_t d;
+
+		assert_int_equal(kiln_parse_duration("90", &d), 0);
+		assert_int_equal(d, 90);
+		assert_int_equal(kiln_parse_duration("90s", &d), 0);
+		assert_int_equal(d, 90);
+		assert_int_equal(kiln_parse_duration("30m", &d), 0);
+		assert_int_equal(d, 1800);
+		assert_int_equal(kiln_parse_duration("24h", &d), 0);
+		assert_int_equal(d, 86400);
+		assert_int_equal(kiln_parse_duration("7d", &d), 0);
+		assert_int_equal(d, 7 * 86400);
+		assert_int_equal(kiln_parse_duration("0", &d), 0);
+		assert_int_equal(d, 0);
+		assert_int_equal(kiln_parse_duration("", &d), -EINVAL);
+		assert_int_equal(kiln_parse_duration("d", &d), -EINVAL);
+		assert_int_equal(kiln_parse_duration("7w", &d), -EINVAL);
+		assert_int_equal(kiln_parse_duration("-5m", &d), -EINVAL);
+		assert_int_equal(kiln_parse_duration("99999999999d", &d), -ERANGE);
+	}
 }
 
 static void test_strbuf_limit(void **state)

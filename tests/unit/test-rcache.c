@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -289,7 +290,8 @@ static void test_write_order_and_down(void **state)
 {
 	struct fx *f = *state;
 	struct logged l = { 0 };
-	struct kiln_rcache_backend be = { "test://", log_get, log_has, log_put, NULL, &l };
+	struct kiln_rcache_backend be = { .name = "test://", .get = log_get, .has = log_has,
+					  .put = log_put, .b = &l };
 	struct kiln_rcache *rc = kiln_rcache_new(&be);
 	struct kiln_cache_record r, got;
 	const char *keys[1] = { KEY };
@@ -337,6 +339,109 @@ static void test_write_order_and_down(void **state)
 	kiln_rcache_free(rc);
 }
 
+/* Set every object under cdir/sub to mtime now - age. */
+static void age_objects(const char *cdir, const char *sub, int64_t age)
+{
+	_cleanup_free_ char *cmd = xasprintf("find %s/%s -type f -exec touch -d @%lld {} +",
+					      cdir, sub, (long long)(time(NULL) - age));
+
+	assert_int_equal(system(cmd), 0);
+}
+
+static size_t count_files(const char *dir)
+{
+	_cleanup_free_ char *cmd = xasprintf("find %s -type f | wc -l", dir);
+	FILE *p = popen(cmd, "r");
+	unsigned long n = 0;
+
+	assert_non_null(p);
+	assert_int_equal(fscanf(p, "%lu", &n), 1);
+	pclose(p);
+	return n;
+}
+
+static void test_gc(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cdir = kiln_path_join(f->dir, "gc");
+	_cleanup_free_ char *src2 = kiln_path_join(f->dir, "src2");
+	_cleanup_free_ char *recs = NULL, *blobs = NULL;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_rcache *rc = NULL;
+	struct kiln_cache_record ra, rb, got;
+	struct kiln_digest t2, orphan;
+	const char *ka[1] = { KEY };
+	const char *kb[1] = { "sha256:7777777777777777777777777777777777777777777777777777777777777777" };
+	struct kiln_rcache_gc_opts o = { .now = time(NULL), .older_than = 86400, .grace = 3600 };
+	struct kiln_rcache_gc_stats st;
+	size_t before;
+	int fd;
+
+	/* A: the fixture tree; B: one file shared with A ("two") and one of its own. */
+	write_file(src2, "y.txt", "two\n");
+	write_file(src2, "own.txt", "only in b\n");
+	fd = open(src2, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_int_equal(kiln_tree_from_dir(f->a, fd, NULL, &t2, NULL), 0);
+	close(fd);
+	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, NULL), 0);
+	sample_record(&ra, &f->tree);
+	sample_record(&rb, &t2);
+	assert_int_equal(kiln_rcache_put(rc, f->a, ka, 1, &ra, NULL, &err), 0);
+	/* A is two days old, its blobs too; then B and an old orphan blob. */
+	age_objects(cdir, "", 2 * 86400);
+	assert_int_equal(kiln_rcache_put(rc, f->a, kb, 1, &rb, NULL, &err), 0);
+	{
+		char hex[KILN_DIGEST_HEXLEN];
+		_cleanup_free_ char *p = NULL;
+
+		kiln_digest_buf("orphan", 6, &orphan);
+		p = xasprintf("%s/cas/sha256/%s", cdir, kiln_digest_hex(&orphan, hex));
+		assert_int_equal(kiln_write_file_atomic_at(AT_FDCWD, p, "orphan", 6, 0644, false), 0);
+		age_objects(cdir, "cas/sha256", 2 * 86400); /* B's blobs old too: kept as B's */
+	}
+	blobs = kiln_path_join(cdir, "cas");
+	recs = kiln_path_join(cdir, "ac");
+	before = count_files(blobs);
+
+	o.dry_run = true;
+	assert_int_equal(kiln_rcache_gc(rc, &o, &st, &err), 0);
+	assert_int_equal(st.records, 2);
+	assert_int_equal(st.records_deleted, 1);
+	assert_true(st.blobs_deleted >= 4); /* A's root, sub, deep, x, z, the orphan */
+	assert_int_equal(count_files(blobs), before); /* a dry run */
+	assert_int_equal(count_files(recs), 2);
+
+	o.dry_run = false;
+	assert_int_equal(kiln_rcache_gc(rc, &o, &st, &err), 0);
+	assert_int_equal(st.records_deleted, 1);
+	assert_int_equal(count_files(recs), 1);
+	assert_int_equal(count_files(blobs), before - st.blobs_deleted);
+	assert_int_equal(kiln_rcache_get(rc, KEY, &got, NULL), -ENOENT);
+	/* B is whole: it fetches into a fresh store. */
+	assert_int_equal(kiln_rcache_get(rc, kb[0], &got, &err), 0);
+	assert_int_equal(kiln_rcache_fetch(rc, &got, f->b, NULL, &err), 0);
+	kiln_cache_record_release(&got);
+	{
+		char hex[KILN_DIGEST_HEXLEN];
+		_cleanup_free_ char *p = xasprintf("%s/cas/sha256/%s", cdir, kiln_digest_hex(&orphan, hex));
+
+		assert_int_equal(access(p, F_OK), -1);
+	}
+	/* A young blob (a writer at work) is never swept. */
+	write_file(cdir, "cas/sha256/8888888888888888888888888888888888888888888888888888888888888888", "young");
+	assert_int_equal(kiln_rcache_gc(rc, &o, &st, &err), 0);
+	assert_int_equal(st.blobs_deleted, 0);
+	/* keep_bytes: nothing fits, the oldest (only) record goes. */
+	o.older_than = -1;
+	o.has_keep = true;
+	o.keep_bytes = 1;
+	assert_int_equal(kiln_rcache_gc(rc, &o, &st, &err), 0);
+	assert_int_equal(st.records_deleted, 1);
+	assert_int_equal(count_files(recs), 0);
+	assert_null(kiln_rcache_unavailable(rc));
+	kiln_rcache_free(rc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -344,6 +449,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_dir_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_verifies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_order_and_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
 	};
 
 	umask(022);

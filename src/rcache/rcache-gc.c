@@ -1,0 +1,358 @@
+/*
+ * Garbage collection of a remote cache (kiln prune --cache): which records
+ * go, then mark and sweep of the blobs (rcache.h, docs/internals/
+ * remote-cache.md).
+ *
+ * Roots of the mark: the kept records (their trees and meta blobs) and
+ * every tree node younger than the grace period. The second kind protects
+ * writers at work: a writer uploads blobs bottom-up before its record and,
+ * when it reuses a subtree that is already there, writes that subtree's
+ * node again, so everything a record in progress will need is below a
+ * young node or young itself, and neither is swept.
+ */
+#include "rcache/rcache.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "basic/alloc.h"
+#include "basic/macro.h"
+#include "cas/digest-set.h"
+#include "cas/tree.h"
+#include "rcache/rcache-internal.h"
+
+struct obj {
+	char *name;
+	uint64_t size;
+	int64_t mtime;
+	struct kiln_digest d; /* blobs; records: the key's digest */
+	bool is_node;         /* blobs: a tree node (checked when unsure) */
+	bool keep;            /* records */
+};
+
+struct objs {
+	struct obj *v;
+	size_t n, alloc;
+};
+
+struct gc {
+	struct kiln_rcache *rc;
+	const struct kiln_rcache_gc_opts *o;
+	struct kiln_rcache_gc_stats *st;
+	struct objs recs, blobs;
+	struct kiln_digest_set index;  /* blob digest -> index in blobs */
+	struct kiln_digest_set marked;
+	struct kiln_error **err;
+};
+
+static void objs_release(struct objs *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->n; i++)
+		free(l->v[i].name);
+	free(l->v);
+}
+
+struct lister {
+	struct objs *l;
+	const char *prefix;
+};
+
+static int add_obj(void *ud, const char *name, uint64_t size, int64_t mtime)
+{
+	struct lister *ls = ud;
+	const char *hex = name + strlen(ls->prefix);
+	_cleanup_free_ char *ds = xasprintf("sha256:%s", hex);
+	struct obj *ob;
+	struct kiln_digest d;
+
+	/* Anything else under the prefix is not ours to judge. */
+	if (strncmp(name, ls->prefix, strlen(ls->prefix)) || kiln_digest_parse(ds, &d) < 0)
+		return 0;
+	ls->l->v = xgrow(ls->l->v, &ls->l->alloc, ls->l->n + 1, sizeof(*ls->l->v));
+	ob = &ls->l->v[ls->l->n++];
+	memset(ob, 0, sizeof(*ob));
+	ob->name = xstrdup(name);
+	ob->size = size;
+	ob->mtime = mtime;
+	ob->d = d;
+	return 0;
+}
+
+static int list_all(struct gc *g, const char *prefix, struct objs *l)
+{
+	struct lister ls = { l, prefix };
+
+	return rcache_list(g->rc, prefix, add_obj, &ls, g->err);
+}
+
+/* ---- mark ---- */
+
+/* Why a record cannot be kept; set by mark_tree. */
+struct mark_fail {
+	int code;
+	struct kiln_error *err;
+};
+
+static struct obj *blob_of(struct gc *g, const struct kiln_digest *d)
+{
+	uint64_t *i = kiln_digest_set_value(&g->index, d);
+
+	return i ? &g->blobs.v[*i] : NULL;
+}
+
+static int mark_tree(struct gc *g, const struct kiln_digest *d, unsigned depth,
+		     struct kiln_error **why)
+{
+	struct kiln_tree t = KILN_TREE_INIT;
+	struct obj *ob;
+	size_t i;
+	int r;
+
+	if (kiln_tree_is_empty_digest(d) || kiln_digest_set_has(&g->marked, d))
+		return 0;
+	if (depth > KILN_TREE_MAX_DEPTH)
+		return kiln_error_set(why, -EBADMSG, "tree deeper than %u levels",
+				      KILN_TREE_MAX_DEPTH);
+	ob = blob_of(g, d);
+	if (!ob)
+		return kiln_error_set(why, -EBADMSG, "tree node %s is missing", KILN_DIGEST_STR(d));
+	r = rcache_read_node(g->rc, d, &t, why);
+	if (r < 0)
+		return r;
+	ob->is_node = true;
+	kiln_digest_set_add(&g->marked, d);
+	for (i = 0; r == 0 && i < t.n; i++) {
+		const struct kiln_tree_entry *e = &t.entries[i];
+
+		if (e->type == KILN_ENTRY_DIR) {
+			r = mark_tree(g, &e->digest, depth + 1, why);
+		} else if (e->type == KILN_ENTRY_FILE) {
+			if (!blob_of(g, &e->digest))
+				r = kiln_error_set(why, -EBADMSG, "blob %s is missing",
+						   KILN_DIGEST_STR(&e->digest));
+			else
+				kiln_digest_set_add(&g->marked, &e->digest);
+		}
+	}
+	kiln_tree_release(&t);
+	return r;
+}
+
+struct meta_mark {
+	struct gc *g;
+	struct kiln_error **why;
+	int r;
+};
+
+static void mark_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
+{
+	struct meta_mark *m = ud;
+
+	(void)i;
+	if (m->r || !d)
+		return;
+	if (!blob_of(m->g, d))
+		m->r = kiln_error_set(m->why, -EBADMSG, "blob %s is missing", KILN_DIGEST_STR(d));
+	else
+		kiln_digest_set_add(&m->g->marked, d);
+}
+
+/* Mark what record i needs; a record that is corrupt or incomplete is dropped. */
+static int mark_record(struct gc *g, size_t i)
+{
+	struct obj *rec = &g->recs.v[i];
+	_cleanup_error_ struct kiln_error *why = NULL;
+	struct kiln_cache_record cr = { 0 };
+	struct meta_mark m = { g, &why, 0 };
+	size_t k;
+	int r;
+
+	r = kiln_rcache_get(g->rc, KILN_DIGEST_STR(&rec->d), &cr, &why);
+	for (k = 0; r == 0 && k < cr.n_outputs; k++)
+		r = mark_tree(g, &cr.outputs[k], 1, &why);
+	if (r == 0) {
+		kiln_cache_meta_blobs(cr.meta, mark_meta_blob, &m);
+		r = m.r;
+	}
+	kiln_cache_record_release(&cr);
+	if (r == -EBADMSG || r == -ENOENT) {
+		/* Useless: it goes, and what only it needed is swept. */
+		rec->keep = false;
+		g->st->records_bad++;
+		return 0;
+	}
+	if (r < 0 && why) {
+		if (g->err && !*g->err)
+			*g->err = TAKE_PTR(why);
+	}
+	return r;
+}
+
+/* Is an unmarked blob a tree node? Its first bytes say ("kilntree"). */
+struct magic {
+	char buf[9];
+	size_t n;
+};
+
+static int take_magic(void *ud, const void *data, size_t n)
+{
+	struct magic *m = ud;
+	size_t k = n < sizeof(m->buf) - m->n ? n : sizeof(m->buf) - m->n;
+
+	memcpy(m->buf + m->n, data, k);
+	m->n += k;
+	return m->n == sizeof(m->buf) ? -ECANCELED : 0;
+}
+
+static int check_node(struct gc *g, struct obj *ob)
+{
+	struct magic m = { { 0 }, 0 };
+	int r = rcache_get_raw(g->rc, ob->name, KILN_TREE_MAX_NODE_BYTES, take_magic, &m, NULL);
+
+	/* Larger than a node can be, or shorter than its header: a file. */
+	if (r == -EFBIG || (r == 0 && m.n < sizeof(m.buf)))
+		return 0;
+	if (r < 0 && r != -ECANCELED)
+		return r == -ENOENT ? 0 : kiln_error_set(g->err, r, "reading %s", ob->name);
+	ob->is_node = !memcmp(m.buf, "kilntree", 8);
+	return 0;
+}
+
+static uint64_t marked_bytes(struct gc *g)
+{
+	uint64_t n = 0;
+	size_t i;
+
+	for (i = 0; i < g->blobs.n; i++)
+		if (kiln_digest_set_has(&g->marked, &g->blobs.v[i].d))
+			n += g->blobs.v[i].size;
+	return n;
+}
+
+static int mark(struct gc *g)
+{
+	size_t i;
+	int r = 0;
+
+	kiln_digest_set_release(&g->marked);
+	/* Young nodes first: what a writer at work relies on. */
+	for (i = 0; r == 0 && i < g->blobs.n; i++) {
+		struct obj *ob = &g->blobs.v[i];
+		_cleanup_error_ struct kiln_error *why = NULL;
+
+		if (ob->mtime < g->o->now - g->o->grace)
+			continue;
+		r = check_node(g, ob);
+		if (r == 0 && ob->is_node) {
+			/* Incomplete (being swept by another gc?): what it has stays. */
+			r = mark_tree(g, &ob->d, 1, &why);
+			if (r == -EBADMSG)
+				r = 0;
+			else if (r < 0 && g->err && !*g->err)
+				*g->err = TAKE_PTR(why);
+		}
+		kiln_digest_set_add(&g->marked, &ob->d);
+	}
+	for (i = 0; r == 0 && i < g->recs.n; i++)
+		if (g->recs.v[i].keep)
+			r = mark_record(g, i);
+	return r;
+}
+
+static int obj_age_cmp(const void *pa, const void *pb)
+{
+	const struct obj *a = pa, *b = pb;
+
+	if (a->mtime != b->mtime)
+		return a->mtime < b->mtime ? -1 : 1;
+	return strcmp(a->name, b->name);
+}
+
+/* ---- sweep ---- */
+
+static int delete_obj(struct gc *g, struct obj *ob)
+{
+	if (g->o->dry_run)
+		return 0;
+	return rcache_del(g->rc, ob->name, g->err);
+}
+
+static int sweep(struct gc *g)
+{
+	size_t i, pass;
+	int r = 0;
+
+	/* Records first: none may point at a blob that is gone. */
+	for (i = 0; r == 0 && i < g->recs.n; i++) {
+		if (g->recs.v[i].keep)
+			continue;
+		r = delete_obj(g, &g->recs.v[i]);
+		g->st->records_deleted += r == 0;
+	}
+	/* Unmarked old blobs: is each a node? Nodes go before files. */
+	for (i = 0; r == 0 && i < g->blobs.n; i++) {
+		struct obj *ob = &g->blobs.v[i];
+
+		if (!kiln_digest_set_has(&g->marked, &ob->d) &&
+		    ob->mtime < g->o->now - g->o->grace && !ob->is_node)
+			r = check_node(g, ob);
+	}
+	for (pass = 0; r == 0 && pass < 2; pass++) {
+		for (i = 0; r == 0 && i < g->blobs.n; i++) {
+			struct obj *ob = &g->blobs.v[i];
+
+			if (kiln_digest_set_has(&g->marked, &ob->d) ||
+			    ob->mtime >= g->o->now - g->o->grace ||
+			    ob->is_node != (pass == 0))
+				continue;
+			r = delete_obj(g, ob);
+			if (r == 0) {
+				g->st->blobs_deleted++;
+				g->st->bytes_deleted += ob->size;
+			}
+		}
+	}
+	return r;
+}
+
+int kiln_rcache_gc(struct kiln_rcache *rc, const struct kiln_rcache_gc_opts *o,
+		   struct kiln_rcache_gc_stats *st, struct kiln_error **err)
+{
+	struct gc g = { .rc = rc, .o = o, .st = st, .err = err };
+	size_t i;
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	r = list_all(&g, "ac/sha256/", &g.recs);
+	r = r ? r : list_all(&g, "cas/sha256/", &g.blobs);
+	if (r < 0)
+		goto out;
+	for (i = 0; i < g.blobs.n; i++) {
+		kiln_digest_set_put(&g.index, &g.blobs.v[i].d, i);
+		st->bytes += g.blobs.v[i].size;
+	}
+	st->records = g.recs.n;
+	st->blobs = g.blobs.n;
+	qsort(g.recs.v, g.recs.n, sizeof(*g.recs.v), obj_age_cmp);
+	for (i = 0; i < g.recs.n; i++)
+		g.recs.v[i].keep = o->older_than < 0 || g.recs.v[i].mtime > o->now - o->older_than;
+	r = mark(&g);
+	/* Oldest kept records go until what the rest reach fits. */
+	for (i = 0; r == 0 && o->has_keep && i < g.recs.n && marked_bytes(&g) > o->keep_bytes; i++) {
+		if (!g.recs.v[i].keep)
+			continue;
+		g.recs.v[i].keep = false;
+		r = mark(&g);
+	}
+	r = r ? r : sweep(&g);
+out:
+	if (r < 0)
+		kiln_error_prefix(err, "remote cache %s: gc", kiln_rcache_name(rc));
+	objs_release(&g.recs);
+	objs_release(&g.blobs);
+	kiln_digest_set_release(&g.index);
+	kiln_digest_set_release(&g.marked);
+	return r;
+}
