@@ -586,7 +586,7 @@ static int parse_exec(struct pctx *p, json_t *o)
 					       "mounts", NULL };
 	_cleanup_free_ char *net = NULL;
 	json_t *mounts, *m;
-	size_t i;
+	size_t i, n_ssh = 0;
 	int r = check_fields(p, o, allowed, NULL);
 
 	if (r < 0)
@@ -632,6 +632,9 @@ static int parse_exec(struct pctx *p, json_t *o)
 		r = parse_mount(p, m, i);
 		if (r < 0)
 			return r;
+		if (p->op->mounts[i].kind == KILN_DEF_MOUNT_SSH && ++n_ssh > KILN_DEF_MAX_SSH_MOUNTS)
+			return op_err(p, "mounts", "element %zu: more than %u ssh mounts", i,
+				      KILN_DEF_MAX_SSH_MOUNTS);
 	}
 	return 0;
 }

@@ -17,6 +17,12 @@
 
 #define KILN_DEF_MAX_BYTES (64u << 20)
 #define KILN_DEF_MAX_OPS 100000
+/*
+ * ssh mounts in one exec: each costs the worker a thread and a few fds
+ * while it runs. The Dockerfile frontend has its own copy
+ * (KILN_DF_MAX_SSH_MOUNTS, lower-internal.h; test-lower checks they agree).
+ */
+#define KILN_DEF_MAX_SSH_MOUNTS 16u
 
 enum kiln_op_type {
 	KILN_OP_SOURCE_IMAGE,

@@ -11,6 +11,7 @@
 
 #include "basic/alloc.h"
 #include "basic/parse-util.h"
+#include "basic/strbuf.h"
 #include "solver/definition.h"
 #include "source/git.h"
 
@@ -255,6 +256,33 @@ static void test_secret_env(void **state)
 #undef SEC_GRAPH
 }
 
+/* Each ssh mount costs the worker a thread and fds: 16 per exec at most. */
+static void test_ssh_cap(void **state)
+{
+	_cleanup_strbuf_ struct kiln_strbuf g = KILN_STRBUF_INIT(1 << 16);
+	struct kiln_definition *d;
+	size_t i, k;
+
+	(void)state;
+	for (k = KILN_DEF_MAX_SSH_MOUNTS; k <= KILN_DEF_MAX_SSH_MOUNTS + 1; k++) {
+		kiln_strbuf_reset(&g);
+		kiln_strbuf_adds(&g, "{\"version\":1,\"ops\":[" IMG ",{\"id\":\"r\",\"op\":\"exec\","
+				     "\"input\":\"base\",\"args\":[\"true\"],\"mounts\":[");
+		for (i = 0; i < k; i++)
+			kiln_strbuf_addf(&g, "%s{\"type\":\"ssh\",\"id\":\"k%zu\",\"target\":\"/s%zu\"}",
+					 i ? "," : "", i, i);
+		kiln_strbuf_adds(&g, "]}],\"output\":\"r\"}");
+		if (k == KILN_DEF_MAX_SSH_MOUNTS) {
+			d = parse_ok(kiln_strbuf_str(&g));
+			assert_int_equal(d->ops[1].n_mounts, KILN_DEF_MAX_SSH_MOUNTS);
+			kiln_definition_free(d);
+		} else {
+			parse_fails(kiln_strbuf_str(&g), "op 'r'", "field 'mounts'",
+				    "more than 16 ssh mounts", NULL);
+		}
+	}
+}
+
 static void test_malformed_json(void **state)
 {
 	parse_fails("{\"version\":1,\"ops\":[", "g.json:", "malformed JSON", NULL);
@@ -426,6 +454,7 @@ int main(void)
 		cmocka_unit_test(test_copy_exclude_in_digest),
 		cmocka_unit_test(test_git_source),
 		cmocka_unit_test(test_secret_env),
+		cmocka_unit_test(test_ssh_cap),
 		cmocka_unit_test(test_malformed_json),
 		cmocka_unit_test(test_unknown_op_and_field),
 		cmocka_unit_test(test_wrong_types),

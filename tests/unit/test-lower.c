@@ -14,7 +14,9 @@
 
 #include "basic/alloc.h"
 #include "basic/macro.h"
+#include "basic/strbuf.h"
 #include "frontend/dockerfile/dockerfile.h"
+#include "frontend/dockerfile/lower-internal.h"
 #include "frontend/dockerfile/lower.h"
 #include "solver/definition.h"
 
@@ -1017,6 +1019,31 @@ static void test_run_ssh(void **state)
 	lower_fails("FROM alpine\nRUN --mount=type=ssh,id= a\n", "id= is empty");
 }
 
+/* Each ssh mount costs the worker a thread and fds: 16 per RUN at most. */
+static void test_run_ssh_cap(void **state)
+{
+	_cleanup_strbuf_ struct kiln_strbuf df = KILN_STRBUF_INIT(4096);
+	struct res *res;
+	size_t i;
+
+	(void)state;
+	assert_int_equal(KILN_DF_MAX_SSH_MOUNTS, KILN_DEF_MAX_SSH_MOUNTS);
+	kiln_strbuf_adds(&df, "FROM alpine\nRUN");
+	for (i = 0; i < KILN_DF_MAX_SSH_MOUNTS; i++)
+		kiln_strbuf_addf(&df, " --mount=type=ssh,id=k%zu", i);
+	kiln_strbuf_adds(&df, " a\n");
+	res = lower_ok(kiln_strbuf_str(&df), NULL);
+	assert_int_equal(dop(res, res->imgs[0].layer_ops[0])->n_mounts, KILN_DF_MAX_SSH_MOUNTS);
+	res_free(res);
+	kiln_strbuf_reset(&df);
+	kiln_strbuf_adds(&df, "FROM alpine\nRUN");
+	for (i = 0; i <= KILN_DF_MAX_SSH_MOUNTS; i++)
+		kiln_strbuf_addf(&df, " --mount=type=ssh,id=k%zu", i);
+	kiln_strbuf_adds(&df, " a\n");
+	lower_fails(kiln_strbuf_str(&df), "more than 16 ssh mounts in one RUN");
+	lower_fails(kiln_strbuf_str(&df), ":2");
+}
+
 static void test_run_secret_env(void **state)
 {
 	struct res *res = lower_ok("FROM alpine\n"
@@ -1492,6 +1519,7 @@ int main(void)
 		cmocka_unit_test(test_copy_exclude),
 		cmocka_unit_test(test_run_secret_env),
 		cmocka_unit_test(test_run_ssh),
+		cmocka_unit_test(test_run_ssh_cap),
 		cmocka_unit_test(test_copy_parents),
 	};
 

@@ -18,6 +18,11 @@
 
 #define KILN_DF_DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define KILN_DF_HISTORY_COMMENT "buildkit.dockerfile.v0"
+/*
+ * ssh mounts in one RUN: KILN_DEF_MAX_SSH_MOUNTS (solver/definition.h),
+ * which this room cannot include; test-lower checks they agree.
+ */
+#define KILN_DF_MAX_SSH_MOUNTS 16u
 
 /* An ordered KEY=VALUE list with unique keys (env, args). */
 struct kv {

@@ -836,6 +836,9 @@ static int run_mounts(struct ictx *c, json_t *mounts)
 		r = mount_split(c, &m);
 		if (r == 0)
 			r = mount_check(c, &m);
+		if (r == 0 && !strcmp(m.type, "ssh") && n_ssh == KILN_DF_MAX_SSH_MOUNTS)
+			r = lerr(c, -E2BIG, "--mount=type=ssh: more than %u ssh mounts in one RUN",
+				 KILN_DF_MAX_SSH_MOUNTS);
 		if (r == 0)
 			r = mount_json(c, &m, i, &o);
 		if (r == 0)
