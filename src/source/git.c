@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -17,6 +16,7 @@
 #include "basic/fs-util.h"
 #include "basic/macro.h"
 #include "basic/parse-util.h"
+#include "basic/proc.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 
@@ -67,29 +67,6 @@ int kiln_git_pin_to_commit(const struct kiln_digest *pin,
 
 /* ---- running git ---- */
 
-extern char **environ;
-
-/* The git binary on PATH (absolute), looked up before any fork. */
-static char *find_git(void)
-{
-	const char *path = getenv("PATH"), *dir, *end;
-
-	if (!path || !*path)
-		path = "/usr/bin:/bin";
-	for (dir = path; *dir; dir = *end ? end + 1 : end) {
-		char *p;
-
-		end = dir + strcspn(dir, ":");
-		if (*dir != '/') /* only absolute entries */
-			continue;
-		p = xasprintf("%.*s/git", (int)(end - dir), dir);
-		if (access(p, X_OK) == 0)
-			return p;
-		free(p);
-	}
-	return NULL;
-}
-
 /*
  * A minimal environment: no config of the host's user or system, no
  * prompt. Credentials in the URL are the only ones: ssh reads no config,
@@ -139,22 +116,11 @@ static const char *const git_opts[] = {
 	"-c", "advice.detachedHead=false", NULL,
 };
 
-static _noreturn_ void child(const char *git, char *const *argv, char **env, int out)
+static _noreturn_ void child(const struct kiln_child *c, const char *git, char *const *argv,
+			     char **env)
 {
-	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	sigset_t all;
-
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	sigemptyset(&all);
-	sigprocmask(SIG_SETMASK, &all, NULL);
 	umask(022); /* as BuildKit's runWithStandardUmask: modes do not follow ours */
-	if (null < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
-		_exit(127);
-	if (close_range(3, ~0u, 0) < 0)
-		for (int fd = 3; fd < 1024; fd++)
-			close(fd);
-	execve(git, argv, env);
-	_exit(127);
+	kiln_child_exec(c, git, argv, env);
 }
 
 /*
@@ -185,7 +151,10 @@ static void redact(struct kiln_strbuf *out, const char *url)
 static int run_git(const char *const *args, const char *url, unsigned timeout_s,
 		   struct kiln_strbuf *out, const char *what, struct kiln_error **err)
 {
-	_cleanup_free_ char *git = find_git();
+	_cleanup_free_ char *git = kiln_find_program("git");
+	_cleanup_close_ int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	struct kiln_child c = { .parent = getpid(), .deathsig = SIGKILL,
+				.max_fd = kiln_child_max_fd() };
 	const char *argv[GIT_MAX_ARGS];
 	char **env;
 	int p[2], ws, r = 0;
@@ -202,12 +171,16 @@ static int run_git(const char *const *args, const char *url, unsigned timeout_s,
 	for (i = 0; args[i] && n + 1 < GIT_MAX_ARGS; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
+	if (null < 0)
+		return kiln_error_seterrno(err, -errno, "%s: /dev/null", what);
 	if (pipe2(p, O_CLOEXEC) < 0)
 		return kiln_error_seterrno(err, -errno, "%s: pipe", what);
 	env = git_env();
+	c.in = null;
+	c.out = c.err = p[1];
 	pid = fork();
 	if (pid == 0)
-		child(git, (char *const *)argv, env, p[1]);
+		child(&c, git, (char *const *)argv, env);
 	r = pid < 0 ? -errno : 0;
 	env_free(env);
 	close(p[1]);

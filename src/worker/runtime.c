@@ -8,13 +8,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
 #include "basic/log.h"
+#include "basic/proc.h"
 #include "worker/worker-internal.h"
 
 #define PROBE_FILE "runtime-probe.json"
@@ -37,31 +37,6 @@ void kiln_tail_add(struct kiln_tail *t, const char *data, size_t len)
 	}
 	memcpy(t->buf + t->len, data, len);
 	t->len += len;
-}
-
-/* In the child between fork and exec: async-signal-safe calls only. */
-static _noreturn_ void child_exec(const char *const *argv, pid_t parent,
-				  int in, int out, int errfd, int max_fd)
-{
-	sigset_t all;
-	int fd;
-
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != parent)
-		_exit(127);
-	sigemptyset(&all);
-	sigprocmask(SIG_SETMASK, &all, NULL);
-	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(errfd, 2) < 0)
-		_exit(127);
-	/*
-	 * Nothing else of ours: a socket a library opened without CLOEXEC
-	 * (libcurl's) would stay open in the runtime for the container's life.
-	 */
-	if (close_range(3, ~0u, 0) < 0) /* before Linux 5.9, or filtered */
-		for (fd = 3; fd < max_fd; fd++)
-			close(fd);
-	execve(argv[0], (char *const *)argv, environ);
-	_exit(127);
 }
 
 /* How often a watch is asked whether to stop the process. */
@@ -119,9 +94,8 @@ int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
 {
 	int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, rd[2], ws, r = 0;
 	_cleanup_close_ int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	pid_t parent = getpid(), pid;
-	long open_max = sysconf(_SC_OPEN_MAX);
-	int max_fd = open_max > 0 && open_max < 65536 ? (int)open_max : 65536;
+	struct kiln_child c = { .parent = getpid(), .deathsig = SIGKILL, .max_fd = kiln_child_max_fd() };
+	pid_t pid;
 
 	if (null < 0)
 		return -errno;
@@ -133,9 +107,12 @@ int kiln_proc_run(const char *const *argv, kiln_proc_output_fn fn, void *ud,
 		close(out[1]);
 		return r;
 	}
+	c.in = null;
+	c.out = out[1];
+	c.err = errp[1];
 	pid = fork();
 	if (pid == 0)
-		child_exec(argv, parent, null, out[1], errp[1], max_fd);
+		kiln_child_exec(&c, argv[0], (char *const *)argv, environ);
 	if (pid < 0)
 		r = -errno;
 	close(out[1]);
