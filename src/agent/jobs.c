@@ -735,8 +735,14 @@ struct ssh_via_kilnd {
 	const char *session;
 };
 
-static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len, uint8_t **resp,
-		     size_t *resp_len)
+/* The forwarder is being freed (the exec ended or was cancelled). */
+static bool ssh_relay_stopped(void *ud)
+{
+	return atomic_load((const atomic_bool *)ud);
+}
+
+static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len,
+		     const atomic_bool *stop, uint8_t **resp, size_t *resp_len)
 {
 	const struct ssh_via_kilnd *v = ud;
 	_cleanup_free_ char *url = xasprintf("%s/v1/ssh/%s", v->j->controller, v->session);
@@ -748,6 +754,8 @@ static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len, u
 		/* kilnd answers within its 30 s; a little more for the way */
 		.timeout_ms = KILN_SSH_AGENT_TIMEOUT_MS + 5000,
 		.limit = KILN_SSH_AGENT_MSG_MAX * 2,
+		.abandon = ssh_relay_stopped,
+		.abandon_ud = (void *)stop,
 	};
 	const char *data;
 	json_t *o = NULL;

@@ -27,8 +27,9 @@ extern char **environ;
 /* How long a new ssh-agent may take to listen. */
 #define AGENT_START_MS 5000
 
-static int relay_local(void *ud, const char *id, const uint8_t *req, size_t len, uint8_t **resp,
-		       size_t *resp_len)
+/* A local agent answers at once: stop need not cut its call short. */
+static int relay_local(void *ud, const char *id, const uint8_t *req, size_t len,
+		       const atomic_bool *stop, uint8_t **resp, size_t *resp_len)
 {
 	const struct kiln_cli_ssh *s = ud;
 	size_t i;

@@ -1,4 +1,5 @@
 /* kiln: the client. One file per verb (build.c, du.c, prune.c, fsck.c). */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -33,6 +34,13 @@ int main(int argc, char **argv)
 {
 	size_t i;
 
+	/*
+	 * A peer that hangs up (a step's agent client, kilnd, a closed pipe)
+	 * is an EPIPE to handle, never a silent death. Every socket write of
+	 * ours says MSG_NOSIGNAL; this is the backstop. Children get the
+	 * default back (kiln_child_exec).
+	 */
+	signal(SIGPIPE, SIG_IGN);
 	while (argc > 1 && !strcmp(argv[1], "--debug")) {
 		kiln_log_set_level(KILN_LOG_DEBUG);
 		argv++;

@@ -244,7 +244,7 @@ static json_t *answer_one(struct ssh_answerer *sa, json_t *q)
 	if (id && data)
 		msg = (uint8_t *)kiln_base64_decode(data, &len);
 	if (!msg || !kiln_ssh_agents_has(sa->ssh, id) ||
-	    sa->ssh->relay(sa->ssh->ud, id, msg, len, &resp, &rlen) < 0)
+	    sa->ssh->relay(sa->ssh->ud, id, msg, len, &sa->stop, &resp, &rlen) < 0)
 		enc = kiln_base64_encode(failure, sizeof(failure));
 	else
 		enc = kiln_base64_encode(resp, rlen);

@@ -16,8 +16,7 @@
 #include "basic/macro.h"
 #include "worker/ssh-agent.h"
 
-/* Connections one forwarder serves at once; more wait in the backlog. */
-#define MAX_CONNS 16
+#define MAX_CONNS KILN_SSH_FORWARDER_CONNS
 /* A step that does not read its answer for this long loses the connection. */
 #define SEND_TIMEOUT_S 10
 
@@ -111,22 +110,58 @@ void kiln_ssh_framer_feed(struct kiln_ssh_framer *f, const uint8_t *p, size_t n)
 	assert_framer_state(f);
 }
 
-/* Write one framed message. */
-static int send_msg(int fd, const uint8_t *msg, size_t len)
+/*
+ * Wait until fd is ready for events or the deadline (CLOCK_MONOTONIC ns)
+ * passes: 0 or -ETIMEDOUT.
+ */
+static int wait_fd(int fd, short events, uint64_t deadline_ns)
+{
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = events };
+		uint64_t now = kiln_now_mono_ns();
+		int k;
+
+		if (now >= deadline_ns)
+			return -ETIMEDOUT;
+		k = poll(&p, 1, (int)((deadline_ns - now + 999999) / 1000000));
+		if (k < 0 && errno != EINTR)
+			return -errno;
+		if (k > 0)
+			return 0;
+	}
+}
+
+/* Send all of buf by the deadline: a peer that hung up is -EPIPE, no SIGPIPE. */
+static int send_full(int fd, const uint8_t *buf, size_t n, uint64_t deadline_ns)
+{
+	while (n > 0) {
+		ssize_t k = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		int r;
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 && errno == EAGAIN) {
+			r = wait_fd(fd, POLLOUT, deadline_ns);
+			if (r < 0)
+				return r;
+			continue;
+		}
+		if (k < 0)
+			return -errno;
+		buf += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* Write one framed message by the deadline. */
+static int send_msg(int fd, const uint8_t *msg, size_t len, uint64_t deadline_ns)
 {
 	uint8_t hdr[4] = { (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
 			   (uint8_t)len };
-	int r = kiln_write_full(fd, hdr, 4);
+	int r = send_full(fd, hdr, 4, deadline_ns);
 
-	return r < 0 ? r : kiln_write_full(fd, msg, len);
-}
-
-static void set_timeouts(int fd, int timeout_ms)
-{
-	struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
-
-	(void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return r < 0 ? r : send_full(fd, msg, len, deadline_ns);
 }
 
 static int sun_of(const char *path, struct sockaddr_un *sa)
@@ -141,6 +176,7 @@ static int sun_of(const char *path, struct sockaddr_un *sa)
 int kiln_ssh_agent_call(const char *sock, const uint8_t *req, size_t len, int timeout_ms,
 			uint8_t **resp, size_t *resp_len)
 {
+	uint64_t deadline = kiln_now_mono_ns() + (uint64_t)timeout_ms * 1000000u;
 	struct kiln_ssh_framer f;
 	struct sockaddr_un sa;
 	_cleanup_close_ int fd = -1;
@@ -154,22 +190,26 @@ int kiln_ssh_agent_call(const char *sock, const uint8_t *req, size_t len, int ti
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	set_timeouts(fd, timeout_ms);
+	/* A unix connect does not wait on a listener: no deadline needed. */
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 		return -errno;
-	r = send_msg(fd, req, len);
+	r = send_msg(fd, req, len, deadline);
 	if (r < 0)
-		return r == -EAGAIN ? -ETIMEDOUT : r;
+		return r;
 	kiln_ssh_framer_init(&f);
 	while (r == 0 && kiln_ssh_framer_want(&f) > 0) {
 		uint8_t buf[16384];
 		size_t want = MIN(kiln_ssh_framer_want(&f), sizeof(buf));
-		ssize_t k = read(fd, buf, want);
+		ssize_t k;
 
-		if (k < 0 && errno == EINTR)
+		r = wait_fd(fd, POLLIN, deadline);
+		if (r < 0)
+			break;
+		k = recv(fd, buf, want, MSG_DONTWAIT);
+		if (k < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (k < 0)
-			r = errno == EAGAIN ? -ETIMEDOUT : -errno;
+			r = -errno;
 		else if (k == 0)
 			r = -EPROTO;
 		else
@@ -197,6 +237,7 @@ struct kiln_ssh_forwarder {
 	char *name, *id;
 	int dirfd, lfd;
 	int wake[2]; /* written once to stop the thread */
+	atomic_bool stop; /* set before wake: the relay gives up */
 	kiln_ssh_relay_fn relay;
 	void *ud;
 	pthread_t thread;
@@ -220,12 +261,14 @@ static bool serve(struct kiln_ssh_forwarder *fw, struct conn *c)
 	bool ok;
 
 	if (!kiln_ssh_agent_request_allowed(c->f.body, c->f.len) ||
-	    fw->relay(fw->ud, fw->id, c->f.body, c->f.len, &resp, &rlen) < 0 ||
+	    fw->relay(fw->ud, fw->id, c->f.body, c->f.len, &fw->stop, &resp, &rlen) < 0 ||
 	    !kiln_ssh_agent_answer_allowed(resp, rlen)) {
 		free(resp);
 		resp = NULL;
 	}
-	ok = send_msg(c->fd, resp ? resp : failure, resp ? rlen : sizeof(failure)) == 0;
+	/* The step may have hung up meanwhile: -EPIPE, this connection only. */
+	ok = send_msg(c->fd, resp ? resp : failure, resp ? rlen : sizeof(failure),
+		      kiln_now_mono_ns() + SEND_TIMEOUT_S * 1000000000ull) == 0;
 	free(resp);
 	kiln_ssh_framer_reset(&c->f);
 	return ok;
@@ -258,7 +301,6 @@ static void accept_conn(struct kiln_ssh_forwarder *fw)
 		close(fd);
 		return;
 	}
-	set_timeouts(fd, SEND_TIMEOUT_S * 1000);
 	fw->conns[fw->n_conns].fd = fd;
 	kiln_ssh_framer_init(&fw->conns[fw->n_conns].f);
 	fw->n_conns++;
@@ -326,6 +368,7 @@ int kiln_ssh_forwarder_start(int dirfd, const char *name, uid_t uid, gid_t gid, 
 	int r;
 
 	fw->lfd = fw->wake[0] = fw->wake[1] = -1;
+	atomic_init(&fw->stop, false);
 	fw->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
 	r = fw->dirfd < 0 ? -errno : listen_at(fw->dirfd, name, uid, gid, mode, &fw->lfd);
 	if (r < 0) {
@@ -362,6 +405,7 @@ void kiln_ssh_forwarder_free(struct kiln_ssh_forwarder *f)
 {
 	if (!f)
 		return;
+	atomic_store(&f->stop, true);
 	if (f->wake[1] >= 0) {
 		(void)!write(f->wake[1], "x", 1);
 		pthread_join(f->thread, NULL);

@@ -18,6 +18,7 @@
  */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,9 +76,11 @@ void kiln_ssh_framer_feed(struct kiln_ssh_framer *f, const uint8_t *p, size_t n)
 
 /*
  * One request to the agent listening at sock, one answer (malloc'd):
- * connect, send, receive, within timeout_ms. The request must be allowed
- * and the answer is checked: -EPERM for a request that is not, -EPROTO
- * for a bad answer, -ETIMEDOUT, or the socket's errno.
+ * connect, send, receive, all within timeout_ms (one deadline, however
+ * slowly the agent answers). The request must be allowed and the answer
+ * is checked: -EPERM for a request that is not, -EPROTO for a bad
+ * answer, -ETIMEDOUT, or the socket's errno (-EPIPE for an agent that
+ * hung up: never a SIGPIPE).
  */
 int kiln_ssh_agent_call(const char *sock, const uint8_t *req, size_t len, int timeout_ms,
 			uint8_t **resp, size_t *resp_len);
@@ -85,21 +88,29 @@ int kiln_ssh_agent_call(const char *sock, const uint8_t *req, size_t len, int ti
 /*
  * Where an allowed request for agent id goes; fills *resp (malloc'd,
  * 1..MAX bytes) or fails, and the step then reads SSH_AGENT_FAILURE.
- * Called on the forwarder's thread, one request at a time.
+ * Called on the forwarder's thread, one request at a time. *stop turns
+ * true when the forwarder is being freed: a relay that waits long (an
+ * HTTP call) gives up then, so the exec's end does not wait on it.
  */
 typedef int (*kiln_ssh_relay_fn)(void *ud, const char *id, const uint8_t *req, size_t len,
-				 uint8_t **resp, size_t *resp_len);
+				 const atomic_bool *stop, uint8_t **resp, size_t *resp_len);
 
 struct kiln_ssh_forwarder;
 
 /*
  * Listen at name in dirfd (a new unix socket, owned by uid:gid with
- * mode) for the step's connections to agent id, relayed through
- * relay(ud) on a thread of the forwarder's own until
- * kiln_ssh_forwarder_free.
+ * mode) for the step's connections to agent id (at most
+ * KILN_SSH_FORWARDER_CONNS at once; more wait in the backlog), relayed
+ * through relay(ud) on a thread of the forwarder's own until
+ * kiln_ssh_forwarder_free. A step that hangs up before its answer costs
+ * its connection only.
  */
+#define KILN_SSH_FORWARDER_CONNS 16
 int kiln_ssh_forwarder_start(int dirfd, const char *name, uid_t uid, gid_t gid, mode_t mode,
 			     const char *id, kiln_ssh_relay_fn relay, void *ud,
 			     struct kiln_ssh_forwarder **out, struct kiln_error **err);
-/* Stop: close every connection, remove the socket. Accepts NULL. */
+/*
+ * Stop: set the relay's stop flag, end the thread, close every
+ * connection, remove the socket. Accepts NULL.
+ */
 void kiln_ssh_forwarder_free(struct kiln_ssh_forwarder *f);

@@ -14,6 +14,7 @@
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/macro.h"
 #include "worker/ssh-agent.h"
 
 static void test_filter(void **state)
@@ -67,11 +68,21 @@ static void test_framer(void **state)
 
 /* The relay: counts calls, answers IDENTITIES_ANSWER with no keys. */
 static int calls;
+/* slow: each call takes 300 ms; until_stop: it waits for *stop (20 s at most). */
+static bool slow, until_stop;
 
-static int relay(void *ud, const char *id, const uint8_t *req, size_t len, uint8_t **resp,
-		 size_t *resp_len)
+static int relay(void *ud, const char *id, const uint8_t *req, size_t len,
+		 const atomic_bool *stop, uint8_t **resp, size_t *resp_len)
 {
+	int i;
+
 	(void)ud;
+	if (slow)
+		usleep(300000);
+	for (i = 0; until_stop && i < 2000 && !atomic_load(stop); i++)
+		usleep(10000);
+	if (until_stop)
+		return -ECANCELED;
 	assert_string_equal(id, "default");
 	assert_true(kiln_ssh_agent_request_allowed(req, len));
 	calls++;
@@ -136,12 +147,126 @@ static void test_forwarder(void **state)
 	rmdir(dir);
 }
 
+/* A forwarder in a new temporary directory; *sock its socket. */
+static struct kiln_ssh_forwarder *forwarder(char *dir, int *dfd, char **sock)
+{
+	struct kiln_ssh_forwarder *fw = NULL;
+	struct kiln_error *err = NULL;
+
+	assert_non_null(mkdtemp(dir));
+	*dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	assert_true(*dfd >= 0);
+	assert_int_equal(kiln_ssh_forwarder_start(*dfd, "a0", getuid(), getgid(), 0600, "default",
+						  relay, NULL, &fw, &err), 0);
+	*sock = xasprintf("%s/a0", dir);
+	return fw;
+}
+
+static int connect_to(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	memcpy(sa.sun_path, sock, strlen(sock) + 1);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+/*
+ * B1: a step that sends a request and hangs up before the answer costs
+ * its connection only: no SIGPIPE (this process would die of it), and
+ * the forwarder goes on serving.
+ */
+static void test_hangup_before_answer(void **state)
+{
+	char dir[] = "/tmp/kiln-test-ssh-XXXXXX";
+	_cleanup_free_ char *sock = NULL;
+	struct kiln_ssh_forwarder *fw;
+	uint8_t *resp = NULL;
+	size_t rlen = 0;
+	int dfd, fd, k;
+
+	(void)state;
+	fw = forwarder(dir, &dfd, &sock);
+	slow = true;
+	calls = 0;
+	for (k = 0; k < 3; k++) {
+		fd = connect_to(sock);
+		/* a big SIGN_REQUEST too: the answer write must fail, not block */
+		assert_int_equal(kiln_write_full(fd, (const uint8_t[]){ 0, 0, 0, 1, 11 }, 5), 0);
+		close(fd);
+	}
+	usleep(1200000); /* the forwarder answered the three, into closed sockets */
+	slow = false;
+	assert_int_equal(calls, 3);
+	assert_int_equal(kiln_ssh_agent_call(sock, (const uint8_t[]){ 11 }, 1, 5000, &resp, &rlen), 0);
+	assert_int_equal(resp[0], 12);
+	free(resp);
+	kiln_ssh_forwarder_free(fw);
+	close(dfd);
+	rmdir(dir);
+}
+
+/* R3: freeing the forwarder stops a relay call in progress at once. */
+static void test_free_stops_relay(void **state)
+{
+	char dir[] = "/tmp/kiln-test-ssh-XXXXXX";
+	_cleanup_free_ char *sock = NULL;
+	struct kiln_ssh_forwarder *fw;
+	uint64_t t0;
+	int dfd, fd;
+
+	(void)state;
+	fw = forwarder(dir, &dfd, &sock);
+	until_stop = true;
+	fd = connect_to(sock);
+	assert_int_equal(kiln_write_full(fd, (const uint8_t[]){ 0, 0, 0, 1, 11 }, 5), 0);
+	usleep(100000); /* the relay is waiting */
+	t0 = kiln_now_mono_ns();
+	kiln_ssh_forwarder_free(fw);
+	assert_true(kiln_now_mono_ns() - t0 < 2000000000ull);
+	until_stop = false;
+	close(fd);
+	close(dfd);
+	rmdir(dir);
+}
+
+/* kiln_ssh_agent_call keeps its deadline with an agent that never answers. */
+static void test_call_deadline(void **state)
+{
+	char dir[] = "/tmp/kiln-test-ssh-XXXXXX";
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	_cleanup_free_ char *sock = NULL;
+	uint8_t *resp = NULL;
+	size_t rlen = 0;
+	uint64_t t0;
+	int lfd;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	sock = xasprintf("%s/mute", dir);
+	memcpy(sa.sun_path, sock, strlen(sock) + 1);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(lfd, 4), 0); /* never accepts, never answers */
+	t0 = kiln_now_mono_ns();
+	assert_int_equal(kiln_ssh_agent_call(sock, (const uint8_t[]){ 11 }, 1, 300, &resp, &rlen),
+			 -ETIMEDOUT);
+	assert_true(kiln_now_mono_ns() - t0 < 2000000000ull);
+	close(lfd);
+	unlink(sock);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_filter),
 		cmocka_unit_test(test_framer),
 		cmocka_unit_test(test_forwarder),
+		cmocka_unit_test(test_hangup_before_answer),
+		cmocka_unit_test(test_free_stops_relay),
+		cmocka_unit_test(test_call_deadline),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
