@@ -646,8 +646,12 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 		.ssh = b->ssh.n ? &b->ssh.agents : NULL,
 	};
 
-	int r = kiln_cli_solve(b->a, &b->eng, b->def, &so, &b->res, err);
+	/* The agents live for the solve only: not through exports and pushes. */
+	int r = kiln_cli_ssh_start(&b->ssh, err);
 
+	if (r == 0)
+		r = kiln_cli_solve(b->a, &b->eng, b->def, &so, &b->res, err);
+	kiln_cli_ssh_release(&b->ssh);
 	if (r < 0)
 		show_source(b, *err);
 	return r;

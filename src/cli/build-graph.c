@@ -48,7 +48,11 @@ int kiln_build_graph(const struct build_args *a, struct kiln_error **err)
 	so.slots = a->slots;
 	so.no_cache = a->no_cache;
 	so.ssh = ssh.n ? &ssh.agents : NULL;
-	r = kiln_cli_solve(a, &eng, def, &so, &res, err);
+	/* The agents live for the solve only: not through the exports. */
+	r = kiln_cli_ssh_start(&ssh, err);
+	if (r == 0)
+		r = kiln_cli_solve(a, &eng, def, &so, &res, err);
+	kiln_cli_ssh_release(&ssh);
 	for (i = 0; r == 0 && i < a->n_outputs; i++)
 		r = kiln_export_run(kiln_worker_store(eng.worker), &res.tree, &specs[i], err);
 	if (r == 0 && a->metadata_file)

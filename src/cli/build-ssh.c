@@ -2,23 +2,26 @@
  * kiln build --ssh ID[=SOCKET|KEY[,KEY...]]: the ssh agents a build's
  * RUN --mount=type=ssh steps may use (docs/cli.md). An agent socket is
  * used as it is; key files are loaded into an ssh-agent of the build's
- * own, listening in a private 0700 directory and killed when the build
- * ends. Requests reach them only through kiln_ssh_agent_call, which lets
+ * own, listening in a private 0700 directory: started once the build is
+ * ready to solve, killed right after it (and, should kiln die first, by
+ * its parent-death signal; the keys' lifetime is the last backstop).
+ * Requests reach them only through kiln_ssh_agent_call, which lets
  * listing and signing through and nothing else (worker/ssh-agent.h).
  * Neither a socket path nor a key ever leaves this process: the engine,
  * kilnd and the graph see the ids alone.
  */
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "basic/alloc.h"
 #include "basic/fs-util.h"
+#include "basic/proc.h"
 #include "basic/strv.h"
 #include "cli/build.h"
 
@@ -26,19 +29,24 @@ extern char **environ;
 
 /* How long a new ssh-agent may take to listen. */
 #define AGENT_START_MS 5000
+/*
+ * ssh-add -t: the keys' lifetime in an agent of ours, should it outlive
+ * kiln after all (the parent-death signal is the first guard). A build
+ * running longer loses its keys.
+ */
+#define KEY_LIFETIME_S 86400
 
 /* A local agent answers at once: stop need not cut its call short. */
 static int relay_local(void *ud, const char *id, const uint8_t *req, size_t len,
 		       const atomic_bool *stop, uint8_t **resp, size_t *resp_len)
 {
 	const struct kiln_cli_ssh *s = ud;
-	size_t i;
+	int i = kiln_ssh_agents_find(&s->agents, id);
 
-	for (i = 0; i < s->n; i++)
-		if (!strcmp(s->ids[i], id))
-			return kiln_ssh_agent_call(s->socks[i], req, len, KILN_SSH_AGENT_TIMEOUT_MS,
-						   resp, resp_len);
-	return -ENOENT;
+	if (i < 0 || !s->socks[i])
+		return -ENOENT;
+	return kiln_ssh_agent_call(s->socks[i], req, len, KILN_SSH_AGENT_TIMEOUT_MS, resp,
+				   resp_len);
 }
 
 /* The environment of ssh-agent and ssh-add: no askpass, never a prompt. */
@@ -60,23 +68,30 @@ static char **child_env(const char *sock)
 	return env;
 }
 
-/* Spawn argv in a session of its own (no terminal to prompt on), quiet. */
+/*
+ * Run argv (argv[0] on $PATH) quiet, in a session of its own (no terminal
+ * to prompt on), sent SIGTERM should this thread end before it.
+ */
 static int spawn_quiet(char *const *argv, const char *sock, pid_t *pid)
 {
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t at;
-	char **env = child_env(sock);
-	int r;
+	_cleanup_free_ char *path = kiln_find_program(argv[0]);
+	_cleanup_close_ int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	struct kiln_child c = { .parent = getpid(), .deathsig = SIGTERM,
+				.max_fd = kiln_child_max_fd(), .new_session = true };
+	char **env;
+	int r = 0;
 
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-	posix_spawnattr_init(&at);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
-	r = -posix_spawnp(pid, argv[0], &fa, &at, argv, env);
-	posix_spawnattr_destroy(&at);
-	posix_spawn_file_actions_destroy(&fa);
+	if (!path)
+		return -ENOENT;
+	if (null < 0)
+		return -errno;
+	c.in = c.out = c.err = null;
+	env = child_env(sock);
+	*pid = fork();
+	if (*pid == 0)
+		kiln_child_exec(&c, path, argv, env);
+	if (*pid < 0)
+		r = -errno;
 	kiln_strv_free(env, kiln_strv_len(env));
 	return r;
 }
@@ -97,8 +112,13 @@ static int start_agent(struct kiln_cli_ssh *s, const char *spec, const char *soc
 {
 	char *argv[] = { "ssh-agent", "-D", "-a", (char *)sock, NULL };
 	pid_t pid;
-	int i, r = spawn_quiet(argv, sock, &pid);
+	int i, r;
 
+	if (strlen(sock) >= sizeof(((struct sockaddr_un *)NULL)->sun_path))
+		return kiln_error_set(err, -ENAMETOOLONG,
+				      "--ssh %s: the agent socket %s is longer than a unix socket path may be (%zu bytes): set TMPDIR to a shorter directory",
+				      spec, sock, sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+	r = spawn_quiet(argv, sock, &pid);
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "--ssh %s: cannot run ssh-agent (install openssh-client)",
 					   spec);
@@ -119,7 +139,9 @@ static int start_agent(struct kiln_cli_ssh *s, const char *spec, const char *soc
 
 static int add_key(const char *spec, const char *sock, const char *key, struct kiln_error **err)
 {
-	char *argv[] = { "ssh-add", "-q", (char *)key, NULL };
+	/* "--": a key named "-x" is a file, not an option */
+	_cleanup_free_ char *life = xasprintf("%u", KEY_LIFETIME_S);
+	char *argv[] = { "ssh-add", "-q", "-t", life, "--", (char *)key, NULL };
 	pid_t pid;
 	int r = spawn_quiet(argv, sock, &pid);
 
@@ -150,12 +172,11 @@ static char **split_paths(const char *paths, size_t *n)
 	return v;
 }
 
-/* Key files: a new agent of this build's own, holding them. */
-static int load_keys(struct kiln_cli_ssh *s, const char *spec, const char *paths,
-		     struct kiln_error **err)
+/* Key files of id i: a new agent of this build's own, holding them. */
+static int load_keys(struct kiln_cli_ssh *s, size_t i, struct kiln_error **err)
 {
-	size_t i, n;
-	char **keys = split_paths(paths, &n), *sock;
+	size_t k, n;
+	char **keys = split_paths(s->keys[i], &n), *sock;
 	int r;
 
 	if (!s->dir) {
@@ -164,16 +185,18 @@ static int load_keys(struct kiln_cli_ssh *s, const char *spec, const char *paths
 
 		if (!mkdtemp(d)) {
 			r = -errno;
+			kiln_strv_free(keys, n);
+			kiln_error_seterrno(err, r, "--ssh %s: a private directory %s", s->specs[i], d);
 			free(d);
-			return kiln_error_seterrno(err, r, "--ssh %s: a private directory", spec);
+			return r;
 		}
 		s->dir = d;
 	}
-	sock = xasprintf("%s/agent.%zu", s->dir, s->n);
-	s->socks[s->n] = sock;
-	r = start_agent(s, spec, sock, err);
-	for (i = 0; r == 0 && i < n; i++)
-		r = add_key(spec, sock, keys[i], err);
+	sock = xasprintf("%s/agent.%zu", s->dir, i);
+	s->socks[i] = sock;
+	r = start_agent(s, s->specs[i], sock, err);
+	for (k = 0; r == 0 && k < n; k++)
+		r = add_key(s->specs[i], sock, keys[k], err);
 	kiln_strv_free(keys, n);
 	return r;
 }
@@ -232,15 +255,13 @@ static int add_one(struct kiln_cli_ssh *s, const char *spec, struct kiln_error *
 					      spec, id);
 	}
 	r = check_paths(spec, paths, &is_sock, err);
-	if (r == 0 && is_sock)
-		s->socks[s->n] = xstrdup(paths);
-	else if (r == 0)
-		r = load_keys(s, spec, paths, err);
-	if (r < 0) {
-		free(s->socks[s->n]);
-		s->socks[s->n] = NULL;
+	if (r < 0)
 		return r;
-	}
+	if (is_sock)
+		s->socks[s->n] = xstrdup(paths);
+	else
+		s->keys[s->n] = xstrdup(paths);
+	s->specs[s->n] = spec;
 	s->ids[s->n++] = TAKE_PTR(id);
 	return 0;
 }
@@ -258,6 +279,17 @@ int kiln_cli_ssh_open(const struct build_args *a, struct kiln_cli_ssh *s, struct
 	return r;
 }
 
+int kiln_cli_ssh_start(struct kiln_cli_ssh *s, struct kiln_error **err)
+{
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < s->n; i++)
+		if (s->keys[i] && !s->socks[i])
+			r = load_keys(s, i, err);
+	return r;
+}
+
 void kiln_cli_ssh_release(struct kiln_cli_ssh *s)
 {
 	size_t i;
@@ -267,9 +299,10 @@ void kiln_cli_ssh_release(struct kiln_cli_ssh *s)
 		(void)wait_exit(s->pids[i]);
 	}
 	for (i = 0; i < MAX_LIST; i++) {
-		if (s->dir && s->socks[i])
-			unlink(s->socks[i]); /* an agent's, if it left it */
+		if (s->keys[i] && s->socks[i])
+			unlink(s->socks[i]); /* an agent of ours, if it left it (never the user's) */
 		free(s->ids[i]);
+		free(s->keys[i]);
 		free(s->socks[i]);
 	}
 	if (s->dir)

@@ -53,7 +53,9 @@ struct build_args {
 /* The build's ssh agents (build-ssh.c): what --ssh names, by id. */
 struct kiln_cli_ssh {
 	char *ids[MAX_LIST];
-	char *socks[MAX_LIST]; /* the agent socket of each id */
+	const char *specs[MAX_LIST]; /* the --ssh flag of each id */
+	char *keys[MAX_LIST];  /* the key files of an id ("A,B"), or NULL: a socket */
+	char *socks[MAX_LIST]; /* the agent socket of each id (key files: once started) */
 	size_t n;
 	pid_t pids[MAX_LIST];  /* ssh-agents started for key files */
 	size_t n_pids;
@@ -61,10 +63,16 @@ struct kiln_cli_ssh {
 	struct kiln_ssh_agents agents; /* for the solve options */
 };
 
-/* Check and open every --ssh (starting agents for key files). */
+/* Check every --ssh (flags first: a typo must not cost a build). */
 int kiln_cli_ssh_open(const struct build_args *a, struct kiln_cli_ssh *s,
 		      struct kiln_error **err);
-/* Kill the agents started, remove their directory. */
+/*
+ * Start an ssh-agent holding the keys of each id given key files: right
+ * before the solve, from the main thread (the agents get SIGTERM when it
+ * ends: kiln_child_exec).
+ */
+int kiln_cli_ssh_start(struct kiln_cli_ssh *s, struct kiln_error **err);
+/* Kill the agents started, remove their directory: right after the solve. */
 void kiln_cli_ssh_release(struct kiln_cli_ssh *s);
 
 struct kiln_registry;

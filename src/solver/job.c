@@ -199,14 +199,19 @@ static int secret_env(const struct kiln_job *job, const struct kiln_op *op, char
 	return 0;
 }
 
-bool kiln_ssh_agents_has(const struct kiln_ssh_agents *a, const char *id)
+int kiln_ssh_agents_find(const struct kiln_ssh_agents *a, const char *id)
 {
 	size_t i;
 
-	for (i = 0; a && i < a->n_ids; i++)
+	for (i = 0; a && id && i < a->n_ids; i++)
 		if (!strcmp(a->ids[i], id))
-			return true;
-	return false;
+			return (int)i;
+	return -ENOENT;
+}
+
+bool kiln_ssh_agents_has(const struct kiln_ssh_agents *a, const char *id)
+{
+	return kiln_ssh_agents_find(a, id) >= 0;
 }
 
 /* The forwarders of one exec's ssh mounts, in a private dir of the worker's. */
@@ -252,24 +257,28 @@ static int ssh_mount(struct kiln_worker *wk, const struct kiln_job *job, const c
 				      who, m->cache_id, m->cache_id);
 	if (*skip)
 		return 0;
+	if (!job->ssh->relay) /* declared, yet nowhere to send its requests: never run without */
+		return kiln_error_set(err, -EINVAL, "%s: ssh mount %s (id '%s'): no relay to the client's agent",
+				      who, m->target, m->cache_id);
 	if (!s->dir) {
 		_cleanup_free_ char *rnd = kiln_random_hex(8);
 
 		s->dir = xasprintf("%s/run/ssh-%s", kiln_worker_root(wk), rnd);
 		if (mkdir(s->dir, 0700) < 0) {
+			r = kiln_error_seterrno(err, -errno, "%s: ssh agent dir %s", who, s->dir);
 			free(TAKE_PTR(s->dir));
-			return kiln_error_seterrno(err, -errno, "%s: ssh agent dir", who);
+			return r;
 		}
 		s->dirfd = open(s->dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
 		if (s->dirfd < 0)
-			return kiln_error_seterrno(err, -errno, "%s: ssh agent dir", who);
+			return kiln_error_seterrno(err, -errno, "%s: ssh agent dir %s", who, s->dir);
 	}
 	s->fw = xrealloc(s->fw, (s->n + 1) * sizeof(*s->fw));
 	r = kiln_ssh_forwarder_start(s->dirfd, name, (uid_t)m->uid, (gid_t)m->gid,
 				     (mode_t)m->mode, m->cache_id, job->ssh->relay, job->ssh->ud,
 				     &s->fw[s->n], err);
 	if (r < 0) {
-		kiln_error_prefix(err, "%s", who);
+		kiln_error_prefix(err, "%s: ssh mount %s (id '%s')", who, m->target, m->cache_id);
 		return r;
 	}
 	s->n++;

@@ -49,6 +49,8 @@ struct kiln_ssh_agents {
 	void *ud;
 };
 
+/* The index of id in a->ids, or -ENOENT (a may be NULL). */
+int kiln_ssh_agents_find(const struct kiln_ssh_agents *a, const char *id);
 bool kiln_ssh_agents_has(const struct kiln_ssh_agents *a, const char *id);
 
 typedef void (*kiln_job_output_fn)(void *ud, int stream, const char *data, size_t len);
