@@ -277,8 +277,12 @@ static void *answerer_main(void *ud)
 				sleep(1);
 			continue;
 		}
-		json_array_foreach(json_object_get(resp, "requests"), i, q)
+		/* Each may take the agent a while: a stop is not kept waiting. */
+		json_array_foreach(json_object_get(resp, "requests"), i, q) {
+			if (atomic_load(&sa->stop))
+				break;
 			json_array_append_new(answers, answer_one(sa, q));
+		}
 		if (json_is_true(json_object_get(resp, "ended")))
 			atomic_store(&sa->stop, true);
 		json_decref(resp);
@@ -287,11 +291,22 @@ static void *answerer_main(void *ud)
 	return NULL;
 }
 
+/*
+ * The thread blocks SIGINT and SIGTERM: they are the main thread's, which
+ * cancels the build on the first one (catch_interrupts).
+ */
 static void answerer_start(struct ssh_answerer *sa)
 {
+	sigset_t block, old;
+
 	atomic_init(&sa->stop, false);
+	sigemptyset(&block);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
 	if (pthread_create(&sa->thread, NULL, answerer_main, sa) != 0)
 		abort(); /* only without memory */
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 static void answerer_stop(struct ssh_answerer *sa)
