@@ -745,12 +745,13 @@ static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len,
 		     const atomic_bool *stop, uint8_t **resp, size_t *resp_len)
 {
 	const struct ssh_via_kilnd *v = ud;
-	_cleanup_free_ char *url = xasprintf("%s/v1/ssh/%s", v->j->controller, v->session);
+	_cleanup_free_ char *url = xasprintf("%s/v1/ssh", v->j->controller);
 	_cleanup_free_ char *enc = kiln_base64_encode(msg, len);
 	_cleanup_error_ struct kiln_error *err = NULL;
 	struct kiln_http_call call = {
+		/* the session in the body: never in a URL an error or a log shows */
 		.method = "POST", .url = url, .token = v->j->token,
-		.json = json_pack("{ssss}", "id", id, "data", enc),
+		.json = json_pack("{ssssss}", "session", v->session, "id", id, "data", enc),
 		/* kilnd answers within its 30 s; a little more for the way */
 		.timeout_ms = KILN_SSH_AGENT_TIMEOUT_MS + 5000,
 		.limit = KILN_SSH_AGENT_MSG_MAX * 2,
@@ -783,7 +784,7 @@ static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definit
 		.pin = q->has_pin ? &q->pin : NULL, .chain = q->chain,
 		.n_chain = q->n_chain, .registry = j->registry,
 		.secrets = q->secrets, .n_secrets = q->n_secrets,
-		.ssh = q->ssh_session && j->controller ? &ssh : NULL,
+		.ssh = q->ssh_session ? &ssh : NULL,
 		.output = to->output, .output_ud = to->ud,
 		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};
@@ -851,6 +852,9 @@ static void job_do(struct kiln_jobs *j, struct job_req *q, const struct job_sink
 		f.status = 400;
 		r = check_op(e->def, q, &err);
 	}
+	if (r == 0 && q->ssh_session && !j->controller) /* never run without the agent */
+		r = kiln_error_set(&err, -EINVAL,
+				   "job: \"ssh\": this worker knows no kilnd to relay ssh agent requests through");
 	if (r == 0)
 		r = pull_inputs(j, q, &e->def->ops[q->op], to, &f, &err);
 	if (r == 0)

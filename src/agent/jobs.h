@@ -86,8 +86,8 @@ struct kiln_jobs_options {
 	struct kiln_registry *registry;
 	/*
 	 * kilnd's base URL (borrowed): where a job's ssh agent requests go
-	 * (POST /v1/ssh/<session>, docs/api.md). NULL: such jobs' ssh mounts
-	 * get no agent.
+	 * (POST /v1/ssh, docs/api.md). NULL: a job with "ssh" is refused
+	 * (400), never run without its agents.
 	 */
 	const char *controller;
 };

@@ -114,6 +114,12 @@ static void build_free(struct build *bd)
 	free(bd);
 }
 
+void kiln_builds_shutdown(struct kiln_builds *b)
+{
+	if (b)
+		kiln_ssh_relay_shutdown(b->relay);
+}
+
 void kiln_builds_free(struct kiln_builds *b)
 {
 	size_t i;

@@ -9,7 +9,7 @@
  *   GET  /v1/builds/<id>/events     progress bytes from ?from=OFFSET
  *   GET  /v1/builds/<id>            state and, once done, the result
  *   POST /v1/builds/<id>/ssh        the client answers ssh agent requests
- *   POST /v1/ssh/<session>          a worker asks them (kilnd/ssh-relay.h)
+ *   POST /v1/ssh                    a worker asks them (kilnd/ssh-relay.h)
  */
 #pragma once
 
@@ -29,6 +29,11 @@ struct kiln_registry;
  */
 struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store *store,
 				    struct kiln_cache *cache, struct kiln_registry *registry);
+/*
+ * kilnd is stopping: release the HTTP connections the ssh relay holds
+ * (waiting requests fail). Before the HTTP server stops.
+ */
+void kiln_builds_shutdown(struct kiln_builds *b);
 /* Waits for running builds to end. */
 void kiln_builds_free(struct kiln_builds *b);
 /*

@@ -300,6 +300,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 
 static void kilnd_release(struct kilnd *d)
 {
+	kiln_builds_shutdown(d->builds); /* its long waits end before the server's grace */
 	kiln_http_server_free(d->http);
 	kiln_peer_server_free(d->peer);
 	kiln_builds_free(d->builds);

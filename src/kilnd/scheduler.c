@@ -136,40 +136,40 @@ static bool is_worker_url(const struct kiln_sched *s, const char *url)
 /* ---- one attempt on one worker ---- */
 
 /*
- * The op's ssh agents its build's client declared: {"session", "ids"}
- * (docs/api.md), or NULL. Ids the client did not declare are left out:
- * the worker then skips an optional mount and fails a required one.
+ * The ids of the op's ssh mounts its build's client declared (borrowed
+ * from the op, at most one per mount); 0 when there are none. Ids the
+ * client did not declare are left out: the worker then skips an optional
+ * mount and fails a required one.
  */
-static json_t *job_ssh(const struct kiln_task *t, const char *session)
+static size_t ssh_ids(const struct kiln_task *t, const char **ids)
 {
 	const struct kiln_op *op = &t->job.def->ops[t->job.op];
-	json_t *ids = json_array();
-	size_t i;
+	size_t i, n = 0;
 
 	for (i = 0; i < op->n_mounts; i++)
 		if (op->mounts[i].kind == KILN_DEF_MOUNT_SSH &&
 		    kiln_ssh_agents_has(t->job.ssh, op->mounts[i].cache_id))
-			json_array_append_new(ids, json_string(op->mounts[i].cache_id));
-	if (!session || !json_array_size(ids)) {
-		json_decref(ids);
-		return NULL;
-	}
-	return json_pack("{ssso}", "session", session, "ids", ids);
+			ids[n++] = op->mounts[i].cache_id;
+	return n;
 }
 
-static bool uses_ssh(const struct kiln_task *t)
+/* {"session", "ids"} (docs/api.md), or NULL without a session. */
+static json_t *job_ssh(const char *session, const char *const *ids, size_t n_ids)
 {
-	const struct kiln_op *op = &t->job.def->ops[t->job.op];
+	json_t *a;
 	size_t i;
 
-	for (i = 0; t->job.ssh && i < op->n_mounts; i++)
-		if (op->mounts[i].kind == KILN_DEF_MOUNT_SSH)
-			return true;
-	return false;
+	if (!session)
+		return NULL;
+	a = json_array();
+	for (i = 0; i < n_ids; i++)
+		json_array_append_new(a, json_string(ids[i]));
+	return json_pack("{ssso}", "session", session, "ids", a);
 }
 
 static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
-			const struct sources *ss, const char *ssh_session)
+			const struct sources *ss, const char *ssh_session,
+			const char *const *ssh_id, size_t n_ssh_ids)
 {
 	const struct kiln_op *op = &t->job.def->ops[t->job.op];
 	json_t *o = json_object(), *a;
@@ -210,7 +210,7 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 			}
 	}
 	json_object_set_new(o, "secrets", a);
-	a = job_ssh(t, ssh_session);
+	a = job_ssh(ssh_session, ssh_id, n_ssh_ids);
 	if (a)
 		json_object_set_new(o, "ssh", a);
 	return o;
@@ -342,19 +342,36 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 		.abandon_ud = &watch,
 	};
 	struct sources ss = { 0 };
-	/* The ssh agent session lives as long as this attempt. */
-	_cleanup_free_ char *ssh = b->relay && uses_ssh(t) ? kiln_ssh_relay_open(b->relay, b->id)
-							   : NULL;
+	_cleanup_free_ const char **ids = xcalloc(op->n_mounts + 1, sizeof(*ids));
+	size_t n_ids = ssh_ids(t, ids);
+	_cleanup_free_ char *ssh = NULL;
 	json_t *resp = NULL;
 	const char *msg;
 	long status;
 	size_t i;
 	int tr;
 
+	/*
+	 * The ssh agent session lives as long as this attempt. Without one
+	 * the job is not sent: an optional mount would run without its agent
+	 * (and be cached so), a required one fail as if never given.
+	 */
+	if (n_ids > 0 && atomic_load(&b->cancelled)) {
+		*r = cancelled_error(err);
+		return ATTEMPT_DONE;
+	}
+	if (n_ids > 0) {
+		*r = b->relay ? kiln_ssh_relay_open(b->relay, b->id, ids, n_ids, &ssh, err)
+			      : kiln_error_set(err, -ENOENT, "kilnd: no ssh agent relay");
+		if (*r < 0) {
+			kiln_error_prefix(err, "%s", t->name);
+			return ATTEMPT_DONE;
+		}
+	}
 	for (i = 0; i < op->n_inputs; i++)
 		add_holders(s, &ss, &t->job.inputs[i], w->name);
 	add_source(&ss, s->self_url, s->token);
-	call.json = job_body(b, t, &ss, ssh);
+	call.json = job_body(b, t, &ss, ssh, ids, n_ids);
 	tr = kiln_http_client_do(s->http, &call, &res, &terr);
 	json_decref(call.json);
 	kiln_ssh_relay_close(b->relay, ssh);
