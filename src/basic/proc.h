@@ -40,3 +40,14 @@ int kiln_child_max_fd(void);
  */
 _noreturn_ void kiln_child_exec(const struct kiln_child *c, const char *path,
 				char *const *argv, char *const *env);
+
+/*
+ * kiln_child_exec for a program whose exec clears the parent-death signal
+ * (a set-user-ID or set-group-ID one, like Debian's ssh-agent, setgid
+ * _ssh): the child stays as a guard with PR_SET_PDEATHSIG c->deathsig,
+ * runs the program in a child of its own, passes c->deathsig (or a
+ * SIGTERM it is sent) on to it, and exits with its status once it ended.
+ * The guard's pid stands for the program: signal it, wait for it.
+ */
+_noreturn_ void kiln_child_exec_guarded(const struct kiln_child *c, const char *path,
+					char *const *argv, char *const *env);

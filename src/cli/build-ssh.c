@@ -70,9 +70,12 @@ static char **child_env(const char *sock)
 
 /*
  * Run argv (argv[0] on $PATH) quiet, in a session of its own (no terminal
- * to prompt on), sent SIGTERM should this thread end before it.
+ * to prompt on), sent SIGTERM should this thread end before it. guarded:
+ * through kiln_child_exec_guarded, for ssh-agent, which may be setgid
+ * (Debian's is), and the exec of a setgid binary clears the parent-death
+ * signal.
  */
-static int spawn_quiet(char *const *argv, const char *sock, pid_t *pid)
+static int spawn_quiet(char *const *argv, const char *sock, bool guarded, pid_t *pid)
 {
 	_cleanup_free_ char *path = kiln_find_program(argv[0]);
 	_cleanup_close_ int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -88,6 +91,8 @@ static int spawn_quiet(char *const *argv, const char *sock, pid_t *pid)
 	c.in = c.out = c.err = null;
 	env = child_env(sock);
 	*pid = fork();
+	if (*pid == 0 && guarded)
+		kiln_child_exec_guarded(&c, path, argv, env);
 	if (*pid == 0)
 		kiln_child_exec(&c, path, argv, env);
 	if (*pid < 0)
@@ -118,7 +123,7 @@ static int start_agent(struct kiln_cli_ssh *s, const char *spec, const char *soc
 		return kiln_error_set(err, -ENAMETOOLONG,
 				      "--ssh %s: the agent socket %s is longer than a unix socket path may be (%zu bytes): set TMPDIR to a shorter directory",
 				      spec, sock, sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
-	r = spawn_quiet(argv, sock, &pid);
+	r = spawn_quiet(argv, sock, true, &pid);
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "--ssh %s: cannot run ssh-agent (install openssh-client)",
 					   spec);
@@ -143,7 +148,7 @@ static int add_key(const char *spec, const char *sock, const char *key, struct k
 	_cleanup_free_ char *life = xasprintf("%u", KEY_LIFETIME_S);
 	char *argv[] = { "ssh-add", "-q", "-t", life, "--", (char *)key, NULL };
 	pid_t pid;
-	int r = spawn_quiet(argv, sock, &pid);
+	int r = spawn_quiet(argv, sock, false, &pid);
 
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "--ssh %s: cannot run ssh-add (install openssh-client)",

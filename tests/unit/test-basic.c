@@ -9,14 +9,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "basic/alloc.h"
 #include "basic/error.h"
 #include "basic/fs-util.h"
 #include "basic/parse-util.h"
+#include "basic/proc.h"
 #include "basic/strbuf.h"
 #include "basic/strv.h"
 #include "basic/utf8.h"
@@ -381,6 +385,70 @@ static void test_utf8(void **state)
 	assert_string_equal(clean, want);
 }
 
+/* kiln_child_exec_guarded: `sleep 30` behind a guard, forked by this thread. */
+static pid_t guarded_sleep(void)
+{
+	_cleanup_free_ char *sleep = kiln_find_program("sleep");
+	char *argv[] = { "sleep", "30", NULL };
+	char *env[] = { NULL };
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	struct kiln_child c = { .parent = getpid(), .deathsig = SIGTERM, .in = null, .out = null,
+				.err = null, .max_fd = kiln_child_max_fd() };
+	pid_t pid;
+
+	assert_non_null(sleep);
+	pid = fork();
+	if (pid == 0)
+		kiln_child_exec_guarded(&c, sleep, argv, env);
+	close(null);
+	return pid;
+}
+
+static void *fork_and_end(void *ud)
+{
+	*(pid_t *)ud = guarded_sleep();
+	/*
+	 * Ending before the guard's prctl would go unnoticed (the getppid()
+	 * check sees the process, not the thread): kiln's main thread lives on.
+	 */
+	usleep(300000);
+	return NULL; /* this thread ends: the guard gets its death signal */
+}
+
+/* The exit status of pid, waiting 5 s at most (-1: still running). */
+static int wait_5s(pid_t pid)
+{
+	int i, st;
+
+	for (i = 0; i < 500; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+static void test_child_guarded(void **state)
+{
+	pthread_t t;
+	pid_t pid;
+
+	(void)state;
+	/* SIGTERM to the guard reaches the program; the guard exits with it */
+	pid = guarded_sleep();
+	assert_true(pid > 0);
+	usleep(100000);
+	kill(pid, SIGTERM);
+	assert_int_equal(wait_5s(pid), 128 + SIGTERM);
+	/* the thread that forked it ends: so does the program */
+	assert_int_equal(pthread_create(&t, NULL, fork_and_end, &pid), 0);
+	pthread_join(t, NULL);
+	assert_true(pid > 0);
+	assert_int_equal(wait_5s(pid), 128 + SIGTERM);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -397,6 +465,7 @@ int main(void)
 		cmocka_unit_test(test_atomic_write),
 		cmocka_unit_test(test_utf8),
 		cmocka_unit_test(test_feed_lines),
+		cmocka_unit_test(test_child_guarded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
