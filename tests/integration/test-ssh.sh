@@ -6,7 +6,9 @@
 # test key, get a signature, and be refused ADD_IDENTITY. The agent's
 # socket and the key's path must be nowhere: not in the image, the op
 # graph, the cache or the logs; a second build through another socket
-# to the same key is a cache hit.
+# to the same key is a cache hit. The ssh-agents kiln starts for key
+# files end with the build, also when it fails or is killed with -9:
+# they are found by their socket directory, under this test's TMPDIR.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/registry-lib.sh"
 . "$KILN_SOURCE_ROOT/tests/conformance/cluster.sh"
@@ -17,6 +19,9 @@ done
 cluster_require_arm64
 
 export SOURCE_DATE_EPOCH=1700000000
+# kiln's own agents listen in $TMPDIR/kiln-ssh-*: this test's alone.
+export TMPDIR="$T/tmp"
+mkdir -p "$TMPDIR"
 CTX="$T/ctx"
 mkdir -p "$CTX"
 gcc -static -O2 -o "$CTX/probe-amd64" "$KILN_SOURCE_ROOT/tests/integration/ssh-agent-probe.c" ||
@@ -99,6 +104,9 @@ done
 cmp -s "$T/embedded.tar" "$T/cluster.tar" || fail "embedded and cluster images differ"
 assert_nowhere "images, progress" "$T"/*.tar "$T"/progress-*.json
 assert_nowhere "engine state, graphs, caches, logs" "$T/embedded" "$T/cluster"
+# A session names what a worker may ask for: never in a URL or a log line.
+hits=$(grep -rlaE "/v1/ssh/[0-9a-f]{32}" "$T/cluster" "$T"/progress-*.json 2>/dev/null || true)
+[ -z "$hits" ] || fail "an ssh session token in: $hits"
 
 echo "== errors"
 cat >"$T/ctx/Dockerfile.req" <<'DF'
@@ -116,11 +124,50 @@ done
 kbuild_fails --ssh "default=$T/missing.sock" "$CTX"
 assert_contains "$(cat "$T/progress.json")" "--ssh default=$T/missing.sock" "missing socket: the flag"
 ssh-keygen -q -t ed25519 -N 'secret pass' -f "$T/id_pass"
-kbuild_fails --ssh "default=$T/id_pass" "$CTX"
+# Keys are loaded once the Dockerfile is lowered: it must lower.
+kbuild_fails --build-arg "BASE=$BASE" --ssh "default=$T/id_pass" "$CTX"
 assert_contains "$(cat "$T/progress.json")" "cannot load the key $T/id_pass" "passphrase key: the file"
 SSH_AUTH_SOCK= kbuild_fails --ssh default "$CTX"
 assert_contains "$(cat "$T/progress.json")" "SSH_AUTH_SOCK is not set" "--ssh default without an agent"
-pgrep -f "kiln-ssh-" >/dev/null && fail "an ssh-agent kiln started is still running: $(pgrep -af kiln-ssh-)"
+pgrep -f "$TMPDIR/kiln-ssh-" >/dev/null &&
+	fail "an ssh-agent kiln started is still running: $(pgrep -af "$TMPDIR/kiln-ssh-")"
+
+echo "== kill -9 mid-build leaves no ssh-agent"
+MARK="kiln-ssh-kill-$$"
+cat >"$T/kill.json" <<JSON
+{"version":1,"ops":[
+ {"id":"base","op":"source.image","ref":"oci-layout://$LAYOUT:latest"},
+ {"id":"slow","op":"exec","input":"base","args":["sh","-c","exec sh -c \\"sleep 300; true\\" $MARK"],
+  "mounts":[{"type":"ssh","id":"default","target":"/run/ssh"}]}
+],"output":"slow"}
+JSON
+cat >"$T/after.json" <<JSON
+{"version":1,"ops":[
+ {"id":"base","op":"source.image","ref":"oci-layout://$LAYOUT:latest"},
+ {"id":"ok","op":"exec","input":"base","args":["true"]}
+],"output":"ok"}
+JSON
+KILN_ROOT="$T/embedded" "$KILN" build --progress json --def "$T/kill.json" \
+	--ssh "default=$T/id_test" 2>"$T/kill.json.log" &
+BG_PID=$!
+for _ in $(seq 300); do
+	pgrep -f "$MARK" >/dev/null && break
+	sleep 0.1
+done
+pgrep -f "$MARK" >/dev/null || fail "kill: the step never started: $(tail -3 "$T/kill.json.log")"
+pgrep -f "$TMPDIR/kiln-ssh-" >/dev/null || fail "kill: no ssh-agent of the build's under $TMPDIR"
+kill -9 "$BG_PID"
+wait "$BG_PID" 2>/dev/null || true
+BG_PID=
+for _ in $(seq 50); do
+	pgrep -f "$TMPDIR/kiln-ssh-" >/dev/null || break
+	sleep 0.1
+done
+pgrep -f "$TMPDIR/kiln-ssh-" >/dev/null &&
+	fail "kill -9: the build's ssh-agent outlived kiln: $(pgrep -af "$TMPDIR/kiln-ssh-")"
+# The next build clears the killed one's container.
+KILN_ROOT="$T/embedded" kbuild --def "$T/after.json" || fail "the build after kill -9 failed"
+pgrep -f "$MARK" >/dev/null && fail "kill: the step's process survived"
 
 cluster_stop
 echo "ok"
