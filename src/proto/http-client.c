@@ -118,6 +118,7 @@ void kiln_http_result_release(struct kiln_http_result *r)
 	free(r->location);
 	free(r->www_authenticate);
 	free(r->docker_digest);
+	free(r->etag);
 	memset(r, 0, sizeof(*r));
 	r->content_length = -1;
 }
@@ -187,8 +188,9 @@ static void reset_headers(struct kiln_http_result *r)
 	free(r->location);
 	free(r->www_authenticate);
 	free(r->docker_digest);
+	free(r->etag);
 	r->content_type = r->content_range = r->location = NULL;
-	r->www_authenticate = r->docker_digest = NULL;
+	r->www_authenticate = r->docker_digest = r->etag = NULL;
 	r->content_length = -1;
 }
 
@@ -197,10 +199,10 @@ static void capture_header(struct kiln_http_result *r, const char *line,
 {
 	static const char *const names[] = {
 		"Content-Type", "Content-Range", "Location",
-		"WWW-Authenticate", "Docker-Content-Digest",
+		"WWW-Authenticate", "Docker-Content-Digest", "ETag",
 	};
 	char **dsts[] = { &r->content_type, &r->content_range, &r->location,
-			  &r->www_authenticate, &r->docker_digest };
+			  &r->www_authenticate, &r->docker_digest, &r->etag };
 	_cleanup_free_ char *cl = NULL;
 	size_t i;
 	uint64_t u;
@@ -285,7 +287,7 @@ static struct curl_slist *build_headers(const struct kiln_http_call *call,
 		l = curl_slist_append(l, ct);
 	}
 	/* Registries answer 201/202 at once; no "100-continue" wait. */
-	if (call->upload)
+	if (call->upload && !call->aws_sigv4)
 		l = curl_slist_append(l, "Expect:");
 	return l;
 }
@@ -346,7 +348,10 @@ static void set_tls_auth(const struct kiln_http_client *h,
 	}
 	if (!call->user)
 		return;
-	curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+	if (call->aws_sigv4)
+		curl_easy_setopt(c, CURLOPT_AWS_SIGV4, call->aws_sigv4);
+	else
+		curl_easy_setopt(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
 	curl_easy_setopt(c, CURLOPT_USERNAME, call->user);
 	curl_easy_setopt(c, CURLOPT_PASSWORD,
 			 call->password ? call->password : "");
@@ -377,7 +382,9 @@ static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, call->follow ? 1L : 0L);
 	curl_easy_setopt(c, CURLOPT_MAXREDIRS,
 			 call->max_redirects ? (long)call->max_redirects : MAX_REDIRS);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
+			 call->connect_timeout_ms > 0 ? call->connect_timeout_ms
+						      : h->connect_timeout_ms);
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT,
 			 KILN_HTTP_CLIENT_LOW_SPEED_BYTES);
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
@@ -400,12 +407,17 @@ static void set_options(struct kiln_http_client *h, struct xfer *x, CURL *c,
 	set_method(x, c);
 }
 
-static int curl_errno(CURLcode rc)
+static int curl_errno(CURL *c, CURLcode rc)
 {
+	long os_errno = 0;
+
 	switch (rc) {
 	case CURLE_OPERATION_TIMEDOUT:
 		return -ETIMEDOUT;
 	case CURLE_COULDNT_CONNECT:
+		curl_easy_getinfo(c, CURLINFO_OS_ERRNO, &os_errno);
+		if (os_errno == EHOSTUNREACH || os_errno == ENETUNREACH)
+			return -EHOSTUNREACH;
 		return -ECONNREFUSED;
 	case CURLE_COULDNT_RESOLVE_HOST:
 		return -EHOSTUNREACH;
@@ -434,7 +446,7 @@ static int finish(struct xfer *x, CURLcode rc, const char *errbuf,
 		return kiln_error_set(err, -ECANCELED, "%s %s: abandoned", call->method,
 				      call->url);
 	if (rc != CURLE_OK)
-		return kiln_error_set(err, curl_errno(rc), "%s %s: %s",
+		return kiln_error_set(err, curl_errno(x->curl, rc), "%s %s: %s",
 				      call->method, call->url,
 				      *errbuf ? errbuf : curl_easy_strerror(rc));
 	curl_easy_getinfo(x->curl, CURLINFO_RESPONSE_CODE, &x->res->status);

@@ -61,6 +61,15 @@ struct kiln_http_call {
 	unsigned low_speed_time_s;  /* 0: the client's */
 	const char *user, *password; /* basic auth, or NULL */
 	/*
+	 * Sign with AWS SigV4 instead (CURLOPT_AWS_SIGV4, e.g.
+	 * "aws:amz:REGION:s3"): user and password are the access key id and
+	 * the secret. The caller sends x-amz-content-sha256 in headers, and
+	 * an upload keeps curl's own Expect header (a blanked one would be
+	 * signed but not sent).
+	 */
+	const char *aws_sigv4;
+	long connect_timeout_ms;    /* 0: the client's */
+	/*
 	 * Follow redirects (http/https only, at most 5). Credentials never
 	 * follow to another host (CURLOPT_UNRESTRICTED_AUTH stays off).
 	 */
@@ -104,6 +113,7 @@ struct kiln_http_result {
 	char *location;
 	char *www_authenticate;
 	char *docker_digest;    /* Docker-Content-Digest */
+	char *etag;             /* ETag, as sent (quotes kept) */
 	int64_t content_length; /* -1 when not sent */
 };
 void kiln_http_result_release(struct kiln_http_result *r);
@@ -111,7 +121,7 @@ void kiln_http_result_release(struct kiln_http_result *r);
 /*
  * Perform call. Only transport failures are errors here, naming the URL:
  * -ECONNREFUSED, -ETIMEDOUT (connect, deadline or low-speed abort),
- * -EHOSTUNREACH, -EPROTO (TLS), -ELOOP (too many redirects), -E2BIG (body
+ * -EHOSTUNREACH (name not resolved, host or network unreachable), -EPROTO (TLS), -ELOOP (too many redirects), -E2BIG (body
  * over limit), a sink's code (no message), -EIO otherwise. Any HTTP status
  * is returned in res; the caller judges it (kiln_http_status_error()).
  */
