@@ -224,14 +224,19 @@ static int checked_sink(void *ud, const void *data, size_t len)
 	return s->q->sink(s->q->sink_ud, data, len);
 }
 
-static int status_error(const struct s3_req *q, const char *url,
-			const struct kiln_http_result *res, struct kiln_error **err)
+static int status_error(const struct kiln_s3_client *c, const struct s3_req *q,
+			const char *url, const struct kiln_http_result *res,
+			struct kiln_error **err)
 {
 	_cleanup_free_ char *text = kiln_s3_error_text(res->body, res->body_len);
+	int code = kiln_s3_status_code(res->status);
 
-	return kiln_error_set(err, kiln_s3_status_code(res->status),
-			      "S3 %s %s: HTTP %ld%s%s", q->method, url, res->status,
-			      text ? ": " : "", text ? text : "");
+	/* The access key id is no secret and says which keys were refused. */
+	return kiln_error_set(err, code, "S3: %s %s: HTTP %ld%s%s%s%s%s", q->method,
+			      url, res->status, text ? ": " : "", text ? text : "",
+			      code == -EACCES ? " (access key " : "",
+			      code == -EACCES ? c->cred.access_key : "",
+			      code == -EACCES ? ")" : "");
 }
 
 static void fill_call(struct kiln_s3_client *c, const struct s3_req *q,
@@ -278,7 +283,7 @@ int s3_do(struct kiln_s3_client *c, const struct s3_req *q,
 
 	memset(res, 0, sizeof(*res));
 	if (timeout <= 0)
-		return kiln_error_set(err, -ETIMEDOUT, "S3 %s %s: deadline passed",
+		return kiln_error_set(err, -ETIMEDOUT, "S3: %s %s: deadline passed",
 				      q->method, url);
 	sha = xasprintf("x-amz-content-sha256: %s",
 			q->payload_sha256 ? q->payload_sha256 : EMPTY_SHA256);
@@ -297,18 +302,18 @@ int s3_do(struct kiln_s3_client *c, const struct s3_req *q,
 	}
 	r = kiln_http_client_do(c->http, &call, res, err);
 	if (r == -EBADMSG && q->range)
-		return kiln_error_set(err, r, "S3 %s %s: the server ignored the Range",
+		return kiln_error_set(err, r, "S3: %s %s: the server ignored the Range",
 				      q->method, url);
 	if (r < 0)
 		return transport_error(q, r, err);
 	if (res->status < 200 || res->status >= 300) {
-		r = status_error(q, url, res, err);
+		r = status_error(c, q, url, res, err);
 		kiln_http_result_release(res);
 		return r;
 	}
 	if (q->range && !res->content_range) {
 		kiln_http_result_release(res);
-		return kiln_error_set(err, -EBADMSG, "S3 %s %s: the server ignored the Range",
+		return kiln_error_set(err, -EBADMSG, "S3: %s %s: the server ignored the Range",
 				      q->method, url);
 	}
 	return 0;

@@ -134,10 +134,13 @@ static int upload_part(void *ud, size_t i, unsigned slot, struct kiln_error **er
 				   m->key, i + 1);
 	if (r == 0)
 		m->etags[i] = xstrdup(res.etag);
-	if (r == 0)
+	if (r == 0) {
 		kiln_http_result_release(&res);
-	else
-		atomic_store(&m->failed, true);
+		return 0;
+	}
+	atomic_store(&m->failed, true);
+	kiln_error_prefix(err, "S3 multipart upload of %s, part %zu of %zu",
+			  m->key, i + 1, m->nparts);
 	return r;
 }
 
