@@ -412,24 +412,6 @@ int kiln_s3_get_fd(struct kiln_s3_client *c, const char *key,
 	return r;
 }
 
-void kiln_s3_object_release(struct kiln_s3_object *o)
-{
-	if (!o)
-		return;
-	free(o->key);
-	free(o->etag);
-	memset(o, 0, sizeof(*o));
-}
-
-static char *unquoted(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n >= 2 && s[0] == '"' && s[n - 1] == '"')
-		return xstrndup(s + 1, n - 2);
-	return xstrdup(s);
-}
-
 int kiln_s3_head(struct kiln_s3_client *c, const char *key,
 		 struct kiln_s3_object *out, const struct kiln_s3_limits *lim,
 		 struct kiln_error **err)
@@ -450,7 +432,7 @@ int kiln_s3_head(struct kiln_s3_client *c, const char *key,
 	else
 		out->size = (uint64_t)res.content_length;
 	if (r == 0 && res.etag)
-		out->etag = unquoted(res.etag);
+		out->etag = kiln_s3_unquote(res.etag, strlen(res.etag));
 	kiln_http_result_release(&res);
 	return r;
 }
@@ -554,24 +536,6 @@ int kiln_s3_delete(struct kiln_s3_client *c, const char *key,
 }
 
 /* ---- listings ---- */
-
-void kiln_s3_list_init(struct kiln_s3_list *l)
-{
-	memset(l, 0, sizeof(*l));
-}
-
-void kiln_s3_list_release(struct kiln_s3_list *l)
-{
-	size_t i;
-
-	if (!l)
-		return;
-	for (i = 0; i < l->n; i++)
-		kiln_s3_object_release(&l->objects[i]);
-	free(l->objects);
-	free(l->next_token);
-	kiln_s3_list_init(l);
-}
 
 typedef int (*listing_parser)(const char *doc, size_t len,
 			      struct kiln_s3_list *out, const char **why);

@@ -354,11 +354,12 @@ int kiln_s3_credentials_parse(const char *text, size_t len, const char *name,
 {
 	struct ini s = { .name = name, .profile = profile, .out = out };
 	_cleanup_free_ char *copy = xstrndup(text, len);
+	size_t copy_len = strlen(copy); /* xstrndup stops at a NUL */
 	char *l = copy, *nl;
 	int r = 0;
 
 	memset(out, 0, sizeof(*out));
-	if (strlen(copy) != len)
+	if (copy_len != len)
 		r = kiln_error_set(err, -EINVAL, "%s: NUL byte", name);
 	for (; r == 0 && l; l = nl) {
 		nl = strchr(l, '\n');
@@ -373,7 +374,7 @@ int kiln_s3_credentials_parse(const char *text, size_t len, const char *name,
 		r = kiln_error_set(err, -EINVAL,
 				   "%s: profile '%s' lacks aws_access_key_id or aws_secret_access_key",
 				   name, profile);
-	explicit_bzero(copy, len);
+	explicit_bzero(copy, copy_len);
 	if (r < 0)
 		kiln_s3_credentials_release(out);
 	return r;

@@ -73,6 +73,8 @@ int kiln_s3_parse_uploads(const char *doc, size_t len, struct kiln_s3_list *out,
  */
 int kiln_s3_xml_find(const char *doc, size_t len, const char *root,
 		     const char *path, char **out);
+/* A copy of len bytes of s without surrounding double quotes (ETags). */
+char *kiln_s3_unquote(const char *s, size_t len);
 /* "Code: Message" of an S3 <Error> body, sanitized, or NULL. */
 char *kiln_s3_error_text(const char *doc, size_t len);
 

@@ -283,11 +283,38 @@ int kiln_s3_parse_time(const char *s, int64_t *out)
 	return 0;
 }
 
-static char *unquote(const char *s, size_t len)
+char *kiln_s3_unquote(const char *s, size_t len)
 {
 	if (len >= 2 && s[0] == '"' && s[len - 1] == '"')
 		return xstrndup(s + 1, len - 2);
 	return xstrndup(s, len);
+}
+
+void kiln_s3_object_release(struct kiln_s3_object *o)
+{
+	if (!o)
+		return;
+	free(o->key);
+	free(o->etag);
+	memset(o, 0, sizeof(*o));
+}
+
+void kiln_s3_list_init(struct kiln_s3_list *l)
+{
+	memset(l, 0, sizeof(*l));
+}
+
+void kiln_s3_list_release(struct kiln_s3_list *l)
+{
+	size_t i;
+
+	if (!l)
+		return;
+	for (i = 0; i < l->n; i++)
+		kiln_s3_object_release(&l->objects[i]);
+	free(l->objects);
+	free(l->next_token);
+	kiln_s3_list_init(l);
 }
 
 struct list_state {
@@ -330,7 +357,7 @@ static int entry_field(struct list_state *s, const char *field,
 			return list_fail(s, "a bad LastModified");
 	} else if (!strcmp(field, "ETag") || !strcmp(field, "UploadId")) {
 		free(o->etag);
-		o->etag = unquote(text, len);
+		o->etag = kiln_s3_unquote(text, len);
 	}
 	return 0;
 }
