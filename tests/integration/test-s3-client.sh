@@ -121,9 +121,9 @@ kill -STOP "$S3_RGW_PID"
 t0=$(now_ms)
 S3_TIMEOUT_MS=2000 tool 110 head range/k
 dt=$(($(now_ms) - t0))
+echo "  HEAD failed after $dt ms: $(cat "$T/err")"
 S3_TIMEOUT_MS=2000 tool 110 put-str stopped/x x
 kill -CONT "$S3_RGW_PID"
-echo "  HEAD failed after $dt ms: $(cat "$T/err")"
 [ "$dt" -ge 1900 ] && [ "$dt" -lt 3000 ] || fail "deadline 2000 ms, took $dt ms"
 tool 0 cat range/k
 
