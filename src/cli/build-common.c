@@ -54,6 +54,16 @@ void kiln_cli_cache_spec_release(struct kiln_cli_cache_spec *s)
 {
 	free(s->dir);
 	s->dir = NULL;
+	if (s->s3)
+		kiln_s3_config_release(&s->s3cfg);
+	s->s3 = false;
+}
+
+/* Keys of a type=s3 spec that would put a secret on a command line. */
+static bool secret_key(const char *k)
+{
+	return !strcmp(k, "secret_access_key") || !strcmp(k, "access_key_id") ||
+	       !strcmp(k, "session_token");
 }
 
 int kiln_cli_cache_spec_parse(const char *spec, bool to, struct kiln_cli_cache_spec *out,
@@ -64,41 +74,62 @@ int kiln_cli_cache_spec_parse(const char *spec, bool to, struct kiln_cli_cache_s
 	_cleanup_free_ char *copy = xstrdup(spec);
 	char *save = NULL, *kv;
 	bool local = false;
+	int r = 0;
 
 	memset(out, 0, sizeof(*out));
-	for (kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+	/* The type first: it says which keys mean something. */
+	if (strstr(spec, "type=s3") == spec || strstr(spec, ",type=s3")) {
+		out->s3 = true;
+		kiln_s3_config_init(&out->s3cfg);
+	}
+	for (kv = strtok_r(copy, ",", &save); r == 0 && kv; kv = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(kv, '=');
 		const char *val = eq ? eq + 1 : "";
+		_cleanup_error_ struct kiln_error *e = NULL;
 
 		if (eq)
 			*eq = '\0';
-		if (!strcmp(kv, "type") && !strcmp(val, "local")) {
-			local = true;
+		if (!strcmp(kv, "type") && (!strcmp(val, "local") || !strcmp(val, "s3"))) {
+			local = !strcmp(val, "local");
 		} else if (!strcmp(kv, "type")) {
-			kiln_cli_cache_spec_release(out);
-			return kiln_error_set(err, -EINVAL, "%s %s: type '%s' is not supported (type=local)",
-					      flag, spec, val);
-		} else if (!strcmp(kv, dirkey) && *val) {
-			free(out->dir);
-			out->dir = xstrdup(val);
+			r = kiln_error_set(err, -EINVAL, "%s %s: type '%s' is not supported (type=local or type=s3)",
+					   flag, spec, val);
 		} else if (to && !strcmp(kv, "mode") && (!strcmp(val, "min") || !strcmp(val, "max"))) {
 			out->all = !strcmp(val, "max");
 		} else if (!strcmp(kv, "ignore-error")) {
 			/* Always so: a remote cache never fails a build. */
+		} else if (!out->s3 && !strcmp(kv, dirkey) && *val) {
+			free(out->dir);
+			out->dir = xstrdup(val);
+		} else if (out->s3 && secret_key(kv)) {
+			r = kiln_error_set(err, -EINVAL, "%s: %s= would put a secret on the command line; "
+					   "give the keys in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+					   "~/.aws/credentials or credentials=FILE", flag, kv);
+		} else if (out->s3 && kiln_s3_config_set(&out->s3cfg, kv, val, &e) == 0) {
+			/* bucket, region, endpoint_url, prefix, use_path_style, ... */
 		} else {
-			kiln_cli_cache_spec_release(out);
-			return kiln_error_set(err, -EINVAL, "%s %s: unknown or bad '%s%s%s'%s",
-					      flag, spec, kv, eq ? "=" : "", val,
-					      to ? " (type=local,dest=DIR[,mode=min|max])"
-						 : " (type=local,src=DIR)");
+			r = kiln_error_set(err, -EINVAL, "%s %s: unknown or bad '%s%s%s'%s%s%s", flag,
+					   spec, kv, eq ? "=" : "", val, e ? " (" : "",
+					   e ? kiln_error_msg(e) : "", e ? ")" : "");
 		}
 	}
-	if (!local || !out->dir) {
+	if (r == 0 && out->s3 && !out->s3cfg.bucket)
+		r = kiln_error_set(err, -EINVAL, "%s %s: type=s3 needs bucket=NAME", flag, spec);
+	if (r == 0 && !out->s3 && (!local || !out->dir))
+		r = kiln_error_set(err, -EINVAL, "%s %s: want type=local,%s=DIR or type=s3,bucket=NAME,...",
+				   flag, spec, dirkey);
+	if (r < 0)
 		kiln_cli_cache_spec_release(out);
-		return kiln_error_set(err, -EINVAL, "%s %s: want type=local,%s=DIR", flag, spec,
-				      dirkey);
-	}
-	return 0;
+	return r;
+}
+
+/* Open the cache a spec names (--cache-to creates a directory). */
+static int open_spec(const struct kiln_cli_cache_spec *spec, bool to, struct kiln_rcache **out,
+		     struct kiln_error **err)
+{
+	if (spec->s3)
+		return kiln_rcache_open_s3(&spec->s3cfg, out, err);
+	return kiln_rcache_open_dir(spec->dir, to, out, err);
 }
 
 /*
@@ -109,29 +140,30 @@ int kiln_cli_cache_spec_parse(const char *spec, bool to, struct kiln_cli_cache_s
 static int open_rcaches(const struct build_args *a, struct kiln_solve_options *so,
 			struct kiln_error **err)
 {
-	struct kiln_cli_cache_spec spec = { 0 };
-	_cleanup_error_ struct kiln_error *e2 = NULL;
-	int r;
+	const char *specs[2] = { a->cache_from, a->cache_to };
+	size_t i;
 
-	if (a->cache_from && kiln_cli_cache_spec_parse(a->cache_from, false, &spec, err) == 0) {
-		if (kiln_rcache_open_dir(spec.dir, false, &so->cache_from, &e2) < 0) {
-			_cleanup_free_ char *msg = xasprintf("--cache-from %s: %s; building without it",
-							     a->cache_from, kiln_error_msg(e2));
+	for (i = 0; i < 2; i++) {
+		struct kiln_cli_cache_spec spec = { 0 };
+		_cleanup_error_ struct kiln_error *e2 = NULL;
+		struct kiln_rcache **slot = i ? &so->cache_to : &so->cache_from;
+		int r;
+
+		if (!specs[i])
+			continue;
+		r = kiln_cli_cache_spec_parse(specs[i], i == 1, &spec, err);
+		if (r < 0)
+			return r;
+		if (i == 1)
+			so->cache_to_all = spec.all;
+		if (open_spec(&spec, i == 1, slot, &e2) < 0) {
+			_cleanup_free_ char *msg = xasprintf("%s %s: %s; building without it",
+							     i ? "--cache-to" : "--cache-from",
+							     specs[i], kiln_error_msg(e2));
 
 			kiln_progress_warning(so->progress, msg);
 		}
 		kiln_cli_cache_spec_release(&spec);
-	}
-	if (a->cache_to) {
-		r = kiln_cli_cache_spec_parse(a->cache_to, true, &spec, err);
-		if (r == 0)
-			r = kiln_rcache_open_dir(spec.dir, true, &so->cache_to, err);
-		so->cache_to_all = spec.all;
-		kiln_cli_cache_spec_release(&spec);
-		if (r < 0) {
-			kiln_error_prefix(err, "--cache-to %s", a->cache_to);
-			return r;
-		}
 	}
 	return 0;
 }

@@ -9,6 +9,7 @@
 
 #include "basic/error.h"
 #include "proto/tls.h"
+#include "s3/s3.h"
 #include "solver/job.h"
 #include "solver/progress.h"
 
@@ -88,6 +89,8 @@ int kiln_cli_registry(const struct build_args *a, struct kiln_registry **out,
 /* A --cache-from/--cache-to SPEC (buildx's spelling), parsed. */
 struct kiln_cli_cache_spec {
 	char *dir;     /* type=local: src= (from) or dest= (to) */
+	bool s3;       /* type=s3: s3cfg */
+	struct kiln_s3_config s3cfg;
 	bool all;      /* mode=max: every step's records (to) */
 };
 

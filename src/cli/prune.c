@@ -21,6 +21,7 @@
 #include "cas/gc.h"
 #include "cli/common.h"
 #include "rcache/rcache.h"
+#include "s3/s3.h"
 
 struct prune_rec {
 	char *key;
@@ -40,6 +41,7 @@ struct prune {
 	int64_t older_than;  /* --older-than (remote cache) */
 	int64_t grace;       /* --grace (remote cache) */
 	bool grace_set;
+	const char *s3_opts[4]; /* --s3-endpoint, --s3-region, --s3-path-style, --s3-credentials */
 	struct prune_rec *recs; /* oldest last_used first */
 	size_t n, alloc;
 	uint64_t deleted;
@@ -49,8 +51,10 @@ struct prune {
 static void prune_usage(FILE *f)
 {
 	fputs("Usage: kiln prune [--keep-storage SIZE] [--all] [--dry-run]\n"
-	      "       kiln prune --cache DIR [--keep-storage SIZE] [--older-than DURATION]\n"
-	      "                  [--grace DURATION] [--dry-run]\n"
+	      "       kiln prune --cache DIR|s3://BUCKET/PREFIX [--keep-storage SIZE]\n"
+	      "                  [--older-than DURATION] [--grace DURATION] [--dry-run]\n"
+	      "                  [--s3-endpoint URL] [--s3-region R] [--s3-path-style]\n"
+	      "                  [--s3-credentials FILE]\n"
 	      "\n"
 	      "Delete cache records and the data only they used. With neither\n"
 	      "--all nor --keep-storage, records are kept and only unreferenced\n"
@@ -61,7 +65,7 @@ static void prune_usage(FILE *f)
 	      "                           while their total size fits in SIZE\n"
 	      "                           (e.g. 10GB, 512MiB)\n"
 	      "  -a, --all                delete every record\n"
-	      "      --cache DIR          prune the remote cache in DIR\n"
+	      "      --cache DIR|s3://B/P prune the remote cache in DIR or bucket B, prefix P\n"
 	      "      --older-than D       (--cache) delete records written more than D ago\n"
 	      "                           (e.g. 7d, 24h, 90m)\n"
 	      "      --grace D            (--cache) never delete a blob younger than D\n"
@@ -356,8 +360,23 @@ static int prune_remote(struct prune *p)
 	char a[32], b[32];
 	int r;
 
-	if (kiln_rcache_open_dir(p->cache, false, &rc, &err) < 0)
+	if (!strncmp(p->cache, "s3://", 5)) {
+		static const char *const keys[4] = { "endpoint", "region", "path_style", "credentials" };
+		struct kiln_s3_config cfg;
+		size_t i;
+
+		kiln_s3_config_init(&cfg);
+		r = kiln_s3_config_parse_url(&cfg, p->cache, &err);
+		for (i = 0; r == 0 && i < 4; i++)
+			if (p->s3_opts[i])
+				r = kiln_s3_config_set(&cfg, keys[i], p->s3_opts[i], &err);
+		r = r ? r : kiln_rcache_open_s3(&cfg, &rc, &err);
+		kiln_s3_config_release(&cfg);
+		if (r < 0)
+			return kiln_cli_fail(err);
+	} else if (kiln_rcache_open_dir(p->cache, false, &rc, &err) < 0) {
 		return kiln_cli_fail(err);
+	}
 	r = kiln_rcache_gc(rc, &o, &st, &err);
 	kiln_rcache_free(rc);
 	if (r < 0)
@@ -378,6 +397,10 @@ static int parse_args(int argc, char **argv, struct prune *p)
 		{ "cache", required_argument, NULL, 'c' },
 		{ "older-than", required_argument, NULL, 'o' },
 		{ "grace", required_argument, NULL, 'g' },
+		{ "s3-endpoint", required_argument, NULL, 'E' },
+		{ "s3-region", required_argument, NULL, 'R' },
+		{ "s3-path-style", no_argument, NULL, 'P' },
+		{ "s3-credentials", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -395,6 +418,10 @@ static int parse_args(int argc, char **argv, struct prune *p)
 		case 'a': p->all = true; break;
 		case 'n': p->dry_run = true; break;
 		case 'c': p->cache = optarg; break;
+		case 'E': p->s3_opts[0] = optarg; break;
+		case 'R': p->s3_opts[1] = optarg; break;
+		case 'P': p->s3_opts[2] = "true"; break;
+		case 'C': p->s3_opts[3] = optarg; break;
 		case 'o':
 		case 'g':
 			if (kiln_parse_duration(optarg, c == 'o' ? &p->older_than : &p->grace) < 0)
@@ -410,8 +437,9 @@ static int parse_args(int argc, char **argv, struct prune *p)
 		return KILN_ARGS_USAGE;
 	if (p->all && p->has_limit)
 		return kiln_args_error("kiln prune", "--all and --keep-storage exclude each other");
-	if (!p->cache && (p->older_than >= 0 || p->grace_set))
-		return kiln_args_error("kiln prune", "--older-than and --grace are for --cache");
+	if (!p->cache && (p->older_than >= 0 || p->grace_set || p->s3_opts[0] || p->s3_opts[1] ||
+			  p->s3_opts[2] || p->s3_opts[3]))
+		return kiln_args_error("kiln prune", "--older-than, --grace and --s3-* are for --cache");
 	if (p->cache && p->all)
 		return kiln_args_error("kiln prune", "--all is for this machine's cache; with --cache, --older-than 0 deletes every record");
 	return KILN_ARGS_OK;

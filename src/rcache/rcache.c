@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "basic/alloc.h"
@@ -22,15 +23,59 @@
 
 struct kiln_rcache {
 	struct kiln_rcache_backend be;
+	struct breaker *br;
 	pthread_mutex_t lock;
-	char *down; /* why the remote is no longer called */
+	char *down; /* why this cache stopped calling, for the warning */
 };
+
+/*
+ * Circuit breakers, one per endpoint (the backend's breaker key), shared by
+ * every cache object of the process: after a failure that is not a miss
+ * the endpoint is not called for KILN_RCACHE_COOLDOWN_S; then one call
+ * probes it (the others still fail fast) and its outcome closes or reopens
+ * the breaker. Breakers live as long as the process (few endpoints).
+ */
+struct breaker {
+	struct breaker *next;
+	char *key;
+	bool open, probing;
+	uint64_t until_ns; /* monotonic */
+};
+
+static pthread_mutex_t breakers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct breaker *breakers;
+
+static struct breaker *breaker_for(const char *key)
+{
+	struct breaker *b;
+
+	pthread_mutex_lock(&breakers_lock);
+	for (b = breakers; b && strcmp(b->key, key); b = b->next)
+		;
+	if (!b) {
+		b = xcalloc(1, sizeof(*b));
+		b->key = xstrdup(key);
+		b->next = breakers;
+		breakers = b;
+	}
+	pthread_mutex_unlock(&breakers_lock);
+	return b;
+}
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 struct kiln_rcache *kiln_rcache_new(const struct kiln_rcache_backend *backend)
 {
 	struct kiln_rcache *rc = xcalloc(1, sizeof(*rc));
 
 	rc->be = *backend;
+	rc->br = breaker_for(backend->breaker ? backend->breaker : backend->name);
 	pthread_mutex_init(&rc->lock, NULL);
 	return rc;
 }
@@ -61,34 +106,62 @@ const char *kiln_rcache_unavailable(struct kiln_rcache *rc)
 	return d;
 }
 
-/* ---- calls: a failure that is not a miss makes the remote unavailable ---- */
-
-static int check_up(struct kiln_rcache *rc, struct kiln_error **err)
+static void set_down(struct kiln_rcache *rc, const char *why)
 {
-	int r = 0;
-
 	pthread_mutex_lock(&rc->lock);
-	if (rc->down)
-		r = kiln_error_set(err, -EHOSTDOWN, "remote cache %s unavailable: %s",
-				   rc->be.name, rc->down);
+	if (!rc->down)
+		rc->down = xstrdup(why);
 	pthread_mutex_unlock(&rc->lock);
-	return r;
+}
+
+/* ---- calls: a failure that is not a miss opens the endpoint's breaker ---- */
+
+/* 0: call (*probe: as the breaker's probe); -EHOSTDOWN: it is open. */
+static int check_up(struct kiln_rcache *rc, bool *probe, struct kiln_error **err)
+{
+	struct breaker *b = rc->br;
+	bool open;
+
+	*probe = false;
+	pthread_mutex_lock(&breakers_lock);
+	open = b->open;
+	if (open && !b->probing && mono_ns() >= b->until_ns) {
+		b->probing = true;
+		*probe = true;
+		open = false;
+	}
+	pthread_mutex_unlock(&breakers_lock);
+	if (!open)
+		return 0;
+	set_down(rc, "not called again for a while after a failure");
+	return kiln_error_set(err, -EHOSTDOWN, "remote cache %s unavailable: %s", rc->be.name,
+			      kiln_rcache_unavailable(rc));
 }
 
 /*
  * r from the backend, e its error: a miss (-ENOENT), a corrupt or oversized
- * object (our verdict) leave the remote up; anything else takes it down,
- * with e's message as the reason. e goes to err (first cause wins).
+ * object (our verdict) leave the endpoint up; anything else opens its
+ * breaker, with e's message as this cache's reason. e goes to err (first
+ * cause wins).
  */
-static int note(struct kiln_rcache *rc, int r, struct kiln_error *e,
+static int note(struct kiln_rcache *rc, int r, bool probe, struct kiln_error *e,
 		struct kiln_error **err)
 {
-	if (r < 0 && r != -ENOENT && r != -EBADMSG && r != -EFBIG && r != -ECANCELED) {
-		pthread_mutex_lock(&rc->lock);
-		if (!rc->down)
-			rc->down = xstrdup(e ? kiln_error_msg(e) : strerror(-r));
-		pthread_mutex_unlock(&rc->lock);
+	bool failed = r < 0 && r != -ENOENT && r != -EBADMSG && r != -EFBIG && r != -ECANCELED;
+	struct breaker *b = rc->br;
+
+	pthread_mutex_lock(&breakers_lock);
+	if (failed) {
+		b->open = true;
+		b->until_ns = mono_ns() + KILN_RCACHE_COOLDOWN_S * 1000000000ull;
+	} else if (probe || !b->open) {
+		b->open = false;
 	}
+	if (probe)
+		b->probing = false;
+	pthread_mutex_unlock(&breakers_lock);
+	if (failed)
+		set_down(rc, e ? kiln_error_msg(e) : strerror(-r));
 	if (e && err && !*err)
 		*err = e;
 	else
@@ -101,35 +174,38 @@ static int be_get(struct kiln_rcache *rc, const char *name, uint64_t limit,
 		  struct kiln_error **err)
 {
 	struct kiln_error *e = NULL;
-	int r = check_up(rc, err);
+	bool probe;
+	int r = check_up(rc, &probe, err);
 
 	if (r)
 		return r;
 	r = rc->be.get(rc->be.b, name, limit, sink, ud, &e);
-	return note(rc, r, e, err);
+	return note(rc, r, probe, e, err);
 }
 
 static int be_has(struct kiln_rcache *rc, const char *name, struct kiln_error **err)
 {
 	struct kiln_error *e = NULL;
-	int r = check_up(rc, err);
+	bool probe;
+	int r = check_up(rc, &probe, err);
 
 	if (r)
 		return r;
 	r = rc->be.has(rc->be.b, name, &e);
-	return note(rc, r, e, err);
+	return note(rc, r, probe, e, err);
 }
 
 static int be_put(struct kiln_rcache *rc, const char *name, int fd, const void *data,
 		  uint64_t size, struct kiln_error **err)
 {
 	struct kiln_error *e = NULL;
-	int r = check_up(rc, err);
+	bool probe;
+	int r = check_up(rc, &probe, err);
 
 	if (r)
 		return r;
 	r = rc->be.put(rc->be.b, name, fd, data, size, &e);
-	return note(rc, r, e, err);
+	return note(rc, r, probe, e, err);
 }
 
 int rcache_get_raw(struct kiln_rcache *rc, const char *name, uint64_t limit,
@@ -144,27 +220,29 @@ int rcache_list(struct kiln_rcache *rc, const char *prefix,
 		void *ud, struct kiln_error **err)
 {
 	struct kiln_error *e = NULL;
-	int r = check_up(rc, err);
+	bool probe;
+	int r = check_up(rc, &probe, err);
 
 	if (r)
 		return r;
 	if (!rc->be.list)
 		return kiln_error_set(err, -ENOTSUP, "%s cannot be listed", rc->be.name);
 	r = rc->be.list(rc->be.b, prefix, fn, ud, &e);
-	return note(rc, r, e, err);
+	return note(rc, r, probe, e, err);
 }
 
 int rcache_del(struct kiln_rcache *rc, const char *name, struct kiln_error **err)
 {
 	struct kiln_error *e = NULL;
-	int r = check_up(rc, err);
+	bool probe;
+	int r = check_up(rc, &probe, err);
 
 	if (r)
 		return r;
 	if (!rc->be.del)
 		return kiln_error_set(err, -ENOTSUP, "%s cannot delete", rc->be.name);
 	r = rc->be.del(rc->be.b, name, &e);
-	return note(rc, r, e, err);
+	return note(rc, r, probe, e, err);
 }
 
 /* ---- names ---- */

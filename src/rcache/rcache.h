@@ -14,9 +14,10 @@
  *
  * A remote cache is a speed-up, never a dependency: every failure is
  * reported to the caller as an error it may treat as a miss. After a
- * failure that says the remote is unreachable (not a plain miss), the
- * cache stops calling it for the rest of its life (the caller's build) and
- * kiln_rcache_unavailable() says why, once, for the warning.
+ * failure that is not a miss (unreachable, refused, a deadline, 403, 5xx),
+ * the endpoint's circuit breaker opens: no cache object of the process
+ * calls it for KILN_RCACHE_COOLDOWN_S, then one call probes it. While
+ * calls fail fast, kiln_rcache_unavailable() says why, for the warning.
  *
  * Thread-safe: calls may come from several threads.
  */
@@ -37,10 +38,19 @@ struct kiln_rcache;
 /* Bounds on what is read back: a record, a tree node. */
 #define KILN_RCACHE_MAX_RECORD (4u << 20)
 
+/* After a failure, an endpoint is not called for this long, then probed. */
+#define KILN_RCACHE_COOLDOWN_S 30
+/* Bounds of an S3 remote cache's calls (rcache-s3.c, docs/cache.md). */
+#define KILN_RCACHE_S3_CONNECT_MS 2000L
+#define KILN_RCACHE_S3_SMALL_MS 5000L   /* records, existence checks */
+#define KILN_RCACHE_S3_BLOB_MS 300000L  /* one blob, up to its size */
+
 /* The objects of a remote cache, whatever keeps them. */
 struct kiln_rcache_backend {
 	/* For messages: "s3://bucket/prefix", "/var/cache/kiln". */
 	const char *name;
+	/* Caches with the same key share a circuit breaker (NULL: name). */
+	const char *breaker;
 	/*
 	 * Stream object name (at most limit bytes) into sink: 0, -ENOENT when
 	 * absent, -EFBIG past limit, another code (err set) when the remote
@@ -81,9 +91,15 @@ const char *kiln_rcache_name(const struct kiln_rcache *rc);
 int kiln_rcache_open_dir(const char *dir, bool create, struct kiln_rcache **out,
 			 struct kiln_error **err);
 
+/* An S3 prefix (the S3 client's config) as a remote cache. */
+struct kiln_s3_config;
+int kiln_rcache_open_s3(const struct kiln_s3_config *cfg, struct kiln_rcache **out,
+			struct kiln_error **err);
+
 /*
- * Why the remote stopped being called (the first failure that was not a
- * miss), or NULL while it is fine. The text never holds a credential.
+ * Why this cache stopped calling its remote (the first failure that was
+ * not a miss, or the endpoint's open breaker), or NULL while it is fine.
+ * The text never holds a credential.
  */
 const char *kiln_rcache_unavailable(struct kiln_rcache *rc);
 

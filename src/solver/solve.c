@@ -306,9 +306,13 @@ static struct kiln_store *result_store(struct solver *s)
 	return s->o->store ? s->o->store : kiln_worker_store(s->o->worker);
 }
 
-/* A remote cache failure: a warning (once when it is unreachable). */
+/*
+ * A remote cache failure: a warning; one per build for an unavailable
+ * remote (however many caches or calls found it so), saying what the
+ * build does without it.
+ */
 static void remote_warn(struct solver *s, struct kiln_rcache *rc, int r,
-			struct kiln_error *err)
+			struct kiln_error *err, const char *without)
 {
 	_cleanup_free_ char *msg = NULL;
 
@@ -320,9 +324,8 @@ static void remote_warn(struct solver *s, struct kiln_rcache *rc, int r,
 		if (s->warned_remote)
 			return;
 		s->warned_remote = true;
-		msg = xasprintf("remote cache %s unavailable: %s; building without it",
-				kiln_rcache_name(rc),
-				kiln_rcache_unavailable(rc) ?: kiln_error_msg(err));
+		msg = xasprintf("remote cache %s unavailable: %s; %s", kiln_rcache_name(rc),
+				kiln_rcache_unavailable(rc) ?: kiln_error_msg(err), without);
 	}
 	log_warn("%s", msg);
 	kiln_progress_warning(s->o->progress, msg);
@@ -357,7 +360,7 @@ static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
 	if (s->in_bracket)
 		kiln_cache_read_begin(s->o->cache);
 	if (r < 0) {
-		remote_warn(s, rc, r, err);
+		remote_warn(s, rc, r, err, "building without it");
 		kiln_cache_record_release(&rec);
 		return false;
 	}
@@ -1261,12 +1264,7 @@ static void export_records(struct solver *s)
 		r = kiln_rcache_put(rc, store, keys, v->contentkey[0] ? 2 : 1, &rec, &bytes, &err);
 		s->cache_out += bytes;
 		if (r < 0) {
-			_cleanup_free_ char *msg = xasprintf("cannot export the cache to %s: %s",
-							     kiln_rcache_name(rc),
-							     kiln_error_msg(err));
-
-			log_warn("%s", msg);
-			kiln_progress_warning(s->o->progress, msg);
+			remote_warn(s, rc, r == -ENOENT ? -EIO : r, err, "the cache was not exported");
 			return;
 		}
 	}
