@@ -14,8 +14,9 @@
 
 #include "basic/alloc.h"
 #include "basic/base64.h"
-#include "basic/fs-util.h"
 #include "basic/log.h"
+#include "rcache/rcache.h"
+#include "basic/fs-util.h"
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
 #include "basic/strv.h"
@@ -72,6 +73,7 @@ struct kiln_builds {
 	struct kiln_cache *cache;
 	struct kiln_registry *registry;
 	struct kiln_ssh_relay *relay;
+	const struct kiln_s3_config *s3; /* the remote cache, or NULL */
 	pthread_mutex_t lock;
 	struct build *builds[MAX_BUILDS];
 	size_t n;
@@ -89,6 +91,11 @@ struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store 
 	b->relay = kiln_ssh_relay_new();
 	pthread_mutex_init(&b->lock, NULL);
 	return b;
+}
+
+void kiln_builds_set_remote_cache(struct kiln_builds *b, const struct kiln_s3_config *cfg)
+{
+	b->s3 = cfg;
 }
 
 static void build_free(struct build *bd)
@@ -196,6 +203,7 @@ static void *build_main(void *ud)
 	FILE *f = fopencookie(bd, "w", io);
 	struct kiln_progress *pg = kiln_progress_new(KILN_PROGRESS_JSON, f);
 	struct kiln_solve_result res = { 0 };
+	struct kiln_rcache *rc = NULL;
 	struct kiln_executor ex;
 	struct kiln_solve_options so = {
 		.worker_name = "kilnd",
@@ -219,6 +227,21 @@ static void *build_main(void *ud)
 	int r;
 
 	kiln_sched_executor(&bd->sb, &ex);
+	/*
+	 * A remote cache object per build: its warning state is the build's,
+	 * while the endpoint's circuit breaker is shared by all of them.
+	 */
+	if (b->s3) {
+		_cleanup_error_ struct kiln_error *e = NULL;
+
+		if (kiln_rcache_open_s3(b->s3, &rc, &e) < 0) {
+			_cleanup_free_ char *msg = xasprintf("remote cache unavailable: %s; building without it",
+							     kiln_error_msg(e));
+
+			kiln_progress_warning(pg, msg);
+		}
+		so.cache_from = rc;
+	}
 	r = kiln_solve(bd->def, &so, &res, &err);
 	kiln_ssh_relay_end_build(b->relay, bd->id);
 	pthread_mutex_lock(&bd->lock);
@@ -231,6 +254,25 @@ static void *build_main(void *ud)
 		json_array_append_new(outs, output_json(res.outputs[i].op, &res.outputs[i].tree,
 							res.outputs[i].meta));
 	}
+	/* The outputs are in kilnd's store now: their records to the bucket. */
+	if (r == 0 && rc) {
+		_cleanup_error_ struct kiln_error *e = NULL;
+		bool warned = kiln_rcache_unavailable(rc) != NULL;
+		uint64_t bytes = 0;
+
+		if (kiln_solve_export(rc, b->store, res.records, res.n_records, &bytes, &e) < 0 &&
+		    !warned) {
+			_cleanup_free_ char *msg = xasprintf("%s; the cache was not exported",
+							     kiln_error_msg(e));
+
+			kiln_progress_warning(pg, msg);
+			log_warn("build %s: %s", bd->id, msg);
+		} else if (bytes) {
+			log_info("build %s: %llu bytes to the remote cache %s", bd->id,
+				 (unsigned long long)bytes, kiln_rcache_name(rc));
+		}
+	}
+	kiln_rcache_free(rc);
 	if (r == 0) {
 		state = json_pack("{sbs{sssososIsIsI}}", "ok", 1, "result", "tree",
 				  KILN_DIGEST_STR(&res.tree), "meta",

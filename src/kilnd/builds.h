@@ -30,6 +30,14 @@ struct kiln_registry;
 struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store *store,
 				    struct kiln_cache *cache, struct kiln_registry *registry);
 /*
+ * Share results through an S3 remote cache (cfg is not copied: it outlives
+ * b): each build looks definition keys up there after a local miss
+ * (results it finds come into kilnd's store, where workers pull them
+ * from) and exports its outputs' records once they are gathered.
+ */
+struct kiln_s3_config;
+void kiln_builds_set_remote_cache(struct kiln_builds *b, const struct kiln_s3_config *cfg);
+/*
  * kilnd is stopping: release the HTTP connections the ssh relay holds
  * (waiting requests fail). Before the HTTP server stops.
  */

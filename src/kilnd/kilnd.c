@@ -32,6 +32,7 @@
 #include "proto/http-server.h"
 #include "peer/peer.h"
 #include "registry/registry.h"
+#include "s3/s3.h"
 
 #define REGISTER_BODY_LIMIT (8u << 20)
 #define HEARTBEAT_BODY_LIMIT (64u << 10)
@@ -58,12 +59,19 @@ struct kilnd {
 	char *worker_token, *client_token;
 	struct kiln_worker_table *reg;
 	struct kiln_http_server *http;
+	/* --cache s3://BUCKET/PREFIX and --s3-*: the shared cache. */
+	const char *cache_url;
+	const char *s3_opts[4]; /* endpoint, region, path_style, credentials */
+	struct kiln_s3_config s3cfg;
+	bool has_s3;
 };
 
 static void usage(FILE *f)
 {
 	fputs("Usage: kilnd --root DIR [--listen ADDR:PORT] [--advertise URL] [--heartbeat-interval-ms N]\n"
 	      "             [--insecure-registry HOST]... [--registry-endpoint NAME=HOST]...\n"
+	      "             [--cache s3://BUCKET/PREFIX [--s3-endpoint URL] [--s3-region R]\n"
+	      "              [--s3-path-style] [--s3-credentials FILE]]\n"
 	      "             [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--tls-ca FILE] [--debug]\n"
 	      "\n"
 	      "The kiln controller: workers register with it, clients talk to it.\n"
@@ -76,6 +84,9 @@ static void usage(FILE *f)
 	      "                             listen address)\n"
 	      "  --insecure-registry HOST   allow plain http to HOST when resolving images\n"
 	      "  --registry-endpoint NAME=HOST  serve registry NAME from HOST\n"
+	      "  --cache s3://BUCKET/PREFIX a remote cache shared with other controllers and\n"
+	      "                             CI runners (docs/cache.md); with --s3-endpoint URL,\n"
+	      "                             --s3-region R, --s3-path-style, --s3-credentials FILE\n"
 	      "  --heartbeat-interval-ms N  interval workers heartbeat at (default 2000);\n"
 	      "                             a worker silent for 3 intervals is lost\n"
 	      "  --debug                    debug logging\n"
@@ -283,6 +294,8 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 	d->reg = kiln_worker_table_new(d->interval_ms);
 	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token, &d->tls);
 	d->builds = kiln_builds_new(d->sched, d->store, d->cache, d->registry);
+	if (d->has_s3)
+		kiln_builds_set_remote_cache(d->builds, &d->s3cfg);
 	r = kiln_http_server_new(&o, &d->http, err);
 	if (r == 0)
 		r = add_routes(d);
@@ -292,9 +305,10 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 		return kiln_error_set(err, r, "cannot serve on %s", d->listen);
 	/* Routes are fixed once the server starts: the scheduler's URL is known now. */
 	kiln_sched_set_url(d->sched, d->advertise ? d->advertise : kiln_http_server_url(d->http));
-	log_info("kilnd: listening on %s (root %s, heartbeat every %llu ms)",
+	log_info("kilnd: listening on %s (root %s, heartbeat every %llu ms%s%s)",
 		 kiln_http_server_url(d->http), d->root,
-		 (unsigned long long)d->interval_ms);
+		 (unsigned long long)d->interval_ms, d->cache_url ? ", remote cache " : "",
+		 d->cache_url ? d->cache_url : "");
 	return 0;
 }
 
@@ -309,6 +323,8 @@ static void kilnd_release(struct kilnd *d)
 	kiln_cache_free(d->cache);
 	kiln_store_free(d->store);
 	kiln_registry_free(d->registry);
+	if (d->has_s3)
+		kiln_s3_config_release(&d->s3cfg);
 	free(d->worker_token);
 	free(d->client_token);
 	free(d->root);
@@ -344,6 +360,11 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 		{ "insecure-registry", required_argument, NULL, 'I' },
 		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "heartbeat-interval-ms", required_argument, NULL, 'i' },
+		{ "cache", required_argument, NULL, 'c' },
+		{ "s3-endpoint", required_argument, NULL, 'e' },
+		{ "s3-region", required_argument, NULL, 'g' },
+		{ "s3-path-style", no_argument, NULL, 'p' },
+		{ "s3-credentials", required_argument, NULL, 'C' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		KILN_TLS_SERVER_OPTIONS,
@@ -371,6 +392,11 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 				d->endpoints[d->n_endpoints++] = optarg;
 			break;
 		case 'd': kiln_log_set_level(KILN_LOG_DEBUG); break;
+		case 'c': d->cache_url = optarg; break;
+		case 'e': d->s3_opts[0] = optarg; break;
+		case 'g': d->s3_opts[1] = optarg; break;
+		case 'p': d->s3_opts[2] = "true"; break;
+		case 'C': d->s3_opts[3] = optarg; break;
 		case 'h': usage(stdout); return KILN_ARGS_HELP;
 		case 'i':
 			if (kiln_parse_u64(optarg, &d->interval_ms) < 0 ||
@@ -387,6 +413,23 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 		return kiln_args_error("kilnd", "--root DIR is required");
 	if (kiln_tls_check(&d->tls, &err) < 0)
 		return kiln_args_error("kilnd", "%s", kiln_error_msg(err));
+	if (d->cache_url) {
+		static const char *const keys[4] = { "endpoint", "region", "path_style", "credentials" };
+		size_t i;
+
+		if (strncmp(d->cache_url, "s3://", 5))
+			return kiln_args_error("kilnd", "--cache: '%s' is not s3://BUCKET/PREFIX", d->cache_url);
+		kiln_s3_config_init(&d->s3cfg);
+		d->has_s3 = true;
+		if (kiln_s3_config_parse_url(&d->s3cfg, d->cache_url, &err) < 0)
+			return kiln_args_error("kilnd", "--cache: %s", kiln_error_msg(err));
+		for (i = 0; i < 4; i++)
+			if (d->s3_opts[i] && kiln_s3_config_set(&d->s3cfg, keys[i], d->s3_opts[i], &err) < 0)
+				return kiln_args_error("kilnd", "--s3-%s: %s",
+						       i == 3 ? "credentials" : keys[i], kiln_error_msg(err));
+	} else if (d->s3_opts[0] || d->s3_opts[1] || d->s3_opts[2] || d->s3_opts[3]) {
+		return kiln_args_error("kilnd", "--s3-* options need --cache s3://BUCKET/PREFIX");
+	}
 	return KILN_ARGS_OK;
 }
 

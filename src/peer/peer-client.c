@@ -641,7 +641,8 @@ static void pull_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
 {
 	struct meta_pull *m = ud;
 
-	if (d && m->r == 0)
+	/* Already here (kilnd's own, or fetched from a remote cache): nothing to pull. */
+	if (d && m->r == 0 && !kiln_store_has(m->store, d))
 		m->r = kiln_peer_pull_blob(m->store, d, UINT64_MAX, m->sources, m->n, m->opts,
 					   NULL, m->err);
 }

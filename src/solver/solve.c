@@ -1201,6 +1201,11 @@ void kiln_solve_result_release(struct kiln_solve_result *r)
 	for (i = 0; i < r->n_outputs; i++)
 		free(r->outputs[i].meta);
 	free(r->outputs);
+	for (i = 0; i < r->n_records; i++)
+		kiln_cache_record_release(&r->records[i].rec);
+	free(r->records);
+	r->records = NULL;
+	r->n_records = 0;
 	free(r->meta);
 	r->outputs = NULL;
 	r->n_outputs = 0;
@@ -1232,6 +1237,60 @@ static void collect_outputs(struct solver *s, struct kiln_solve_result *out)
  * client's files, not results). The first failure ends the export with one
  * warning; the build has succeeded whatever happens here.
  */
+/* What a vertex's record holds (pointers into v and s: not owned). */
+static void vertex_record(struct solver *s, struct vertex *v, struct kiln_cache_record *rec)
+{
+	memset(rec, 0, sizeof(*rec));
+	rec->op = v->digest;
+	rec->outputs = &v->result;
+	rec->n_outputs = 1;
+	rec->meta = v->meta;
+	rec->created = (int64_t)(kiln_now_real_ns() / 1000000000u);
+	rec->platform = (char *)v->op->platform;
+	rec->worker = (char *)(v->where.worker[0] ? v->where.worker : worker_name(s));
+	rec->size = v->size;
+}
+
+static bool exportable(const struct vertex *v)
+{
+	return v->state == VS_DONE && kiln_digest_is_set(&v->result) &&
+	       v->op->type != KILN_OP_SOURCE_LOCAL;
+}
+
+static int export_one(struct kiln_rcache *rc, struct kiln_store *store, const char *defkey,
+		      const char *contentkey, const struct kiln_cache_record *rec,
+		      uint64_t *bytes, struct kiln_error **err)
+{
+	const char *keys[2] = { defkey, contentkey };
+	uint64_t n = 0;
+	int r = kiln_rcache_put(rc, store, keys, contentkey && contentkey[0] ? 2 : 1, rec, &n, err);
+
+	*bytes += n;
+	return r;
+}
+
+int kiln_solve_export(struct kiln_rcache *rc, struct kiln_store *store,
+		      const struct kiln_solve_record *recs, size_t n, uint64_t *bytes,
+		      struct kiln_error **err)
+{
+	uint64_t total = 0;
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < n; i++)
+		r = export_one(rc, store, recs[i].defkey, recs[i].contentkey, &recs[i].rec, &total, err);
+	if (bytes)
+		*bytes = total;
+	return r;
+}
+
+/*
+ * --cache-to: the records of the outputs (mode=min) or of every step that
+ * has a result (mode=max), blobs first, each under its definition key and,
+ * when known, its content key. Local contexts are left out (they are the
+ * client's files, not results). The first failure ends the export with one
+ * warning; the build has succeeded whatever happens here.
+ */
 static void export_records(struct solver *s)
 {
 	struct kiln_rcache *rc = s->o->cache_to;
@@ -1243,30 +1302,47 @@ static void export_records(struct solver *s)
 	for (k = 0; k < s->n_order; k++) {
 		size_t vi = s->order[k];
 		struct vertex *v = &s->v[vi];
-		struct kiln_cache_record rec = { 0 };
+		struct kiln_cache_record rec;
 		_cleanup_error_ struct kiln_error *err = NULL;
-		const char *keys[2] = { v->defkey, v->contentkey };
-		uint64_t bytes = 0;
-		int r;
 
-		if (v->state != VS_DONE || !kiln_digest_is_set(&v->result) ||
-		    v->op->type == KILN_OP_SOURCE_LOCAL ||
-		    (!s->o->cache_to_all && !is_output(s, vi)))
+		if (!exportable(v) || (!s->o->cache_to_all && !is_output(s, vi)))
 			continue;
-		rec.op = v->digest;
-		rec.outputs = &v->result;
-		rec.n_outputs = 1;
-		rec.meta = v->meta;
-		rec.created = (int64_t)(kiln_now_real_ns() / 1000000000u);
-		rec.platform = v->op->platform;
-		rec.worker = (char *)(v->where.worker[0] ? v->where.worker : worker_name(s));
-		rec.size = v->size;
-		r = kiln_rcache_put(rc, store, keys, v->contentkey[0] ? 2 : 1, &rec, &bytes, &err);
-		s->cache_out += bytes;
-		if (r < 0) {
-			remote_warn(s, rc, r == -ENOENT ? -EIO : r, err, "the cache was not exported");
+		vertex_record(s, v, &rec);
+		if (export_one(rc, store, v->defkey, v->contentkey, &rec, &s->cache_out, &err) < 0) {
+			remote_warn(s, rc, -EIO, err, "the cache was not exported");
 			return;
 		}
+	}
+}
+
+/* The outputs' records in the result, each vertex once. */
+static void collect_records(struct solver *s, struct kiln_solve_result *out)
+{
+	size_t k, j;
+
+	out->records = xcalloc(s->def->n_outputs + 1, sizeof(*out->records));
+	for (k = 0; k <= s->def->n_outputs; k++) {
+		size_t vi = k == s->def->n_outputs ? s->out : s->canon[s->def->outputs[k].op];
+		struct vertex *v = &s->v[vi];
+		struct kiln_solve_record *sr;
+		struct kiln_cache_record rec;
+		bool dup = false;
+
+		for (j = 0; j < out->n_records; j++)
+			dup |= !strcmp(out->records[j].defkey, v->defkey);
+		if (dup || !exportable(v))
+			continue;
+		sr = &out->records[out->n_records++];
+		vertex_record(s, v, &rec);
+		memcpy(sr->defkey, v->defkey, sizeof(sr->defkey));
+		memcpy(sr->contentkey, v->contentkey, sizeof(sr->contentkey));
+		sr->rec = rec;
+		sr->rec.op = xstrdup(v->digest);
+		sr->rec.outputs = xmalloc(sizeof(*sr->rec.outputs));
+		sr->rec.outputs[0] = v->result;
+		sr->rec.meta = v->meta ? xstrdup(v->meta) : NULL;
+		sr->rec.platform = v->op->platform ? xstrdup(v->op->platform) : NULL;
+		sr->rec.worker = xstrdup(rec.worker);
 	}
 }
 
@@ -1314,6 +1390,7 @@ int kiln_solve(const struct kiln_definition *def, const struct kiln_solve_option
 			r = kiln_error_set(err, -EIO, "internal: output '%s' unresolved", ov->op->id);
 		} else {
 			collect_outputs(&s, out);
+			collect_records(&s, out);
 			export_records(&s);
 		}
 	}

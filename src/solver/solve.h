@@ -121,6 +121,17 @@ struct kiln_solve_output {
 	char *meta;              /* record meta (JSON) or NULL */
 };
 
+/*
+ * The cache record of a requested output, to export after the solve when
+ * the caller first brings the outputs into its store (kilnd gathers them
+ * from the workers): kiln_solve_export().
+ */
+struct kiln_solve_record {
+	char defkey[KILN_DIGEST_STRLEN];
+	char contentkey[KILN_DIGEST_STRLEN]; /* "" when the output was a definition-key hit */
+	struct kiln_cache_record rec;       /* owned: one output; op, meta, platform, worker */
+};
+
 struct kiln_solve_result {
 	struct kiln_digest tree; /* the output's result tree */
 	char *meta;              /* the output's record meta (JSON) or NULL */
@@ -129,9 +140,20 @@ struct kiln_solve_result {
 	unsigned run, cached;    /* vertices run / resolved from the cache */
 	uint64_t bytes_moved;    /* bytes workers pulled from other workers */
 	uint64_t cache_in, cache_out; /* bytes from cache_from, to cache_to */
+	struct kiln_solve_record *records; /* the outputs' records (no local sources) */
+	size_t n_records;
 };
 
 void kiln_solve_result_release(struct kiln_solve_result *r);
+
+/*
+ * Export records (a solve result's) to rc from store: blobs first, then
+ * each record under its definition key and content key. *bytes (may be
+ * NULL) gets the bytes copied. The first failure stops it.
+ */
+int kiln_solve_export(struct kiln_rcache *rc, struct kiln_store *store,
+		      const struct kiln_solve_record *recs, size_t n, uint64_t *bytes,
+		      struct kiln_error **err);
 
 int kiln_solve(const struct kiln_definition *def,
 	       const struct kiln_solve_options *opts,

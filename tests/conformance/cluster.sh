@@ -6,7 +6,8 @@
 #   cluster_start DIR
 #       Start the three daemons and wait until both workers are ready with
 #       the expected platforms (with CLUSTER_REGISTRY_ENDPOINT set, each
-#       daemon gets --registry-endpoint with it). Sets KILND_URL and KILND_ROOT. Whatever is
+#       daemon gets --registry-endpoint with it; CLUSTER_KILND_ARGS, an
+#       array, adds kilnd flags). Sets KILND_URL and KILND_ROOT. Whatever is
 #       still running at exit is killed by PID (a cleanup hook).
 #       CLUSTER_CLIENT_ARGS then holds the `kiln build` flags for the
 #       cluster (--addr, --token-file); the client's own state should be
@@ -27,6 +28,7 @@
 
 CLUSTER_DIR=
 CLUSTER_CLIENT_ARGS=()
+CLUSTER_KILND_ARGS=()
 declare -A CLUSTER_PID=() # kilnd, amd64, arm64
 CLEANUP_HOOKS+=("_cluster_kill_all")
 
@@ -94,7 +96,8 @@ cluster_start() { # DIR
 	for _ in 1 2 3 4 5; do
 		KILND_URL="http://127.0.0.1:$(_cluster_free_port)"
 		_cluster_bg kilnd "$KILND" --root "$KILND_ROOT" --listen "${KILND_URL#http://}" \
-			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"}
+			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"} \
+			"${CLUSTER_KILND_ARGS[@]}"
 		for i in $(seq 100); do
 			kill -0 "${CLUSTER_PID[kilnd]}" 2>/dev/null || break
 			curl -sf -m 2 "$KILND_URL/v1/health" >/dev/null && break 2
