@@ -69,10 +69,12 @@
 #define HELD_REFRESH_NS (10ull * 1000000000ull)
 /*
  * kilnd takes at most 100,000 inventory trees in a registration of at most
- * 8 MiB (docs/api.md; a digest costs 74 bytes of it): send at most the
- * newest this many.
+ * 9 MiB (docs/api.md; a digest costs 74 bytes of it, records up to 1 MiB
+ * more): send at most the newest this many.
  */
 #define INVENTORY_SEND_MAX 100000u
+/* Records a registration announces (newest first); kilnd takes as many. */
+#define RECORDS_SEND_MAX 2000u
 /* --insecure-registry and --registry-endpoint, each. */
 #define MAX_REGISTRY_FLAGS 64u
 
@@ -98,6 +100,7 @@ struct agent {
 	struct kiln_http_server *http;
 	struct kiln_peer_server *peer;
 	struct kiln_jobs *jobs;
+	struct kiln_cache *records; /* ROOT/records.db: the record book */
 	struct kiln_registry *registry;
 	struct kiln_http_client *client;
 	pthread_t thread;
@@ -384,11 +387,20 @@ static int serve(struct agent *a, struct kiln_error **err)
 	};
 	_cleanup_free_ char *inventory = kiln_path_join(
 		kiln_worker_root(a->worker), "inventory");
+	_cleanup_free_ char *records = kiln_path_join(kiln_worker_root(a->worker), "records.db");
 	struct kiln_jobs_options jo = { .worker = a->worker, .token = a->token,
 					.inventory_path = inventory, .tls = &a->o.tls,
 					.registry = a->registry, .controller = a->base };
 	int r;
 
+	/* Without its record book a worker still works: it only forgets more. */
+	{
+		_cleanup_error_ struct kiln_error *e = NULL;
+
+		if (kiln_cache_open(records, &a->records, &e) < 0)
+			log_warn("kiln-worker %s: no record book: %s", a->o.name, kiln_error_msg(e));
+		jo.records = a->records;
+	}
 	r = kiln_http_server_new(&ho, &a->http, err);
 	jo.http = a->http;
 	if (r == 0)
@@ -481,14 +493,19 @@ static uint64_t bytes_held(struct agent *a)
 	return a->held;
 }
 
-/* The inventory, newest trees first when it does not all fit. */
+/*
+ * The inventory, newest trees first when it does not all fit, and the
+ * newest records of the record book: a kilnd that never saw this worker
+ * (a fresh root, another cluster) gets its results as cache hits.
+ */
 static json_t *registration(struct agent *a)
 {
-	return json_pack("{s:s, s:s, s:O, s:i, s:O, s:o}", "name", a->o.name,
+	return json_pack("{s:s, s:s, s:O, s:i, s:O, s:o, s:o}", "name", a->o.name,
 			 "addr", a->addr, "platforms", a->platforms, "slots",
 			 (int)a->o.slots, "labels", a->o.labels, "inventory",
 			 kiln_inventory_json(kiln_jobs_inventory(a->jobs),
-					     INVENTORY_SEND_MAX));
+					     INVENTORY_SEND_MAX),
+			 "records", kiln_jobs_records_json(a->jobs, RECORDS_SEND_MAX));
 }
 
 static int agent_register(struct agent *a, struct kiln_error **err)
@@ -652,6 +669,7 @@ static void agent_release(struct agent *a)
 	kiln_http_server_free(a->http);
 	kiln_peer_server_free(a->peer);
 	kiln_jobs_free(a->jobs);
+	kiln_cache_free(a->records);
 	kiln_http_client_free(a->client);
 	kiln_worker_free(a->worker);
 	kiln_registry_free(a->registry);

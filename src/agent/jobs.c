@@ -261,6 +261,7 @@ struct kiln_jobs {
 	struct kiln_http_client *client;
 	struct kiln_registry *registry;
 	const char *controller;
+	struct kiln_cache *records; /* the record book, or NULL */
 	pthread_mutex_t lock; /* defs, tick, running */
 	pthread_cond_t idle;  /* running dropped to 0 */
 	struct def_entry *defs[KILN_JOBS_DEF_CACHE];
@@ -287,6 +288,7 @@ struct job_req {
 	const char **ssh_ids;
 	size_t n_ssh_ids;
 	uint64_t *pulled; /* verified bytes per source, this job */
+	const char *defkey, *contentkey; /* "keys": the op's cache keys, or NULL */
 	bool stream;      /* answer with JSON lines (struct live) */
 };
 
@@ -561,6 +563,18 @@ static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **er
 	if (r == 0)
 		r = kiln_json_member(j, "stream", JSON_TRUE, false, &v, err);
 	q->stream = v && json_is_true(v);
+	v = json_object_get(j, "keys");
+	if (r == 0 && v) {
+		struct kiln_digest d;
+		json_t *a = json_array_get(v, 0), *b = json_array_get(v, 1);
+
+		if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_string(a) ||
+		    !json_is_string(b) || kiln_digest_parse(json_string_value(a), &d) < 0 ||
+		    kiln_digest_parse(json_string_value(b), &d) < 0)
+			return kiln_error_set(err, -EINVAL, "\"keys\": not [definition key, content key]");
+		q->defkey = json_string_value(a);
+		q->contentkey = json_string_value(b);
+	}
 	return r;
 }
 
@@ -773,6 +787,78 @@ static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len,
 	return *resp ? 0 : -EPROTO;
 }
 
+/*
+ * The worker's own record of a job it ran, under the keys kilnd gave:
+ * announced when it registers, so its results stay cache hits wherever it
+ * goes. Losing one costs only a rebuild.
+ */
+static void keep_record(struct kiln_jobs *j, const struct job_req *q, const struct kiln_op *op,
+			const struct kiln_job_result *res, uint64_t ns)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	const char *keys[2] = { q->defkey, q->contentkey };
+	struct kiln_cache_record rec = { 0 };
+	struct kiln_digest tree = res->tree;
+
+	if (!j->records || !q->defkey)
+		return;
+	rec.op = (char *)KILN_DIGEST_STR(&op->digest);
+	rec.outputs = &tree;
+	rec.n_outputs = 1;
+	rec.meta = res->meta;
+	rec.created = (int64_t)(kiln_now_real_ns() / 1000000000u);
+	rec.duration_ms = ns / 1000000u;
+	rec.platform = q->platform ? (char *)q->platform : op->platform;
+	rec.size = res->size;
+	if (kiln_cache_put(j->records, keys, 2, &rec, &err) < 0)
+		log_warn("kiln-worker: cannot keep the record of op %zu: %s", q->op,
+			 kiln_error_msg(err));
+}
+
+struct records_json {
+	json_t *all;
+};
+
+static int add_record_json(const struct kiln_cache_record *r, void *ud)
+{
+	struct records_json *rj = ud;
+	json_t *meta = r->meta && strlen(r->meta) <= 16384 ? json_loads(r->meta, 0, NULL) : NULL;
+
+	if (r->n_outputs != 1 || (r->meta && !meta))
+		return 0;
+	json_array_append_new(rj->all, json_pack("{s:s, s:s, s:s?, s:o, s:s?, s:I}",
+						"key", r->key, "tree", KILN_DIGEST_STR(&r->outputs[0]),
+						"op", r->op, "meta", meta ? meta : json_null(),
+						"platform", r->platform,
+						"duration_ms", (json_int_t)r->duration_ms));
+	return 0;
+}
+
+json_t *kiln_jobs_records_json(struct kiln_jobs *j, size_t max)
+{
+	struct records_json rj = { json_array() };
+	json_t *out = json_array();
+	size_t n, i, bytes;
+
+	if (j->records)
+		(void)kiln_cache_foreach(j->records, add_record_json, &rj, NULL);
+	/* Oldest first from the index: the newest max of them, newest first,
+	 * in at most KILN_JOBS_RECORDS_BYTES of JSON. */
+	n = json_array_size(rj.all);
+	for (i = 0, bytes = 0; i < n && i < max; i++) {
+		json_t *r = json_array_get(rj.all, n - 1 - i);
+		char *text = json_dumps(r, JSON_COMPACT);
+
+		bytes += text ? strlen(text) + 1 : 0;
+		free(text);
+		if (bytes > KILN_JOBS_RECORDS_BYTES)
+			break;
+		json_array_append(out, r);
+	}
+	json_decref(rj.all);
+	return out;
+}
+
 static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definition *def,
 	       const struct job_sink *to, struct kiln_job_result *res, struct kiln_error **err)
 {
@@ -788,11 +874,14 @@ static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definit
 		.output = to->output, .output_ud = to->ud,
 		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};
+	uint64_t t0 = kiln_now_mono_ns();
 	int r = kiln_job_run(j->w, &job, res, err);
 
 	if (r == 0 && kiln_inventory_add(j->inv, &res->tree) < 0)
 		log_warn("kiln-worker: cannot append %s to the inventory",
 			 KILN_DIGEST_STR(&res->tree));
+	if (r == 0)
+		keep_record(j, q, &def->ops[q->op], res, kiln_now_mono_ns() - t0);
 	return r;
 }
 
@@ -1195,6 +1284,7 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	j->token = opts->token;
 	j->registry = opts->registry;
 	j->controller = opts->controller;
+	j->records = opts->records;
 	j->client = kiln_http_client_new(&(struct kiln_http_client_options){
 		.tls = opts->tls });
 	r = kiln_inventory_open(opts->inventory_path, j->store, &j->inv, err);

@@ -13,6 +13,8 @@
 #pragma once
 
 #include <jansson.h>
+
+#include "cache/index.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -90,6 +92,12 @@ struct kiln_jobs_options {
 	 * (400), never run without its agents.
 	 */
 	const char *controller;
+	/*
+	 * The worker's own record book (borrowed, may be NULL): each job kilnd
+	 * gave cache keys for is recorded here when it succeeds, so the worker
+	 * can announce its results to whichever kilnd it joins next.
+	 */
+	struct kiln_cache *records;
 };
 
 /*
@@ -102,5 +110,13 @@ void kiln_jobs_free(struct kiln_jobs *j);
 
 /* Jobs being handled now (pulling inputs or running). */
 unsigned kiln_jobs_running(struct kiln_jobs *j);
+/* Most bytes of records a registration carries (kilnd's body limit). */
+#define KILN_JOBS_RECORDS_BYTES (1u << 20)
+/*
+ * The newest records of the record book (at most max, meta of at most 16
+ * KiB, KILN_JOBS_RECORDS_BYTES in all), as the registration's "records"
+ * (docs/api.md).
+ */
+json_t *kiln_jobs_records_json(struct kiln_jobs *j, size_t max);
 /* The service's inventory (owned by it). */
 struct kiln_inventory *kiln_jobs_inventory(struct kiln_jobs *j);

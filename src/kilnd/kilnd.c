@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/file.h>
+#include <time.h>
 
 #include "proto/daemon.h"
 #include "basic/alloc.h"
@@ -24,6 +25,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
+#include "basic/platform.h"
 #include "cache/index.h"
 #include "kilnd/builds.h"
 #include "kilnd/scheduler.h"
@@ -34,7 +36,10 @@
 #include "registry/registry.h"
 #include "s3/s3.h"
 
-#define REGISTER_BODY_LIMIT (8u << 20)
+/* 100,000 inventory digests (~7.4 MB) and 1 MiB of records. */
+#define REGISTER_BODY_LIMIT (9u << 20)
+/* Records of one registration that join the cache. */
+#define ADOPT_RECORDS_MAX 2000u
 #define HEARTBEAT_BODY_LIMIT (64u << 10)
 #define DEFAULT_LISTEN "127.0.0.1:7070"
 #define DEFAULT_INTERVAL_MS 2000u
@@ -97,6 +102,68 @@ static void usage(FILE *f)
 
 /* ---- handlers ---- */
 
+/*
+ * The records a worker announces (its record book: steps it ran, maybe
+ * under another kilnd) join the cache index where it has no record under
+ * that key, so the worker's results are hits here too. The worker token is
+ * trusted for this as for the results it returns (docs/internals/
+ * cluster.md); each record is checked and one that is not well formed is
+ * skipped, as are records beyond the bound.
+ */
+static bool platform_ok(const char *s)
+{
+	struct kiln_platform p;
+	bool ok = strlen(s) <= 64 && kiln_platform_parse(s, &p, NULL) == 0;
+
+	if (ok)
+		kiln_platform_release(&p);
+	return ok;
+}
+
+static void adopt_records(struct kilnd *d, const json_t *body, const char *worker)
+{
+	json_t *a = json_object_get(body, "records"), *v;
+	size_t i, adopted = 0;
+
+	json_array_foreach(a, i, v) {
+		struct kiln_cache_record rec = { 0 }, old = { 0 };
+		json_t *meta = json_object_get(v, "meta");
+		const char *key = json_string_value(json_object_get(v, "key"));
+		const char *tree = json_string_value(json_object_get(v, "tree"));
+		const char *op = json_string_value(json_object_get(v, "op"));
+		const char *platform = json_string_value(json_object_get(v, "platform"));
+		json_t *dur = json_object_get(v, "duration_ms");
+		struct kiln_digest k, t, o;
+		_cleanup_free_ char *metatext = NULL;
+
+		if (i >= ADOPT_RECORDS_MAX)
+			break;
+		if (!key || kiln_digest_parse(key, &k) < 0 || !tree || kiln_digest_parse(tree, &t) < 0 ||
+		    (op && kiln_digest_parse(op, &o) < 0) || (meta && !json_is_null(meta) && !json_is_object(meta)) ||
+		    (platform && !platform_ok(platform)) ||
+		    (dur && (!json_is_integer(dur) || json_integer_value(dur) < 0)))
+			continue;
+		if (kiln_cache_get(d->cache, key, &old, NULL) == 0) {
+			kiln_cache_record_release(&old);
+			continue;
+		}
+		if (json_is_object(meta))
+			metatext = json_dumps(meta, JSON_COMPACT | JSON_SORT_KEYS);
+		rec.op = (char *)op;
+		rec.outputs = &t;
+		rec.n_outputs = 1;
+		rec.meta = metatext;
+		rec.created = (int64_t)time(NULL);
+		rec.duration_ms = dur ? (uint64_t)json_integer_value(dur) : 0;
+		rec.worker = (char *)worker;
+		rec.platform = (char *)platform;
+		if (kiln_cache_put(d->cache, &key, 1, &rec, NULL) == 0)
+			adopted++;
+	}
+	if (adopted)
+		log_info("worker %s: %zu of its records joined the cache", worker, adopted);
+}
+
 static int do_register(struct kilnd *d, json_t *body,
 		       struct kiln_http_server_resp *resp)
 {
@@ -115,6 +182,7 @@ static int do_register(struct kilnd *d, json_t *body,
 				     KILN_WORKER_TABLE_MAX_WORKERS);
 		return 0;
 	}
+	adopt_records(d, body, json_string_value(json_object_get(body, "name")));
 	kiln_http_resp_json(resp, 200,
 			    json_pack("{s:s, s:I}", "id", id,
 				      "heartbeat_interval_ms",

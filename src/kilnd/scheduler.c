@@ -179,6 +179,9 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 	json_object_set_new(o, "stream", json_true());
 	json_object_set_new(o, "platform", json_string(b->platform));
 	json_object_set_new(o, "op", json_integer((json_int_t)t->job.op));
+	/* The worker keeps its own record of what it ran (docs/api.md). */
+	if (t->defkey && t->key)
+		json_object_set_new(o, "keys", json_pack("[ss]", t->defkey, t->key));
 	a = json_array();
 	for (i = 0; i < op->n_inputs; i++)
 		json_array_append_new(a, json_string(KILN_DIGEST_STR(&t->job.inputs[i])));

@@ -594,6 +594,7 @@ static void *job_main(void *arg)
 	ej.job.output = on_output;
 	ej.job.output_ud = cb;
 	ej.key = v->contentkey;
+	ej.defkey = v->defkey;
 	ej.name = v->name;
 	ej.est_ms = v->est_ms;
 	ej.placed = on_placed;

@@ -33,6 +33,7 @@ struct kiln_placement {
 struct kiln_task {
 	struct kiln_job job;
 	const char *key;  /* the content key (in-flight dedup across builds) */
+	const char *defkey; /* the definition key (a worker's own record of it) */
 	const char *name; /* progress name */
 	uint64_t est_ms;  /* estimated duration (provenance or a default) */
 	/* Call once the job is placed, before it runs (any thread). */

@@ -7,7 +7,8 @@
 #       Start the three daemons and wait until both workers are ready with
 #       the expected platforms (with CLUSTER_REGISTRY_ENDPOINT set, each
 #       daemon gets --registry-endpoint with it; CLUSTER_KILND_ARGS, an
-#       array, adds kilnd flags). Sets KILND_URL and KILND_ROOT. Whatever is
+#       array, adds kilnd flags; the workers' state is under
+#       CLUSTER_WORKERS_DIR when set, else DIR). Sets KILND_URL and KILND_ROOT. Whatever is
 #       still running at exit is killed by PID (a cleanup hook).
 #       CLUSTER_CLIENT_ARGS then holds the `kiln build` flags for the
 #       cluster (--addr, --token-file); the client's own state should be
@@ -109,7 +110,7 @@ cluster_start() { # DIR
 	for p in amd64 arm64; do
 		# --listen 127.0.0.1:0: the kernel picks the blob server's port.
 		_cluster_bg "$p" "$KILN_WORKER" --join "$KILND_URL" \
-			--token-file "$KILND_ROOT/worker.token" --root "$CLUSTER_DIR/worker-$p" \
+			--token-file "$KILND_ROOT/worker.token" --root "${CLUSTER_WORKERS_DIR:-$CLUSTER_DIR}/worker-$p" \
 			--name "conformance-$p" --platform "linux/$p" --listen 127.0.0.1:0 \
 			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"}
 	done
