@@ -24,6 +24,7 @@ apt-get install -y -qq --no-install-recommends \
 	qemu-user-static binfmt-support \
 	ca-certificates curl jq sqlite3 file python3 git openssh-client gcc-aarch64-linux-gnu \
 	docker-registry skopeo umoci apache2-utils openssl gettext-base bzip2 hyperfine \
+	radosgw ceph-mon ceph-osd ceph-common iptables \
 	>/dev/null
 
 # binfmt_misc lets arm64 binaries run through qemu-user (the embedded worker's
