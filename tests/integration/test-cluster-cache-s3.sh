@@ -1,0 +1,67 @@
+#!/bin/bash
+# One logical cache for several controllers (issue 12 item 6): kilnd A with
+# its own workers builds a two-platform image with --cache s3://… on a real
+# S3 (radosgw); kilnd B — a fresh root, fresh workers, the same bucket —
+# then builds the same image running nothing, and the OCI archive is byte
+# for byte the same. A wrong secret on B is one warning and a full build.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/registry-lib.sh"
+. "$(dirname "$0")/s3-lib.sh"
+. "$KILN_SOURCE_ROOT/tests/conformance/cluster.sh"
+export SOURCE_DATE_EPOCH=1700000000
+cluster_require_arm64
+
+s3_start "$T/s3"
+export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
+unset AWS_SESSION_TOKEN AWS_PROFILE
+CLEANUP_HOOKS+=("registry_stop")
+registry_start "$T/registry" || fail "cannot start docker-registry"
+skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
+	"docker://$REGISTRY/busybox:latest" >"$T/skopeo.log" 2>&1 ||
+	fail "skopeo cannot push the fixture: $(cat "$T/skopeo.log")"
+
+CTX="$T/ctx"
+mkdir -p "$CTX"
+cat >"$CTX/Dockerfile" <<'DF'
+ARG BASE
+FROM ${BASE}
+RUN seq 1 130000 > /big && echo small > /small && ln /small /small2
+COPY f /f
+RUN cat /f /small > /both
+DF
+printf 'from the context\n' >"$CTX/f"
+B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=$REGISTRY/busybox:latest")
+CLUSTER_KILND_ARGS=(--cache "s3://$S3_BUCKET/cluster" --s3-endpoint "$S3_ENDPOINT"
+	--s3-region "$S3_REGION" --s3-path-style)
+warnings() { events | jq -r 'select(.warning) | .warning'; }
+
+echo "== kilnd A builds and fills the bucket"
+cluster_start "$T/a"
+KILN_ROOT="$T/a/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -o "type=oci,dest=$T/a.tar" "$CTX" ||
+	fail "build on A: $(tail -3 "$T/progress.json"; cluster_logs)"
+[ -n "$(vertices_run)" ] || fail "A ran nothing"
+[ -z "$(warnings)" ] || fail "warnings on A: $(warnings)"
+grep -q "bytes to the remote cache" "$T/a/kilnd.log" || fail "A exported nothing: $(cluster_logs)"
+cluster_stop
+
+echo "== kilnd B (fresh root, fresh workers, the same bucket) runs nothing"
+cluster_start "$T/b"
+KILN_ROOT="$T/b/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -o "type=oci,dest=$T/b.tar" "$CTX" ||
+	fail "build on B: $(tail -3 "$T/progress.json"; cluster_logs)"
+assert_eq "$(vertices_run | grep -v 'load build context' || true)" "" "steps B ran"
+[ -z "$(warnings)" ] || fail "warnings on B: $(warnings)"
+cmp -s "$T/a.tar" "$T/b.tar" || fail "B's image differs from A's"
+cluster_stop
+
+echo "== kilnd C with a wrong secret: one warning, a full build, the same image"
+AWS_SECRET_ACCESS_KEY=wrong-secret cluster_start "$T/c"
+KILN_ROOT="$T/c/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -o "type=oci,dest=$T/c.tar" "$CTX" ||
+	fail "build on C: $(tail -3 "$T/progress.json"; cluster_logs)"
+[ "$(warnings | grep -c unavailable)" = 1 ] || fail "want one unavailable warning on C: $(warnings)"
+assert_contains "$(warnings)" "403" "the warning says why"
+[ -n "$(vertices_run)" ] || fail "C ran nothing, with a wrong secret"
+cmp -s "$T/a.tar" "$T/c.tar" || fail "C's image differs from A's"
+! grep -rqF "wrong-secret" "$T/c" "$T/progress.json" || fail "the secret is in C's logs or progress"
+! grep -rqF "$S3_SECRET_KEY" "$T/a" "$T/b" || fail "the secret is in a log"
+cluster_stop
+echo "ok: cluster-cache-s3"
