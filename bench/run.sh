@@ -85,6 +85,12 @@ echo
 echo "== bench-rebuild"
 "$here/bench-rebuild.sh" "$build" | tee -a "$log" | sed 's/^/   /'
 
+# The S3 remote cache against radosgw (issue 12): client vs curl, and a
+# build from the bucket vs cold.
+echo
+echo "== bench-s3"
+"$here/bench-s3.sh" "$build" | tee -a "$log" | sed 's/^/   /'
+
 echo
 echo "== summary ($(($(date +%s) - start)) s; load average now $(cut -d' ' -f1-3 /proc/loadavg))"
 sed -n 's/^RESULT //p' "$log"

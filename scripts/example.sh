@@ -34,6 +34,16 @@ for p in linux_amd64 linux_arm64; do
 done
 
 echo
+echo "== a remote cache: --cache-to a folder, then an empty KILN_ROOT builds from it =="
+# As a CI job would: save the cache in a folder, restore it on a fresh runner.
+rm -rf out/cache out/fresh-root
+./build/src/cli/kiln build --progress plain --platform linux/amd64,linux/arm64 \
+	--cache-to type=local,dest=out/cache,mode=max examples/multiarch 2>&1 | tail -1
+KILN_ROOT="$PWD/out/fresh-root" ./build/src/cli/kiln build --progress plain \
+	--platform linux/amd64,linux/arm64 --cache-from type=local,src=out/cache \
+	examples/multiarch 2>&1 | tail -1
+
+echo
 echo "== kiln build --def examples/hello/graph.json (the op graph) =="
 ./build/src/cli/kiln build --progress plain --def examples/hello/graph.json \
 	-o type=local,dest=out/hello
