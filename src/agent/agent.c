@@ -44,6 +44,8 @@
 
 #include "proto/daemon.h"
 #include "agent/jobs.h"
+#include "rcache/rcache.h"
+#include "s3/s3.h"
 #include "basic/alloc.h"
 #include "basic/args.h"
 #include "basic/fs-util.h"
@@ -90,6 +92,7 @@ struct agent_opts {
 	const char *insecure[MAX_REGISTRY_FLAGS + 1];
 	const char *endpoints[MAX_REGISTRY_FLAGS + 1];
 	size_t n_insecure, n_endpoints;
+	struct kiln_s3_flags s3; /* --cache s3://… and --s3-*: uploads */
 };
 
 struct agent {
@@ -101,6 +104,7 @@ struct agent {
 	struct kiln_peer_server *peer;
 	struct kiln_jobs *jobs;
 	struct kiln_cache *records; /* ROOT/records.db: the record book */
+	struct kiln_rcache *upload; /* --cache: where results are copied */
 	struct kiln_registry *registry;
 	struct kiln_http_client *client;
 	pthread_t thread;
@@ -141,6 +145,8 @@ static void usage(FILE *f)
 	      "  --registry-endpoint R=H\n"
 	      "                      send requests for registry R to HOST[:PORT]\n"
 	      "                      (repeatable)\n"
+	      KILN_S3_OPTIONS_USAGE
+	      "                      (each result the worker makes is copied there)\n"
 	      "  --debug             debug logging\n"
 	      "  -h, --help          show this help\n"
 	      KILN_DAEMON_TLS_USAGE,
@@ -245,7 +251,7 @@ enum { OPT_JOIN = 256, OPT_TOKEN, OPT_ROOT, OPT_NAME, OPT_LISTEN,
 
 static int parse_opt(struct agent_opts *o, int c, const char *arg)
 {
-	if (kiln_tls_arg(&o->tls, c, arg))
+	if (kiln_tls_arg(&o->tls, c, arg) || kiln_s3_flags_arg(&o->s3, c, arg))
 		return 0;
 	switch (c) {
 	case OPT_JOIN: o->join = arg; return 0;
@@ -289,6 +295,18 @@ static int check_opts(struct agent_opts *o)
 				       o->join);
 	if (kiln_tls_check(&o->tls, &err) < 0)
 		return kiln_args_error("kiln-worker", "%s", kiln_error_msg(err));
+	if (o->s3.cache && strncmp(o->s3.cache, "s3://", 5))
+		return kiln_args_error("kiln-worker", "--cache: '%s' is not s3://BUCKET/PREFIX",
+				       o->s3.cache);
+	{
+		struct kiln_s3_config cfg;
+		int r = kiln_s3_flags_config(&o->s3, &cfg, &err);
+
+		if (r == 0)
+			kiln_s3_config_release(&cfg);
+		else if (r != -ENOENT)
+			return kiln_args_error("kiln-worker", "%s", kiln_error_msg(err));
+	}
 	return 0;
 }
 
@@ -307,6 +325,7 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
 		{ "runtime", required_argument, NULL, OPT_RUNTIME },
 		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
 		{ "registry-endpoint", required_argument, NULL, OPT_ENDPOINT },
+		KILN_S3_OPTIONS,
 		{ "debug", no_argument, NULL, OPT_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
 		KILN_TLS_SERVER_OPTIONS,
@@ -393,6 +412,19 @@ static int serve(struct agent *a, struct kiln_error **err)
 					.registry = a->registry, .controller = a->base };
 	int r;
 
+	/* Without the remote cache a worker still works: only slower elsewhere. */
+	{
+		_cleanup_error_ struct kiln_error *e = NULL;
+		struct kiln_s3_config cfg;
+
+		if (kiln_s3_flags_config(&a->o.s3, &cfg, &e) == 0) {
+			if (kiln_rcache_open_s3(&cfg, &a->upload, &e) < 0)
+				log_warn("kiln-worker %s: remote cache %s unavailable: %s; not uploading",
+					 a->o.name, a->o.s3.cache, kiln_error_msg(e));
+			kiln_s3_config_release(&cfg);
+		}
+		jo.upload = a->upload;
+	}
 	/* Without its record book a worker still works: it only forgets more. */
 	{
 		_cleanup_error_ struct kiln_error *e = NULL;
@@ -669,6 +701,7 @@ static void agent_release(struct agent *a)
 	kiln_http_server_free(a->http);
 	kiln_peer_server_free(a->peer);
 	kiln_jobs_free(a->jobs);
+	kiln_rcache_free(a->upload);
 	kiln_cache_free(a->records);
 	kiln_http_client_free(a->client);
 	kiln_worker_free(a->worker);

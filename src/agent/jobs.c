@@ -262,6 +262,7 @@ struct kiln_jobs {
 	struct kiln_registry *registry;
 	const char *controller;
 	struct kiln_cache *records; /* the record book, or NULL */
+	struct upload_queue *uq;    /* to the remote cache, or NULL */
 	pthread_mutex_t lock; /* defs, tick, running */
 	pthread_cond_t idle;  /* running dropped to 0 */
 	struct def_entry *defs[KILN_JOBS_DEF_CACHE];
@@ -787,6 +788,148 @@ static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len,
 	return *resp ? 0 : -EPROTO;
 }
 
+/* ---- uploads to the remote cache: a bounded queue and one thread ---- */
+
+#define UPLOAD_QUEUE_MAX 64
+
+struct upload_item {
+	char *keys[2];
+	struct kiln_cache_record rec; /* owned */
+};
+
+struct upload_queue {
+	struct kiln_rcache *rc;
+	struct kiln_store *store;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct upload_item items[UPLOAD_QUEUE_MAX];
+	size_t head, n;
+	bool stop, failing;
+	uint64_t done, skipped, bytes;
+};
+
+static void upload_item_release(struct upload_item *it)
+{
+	free(it->keys[0]);
+	free(it->keys[1]);
+	kiln_cache_record_release(&it->rec);
+	memset(it, 0, sizeof(*it));
+}
+
+static void *upload_main(void *ud)
+{
+	struct upload_queue *q = ud;
+
+	pthread_mutex_lock(&q->lock);
+	for (;;) {
+		struct upload_item it;
+		_cleanup_error_ struct kiln_error *err = NULL;
+		uint64_t bytes = 0;
+		int r;
+
+		while (!q->stop && q->n == 0)
+			pthread_cond_wait(&q->cond, &q->lock);
+		if (q->stop)
+			break;
+		it = q->items[q->head];
+		memset(&q->items[q->head], 0, sizeof(it));
+		q->head = (q->head + 1) % UPLOAD_QUEUE_MAX;
+		q->n--;
+		pthread_mutex_unlock(&q->lock);
+		r = kiln_rcache_put(q->rc, q->store, (const char *const *)it.keys, 2, &it.rec,
+				    &bytes, &err);
+		pthread_mutex_lock(&q->lock);
+		/* A change between working and failing is logged once. */
+		if (r < 0 && !q->failing)
+			log_warn("kiln-worker: uploads to the remote cache fail: %s",
+				 kiln_error_msg(err));
+		else if (r == 0 && q->failing)
+			log_info("kiln-worker: uploads to the remote cache %s work again",
+				 kiln_rcache_name(q->rc));
+		q->failing = r < 0;
+		q->done += r == 0;
+		q->bytes += bytes;
+		pthread_mutex_unlock(&q->lock);
+		if (r == 0 && bytes)
+			log_debug("kiln-worker: %llu bytes to the remote cache for %s",
+				  (unsigned long long)bytes, it.keys[0]);
+		upload_item_release(&it);
+		pthread_mutex_lock(&q->lock);
+	}
+	pthread_mutex_unlock(&q->lock);
+	return NULL;
+}
+
+static struct upload_queue *upload_queue_new(struct kiln_rcache *rc, struct kiln_store *store)
+{
+	struct upload_queue *q = xcalloc(1, sizeof(*q));
+
+	q->rc = rc;
+	q->store = store;
+	pthread_mutex_init(&q->lock, NULL);
+	pthread_cond_init(&q->cond, NULL);
+	if (pthread_create(&q->thread, NULL, upload_main, q) != 0) {
+		log_warn("kiln-worker: no thread for remote cache uploads: they are off");
+		pthread_mutex_destroy(&q->lock);
+		pthread_cond_destroy(&q->cond);
+		free(q);
+		return NULL;
+	}
+	return q;
+}
+
+/* Stop the thread; what is still queued is dropped (only a later miss). */
+static void upload_queue_free(struct upload_queue *q)
+{
+	size_t i;
+
+	if (!q)
+		return;
+	pthread_mutex_lock(&q->lock);
+	q->stop = true;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->lock);
+	pthread_join(q->thread, NULL);
+	if (q->n)
+		log_info("kiln-worker: %zu uploads to the remote cache dropped at exit", q->n);
+	for (i = 0; i < UPLOAD_QUEUE_MAX; i++)
+		upload_item_release(&q->items[i]);
+	pthread_mutex_destroy(&q->lock);
+	pthread_cond_destroy(&q->cond);
+	free(q);
+}
+
+/* Queue a copy of rec under keys; a full queue skips it (a later miss). */
+static void upload_enqueue(struct upload_queue *q, const char *const *keys,
+			   const struct kiln_cache_record *rec)
+{
+	struct upload_item *it;
+
+	pthread_mutex_lock(&q->lock);
+	if (q->n == UPLOAD_QUEUE_MAX) {
+		if (q->skipped++ % 64 == 0)
+			log_warn("kiln-worker: the remote cache upload queue is full (%u): skipping",
+				 UPLOAD_QUEUE_MAX);
+		pthread_mutex_unlock(&q->lock);
+		return;
+	}
+	it = &q->items[(q->head + q->n) % UPLOAD_QUEUE_MAX];
+	it->keys[0] = xstrdup(keys[0]);
+	it->keys[1] = xstrdup(keys[1]);
+	it->rec = *rec;
+	it->rec.key = NULL;
+	it->rec.op = rec->op ? xstrdup(rec->op) : NULL;
+	it->rec.outputs = xmalloc(sizeof(*it->rec.outputs));
+	it->rec.outputs[0] = rec->outputs[0];
+	it->rec.meta = rec->meta ? xstrdup(rec->meta) : NULL;
+	it->rec.platform = rec->platform ? xstrdup(rec->platform) : NULL;
+	it->rec.worker = rec->worker ? xstrdup(rec->worker) : NULL;
+	q->n++;
+	pthread_cond_signal(&q->cond);
+	pthread_mutex_unlock(&q->lock);
+}
+
 /*
  * The worker's own record of a job it ran, under the keys kilnd gave:
  * announced when it registers, so its results stay cache hits wherever it
@@ -800,7 +943,7 @@ static void keep_record(struct kiln_jobs *j, const struct job_req *q, const stru
 	struct kiln_cache_record rec = { 0 };
 	struct kiln_digest tree = res->tree;
 
-	if (!j->records || !q->defkey)
+	if ((!j->records && !j->uq) || !q->defkey)
 		return;
 	rec.op = (char *)KILN_DIGEST_STR(&op->digest);
 	rec.outputs = &tree;
@@ -810,9 +953,11 @@ static void keep_record(struct kiln_jobs *j, const struct job_req *q, const stru
 	rec.duration_ms = ns / 1000000u;
 	rec.platform = q->platform ? (char *)q->platform : op->platform;
 	rec.size = res->size;
-	if (kiln_cache_put(j->records, keys, 2, &rec, &err) < 0)
+	if (j->records && kiln_cache_put(j->records, keys, 2, &rec, &err) < 0)
 		log_warn("kiln-worker: cannot keep the record of op %zu: %s", q->op,
 			 kiln_error_msg(err));
+	if (j->uq)
+		upload_enqueue(j->uq, keys, &rec);
 }
 
 struct records_json {
@@ -1285,6 +1430,8 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	j->registry = opts->registry;
 	j->controller = opts->controller;
 	j->records = opts->records;
+	if (opts->upload)
+		j->uq = upload_queue_new(opts->upload, j->store);
 	j->client = kiln_http_client_new(&(struct kiln_http_client_options){
 		.tls = opts->tls });
 	r = kiln_inventory_open(opts->inventory_path, j->store, &j->inv, err);
@@ -1312,6 +1459,7 @@ void kiln_jobs_free(struct kiln_jobs *j)
 	while (j->running > 0)
 		pthread_cond_wait(&j->idle, &j->lock);
 	pthread_mutex_unlock(&j->lock);
+	upload_queue_free(j->uq);
 	for (i = 0; i < KILN_JOBS_DEF_CACHE; i++)
 		if (j->defs[i])
 			def_unref(j->defs[i]);

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "cache/index.h"
+#include "rcache/rcache.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,6 +99,13 @@ struct kiln_jobs_options {
 	 * can announce its results to whichever kilnd it joins next.
 	 */
 	struct kiln_cache *records;
+	/*
+	 * A remote cache the worker copies each recorded result to (borrowed,
+	 * may be NULL: kiln-worker --cache s3://…): after the job answered,
+	 * on a thread of its own, through a bounded queue (full: the upload
+	 * is skipped, never the job delayed); blobs first, then the record.
+	 */
+	struct kiln_rcache *upload;
 };
 
 /*

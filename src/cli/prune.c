@@ -37,11 +37,10 @@ struct prune {
 	struct kiln_engine e;
 	bool all, dry_run, has_limit;
 	uint64_t limit;
-	const char *cache;   /* --cache: prune a remote cache instead */
+	struct kiln_s3_flags s3; /* --cache DIR|s3://…, --s3-*: a remote cache instead */
 	int64_t older_than;  /* --older-than (remote cache) */
 	int64_t grace;       /* --grace (remote cache) */
 	bool grace_set;
-	const char *s3_opts[4]; /* --s3-endpoint, --s3-region, --s3-path-style, --s3-credentials */
 	struct prune_rec *recs; /* oldest last_used first */
 	size_t n, alloc;
 	uint64_t deleted;
@@ -360,22 +359,18 @@ static int prune_remote(struct prune *p)
 	char a[32], b[32];
 	int r;
 
-	if (!strncmp(p->cache, "s3://", 5)) {
-		static const char *const keys[4] = { "endpoint", "region", "path_style", "credentials" };
+	{
 		struct kiln_s3_config cfg;
-		size_t i;
 
-		kiln_s3_config_init(&cfg);
-		r = kiln_s3_config_parse_url(&cfg, p->cache, &err);
-		for (i = 0; r == 0 && i < 4; i++)
-			if (p->s3_opts[i])
-				r = kiln_s3_config_set(&cfg, keys[i], p->s3_opts[i], &err);
-		r = r ? r : kiln_rcache_open_s3(&cfg, &rc, &err);
-		kiln_s3_config_release(&cfg);
+		r = kiln_s3_flags_config(&p->s3, &cfg, &err);
+		if (r == 0) {
+			r = kiln_rcache_open_s3(&cfg, &rc, &err);
+			kiln_s3_config_release(&cfg);
+		} else if (r == -ENOENT) {
+			r = kiln_rcache_open_dir(p->s3.cache, false, &rc, &err);
+		}
 		if (r < 0)
 			return kiln_cli_fail(err);
-	} else if (kiln_rcache_open_dir(p->cache, false, &rc, &err) < 0) {
-		return kiln_cli_fail(err);
 	}
 	r = kiln_rcache_gc(rc, &o, &st, &err);
 	kiln_rcache_free(rc);
@@ -394,13 +389,9 @@ static int parse_args(int argc, char **argv, struct prune *p)
 		{ "keep-storage", required_argument, NULL, 'k' },
 		{ "all", no_argument, NULL, 'a' },
 		{ "dry-run", no_argument, NULL, 'n' },
-		{ "cache", required_argument, NULL, 'c' },
 		{ "older-than", required_argument, NULL, 'o' },
 		{ "grace", required_argument, NULL, 'g' },
-		{ "s3-endpoint", required_argument, NULL, 'E' },
-		{ "s3-region", required_argument, NULL, 'R' },
-		{ "s3-path-style", no_argument, NULL, 'P' },
-		{ "s3-credentials", required_argument, NULL, 'C' },
+		KILN_S3_OPTIONS,
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -408,6 +399,8 @@ static int parse_args(int argc, char **argv, struct prune *p)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "anh", opts, NULL)) != -1) {
+		if (kiln_s3_flags_arg(&p->s3, c, optarg))
+			continue;
 		switch (c) {
 		case 'k':
 			if (kiln_parse_size(optarg, &p->limit) < 0)
@@ -417,11 +410,6 @@ static int parse_args(int argc, char **argv, struct prune *p)
 			break;
 		case 'a': p->all = true; break;
 		case 'n': p->dry_run = true; break;
-		case 'c': p->cache = optarg; break;
-		case 'E': p->s3_opts[0] = optarg; break;
-		case 'R': p->s3_opts[1] = optarg; break;
-		case 'P': p->s3_opts[2] = "true"; break;
-		case 'C': p->s3_opts[3] = optarg; break;
 		case 'o':
 		case 'g':
 			if (kiln_parse_duration(optarg, c == 'o' ? &p->older_than : &p->grace) < 0)
@@ -437,10 +425,10 @@ static int parse_args(int argc, char **argv, struct prune *p)
 		return KILN_ARGS_USAGE;
 	if (p->all && p->has_limit)
 		return kiln_args_error("kiln prune", "--all and --keep-storage exclude each other");
-	if (!p->cache && (p->older_than >= 0 || p->grace_set || p->s3_opts[0] || p->s3_opts[1] ||
-			  p->s3_opts[2] || p->s3_opts[3]))
+	if (!p->s3.cache && (p->older_than >= 0 || p->grace_set || p->s3.endpoint || p->s3.region ||
+			     p->s3.path_style || p->s3.credentials))
 		return kiln_args_error("kiln prune", "--older-than, --grace and --s3-* are for --cache");
-	if (p->cache && p->all)
+	if (p->s3.cache && p->all)
 		return kiln_args_error("kiln prune", "--all is for this machine's cache; with --cache, --older-than 0 deletes every record");
 	return KILN_ARGS_OK;
 }
@@ -457,7 +445,7 @@ int kiln_cmd_prune(int argc, char **argv)
 	r = parse_args(argc, argv, &p);
 	if (r)
 		return kiln_args_exit(r);
-	if (p.cache)
+	if (p.s3.cache)
 		return prune_remote(&p);
 	root = kiln_cli_default_root();
 	if (kiln_engine_open(root, NULL, &p.e, &err) < 0)

@@ -65,8 +65,7 @@ struct kilnd {
 	struct kiln_worker_table *reg;
 	struct kiln_http_server *http;
 	/* --cache s3://BUCKET/PREFIX and --s3-*: the shared cache. */
-	const char *cache_url;
-	const char *s3_opts[4]; /* endpoint, region, path_style, credentials */
+	struct kiln_s3_flags s3flags;
 	struct kiln_s3_config s3cfg;
 	bool has_s3;
 };
@@ -89,9 +88,7 @@ static void usage(FILE *f)
 	      "                             listen address)\n"
 	      "  --insecure-registry HOST   allow plain http to HOST when resolving images\n"
 	      "  --registry-endpoint NAME=HOST  serve registry NAME from HOST\n"
-	      "  --cache s3://BUCKET/PREFIX a remote cache shared with other controllers and\n"
-	      "                             CI runners (docs/cache.md); with --s3-endpoint URL,\n"
-	      "                             --s3-region R, --s3-path-style, --s3-credentials FILE\n"
+	      KILN_S3_OPTIONS_USAGE
 	      "  --heartbeat-interval-ms N  interval workers heartbeat at (default 2000);\n"
 	      "                             a worker silent for 3 intervals is lost\n"
 	      "  --debug                    debug logging\n"
@@ -375,8 +372,8 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 	kiln_sched_set_url(d->sched, d->advertise ? d->advertise : kiln_http_server_url(d->http));
 	log_info("kilnd: listening on %s (root %s, heartbeat every %llu ms%s%s)",
 		 kiln_http_server_url(d->http), d->root,
-		 (unsigned long long)d->interval_ms, d->cache_url ? ", remote cache " : "",
-		 d->cache_url ? d->cache_url : "");
+		 (unsigned long long)d->interval_ms, d->has_s3 ? ", remote cache " : "",
+		 d->has_s3 ? d->s3flags.cache : "");
 	return 0;
 }
 
@@ -428,11 +425,7 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 		{ "insecure-registry", required_argument, NULL, 'I' },
 		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "heartbeat-interval-ms", required_argument, NULL, 'i' },
-		{ "cache", required_argument, NULL, 'c' },
-		{ "s3-endpoint", required_argument, NULL, 'e' },
-		{ "s3-region", required_argument, NULL, 'g' },
-		{ "s3-path-style", no_argument, NULL, 'p' },
-		{ "s3-credentials", required_argument, NULL, 'C' },
+		KILN_S3_OPTIONS,
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		KILN_TLS_SERVER_OPTIONS,
@@ -442,7 +435,7 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 	int c;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		if (kiln_tls_arg(&d->tls, c, optarg))
+		if (kiln_tls_arg(&d->tls, c, optarg) || kiln_s3_flags_arg(&d->s3flags, c, optarg))
 			continue;
 		switch (c) {
 		case 'r': free(d->root); d->root = xstrdup(optarg); break;
@@ -460,11 +453,6 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 				d->endpoints[d->n_endpoints++] = optarg;
 			break;
 		case 'd': kiln_log_set_level(KILN_LOG_DEBUG); break;
-		case 'c': d->cache_url = optarg; break;
-		case 'e': d->s3_opts[0] = optarg; break;
-		case 'g': d->s3_opts[1] = optarg; break;
-		case 'p': d->s3_opts[2] = "true"; break;
-		case 'C': d->s3_opts[3] = optarg; break;
 		case 'h': usage(stdout); return KILN_ARGS_HELP;
 		case 'i':
 			if (kiln_parse_u64(optarg, &d->interval_ms) < 0 ||
@@ -481,22 +469,12 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 		return kiln_args_error("kilnd", "--root DIR is required");
 	if (kiln_tls_check(&d->tls, &err) < 0)
 		return kiln_args_error("kilnd", "%s", kiln_error_msg(err));
-	if (d->cache_url) {
-		static const char *const keys[4] = { "endpoint", "region", "path_style", "credentials" };
-		size_t i;
-
-		if (strncmp(d->cache_url, "s3://", 5))
-			return kiln_args_error("kilnd", "--cache: '%s' is not s3://BUCKET/PREFIX", d->cache_url);
-		kiln_s3_config_init(&d->s3cfg);
-		d->has_s3 = true;
-		if (kiln_s3_config_parse_url(&d->s3cfg, d->cache_url, &err) < 0)
-			return kiln_args_error("kilnd", "--cache: %s", kiln_error_msg(err));
-		for (i = 0; i < 4; i++)
-			if (d->s3_opts[i] && kiln_s3_config_set(&d->s3cfg, keys[i], d->s3_opts[i], &err) < 0)
-				return kiln_args_error("kilnd", "--s3-%s: %s",
-						       i == 3 ? "credentials" : keys[i], kiln_error_msg(err));
-	} else if (d->s3_opts[0] || d->s3_opts[1] || d->s3_opts[2] || d->s3_opts[3]) {
-		return kiln_args_error("kilnd", "--s3-* options need --cache s3://BUCKET/PREFIX");
+	if (d->s3flags.cache && strncmp(d->s3flags.cache, "s3://", 5))
+		return kiln_args_error("kilnd", "--cache: '%s' is not s3://BUCKET/PREFIX", d->s3flags.cache);
+	switch (kiln_s3_flags_config(&d->s3flags, &d->s3cfg, &err)) {
+	case 0: d->has_s3 = true; break;
+	case -ENOENT: break;
+	default: return kiln_args_error("kilnd", "%s", kiln_error_msg(err));
 	}
 	return KILN_ARGS_OK;
 }

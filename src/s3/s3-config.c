@@ -437,3 +437,42 @@ int kiln_s3_credentials_load(struct kiln_s3_credentials *cr, const char *file,
 				      path);
 	return load_file(cr, path, profile, err);
 }
+
+bool kiln_s3_flags_arg(struct kiln_s3_flags *f, int opt, const char *arg)
+{
+	switch (opt) {
+	case KILN_S3_OPT_CACHE: f->cache = arg; return true;
+	case KILN_S3_OPT_ENDPOINT: f->endpoint = arg; return true;
+	case KILN_S3_OPT_REGION: f->region = arg; return true;
+	case KILN_S3_OPT_PATH_STYLE: f->path_style = true; return true;
+	case KILN_S3_OPT_CREDENTIALS: f->credentials = arg; return true;
+	default: return false;
+	}
+}
+
+int kiln_s3_flags_config(const struct kiln_s3_flags *f, struct kiln_s3_config *cfg,
+			 struct kiln_error **err)
+{
+	static const char *const flags[] = { "--s3-endpoint", "--s3-region", "--s3-credentials" };
+	static const char *const keys[] = { "endpoint", "region", "credentials" };
+	const char *vals[] = { f->endpoint, f->region, f->credentials };
+	size_t i;
+	int r;
+
+	kiln_s3_config_init(cfg);
+	if (!f->cache || strncmp(f->cache, "s3://", 5)) {
+		if (f->endpoint || f->region || f->credentials || f->path_style)
+			return kiln_error_set(err, -EINVAL,
+					      "--s3-* flags need --cache s3://BUCKET/PREFIX");
+		return -ENOENT;
+	}
+	r = kiln_s3_config_parse_url(cfg, f->cache, err);
+	for (i = 0; r == 0 && i < 3; i++)
+		if (vals[i] && (r = kiln_s3_config_set(cfg, keys[i], vals[i], err)) < 0)
+			kiln_error_prefix(err, "%s", flags[i]);
+	if (r == 0 && f->path_style)
+		r = kiln_s3_config_set(cfg, "path_style", "true", err);
+	if (r < 0)
+		kiln_s3_config_release(cfg);
+	return r;
+}

@@ -221,3 +221,46 @@ int kiln_s3_list_uploads(struct kiln_s3_client *c, const char *prefix,
 int kiln_s3_abort_upload(struct kiln_s3_client *c, const char *key,
 			 const char *upload_id, const struct kiln_s3_limits *lim,
 			 struct kiln_error **err);
+
+/*
+ * The flags of every program that takes a bucket, spelled the same way
+ * (kilnd, kiln-worker, kiln prune): --cache s3://BUCKET/PREFIX and
+ * --s3-endpoint URL, --s3-region R, --s3-path-style, --s3-credentials FILE.
+ * For getopt_long, as the --tls-* flags are (proto/tls.h).
+ */
+enum {
+	KILN_S3_OPT_CACHE = 0x1100,
+	KILN_S3_OPT_ENDPOINT,
+	KILN_S3_OPT_REGION,
+	KILN_S3_OPT_PATH_STYLE,
+	KILN_S3_OPT_CREDENTIALS,
+};
+
+#define KILN_S3_OPTIONS                                                       \
+	{ "cache", required_argument, NULL, KILN_S3_OPT_CACHE },              \
+	{ "s3-endpoint", required_argument, NULL, KILN_S3_OPT_ENDPOINT },     \
+	{ "s3-region", required_argument, NULL, KILN_S3_OPT_REGION },         \
+	{ "s3-path-style", no_argument, NULL, KILN_S3_OPT_PATH_STYLE },       \
+	{ "s3-credentials", required_argument, NULL, KILN_S3_OPT_CREDENTIALS }
+
+#define KILN_S3_OPTIONS_USAGE                                                  \
+	"  --cache s3://BUCKET/PREFIX  the remote cache (docs/cache.md), with\n"   \
+	"                             --s3-endpoint URL (default AWS), --s3-region R,\n" \
+	"                             --s3-path-style, --s3-credentials FILE\n"
+
+struct kiln_s3_flags {
+	const char *cache; /* --cache as given (may be a directory for kiln prune) */
+	const char *endpoint, *region, *credentials;
+	bool path_style;
+};
+
+/* Store one of the flags' values; false when opt is not one of them. */
+bool kiln_s3_flags_arg(struct kiln_s3_flags *f, int opt, const char *arg);
+
+/*
+ * The bucket the flags name into cfg (initialized here): 0, or -ENOENT
+ * when no --cache s3://… was given (then no --s3-* may be: -EINVAL), or
+ * -EINVAL naming the flag at fault.
+ */
+int kiln_s3_flags_config(const struct kiln_s3_flags *f, struct kiln_s3_config *cfg,
+			 struct kiln_error **err);

@@ -7,7 +7,7 @@
 #       Start the three daemons and wait until both workers are ready with
 #       the expected platforms (with CLUSTER_REGISTRY_ENDPOINT set, each
 #       daemon gets --registry-endpoint with it; CLUSTER_KILND_ARGS, an
-#       array, adds kilnd flags; the workers' state is under
+#       array, adds kilnd flags; CLUSTER_WORKER_ARGS the workers'; their state is under
 #       CLUSTER_WORKERS_DIR when set, else DIR). Sets KILND_URL and KILND_ROOT. Whatever is
 #       still running at exit is killed by PID (a cleanup hook).
 #       CLUSTER_CLIENT_ARGS then holds the `kiln build` flags for the
@@ -30,6 +30,7 @@
 CLUSTER_DIR=
 CLUSTER_CLIENT_ARGS=()
 CLUSTER_KILND_ARGS=()
+CLUSTER_WORKER_ARGS=()
 declare -A CLUSTER_PID=() # kilnd, amd64, arm64
 CLEANUP_HOOKS+=("_cluster_kill_all")
 
@@ -112,7 +113,8 @@ cluster_start() { # DIR
 		_cluster_bg "$p" "$KILN_WORKER" --join "$KILND_URL" \
 			--token-file "$KILND_ROOT/worker.token" --root "${CLUSTER_WORKERS_DIR:-$CLUSTER_DIR}/worker-$p" \
 			--name "conformance-$p" --platform "linux/$p" --listen 127.0.0.1:0 \
-			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"}
+			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"} \
+			"${CLUSTER_WORKER_ARGS[@]}"
 	done
 	# Both ready, each with its one platform; arm64 emulated on x86_64.
 	want='[{"platform":"linux/amd64","emulated":false}]'

@@ -1,9 +1,12 @@
 #!/bin/bash
-# One logical cache for several controllers (issue 12 item 6): kilnd A with
-# its own workers builds a two-platform image with --cache s3://… on a real
-# S3 (radosgw); kilnd B — a fresh root, fresh workers, the same bucket —
-# then builds the same image running nothing, and the OCI archive is byte
-# for byte the same. A wrong secret on B is one warning and a full build.
+# One logical cache for several controllers (issue 12 items 3 and 6):
+# kilnd A with its own workers builds a two-platform image with --cache
+# s3://… on a real S3 (radosgw), the workers copying every step's result
+# there; kilnd B — a fresh root, fresh workers, the same bucket — then
+# builds the same image running nothing, and the OCI archive is byte for
+# byte the same; a changed last step runs alone (the steps before it are
+# hits from the workers' uploads). A wrong secret on C is one warning and
+# a full build.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/registry-lib.sh"
 . "$(dirname "$0")/s3-lib.sh"
@@ -33,6 +36,14 @@ printf 'from the context\n' >"$CTX/f"
 B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=$REGISTRY/busybox:latest")
 CLUSTER_KILND_ARGS=(--cache "s3://$S3_BUCKET/cluster" --s3-endpoint "$S3_ENDPOINT"
 	--s3-region "$S3_REGION" --s3-path-style)
+CLUSTER_WORKER_ARGS=("${CLUSTER_KILND_ARGS[@]}")
+objects() { # PREFIX under the cache's prefix (SigV4 wants the query %-encoded)
+	local p
+	p=$(printf 'cluster/%s' "$1" | sed 's|/|%2F|g')
+	s3_curl -sS -m 30 "$S3_ENDPOINT/$S3_BUCKET?list-type=2&max-keys=1000&prefix=$p" >"$T/list.xml" ||
+		fail "listing the bucket: $(cat "$T/list.xml")"
+	grep -o '<Key>[^<]*</Key>' "$T/list.xml" | sed 's/<Key>\(.*\)<\/Key>/\1/' || true
+}
 warnings() { events | jq -r 'select(.warning) | .warning'; }
 
 echo "== kilnd A builds and fills the bucket"
@@ -41,8 +52,12 @@ KILN_ROOT="$T/a/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -o "type=oc
 	fail "build on A: $(tail -3 "$T/progress.json"; cluster_logs)"
 [ -n "$(vertices_run)" ] || fail "A ran nothing"
 [ -z "$(warnings)" ] || fail "warnings on A: $(warnings)"
-grep -q "bytes to the remote cache" "$T/a/kilnd.log" || fail "A exported nothing: $(cluster_logs)"
 cluster_stop
+# The workers copied every step they ran (kilnd only the outputs): a record
+# under each of the definition and content keys of 4 steps on 2 platforms.
+[ "$(objects ac/ | wc -l)" -ge 16 ] || fail "records in the bucket: $(objects ac/ | wc -l)"
+! grep -q "uploads to the remote cache fail" "$T/a/amd64.log" "$T/a/arm64.log" ||
+	fail "a worker's uploads failed: $(cluster_logs)"
 
 echo "== kilnd B (fresh root, fresh workers, the same bucket) runs nothing"
 cluster_start "$T/b"
@@ -51,6 +66,13 @@ KILN_ROOT="$T/b/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -o "type=oc
 assert_eq "$(vertices_run | grep -v 'load build context' || true)" "" "steps B ran"
 [ -z "$(warnings)" ] || fail "warnings on B: $(warnings)"
 cmp -s "$T/a.tar" "$T/b.tar" || fail "B's image differs from A's"
+# A changed last step: only it runs, on each platform.
+sed 's|cat /f /small > /both|cat /small /f > /both|' "$CTX/Dockerfile" >"$CTX/Dockerfile.2"
+KILN_ROOT="$T/b/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -f "$CTX/Dockerfile.2" "$CTX" ||
+	fail "changed build on B: $(tail -3 "$T/progress.json"; cluster_logs)"
+assert_eq "$(vertices_run | grep -vc 'load build context')" 2 \
+	"steps B ran for the changed build ($(vertices_run))"
+assert_contains "$(vertices_run)" "cat /small /f" "the changed step"
 cluster_stop
 
 echo "== kilnd C with a wrong secret: one warning, a full build, the same image"
