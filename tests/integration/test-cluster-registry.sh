@@ -127,11 +127,11 @@ assert_eq "$(status -X POST --data-binary "$REG" "$URL/v1/workers/register")" 40
 assert_eq "$(status -X POST -H "Authorization: Bearer $CTOK" --data-binary "$REG" "$URL/v1/workers/register")" \
 	401 "register with the client token"
 assert_eq "$(status -X POST --data-binary '{}' "$URL/v1/workers/0123/heartbeat")" 401 "heartbeat without a token"
-head -c $((9 << 20)) /dev/zero | tr '\0' ' ' >"$T/big"
+head -c $((10 << 20)) /dev/zero | tr "\0" " " >"$T/big"
 assert_eq "$(status -X POST -H "Authorization: Bearer $WTOK" --data-binary @"$T/big" "$URL/v1/workers/register")" \
-	413 "9 MiB body (over the 8 MiB limit)"
+	413 "10 MiB body (over the 9 MiB limit)"
 # Without a token nothing of the body is read: 401 before the size matters.
-assert_eq "$(status -X POST --data-binary @"$T/big" "$URL/v1/workers/register")" 401 "9 MiB body without a token"
+assert_eq "$(status -X POST --data-binary @"$T/big" "$URL/v1/workers/register")" 401 "10 MiB body without a token"
 assert_eq "$(status -X POST -H "Authorization: Bearer $WTOK" --data-binary '{"name": ' "$URL/v1/workers/register")" \
 	400 "malformed JSON"
 assert_eq "$(status -X POST -H "Authorization: Bearer $WTOK" --data-binary '{"addr":"http://x:1"}' "$URL/v1/workers/register")" \
