@@ -386,6 +386,26 @@ s3_stop() { # [DIR]
 	return 0
 }
 
+# radosgw killed (-9, as a crash) and started again with its own command
+# line (same config, same store, same address); waits until it answers.
+# Sets S3_RGW_PID. Existing objects survive (the OSD keeps them).
+s3_restart_rgw() {
+	local cmd=() a
+	[ -n "${S3_RGW_PID:-}" ] || fail "s3_restart_rgw: no running instance"
+	while IFS= read -r -d '' a; do cmd+=("$a"); done <"/proc/$S3_RGW_PID/cmdline"
+	[ ${#cmd[@]} -gt 0 ] || fail "s3_restart_rgw: cannot read radosgw's command line"
+	kill -KILL "$S3_RGW_PID" 2>/dev/null || true
+	wait "$S3_RGW_PID" 2>/dev/null || true
+	for _ in $(seq 1 100); do _s3_gone "$S3_RGW_PID" && break; sleep 0.05; done
+	_s3_bg rgw "${cmd[@]}"
+	S3_RGW_PID=$_S3_BG_PID
+	for _ in $(seq 1 300); do
+		_s3_http_up && return 0
+		sleep 0.1
+	done
+	_s3_fail "radosgw did not come back" rgw
+}
+
 s3_curl() {
 	local a sha=1
 	[ -n "${S3_CURL_CONFIG:-}" ] && [ -f "$S3_CURL_CONFIG" ] || fail "s3_curl: no running instance (s3_start first)"

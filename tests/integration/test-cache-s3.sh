@@ -111,6 +111,31 @@ echo "radosgw blackholed: ${took} ms (bound ${BOUND_MS} ms)"
 [ "$(warnings | grep -c 'unavailable')" = 1 ] || fail "want one unavailable warning: $(warnings)"
 cmp -s "$T/a.tar" "$T/e.tar" || fail "the image differs with the bucket blackholed"
 
+echo "== radosgw killed in the middle of an export's multipart upload"
+# A 150 MiB file goes up in parts; radosgw dies (and comes back) while they
+# do. The build succeeds; the record, written last, is not there, and no
+# record in the whole bucket names a missing blob.
+head -c $((150 << 20)) /dev/urandom >"$CTX/huge"
+printf 'ARG BASE\nFROM ${BASE}\nCOPY huge /huge\n' >"$CTX/Dockerfile.huge"
+KILN_ROOT="$T/r7" kbuild "${B[@]}" -f "$CTX/Dockerfile.huge" --cache-to "$S3SPEC,mode=max" "$CTX" &
+build_pid=$!
+seen=no
+for _ in $(seq 1 600); do
+	if s3_curl -sS -m 5 "$S3_ENDPOINT/$S3_BUCKET?uploads=" 2>/dev/null | grep -q '<UploadId>'; then
+		seen=yes
+		break
+	fi
+	sleep 0.01
+done
+[ "$seen" = yes ] || { wait "$build_pid" || true; fail "the export's multipart upload never showed"; }
+s3_restart_rgw
+wait "$build_pid" || fail "the build failed when radosgw died during its export: $(tail -3 "$T/progress.json")"
+assert_contains "$(warnings)" "not exported" "the export's warning"
+rm -f "$CTX/huge"
+"$KILN" prune --cache "s3://$S3_BUCKET/ci/kiln" --s3-endpoint "$S3_ENDPOINT" --s3-region "$S3_REGION" \
+	--s3-path-style --dry-run >"$T/prune.out" || fail "prune --dry-run: $(cat "$T/prune.out")"
+grep -q "(0 unusable)" "$T/prune.out" || fail "a record names a missing blob: $(cat "$T/prune.out")"
+
 echo "== a record with bad JSON and a blob with other bytes: reported, not used"
 rec=$(objects ac/ | head -1)
 printf '{"kiln_cache_record": 1, oops' >"$T/bad.json"

@@ -130,8 +130,6 @@ kill -CONT "$S3_RGW_PID"
 tool 0 cat range/k
 
 echo "== radosgw killed in the middle of a multipart upload"
-rgw_cmd=()
-while IFS= read -r -d '' a; do rgw_cmd+=("$a"); done <"/proc/$S3_RGW_PID/cmdline"
 "$S3_TOOL" put big/killed "$T/big" >"$T/kout" 2>"$T/kerr" &
 put_pid=$!
 for _ in $(seq 1 400); do
@@ -141,21 +139,13 @@ for _ in $(seq 1 400); do
 done
 [ -s "$T/up" ] || fail "the multipart upload never showed"
 sleep 0.3
-kill -KILL "$S3_RGW_PID"
+# Killed (a crash) and started again: same config, same store.
+s3_restart_rgw
 rc=0
 wait "$put_pid" || rc=$?
 [ "$rc" != 0 ] || fail "the upload succeeded although radosgw was killed"
 echo "  upload failed ($rc): $(cat "$T/kerr")"
 ! grep -qF "$S3_SECRET_KEY" "$T/kerr" || fail "secret in the message"
-# Bring radosgw back with its own command line (same config, same store).
-"${rgw_cmd[@]}" >>"$S3_DIR/log/rgw-restart.out" 2>&1 &
-S3_RGW_PID=$!
-echo "$S3_RGW_PID rgw" >>"$S3_DIR/pids"
-CLEANUP_HOOKS+=("kill -KILL $S3_RGW_PID 2>/dev/null")
-for _ in $(seq 1 300); do
-	S3_TIMEOUT_MS=1000 "$S3_TOOL" cat range/k >/dev/null 2>&1 && break
-	sleep 0.1
-done
 tool 0 cat range/k
 tool 2 head big/killed
 tool 0 uploads big/killed
