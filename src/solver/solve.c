@@ -106,7 +106,9 @@ struct solver {
 	uint64_t moved;
 	uint64_t cache_in, cache_out; /* remote cache bytes */
 	bool warned_remote;           /* "remote cache ... unavailable" said */
-	bool in_bracket;              /* the loop thread holds a cache read bracket */
+	bool in_bracket;              /* the loop thread holds a cache read bracket
+				       * (mark_needed, loop's starts): remote
+				       * lookups let it go while they wait */
 	struct kiln_progress_tally *tally;
 	size_t n_tally;
 	struct kiln_executor local; /* the embedded executor */
@@ -377,7 +379,7 @@ static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
 
 /*
  * A cache hit counts only when its result tree is still in the store.
- * remote: a definition key (top-down), which the remote cache may have.
+ * remote: a local miss may be looked up in the remote cache too.
  */
 static bool lookup(struct solver *s, struct vertex *v, const char *key, bool remote)
 {
@@ -967,7 +969,8 @@ static void start(struct solver *s, size_t vi)
 	void **arg;
 
 	compute_key(s, v, true, v->contentkey);
-	if (lookup(s, v, v->contentkey, false)) {
+	/* Early cut-off: the same op on the same inputs' results ran before. */
+	if (lookup(s, v, v->contentkey, true)) {
 		v->cached = true;
 		s->n_cached++;
 		emit(s, v, KILN_VERTEX_CACHED, NULL);
@@ -1145,6 +1148,7 @@ static void loop(struct solver *s)
 		 */
 		pthread_mutex_unlock(&s->lock);
 		kiln_cache_read_begin(s->o->cache);
+		s->in_bracket = true;
 		pthread_mutex_lock(&s->lock);
 		while (!cancelled(s) && !s->failure && s->running < s->slots &&
 		       (vi = peek_ready(s)) >= 0) {
@@ -1154,6 +1158,7 @@ static void loop(struct solver *s)
 			pthread_mutex_lock(&s->lock);
 		}
 		pthread_mutex_unlock(&s->lock);
+		s->in_bracket = false;
 		kiln_cache_read_end(s->o->cache);
 		pthread_mutex_lock(&s->lock);
 		if (s->running == 0 && (s->failure || all_outputs_done(s) ||
