@@ -106,11 +106,7 @@ git ls-remote "$GIT/repo.git" >/dev/null 2>&1 || fail "git daemon did not start:
 
 # The base image in a registry both modes can pull from (kilnd cannot read
 # an oci-layout:// on the client's disk), with the fixture's digests.
-CLEANUP_HOOKS+=("registry_stop")
-registry_start "$T/registry" || fail "cannot start docker-registry"
-skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
-	"docker://$REGISTRY/busybox:latest" >"$T/skopeo.log" 2>&1 ||
-	fail "skopeo cannot push the fixture to $REGISTRY: $(cat "$T/skopeo.log")"
+registry_with_busybox "$T/registry"
 assert_eq "sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/busybox:latest" | sha256sum | cut -d' ' -f1)" \
 	"$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "latest") | .digest' "$LAYOUT/index.json")" \
 	"digest of the busybox index in $REGISTRY (skopeo must not rewrite it)"
@@ -118,9 +114,7 @@ BASE="$REGISTRY/busybox:latest"
 # The same image where Docker Hub keeps a short name ("busybox" is
 # docker.io/library/busybox): cases that name it so map docker.io here
 # with --registry-endpoint, and so do the cluster's daemons.
-skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
-	"docker://$REGISTRY/library/busybox:latest" >"$T/skopeo.log" 2>&1 ||
-	fail "skopeo cannot push the fixture to $REGISTRY/library: $(cat "$T/skopeo.log")"
+registry_push_busybox library/busybox
 CLUSTER_REGISTRY_ENDPOINT="docker.io=$REGISTRY"
 
 case " ${MODES[*]} " in *" cluster "*)

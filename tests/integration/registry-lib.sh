@@ -11,6 +11,11 @@
 #       on repositories under public/; also sets TOKEN_PID and TOKEN_PORT.
 #   registry_stop
 #       Stop the processes started above, by PID, and wait for them.
+#   registry_with_busybox DIR [REPO]
+#       registry_start DIR (stopped by a cleanup hook) and push the
+#       two-platform busybox fixture ($LAYOUT, from lib.sh) to
+#       $REGISTRY/REPO:latest (REPO default busybox) with skopeo; fails the
+#       test when either cannot be done. Sets BUSYBOX_REF.
 #
 # With REGISTRY_PARENT_PID set, a watcher stops the registry (and token
 # server) once that process is gone, so a test that crashes or is killed
@@ -160,6 +165,22 @@ registry_start() {
 	REGISTRY_PID=
 	_registry_stop_pid "$TOKEN_PID"
 	_registry_die "docker-registry did not start: $(tail -5 "$dir/registry.log")"
+}
+
+registry_with_busybox() { # DIR [REPO]
+	local repo=${2:-busybox}
+	CLEANUP_HOOKS+=("registry_stop")
+	registry_start "$1" || fail "cannot start docker-registry"
+	registry_push_busybox "$repo"
+}
+
+# Push the fixture to $REGISTRY/REPO:latest (another name for it).
+registry_push_busybox() { # REPO
+	command -v skopeo >/dev/null || fail "skopeo is not installed (scripts/install-deps.sh)"
+	skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
+		"docker://$REGISTRY/$1:latest" >"$REGISTRY_DIR/skopeo.log" 2>&1 ||
+		fail "skopeo cannot push the fixture to $REGISTRY/$1: $(cat "$REGISTRY_DIR/skopeo.log")"
+	BUSYBOX_REF="$REGISTRY/$1:latest"
 }
 
 registry_stop() {

@@ -7,18 +7,11 @@
 # record, a corrupt blob and a missing directory are warnings, never used,
 # and the build's output is still right; a bad spec fails before building.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/cache-lib.sh"
 export SOURCE_DATE_EPOCH=1700000000
 
 CTX="$T/ctx"
-mkdir -p "$CTX"
-cat >"$CTX/Dockerfile" <<'DF'
-ARG BASE
-FROM ${BASE}
-RUN seq 1 130000 > /big && echo small > /small && ln /small /small2
-COPY f /f
-RUN cat /f /small > /both
-DF
-printf 'from the context\n' >"$CTX/f"
+cache_test_ctx "$CTX"
 B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=oci-layout://$LAYOUT:latest")
 summary() { events | jq -r "select(.summary) | .summary.$1"; }
 records() { find "$1/ac" -type f | wc -l; }

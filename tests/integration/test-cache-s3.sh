@@ -8,6 +8,7 @@
 # blob are reported and not used; after all that, no record in the bucket
 # points at a missing blob, and gc empties it.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/cache-lib.sh"
 . "$(dirname "$0")/netns-lib.sh"
 . "$(dirname "$0")/s3-lib.sh"
 export SOURCE_DATE_EPOCH=1700000000
@@ -20,15 +21,7 @@ unset AWS_SESSION_TOKEN AWS_PROFILE
 S3SPEC="type=s3,bucket=$S3_BUCKET,prefix=ci/kiln,region=$S3_REGION,endpoint_url=$S3_ENDPOINT,use_path_style=true"
 
 CTX="$T/ctx"
-mkdir -p "$CTX"
-cat >"$CTX/Dockerfile" <<'DF'
-ARG BASE
-FROM ${BASE}
-RUN seq 1 130000 > /big && echo small > /small && ln /small /small2
-COPY f /f
-RUN cat /f /small > /both
-DF
-printf 'from the context\n' >"$CTX/f"
+cache_test_ctx "$CTX"
 B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=oci-layout://$LAYOUT:latest")
 summary() { events | jq -r "select(.summary) | .summary.$1"; }
 warnings() { events | jq -r 'select(.warning) | .warning'; }

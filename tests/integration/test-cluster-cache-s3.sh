@@ -8,6 +8,7 @@
 # hits from the workers' uploads). A wrong secret on C is one warning and
 # a full build.
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/cache-lib.sh"
 . "$(dirname "$0")/registry-lib.sh"
 . "$(dirname "$0")/s3-lib.sh"
 . "$KILN_SOURCE_ROOT/tests/conformance/cluster.sh"
@@ -17,23 +18,11 @@ cluster_require_arm64
 s3_start "$T/s3"
 export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
 unset AWS_SESSION_TOKEN AWS_PROFILE
-CLEANUP_HOOKS+=("registry_stop")
-registry_start "$T/registry" || fail "cannot start docker-registry"
-skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
-	"docker://$REGISTRY/busybox:latest" >"$T/skopeo.log" 2>&1 ||
-	fail "skopeo cannot push the fixture: $(cat "$T/skopeo.log")"
+registry_with_busybox "$T/registry"
 
 CTX="$T/ctx"
-mkdir -p "$CTX"
-cat >"$CTX/Dockerfile" <<'DF'
-ARG BASE
-FROM ${BASE}
-RUN seq 1 130000 > /big && echo small > /small && ln /small /small2
-COPY f /f
-RUN cat /f /small > /both
-DF
-printf 'from the context\n' >"$CTX/f"
-B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=$REGISTRY/busybox:latest")
+cache_test_ctx "$CTX"
+B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=$BUSYBOX_REF")
 CLUSTER_KILND_ARGS=(--cache "s3://$S3_BUCKET/cluster" --s3-endpoint "$S3_ENDPOINT"
 	--s3-region "$S3_REGION" --s3-path-style)
 CLUSTER_WORKER_ARGS=("${CLUSTER_KILND_ARGS[@]}")

@@ -9,11 +9,7 @@
 . "$KILN_SOURCE_ROOT/tests/conformance/cluster.sh"
 export SOURCE_DATE_EPOCH=1700000000
 cluster_require_arm64
-CLEANUP_HOOKS+=("registry_stop")
-registry_start "$T/registry" || fail "cannot start docker-registry"
-skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
-	"docker://$REGISTRY/busybox:latest" >"$T/skopeo.log" 2>&1 ||
-	fail "skopeo cannot push the fixture: $(cat "$T/skopeo.log")"
+registry_with_busybox "$T/registry"
 
 CTX="$T/ctx"
 mkdir -p "$CTX"
@@ -25,7 +21,7 @@ COPY f /f
 RUN cat /f /numbers | wc -l > /count
 DF
 printf 'moved\n' >"$CTX/f"
-B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=$REGISTRY/busybox:latest")
+B=(--platform linux/amd64,linux/arm64 --build-arg "BASE=$BUSYBOX_REF")
 
 echo "== kilnd A: the workers build"
 CLUSTER_WORKERS_DIR="$T/workers" cluster_start "$T/a"

@@ -47,12 +47,8 @@ CLEANUP_HOOKS+=('kill "$AGENT_PID" 2>/dev/null')
 for _ in $(seq 50); do [ -S "$AGENT_SOCK" ] && break; sleep 0.1; done
 SSH_AUTH_SOCK="$AGENT_SOCK" ssh-add -q "$T/id_test" </dev/null || fail "ssh-add into the test agent"
 
-CLEANUP_HOOKS+=("registry_stop")
-registry_start "$T/registry" || fail "cannot start docker-registry"
-skopeo copy --quiet --all --dest-tls-verify=false "oci:$LAYOUT:latest" \
-	"docker://$REGISTRY/busybox:latest" >"$T/skopeo.log" 2>&1 ||
-	fail "skopeo cannot push the fixture: $(cat "$T/skopeo.log")"
-BASE="$REGISTRY/busybox:latest"
+registry_with_busybox "$T/registry"
+BASE=$BUSYBOX_REF
 cluster_start "$T/cluster"
 
 mbuild() { # MODE ARGS...
