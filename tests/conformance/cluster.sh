@@ -23,11 +23,16 @@
 #   cluster_stop
 #       SIGTERM the workers, then kilnd; each must exit 0 (so a leak that
 #       ASan reports at exit fails the test).
+#
+# Two clusters at once: give each its own CLUSTER_PREFIX (a word) while
+# starting and stopping it; CLUSTER_DIR and CLUSTER_CLIENT_ARGS are the
+# last started one's (save them).
 
 : "${KILND:?KILND must name the kilnd binary (meson test sets it)}"
 : "${KILN_WORKER:?KILN_WORKER must name the kiln-worker binary (meson test sets it)}"
 
 CLUSTER_DIR=
+CLUSTER_PREFIX=${CLUSTER_PREFIX:-}
 CLUSTER_CLIENT_ARGS=()
 CLUSTER_KILND_ARGS=()
 CLUSTER_WORKER_ARGS=()
@@ -52,7 +57,7 @@ _cluster_bg() { # NAME CMD...
 	local name=$1
 	shift
 	"$@" </dev/null >>"$CLUSTER_DIR/$name.log" 2>&1 &
-	CLUSTER_PID[$name]=$!
+	CLUSTER_PID[$CLUSTER_PREFIX$name]=$!
 }
 
 # SIGTERM (or $2) a daemon and reap it (SIGKILL after 10 s); its exit status.
@@ -101,13 +106,13 @@ cluster_start() { # DIR
 			${CLUSTER_REGISTRY_ENDPOINT:+--registry-endpoint "$CLUSTER_REGISTRY_ENDPOINT"} \
 			"${CLUSTER_KILND_ARGS[@]}"
 		for i in $(seq 100); do
-			kill -0 "${CLUSTER_PID[kilnd]}" 2>/dev/null || break
+			kill -0 "${CLUSTER_PID[${CLUSTER_PREFIX}kilnd]}" 2>/dev/null || break
 			curl -sf -m 2 "$KILND_URL/v1/health" >/dev/null && break 2
 			sleep 0.1
 		done
-		_cluster_end kilnd KILL || true
+		_cluster_end "${CLUSTER_PREFIX}kilnd" KILL || true
 	done
-	[ -n "${CLUSTER_PID[kilnd]:-}" ] || fail "kilnd did not start: $(tail -5 "$CLUSTER_DIR/kilnd.log")"
+	[ -n "${CLUSTER_PID[${CLUSTER_PREFIX}kilnd]:-}" ] || fail "kilnd did not start: $(tail -5 "$CLUSTER_DIR/kilnd.log")"
 	for p in amd64 arm64; do
 		# --listen 127.0.0.1:0: the kernel picks the blob server's port.
 		_cluster_bg "$p" "$KILN_WORKER" --join "$KILND_URL" \
@@ -125,7 +130,7 @@ cluster_start() { # DIR
 	fi
 	for _ in $(seq 200); do
 		for p in amd64 arm64; do
-			kill -0 "${CLUSTER_PID[$p]}" 2>/dev/null ||
+			kill -0 "${CLUSTER_PID[$CLUSTER_PREFIX$p]}" 2>/dev/null ||
 				fail "kiln-worker $p exited: $(tail -5 "$CLUSTER_DIR/$p.log")"
 		done
 		if [ "$(_cluster_workers_json 2>/dev/null | jq -r '[.workers[] | select(.state == "ready")] |
@@ -160,7 +165,7 @@ cluster_stop() {
 	local n rc
 	for n in amd64 arm64 kilnd; do
 		rc=0
-		_cluster_end "$n" || rc=$?
+		_cluster_end "$CLUSTER_PREFIX$n" || rc=$?
 		assert_eq "$rc" 0 "exit status of $n after SIGTERM ($CLUSTER_DIR/$n.log: $(tail -5 "$CLUSTER_DIR/$n.log"))"
 	done
 }

@@ -75,4 +75,26 @@ cmp -s "$T/a.tar" "$T/c.tar" || fail "C's image differs from A's"
 ! grep -rqF "wrong-secret" "$T/c" "$T/progress.json" || fail "the secret is in C's logs or progress"
 ! grep -rqF "$S3_SECRET_KEY" "$T/a" "$T/b" || fail "the secret is in a log"
 cluster_stop
+echo "== kilnd D and E (fresh roots, fresh workers) build a new image at once on the bucket"
+sed 's|cat /f /small > /both|cat /f /f /small > /both|' "$CTX/Dockerfile" >"$CTX/Dockerfile.3"
+CLUSTER_PREFIX=d cluster_start "$T/d"
+D_ARGS=("${CLUSTER_CLIENT_ARGS[@]}")
+CLUSTER_PREFIX=e cluster_start "$T/e"
+E_ARGS=("${CLUSTER_CLIENT_ARGS[@]}")
+KILN_ROOT="$T/d/client" "$KILN" build --progress json "${D_ARGS[@]}" "${B[@]}" -f "$CTX/Dockerfile.3" \
+	-o "type=oci,dest=$T/d.tar" "$CTX" 2>"$T/d.json" &
+d_pid=$!
+KILN_ROOT="$T/e/client" "$KILN" build --progress json "${E_ARGS[@]}" "${B[@]}" -f "$CTX/Dockerfile.3" \
+	-o "type=oci,dest=$T/e.tar" "$CTX" 2>"$T/e.json" &
+e_pid=$!
+wait "$d_pid" || fail "build on D: $(tail -3 "$T/d.json")"
+wait "$e_pid" || fail "build on E: $(tail -3 "$T/e.json")"
+cmp -s "$T/d.tar" "$T/e.tar" || fail "D and E, building at once, disagree"
+! grep -h '"warning"' "$T/d.json" "$T/e.json" || fail "warnings building at once"
+CLUSTER_DIR="$T/d" CLUSTER_PREFIX=d cluster_stop
+CLUSTER_DIR="$T/e" CLUSTER_PREFIX=e cluster_stop
+# Every record either wrote names blobs that are all there.
+"$KILN" prune --cache "s3://$S3_BUCKET/cluster" --s3-endpoint "$S3_ENDPOINT" --s3-region "$S3_REGION" \
+	--s3-path-style --dry-run >"$T/prune.out" || fail "prune --dry-run: $(cat "$T/prune.out")"
+grep -q "(0 unusable)" "$T/prune.out" || fail "records name missing blobs: $(cat "$T/prune.out")"
 echo "ok: cluster-cache-s3"
