@@ -62,8 +62,8 @@ void kiln_cli_cache_spec_release(struct kiln_cli_cache_spec *s)
 /* Keys of a type=s3 spec that would put a secret on a command line. */
 static bool secret_key(const char *k)
 {
-	return !strcmp(k, "secret_access_key") || !strcmp(k, "access_key_id") ||
-	       !strcmp(k, "session_token");
+	return strstr(k, "secret") || strstr(k, "access_key") || strstr(k, "session_token") ||
+	       strstr(k, "password");
 }
 
 int kiln_cli_cache_spec_parse(const char *spec, bool to, struct kiln_cli_cache_spec *out,
@@ -107,6 +107,10 @@ int kiln_cli_cache_spec_parse(const char *spec, bool to, struct kiln_cli_cache_s
 					   "~/.aws/credentials or credentials=FILE", flag, kv);
 		} else if (out->s3 && kiln_s3_config_set(&out->s3cfg, kv, val, &e) == 0) {
 			/* bucket, region, endpoint_url, prefix, use_path_style, ... */
+		} else if (out->s3) {
+			/* A value is never echoed: it could be a secret misspelt. */
+			r = kiln_error_set(err, -EINVAL, "%s: unknown or bad key '%s' in a type=s3 spec%s%s%s",
+					   flag, kv, e ? " (" : "", e ? kiln_error_msg(e) : "", e ? ")" : "");
 		} else {
 			r = kiln_error_set(err, -EINVAL, "%s %s: unknown or bad '%s%s%s'%s%s%s", flag,
 					   spec, kv, eq ? "=" : "", val, e ? " (" : "",

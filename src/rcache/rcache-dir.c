@@ -36,7 +36,10 @@ static int dir_get(void *b, const char *name, uint64_t limit,
 	char buf[65536];
 	int r;
 
-	fd = kiln_openat2(d->fd, name, O_RDONLY, 0, BENEATH);
+	uint64_t total = 0;
+
+	/* Non-blocking: a FIFO planted in a restored cache must not hang us. */
+	fd = kiln_openat2(d->fd, name, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0, BENEATH);
 	if (fd == -ENOENT)
 		return -ENOENT;
 	if (fd < 0)
@@ -56,6 +59,10 @@ static int dir_get(void *b, const char *name, uint64_t limit,
 			return kiln_error_seterrno(err, -errno, "reading %s/%s", d->dir, name);
 		if (k == 0)
 			return 0;
+		/* It may have grown since fstat. */
+		total += (uint64_t)k;
+		if (total > limit)
+			return -EFBIG;
 		r = sink(ud, buf, (size_t)k);
 		if (r < 0)
 			return kiln_error_seterrno(err, r, "storing %s/%s", d->dir, name);

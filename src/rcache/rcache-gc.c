@@ -27,6 +27,7 @@ struct obj {
 	int64_t mtime;
 	struct kiln_digest d; /* blobs; records: the key's digest */
 	bool is_node;         /* blobs: a tree node (checked when unsure) */
+	bool broken;          /* blobs: a young node whose subtree is not whole */
 	bool keep;            /* records */
 };
 
@@ -62,13 +63,16 @@ struct lister {
 static int add_obj(void *ud, const char *name, uint64_t size, int64_t mtime)
 {
 	struct lister *ls = ud;
-	const char *hex = name + strlen(ls->prefix);
-	_cleanup_free_ char *ds = xasprintf("sha256:%s", hex);
+	_cleanup_free_ char *ds = NULL;
 	struct obj *ob;
 	struct kiln_digest d;
 
-	/* Anything else under the prefix is not ours to judge. */
-	if (strncmp(name, ls->prefix, strlen(ls->prefix)) || kiln_digest_parse(ds, &d) < 0)
+	/* Anything else under the prefix is not ours to judge (a hostile
+	 * listing may name anything: check before reading past the prefix). */
+	if (strncmp(name, ls->prefix, strlen(ls->prefix)))
+		return 0;
+	ds = xasprintf("sha256:%s", name + strlen(ls->prefix));
+	if (kiln_digest_parse(ds, &d) < 0)
 		return 0;
 	ls->l->v = xgrow(ls->l->v, &ls->l->alloc, ls->l->n + 1, sizeof(*ls->l->v));
 	ob = &ls->l->v[ls->l->n++];
@@ -122,7 +126,6 @@ static int mark_tree(struct gc *g, const struct kiln_digest *d, unsigned depth,
 	if (r < 0)
 		return r;
 	ob->is_node = true;
-	kiln_digest_set_add(&g->marked, d);
 	for (i = 0; r == 0 && i < t.n; i++) {
 		const struct kiln_tree_entry *e = &t.entries[i];
 
@@ -137,6 +140,9 @@ static int mark_tree(struct gc *g, const struct kiln_digest *d, unsigned depth,
 		}
 	}
 	kiln_tree_release(&t);
+	/* Marked only once all below it is there: an incomplete node is not. */
+	if (r == 0)
+		kiln_digest_set_add(&g->marked, d);
 	return r;
 }
 
@@ -246,11 +252,19 @@ static int mark(struct gc *g)
 			continue;
 		r = check_node(g, ob);
 		if (r == 0 && ob->is_node) {
-			/* Incomplete (being swept by another gc?): what it has stays. */
+			/*
+			 * A writer goes bottom-up, so a young node whose subtree
+			 * is not whole is no writer at work: it is broken (a
+			 * node written again as a gc deleted below it) and goes
+			 * whatever its age, so no writer trusts it again.
+			 */
 			r = mark_tree(g, &ob->d, 1, &why);
-			if (r == -EBADMSG)
+			if (r == -EBADMSG) {
+				ob->broken = true;
 				r = 0;
-			else if (r < 0 && g->err && !*g->err)
+				continue;
+			}
+			if (r < 0 && g->err && !*g->err)
 				*g->err = TAKE_PTR(why);
 		}
 		kiln_digest_set_add(&g->marked, &ob->d);
@@ -279,9 +293,83 @@ static int delete_obj(struct gc *g, struct obj *ob)
 	return rcache_del(g->rc, ob->name, g->err);
 }
 
+/* An unmarked blob older than the grace period, or a broken node. */
+static bool goes(struct gc *g, const struct obj *ob)
+{
+	return !kiln_digest_set_has(&g->marked, &ob->d) &&
+	       (ob->mtime < g->o->now - g->o->grace || ob->broken);
+}
+
+/*
+ * The nodes that go, parents before children: each is read for its
+ * subdirectories, and a node is deleted once no node that goes names it
+ * (Kahn's order on the Merkle DAG, which has no cycles).
+ */
+static int sweep_nodes(struct gc *g)
+{
+	_cleanup_free_ size_t *cand = NULL, *parents = NULL, *queue = NULL;
+	_cleanup_free_ struct kiln_digest **kids = NULL;
+	_cleanup_free_ size_t *n_kids = NULL;
+	struct kiln_digest_set pos = { 0 }; /* digest -> index in cand */
+	size_t n = 0, i, k, head = 0, tail = 0;
+	int r = 0;
+
+	cand = xcalloc(g->blobs.n + 1, sizeof(*cand));
+	for (i = 0; i < g->blobs.n; i++)
+		if (goes(g, &g->blobs.v[i]) && g->blobs.v[i].is_node) {
+			kiln_digest_set_put(&pos, &g->blobs.v[i].d, n);
+			cand[n++] = i;
+		}
+	parents = xcalloc(n + 1, sizeof(*parents));
+	kids = xcalloc(n + 1, sizeof(*kids));
+	n_kids = xcalloc(n + 1, sizeof(*n_kids));
+	queue = xcalloc(n + 1, sizeof(*queue));
+	for (i = 0; i < n; i++) {
+		struct kiln_tree t = KILN_TREE_INIT;
+
+		/* Unreadable (corrupt): it names nothing we know of. */
+		if (rcache_read_node(g->rc, &g->blobs.v[cand[i]].d, &t, NULL) == 0) {
+			kids[i] = xcalloc(t.n + 1, sizeof(**kids));
+			for (k = 0; k < t.n; k++) {
+				uint64_t *c;
+
+				if (t.entries[k].type != KILN_ENTRY_DIR ||
+				    !(c = kiln_digest_set_value(&pos, &t.entries[k].digest)))
+					continue;
+				kids[i][n_kids[i]++] = t.entries[k].digest;
+				parents[*c]++;
+			}
+		}
+		kiln_tree_release(&t);
+	}
+	for (i = 0; i < n; i++)
+		if (parents[i] == 0)
+			queue[tail++] = i;
+	while (r == 0 && head < tail) {
+		size_t c = queue[head++];
+		struct obj *ob = &g->blobs.v[cand[c]];
+
+		r = delete_obj(g, ob);
+		if (r < 0)
+			break;
+		g->st->blobs_deleted++;
+		g->st->bytes_deleted += ob->size;
+		for (k = 0; k < n_kids[c]; k++) {
+			uint64_t *j = kiln_digest_set_value(&pos, &kids[c][k]);
+
+			if (j && --parents[*j] == 0)
+				queue[tail++] = (size_t)*j;
+		}
+	}
+	for (i = 0; i < n; i++)
+		free(kids[i]);
+	kiln_digest_set_release(&pos);
+	return r;
+}
+
 static int sweep(struct gc *g)
 {
-	size_t i, pass;
+	size_t i;
 	int r = 0;
 
 	/* Records first: none may point at a blob that is gone. */
@@ -299,19 +387,17 @@ static int sweep(struct gc *g)
 		    ob->mtime < g->o->now - g->o->grace && !ob->is_node)
 			r = check_node(g, ob);
 	}
-	for (pass = 0; r == 0 && pass < 2; pass++) {
-		for (i = 0; r == 0 && i < g->blobs.n; i++) {
-			struct obj *ob = &g->blobs.v[i];
+	/* Nodes parents first, so a node left by an interrupted gc is whole. */
+	r = r ? r : sweep_nodes(g);
+	for (i = 0; r == 0 && i < g->blobs.n; i++) {
+		struct obj *ob = &g->blobs.v[i];
 
-			if (kiln_digest_set_has(&g->marked, &ob->d) ||
-			    ob->mtime >= g->o->now - g->o->grace ||
-			    ob->is_node != (pass == 0))
-				continue;
-			r = delete_obj(g, ob);
-			if (r == 0) {
-				g->st->blobs_deleted++;
-				g->st->bytes_deleted += ob->size;
-			}
+		if (!goes(g, ob) || ob->is_node)
+			continue;
+		r = delete_obj(g, ob);
+		if (r == 0) {
+			g->st->blobs_deleted++;
+			g->st->bytes_deleted += ob->size;
 		}
 	}
 	return r;

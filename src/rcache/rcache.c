@@ -221,12 +221,13 @@ int rcache_list(struct kiln_rcache *rc, const char *prefix,
 {
 	struct kiln_error *e = NULL;
 	bool probe;
-	int r = check_up(rc, &probe, err);
+	int r;
 
-	if (r)
-		return r;
 	if (!rc->be.list)
 		return kiln_error_set(err, -ENOTSUP, "%s cannot be listed", rc->be.name);
+	r = check_up(rc, &probe, err);
+	if (r)
+		return r;
 	r = rc->be.list(rc->be.b, prefix, fn, ud, &e);
 	return note(rc, r, probe, e, err);
 }
@@ -235,12 +236,13 @@ int rcache_del(struct kiln_rcache *rc, const char *name, struct kiln_error **err
 {
 	struct kiln_error *e = NULL;
 	bool probe;
-	int r = check_up(rc, &probe, err);
+	int r;
 
-	if (r)
-		return r;
 	if (!rc->be.del)
 		return kiln_error_set(err, -ENOTSUP, "%s cannot delete", rc->be.name);
+	r = check_up(rc, &probe, err);
+	if (r)
+		return r;
 	r = rc->be.del(rc->be.b, name, &e);
 	return note(rc, r, probe, e, err);
 }
@@ -469,14 +471,25 @@ struct fetch {
 struct to_writer {
 	struct kiln_store_writer *w;
 	uint64_t n;
+	int local; /* the store's own failure (disk full...), or 0 */
 };
 
+/*
+ * A failure of the local store is not the remote's: it stops the transfer
+ * as -ECANCELED (which leaves the endpoint's breaker alone) and is
+ * reported as what it is.
+ */
 static int to_writer(void *ud, const void *data, size_t n)
 {
 	struct to_writer *t = ud;
+	int r = kiln_store_writer_write(t->w, data, n);
 
 	t->n += n;
-	return kiln_store_writer_write(t->w, data, n);
+	if (r < 0) {
+		t->local = r;
+		return -ECANCELED;
+	}
+	return 0;
 }
 
 static int fetch_blob(struct fetch *f, const struct kiln_digest *d, uint64_t limit)
@@ -493,6 +506,11 @@ static int fetch_blob(struct fetch *f, const struct kiln_digest *d, uint64_t lim
 		return r;
 	kiln_store_writer_defer_sync(t.w); /* kiln_rcache_fetch syncs once */
 	r = be_get(f->rc, name, limit, to_writer, &t, f->err);
+	if (r < 0 && t.local) {
+		kiln_store_writer_abort(t.w);
+		return kiln_error_seterrno(f->err, t.local, "storing blob %s locally",
+					   KILN_DIGEST_STR(d));
+	}
 	if (r < 0) {
 		kiln_store_writer_abort(t.w);
 		if (r == -ENOENT)

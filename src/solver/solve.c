@@ -106,6 +106,7 @@ struct solver {
 	uint64_t moved;
 	uint64_t cache_in, cache_out; /* remote cache bytes */
 	bool warned_remote;           /* "remote cache ... unavailable" said */
+	unsigned corrupt_warned;      /* corrupt remote objects reported */
 	bool in_bracket;              /* the loop thread holds a cache read bracket
 				       * (mark_needed, loop's starts): remote
 				       * lookups let it go while they wait */
@@ -302,6 +303,9 @@ static void compute_key(struct solver *s, struct vertex *v, bool content, char *
 	kiln_digest_fmt(&d, out);
 }
 
+/* Corrupt remote objects a build reports before it stops saying so. */
+#define MAX_CORRUPT_WARNINGS 3
+
 /* Where results from the remote cache go: the store jobs read. */
 static struct kiln_store *result_store(struct solver *s)
 {
@@ -321,7 +325,12 @@ static void remote_warn(struct solver *s, struct kiln_rcache *rc, int r,
 	if (r == -ENOENT)
 		return;
 	if (r == -EBADMSG) {
-		msg = xasprintf("%s; not used", kiln_error_msg(err));
+		/* A few, then quiet: a remote answering junk for every key. */
+		if (++s->corrupt_warned > MAX_CORRUPT_WARNINGS)
+			return;
+		msg = xasprintf("%s; not used%s", kiln_error_msg(err),
+				s->corrupt_warned == MAX_CORRUPT_WARNINGS
+					? " (further corrupt objects of this build are not reported)" : "");
 	} else {
 		if (s->warned_remote)
 			return;
@@ -368,6 +377,8 @@ static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
 	}
 	free(rec.worker);
 	rec.worker = xasprintf("cache:%s", kiln_rcache_name(rc));
+	if (!rec.op)
+		rec.op = xstrdup(v->digest); /* optional in a record, needed locally */
 	if (kiln_cache_put(s->o->cache, keys, 1, &rec, NULL) < 0)
 		log_debug("cannot record the remote cache's %s locally", key);
 	v->result = rec.outputs[0];
@@ -806,7 +817,7 @@ static void mark_needed(struct solver *s)
 
 		if (v->state != VS_WAITING)
 			continue;
-		if (lookup(s, v, v->defkey, true)) {
+		if (lookup(s, v, v->defkey, v->op->type != KILN_OP_SOURCE_LOCAL)) {
 			v->state = VS_DONE;
 			v->cached = true;
 			s->n_cached++;
@@ -970,7 +981,7 @@ static void start(struct solver *s, size_t vi)
 
 	compute_key(s, v, true, v->contentkey);
 	/* Early cut-off: the same op on the same inputs' results ran before. */
-	if (lookup(s, v, v->contentkey, true)) {
+	if (lookup(s, v, v->contentkey, v->op->type != KILN_OP_SOURCE_LOCAL)) {
 		v->cached = true;
 		s->n_cached++;
 		emit(s, v, KILN_VERTEX_CACHED, NULL);
@@ -1017,7 +1028,7 @@ static void need(struct solver *s, size_t vi)
 	struct vertex *v = &s->v[vi];
 	size_t i;
 
-	if (lookup(s, v, v->defkey, true)) {
+	if (lookup(s, v, v->defkey, v->op->type != KILN_OP_SOURCE_LOCAL)) {
 		v->state = VS_DONE;
 		v->cached = true;
 		s->n_cached++;

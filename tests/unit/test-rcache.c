@@ -442,6 +442,61 @@ static void test_gc(void **state)
 	kiln_rcache_free(rc);
 }
 
+/* A FIFO planted in a cache directory is no record, and never a hang. */
+static void test_dir_fifo(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cdir = kiln_path_join(f->dir, "fifo");
+	_cleanup_free_ char *p = NULL;
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_rcache *rc = NULL;
+	struct kiln_cache_record got;
+
+	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, NULL), 0);
+	write_file(cdir, "ac/sha256/placeholder", "");
+	p = xasprintf("%s/ac/sha256/%s", cdir, KEY + 7);
+	assert_int_equal(mkfifo(p, 0644), 0);
+	assert_int_equal(kiln_rcache_get(rc, KEY, &got, &err), -EBADMSG);
+	assert_non_null(strstr(kiln_error_msg(err), "not a file"));
+	kiln_rcache_free(rc);
+}
+
+/*
+ * A young node whose subtree is not whole (a gc deleted below a node a
+ * writer wrote again) is deleted by the next gc, whatever its age, with
+ * the records that name it.
+ */
+static void test_gc_broken_young_node(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cdir = kiln_path_join(f->dir, "gc2");
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_rcache *rc = NULL;
+	struct kiln_cache_record r, got;
+	const char *keys[1] = { KEY };
+	struct kiln_rcache_gc_opts o = { .now = time(NULL), .older_than = -1, .grace = 3600 };
+	struct kiln_rcache_gc_stats st;
+	struct kiln_tree_entry deep, z;
+	char hex[KILN_DIGEST_HEXLEN];
+	_cleanup_free_ char *zp = NULL, *deepp = NULL;
+
+	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, NULL), 0);
+	sample_record(&r, &f->tree);
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, NULL, &err), 0);
+	assert_int_equal(kiln_tree_lookup(f->a, &f->tree, "sub/deep", &deep, NULL), 0);
+	assert_int_equal(kiln_tree_lookup(f->a, &f->tree, "sub/deep/z.txt", &z, NULL), 0);
+	zp = xasprintf("%s/cas/sha256/%s", cdir, kiln_digest_hex(&z.digest, hex));
+	deepp = xasprintf("%s/cas/sha256/%s", cdir, kiln_digest_hex(&deep.digest, hex));
+	assert_int_equal(unlink(zp), 0); /* the file below sub/deep is gone */
+	assert_int_equal(kiln_rcache_gc(rc, &o, &st, &err), 0);
+	assert_int_equal(st.records_bad, 1);
+	assert_int_equal(access(deepp, F_OK), -1); /* broken, young, deleted */
+	assert_int_equal(kiln_rcache_get(rc, KEY, &got, NULL), -ENOENT);
+	kiln_tree_entry_release(&deep);
+	kiln_tree_entry_release(&z);
+	kiln_rcache_free(rc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -450,6 +505,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fetch_verifies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_order_and_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dir_fifo, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gc_broken_young_node, setup, teardown),
 	};
 
 	umask(022);
