@@ -791,6 +791,8 @@ static int ssh_relay(void *ud, const char *id, const uint8_t *msg, size_t len,
 /* ---- uploads to the remote cache: a bounded queue and one thread ---- */
 
 #define UPLOAD_QUEUE_MAX 64
+/* Records a worker's record book keeps (oldest dropped at registration). */
+#define RECORD_BOOK_MAX 20000u
 
 struct upload_item {
 	char *keys[2];
@@ -987,6 +989,12 @@ json_t *kiln_jobs_records_json(struct kiln_jobs *j, size_t max)
 
 	if (j->records)
 		(void)kiln_cache_foreach(j->records, add_record_json, &rj, NULL);
+	/* The book keeps its newest RECORD_BOOK_MAX: the rest goes now. */
+	n = json_array_size(rj.all);
+	for (i = 0; j->records && n > RECORD_BOOK_MAX && i < n - RECORD_BOOK_MAX; i++)
+		(void)kiln_cache_delete(j->records,
+					json_string_value(json_object_get(json_array_get(rj.all, i), "key")),
+					NULL);
 	/* Oldest first from the index: the newest max of them, newest first,
 	 * in at most KILN_JOBS_RECORDS_BYTES of JSON. */
 	n = json_array_size(rj.all);

@@ -19,6 +19,8 @@
 #include "rcache/rcache-internal.h"
 
 #define MAX_OUTPUTS 16
+/* A fetch may copy twice its record's size plus this (nodes, layers). */
+#define FETCH_SLACK (4ull << 30)
 #define MAX_TEXT 4096 /* worker, platform */
 
 struct kiln_rcache {
@@ -465,6 +467,8 @@ struct fetch {
 	struct kiln_store *store;
 	struct kiln_digest_set seen; /* nodes done */
 	uint64_t bytes;
+	uint64_t budget; /* bytes this fetch may copy at most */
+	uint64_t size;   /* what the record says its trees hold */
 	struct kiln_error **err;
 };
 
@@ -505,7 +509,15 @@ static int fetch_blob(struct fetch *f, const struct kiln_digest *d, uint64_t lim
 	if (r < 0)
 		return r;
 	kiln_store_writer_defer_sync(t.w); /* kiln_rcache_fetch syncs once */
+	if (limit > f->budget - f->bytes)
+		limit = f->budget - f->bytes;
 	r = be_get(f->rc, name, limit, to_writer, &t, f->err);
+	if (r == -EFBIG && f->bytes + limit >= f->budget) {
+		kiln_store_writer_abort(t.w);
+		return kiln_error_set(f->err, -EBADMSG,
+				      "more than %llu bytes for one record (its size says %llu)",
+				      (unsigned long long)f->budget, (unsigned long long)f->size);
+	}
 	if (r < 0 && t.local) {
 		kiln_store_writer_abort(t.w);
 		return kiln_error_seterrno(f->err, t.local, "storing blob %s locally",
@@ -573,7 +585,14 @@ int kiln_rcache_fetch(struct kiln_rcache *rc, const struct kiln_cache_record *re
 		      struct kiln_store *store, uint64_t *bytes,
 		      struct kiln_error **err)
 {
-	struct fetch f = { .rc = rc, .store = store, .err = err };
+	/*
+	 * The record's own size (its trees' files) plus room for nodes and
+	 * meta blobs (image layers): a forged record cannot make a fetch fill
+	 * the disk much past what it claims.
+	 */
+	struct fetch f = { .rc = rc, .store = store, .err = err, .size = rec->size,
+			   .budget = rec->size > UINT64_MAX / 2 - FETCH_SLACK
+					     ? UINT64_MAX / 2 : 2 * rec->size + FETCH_SLACK };
 	struct meta_walk m = { &f, 0 };
 	size_t i;
 	int r = 0;

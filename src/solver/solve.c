@@ -384,6 +384,7 @@ static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
 	v->result = rec.outputs[0];
 	free(v->meta);
 	v->meta = rec.meta ? xstrdup(rec.meta) : NULL;
+	v->size = rec.size;
 	kiln_cache_record_release(&rec);
 	return true;
 }
@@ -407,6 +408,7 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key, bool rem
 		v->result = rec.outputs[0];
 		free(v->meta);
 		v->meta = rec.meta ? xstrdup(rec.meta) : NULL;
+		v->size = rec.size;
 		hit = true;
 	}
 	kiln_cache_record_release(&rec);
