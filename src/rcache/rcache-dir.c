@@ -81,6 +81,21 @@ static int dir_has(void *b, const char *name, struct kiln_error **err)
 	return 1;
 }
 
+static int dir_touch(void *b, const char *name, struct kiln_error **err)
+{
+	struct dir_backend *d = b;
+	_cleanup_close_ int fd = kiln_openat2(d->fd, name, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0,
+					      BENEATH);
+
+	if (fd == -ENOENT)
+		return 0;
+	if (fd < 0)
+		return kiln_error_seterrno(err, fd, "%s/%s", d->dir, name);
+	if (futimens(fd, NULL) < 0)
+		return kiln_error_seterrno(err, -errno, "touching %s/%s", d->dir, name);
+	return 1;
+}
+
 static int dir_put(void *b, const char *name, int fd, const void *data,
 		   uint64_t size, struct kiln_error **err)
 {
@@ -217,6 +232,7 @@ int kiln_rcache_open_dir(const char *dir, bool create, struct kiln_rcache **out,
 	be.name = d->dir;
 	be.get = dir_get;
 	be.has = dir_has;
+	be.touch = dir_touch;
 	be.put = dir_put;
 	be.list = dir_list;
 	be.del = dir_del;

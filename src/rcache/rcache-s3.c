@@ -92,6 +92,23 @@ static int s3_has(void *b, const char *name, struct kiln_error **err)
 	return 1;
 }
 
+static int s3_touch(void *b, const char *name, struct kiln_error **err)
+{
+	struct s3_backend *s = b;
+	_cleanup_free_ char *key = key_of(s, name);
+	_cleanup_error_ struct kiln_error *e = NULL;
+	int r = kiln_s3_touch(s->c, key, &small_lim, &e);
+
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0) {
+		if (err && !*err)
+			*err = TAKE_PTR(e);
+		return r;
+	}
+	return 1;
+}
+
 static int s3_put(void *b, const char *name, int fd, const void *data,
 		  uint64_t size, struct kiln_error **err)
 {
@@ -175,6 +192,7 @@ int kiln_rcache_open_s3(const struct kiln_s3_config *cfg, struct kiln_rcache **o
 	be.breaker = s->breaker;
 	be.get = s3_get;
 	be.has = s3_has;
+	be.touch = s3_touch;
 	be.put = s3_put;
 	be.list = s3_list;
 	be.del = s3_del;

@@ -197,6 +197,22 @@ static int be_has(struct kiln_rcache *rc, const char *name, struct kiln_error **
 	return note(rc, r, probe, e, err);
 }
 
+/* has(), touching what is there when the backend can. */
+static int be_touch(struct kiln_rcache *rc, const char *name, struct kiln_error **err)
+{
+	struct kiln_error *e = NULL;
+	bool probe;
+	int r;
+
+	if (!rc->be.touch)
+		return be_has(rc, name, err);
+	r = check_up(rc, &probe, err);
+	if (r)
+		return r;
+	r = rc->be.touch(rc->be.b, name, &e);
+	return note(rc, r, probe, e, err);
+}
+
 static int be_put(struct kiln_rcache *rc, const char *name, int fd, const void *data,
 		  uint64_t size, struct kiln_error **err)
 {
@@ -630,7 +646,8 @@ static int put_blob(struct upload *u, const struct kiln_digest *d)
 	_cleanup_free_ char *name = blob_name(d);
 	_cleanup_close_ int fd = -1;
 	uint64_t size = 0;
-	int r = be_has(u->rc, name, u->err);
+	/* There: touched, so a gc running now keeps it for this record. */
+	int r = be_touch(u->rc, name, u->err);
 
 	if (r != 0)
 		return r < 0 ? r : 0;
@@ -645,16 +662,6 @@ static int put_blob(struct upload *u, const struct kiln_digest *d)
 	if (r == 0)
 		u->bytes += size;
 	return r;
-}
-
-static int put_node_again(struct upload *u, const struct kiln_digest *d)
-{
-	_cleanup_free_ char *name = blob_name(d);
-	_cleanup_free_ char *data = NULL;
-	size_t len = 0;
-	int r = kiln_store_read(u->store, d, KILN_TREE_MAX_NODE_BYTES, &data, &len, u->err);
-
-	return r < 0 ? r : be_put(u->rc, name, -1, data, len, u->err);
 }
 
 /*
@@ -674,19 +681,17 @@ static int put_tree(struct upload *u, const struct kiln_digest *d, unsigned dept
 		return kiln_error_set(u->err, -ELOOP, "tree deeper than %u levels",
 				      KILN_TREE_MAX_DEPTH);
 	name = blob_name(d);
-	r = be_has(u->rc, name, u->err);
+	/*
+	 * There, with all below it, and touched: a young node keeps its
+	 * subtree from a gc running now (rcache-gc.c); a node a gc just
+	 * deleted is not touched back to life, it is written anew below.
+	 */
+	r = be_touch(u->rc, name, u->err);
 	if (r < 0)
 		return r;
 	if (r > 0) {
-		/*
-		 * There, with all below it. Written again, small as a node is,
-		 * so a gc running now sees it young and keeps its subtree for
-		 * the record about to name it.
-		 */
-		r = put_node_again(u, d);
-		if (r == 0)
-			kiln_digest_set_add(&u->seen, d);
-		return r;
+		kiln_digest_set_add(&u->seen, d);
+		return 0;
 	}
 	r = kiln_tree_get(u->store, d, &t, u->err);
 	for (i = 0; r == 0 && i < t.n; i++) {

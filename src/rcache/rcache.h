@@ -62,6 +62,12 @@ struct kiln_rcache_backend {
 	/* 1 present, 0 absent, < 0 (err set) failed. */
 	int (*has)(void *b, const char *name, struct kiln_error **err);
 	/*
+	 * Make a present object's modification time now (its bytes kept):
+	 * 1 done, 0 absent, < 0 failed. A writer touches what it relies on,
+	 * so a gc running meanwhile sees it young (rcache-gc.c).
+	 */
+	int (*touch)(void *b, const char *name, struct kiln_error **err);
+	/*
 	 * Store an object from fd (size bytes from offset 0) or, fd < 0, from
 	 * data: all or nothing (a reader never sees part of it).
 	 */

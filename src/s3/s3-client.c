@@ -137,6 +137,7 @@ int kiln_s3_client_new(const struct kiln_s3_config *cfg,
 		return r;
 	}
 	c->path_style = cfg->path_style;
+	c->bucket = xstrdup(cfg->bucket);
 	c->sigv4 = xasprintf("aws:amz:%s:s3", region);
 	c->ca_file = cfg->ca_file ? xstrdup(cfg->ca_file) : NULL;
 	if (c->cred.session_token)
@@ -156,6 +157,7 @@ void kiln_s3_client_free(struct kiln_s3_client *c)
 	kiln_http_client_free(c->http);
 	free(c->base);
 	free(c->name);
+	free(c->bucket);
 	free(c->sigv4);
 	free(c->ca_file);
 	kiln_s3_credentials_release(&c->cred);
@@ -276,8 +278,8 @@ int s3_do(struct kiln_s3_client *c, const struct s3_req *q,
 	_cleanup_free_ char *url = request_url(c, q), *sha = NULL, *range = NULL;
 	struct range_sink rs = { .q = q, .res = res };
 	struct kiln_http_call call = { 0 };
-	const char *headers[4];
-	size_t nh = 0;
+	const char *headers[7];
+	size_t nh = 0, i;
 	long timeout = (long)(q->deadline - s3_now_ms());
 	int r;
 
@@ -292,6 +294,8 @@ int s3_do(struct kiln_s3_client *c, const struct s3_req *q,
 		headers[nh++] = c->token_header;
 	if (q->range)
 		headers[nh++] = range = range_header(q->range);
+	for (i = 0; i < 3 && q->extra[i]; i++)
+		headers[nh++] = q->extra[i];
 	headers[nh] = NULL;
 	call.url = url;
 	call.headers = headers;
@@ -517,6 +521,34 @@ int kiln_s3_put_fd(struct kiln_s3_client *c, const char *key, int fd,
 	if ((uint64_t)st.st_size >= c->threshold)
 		return kiln_s3_put_fd_multipart(c, key, fd, lim, err);
 	return put_fd_single(c, key, fd, (uint64_t)st.st_size, lim, err);
+}
+
+int kiln_s3_touch(struct kiln_s3_client *c, const char *key,
+		  const struct kiln_s3_limits *lim, struct kiln_error **err)
+{
+	struct kiln_strbuf src = KILN_STRBUF_INIT(SIZE_MAX / 2);
+	_cleanup_free_ char *source = NULL;
+	struct s3_req q = { .method = "PUT", .key = key, .body = "", .limit = 65536 };
+	struct kiln_http_result res;
+	int r;
+
+	if (key_ok(key, err) < 0)
+		return -EINVAL;
+	(void)kiln_strbuf_addf(&src, "x-amz-copy-source: /%s/", c->bucket);
+	(void)kiln_s3_uri_encode(&src, key, true);
+	source = kiln_strbuf_detach(&src, NULL);
+	q.extra[0] = source;
+	q.extra[1] = "x-amz-metadata-directive: REPLACE";
+	s3_call_limits(c, lim, &q.deadline, &q.connect_timeout_ms);
+	r = s3_do(c, &q, &res, err);
+	if (r < 0)
+		return r;
+	/* S3 may answer 200 and tell of a failure in the body. */
+	if (!res.body || !memmem(res.body, res.body_len, "<CopyObjectResult", 17))
+		r = kiln_error_set(err, -EIO, "S3 copy of %s onto itself: no CopyObjectResult%s%.200s",
+				   key, res.body ? ": " : "", res.body ? res.body : "");
+	kiln_http_result_release(&res);
+	return r;
 }
 
 int kiln_s3_delete(struct kiln_s3_client *c, const char *key,

@@ -15,6 +15,7 @@ struct kiln_s3_client {
 	char *base;     /* URL of the bucket: ENDPOINT/BUCKET or https://BUCKET.HOST */
 	bool path_style;
 	char *name;     /* "s3://BUCKET at ENDPOINT", for messages */
+	char *bucket;
 	char *sigv4;    /* "aws:amz:REGION:s3" */
 	char *ca_file;
 	struct kiln_s3_credentials cred;
@@ -36,6 +37,7 @@ struct s3_req {
 	uint64_t fd_size;
 	const char *payload_sha256; /* hex; NULL: the empty body's */
 	const char *content_type;
+	const char *extra[3]; /* more header lines, NULL-ended */
 	const struct kiln_s3_range *range;
 	kiln_s3_sink_fn sink;
 	void *sink_ud;

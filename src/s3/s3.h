@@ -185,6 +185,14 @@ int kiln_s3_put_fd_multipart(struct kiln_s3_client *c, const char *key, int fd,
 			     const struct kiln_s3_limits *lim,
 			     struct kiln_error **err);
 
+/*
+ * Make key's LastModified now without moving its bytes (CopyObject onto
+ * itself, metadata replaced): -ENOENT when it is gone. What a remote cache
+ * writer relies on is so kept young for a gc running meanwhile.
+ */
+int kiln_s3_touch(struct kiln_s3_client *c, const char *key,
+		  const struct kiln_s3_limits *lim, struct kiln_error **err);
+
 /* Delete key; a key that does not exist is not an error (S3's 204). */
 int kiln_s3_delete(struct kiln_s3_client *c, const char *key,
 		   const struct kiln_s3_limits *lim, struct kiln_error **err);

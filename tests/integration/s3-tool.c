@@ -8,6 +8,7 @@
  *   s3-tool cat KEY                 kiln_s3_get, to stdout (limit 1 MiB)
  *   s3-tool head KEY                prints "SIZE ETAG"
  *   s3-tool delete KEY
+ *   s3-tool touch KEY               kiln_s3_touch (CopyObject onto itself)
  *   s3-tool list PREFIX MAX_KEYS    every page; prints keys, then "pages N"
  *   s3-tool uploads PREFIX          prints "KEY UPLOADID" per upload
  *   s3-tool abort-all PREFIX        aborts them
@@ -183,6 +184,8 @@ static int run(struct kiln_s3_client *c, const char *cmd, char **a, int n,
 		return cmd_head(c, a, err);
 	if (!strcmp(cmd, "delete") && n == 1)
 		return kiln_s3_delete(c, a[0], NULL, err);
+	if (!strcmp(cmd, "touch") && n == 1)
+		return kiln_s3_touch(c, a[0], NULL, err);
 	if (!strcmp(cmd, "list") && n == 2)
 		return cmd_list(c, a, err);
 	if ((!strcmp(cmd, "uploads") || !strcmp(cmd, "abort-all")) && n == 1)

@@ -27,6 +27,18 @@ tool() {
 	! grep -qF "$S3_SECRET_KEY" "$T/out" "$T/err" || fail "s3-tool $* printed the secret"
 }
 
+echo "== touch: LastModified now, bytes kept; a missing key is ENOENT"
+tool 0 put-str touch/a "kept bytes"
+lm() { s3_curl -sS -m 10 -I "$S3_ENDPOINT/$S3_BUCKET/touch/a" | tr -d '\r' | sed -n 's/^[Ll]ast-[Mm]odified: //p'; }
+before=$(lm)
+sleep 1.1
+tool 0 touch touch/a
+after=$(lm)
+[ -n "$before" ] && [ "$before" != "$after" ] || fail "touch left Last-Modified at '$before' ('$after')"
+tool 0 cat touch/a
+[ "$(cat "$T/out")" = "kept bytes" ] || fail "touch changed the bytes: $(cat "$T/out")"
+tool 2 touch touch/missing
+
 echo "== small objects"
 tool 0 put-str small/a "hello s3"
 tool 0 cat small/a

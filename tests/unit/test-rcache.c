@@ -497,6 +497,37 @@ static void test_gc_broken_young_node(void **state)
 	kiln_rcache_free(rc);
 }
 
+/*
+ * A writer touches what it relies on: the second put of a tree already
+ * there makes its root node young again (a gc running meanwhile keeps its
+ * subtree), moving no bytes.
+ */
+static void test_put_touches(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cdir = kiln_path_join(f->dir, "touch");
+	_cleanup_free_ char *root = NULL;
+	struct kiln_rcache *rc = NULL;
+	struct kiln_cache_record r;
+	const char *keys[1] = { KEY };
+	char hex[KILN_DIGEST_HEXLEN];
+	uint64_t bytes = 1;
+	struct stat st;
+
+	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, NULL), 0);
+	sample_record(&r, &f->tree);
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, NULL, NULL), 0);
+	age_objects(cdir, "", 2 * 86400);
+	root = xasprintf("%s/cas/sha256/%s", cdir, kiln_digest_hex(&f->tree, hex));
+	assert_int_equal(stat(root, &st), 0);
+	assert_true(st.st_mtime < time(NULL) - 86400);
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, &bytes, NULL), 0);
+	assert_int_equal(bytes, 0);
+	assert_int_equal(stat(root, &st), 0);
+	assert_true(st.st_mtime >= time(NULL) - 60);
+	kiln_rcache_free(rc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -506,6 +537,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_write_order_and_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dir_fifo, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_put_touches, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc_broken_young_node, setup, teardown),
 	};
 
