@@ -403,6 +403,33 @@ static int sweep(struct gc *g)
 	return r;
 }
 
+/*
+ * The blobs' mtimes again, just before the sweep: one a writer touched
+ * while the gc marked (it relies on it for a record in progress) is young
+ * now and stays. Narrows the writer's window to the sweep itself.
+ */
+static int fresh_mtime(void *ud, const char *name, uint64_t size, int64_t mtime)
+{
+	struct gc *g = ud;
+	const char *prefix = "cas/sha256/";
+	_cleanup_free_ char *ds = NULL;
+	struct kiln_digest d;
+	struct obj *ob;
+
+	(void)size;
+	if (strncmp(name, prefix, strlen(prefix)))
+		return 0;
+	ds = xasprintf("sha256:%s", name + strlen(prefix));
+	if (kiln_digest_parse(ds, &d) == 0 && (ob = blob_of(g, &d)) && mtime > ob->mtime)
+		ob->mtime = mtime;
+	return 0;
+}
+
+static int relist(struct gc *g)
+{
+	return g->o->dry_run ? 0 : rcache_list(g->rc, "cas/sha256/", fresh_mtime, g, g->err);
+}
+
 int kiln_rcache_gc(struct kiln_rcache *rc, const struct kiln_rcache_gc_opts *o,
 		   struct kiln_rcache_gc_stats *st, struct kiln_error **err)
 {
@@ -432,6 +459,7 @@ int kiln_rcache_gc(struct kiln_rcache *rc, const struct kiln_rcache_gc_opts *o,
 		g.recs.v[i].keep = false;
 		r = mark(&g);
 	}
+	r = r ? r : relist(&g);
 	r = r ? r : sweep(&g);
 out:
 	if (r < 0)
