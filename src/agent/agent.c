@@ -700,6 +700,7 @@ static void agent_release(struct agent *a)
 {
 	kiln_http_server_free(a->http);
 	kiln_peer_server_free(a->peer);
+	kiln_rcache_stop(a->upload); /* an upload in progress ends at its next blob */
 	kiln_jobs_free(a->jobs);
 	kiln_rcache_free(a->upload);
 	kiln_cache_free(a->records);

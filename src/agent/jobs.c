@@ -842,7 +842,11 @@ static void *upload_main(void *ud)
 		r = kiln_rcache_put(q->rc, q->store, (const char *const *)it.keys, 2, &it.rec,
 				    &bytes, &err);
 		pthread_mutex_lock(&q->lock);
-		/* A change between working and failing is logged once. */
+		/* A change between working and failing is logged once; a stop is neither. */
+		if (r == -ECANCELED) {
+			upload_item_release(&it);
+			continue;
+		}
 		if (r < 0 && !q->failing)
 			log_warn("kiln-worker: uploads to the remote cache fail: %s",
 				 kiln_error_msg(err));

@@ -62,6 +62,7 @@ struct build {
 	struct kiln_strbuf events;
 	bool solved; /* the steps are over: outputs are being gathered */
 	bool done;
+	bool finished; /* build_main returned (or is about to): joinable at once */
 	json_t *state; /* once done: {"ok", "error", "result"} */
 	uint64_t ended_ns;
 	unsigned readers; /* handlers using it (under the table's lock) */
@@ -153,7 +154,7 @@ void kiln_builds_sweep(struct kiln_builds *b)
 		bool old;
 
 		pthread_mutex_lock(&bd->lock);
-		old = bd->done && now - bd->ended_ns > KEEP_NS && bd->readers == 0;
+		old = bd->done && bd->finished && now - bd->ended_ns > KEEP_NS && bd->readers == 0;
 		pthread_mutex_unlock(&bd->lock);
 		if (!old) {
 			i++;
@@ -254,25 +255,6 @@ static void *build_main(void *ud)
 		json_array_append_new(outs, output_json(res.outputs[i].op, &res.outputs[i].tree,
 							res.outputs[i].meta));
 	}
-	/* The outputs are in kilnd's store now: their records to the bucket. */
-	if (r == 0 && rc) {
-		_cleanup_error_ struct kiln_error *e = NULL;
-		bool warned = kiln_rcache_unavailable(rc) != NULL;
-		uint64_t bytes = 0;
-
-		if (kiln_solve_export(rc, b->store, res.records, res.n_records, &bytes, &e) < 0 &&
-		    !warned) {
-			_cleanup_free_ char *msg = xasprintf("%s; the cache was not exported",
-							     kiln_error_msg(e));
-
-			kiln_progress_warning(pg, msg);
-			log_warn("build %s: %s", bd->id, msg);
-		} else if (bytes) {
-			log_info("build %s: %llu bytes to the remote cache %s", bd->id,
-				 (unsigned long long)bytes, kiln_rcache_name(rc));
-		}
-	}
-	kiln_rcache_free(rc);
 	if (r == 0) {
 		state = json_pack("{sbs{sssososIsIsI}}", "ok", 1, "result", "tree",
 				  KILN_DIGEST_STR(&res.tree), "meta",
@@ -286,7 +268,6 @@ static void *build_main(void *ud)
 				  err ? kiln_error_msg(err) : "build failed");
 		log_info("build %s: failed: %s", bd->id, err ? kiln_error_msg(err) : "");
 	}
-	kiln_solve_result_release(&res);
 	kiln_progress_free(pg);
 	if (f)
 		fclose(f);
@@ -295,6 +276,26 @@ static void *build_main(void *ud)
 	bd->done = true;
 	bd->ended_ns = kiln_now_mono_ns();
 	pthread_cond_broadcast(&bd->cond);
+	pthread_mutex_unlock(&bd->lock);
+	/*
+	 * The client has its result; the outputs are in kilnd's store: their
+	 * records to the bucket now, off the client's way (a failure is
+	 * logged; the workers copy every step they run anyway).
+	 */
+	if (r == 0 && rc) {
+		_cleanup_error_ struct kiln_error *e = NULL;
+		uint64_t bytes = 0;
+
+		if (kiln_solve_export(rc, b->store, res.records, res.n_records, &bytes, &e) < 0)
+			log_warn("build %s: the cache was not exported: %s", bd->id, kiln_error_msg(e));
+		else if (bytes)
+			log_info("build %s: %llu bytes to the remote cache %s", bd->id,
+				 (unsigned long long)bytes, kiln_rcache_name(rc));
+	}
+	kiln_rcache_free(rc);
+	kiln_solve_result_release(&res);
+	pthread_mutex_lock(&bd->lock);
+	bd->finished = true; /* kiln_builds_sweep may join and free it now */
 	pthread_mutex_unlock(&bd->lock);
 	return NULL;
 }

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +29,7 @@ struct kiln_rcache {
 	struct breaker *br;
 	pthread_mutex_t lock;
 	char *down; /* why this cache stopped calling, for the warning */
+	atomic_bool stopped; /* kiln_rcache_stop(): calls fail at once */
 };
 
 /*
@@ -42,6 +44,7 @@ struct breaker {
 	char *key;
 	bool open, probing;
 	uint64_t until_ns; /* monotonic */
+	char *why;         /* the failure that opened it, for every cache's warning */
 };
 
 static pthread_mutex_t breakers_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -93,6 +96,12 @@ void kiln_rcache_free(struct kiln_rcache *rc)
 	free(rc);
 }
 
+void kiln_rcache_stop(struct kiln_rcache *rc)
+{
+	if (rc)
+		atomic_store(&rc->stopped, true);
+}
+
 const char *kiln_rcache_name(const struct kiln_rcache *rc)
 {
 	return rc->be.name;
@@ -132,12 +141,20 @@ static int check_up(struct kiln_rcache *rc, bool *probe, struct kiln_error **err
 		*probe = true;
 		open = false;
 	}
+	if (open) {
+		_cleanup_free_ char *why = xasprintf("%s (not called again for %u s)",
+						     b->why ? b->why : "it failed",
+						     KILN_RCACHE_COOLDOWN_S);
+
+		pthread_mutex_unlock(&breakers_lock);
+		set_down(rc, why);
+		return kiln_error_set(err, -EHOSTDOWN, "remote cache %s unavailable: %s",
+				      rc->be.name, kiln_rcache_unavailable(rc));
+	}
 	pthread_mutex_unlock(&breakers_lock);
-	if (!open)
-		return 0;
-	set_down(rc, "not called again for a while after a failure");
-	return kiln_error_set(err, -EHOSTDOWN, "remote cache %s unavailable: %s", rc->be.name,
-			      kiln_rcache_unavailable(rc));
+	if (atomic_load(&rc->stopped))
+		return kiln_error_set(err, -ECANCELED, "remote cache %s: stopping", rc->be.name);
+	return 0;
 }
 
 /*
@@ -156,6 +173,8 @@ static int note(struct kiln_rcache *rc, int r, bool probe, struct kiln_error *e,
 	if (failed) {
 		b->open = true;
 		b->until_ns = mono_ns() + KILN_RCACHE_COOLDOWN_S * 1000000000ull;
+		free(b->why);
+		b->why = xstrdup(e ? kiln_error_msg(e) : strerror(-r));
 	} else if (probe || !b->open) {
 		b->open = false;
 	}

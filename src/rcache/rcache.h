@@ -92,6 +92,12 @@ struct kiln_rcache_backend {
 struct kiln_rcache *kiln_rcache_new(const struct kiln_rcache_backend *backend);
 void kiln_rcache_free(struct kiln_rcache *rc);
 const char *kiln_rcache_name(const struct kiln_rcache *rc);
+/*
+ * From now on every call fails at once with -ECANCELED (not the remote's
+ * failure): a shutdown that must not wait for a long transfer. Calls in
+ * flight end at their next blob.
+ */
+void kiln_rcache_stop(struct kiln_rcache *rc);
 
 /* A directory as a remote cache (created when create and missing). */
 int kiln_rcache_open_dir(const char *dir, bool create, struct kiln_rcache **out,

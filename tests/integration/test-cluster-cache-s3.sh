@@ -41,10 +41,15 @@ KILN_ROOT="$T/a/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -o "type=oc
 	fail "build on A: $(tail -3 "$T/progress.json"; cluster_logs)"
 [ -n "$(vertices_run)" ] || fail "A ran nothing"
 [ -z "$(warnings)" ] || fail "warnings on A: $(warnings)"
-cluster_stop
-# The workers copied every step they ran (kilnd only the outputs): a record
-# under each of the definition and content keys of 4 steps on 2 platforms.
+# The workers copy every step they ran (kilnd only the outputs), off the
+# build's way: a record under each of the definition and content keys of 4
+# steps on 2 platforms, soon after the build.
+for _ in $(seq 1 300); do
+	[ "$(objects ac/ | wc -l)" -ge 16 ] && break
+	sleep 0.1
+done
 [ "$(objects ac/ | wc -l)" -ge 16 ] || fail "records in the bucket: $(objects ac/ | wc -l)"
+cluster_stop
 ! grep -q "uploads to the remote cache fail" "$T/a/amd64.log" "$T/a/arm64.log" ||
 	fail "a worker's uploads failed: $(cluster_logs)"
 
