@@ -263,6 +263,7 @@ struct kiln_jobs {
 	const char *controller;
 	struct kiln_cache *records; /* the record book, or NULL */
 	struct upload_queue *uq;    /* to the remote cache, or NULL */
+	struct kiln_rcache *remote; /* inputs no source serves come from it */
 	pthread_mutex_t lock; /* defs, tick, running */
 	pthread_cond_t idle;  /* running dropped to 0 */
 	struct def_entry *defs[KILN_JOBS_DEF_CACHE];
@@ -691,6 +692,9 @@ static json_t *tail_json(struct tail *t)
 }
 
 /* Make tree complete here; -ENOENT / -EPROTO: held by no source. */
+/* Most bytes one input may take from the remote cache. */
+#define INPUT_BUDGET (64ull << 30)
+
 static int pull_tree(struct kiln_jobs *j, struct job_req *q, const struct kiln_digest *t,
 		     struct kiln_error **err)
 {
@@ -701,6 +705,23 @@ static int pull_tree(struct kiln_jobs *j, struct job_req *q, const struct kiln_d
 
 	r = kiln_peer_pull_tree(j->store, t, q->sources, q->n_sources, &po, &st, err);
 	add_pulled(q, per);
+	/* No source could serve it: the remote cache may (kilnd left it there). */
+	if (r < 0 && j->remote) {
+		_cleanup_error_ struct kiln_error *e = NULL;
+		uint64_t bytes = 0;
+
+		if (kiln_rcache_fetch_tree(j->remote, t, j->store, INPUT_BUDGET, &bytes, &e) == 0) {
+			log_info("kiln-worker: input %s from the remote cache %s (%llu bytes)",
+				 KILN_DIGEST_STR(t), kiln_rcache_name(j->remote),
+				 (unsigned long long)bytes);
+			kiln_error_free(*err);
+			*err = NULL;
+			r = 0;
+		} else {
+			log_debug("kiln-worker: input %s not in the remote cache either: %s",
+				  KILN_DIGEST_STR(t), kiln_error_msg(e));
+		}
+	}
 	if (r == 0 && kiln_inventory_add(j->inv, t) < 0)
 		log_warn("kiln-worker: cannot append %s to the inventory", KILN_DIGEST_STR(t));
 	return r;
@@ -1442,6 +1463,7 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	j->registry = opts->registry;
 	j->controller = opts->controller;
 	j->records = opts->records;
+	j->remote = opts->upload;
 	if (opts->upload)
 		j->uq = upload_queue_new(opts->upload, j->store);
 	j->client = kiln_http_client_new(&(struct kiln_http_client_options){

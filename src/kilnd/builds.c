@@ -195,6 +195,36 @@ static bool build_cancelled(void *ud)
 	return atomic_load(&bd->sb.cancelled);
 }
 
+/*
+ * --transfer auto left remote cache hits in the bucket: the outputs the
+ * client is handed that no worker holds come into kilnd's store from
+ * there (trees and meta blobs, verified), then gather finds them here.
+ */
+static int bring_from_bucket(struct kiln_builds *b, struct kiln_rcache *rc,
+			     const struct kiln_solve_result *res, struct kiln_error **err)
+{
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && rc && i < res->n_records; i++) {
+		const struct kiln_solve_record *sr = &res->records[i];
+		struct kiln_cache_record rec = { 0 };
+
+		if (kiln_store_has(b->store, &sr->rec.outputs[0]) ||
+		    !kiln_sched_in_bucket(b->sched, &sr->rec.outputs[0]))
+			continue;
+		r = kiln_rcache_get(rc, sr->defkey, &rec, err);
+		if (r == 0 && (rec.n_outputs != 1 ||
+			       !kiln_digest_eq(&rec.outputs[0], &sr->rec.outputs[0])))
+			r = kiln_error_set(err, -EBADMSG, "the remote cache's record %s changed",
+					   sr->defkey);
+		if (r == 0)
+			r = kiln_rcache_fetch(rc, &rec, b->store, NULL, err);
+		kiln_cache_record_release(&rec);
+	}
+	return r;
+}
+
 static void *build_main(void *ud)
 {
 	struct build *bd = ud;
@@ -248,6 +278,8 @@ static void *build_main(void *ud)
 	pthread_mutex_lock(&bd->lock);
 	bd->solved = true;
 	pthread_mutex_unlock(&bd->lock);
+	if (r == 0)
+		r = bring_from_bucket(b, rc, &res, &err);
 	if (r == 0)
 		r = kiln_sched_gather(b->sched, &res.tree, res.meta, &err);
 	for (i = 0; r == 0 && i < res.n_outputs; i++) {

@@ -68,6 +68,7 @@ struct kilnd {
 	struct kiln_s3_flags s3flags;
 	struct kiln_s3_config s3cfg;
 	bool has_s3;
+	const char *transfer; /* --transfer auto|peer */
 };
 
 static void usage(FILE *f)
@@ -89,6 +90,10 @@ static void usage(FILE *f)
 	      "  --insecure-registry HOST   allow plain http to HOST when resolving images\n"
 	      "  --registry-endpoint NAME=HOST  serve registry NAME from HOST\n"
 	      KILN_S3_OPTIONS_USAGE
+	      "  --transfer auto|peer       with --cache: auto (default), the workers fetch\n"
+	      "                             results from the bucket themselves (give them\n"
+	      "                             --cache too); peer, kilnd copies them and the\n"
+	      "                             workers pull from it and from each other\n"
 	      "  --heartbeat-interval-ms N  interval workers heartbeat at (default 2000);\n"
 	      "                             a worker silent for 3 intervals is lost\n"
 	      "  --debug                    debug logging\n"
@@ -359,8 +364,11 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 	d->reg = kiln_worker_table_new(d->interval_ms);
 	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token, &d->tls);
 	d->builds = kiln_builds_new(d->sched, d->store, d->cache, d->registry);
-	if (d->has_s3)
+	if (d->has_s3) {
 		kiln_builds_set_remote_cache(d->builds, &d->s3cfg);
+		/* auto (the default): the workers fetch hits from the bucket. */
+		kiln_sched_set_bucket_fetch(d->sched, !d->transfer || !strcmp(d->transfer, "auto"));
+	}
 	r = kiln_http_server_new(&o, &d->http, err);
 	if (r == 0)
 		r = add_routes(d);
@@ -426,6 +434,7 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 		{ "registry-endpoint", required_argument, NULL, 'E' },
 		{ "heartbeat-interval-ms", required_argument, NULL, 'i' },
 		KILN_S3_OPTIONS,
+		{ "transfer", required_argument, NULL, 'T' },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		KILN_TLS_SERVER_OPTIONS,
@@ -453,6 +462,7 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 				d->endpoints[d->n_endpoints++] = optarg;
 			break;
 		case 'd': kiln_log_set_level(KILN_LOG_DEBUG); break;
+		case 'T': d->transfer = optarg; break;
 		case 'h': usage(stdout); return KILN_ARGS_HELP;
 		case 'i':
 			if (kiln_parse_u64(optarg, &d->interval_ms) < 0 ||
@@ -476,6 +486,11 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 	case -ENOENT: break;
 	default: return kiln_args_error("kilnd", "%s", kiln_error_msg(err));
 	}
+	if (d->transfer && strcmp(d->transfer, "auto") && strcmp(d->transfer, "peer"))
+		return kiln_args_error("kilnd", "--transfer: '%s' is not auto or peer%s", d->transfer,
+				       !strcmp(d->transfer, "s3") ? " (s3, only through the bucket, is not built yet)" : "");
+	if (d->transfer && !d->has_s3)
+		return kiln_args_error("kilnd", "--transfer needs --cache s3://BUCKET/PREFIX");
 	return KILN_ARGS_OK;
 }
 

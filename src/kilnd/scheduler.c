@@ -58,6 +58,14 @@ struct kiln_sched {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct flight *flights;
+	/*
+	 * --transfer auto: results the remote cache holds, which workers fetch
+	 * from there themselves (kilnd copies none into its store); under
+	 * bucket_lock. Forgotten at restart (a lookup finds them again).
+	 */
+	bool bucket_fetch;
+	pthread_mutex_t bucket_lock;
+	struct kiln_digest_set in_bucket;
 };
 
 struct kiln_sched *kiln_sched_new(struct kiln_worker_table *reg, struct kiln_store *store,
@@ -68,12 +76,30 @@ struct kiln_sched *kiln_sched_new(struct kiln_worker_table *reg, struct kiln_sto
 
 	s->reg = reg;
 	s->store = store;
+	pthread_mutex_init(&s->bucket_lock, NULL);
 	s->self_url = xstrdup("");
 	s->token = xstrdup(worker_token);
 	s->http = kiln_http_client_new(&ho);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	return s;
+}
+
+void kiln_sched_set_bucket_fetch(struct kiln_sched *s, bool on)
+{
+	s->bucket_fetch = on;
+}
+
+bool kiln_sched_in_bucket(struct kiln_sched *s, const struct kiln_digest *tree)
+{
+	uint64_t *v;
+	bool r;
+
+	pthread_mutex_lock(&s->bucket_lock);
+	v = kiln_digest_set_value(&s->in_bucket, tree);
+	r = v && *v == 1;
+	pthread_mutex_unlock(&s->bucket_lock);
+	return r;
 }
 
 void kiln_sched_set_url(struct kiln_sched *s, const char *self_url)
@@ -90,6 +116,8 @@ void kiln_sched_free(struct kiln_sched *s)
 	kiln_http_client_free(s->http);
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->bucket_lock);
+	kiln_digest_set_release(&s->in_bucket);
 	free(s->self_url);
 	free(s->token);
 	free(s);
@@ -422,8 +450,19 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 		struct kiln_digest missing;
 
 		if (kiln_digest_parse(json_string_value(json_object_get(resp, "missing")) ?: "",
-				      &missing) == 0)
+				      &missing) == 0) {
 			kiln_worker_table_forget(s->reg, &missing);
+			/* Not from the bucket either (a worker without --cache, a
+			 * blob gone): computed again rather than asked for again. */
+			pthread_mutex_lock(&s->bucket_lock);
+			{
+				uint64_t *v = kiln_digest_set_value(&s->in_bucket, &missing);
+
+				if (v)
+					*v = 0; /* a tombstone */
+			}
+			pthread_mutex_unlock(&s->bucket_lock);
+		}
 		*r = kiln_error_set(err, -ENOLINK, "on worker %s: %s", w->name,
 				    msg ? msg : "an input is missing");
 		break;
@@ -612,7 +651,21 @@ static bool sched_have(void *ud, const struct kiln_digest *tree)
 	struct kiln_sched_build *b = ud;
 
 	return kiln_tree_is_empty_digest(tree) || kiln_store_has(b->sched->store, tree) ||
-	       kiln_worker_table_held(b->sched->reg, tree);
+	       kiln_worker_table_held(b->sched->reg, tree) || kiln_sched_in_bucket(b->sched, tree);
+}
+
+/* A remote cache hit: with --transfer auto the workers fetch it themselves. */
+static bool sched_remote_hit(void *ud, const struct kiln_cache_record *rec)
+{
+	struct kiln_sched *s = ((struct kiln_sched_build *)ud)->sched;
+
+	if (!s->bucket_fetch || rec->n_outputs != 1)
+		return false;
+	pthread_mutex_lock(&s->bucket_lock);
+	kiln_digest_set_put(&s->in_bucket, &rec->outputs[0], 1);
+	*kiln_digest_set_value(&s->in_bucket, &rec->outputs[0]) = 1; /* again, after a tombstone */
+	pthread_mutex_unlock(&s->bucket_lock);
+	return true;
 }
 
 bool kiln_sched_cancel(struct kiln_sched_build *b)
@@ -635,6 +688,7 @@ void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out)
 		.check_platform = sched_check_platform,
 		.have = sched_have,
 		.run = sched_run,
+		.remote_hit = sched_remote_hit,
 	};
 }
 

@@ -33,6 +33,14 @@ struct kiln_sched *kiln_sched_new(struct kiln_worker_table *reg, struct kiln_sto
  * set once, when the listener is up, before builds are accepted.
  */
 void kiln_sched_set_url(struct kiln_sched *s, const char *self_url);
+/*
+ * --transfer auto: remote cache hits stay in the bucket; the workers fetch
+ * them as inputs (kiln-worker --cache), kilnd only what it must hand the
+ * client. Off: kilnd copies hits into its store (peer).
+ */
+void kiln_sched_set_bucket_fetch(struct kiln_sched *s, bool on);
+/* A remote cache hit this kilnd left in the bucket. */
+bool kiln_sched_in_bucket(struct kiln_sched *s, const struct kiln_digest *tree);
 void kiln_sched_free(struct kiln_sched *s);
 
 /* One build's view: its graph blob and the platform the graph was parsed with. */

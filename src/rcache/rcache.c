@@ -616,6 +616,24 @@ static void fetch_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
 		m->r = fetch_blob(m->f, d, UINT64_MAX);
 }
 
+int kiln_rcache_fetch_tree(struct kiln_rcache *rc, const struct kiln_digest *tree,
+			   struct kiln_store *store, uint64_t budget, uint64_t *bytes,
+			   struct kiln_error **err)
+{
+	struct fetch f = { .rc = rc, .store = store, .err = err, .size = budget,
+			   .budget = budget };
+	int r = fetch_tree(&f, tree, 1);
+
+	if (r == 0)
+		r = kiln_store_sync(store, err);
+	kiln_digest_set_release(&f.seen);
+	if (bytes)
+		*bytes = f.bytes;
+	if (r < 0)
+		kiln_error_prefix(err, "remote cache %s: tree %s", rc->be.name, KILN_DIGEST_STR(tree));
+	return r;
+}
+
 int kiln_rcache_fetch(struct kiln_rcache *rc, const struct kiln_cache_record *rec,
 		      struct kiln_store *store, uint64_t *bytes,
 		      struct kiln_error **err)

@@ -134,6 +134,14 @@ int kiln_rcache_fetch(struct kiln_rcache *rc,
 		      struct kiln_error **err);
 
 /*
+ * Copy what store lacks of one tree (a job's input), at most budget bytes,
+ * every blob verified.
+ */
+int kiln_rcache_fetch_tree(struct kiln_rcache *rc, const struct kiln_digest *tree,
+			   struct kiln_store *store, uint64_t budget, uint64_t *bytes,
+			   struct kiln_error **err);
+
+/*
  * Copy what the remote lacks of rec's trees and meta blobs from store
  * (files, then nodes bottom-up), then write rec under every key.
  * *bytes (may be NULL) gets the bytes copied.

@@ -365,7 +365,8 @@ static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
 	if (r == 0 && rec.n_outputs != 1)
 		r = kiln_error_set(&err, -EBADMSG, "remote cache %s: record %s has %zu outputs",
 				   kiln_rcache_name(rc), key, rec.n_outputs);
-	if (r == 0)
+	/* The workers fetch it from the bucket themselves, or we copy it here. */
+	if (r == 0 && !(executor(s)->remote_hit && executor(s)->remote_hit(executor_ud(s), &rec)))
 		r = kiln_rcache_fetch(rc, &rec, result_store(s), &bytes, &err);
 	s->cache_in += bytes;
 	if (s->in_bracket)

@@ -64,6 +64,12 @@ struct kiln_executor {
 	 */
 	int (*run)(void *ud, const struct kiln_task *job,
 		   struct kiln_task_result *out, struct kiln_error **err);
+	/*
+	 * May be NULL. The remote cache holds rec's result: true when the
+	 * executor's jobs fetch it from there themselves (it then counts for
+	 * have()), false when the solver must copy it into its store.
+	 */
+	bool (*remote_hit)(void *ud, const struct kiln_cache_record *rec);
 };
 
 /* A source pinned by the client (kiln build --addr uploads its contexts). */

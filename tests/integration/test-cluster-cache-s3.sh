@@ -41,14 +41,19 @@ KILN_ROOT="$T/a/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -o "type=oc
 	fail "build on A: $(tail -3 "$T/progress.json"; cluster_logs)"
 [ -n "$(vertices_run)" ] || fail "A ran nothing"
 [ -z "$(warnings)" ] || fail "warnings on A: $(warnings)"
+# A multi-stage build too: its build stage is no part of the image.
+printf 'ARG BASE\nFROM ${BASE} AS build\nRUN seq 1 100000 > /numbers\nFROM ${BASE}\nCOPY --from=build /numbers /numbers\n' \
+	>"$CTX/Dockerfile.ms"
+KILN_ROOT="$T/a/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -f "$CTX/Dockerfile.ms" "$CTX" ||
+	fail "multi-stage build on A: $(tail -3 "$T/progress.json"; cluster_logs)"
 # The workers copy every step they ran (kilnd only the outputs), off the
-# build's way: a record under each of the definition and content keys of 4
-# steps on 2 platforms, soon after the build.
-for _ in $(seq 1 300); do
-	[ "$(objects ac/ | wc -l)" -ge 16 ] && break
+# builds' way: a record under each of the definition and content keys of
+# 4 steps, then 2 more of the multi-stage build, on 2 platforms.
+for _ in $(seq 1 600); do
+	[ "$(objects ac/ | wc -l)" -ge 24 ] && break
 	sleep 0.1
 done
-[ "$(objects ac/ | wc -l)" -ge 16 ] || fail "records in the bucket: $(objects ac/ | wc -l)"
+[ "$(objects ac/ | wc -l)" -ge 24 ] || fail "records in the bucket: $(objects ac/ | wc -l)"
 cluster_stop
 ! grep -q "uploads to the remote cache fail" "$T/a/amd64.log" "$T/a/arm64.log" ||
 	fail "a worker's uploads failed: $(cluster_logs)"
@@ -67,6 +72,17 @@ KILN_ROOT="$T/b/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -f "$CTX/Do
 assert_eq "$(vertices_run | grep -vc 'load build context')" 2 \
 	"steps B ran for the changed build ($(vertices_run))"
 assert_contains "$(vertices_run)" "cat /small /f" "the changed step"
+# --transfer auto (the default): kilnd leaves hits in the bucket. A final
+# stage that changed needs the build stage's result, which no worker of B
+# holds and which is no output kilnd gathers: a worker fetches it from the
+# bucket itself.
+sed 's|COPY --from=build /numbers /numbers|COPY --from=build /numbers /n2|' "$CTX/Dockerfile.ms" >"$CTX/Dockerfile.ms2"
+KILN_ROOT="$T/b/client" kbuild "${CLUSTER_CLIENT_ARGS[@]}" "${B[@]}" -f "$CTX/Dockerfile.ms2" \
+	-o "type=local,dest=$T/ms2" "$CTX" || fail "multi-stage build on B: $(tail -3 "$T/progress.json"; cluster_logs)"
+assert_eq "$(vertices_run | grep -c 'seq 1 100000' || true)" 0 "build stages B ran"
+assert_eq "$(wc -l <"$T/ms2/linux_arm64/n2")" 100000 "the build stage's result on arm64"
+grep -q "from the remote cache" "$T/b/amd64.log" "$T/b/arm64.log" ||
+	fail "no worker fetched an input from the bucket: $(cluster_logs)"
 cluster_stop
 
 echo "== kilnd C with a wrong secret: one warning, a full build, the same image"
@@ -84,7 +100,10 @@ echo "== kilnd D and E (fresh roots, fresh workers) build a new image at once on
 sed 's|cat /f /small > /both|cat /f /f /small > /both|' "$CTX/Dockerfile" >"$CTX/Dockerfile.3"
 CLUSTER_PREFIX=d cluster_start "$T/d"
 D_ARGS=("${CLUSTER_CLIENT_ARGS[@]}")
+# E copies hits into its own store (--transfer peer), D leaves them in the bucket.
+CLUSTER_KILND_ARGS+=(--transfer peer)
 CLUSTER_PREFIX=e cluster_start "$T/e"
+unset 'CLUSTER_KILND_ARGS[-1]' 'CLUSTER_KILND_ARGS[-2]'
 E_ARGS=("${CLUSTER_CLIENT_ARGS[@]}")
 KILN_ROOT="$T/d/client" "$KILN" build --progress json "${D_ARGS[@]}" "${B[@]}" -f "$CTX/Dockerfile.3" \
 	-o "type=oci,dest=$T/d.tar" "$CTX" 2>"$T/d.json" &

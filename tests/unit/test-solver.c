@@ -617,7 +617,8 @@ static void test_lost_definition_key_hit(void **state)
 		"],\"output\":\"c\"}";
 	_cleanup_free_ char *db = kiln_path_join(f->dir, "lost.db");
 	struct fake fk = { .c_fails = true };
-	struct kiln_executor ex = { &fk, fake_platform, fake_have, fake_run };
+	struct kiln_executor ex = { .ud = &fk, .check_platform = fake_platform, .have = fake_have,
+				    .run = fake_run };
 	struct kiln_solve_options so = { .executor = &ex, .store = f->store, .slots = 1 };
 	struct kiln_definition *def = NULL;
 	struct kiln_solve_result res;
