@@ -532,12 +532,15 @@ static uint64_t bytes_held(struct agent *a)
  */
 static json_t *registration(struct agent *a)
 {
-	return json_pack("{s:s, s:s, s:O, s:i, s:O, s:o, s:o}", "name", a->o.name,
+	/* "cache": the bucket it fetches from and uploads to (kilnd's
+	 * --transfer s3 wants its own), only when it opened. */
+	return json_pack("{s:s, s:s, s:O, s:i, s:O, s:o, s:o, s:s?}", "name", a->o.name,
 			 "addr", a->addr, "platforms", a->platforms, "slots",
 			 (int)a->o.slots, "labels", a->o.labels, "inventory",
 			 kiln_inventory_json(kiln_jobs_inventory(a->jobs),
 					     INVENTORY_SEND_MAX),
-			 "records", kiln_jobs_records_json(a->jobs, RECORDS_SEND_MAX));
+			 "records", kiln_jobs_records_json(a->jobs, RECORDS_SEND_MAX),
+			 "cache", a->upload ? a->o.s3.cache : NULL);
 }
 
 static int agent_register(struct agent *a, struct kiln_error **err)

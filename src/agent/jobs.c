@@ -292,6 +292,13 @@ struct job_req {
 	uint64_t *pulled; /* verified bytes per source, this job */
 	const char *defkey, *contentkey; /* "keys": the op's cache keys, or NULL */
 	bool stream;      /* answer with JSON lines (struct live) */
+	/*
+	 * "upload": true (kilnd's --transfer s3): the result goes to the
+	 * remote cache before the answer, for workers that cannot reach this
+	 * one. uploaded: it is there (record included).
+	 */
+	bool upload, uploaded;
+	uint64_t from_cache, to_cache; /* remote cache bytes, this job */
 };
 
 /* How a job ended when it did not succeed: status and JSON extras. */
@@ -565,6 +572,9 @@ static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **er
 	if (r == 0)
 		r = kiln_json_member(j, "stream", JSON_TRUE, false, &v, err);
 	q->stream = v && json_is_true(v);
+	if (r == 0)
+		r = kiln_json_member(j, "upload", JSON_TRUE, false, &v, err);
+	q->upload = v && json_is_true(v);
 	v = json_object_get(j, "keys");
 	if (r == 0 && v) {
 		struct kiln_digest d;
@@ -711,6 +721,7 @@ static int pull_tree(struct kiln_jobs *j, struct job_req *q, const struct kiln_d
 		uint64_t bytes = 0;
 
 		if (kiln_rcache_fetch_tree(j->remote, t, j->store, INPUT_BUDGET, &bytes, &e) == 0) {
+			q->from_cache += bytes;
 			log_info("kiln-worker: input %s from the remote cache %s (%llu bytes)",
 				 KILN_DIGEST_STR(t), kiln_rcache_name(j->remote),
 				 (unsigned long long)bytes);
@@ -960,9 +971,11 @@ static void upload_enqueue(struct upload_queue *q, const char *const *keys,
 /*
  * The worker's own record of a job it ran, under the keys kilnd gave:
  * announced when it registers, so its results stay cache hits wherever it
- * goes. Losing one costs only a rebuild.
+ * goes. Losing one costs only a rebuild. To the remote cache: now when the
+ * job asks (--transfer s3: another worker fetches it from there next),
+ * else through the upload queue, off the job's way.
  */
-static void keep_record(struct kiln_jobs *j, const struct job_req *q, const struct kiln_op *op,
+static void keep_record(struct kiln_jobs *j, struct job_req *q, const struct kiln_op *op,
 			const struct kiln_job_result *res, uint64_t ns)
 {
 	_cleanup_error_ struct kiln_error *err = NULL;
@@ -970,7 +983,7 @@ static void keep_record(struct kiln_jobs *j, const struct job_req *q, const stru
 	struct kiln_cache_record rec = { 0 };
 	struct kiln_digest tree = res->tree;
 
-	if ((!j->records && !j->uq) || !q->defkey)
+	if (!q->defkey)
 		return;
 	rec.op = (char *)KILN_DIGEST_STR(&op->digest);
 	rec.outputs = &tree;
@@ -980,11 +993,21 @@ static void keep_record(struct kiln_jobs *j, const struct job_req *q, const stru
 	rec.duration_ms = ns / 1000000u;
 	rec.platform = q->platform ? (char *)q->platform : op->platform;
 	rec.size = res->size;
-	if (j->records && kiln_cache_put(j->records, keys, 2, &rec, &err) < 0)
+	if (j->records && kiln_cache_put(j->records, keys, 2, &rec, &err) < 0) {
 		log_warn("kiln-worker: cannot keep the record of op %zu: %s", q->op,
 			 kiln_error_msg(err));
-	if (j->uq)
+		kiln_error_free(TAKE_PTR(err));
+	}
+	if (q->upload && j->remote) {
+		if (kiln_rcache_put(j->remote, j->store, keys, 2, &rec, &q->to_cache, &err) == 0)
+			q->uploaded = true;
+		else
+			log_warn("kiln-worker: op %zu: its result %s is not in the remote cache %s: %s",
+				 q->op, KILN_DIGEST_STR(&tree), kiln_rcache_name(j->remote),
+				 kiln_error_msg(err));
+	} else if (j->uq) {
 		upload_enqueue(j->uq, keys, &rec);
+	}
 }
 
 struct records_json {
@@ -1084,6 +1107,9 @@ static void answer_ok(struct kiln_http_server_resp *resp, const struct job_req *
 	json_object_set_new(o, "size", json_integer((json_int_t)res->size));
 	json_object_set_new(o, "log", tail_json(log));
 	json_object_set_new(o, "pulled", pulled_json(q));
+	json_object_set_new(o, "from_cache", json_integer((json_int_t)q->from_cache));
+	json_object_set_new(o, "to_cache", json_integer((json_int_t)q->to_cache));
+	json_object_set_new(o, "uploaded", json_boolean(q->uploaded));
 	kiln_http_resp_json(resp, 200, o);
 }
 

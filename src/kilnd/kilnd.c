@@ -68,7 +68,8 @@ struct kilnd {
 	struct kiln_s3_flags s3flags;
 	struct kiln_s3_config s3cfg;
 	bool has_s3;
-	const char *transfer; /* --transfer auto|peer */
+	const char *transfer_arg; /* --transfer as given */
+	enum kiln_transfer transfer;
 };
 
 static void usage(FILE *f)
@@ -90,10 +91,13 @@ static void usage(FILE *f)
 	      "  --insecure-registry HOST   allow plain http to HOST when resolving images\n"
 	      "  --registry-endpoint NAME=HOST  serve registry NAME from HOST\n"
 	      KILN_S3_OPTIONS_USAGE
-	      "  --transfer auto|peer       with --cache: auto (default), the workers fetch\n"
-	      "                             results from the bucket themselves (give them\n"
-	      "                             --cache too); peer, kilnd copies them and the\n"
-	      "                             workers pull from it and from each other\n"
+	      "  --transfer auto|peer|s3    with --cache: auto (default), workers pull from\n"
+	      "                             each other and fetch hits from the bucket\n"
+	      "                             themselves (give them --cache too); peer, kilnd\n"
+	      "                             copies hits and workers pull from it and from\n"
+	      "                             each other; s3, workers never pull from each\n"
+	      "                             other: each puts its results in the bucket\n"
+	      "                             (workers must have the same --cache)\n"
 	      "  --heartbeat-interval-ms N  interval workers heartbeat at (default 2000);\n"
 	      "                             a worker silent for 3 intervals is lost\n"
 	      "  --debug                    debug logging\n"
@@ -166,6 +170,35 @@ static void adopt_records(struct kilnd *d, const json_t *body, const char *worke
 		log_info("worker %s: %zu of its records joined the cache", worker, adopted);
 }
 
+/*
+ * --transfer s3: results move only through kilnd's bucket, so a worker
+ * must use the same one ("cache": its --cache). 0, or -EINVAL with why.
+ */
+static int check_transfer(const struct kilnd *d, const json_t *body, struct kiln_error **err)
+{
+	const char *name = json_string_value(json_object_get(body, "name"));
+	const char *cache = json_string_value(json_object_get(body, "cache"));
+	struct kiln_s3_config w;
+	int r;
+
+	if (d->transfer != KILN_TRANSFER_S3)
+		return 0;
+	if (!cache)
+		return kiln_error_set(err, -EINVAL,
+				      "kilnd moves results only through the bucket (--transfer s3): "
+				      "worker %s needs --cache %s", name ? name : "?", d->s3flags.cache);
+	kiln_s3_config_init(&w);
+	r = kiln_s3_config_parse_url(&w, cache, err);
+	if (r == 0 && (strcmp(w.bucket, d->s3cfg.bucket) ||
+		       strcmp(w.prefix ? w.prefix : "", d->s3cfg.prefix ? d->s3cfg.prefix : "")))
+		r = kiln_error_set(err, -EINVAL,
+				   "kilnd moves results only through the bucket (--transfer s3): "
+				   "worker %s uses --cache s3://%s/%s, not %s", name ? name : "?",
+				   w.bucket, w.prefix ? w.prefix : "", d->s3flags.cache);
+	kiln_s3_config_release(&w);
+	return r;
+}
+
 static int do_register(struct kilnd *d, json_t *body,
 		       struct kiln_http_server_resp *resp)
 {
@@ -174,6 +207,12 @@ static int do_register(struct kilnd *d, json_t *body,
 	struct kiln_registration r;
 
 	if (kiln_registration_parse(body, &r, &err) < 0) {
+		kiln_http_resp_error(resp, 400, "%s", kiln_error_msg(err));
+		return 0;
+	}
+	if (check_transfer(d, body, &err) < 0) {
+		kiln_registration_release(&r);
+		log_warn("%s", kiln_error_msg(err));
 		kiln_http_resp_error(resp, 400, "%s", kiln_error_msg(err));
 		return 0;
 	}
@@ -366,8 +405,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 	d->builds = kiln_builds_new(d->sched, d->store, d->cache, d->registry);
 	if (d->has_s3) {
 		kiln_builds_set_remote_cache(d->builds, &d->s3cfg);
-		/* auto (the default): the workers fetch hits from the bucket. */
-		kiln_sched_set_bucket_fetch(d->sched, !d->transfer || !strcmp(d->transfer, "auto"));
+		kiln_sched_set_transfer(d->sched, d->transfer);
 	}
 	r = kiln_http_server_new(&o, &d->http, err);
 	if (r == 0)
@@ -378,10 +416,12 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 		return kiln_error_set(err, r, "cannot serve on %s", d->listen);
 	/* Routes are fixed once the server starts: the scheduler's URL is known now. */
 	kiln_sched_set_url(d->sched, d->advertise ? d->advertise : kiln_http_server_url(d->http));
-	log_info("kilnd: listening on %s (root %s, heartbeat every %llu ms%s%s)",
+	log_info("kilnd: listening on %s (root %s, heartbeat every %llu ms%s%s%s)",
 		 kiln_http_server_url(d->http), d->root,
 		 (unsigned long long)d->interval_ms, d->has_s3 ? ", remote cache " : "",
-		 d->has_s3 ? d->s3flags.cache : "");
+		 d->has_s3 ? d->s3flags.cache : "",
+		 !d->has_s3 ? "" : d->transfer == KILN_TRANSFER_S3 ? ", transfer s3"
+				 : d->transfer == KILN_TRANSFER_PEER ? ", transfer peer" : ", transfer auto");
 	return 0;
 }
 
@@ -462,7 +502,7 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 				d->endpoints[d->n_endpoints++] = optarg;
 			break;
 		case 'd': kiln_log_set_level(KILN_LOG_DEBUG); break;
-		case 'T': d->transfer = optarg; break;
+		case 'T': d->transfer_arg = optarg; break;
 		case 'h': usage(stdout); return KILN_ARGS_HELP;
 		case 'i':
 			if (kiln_parse_u64(optarg, &d->interval_ms) < 0 ||
@@ -486,10 +526,17 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 	case -ENOENT: break;
 	default: return kiln_args_error("kilnd", "%s", kiln_error_msg(err));
 	}
-	if (d->transfer && strcmp(d->transfer, "auto") && strcmp(d->transfer, "peer"))
-		return kiln_args_error("kilnd", "--transfer: '%s' is not auto or peer%s", d->transfer,
-				       !strcmp(d->transfer, "s3") ? " (s3, only through the bucket, is not built yet)" : "");
-	if (d->transfer && !d->has_s3)
+	if (d->transfer_arg && !strcmp(d->transfer_arg, "auto"))
+		d->transfer = KILN_TRANSFER_AUTO;
+	else if (d->transfer_arg && !strcmp(d->transfer_arg, "peer"))
+		d->transfer = KILN_TRANSFER_PEER;
+	else if (d->transfer_arg && !strcmp(d->transfer_arg, "s3"))
+		d->transfer = KILN_TRANSFER_S3;
+	else if (d->transfer_arg)
+		return kiln_args_error("kilnd", "--transfer: '%s' is not auto, peer or s3", d->transfer_arg);
+	else /* the default: auto with a bucket, peer without */
+		d->transfer = d->has_s3 ? KILN_TRANSFER_AUTO : KILN_TRANSFER_PEER;
+	if (d->transfer_arg && !d->has_s3)
 		return kiln_args_error("kilnd", "--transfer needs --cache s3://BUCKET/PREFIX");
 	return KILN_ARGS_OK;
 }

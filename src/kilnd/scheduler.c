@@ -59,11 +59,12 @@ struct kiln_sched {
 	pthread_cond_t cond;
 	struct flight *flights;
 	/*
-	 * --transfer auto: results the remote cache holds, which workers fetch
-	 * from there themselves (kilnd copies none into its store); under
-	 * bucket_lock. Forgotten at restart (a lookup finds them again).
+	 * --transfer auto and s3: results the remote cache holds, which
+	 * workers fetch from there themselves (kilnd copies none into its
+	 * store); under bucket_lock. Forgotten at restart (a lookup finds
+	 * them again).
 	 */
-	bool bucket_fetch;
+	enum kiln_transfer transfer;
 	pthread_mutex_t bucket_lock;
 	struct kiln_digest_set in_bucket;
 };
@@ -85,9 +86,18 @@ struct kiln_sched *kiln_sched_new(struct kiln_worker_table *reg, struct kiln_sto
 	return s;
 }
 
-void kiln_sched_set_bucket_fetch(struct kiln_sched *s, bool on)
+void kiln_sched_set_transfer(struct kiln_sched *s, enum kiln_transfer t)
 {
-	s->bucket_fetch = on;
+	s->transfer = t;
+}
+
+/* tree is in the remote cache (again, after a tombstone). */
+static void mark_in_bucket(struct kiln_sched *s, const struct kiln_digest *tree)
+{
+	pthread_mutex_lock(&s->bucket_lock);
+	kiln_digest_set_put(&s->in_bucket, tree, 1);
+	*kiln_digest_set_value(&s->in_bucket, tree) = 1;
+	pthread_mutex_unlock(&s->bucket_lock);
 }
 
 bool kiln_sched_in_bucket(struct kiln_sched *s, const struct kiln_digest *tree)
@@ -205,6 +215,8 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 
 	json_object_set_new(o, "graph", json_string(KILN_DIGEST_STR(&b->graph)));
 	json_object_set_new(o, "stream", json_true());
+	if (b->sched->transfer == KILN_TRANSFER_S3)
+		json_object_set_new(o, "upload", json_true());
 	json_object_set_new(o, "platform", json_string(b->platform));
 	json_object_set_new(o, "op", json_integer((json_int_t)t->job.op));
 	/* The worker keeps its own record of what it ran (docs/api.md). */
@@ -247,6 +259,14 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 	return o;
 }
 
+/* A byte count of a worker's answer; 0 when absent or not one. */
+static uint64_t json_count(const json_t *o, const char *key)
+{
+	json_int_t v = json_integer_value(json_object_get(o, key));
+
+	return v > 0 ? (uint64_t)v : 0;
+}
+
 static int take_result(struct kiln_sched *s, const struct kiln_task *t,
 		       const struct kiln_worker_ref *w, json_t *resp,
 		       struct kiln_task_result *out, struct kiln_error **err)
@@ -271,6 +291,11 @@ static int take_result(struct kiln_sched *s, const struct kiln_task *t,
 		if (url && bytes > 0 && is_worker_url(s, url))
 			out->moved += (uint64_t)bytes;
 	}
+	out->cache_in = json_count(resp, "from_cache");
+	out->cache_out = json_count(resp, "to_cache");
+	/* --transfer s3: the next worker fetches it from the bucket. */
+	if (json_is_true(json_object_get(resp, "uploaded")))
+		mark_in_bucket(s, &out->res.tree);
 	/* It holds the result now, and every input it pulled to run it. */
 	kiln_worker_table_hold(s->reg, w->name, &out->res.tree, out->res.size);
 	for (i = 0; i < op->n_inputs; i++)
@@ -399,7 +424,8 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 			return ATTEMPT_DONE;
 		}
 	}
-	for (i = 0; i < op->n_inputs; i++)
+	/* --transfer s3: kilnd's own blobs, then the worker's bucket. */
+	for (i = 0; s->transfer != KILN_TRANSFER_S3 && i < op->n_inputs; i++)
 		add_holders(s, &ss, &t->job.inputs[i], w->name);
 	add_source(&ss, s->self_url, s->token);
 	call.json = job_body(b, t, &ss, ssh, ids, n_ids);
@@ -654,17 +680,14 @@ static bool sched_have(void *ud, const struct kiln_digest *tree)
 	       kiln_worker_table_held(b->sched->reg, tree) || kiln_sched_in_bucket(b->sched, tree);
 }
 
-/* A remote cache hit: with --transfer auto the workers fetch it themselves. */
+/* A remote cache hit: with --transfer auto or s3 the workers fetch it themselves. */
 static bool sched_remote_hit(void *ud, const struct kiln_cache_record *rec)
 {
 	struct kiln_sched *s = ((struct kiln_sched_build *)ud)->sched;
 
-	if (!s->bucket_fetch || rec->n_outputs != 1)
+	if (s->transfer == KILN_TRANSFER_PEER || rec->n_outputs != 1)
 		return false;
-	pthread_mutex_lock(&s->bucket_lock);
-	kiln_digest_set_put(&s->in_bucket, &rec->outputs[0], 1);
-	*kiln_digest_set_value(&s->in_bucket, &rec->outputs[0]) = 1; /* again, after a tombstone */
-	pthread_mutex_unlock(&s->bucket_lock);
+	mark_in_bucket(s, &rec->outputs[0]);
 	return true;
 }
 

@@ -34,12 +34,20 @@ struct kiln_sched *kiln_sched_new(struct kiln_worker_table *reg, struct kiln_sto
  */
 void kiln_sched_set_url(struct kiln_sched *s, const char *self_url);
 /*
- * --transfer auto: remote cache hits stay in the bucket; the workers fetch
- * them as inputs (kiln-worker --cache), kilnd only what it must hand the
- * client. Off: kilnd copies hits into its store (peer).
+ * How results move between workers once kilnd has a remote cache
+ * (docs/cache.md):
+ *   PEER  workers pull from each other; kilnd copies remote cache hits
+ *         into its store (the only mode without --cache);
+ *   AUTO  peers first, then the bucket: remote cache hits stay there and
+ *         the workers fetch them as inputs (kiln-worker --cache), kilnd
+ *         only what it must hand the client;
+ *   S3    only through the bucket, for workers that cannot reach each
+ *         other: a job's sources are kilnd alone, and every worker puts
+ *         its result in the bucket before it answers.
  */
-void kiln_sched_set_bucket_fetch(struct kiln_sched *s, bool on);
-/* A remote cache hit this kilnd left in the bucket. */
+enum kiln_transfer { KILN_TRANSFER_PEER, KILN_TRANSFER_AUTO, KILN_TRANSFER_S3 };
+void kiln_sched_set_transfer(struct kiln_sched *s, enum kiln_transfer t);
+/* A remote cache hit this kilnd left in the bucket, or a result a worker put there. */
 bool kiln_sched_in_bucket(struct kiln_sched *s, const struct kiln_digest *tree);
 void kiln_sched_free(struct kiln_sched *s);
 

@@ -72,6 +72,7 @@ struct vertex {
 	bool shared;     /* run by another build (in-flight dedup) */
 	unsigned lost;   /* times its inputs were lost under it */
 	uint64_t moved;  /* bytes its worker pulled from other workers */
+	uint64_t cache_in, cache_out; /* its worker's remote cache bytes */
 	bool threaded;   /* a job thread runs it (join in finish) */
 	struct kiln_placement where;
 	uint64_t started, completed;
@@ -624,6 +625,8 @@ static void *job_main(void *arg)
 		v->size = res.res.size;
 		v->shared = res.shared;
 		v->moved = res.moved;
+		v->cache_in = res.cache_in;
+		v->cache_out = res.cache_out;
 		v->where = res.where;
 	}
 	kiln_job_result_release(&res.res);
@@ -1115,6 +1118,8 @@ static void finish(struct solver *s, size_t vi)
 		return;
 	}
 	s->moved += v->moved;
+	s->cache_in += v->cache_in;
+	s->cache_out += v->cache_out;
 	if (v->shared) {
 		/* Another build ran it while this one waited: a cache hit here. */
 		v->cached = true;

@@ -46,6 +46,8 @@ struct kiln_task_result {
 	struct kiln_placement where;
 	bool shared;       /* another build ran it (in-flight dedup) */
 	uint64_t moved;    /* bytes the worker pulled from other workers */
+	uint64_t cache_in;  /* bytes the worker fetched from the remote cache */
+	uint64_t cache_out; /* bytes the worker copied there before answering */
 };
 
 struct kiln_executor {

@@ -83,6 +83,9 @@ assert_eq "$(vertices_run | grep -c 'seq 1 100000' || true)" 0 "build stages B r
 assert_eq "$(wc -l <"$T/ms2/linux_arm64/n2")" 100000 "the build stage's result on arm64"
 grep -q "from the remote cache" "$T/b/amd64.log" "$T/b/arm64.log" ||
 	fail "no worker fetched an input from the bucket: $(cluster_logs)"
+# The summary counts what the workers fetched from the bucket.
+[ "$(events | jq -r 'select(.summary) | .summary.bytes_from_cache')" -ge 100000 ] ||
+	fail "bytes from the bucket in the summary: $(events | jq -c 'select(.summary)')"
 cluster_stop
 
 echo "== kilnd C with a wrong secret: one warning, a full build, the same image"
