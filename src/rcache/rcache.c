@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "basic/alloc.h"
+#include "basic/log.h"
 #include "basic/macro.h"
 #include "cas/digest-set.h"
 #include "cas/tree.h"
@@ -504,8 +505,31 @@ struct fetch {
 	uint64_t bytes;
 	uint64_t budget; /* bytes this fetch may copy at most */
 	uint64_t size;   /* what the record says its trees hold */
+	bool bad;        /* a blob was missing or held other bytes */
 	struct kiln_error **err;
 };
+
+/*
+ * A blob that holds other bytes than its name says is removed, best
+ * effort: a put skips what is there, so otherwise no writer would ever
+ * mend it. Readers verify, so nothing used it meanwhile.
+ */
+static void drop_remote(struct kiln_rcache *rc, const char *name, const char *why)
+{
+	_cleanup_error_ struct kiln_error *e = NULL;
+
+	/*
+	 * Past the breaker: a cache read with credentials that may not
+	 * delete (a CI runner's --cache-from) must not lose the cache for it.
+	 */
+	if (!rc->be.del)
+		return;
+	if (rc->be.del(rc->be.b, name, &e) == 0)
+		log_info("remote cache %s: removed %s (%s)", rc->be.name, name, why);
+	else
+		log_debug("remote cache %s: cannot remove corrupt %s: %s", rc->be.name, name,
+			  kiln_error_msg(e));
+}
 
 struct to_writer {
 	struct kiln_store_writer *w;
@@ -560,6 +584,7 @@ static int fetch_blob(struct fetch *f, const struct kiln_digest *d, uint64_t lim
 	}
 	if (r < 0) {
 		kiln_store_writer_abort(t.w);
+		f->bad = r == -ENOENT;
 		if (r == -ENOENT)
 			return kiln_error_set(f->err, -EBADMSG,
 					      "blob %s is missing (a record or node names it)",
@@ -572,12 +597,17 @@ static int fetch_blob(struct fetch *f, const struct kiln_digest *d, uint64_t lim
 	r = kiln_store_writer_commit(t.w, d, NULL, f->err);
 	if (r == 0)
 		f->bytes += t.n;
+	if (r == -EBADMSG) { /* other bytes under this name */
+		f->bad = true;
+		drop_remote(f->rc, name, "it held other bytes");
+	}
 	return r;
 }
 
 static int fetch_tree(struct fetch *f, const struct kiln_digest *d, unsigned depth)
 {
 	struct kiln_tree t = KILN_TREE_INIT;
+	bool node_ok;
 	size_t i;
 	int r;
 
@@ -587,6 +617,7 @@ static int fetch_tree(struct fetch *f, const struct kiln_digest *d, unsigned dep
 		return kiln_error_set(f->err, -EBADMSG, "tree deeper than %u levels",
 				      KILN_TREE_MAX_DEPTH);
 	r = fetch_blob(f, d, KILN_TREE_MAX_NODE_BYTES);
+	node_ok = r == 0;
 	r = r ? r : kiln_tree_get(f->store, d, &t, f->err);
 	for (i = 0; r == 0 && i < t.n; i++) {
 		const struct kiln_tree_entry *e = &t.entries[i];
@@ -599,6 +630,16 @@ static int fetch_tree(struct fetch *f, const struct kiln_digest *d, unsigned dep
 	kiln_tree_release(&t);
 	if (r == 0)
 		kiln_digest_set_add(&f->seen, d);
+	/*
+	 * A node in the remote promises its whole subtree (a put skips below
+	 * one that is there): with a blob under it gone, it goes too, on the
+	 * way up, so the next put writes the path again.
+	 */
+	if (r < 0 && f->bad && node_ok) {
+		_cleanup_free_ char *name = blob_name(d);
+
+		drop_remote(f->rc, name, "a blob under it is missing or corrupt");
+	}
 	return r;
 }
 
@@ -661,6 +702,14 @@ int kiln_rcache_fetch(struct kiln_rcache *rc, const struct kiln_cache_record *re
 	kiln_digest_set_release(&f.seen);
 	if (bytes)
 		*bytes = f.bytes;
+	/* A record whose data is gone or corrupt goes too: an export of the
+	 * same result writes both again. */
+	if (f.bad && rec->key) {
+		_cleanup_free_ char *name = record_name(rec->key);
+
+		if (name)
+			drop_remote(rc, name, "a blob it names is missing or corrupt");
+	}
 	if (r < 0)
 		kiln_error_prefix(err, "remote cache %s: record %s", rc->be.name,
 				  rec->key ? rec->key : "");

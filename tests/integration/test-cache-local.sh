@@ -58,6 +58,8 @@ cmp -s "$T/a.tar" "$T/d.tar" || fail "the image differs after a corrupt blob"
 [ -d "$T/r4/worker/cas/blobs/sha256" ] || fail "no store at $T/r4/worker/cas"
 [ ! -e "$T/r4/worker/cas/blobs/sha256/$(head -c "$(stat -c %s "$big")" /dev/zero | sha256sum | cut -c1-64)" ] ||
 	fail "the corrupt bytes were stored"
+# ...and the corrupt blob left the cache (a put skips what is there).
+[ ! -e "$big" ] || fail "the corrupt blob $big is still in the cache"
 
 echo "== a missing directory: a warning, the build goes on"
 KILN_ROOT="$T/r5" kbuild --build-arg "BASE=oci-layout://$LAYOUT:latest" \

@@ -199,10 +199,11 @@ static void test_fetch_verifies(void **state)
 	struct kiln_cache_record r, got;
 	const char *keys[1] = { KEY };
 	struct kiln_tree_entry e;
+	uint64_t first = 0;
 
 	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, NULL), 0);
 	sample_record(&r, &f->tree);
-	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, NULL, NULL), 0);
+	assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, &first, NULL), 0);
 	assert_int_equal(kiln_rcache_get(rc, KEY, &got, NULL), 0);
 
 	/* Other bytes under a blob's name: reported, never stored. */
@@ -216,13 +217,40 @@ static void test_fetch_verifies(void **state)
 		assert_false(kiln_store_has(f->b, &e.digest));
 		kiln_tree_entry_release(&e);
 	}
-	/* A missing blob: the same. The remote stays usable: not its fault. */
+	/*
+	 * The corrupt blob went from the remote, and the record that named
+	 * it: a put skips what is there, so nothing else would mend them.
+	 * The next put writes both again and the fetch works.
+	 */
+	{
+		_cleanup_error_ struct kiln_error *err = NULL;
+		struct kiln_cache_record again;
+		uint64_t up = 0;
+
+		assert_int_equal(kiln_rcache_get(rc, KEY, &again, NULL), -ENOENT);
+		assert_int_equal(kiln_rcache_put(rc, f->a, keys, 1, &r, &up, &err), 0);
+		/* the blob and the nodes above it, not the rest */
+		assert_true(up > strlen("three\n") && up < first);
+		assert_int_equal(kiln_rcache_get(rc, KEY, &again, &err), 0);
+		assert_int_equal(kiln_rcache_fetch(rc, &again, f->b, NULL, &err), 0);
+		kiln_cache_record_release(&again);
+	}
+	/* A missing blob: the same, and its record goes too. The remote stays
+	 * usable: not its fault. */
 	spoil_blob(f, cdir, "sub/deep/z.txt", NULL);
 	{
 		_cleanup_error_ struct kiln_error *err = NULL;
+		struct kiln_cache_record again;
+		struct kiln_store *c = NULL;
+		_cleanup_free_ char *cpath = kiln_path_join(f->dir, "store-c");
 
-		assert_int_equal(kiln_rcache_fetch(rc, &got, f->b, NULL, &err), -EBADMSG);
+		struct kiln_store_options o = { .durable = false };
+
+		assert_int_equal(kiln_store_open(cpath, &o, &c, NULL), 0);
+		assert_int_equal(kiln_rcache_fetch(rc, &got, c, NULL, &err), -EBADMSG);
 		assert_non_null(strstr(kiln_error_msg(err), "missing"));
+		assert_int_equal(kiln_rcache_get(rc, KEY, &again, NULL), -ENOENT);
+		kiln_store_free(c);
 	}
 	assert_null(kiln_rcache_unavailable(rc));
 	/* A record with bad JSON is corrupt, not absent. */
