@@ -43,6 +43,7 @@ struct gc {
 	struct objs recs, blobs;
 	struct kiln_digest_set index;  /* blob digest -> index in blobs */
 	struct kiln_digest_set marked;
+	uint64_t marked_bytes; /* the sizes of the blobs in marked */
 	struct kiln_error **err;
 };
 
@@ -106,6 +107,19 @@ static struct obj *blob_of(struct gc *g, const struct kiln_digest *d)
 	return i ? &g->blobs.v[*i] : NULL;
 }
 
+/* d is needed (kept); its size counts once. */
+static void set_mark(struct gc *g, const struct kiln_digest *d)
+{
+	struct obj *ob;
+
+	if (kiln_digest_set_has(&g->marked, d))
+		return;
+	kiln_digest_set_add(&g->marked, d);
+	ob = blob_of(g, d);
+	if (ob)
+		g->marked_bytes += ob->size;
+}
+
 static int mark_tree(struct gc *g, const struct kiln_digest *d, unsigned depth,
 		     struct kiln_error **why)
 {
@@ -136,13 +150,13 @@ static int mark_tree(struct gc *g, const struct kiln_digest *d, unsigned depth,
 				r = kiln_error_set(why, -EBADMSG, "blob %s is missing",
 						   KILN_DIGEST_STR(&e->digest));
 			else
-				kiln_digest_set_add(&g->marked, &e->digest);
+				set_mark(g, &e->digest);
 		}
 	}
 	kiln_tree_release(&t);
 	/* Marked only once all below it is there: an incomplete node is not. */
 	if (r == 0)
-		kiln_digest_set_add(&g->marked, d);
+		set_mark(g, d);
 	return r;
 }
 
@@ -162,7 +176,7 @@ static void mark_meta_blob(void *ud, size_t i, const struct kiln_digest *d)
 	if (!blob_of(m->g, d))
 		m->r = kiln_error_set(m->why, -EBADMSG, "blob %s is missing", KILN_DIGEST_STR(d));
 	else
-		kiln_digest_set_add(&m->g->marked, d);
+		set_mark(m->g, d);
 }
 
 /* Mark what record i needs; a record that is corrupt or incomplete is dropped. */
@@ -226,24 +240,22 @@ static int check_node(struct gc *g, struct obj *ob)
 	return 0;
 }
 
-static uint64_t marked_bytes(struct gc *g)
-{
-	uint64_t n = 0;
-	size_t i;
-
-	for (i = 0; i < g->blobs.n; i++)
-		if (kiln_digest_set_has(&g->marked, &g->blobs.v[i].d))
-			n += g->blobs.v[i].size;
-	return n;
-}
-
+/*
+ * Mark what is kept: young nodes (what a writer at work relies on), then
+ * the kept records. With --keep-storage, records are taken newest first
+ * while what they reach fits; the first that does not, and every older
+ * one, goes. What that record had marked is undone by marking again from
+ * scratch, once: each record's trees are read at most twice, not once per
+ * record dropped.
+ */
 static int mark(struct gc *g)
 {
+	bool full = false;
 	size_t i;
 	int r = 0;
 
 	kiln_digest_set_release(&g->marked);
-	/* Young nodes first: what a writer at work relies on. */
+	g->marked_bytes = 0;
 	for (i = 0; r == 0 && i < g->blobs.n; i++) {
 		struct obj *ob = &g->blobs.v[i];
 		_cleanup_error_ struct kiln_error *why = NULL;
@@ -267,12 +279,22 @@ static int mark(struct gc *g)
 			if (r < 0 && g->err && !*g->err)
 				*g->err = TAKE_PTR(why);
 		}
-		kiln_digest_set_add(&g->marked, &ob->d);
+		set_mark(g, &ob->d);
 	}
-	for (i = 0; r == 0 && i < g->recs.n; i++)
-		if (g->recs.v[i].keep)
-			r = mark_record(g, i);
-	return r;
+	for (i = g->recs.n; r == 0 && i-- > 0;) {
+		if (!g->recs.v[i].keep)
+			continue;
+		if (full) {
+			g->recs.v[i].keep = false;
+			continue;
+		}
+		r = mark_record(g, i);
+		if (r == 0 && g->o->has_keep && g->marked_bytes > g->o->keep_bytes) {
+			full = true;
+			g->recs.v[i].keep = false;
+		}
+	}
+	return r == 0 && full ? mark(g) : r;
 }
 
 static int obj_age_cmp(const void *pa, const void *pb)
@@ -451,14 +473,8 @@ int kiln_rcache_gc(struct kiln_rcache *rc, const struct kiln_rcache_gc_opts *o,
 	qsort(g.recs.v, g.recs.n, sizeof(*g.recs.v), obj_age_cmp);
 	for (i = 0; i < g.recs.n; i++)
 		g.recs.v[i].keep = o->older_than < 0 || g.recs.v[i].mtime > o->now - o->older_than;
-	r = mark(&g);
 	/* Oldest kept records go until what the rest reach fits. */
-	for (i = 0; r == 0 && o->has_keep && i < g.recs.n && marked_bytes(&g) > o->keep_bytes; i++) {
-		if (!g.recs.v[i].keep)
-			continue;
-		g.recs.v[i].keep = false;
-		r = mark(&g);
-	}
+	r = mark(&g);
 	r = r ? r : relist(&g);
 	r = r ? r : sweep(&g);
 out:

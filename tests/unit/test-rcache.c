@@ -470,6 +470,71 @@ static void test_gc(void **state)
 	kiln_rcache_free(rc);
 }
 
+/*
+ * --keep-storage: records go oldest first until what the rest reach fits.
+ * Four records of 4 KiB each (one file of its own, one node), a day apart:
+ * with room for two and a half, the two newest stay, and what the others
+ * alone needed is swept.
+ */
+static void test_gc_keep_storage(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *cdir = kiln_path_join(f->dir, "gc-keep");
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_rcache_gc_opts o = { .now = time(NULL) + 60, .older_than = -1, .grace = 0 };
+	struct kiln_rcache_gc_stats st;
+	struct kiln_rcache *rc = NULL;
+	struct kiln_cache_record rec, got;
+	char keys[4][72];
+	struct kiln_digest t[4];
+	int i;
+
+	assert_int_equal(kiln_rcache_open_dir(cdir, true, &rc, NULL), 0);
+	for (i = 0; i < 4; i++) {
+		_cleanup_free_ char *src = xasprintf("%s/keep%d", f->dir, i);
+		char data[4097];
+		const char *k[1] = { keys[i] };
+		int fd;
+
+		memset(data, 'a' + i, 4096);
+		data[4096] = '\0';
+		write_file(src, "f", data);
+		fd = open(src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		assert_int_equal(kiln_tree_from_dir(f->a, fd, NULL, &t[i], NULL), 0);
+		close(fd);
+		/* names in the opposite order of age: only the age may decide */
+		snprintf(keys[i], sizeof(keys[i]), "sha256:%064d", 13 - i);
+		sample_record(&rec, &t[i]);
+		assert_int_equal(kiln_rcache_put(rc, f->a, k, 1, &rec, NULL, &err), 0);
+	}
+	for (i = 0; i < 4; i++) { /* record i is 4 - i days old */
+		_cleanup_free_ char *sub = xasprintf("ac/sha256/%s", keys[i] + 7);
+
+		age_objects(cdir, sub, (4 - i) * 86400);
+	}
+	o.has_keep = true;
+	o.keep_bytes = 4096 * 2 + 2048;
+	assert_int_equal(kiln_rcache_gc(rc, &o, &st, &err), 0);
+	assert_int_equal(st.records, 4);
+	assert_int_equal(st.records_deleted, 2);
+	assert_int_equal(st.blobs_deleted, 4); /* the two oldest files and roots */
+	for (i = 0; i < 4; i++) {
+		int r = kiln_rcache_get(rc, keys[i], &got, NULL);
+
+		assert_int_equal(r, i < 2 ? -ENOENT : 0);
+		if (r == 0) {
+			assert_int_equal(kiln_rcache_fetch(rc, &got, f->b, NULL, &err), 0);
+			kiln_cache_record_release(&got);
+		}
+	}
+	/* Room for all: nothing more goes. */
+	o.keep_bytes = 1u << 30;
+	assert_int_equal(kiln_rcache_gc(rc, &o, &st, &err), 0);
+	assert_int_equal(st.records_deleted, 0);
+	assert_int_equal(st.blobs_deleted, 0);
+	kiln_rcache_free(rc);
+}
+
 /* A FIFO planted in a cache directory is no record, and never a hang. */
 static void test_dir_fifo(void **state)
 {
@@ -564,6 +629,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fetch_verifies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_write_order_and_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gc_keep_storage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_dir_fifo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_put_touches, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc_broken_young_node, setup, teardown),
