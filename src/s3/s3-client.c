@@ -232,12 +232,17 @@ static int status_error(const struct kiln_s3_client *c, const struct s3_req *q,
 {
 	_cleanup_free_ char *text = kiln_s3_error_text(res->body, res->body_len);
 	int code = kiln_s3_status_code(res->status);
+	size_t n = strlen(c->cred.access_key);
 
-	/* The access key id is no secret and says which keys were refused. */
+	/*
+	 * Which keys were refused, by the access key id's last 4 characters
+	 * (as AWS's console shows them): the message may reach a cluster's
+	 * clients, who have no business with the whole id.
+	 */
 	return kiln_error_set(err, code, "S3: %s %s: HTTP %ld%s%s%s%s%s", q->method,
 			      url, res->status, text ? ": " : "", text ? text : "",
-			      code == -EACCES ? " (access key " : "",
-			      code == -EACCES ? c->cred.access_key : "",
+			      code == -EACCES ? " (access key ..." : "",
+			      code == -EACCES ? c->cred.access_key + (n > 4 ? n - 4 : n) : "",
 			      code == -EACCES ? ")" : "");
 }
 

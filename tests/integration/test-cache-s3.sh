@@ -72,6 +72,9 @@ echo "with a wrong secret: $(($(now_ms) - t0)) ms"
 assert_contains "$(warnings)" "$S3_ENDPOINT" "the warning names the endpoint"
 assert_contains "$(warnings)" "403" "the warning says why"
 ! grep -qF "wrong-secret" "$T/progress.json" || fail "the secret is in the progress output"
+# The refused keys are named by the id's last 4 characters, never the whole id.
+assert_contains "$(warnings)" "access key ...${S3_ACCESS_KEY: -4}" "the warning names the keys"
+! grep -qF "$S3_ACCESS_KEY" "$T/progress.json" || fail "the whole access key id is in the progress output"
 cmp -s "$T/a.tar" "$T/c.tar" || fail "the image differs with a wrong secret"
 
 # Each sick-bucket build may take the deadline of its first call (5 s) and

@@ -692,7 +692,7 @@ static void test_client_http(void **state)
 	assert_int_equal(kiln_s3_head(c, "missing", &o, NULL, NULL), -ENOENT);
 	assert_int_equal(kiln_s3_put(c, "denied", "x", 1, NULL, &err), -EACCES);
 	assert_no_secret(err);
-	assert_non_null(strstr(err->msg, "HTTP 403: AccessDenied: AccessDenied says no (access key AKIDTEST)"));
+	assert_non_null(strstr(err->msg, "HTTP 403: AccessDenied: AccessDenied says no (access key ...TEST)"));
 	kiln_error_free(err), err = NULL;
 	assert_int_equal(kiln_s3_delete(c, "boom", NULL, &err), -EIO);
 	assert_non_null(strstr(err->msg, "HTTP 500"));
