@@ -991,8 +991,11 @@ static void keep_record(struct kiln_jobs *j, struct job_req *q, const struct kil
 	rec.meta = res->meta;
 	rec.created = (int64_t)(kiln_now_real_ns() / 1000000000u);
 	rec.duration_ms = ns / 1000000u;
-	rec.platform = q->platform ? (char *)q->platform : op->platform;
+	/* the op's own platform is what ran (a $BUILDPLATFORM stage's is not the build's) */
+	rec.platform = op->platform ? op->platform : (char *)q->platform;
 	rec.size = res->size;
+	if (kiln_worker_check_platform(j->w, rec.platform, &rec.emulated, NULL) < 0)
+		rec.emulated = false;
 	if (j->records && kiln_cache_put(j->records, keys, 2, &rec, &err) < 0) {
 		log_warn("kiln-worker: cannot keep the record of op %zu: %s", q->op,
 			 kiln_error_msg(err));
@@ -1021,11 +1024,12 @@ static int add_record_json(const struct kiln_cache_record *r, void *ud)
 
 	if (r->n_outputs != 1 || (r->meta && !meta))
 		return 0;
-	json_array_append_new(rj->all, json_pack("{s:s, s:s, s:s?, s:o, s:s?, s:I}",
+	json_array_append_new(rj->all, json_pack("{s:s, s:s, s:s?, s:o, s:s?, s:I, s:b}",
 						"key", r->key, "tree", KILN_DIGEST_STR(&r->outputs[0]),
 						"op", r->op, "meta", meta ? meta : json_null(),
 						"platform", r->platform,
-						"duration_ms", (json_int_t)r->duration_ms));
+						"duration_ms", (json_int_t)r->duration_ms,
+						"emulated", r->emulated));
 	return 0;
 }
 

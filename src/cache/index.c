@@ -19,7 +19,7 @@
 #include "basic/log.h"
 #include "basic/strbuf.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define BUSY_TIMEOUT_MS 10000
 #define ITER_PAGE 256
 #define STAT_BATCH_MAX 1024
@@ -57,7 +57,7 @@ static const char schema_v1[] =
 
 #define RECORD_COLS                                                            \
 	"r.id, r.op, r.outputs, r.meta, r.created, r.duration_ms, r.worker, "  \
-	"r.platform, r.size, r.last_used"
+	"r.platform, r.size, r.last_used, r.emulated"
 
 enum stmt_id {
 	ST_BEGIN,
@@ -90,8 +90,8 @@ static const char *const stmt_sql[N_STMT] = {
 	[ST_KEY_RESULT] = "SELECT result_id FROM keys WHERE key = ?1",
 	[ST_INSERT_RESULT] =
 		"INSERT INTO results (op, outputs, meta, created, duration_ms,"
-		" worker, platform, size, last_used)"
-		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+		" worker, platform, size, last_used, emulated)"
+		" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
 	[ST_UPSERT_KEY] = "INSERT INTO keys (key, result_id) VALUES (?1, ?2)"
 			  " ON CONFLICT (key) DO UPDATE"
 			  " SET result_id = excluded.result_id",
@@ -317,7 +317,14 @@ static int migrate(struct kiln_cache *c, struct kiln_error **err)
 		if (r == 0)
 			r = exec_sql(c, "PRAGMA user_version = 1", NULL, err);
 	}
-	/* Future migrations: if (version < 2) ... each in this transaction. */
+	/* v2: whether the result was made under emulation (provenance). */
+	if (r == 0 && version < 2) {
+		r = exec_sql(c, "ALTER TABLE results ADD COLUMN emulated INTEGER NOT NULL DEFAULT 0",
+			     "add results.emulated", err);
+		if (r == 0)
+			r = exec_sql(c, "PRAGMA user_version = 2", NULL, err);
+	}
+	/* Future migrations: if (version < 3) ... each in this transaction. */
 	return tx_end(c, r, err);
 }
 
@@ -490,6 +497,7 @@ static int record_from_row(struct kiln_cache *c, sqlite3_stmt *st,
 	rec->platform = column_strdup(st, 7);
 	rec->size = (uint64_t)sqlite3_column_int64(st, 8);
 	rec->last_used = sqlite3_column_int64(st, 9);
+	rec->emulated = sqlite3_column_int64(st, 10) != 0;
 	if (outputs_decode((const char *)sqlite3_column_text(st, 2), rec) < 0) {
 		kiln_cache_record_release(rec);
 		return kiln_error_set(err, -EBADMSG,
@@ -629,6 +637,7 @@ static int insert_result(struct kiln_cache *c,
 		bind_text(st, 7, rec->platform);
 		sqlite3_bind_int64(st, 8, (int64_t)rec->size);
 		sqlite3_bind_int64(st, 9, now);
+		sqlite3_bind_int(st, 10, rec->emulated);
 	}
 	r = step_done(c, st, err, "insert result");
 	if (r == 0)
@@ -898,7 +907,7 @@ static int page_load(struct kiln_cache *c, struct iter_page *p,
 		r = record_from_row(c, st, rec, &id, err);
 		if (r < 0)
 			break;
-		rec->key = column_strdup(st, 10);
+		rec->key = column_strdup(st, 11);
 		p->n++;
 	}
 	sqlite3_reset(st);

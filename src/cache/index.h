@@ -36,6 +36,7 @@ struct kiln_cache_record {
 	char *platform;
 	uint64_t size; /* bytes of the result trees' files */
 	int64_t last_used; /* unix seconds; updated on hits */
+	bool emulated;   /* made by a worker that emulates platform */
 };
 
 void kiln_cache_record_release(struct kiln_cache_record *r);

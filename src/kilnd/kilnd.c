@@ -139,6 +139,7 @@ static void adopt_records(struct kilnd *d, const json_t *body, const char *worke
 		const char *op = json_string_value(json_object_get(v, "op"));
 		const char *platform = json_string_value(json_object_get(v, "platform"));
 		json_t *dur = json_object_get(v, "duration_ms");
+		json_t *emu = json_object_get(v, "emulated");
 		struct kiln_digest k, t, o;
 		_cleanup_free_ char *metatext = NULL;
 
@@ -147,7 +148,8 @@ static void adopt_records(struct kilnd *d, const json_t *body, const char *worke
 		if (!key || kiln_digest_parse(key, &k) < 0 || !tree || kiln_digest_parse(tree, &t) < 0 ||
 		    (op && kiln_digest_parse(op, &o) < 0) || (meta && !json_is_null(meta) && !json_is_object(meta)) ||
 		    (platform && !platform_ok(platform)) ||
-		    (dur && (!json_is_integer(dur) || json_integer_value(dur) < 0)))
+		    (dur && (!json_is_integer(dur) || json_integer_value(dur) < 0)) ||
+		    (emu && !json_is_boolean(emu)))
 			continue;
 		if (kiln_cache_get(d->cache, key, &old, NULL) == 0) {
 			kiln_cache_record_release(&old);
@@ -163,6 +165,7 @@ static void adopt_records(struct kilnd *d, const json_t *body, const char *worke
 		rec.duration_ms = dur ? (uint64_t)json_integer_value(dur) : 0;
 		rec.worker = (char *)worker;
 		rec.platform = (char *)platform;
+		rec.emulated = json_is_true(emu);
 		if (kiln_cache_put(d->cache, &key, 1, &rec, NULL) == 0)
 			adopted++;
 	}

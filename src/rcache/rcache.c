@@ -317,13 +317,14 @@ char *kiln_rcache_record_encode(const char *key, const struct kiln_cache_record 
 		json_array_append_new(outs, json_string(KILN_DIGEST_STR(&rec->outputs[i])));
 	if (rec->meta)
 		meta = json_loads(rec->meta, 0, NULL);
-	o = json_pack("{s:i, s:s, s:s*, s:o, s:o*, s:I, s:I, s:s*, s:s*, s:I, s:s}",
+	o = json_pack("{s:i, s:s, s:s*, s:o, s:o*, s:I, s:I, s:s*, s:s*, s:I, s:s, s:b}",
 		      "kiln_cache_record", KILN_RCACHE_RECORD_VERSION, "key", key,
 		      "op", rec->op, "outputs", outs, "meta", meta,
 		      "created", (json_int_t)rec->created,
 		      "duration_ms", (json_int_t)rec->duration_ms,
 		      "platform", rec->platform, "worker", rec->worker,
-		      "size", (json_int_t)rec->size, "producer", "kiln");
+		      "size", (json_int_t)rec->size, "producer", "kiln",
+		      "emulated", rec->emulated);
 	if (!o)
 		return NULL;
 	s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
@@ -384,6 +385,9 @@ static int check_record(const char *key, json_t *o, struct kiln_error **err)
 		return bad_record(key, err, "bad created, duration_ms or size");
 	if (!text_ok(json_object_get(o, "platform")) || !text_ok(json_object_get(o, "worker")))
 		return bad_record(key, err, "bad platform or worker");
+	v = json_object_get(o, "emulated"); /* optional: records before it say nothing */
+	if (v && !json_is_boolean(v))
+		return bad_record(key, err, "emulated is not a boolean");
 	return 0;
 }
 
@@ -424,6 +428,7 @@ int kiln_rcache_record_decode(const char *key, const void *data, size_t len,
 	out->size = (uint64_t)json_integer_value(json_object_get(o, "size"));
 	out->platform = opt_dup(o, "platform");
 	out->worker = opt_dup(o, "worker");
+	out->emulated = json_is_true(json_object_get(o, "emulated"));
 	json_decref(o);
 	return 0;
 }

@@ -73,6 +73,7 @@ struct vertex {
 	unsigned lost;   /* times its inputs were lost under it */
 	uint64_t moved;  /* bytes its worker pulled from other workers */
 	uint64_t cache_in, cache_out; /* its worker's remote cache bytes */
+	bool made_emulated; /* its result was made under emulation (here, or as its record says) */
 	bool threaded;   /* a job thread runs it (join in finish) */
 	struct kiln_placement where;
 	uint64_t started, completed;
@@ -387,6 +388,7 @@ static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
 	free(v->meta);
 	v->meta = rec.meta ? xstrdup(rec.meta) : NULL;
 	v->size = rec.size;
+	v->made_emulated = rec.emulated;
 	kiln_cache_record_release(&rec);
 	return true;
 }
@@ -411,6 +413,7 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key, bool rem
 		free(v->meta);
 		v->meta = rec.meta ? xstrdup(rec.meta) : NULL;
 		v->size = rec.size;
+		v->made_emulated = rec.emulated;
 		hit = true;
 	}
 	kiln_cache_record_release(&rec);
@@ -496,6 +499,7 @@ static void record(struct solver *s, struct vertex *v, uint64_t duration_ns)
 	rec.worker = (char *)(v->where.worker[0] ? v->where.worker : worker_name(s));
 	rec.platform = v->op->platform;
 	rec.size = v->size;
+	rec.emulated = v->made_emulated;
 	/* Losing a record only costs a rebuild: warn, do not fail. */
 	if (kiln_cache_put(s->o->cache, keys, 2, &rec, &err) < 0)
 		log_warn("cannot record cache entry for %s: %s", v->name, kiln_error_msg(err));
@@ -626,6 +630,7 @@ static void *job_main(void *arg)
 		v->shared = res.shared;
 		v->moved = res.moved;
 		v->cache_in = res.cache_in;
+		v->made_emulated = res.where.emulated;
 		v->cache_out = res.cache_out;
 		v->where = res.where;
 	}
@@ -1274,6 +1279,7 @@ static void vertex_record(struct solver *s, struct vertex *v, struct kiln_cache_
 	rec->platform = (char *)v->op->platform;
 	rec->worker = (char *)(v->where.worker[0] ? v->where.worker : worker_name(s));
 	rec->size = v->size;
+	rec->emulated = v->made_emulated;
 }
 
 static bool exportable(const struct vertex *v)

@@ -112,6 +112,21 @@ cmp -s "$T/out/linux_amd64/out/blob" "$T/out/linux_arm64/out/blob" ||
 	fail "the two platforms copied different build stage results"
 [ "$(objects ac/ | wc -l)" -ge 2 ] || fail "records in the bucket: $(objects ac/ | wc -l)"
 [ "$(objects cas/ | wc -l)" -ge 2 ] || fail "blobs in the bucket: $(objects cas/ | wc -l)"
+# Each record says whether its result was made under emulation: on an
+# x86 host, exactly the arm64 steps were (the $BUILDPLATFORM stage's
+# records say linux/amd64, native).
+if [ "$(uname -m)" = x86_64 ]; then
+	n=0
+	for k in $(objects ac/); do
+		s3_curl -sS -m 30 "$S3_ENDPOINT/$S3_BUCKET/$k" >"$T/rec.json" || fail "reading $k"
+		jq -e '(.platform == "linux/arm64") == .emulated' "$T/rec.json" >/dev/null ||
+			fail "record $k: platform and emulated disagree: $(jq -c '{platform, emulated, worker}' "$T/rec.json")"
+		n=$((n + 1))
+	done
+	[ "$(for k in $(objects ac/); do s3_curl -sS -m 30 "$S3_ENDPOINT/$S3_BUCKET/$k" | jq -r .emulated; done |
+		sort -u | tr '\n' ' ')" = "false true " ] || fail "records made natively and emulated: want both"
+	echo "records checked for emulated: $n"
+fi
 ! grep -qF "$S3_SECRET_KEY" "$T/kilnd.log" "$T"/worker-*.log "$T/progress.json" || fail "the secret is in a log"
 
 echo "== the same build again: every step a hit, nothing moved between workers"

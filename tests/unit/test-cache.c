@@ -77,6 +77,7 @@ static void make_record(struct kiln_cache_record *rec, unsigned i)
 	rec->worker = xasprintf("worker-%u", i);
 	rec->platform = xstrdup(i % 2 ? "linux/arm64" : "linux/amd64");
 	rec->size = i * 100u;
+	rec->emulated = i % 5 == 1;
 }
 
 static void assert_same_record(const struct kiln_cache_record *a,
@@ -94,6 +95,7 @@ static void assert_same_record(const struct kiln_cache_record *a,
 	assert_string_equal(a->worker, b->worker);
 	assert_string_equal(a->platform, b->platform);
 	assert_int_equal(a->size, b->size);
+	assert_int_equal(a->emulated, b->emulated);
 }
 
 static char *key_for(unsigned i, char which)
@@ -422,8 +424,35 @@ static void test_reopen_keeps_data(void **state)
 	c = open_ok(f->db);
 	get_expect(c, "sha256:p", 9);
 	get_expect(c, "sha256:q", 9);
-	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 1);
+	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 2);
 	assert_int_equal(kiln_cache_sync(c, NULL), 0);
+	kiln_cache_free(c);
+}
+
+/*
+ * An index of schema 1 (before results.emulated) is migrated on open: its
+ * records read back as made natively, new ones keep the flag.
+ */
+static void test_migrate_v1(void **state)
+{
+	struct fixture *f = *state;
+	struct kiln_cache *c = open_ok(f->db);
+	struct kiln_cache_record got;
+
+	put_ok(c, 1, "sha256:old", NULL); /* 1 % 5 == 1: emulated */
+	kiln_cache_free(c);
+	sql_exec(f->db, "ALTER TABLE results DROP COLUMN emulated");
+	sql_exec(f->db, "PRAGMA user_version = 1");
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM pragma_table_info('results')"
+				  " WHERE name = 'emulated'"), 0);
+	c = open_ok(f->db);
+	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 2);
+	assert_int_equal(kiln_cache_get(c, "sha256:old", &got, NULL), 0);
+	assert_false(got.emulated); /* schema 1 did not know */
+	assert_int_equal(got.size, 100);
+	kiln_cache_record_release(&got);
+	put_ok(c, 6, "sha256:new", NULL); /* 6 % 5 == 1: emulated */
+	get_expect(c, "sha256:new", 6);
 	kiln_cache_free(c);
 }
 
@@ -616,6 +645,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_roundtrip_two_keys, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alias, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_alias_many, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_touch_flush, setup, teardown),

@@ -112,12 +112,17 @@ static void test_record_codec(void **state)
 		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"created\":-1,\"duration_ms\":0,\"size\":0}",
 		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"meta\":[1],\"created\":0,\"duration_ms\":0,\"size\":0}",
 		"{\"kiln_cache_record\":1,\"kiln_cache_record\":1}",
+		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"created\":0,\"duration_ms\":0,\"size\":0,\"emulated\":1}",
 	};
+	/* Without "emulated" (records before it): made natively, as far as anyone knows. */
+	static const char older[] =
+		"{\"kiln_cache_record\":1,\"key\":\"" KEY "\",\"outputs\":[\"sha256:2222222222222222222222222222222222222222222222222222222222222222\"],\"created\":0,\"duration_ms\":0,\"size\":0}";
 	size_t i;
 
 	(void)state;
 	kiln_digest_parse("sha256:4444444444444444444444444444444444444444444444444444444444444444", &t);
 	sample_record(&r, &t);
+	r.emulated = true;
 	json = kiln_rcache_record_encode(KEY, &r);
 	assert_non_null(json);
 	assert_int_equal(kiln_rcache_record_decode(KEY, json, strlen(json), &back, NULL), 0);
@@ -130,6 +135,10 @@ static void test_record_codec(void **state)
 	assert_string_equal(back.platform, "linux/arm64");
 	assert_string_equal(back.worker, "w1");
 	assert_int_equal(back.size, 13);
+	assert_true(back.emulated);
+	kiln_cache_record_release(&back);
+	assert_int_equal(kiln_rcache_record_decode(KEY, older, strlen(older), &back, NULL), 0);
+	assert_false(back.emulated);
 	kiln_cache_record_release(&back);
 	/* The same bytes under another key are not this key's record. */
 	assert_int_equal(kiln_rcache_record_decode("sha256:5555555555555555555555555555555555555555555555555555555555555555",
