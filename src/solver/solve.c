@@ -34,6 +34,7 @@
 #include "solver/solve.h"
 
 #include <assert.h>
+#include <stdatomic.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -74,6 +75,8 @@ struct vertex {
 	uint64_t moved;  /* bytes its worker pulled from other workers */
 	uint64_t cache_in, cache_out; /* its worker's remote cache bytes */
 	bool made_emulated; /* its result was made under emulation (here, or as its record says) */
+	bool try_remote;    /* its job thread asks the remote cache (content key) first */
+	bool remote_hit;    /* ...and it had the result */
 	bool threaded;   /* a job thread runs it (join in finish) */
 	struct kiln_placement where;
 	uint64_t started, completed;
@@ -323,20 +326,28 @@ static void remote_warn(struct solver *s, struct kiln_rcache *rc, int r,
 			struct kiln_error *err, const char *without)
 {
 	_cleanup_free_ char *msg = NULL;
+	unsigned n;
+	bool said;
 
 	if (r == -ENOENT)
 		return;
+	/* Lookups run on several threads; never called with s->lock held. */
+	pthread_mutex_lock(&s->lock);
+	n = r == -EBADMSG ? ++s->corrupt_warned : 0;
+	said = r != -EBADMSG && s->warned_remote;
+	if (r != -EBADMSG)
+		s->warned_remote = true;
+	pthread_mutex_unlock(&s->lock);
 	if (r == -EBADMSG) {
 		/* A few, then quiet: a remote answering junk for every key. */
-		if (++s->corrupt_warned > MAX_CORRUPT_WARNINGS)
+		if (n > MAX_CORRUPT_WARNINGS)
 			return;
 		msg = xasprintf("%s; not used%s", kiln_error_msg(err),
-				s->corrupt_warned == MAX_CORRUPT_WARNINGS
+				n == MAX_CORRUPT_WARNINGS
 					? " (further corrupt objects of this build are not reported)" : "");
 	} else {
-		if (s->warned_remote)
+		if (said)
 			return;
-		s->warned_remote = true;
 		msg = xasprintf("remote cache %s unavailable: %s; %s", kiln_rcache_name(rc),
 				kiln_rcache_unavailable(rc) ?: kiln_error_msg(err), without);
 	}
@@ -344,35 +355,39 @@ static void remote_warn(struct solver *s, struct kiln_rcache *rc, int r,
 	kiln_progress_warning(s->o->progress, msg);
 }
 
+/* Is v's result worth asking the remote cache for? (Local sources are the
+ * client's files: hashed here, never fetched.) */
+static bool remote_wanted(struct solver *s, const struct vertex *v)
+{
+	return s->o->cache_from && !s->o->no_cache && result_store(s) &&
+	       v->op->type != KILN_OP_SOURCE_LOCAL;
+}
+
 /*
- * A definition key the local cache lacks, from the remote: the record,
- * then its trees copied into the store, then a local record so the next
- * build hits here. The cache read bracket is let go meanwhile: the remote
- * may take seconds, and other threads must not wait on the index for it.
+ * A key the local cache lacks, from the remote: the record, then its trees
+ * copied into the store, then a local record so the next build hits here.
+ * Called on any thread, never with s->lock or a cache read bracket held
+ * (the remote may take seconds); v belongs to the caller meanwhile.
+ * *bytes gets what was copied.
  */
-static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
+static bool remote_lookup(struct solver *s, struct vertex *v, const char *key, uint64_t *bytes)
 {
 	struct kiln_rcache *rc = s->o->cache_from;
 	struct kiln_cache_record rec = { 0 };
 	_cleanup_error_ struct kiln_error *err = NULL;
 	const char *keys[1] = { key };
-	uint64_t bytes = 0;
 	int r;
 
-	if (!rc || s->o->no_cache || !result_store(s))
+	*bytes = 0;
+	if (!remote_wanted(s, v))
 		return false;
-	if (s->in_bracket)
-		kiln_cache_read_end(s->o->cache);
 	r = kiln_rcache_get(rc, key, &rec, &err);
 	if (r == 0 && rec.n_outputs != 1)
 		r = kiln_error_set(&err, -EBADMSG, "remote cache %s: record %s has %zu outputs",
 				   kiln_rcache_name(rc), key, rec.n_outputs);
 	/* The workers fetch it from the bucket themselves, or we copy it here. */
 	if (r == 0 && !(executor(s)->remote_hit && executor(s)->remote_hit(executor_ud(s), &rec)))
-		r = kiln_rcache_fetch(rc, &rec, result_store(s), &bytes, &err);
-	s->cache_in += bytes;
-	if (s->in_bracket)
-		kiln_cache_read_begin(s->o->cache);
+		r = kiln_rcache_fetch(rc, &rec, result_store(s), bytes, &err);
 	if (r < 0) {
 		remote_warn(s, rc, r, err, "building without it");
 		kiln_cache_record_release(&rec);
@@ -394,8 +409,29 @@ static bool remote_lookup(struct solver *s, struct vertex *v, const char *key)
 }
 
 /*
+ * remote_lookup on the loop thread: the cache read bracket is let go
+ * meanwhile, so job threads never wait on the index for the remote.
+ */
+static bool remote_lookup_here(struct solver *s, struct vertex *v, const char *key)
+{
+	uint64_t bytes = 0;
+	bool hit;
+
+	if (!remote_wanted(s, v))
+		return false;
+	if (s->in_bracket)
+		kiln_cache_read_end(s->o->cache);
+	hit = remote_lookup(s, v, key, &bytes);
+	if (s->in_bracket)
+		kiln_cache_read_begin(s->o->cache);
+	s->cache_in += bytes;
+	return hit;
+}
+
+/*
  * A cache hit counts only when its result tree is still in the store.
- * remote: a local miss may be looked up in the remote cache too.
+ * remote: a local miss may be looked up in the remote cache too (on the
+ * loop thread: mark_needed and start ask it elsewhere).
  */
 static bool lookup(struct solver *s, struct vertex *v, const char *key, bool remote)
 {
@@ -405,7 +441,7 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key, bool rem
 	if (s->o->no_cache)
 		return false;
 	if (kiln_cache_get(s->o->cache, key, &rec, NULL) < 0)
-		return remote && remote_lookup(s, v, key);
+		return remote && remote_lookup_here(s, v, key);
 	if (rec.n_outputs == 1 &&
 	    (kiln_tree_is_empty_digest(&rec.outputs[0]) ||
 	     executor(s)->have(executor_ud(s), &rec.outputs[0]))) {
@@ -417,7 +453,7 @@ static bool lookup(struct solver *s, struct vertex *v, const char *key, bool rem
 		hit = true;
 	}
 	kiln_cache_record_release(&rec);
-	return hit || (remote && remote_lookup(s, v, key));
+	return hit || (remote && remote_lookup_here(s, v, key));
 }
 
 /* A content-key hit is known under its definition key from now on too. */
@@ -598,8 +634,15 @@ static void *job_main(void *arg)
 	struct kiln_task_result res = { 0 };
 	void *cb[2] = { s, v }; /* what the output and placement callbacks see */
 	size_t k;
-	int r;
+	int r = 0;
 
+	/* Early cut-off from the remote cache, off the loop thread. */
+	if (v->try_remote && remote_lookup(s, v, v->contentkey, &v->cache_in)) {
+		v->remote_hit = true;
+		v->shared = false;
+		v->moved = v->cache_out = 0;
+		goto done;
+	}
 	for (k = 0; k < v->op->n_inputs; k++)
 		ins[k] = s->v[in_of(s, v, k)].result;
 	ej.job.def = s->def;
@@ -635,6 +678,7 @@ static void *job_main(void *arg)
 		v->where = res.where;
 	}
 	kiln_job_result_release(&res.res);
+done:
 	free(arg);
 	pthread_mutex_lock(&s->lock);
 	v->job_r = r;
@@ -810,34 +854,133 @@ static int pin_sources(struct solver *s, struct kiln_error **err)
 	return r;
 }
 
+/* Remote lookups of one wave of mark_needed, on up to this many threads. */
+#define REMOTE_LOOKUP_THREADS 8u
+
+struct remote_wave {
+	struct solver *s;
+	const size_t *vi;   /* the vertices to ask for, by definition key */
+	bool *hit;
+	uint64_t *bytes;
+	size_t n;
+	atomic_size_t next; /* the next one a thread takes */
+};
+
+static void *remote_wave_main(void *ud)
+{
+	struct remote_wave *w = ud;
+	size_t i;
+
+	while ((i = atomic_fetch_add(&w->next, 1)) < w->n) {
+		struct vertex *v = &w->s->v[w->vi[i]];
+
+		w->hit[i] = remote_lookup(w->s, v, v->defkey, &w->bytes[i]);
+	}
+	return NULL;
+}
+
+/* Ask the remote cache for every vertex of w at once (the bracket let go). */
+static void remote_wave(struct solver *s, struct remote_wave *w)
+{
+	pthread_t t[REMOTE_LOOKUP_THREADS];
+	size_t n = 0, i;
+
+	if (s->in_bracket)
+		kiln_cache_read_end(s->o->cache);
+	while (n < REMOTE_LOOKUP_THREADS && n + 1 < w->n &&
+	       pthread_create(&t[n], NULL, remote_wave_main, w) == 0)
+		n++;
+	remote_wave_main(w); /* this thread too; alone when no thread could start */
+	for (i = 0; i < n; i++)
+		pthread_join(t[i], NULL);
+	if (s->in_bracket)
+		kiln_cache_read_begin(s->o->cache);
+	for (i = 0; i < w->n; i++)
+		s->cache_in += w->bytes[i];
+}
+
+/* A definition-key hit: done, and nothing upstream of it is needed for it. */
+static void hit_defkey(struct solver *s, struct vertex *v)
+{
+	v->state = VS_DONE;
+	v->cached = true;
+	s->n_cached++;
+	emit(s, v, KILN_VERTEX_CACHED, NULL);
+}
+
+static void miss_defkey(struct solver *s, struct vertex *v)
+{
+	size_t i;
+
+	for (i = 0; i < v->op->n_inputs; i++)
+		s->v[in_of(s, v, i)].state = VS_WAITING;
+}
+
 /*
  * From the output down: a definition-key hit resolves a vertex and spares
- * everything upstream of it.
+ * everything upstream of it. In waves: a vertex is decided once every
+ * vertex that uses it is, so the vertices of one wave are looked up
+ * together, and the remote cache is asked for a wave's local misses at
+ * once (the same questions as one at a time, in the graph's depth of
+ * round trips rather than its size).
  */
 static void mark_needed(struct solver *s)
 {
-	size_t k, i;
+	bool *decided = xcalloc(s->def->n_ops, sizeof(bool));
+	size_t *wave = xcalloc(s->n_order + 1, sizeof(size_t));
+	size_t *ask = xcalloc(s->n_order + 1, sizeof(size_t));
+	bool *hit = xcalloc(s->n_order + 1, sizeof(bool));
+	uint64_t *bytes = xcalloc(s->n_order + 1, sizeof(uint64_t));
+	size_t k, i, n_decided = 0;
 
 	for (k = 0; k < s->n_order; k++)
 		compute_key(s, &s->v[s->order[k]], false, s->v[s->order[k]].defkey);
 	s->v[s->out].state = VS_WAITING;
 	for (k = 0; k < s->def->n_outputs; k++)
 		s->v[s->canon[s->def->outputs[k].op]].state = VS_WAITING;
-	for (k = s->n_order; k-- > 0;) {
-		struct vertex *v = &s->v[s->order[k]];
+	while (n_decided < s->n_order) {
+		struct remote_wave w = { .s = s, .vi = ask, .hit = hit, .bytes = bytes };
+		size_t n_wave = 0;
 
-		if (v->state != VS_WAITING)
-			continue;
-		if (lookup(s, v, v->defkey, v->op->type != KILN_OP_SOURCE_LOCAL)) {
-			v->state = VS_DONE;
-			v->cached = true;
-			s->n_cached++;
-			emit(s, v, KILN_VERTEX_CACHED, NULL);
-			continue;
+		for (k = s->n_order; k-- > 0;) {
+			size_t vi = s->order[k];
+			bool ready = !decided[vi];
+
+			for (i = 0; ready && i < s->v[vi].n_dependents; i++)
+				ready = decided[s->v[vi].dependents[i]];
+			if (ready)
+				wave[n_wave++] = vi;
 		}
-		for (i = 0; i < v->op->n_inputs; i++)
-			s->v[in_of(s, v, i)].state = VS_WAITING;
+		assert(n_wave > 0); /* the order is topological */
+		for (k = 0; k < n_wave; k++) {
+			struct vertex *v = &s->v[wave[k]];
+
+			if (v->state != VS_WAITING)
+				continue; /* not needed: nothing that uses it missed */
+			if (lookup(s, v, v->defkey, false))
+				hit_defkey(s, v);
+			else if (remote_wanted(s, v))
+				ask[w.n++] = wave[k];
+			else
+				miss_defkey(s, v);
+		}
+		if (w.n > 0)
+			remote_wave(s, &w);
+		for (k = 0; k < w.n; k++) {
+			if (hit[k])
+				hit_defkey(s, &s->v[ask[k]]);
+			else
+				miss_defkey(s, &s->v[ask[k]]);
+		}
+		for (k = 0; k < n_wave; k++)
+			decided[wave[k]] = true;
+		n_decided += n_wave;
 	}
+	free(bytes);
+	free(hit);
+	free(ask);
+	free(wave);
+	free(decided);
 }
 
 /* ---- the ready heap ---- */
@@ -991,8 +1134,13 @@ static void start(struct solver *s, size_t vi)
 	void **arg;
 
 	compute_key(s, v, true, v->contentkey);
-	/* Early cut-off: the same op on the same inputs' results ran before. */
-	if (lookup(s, v, v->contentkey, v->op->type != KILN_OP_SOURCE_LOCAL)) {
+	/*
+	 * Early cut-off: the same op on the same inputs' results ran before.
+	 * Here, or in the remote cache, which the job's thread asks first.
+	 */
+	v->remote_hit = false;
+	v->try_remote = false;
+	if (lookup(s, v, v->contentkey, false)) {
 		v->cached = true;
 		s->n_cached++;
 		emit(s, v, KILN_VERTEX_CACHED, NULL);
@@ -1001,6 +1149,7 @@ static void start(struct solver *s, size_t vi)
 		resolve(s, vi);
 		return;
 	}
+	v->try_remote = remote_wanted(s, v);
 	v->state = VS_RUNNING;
 	v->started = kiln_now_real_ns();
 	s->running++;
@@ -1125,7 +1274,13 @@ static void finish(struct solver *s, size_t vi)
 	s->moved += v->moved;
 	s->cache_in += v->cache_in;
 	s->cache_out += v->cache_out;
-	if (v->shared) {
+	if (v->remote_hit) {
+		/* The remote cache had it under the content key. */
+		v->cached = true;
+		s->n_cached++;
+		emit(s, v, KILN_VERTEX_CACHED, NULL);
+		alias_defkey(s, vi);
+	} else if (v->shared) {
 		/* Another build ran it while this one waited: a cache hit here. */
 		v->cached = true;
 		s->n_cached++;
