@@ -4,7 +4,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +21,7 @@
 #include "solver/definition.h"
 #include "solver/fileop.h"
 #include "solver/solve.h"
+#include "rcache/rcache.h"
 
 struct fx {
 	char *dir;   /* temp root */
@@ -649,6 +653,99 @@ static void test_lost_definition_key_hit(void **state)
 	kiln_definition_free(def);
 }
 
+/* ---- remote lookups: a wave at once ---- */
+
+/*
+ * A remote cache that has nothing. It holds lookups 2 to 5 (the wave
+ * below) until 4 are in flight, or for 5 s: it sees how many the solver
+ * asks at once.
+ */
+struct slow_remote {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	unsigned inflight, max_inflight, gets;
+	bool go; /* 4 were in flight at once */
+};
+
+static int slow_get(void *b, const char *name, uint64_t limit,
+		    int (*sink)(void *ud, const void *data, size_t n), void *ud,
+		    struct kiln_error **err)
+{
+	struct slow_remote *sr = b;
+	struct timespec until;
+	unsigned n;
+
+	(void)limit, (void)sink, (void)ud, (void)err;
+	if (strncmp(name, "ac/", 3))
+		return -ENOENT;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
+	pthread_mutex_lock(&sr->lock);
+	n = ++sr->gets;
+	if (++sr->inflight > sr->max_inflight)
+		sr->max_inflight = sr->inflight;
+	if (sr->inflight == 4)
+		sr->go = true; /* once: a waiter that wakes late must not wait again */
+	pthread_cond_broadcast(&sr->cond);
+	while (n >= 2 && n <= 5 && !sr->go &&
+	       pthread_cond_timedwait(&sr->cond, &sr->lock, &until) == 0)
+		;
+	pthread_mutex_unlock(&sr->lock);
+	/* Leave only after the others arrived (or the deadline passed). */
+	pthread_mutex_lock(&sr->lock);
+	sr->inflight--;
+	pthread_mutex_unlock(&sr->lock);
+	return -ENOENT;
+}
+
+/*
+ * Four independent steps under a merge: the merge's definition key misses
+ * everywhere, then the four are one wave, asked of the remote cache at
+ * once (they were asked one after another: a cold bucket cost a round
+ * trip per step). With one slot, the content-key lookups (on the jobs'
+ * threads) come one at a time, so 4 in flight can only be the wave.
+ */
+static void test_remote_lookups_in_waves(void **state)
+{
+	struct fx *f = *state;
+	const char *g = "{\"version\":1,\"ops\":["
+		"{\"id\":\"a\",\"op\":\"file\",\"actions\":[{\"action\":\"mkfile\",\"path\":\"/a\",\"data\":\"a\"}]},"
+		"{\"id\":\"b\",\"op\":\"file\",\"actions\":[{\"action\":\"mkfile\",\"path\":\"/b\",\"data\":\"b\"}]},"
+		"{\"id\":\"c\",\"op\":\"file\",\"actions\":[{\"action\":\"mkfile\",\"path\":\"/c\",\"data\":\"c\"}]},"
+		"{\"id\":\"d\",\"op\":\"file\",\"actions\":[{\"action\":\"mkfile\",\"path\":\"/d\",\"data\":\"d\"}]},"
+		"{\"id\":\"m\",\"op\":\"merge\",\"inputs\":[\"a\",\"b\",\"c\",\"d\"]}"
+		"],\"output\":\"m\"}";
+	_cleanup_free_ char *db = kiln_path_join(f->dir, "waves.db");
+	struct slow_remote sr = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, false };
+	struct kiln_rcache_backend be = { .name = "test://slow", .get = slow_get, .b = &sr };
+	struct kiln_rcache *rc = kiln_rcache_new(&be);
+	struct fake fk = { 0 };
+	struct kiln_executor ex = { .ud = &fk, .check_platform = fake_platform, .have = fake_have,
+				    .run = fake_run };
+	struct kiln_solve_options so = { .executor = &ex, .store = f->store, .slots = 1,
+					 .cache_from = rc };
+	struct kiln_definition *def = NULL;
+	struct kiln_solve_result res;
+	struct kiln_cache *cache = NULL;
+	struct kiln_error *err = NULL;
+
+	assert_int_equal(kiln_definition_parse(g, strlen(g), "g", "/", "linux/amd64",
+					       &def, NULL), 0);
+	assert_int_equal(kiln_cache_open(db, &cache, NULL), 0);
+	so.cache = cache;
+	assert_int_equal(kiln_solve(def, &so, &res, &err), 0);
+	assert_null(err);
+	assert_int_equal(res.run, 5);
+	assert_int_equal(sr.max_inflight, 4);
+	/* m's and the four's definition keys, then five content keys. */
+	assert_int_equal(sr.gets, 10);
+	assert_null(kiln_rcache_unavailable(rc));
+	kiln_solve_result_release(&res);
+	kiln_cache_free(cache);
+	kiln_definition_free(def);
+	kiln_rcache_free(rc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -668,6 +765,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_extract_implied_dirs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lost_definition_key_hit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_remote_lookups_in_waves, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
