@@ -34,7 +34,6 @@
 #include "solver/solve.h"
 
 #include <assert.h>
-#include <stdatomic.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -45,6 +44,7 @@
 #include "basic/fs-util.h"
 #include "basic/log.h"
 #include "basic/parse-util.h"
+#include "basic/pool.h"
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "source/git.h"
@@ -859,40 +859,30 @@ static int pin_sources(struct solver *s, struct kiln_error **err)
 
 struct remote_wave {
 	struct solver *s;
-	const size_t *vi;   /* the vertices to ask for, by definition key */
+	const size_t *vi; /* the vertices to ask for, by definition key */
 	bool *hit;
 	uint64_t *bytes;
 	size_t n;
-	atomic_size_t next; /* the next one a thread takes */
 };
 
-static void *remote_wave_main(void *ud)
+static int remote_wave_one(void *ud, size_t i, unsigned slot, struct kiln_error **err)
 {
 	struct remote_wave *w = ud;
-	size_t i;
+	struct vertex *v = &w->s->v[w->vi[i]];
 
-	while ((i = atomic_fetch_add(&w->next, 1)) < w->n) {
-		struct vertex *v = &w->s->v[w->vi[i]];
-
-		w->hit[i] = remote_lookup(w->s, v, v->defkey, &w->bytes[i]);
-	}
-	return NULL;
+	(void)slot, (void)err;
+	w->hit[i] = remote_lookup(w->s, v, v->defkey, &w->bytes[i]);
+	return 0; /* a failure is a miss (and a warning) */
 }
 
 /* Ask the remote cache for every vertex of w at once (the bracket let go). */
 static void remote_wave(struct solver *s, struct remote_wave *w)
 {
-	pthread_t t[REMOTE_LOOKUP_THREADS];
-	size_t n = 0, i;
+	size_t i;
 
 	if (s->in_bracket)
 		kiln_cache_read_end(s->o->cache);
-	while (n < REMOTE_LOOKUP_THREADS && n + 1 < w->n &&
-	       pthread_create(&t[n], NULL, remote_wave_main, w) == 0)
-		n++;
-	remote_wave_main(w); /* this thread too; alone when no thread could start */
-	for (i = 0; i < n; i++)
-		pthread_join(t[i], NULL);
+	(void)kiln_pool_run(w->n, REMOTE_LOOKUP_THREADS, remote_wave_one, w, NULL);
 	if (s->in_bracket)
 		kiln_cache_read_begin(s->o->cache);
 	for (i = 0; i < w->n; i++)
