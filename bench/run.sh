@@ -91,6 +91,11 @@ echo
 echo "== bench-s3"
 "$here/bench-s3.sh" "$build" | tee -a "$log" | sed 's/^/   /'
 
+# Layer compression (issue 13): gzip and zstd layers vs pigz and zstd.
+echo
+echo "== bench-compress"
+"$here/bench-compress.sh" "$build" | tee -a "$log" | sed 's/^/   /'
+
 echo
 echo "== summary ($(($(date +%s) - start)) s; load average now $(cut -d' ' -f1-3 /proc/loadavg))"
 sed -n 's/^RESULT //p' "$log"

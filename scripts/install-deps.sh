@@ -23,7 +23,7 @@ apt-get install -y -qq --no-install-recommends \
 	runc uidmap busybox-static \
 	qemu-user-static binfmt-support \
 	ca-certificates curl jq sqlite3 file python3 git openssh-client gcc-aarch64-linux-gnu \
-	docker-registry skopeo umoci apache2-utils openssl gettext-base bzip2 hyperfine \
+	docker-registry skopeo umoci apache2-utils openssl gettext-base bzip2 hyperfine pigz zstd \
 	radosgw ceph-mon ceph-osd ceph-common iptables \
 	>/dev/null
 

@@ -5,16 +5,18 @@
  * goes through our own write callback: the uncompressed bytes are hashed
  * (diff_id) and fed to zlib or libzstd, whose output streams into a CAS
  * writer. Nothing in the stream depends on the clock, the host or the
- * process (gzip header with no name and mtime 0, single-threaded zstd,
- * unpadded last tar block), so the same trees and options give the same
- * blob.
+ * process (gzip header with no name and mtime 0, unpadded last tar
+ * block), nor on the number of cores: gzip is compressed in fixed chunks
+ * on all of them (pgzip.h), zstd with at least one worker thread, whose
+ * output is the same for any number of workers. So the same trees and
+ * options give the same blob everywhere.
  */
 #include "export/image.h"
 
 #include <archive.h>
 #include <archive_entry.h>
 #include <string.h>
-#include <zlib.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include "basic/alloc.h"
@@ -22,6 +24,7 @@
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "export/export-internal.h"
+#include "export/pgzip.h"
 
 #define GZIP_DEFAULT_LEVEL 6
 #define ZSTD_DEFAULT_LEVEL 3
@@ -32,8 +35,7 @@
 
 struct sink {
 	enum kiln_compression comp;
-	z_stream z;
-	bool z_live;
+	struct kiln_pgzip *gz;
 	ZSTD_CCtx *zc;
 	struct kiln_store_writer *w;
 	struct kiln_hasher *diff; /* uncompressed bytes */
@@ -54,26 +56,14 @@ static int sink_emit(struct sink *k, const void *data, size_t n)
 	return 0;
 }
 
+static int gzip_emit(void *ud, const void *data, size_t n)
+{
+	return sink_emit(ud, data, n);
+}
+
 static int sink_gzip(struct sink *k, const void *data, size_t n, bool end)
 {
-	int zr;
-
-	k->z.next_in = (Bytef *)data;
-	k->z.avail_in = (uInt)n;
-	do {
-		int r;
-
-		k->z.next_out = k->buf;
-		k->z.avail_out = SINK_BUF;
-		zr = deflate(&k->z, end ? Z_FINISH : Z_NO_FLUSH);
-		if (zr == Z_STREAM_ERROR)
-			return -EIO;
-		r = sink_emit(k, k->buf, SINK_BUF - k->z.avail_out);
-		if (r < 0)
-			return r;
-	} while (k->z.avail_in > 0 || k->z.avail_out == 0 ||
-		 (end && zr != Z_STREAM_END));
-	return 0;
+	return end ? kiln_pgzip_finish(k->gz) : kiln_pgzip_write(k->gz, data, n);
 }
 
 static int sink_zstd(struct sink *k, const void *data, size_t n, bool end)
@@ -118,21 +108,33 @@ static int effective_level(const struct kiln_image_opts *o)
 	       o->compression == KILN_COMPRESS_GZIP ? GZIP_DEFAULT_LEVEL : 0;
 }
 
+/* Compressing threads: one per core (the caller helps as well). */
+static unsigned compress_threads(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > 64 ? 64 : (unsigned)n;
+}
+
 static int sink_start_codec(struct sink *k, int level)
 {
 	if (k->comp == KILN_COMPRESS_GZIP) {
-		/* windowBits 15 + 16: a gzip wrapper, mtime 0, no name. */
-		if (deflateInit2(&k->z, level, Z_DEFLATED, 15 + 16, 8,
-				 Z_DEFAULT_STRATEGY) != Z_OK)
+		k->gz = kiln_pgzip_new(level, compress_threads(), gzip_emit, k);
+		if (!k->gz)
 			return -ENOMEM;
-		k->z_live = true;
 	} else if (k->comp == KILN_COMPRESS_ZSTD) {
+		/*
+		 * At least one worker even on one core: zstd's output is the
+		 * same for any number of workers, but not without any.
+		 */
 		k->zc = ZSTD_createCCtx();
 		if (!k->zc ||
 		    ZSTD_isError(ZSTD_CCtx_setParameter(
 			    k->zc, ZSTD_c_compressionLevel, level)) ||
 		    ZSTD_isError(ZSTD_CCtx_setParameter(
-			    k->zc, ZSTD_c_checksumFlag, 1)))
+			    k->zc, ZSTD_c_checksumFlag, 1)) ||
+		    ZSTD_isError(ZSTD_CCtx_setParameter(
+			    k->zc, ZSTD_c_nbWorkers, (int)compress_threads())))
 			return -ENOMEM;
 	}
 	return 0;
@@ -156,8 +158,7 @@ static int sink_start(struct kiln_store *s, struct sink *k,
 
 static void sink_release(struct sink *k)
 {
-	if (k->z_live)
-		deflateEnd(&k->z);
+	kiln_pgzip_free(k->gz);
 	ZSTD_freeCCtx(k->zc);
 	if (k->w)
 		kiln_store_writer_abort(k->w);
@@ -412,7 +413,8 @@ static char *layer_key(const struct kiln_digest *parent,
 	kiln_tree_empty_digest(&empty);
 	if (o->has_epoch)
 		snprintf(epoch, sizeof(epoch), "%lld", (long long)o->epoch);
-	text = xasprintf("kiln-layer-v1\n%s\n%s\n%s\n%d\n%s\n",
+	/* v2: gzip in parallel chunks, zstd with workers (other bytes than v1). */
+	text = xasprintf("kiln-layer-v2\n%s\n%s\n%s\n%d\n%s\n",
 			 KILN_DIGEST_STR(parent ? parent : &empty),
 			 KILN_DIGEST_STR(child),
 			 compression_name(o->compression),

@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,8 @@
 #include "cas/gc.h"
 #include "cas/tree.h"
 #include "export/export.h"
+#include "export/pgzip.h"
+#include <zlib.h>
 
 struct fixture {
 	char *dir;   /* temp root of everything below */
@@ -510,9 +513,155 @@ static void test_gc_mark_missing(void **state)
 	kiln_digest_set_free(marked);
 }
 
+/* ---- parallel gzip ---- */
+
+struct gzbuf {
+	unsigned char *p;
+	size_t len, alloc;
+	unsigned calls;
+};
+
+static int gz_collect(void *ud, const void *data, size_t n)
+{
+	struct gzbuf *b = ud;
+
+	if (b->len + n > b->alloc) {
+		b->alloc = (b->len + n) * 2;
+		b->p = xrealloc(b->p, b->alloc);
+	}
+	memcpy(b->p + b->len, data, n);
+	b->len += n;
+	b->calls++;
+	return 0;
+}
+
+/* in through kiln_pgzip at level with threads, written in pieces of step. */
+static void pgzip_run(const unsigned char *in, size_t n, int level, unsigned threads,
+		      size_t step, struct gzbuf *out)
+{
+	struct kiln_pgzip *z = kiln_pgzip_new(level, threads, gz_collect, out);
+	size_t off;
+
+	assert_non_null(z);
+	memset(out, 0, sizeof(*out));
+	for (off = 0; off < n; off += step)
+		assert_int_equal(kiln_pgzip_write(z, in + off, n - off < step ? n - off : step), 0);
+	assert_int_equal(kiln_pgzip_finish(z), 0);
+	assert_int_equal(kiln_pgzip_write(z, "x", 1), -EINVAL); /* nothing after finish */
+	kiln_pgzip_free(z);
+}
+
+/* zlib's own reader (windowBits 31: gzip) checks the CRC and the length. */
+static void gunzip_equals(const struct gzbuf *gz, const unsigned char *in, size_t n)
+{
+	z_stream zs = { 0 };
+	unsigned char *back = xmalloc(n + 16);
+
+	assert_int_equal(inflateInit2(&zs, 31), Z_OK);
+	zs.next_in = gz->p;
+	zs.avail_in = (uInt)gz->len;
+	zs.next_out = back;
+	zs.avail_out = (uInt)(n + 16);
+	assert_int_equal(inflate(&zs, Z_FINISH), Z_STREAM_END);
+	assert_int_equal(zs.total_out, n);
+	assert_int_equal(zs.avail_in, 0); /* one stream, nothing after it */
+	assert_memory_equal(back, in, n);
+	inflateEnd(&zs);
+	free(back);
+}
+
+/*
+ * One valid gzip stream whatever the size (empty, under the 32 KiB
+ * dictionary, at and around the 128 KiB chunk, many chunks), and the same
+ * bytes for any number of threads and any way of cutting the writes: a
+ * layer's digest may not depend on the machine.
+ */
+static void test_pgzip(void **state)
+{
+	static const size_t sizes[] = { 0, 1, 1000, 32768, 131071, 131072, 131073,
+					 262144, 5u << 20 };
+	size_t n_max = 5u << 20, i, k;
+	unsigned char *in = xmalloc(n_max);
+	unsigned seed = 12345;
+
+	(void)state;
+	/* Text-like and random stretches: back references across chunks. */
+	for (i = 0; i < n_max; i++) {
+		seed = seed * 1103515245u + 12345u;
+		in[i] = (i / 40000) % 3 == 2 ? (unsigned char)(seed >> 16)
+					     : (unsigned char)("the quick brown fox "[i % 20] + (i / 300000) % 3);
+	}
+	for (k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		struct gzbuf ref, other;
+		static const unsigned threads[] = { 0, 1, 3, 8 };
+		static const size_t steps[] = { 7, 65536, 1u << 30 };
+		size_t t;
+
+		pgzip_run(in, sizes[k], 6, 2, 100000, &ref);
+		assert_true(ref.len >= 18);
+		assert_int_equal(ref.p[0], 0x1f);
+		assert_int_equal(ref.p[1], 0x8b);
+		assert_int_equal(ref.p[4] | ref.p[5] | ref.p[6] | ref.p[7], 0); /* mtime 0 */
+		gunzip_equals(&ref, in, sizes[k]);
+		for (t = 0; t < 4; t++) {
+			if (sizes[k] > 300000 && steps[t % 3] == 7)
+				continue; /* 7-byte writes of 5 MiB: slow under ASan, nothing new */
+			pgzip_run(in, sizes[k], 6, threads[t], steps[t % 3], &other);
+			assert_int_equal(other.len, ref.len);
+			assert_memory_equal(other.p, ref.p, ref.len);
+			free(other.p);
+		}
+		free(ref.p);
+	}
+	/* The level matters, and a compressible input shrinks as with zlib. */
+	{
+		struct gzbuf l1, l9;
+		uLongf zlen = compressBound(n_max);
+		unsigned char *zb = xmalloc(zlen);
+
+		pgzip_run(in, n_max, 1, 2, 1u << 20, &l1);
+		pgzip_run(in, n_max, 9, 2, 1u << 20, &l9);
+		assert_int_equal(l1.p[8], 4);
+		assert_int_equal(l9.p[8], 2);
+		assert_true(l9.len < l1.len);
+		gunzip_equals(&l1, in, n_max);
+		gunzip_equals(&l9, in, n_max);
+		assert_int_equal(compress2(zb, &zlen, in, n_max, 9), Z_OK);
+		assert_true(l9.len < zlen + zlen / 50 + 1024); /* within 2% of one stream */
+		free(zb);
+		free(l1.p);
+		free(l9.p);
+	}
+	free(in);
+}
+
+/* An emit failure stops the stream and is returned from then on. */
+static int gz_refuse(void *ud, const void *data, size_t n)
+{
+	(void)ud, (void)data, (void)n;
+	return -ENOSPC;
+}
+
+static void test_pgzip_emit_fails(void **state)
+{
+	struct kiln_pgzip *z = kiln_pgzip_new(6, 2, gz_refuse, NULL);
+	unsigned char *in = xcalloc(1, 4u << 20);
+	int r;
+
+	(void)state;
+	r = kiln_pgzip_write(z, in, 4u << 20); /* the ring fills: chunks are emitted */
+	assert_int_equal(r, -ENOSPC);
+	assert_int_equal(kiln_pgzip_write(z, in, 10), -ENOSPC);
+	assert_int_equal(kiln_pgzip_finish(z), -ENOSPC);
+	kiln_pgzip_free(z);
+	free(in);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pgzip),
+		cmocka_unit_test(test_pgzip_emit_fails),
 		cmocka_unit_test_setup_teardown(test_local_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_never_follows, setup,
 						teardown),
