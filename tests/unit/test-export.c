@@ -20,6 +20,7 @@
 #include "export/export.h"
 #include "export/pgzip.h"
 #include <zlib.h>
+#include <zstd.h>
 
 struct fixture {
 	char *dir;   /* temp root of everything below */
@@ -635,6 +636,46 @@ static void test_pgzip(void **state)
 	free(in);
 }
 
+/*
+ * What layer-diff.c relies on for zstd: libzstd's output is the same for
+ * any number of workers >= 1 (it is not for 0). A libzstd that broke
+ * this would make layer digests depend on the machine's cores.
+ */
+static size_t zstd_mt(const void *in, size_t n, int workers, void *out, size_t cap)
+{
+	ZSTD_CCtx *c = ZSTD_createCCtx();
+	size_t r;
+
+	assert_non_null(c);
+	assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, 3)));
+	assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1)));
+	assert_false(ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_nbWorkers, workers)));
+	r = ZSTD_compress2(c, out, cap, in, n);
+	assert_false(ZSTD_isError(r));
+	ZSTD_freeCCtx(c);
+	return r;
+}
+
+static void test_zstd_workers_deterministic(void **state)
+{
+	size_t n = 12u << 20, cap = ZSTD_compressBound(n), a, b, i;
+	unsigned char *in = xmalloc(n), *oa = xmalloc(cap), *ob = xmalloc(cap);
+	unsigned seed = 7;
+
+	(void)state;
+	for (i = 0; i < n; i++) {
+		seed = seed * 1103515245u + 12345u;
+		in[i] = (i / 50000) % 2 ? (unsigned char)(seed >> 16) : (unsigned char)("layer"[i % 5]);
+	}
+	a = zstd_mt(in, n, 1, oa, cap);
+	b = zstd_mt(in, n, 4, ob, cap);
+	assert_int_equal(a, b);
+	assert_memory_equal(oa, ob, a);
+	free(in);
+	free(oa);
+	free(ob);
+}
+
 /* An emit failure stops the stream and is returned from then on. */
 static int gz_refuse(void *ud, const void *data, size_t n)
 {
@@ -662,6 +703,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_pgzip),
 		cmocka_unit_test(test_pgzip_emit_fails),
+		cmocka_unit_test(test_zstd_workers_deterministic),
 		cmocka_unit_test_setup_teardown(test_local_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_local_never_follows, setup,
 						teardown),
