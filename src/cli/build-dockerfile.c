@@ -392,6 +392,8 @@ static int image_opts(struct dfbuild *b, const struct kiln_export_spec *spec,
 		r = kiln_image_opts_set(o, "compression", spec->compression, err);
 	if (r == 0 && spec && spec->compression_level)
 		r = kiln_image_opts_set(o, "compression-level", spec->compression_level, err);
+	if (r == 0 && spec && spec->force_compression)
+		r = kiln_image_opts_set(o, "force-compression", spec->force_compression, err);
 	if (r == 0 && epoch && *epoch)
 		r = kiln_image_opts_epoch(o, epoch, err);
 	return r;

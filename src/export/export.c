@@ -23,8 +23,9 @@ void kiln_export_spec_release(struct kiln_export_spec *s)
 	free(s->push);
 	free(s->compression);
 	free(s->compression_level);
+	free(s->force_compression);
 	s->type = s->dest = s->name = s->push = NULL;
-	s->compression = s->compression_level = NULL;
+	s->compression = s->compression_level = s->force_compression = NULL;
 }
 
 static bool known_type(const char *type)
@@ -57,6 +58,8 @@ static int spec_field(const char *f, size_t len, struct kiln_export_spec *out,
 		slot = &out->compression;
 	else if (klen == 17 && !strncmp(f, "compression-level", 17))
 		slot = &out->compression_level;
+	else if (klen == 17 && !strncmp(f, "force-compression", 17))
+		slot = &out->force_compression;
 	else
 		return kiln_error_set(err, -EINVAL, "output: unknown key \"%.*s\"",
 				      (int)klen, f);
@@ -97,13 +100,20 @@ static int spec_check(struct kiln_export_spec *out, struct kiln_error **err)
 				      out->type);
 	image = !strcmp(out->type, "image");
 	archive = image || !strcmp(out->type, "oci");
-	if (!archive && (out->name || out->push || out->compression || out->compression_level))
+	if (!archive && (out->name || out->push || out->compression || out->compression_level ||
+			 out->force_compression))
 		return kiln_error_set(err, -EINVAL,
 				      "output: type=%s takes only dest= (name, push and compression are for oci and image)",
 				      out->type);
-	if (out->compression && strcmp(out->compression, "gzip") && strcmp(out->compression, "zstd"))
-		return kiln_error_set(err, -EINVAL, "output: compression=%s: want gzip or zstd",
+	if (out->compression && strcmp(out->compression, "gzip") && strcmp(out->compression, "zstd") &&
+	    strcmp(out->compression, "uncompressed"))
+		return kiln_error_set(err, -EINVAL,
+				      "output: compression=%s: want gzip, zstd or uncompressed",
 				      out->compression);
+	if (out->force_compression && strcmp(out->force_compression, "true") &&
+	    strcmp(out->force_compression, "false"))
+		return kiln_error_set(err, -EINVAL, "output: force-compression=%s: want true or false",
+				      out->force_compression);
 	if (out->push && strcmp(out->push, "true") && strcmp(out->push, "false"))
 		return kiln_error_set(err, -EINVAL, "output: push=%s: want true or false", out->push);
 	if (image) {

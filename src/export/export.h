@@ -45,6 +45,7 @@ struct kiln_export_spec {
 	char *push;        /* image: "true"/"false" */
 	char *compression; /* oci, image: gzip (default) or zstd */
 	char *compression_level;
+	char *force_compression; /* "true" or "false" */
 };
 int kiln_export_spec_parse(const char *spec, struct kiln_export_spec *out,
 			   struct kiln_error **err);

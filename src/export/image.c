@@ -66,9 +66,15 @@ int kiln_image_opts_set(struct kiln_image_opts *o, const char *key,
 		r = set_compression(o, value, err);
 	else if (!strcmp(key, "compression-level"))
 		r = set_level(o, value, err);
+	else if (!strcmp(key, "force-compression") && (!strcmp(value, "true") || !strcmp(value, "false")))
+		o->force = !strcmp(value, "true"), r = 0;
+	else if (!strcmp(key, "force-compression"))
+		r = kiln_error_set(err, -EINVAL, "output: force-compression=%s (want true or false)",
+				   value);
 	else
 		return -ENOENT;
-	if (r == 0 && o->compression == KILN_COMPRESS_GZIP && o->level > 9)
+	if (r == 0 && strcmp(key, "force-compression") && o->compression == KILN_COMPRESS_GZIP &&
+	    o->level > 9)
 		r = kiln_error_set(err, -EINVAL,
 				   "output: compression-level=%d is over 9, gzip's maximum",
 				   o->level);
@@ -421,6 +427,43 @@ static int put_manifest(struct kiln_store *s, json_t *config, json_t *layers,
 	return r;
 }
 
+/*
+ * force-compression: each base layer of another compression is converted
+ * (its diff_id checked); one already in the requested compression is kept
+ * as it is, whatever level made it (as BuildKit does).
+ */
+static int force_base(struct kiln_store *s, struct kiln_cache *cache,
+		      const struct kiln_image_opts *o, struct base *b,
+		      struct kiln_error **err)
+{
+	json_t *l;
+	size_t i;
+
+	json_array_foreach(b->layers, i, l) {
+		const char *mt = json_string_value(json_object_get(l, "mediaType"));
+		const char *id = json_string_value(json_array_get(b->diff_ids, i));
+		struct kiln_digest blob, diff_id;
+		struct kiln_image_layer_info info;
+		enum kiln_compression c;
+		int r;
+
+		if (!kiln_image_media_compression(mt, &c) || c == o->compression)
+			continue;
+		if (!id || kiln_digest_parse(id, &diff_id) < 0 ||
+		    kiln_digest_parse(json_string_value(json_object_get(l, "digest")) ?: "",
+				      &blob) < 0)
+			return kiln_error_set(err, -EBADMSG,
+					      "base layer %zu: no digest or diff_id to convert it by", i);
+		r = kiln_image_layer_convert(s, cache, &blob, mt, &diff_id, o, &info, err);
+		if (r < 0) {
+			kiln_error_prefix(err, "force-compression of base layer %zu", i);
+			return r;
+		}
+		json_array_set_new(b->layers, i, descriptor(info.media_type, &info.digest, info.size));
+	}
+	return 0;
+}
+
 static int check_spec(const struct kiln_image_spec *spec,
 		      struct kiln_error **err)
 {
@@ -442,6 +485,8 @@ static int assemble(struct kiln_store *s, struct kiln_cache *cache,
 	int r;
 
 	r = base_load(s, spec->base_meta, &b, err);
+	if (r == 0 && o->force)
+		r = force_base(s, cache, o, &b, err);
 	if (r == 0)
 		r = new_layers(s, cache, spec, o, b.layers, diff_ids, err);
 	if (r == 0)

@@ -57,6 +57,9 @@ enum kiln_compression {
 struct kiln_image_opts {
 	enum kiln_compression compression;
 	int level;
+	/* force-compression=true: base layers of another compression are
+	 * converted to this one (ones already in it are kept as they are) */
+	bool force;
 	bool has_epoch;
 	int64_t epoch;
 };
@@ -110,6 +113,20 @@ int kiln_image_layer(struct kiln_store *s, struct kiln_cache *cache,
 		     const struct kiln_image_opts *opts,
 		     struct kiln_image_layer_info *out,
 		     struct kiln_error **err);
+
+/* The compression of a layer media type; false for foreign, nondistributable or unknown ones. */
+bool kiln_image_media_compression(const char *media_type, enum kiln_compression *c);
+
+/*
+ * The layer blob (media_type, in s) recompressed as o says: decompressed,
+ * checked against diff_id (the config's), compressed into the CAS. With a
+ * cache index, a conversion done before is looked up first.
+ */
+int kiln_image_layer_convert(struct kiln_store *s, struct kiln_cache *cache,
+			     const struct kiln_digest *blob, const char *media_type,
+			     const struct kiln_digest *diff_id,
+			     const struct kiln_image_opts *o,
+			     struct kiln_image_layer_info *out, struct kiln_error **err);
 
 /*
  * What an image is built from.

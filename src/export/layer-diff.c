@@ -15,8 +15,10 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 #include <zstd.h>
 
 #include "basic/alloc.h"
@@ -513,6 +515,183 @@ static void layer_record(struct kiln_cache *cache, const char *key,
 
 	kiln_cache_put(cache, &key, 1, &rec, &err);
 	kiln_error_free(err);
+}
+
+/* ---- another compression for a layer blob (force-compression) ---- */
+
+bool kiln_image_media_compression(const char *mt, enum kiln_compression *c)
+{
+	if (!strcmp(mt, KILN_MT_OCI_LAYER_GZIP))
+		*c = KILN_COMPRESS_GZIP;
+	else if (!strcmp(mt, KILN_MT_OCI_LAYER_ZSTD))
+		*c = KILN_COMPRESS_ZSTD;
+	else if (!strcmp(mt, KILN_MT_OCI_LAYER))
+		*c = KILN_COMPRESS_NONE;
+	else
+		return false; /* foreign, nondistributable, unknown: as they are */
+	return true;
+}
+
+#define CONVERT_BUF (256u << 10)
+
+/* gzip (several members allowed, as gzip itself does) into the sink. */
+static int convert_gzip(int fd, struct sink *k)
+{
+	_cleanup_free_ unsigned char *in = xmalloc(CONVERT_BUF), *out = xmalloc(CONVERT_BUF);
+	z_stream zs = { 0 };
+	int r = 0, zr = Z_OK;
+
+	if (inflateInit2(&zs, 15 + 16) != Z_OK)
+		return -ENOMEM;
+	while (r == 0) {
+		ssize_t n = read(fd, in, CONVERT_BUF);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			/* The end of the blob must be the end of a member. */
+			r = n < 0 ? -errno : zr == Z_STREAM_END ? 0 : -EBADMSG;
+			break;
+		}
+		zs.next_in = in;
+		zs.avail_in = (uInt)n;
+		do {
+			if (zr == Z_STREAM_END) {
+				if (zs.avail_in == 0)
+					break;
+				if (inflateReset(&zs) != Z_OK) { /* the next member */
+					r = -EIO;
+					break;
+				}
+			}
+			zs.next_out = out;
+			zs.avail_out = CONVERT_BUF;
+			zr = inflate(&zs, Z_NO_FLUSH);
+			if (zr != Z_OK && zr != Z_STREAM_END && zr != Z_BUF_ERROR) {
+				r = -EBADMSG;
+				break;
+			}
+			r = sink_feed(k, out, CONVERT_BUF - zs.avail_out, false);
+		} while (r == 0 && (zs.avail_in > 0 || zs.avail_out == 0));
+	}
+	inflateEnd(&zs);
+	return r;
+}
+
+static int convert_zstd(int fd, struct sink *k)
+{
+	_cleanup_free_ unsigned char *in = xmalloc(CONVERT_BUF), *out = xmalloc(CONVERT_BUF);
+	ZSTD_DCtx *d = ZSTD_createDCtx();
+	size_t left = 1;
+	int r = 0;
+
+	if (!d)
+		return -ENOMEM;
+	for (;;) {
+		ssize_t n = read(fd, in, CONVERT_BUF);
+		ZSTD_inBuffer ib = { in, n > 0 ? (size_t)n : 0, 0 };
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			r = n < 0 ? -errno : left == 0 ? 0 : -EBADMSG;
+			break;
+		}
+		while (r == 0 && ib.pos < ib.size) {
+			ZSTD_outBuffer ob = { out, CONVERT_BUF, 0 };
+
+			left = ZSTD_decompressStream(d, &ob, &ib);
+			if (ZSTD_isError(left))
+				r = -EBADMSG;
+			else
+				r = sink_feed(k, out, ob.pos, false);
+		}
+		if (r < 0)
+			break;
+	}
+	ZSTD_freeDCtx(d);
+	return r;
+}
+
+static int convert_plain(int fd, struct sink *k)
+{
+	_cleanup_free_ unsigned char *in = xmalloc(CONVERT_BUF);
+	ssize_t n;
+	int r = 0;
+
+	while (r == 0 && (n = read(fd, in, CONVERT_BUF)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		r = n < 0 ? -errno : sink_feed(k, in, (size_t)n, false);
+	}
+	return r;
+}
+
+static int convert_build(struct kiln_store *s, const struct kiln_digest *blob,
+			 enum kiln_compression from, const struct kiln_digest *diff_id,
+			 const struct kiln_image_opts *o, struct kiln_image_layer_info *out,
+			 struct kiln_error **err)
+{
+	struct sink k;
+	int fd = kiln_store_open_blob(s, blob), r;
+
+	if (fd < 0)
+		return kiln_error_seterrno(err, fd, "layer %s: not in the store",
+					   KILN_DIGEST_STR(blob));
+	r = sink_start(s, &k, o, err);
+	if (r == 0) {
+		r = from == KILN_COMPRESS_GZIP ? convert_gzip(fd, &k) :
+		    from == KILN_COMPRESS_ZSTD ? convert_zstd(fd, &k) : convert_plain(fd, &k);
+		if (r < 0)
+			kiln_error_seterrno(err, r, "layer %s: cannot read it as %s",
+					    KILN_DIGEST_STR(blob), kiln_image_layer_media_type(from));
+	}
+	if (r == 0)
+		r = sink_finish(&k, out, err);
+	/* The uncompressed bytes must be the ones the config names. */
+	if (r == 0 && !kiln_digest_eq(&out->diff_id, diff_id))
+		r = kiln_error_set(err, -EBADMSG,
+				   "layer %s: its uncompressed digest is %s, the image config says %s",
+				   KILN_DIGEST_STR(blob), KILN_DIGEST_STR(&out->diff_id),
+				   KILN_DIGEST_STR(diff_id));
+	close(fd);
+	sink_release(&k);
+	out->media_type = kiln_image_layer_media_type(o->compression);
+	out->cached = false;
+	return r;
+}
+
+int kiln_image_layer_convert(struct kiln_store *s, struct kiln_cache *cache,
+			     const struct kiln_digest *blob, const char *media_type,
+			     const struct kiln_digest *diff_id,
+			     const struct kiln_image_opts *o,
+			     struct kiln_image_layer_info *out, struct kiln_error **err)
+{
+	enum kiln_compression from;
+	_cleanup_free_ char *key = NULL;
+	uint64_t t0 = kiln_now_mono_ns();
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	if (!kiln_image_media_compression(media_type, &from))
+		return kiln_error_set(err, -EINVAL, "layer %s: cannot convert a %s layer",
+				      KILN_DIGEST_STR(blob), media_type);
+	if (cache) {
+		struct kiln_digest k;
+		_cleanup_free_ char *text = xasprintf("kiln-layer-convert-v1\n%s\n%s\n%d\n",
+						      KILN_DIGEST_STR(blob),
+						      compression_name(o->compression),
+						      effective_level(o));
+
+		kiln_digest_buf(text, strlen(text), &k);
+		key = xstrdup(KILN_DIGEST_STR(&k));
+		if (layer_lookup(s, cache, key, o, out) == 0)
+			return 0;
+	}
+	r = convert_build(s, blob, from, diff_id, o, out, err);
+	if (r == 0 && cache)
+		layer_record(cache, key, blob, out, (kiln_now_mono_ns() - t0) / 1000000u);
+	return r;
 }
 
 int kiln_image_layer(struct kiln_store *s, struct kiln_cache *cache,

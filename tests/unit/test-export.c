@@ -380,7 +380,11 @@ static void test_spec_parse(void **state)
 	expect_spec_error("type=image,dest=x,name=r", "not dest=");
 	expect_spec_error("type=image,push=true", "needs name=");
 	expect_spec_error("type=image,name=r,push=maybe", "push=maybe");
+	expect_spec("type=oci,dest=i.tar,compression=zstd,force-compression=true", "oci", "i.tar");
+	expect_spec("type=oci,dest=i.tar,compression=uncompressed", "oci", "i.tar");
 	expect_spec_error("type=oci,dest=x,compression=lz4", "compression=lz4");
+	expect_spec_error("type=oci,dest=x,force-compression=1", "force-compression=1");
+	expect_spec_error("type=local,dest=x,force-compression=true", "takes only dest=");
 	expect_spec_error("type=local,dest=x,name=y", "takes only dest=");
 	expect_spec_error("type=local,dst=x", "\"dst\"");
 	expect_spec_error("type=tar", "needs dest");

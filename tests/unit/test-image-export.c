@@ -699,6 +699,88 @@ static void test_assemble_busybox(void **state)
 	kiln_image_release(&img);
 }
 
+/* The sha256 of the zstd blob d decompressed. */
+static void zstd_blob_digest(struct ctx *c, const struct kiln_digest *d, struct kiln_digest *out)
+{
+	_cleanup_free_ char *path = kiln_store_blob_path(c->store, d);
+	_cleanup_free_ char *cmd = xasprintf("zstd -q -d -c '%s' | sha256sum", path);
+	FILE *p = popen(cmd, "r");
+	char hex[65] = "";
+	_cleanup_free_ char *ds = NULL;
+
+	assert_non_null(p);
+	assert_int_equal(fscanf(p, "%64s", hex), 1);
+	assert_int_equal(pclose(p), 0);
+	ds = xasprintf("sha256:%s", hex);
+	assert_int_equal(kiln_digest_parse(ds, out), 0);
+}
+
+/*
+ * force-compression=true: busybox's gzip base layer becomes zstd (the same
+ * uncompressed bytes); without it, or when the base already has the
+ * requested compression, the base layer passes through by digest.
+ */
+static void test_force_compression(void **state)
+{
+	struct ctx *c = *state;
+	struct kiln_image_opts zf = { .compression = KILN_COMPRESS_ZSTD, .force = true };
+	struct kiln_image_opts z = { .compression = KILN_COMPRESS_ZSTD };
+	struct kiln_image_opts gf = { .compression = KILN_COMPRESS_GZIP, .force = true };
+	struct kiln_image img;
+	struct kiln_digest tree, m1, m2, m3, blob, diff_id, back, wrong;
+	struct kiln_image_layer_info info;
+	struct kiln_error *err = NULL;
+	json_t *j1, *j2, *j3, *bm, *bcfg, *l0;
+	const char *id0;
+
+	busybox_image(c, "linux/amd64", &zf, &img, &tree, &m1);
+	j1 = read_json(c, &m1);
+	bm = read_json(c, &img.manifest);
+	bcfg = config_of(c, bm);
+	l0 = json_array_get(json_object_get(j1, "layers"), 0);
+	assert_string_equal(jstr(l0, "mediaType"), KILN_MT_OCI_LAYER_ZSTD);
+	assert_false(json_equal(l0, json_array_get(json_object_get(bm, "layers"), 0)));
+	assert_int_equal(kiln_digest_parse(jstr(l0, "digest"), &blob), 0);
+	id0 = json_string_value(json_array_get(json_object_get(json_object_get(bcfg, "rootfs"),
+							    "diff_ids"), 0));
+	assert_int_equal(kiln_digest_parse(id0, &diff_id), 0);
+	zstd_blob_digest(c, &blob, &back);
+	assert_true(kiln_digest_eq(&back, &diff_id));
+	assert_string_equal(jstr(json_array_get(json_object_get(j1, "layers"), 1), "mediaType"),
+			    KILN_MT_OCI_LAYER_ZSTD);
+	kiln_image_release(&img);
+
+	/* Without force, the gzip base passes through. */
+	busybox_image(c, "linux/amd64", &z, &img, &tree, &m2);
+	j2 = read_json(c, &m2);
+	assert_true(json_equal(json_array_get(json_object_get(j2, "layers"), 0),
+			       json_array_get(json_object_get(bm, "layers"), 0)));
+	kiln_image_release(&img);
+	/* With force but already gzip: kept, never redone. */
+	busybox_image(c, "linux/amd64", &gf, &img, &tree, &m3);
+	j3 = read_json(c, &m3);
+	assert_true(json_equal(json_array_get(json_object_get(j3, "layers"), 0),
+			       json_array_get(json_object_get(bm, "layers"), 0)));
+	/* A blob whose bytes are not the config's diff_id is refused. */
+	kiln_digest_buf("not this", 8, &wrong);
+	assert_int_equal(kiln_image_layer_convert(c->store, NULL, &img.layers[0], KILN_MT_OCI_LAYER_GZIP,
+						  &wrong, &z, &info, &err), -EBADMSG);
+	assert_msg_has(err, "the image config says");
+	kiln_error_free(err);
+	err = NULL;
+	/* A foreign layer is never converted. */
+	assert_int_equal(kiln_image_layer_convert(c->store, NULL, &img.layers[0],
+						  "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+						  &diff_id, &z, &info, &err), -EINVAL);
+	kiln_error_free(err);
+	json_decref(j1);
+	json_decref(j2);
+	json_decref(j3);
+	json_decref(bm);
+	json_decref(bcfg);
+	kiln_image_release(&img);
+}
+
 /* Same trees + config + epoch, fresh stores: same manifest and index. */
 static void test_assemble_reproducible(void **state)
 {
@@ -1006,6 +1088,12 @@ static void test_opts(void **state)
 	assert_int_equal(kiln_image_opts_set(&o, "compression-level", "0", &err), -EINVAL);
 	kiln_error_free(err);
 	err = NULL;
+	assert_int_equal(kiln_image_opts_set(&o, "force-compression", "true", &err), 0);
+	assert_true(o.force);
+	assert_int_equal(kiln_image_opts_set(&o, "force-compression", "yes", &err), -EINVAL);
+	assert_msg_has(err, "force-compression=yes");
+	kiln_error_free(err);
+	err = NULL;
 	assert_int_equal(kiln_image_opts_set(&o, "dest", "x", &err), -ENOENT);
 	assert_null(err);
 	assert_int_equal(kiln_image_opts_epoch(&o, "1700000000", &err), 0);
@@ -1060,6 +1148,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_layer_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_assemble_busybox, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_force_compression, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_assemble_reproducible, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_assemble_errors, setup,
