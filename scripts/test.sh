@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it: install dependencies, build with
 # AddressSanitizer + UndefinedBehaviorSanitizer and run every unit and
 # integration test; then build with ThreadSanitizer and run the tests that
-# drive the multi-threaded solver, exec and remote cache paths. Prints
+# drive the multi-threaded solver, exec, remote cache and compression paths. Prints
 # "N passed, N failed" and exits non-zero on any failure.
 # Extra arguments go to the ASan `meson test` run (e.g. a test name).
 set -eu
@@ -36,7 +36,7 @@ if [ $# -eq 0 ]; then
 	# daemons' threads, the 20 rounds of the ASan run count the failures.
 	KILN_KILL_LOOP_N=${KILN_TSAN_KILL_LOOP_N:-3} \
 	meson test -C "$TSAN_BUILD" --print-errorlogs --no-rebuild \
-		solver exec cache rcache proto peer jobs worker-table pool tree it-example it-exec it-kill \
+		solver exec cache rcache export proto peer jobs worker-table pool tree it-example it-exec it-kill \
 		it-dockerfile it-cluster-registry it-cluster-build it-cluster-tls it-cache-local \
 		it-cluster-cache-s3 it-cluster-transfer-s3 || rc=1
 fi
