@@ -638,9 +638,9 @@ int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
 {
 	const struct kiln_http_route routes[] = {
 		{ "POST", "/v1/builds", handle_submit, b, SUBMIT_BODY_LIMIT, true, false, token,
-		  NULL },
-		{ "GET", "/v1/builds/*", handle_get, b, 0, false, false, token, NULL },
-		{ "DELETE", "/v1/builds/*", handle_cancel, b, 0, false, false, token, NULL },
+		  NULL, NULL, NULL },
+		{ "GET", "/v1/builds/*", handle_get, b, 0, false, false, token, NULL, NULL, NULL },
+		{ "DELETE", "/v1/builds/*", handle_cancel, b, 0, false, false, token, NULL, NULL, NULL },
 	};
 	size_t i;
 	int r;

@@ -43,8 +43,11 @@
 #define HEARTBEAT_BODY_LIMIT (64u << 10)
 #define DEFAULT_LISTEN "127.0.0.1:7070"
 #define DEFAULT_INTERVAL_MS 2000u
-/* Largest blob a client may upload in one request (a context file). */
-#define UPLOAD_LIMIT (1024u << 20)
+/*
+ * Largest blob a client may upload in one request (a context file). The
+ * body streams to disk as it comes, so this bounds disk, not memory.
+ */
+#define UPLOAD_LIMIT (64ull << 30)
 #define MAX_LIST 32
 
 struct kilnd {
@@ -322,11 +325,11 @@ static int add_routes(struct kilnd *d)
 	const struct kiln_http_route routes[] = {
 		/* Two roles: each route checks its own token (the server's is unset). */
 		{ "POST", "/v1/workers/register", handle_register, d,
-		  REGISTER_BODY_LIMIT, true, false, d->worker_token, NULL },
+		  REGISTER_BODY_LIMIT, true, false, d->worker_token, NULL, NULL, NULL },
 		{ "POST", "/v1/workers/*", handle_heartbeat, d,
-		  HEARTBEAT_BODY_LIMIT, true, false, d->worker_token, NULL },
-		{ "GET", "/v1/workers", handle_list, d, 0, false, false, d->client_token, NULL },
-		{ "GET", "/v1/health", handle_health, d, 0, false, true, NULL, NULL },
+		  HEARTBEAT_BODY_LIMIT, true, false, d->worker_token, NULL, NULL, NULL },
+		{ "GET", "/v1/workers", handle_list, d, 0, false, false, d->client_token, NULL, NULL, NULL },
+		{ "GET", "/v1/health", handle_health, d, 0, false, true, NULL, NULL, NULL, NULL },
 	};
 	/* kilnd's CAS: workers and clients read it, clients upload to it. */
 	const struct kiln_peer_server_options po = {

@@ -506,9 +506,9 @@ int kiln_ssh_relay_routes(struct kiln_ssh_relay *r, struct kiln_http_server *htt
 {
 	const struct kiln_http_route routes[] = {
 		{ "POST", "/v1/ssh", handle_ask, r, ASK_BODY_LIMIT, true, false, worker_token,
-		  NULL },
+		  NULL, NULL, NULL },
 		{ "POST", "/v1/builds/*", handle_exchange, r, EXCHANGE_BODY_LIMIT, true, false,
-		  client_token, NULL },
+		  client_token, NULL, NULL, NULL },
 	};
 	size_t i;
 	int rc;

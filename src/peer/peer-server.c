@@ -133,31 +133,53 @@ static int h_blob(const struct kiln_http_server_req *req,
 	return 0;
 }
 
-/* PUT /v1/blobs/<digest>: stored only when the body hashes to its name. */
-static int h_upload(const struct kiln_http_server_req *req,
-		    struct kiln_http_server_resp *resp, void *ud)
+/*
+ * PUT /v1/blobs/<digest>: the body streams into a store writer as it
+ * arrives (nothing of it is kept in memory), and the blob is stored only
+ * when it hashes to its name.
+ */
+struct upload {
+	struct kiln_store_writer *w; /* NULL: the store has the blob, the body is dropped */
+	bool begun;
+	int r;
+};
+
+static int upload_sink(void *ud, const char *rest, void **state, const void *data, size_t n)
 {
 	struct kiln_peer_server *p = ud;
-	_cleanup_error_ struct kiln_error *err = NULL;
-	struct kiln_store_writer *w = NULL;
-	struct kiln_digest d, got;
-	int r;
+	struct upload *u = *state;
+	struct kiln_digest d;
 
-	if (parse_digest_arg(req->rest, &d, resp) < 0)
-		return 0;
-	if (kiln_store_has(p->store, &d)) {
-		kiln_http_resp_json(resp, 200, json_pack("{ss}", "digest", req->rest));
-		return 0;
+	if (!u) {
+		u = *state = xcalloc(1, sizeof(*u));
+		/* A bad name is answered by the handler; one we have is not written. */
+		if (kiln_digest_parse(rest, &d) < 0 || kiln_store_has(p->store, &d))
+			return 0;
+		u->r = kiln_store_writer_begin(p->store, &u->w, NULL);
+		u->begun = true;
+		if (u->r < 0)
+			return u->r;
 	}
-	r = kiln_store_writer_begin(p->store, &w, &err);
-	if (r == 0)
-		r = kiln_store_writer_write(w, req->body, req->body_len);
-	if (r < 0) {
-		if (w)
-			kiln_store_writer_abort(w);
-		return r;
-	}
-	r = kiln_store_writer_commit(w, &d, &got, &err);
+	return u->w ? kiln_store_writer_write(u->w, data, n) : 0;
+}
+
+static void upload_free(void *ud, void *state)
+{
+	struct upload *u = state;
+
+	if (u->w)
+		kiln_store_writer_abort(u->w);
+	free(u);
+}
+
+/* Name what w holds d, or say why not. */
+static int commit_upload(struct kiln_store_writer *w, const struct kiln_http_server_req *req,
+			 const struct kiln_digest *d, struct kiln_http_server_resp *resp)
+{
+	_cleanup_error_ struct kiln_error *err = NULL;
+	struct kiln_digest got;
+	int r = kiln_store_writer_commit(w, d, &got, &err);
+
 	if (r == -EBADMSG) {
 		kiln_http_resp_error(resp, 400, "body does not match %s: %s", req->rest,
 				     kiln_error_msg(err));
@@ -167,6 +189,37 @@ static int h_upload(const struct kiln_http_server_req *req,
 		return r;
 	kiln_http_resp_json(resp, 201, json_pack("{ss}", "digest", req->rest));
 	return 0;
+}
+
+static int h_upload(const struct kiln_http_server_req *req,
+		    struct kiln_http_server_resp *resp, void *ud)
+{
+	struct kiln_peer_server *p = ud;
+	struct upload *u = *req->stream;
+	struct kiln_store_writer *w = NULL;
+	struct kiln_digest d;
+	int r;
+
+	if (parse_digest_arg(req->rest, &d, resp) < 0)
+		return 0;
+	if (kiln_store_has(p->store, &d)) {
+		kiln_http_resp_json(resp, 200, json_pack("{ss}", "digest", req->rest));
+		return 0;
+	}
+	if (u && !u->w) {
+		/* The store had it when the body began and has not now (a gc). */
+		kiln_http_resp_error(resp, 503, "blob %s went while it was uploaded: upload it again",
+				     req->rest);
+		return 0;
+	}
+	if (u) {
+		w = TAKE_PTR(u->w);
+	} else { /* an empty body: the sink never ran */
+		r = kiln_store_writer_begin(p->store, &w, NULL);
+		if (r < 0)
+			return r;
+	}
+	return commit_upload(w, req, &d, resp);
 }
 
 /* ---- request bodies: {"digests": [...]} ---- */
@@ -489,14 +542,14 @@ int kiln_peer_server_new(struct kiln_http_server *http,
 	struct kiln_peer_server *p = xcalloc(1, sizeof(*p));
 	const char *tok = opts ? opts->token : NULL, *alt = opts ? opts->alt_token : NULL;
 	const struct kiln_http_route routes[] = {
-		{ "GET", "/v1/blobs/*", h_blob, p, 0, false, false, tok, alt },
+		{ "GET", "/v1/blobs/*", h_blob, p, 0, false, false, tok, alt, NULL, NULL },
 		{ "POST", "/v1/blobs/missing", h_missing, p,
-		  KILN_PEER_REQUEST_LIMIT, true, false, tok, alt },
+		  KILN_PEER_REQUEST_LIMIT, true, false, tok, alt, NULL, NULL },
 		{ "POST", "/v1/blobs/batch", h_batch, p,
-		  KILN_PEER_REQUEST_LIMIT, true, false, tok, alt },
-		{ "GET", "/v1/trees/*", h_tree, p, 0, false, false, tok, alt },
+		  KILN_PEER_REQUEST_LIMIT, true, false, tok, alt, NULL, NULL },
+		{ "GET", "/v1/trees/*", h_tree, p, 0, false, false, tok, alt, NULL, NULL },
 		{ "PUT", "/v1/blobs/*", h_upload, p, opts ? opts->upload_limit : 0, false,
-		  false, opts ? opts->upload_token : NULL, NULL },
+		  false, opts ? opts->upload_token : NULL, NULL, upload_sink, upload_free },
 	};
 	size_t i, n = ARRAY_SIZE(routes);
 	int r;

@@ -53,8 +53,9 @@ struct kiln_peer_server_options {
 	const char *token, *alt_token;
 	/*
 	 * Also accept uploads, PUT /v1/blobs/<digest> (the body is the blob,
-	 * verified before it is named), with this token (borrowed), at most
-	 * upload_limit bytes each. NULL: no uploads.
+	 * streamed into the store as it arrives and verified before it is
+	 * named), with this token (borrowed), at most upload_limit bytes
+	 * each. NULL: no uploads.
 	 */
 	const char *upload_token;
 	size_t upload_limit;

@@ -62,6 +62,10 @@ struct conn_req {
 	struct kiln_strbuf body;
 	uint64_t discarded;
 	bool too_big;
+	const char *rest; /* streamed routes: what the sink is told */
+	void *stream;     /* streamed routes: the sink's state */
+	uint64_t streamed;
+	int sink_r;       /* the sink's failure */
 };
 
 struct stream_ctx {
@@ -467,7 +471,8 @@ static enum MHD_Result begin(struct kiln_http_server *s,
 				  "request body too large");
 	cr = xcalloc(1, sizeof(*cr));
 	cr->route = e;
-	kiln_strbuf_init(&cr->body, e->r.body_limit);
+	cr->rest = e->prefix ? url + e->plen : "";
+	kiln_strbuf_init(&cr->body, e->r.sink ? 0 : e->r.body_limit);
 	atomic_fetch_add(&s->active, 1);
 	*con_cls = cr;
 	return MHD_YES;
@@ -477,6 +482,20 @@ static enum MHD_Result begin(struct kiln_http_server *s,
 static enum MHD_Result absorb(struct conn_req *cr, const char *data,
 			      size_t len)
 {
+	const struct route_entry *e = cr->route;
+
+	if (e->r.sink && !cr->too_big && cr->sink_r == 0 &&
+	    cr->streamed + len <= e->r.body_limit) {
+		cr->streamed += len;
+		cr->sink_r = e->r.sink(e->r.ud, cr->rest, &cr->stream, data, len);
+		return MHD_YES; /* after a failure the rest is read and dropped */
+	}
+	if (e->r.sink && cr->sink_r == 0 && !cr->too_big)
+		cr->too_big = true;
+	if (e->r.sink) {
+		cr->discarded += len;
+		return cr->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
+	}
 	if (!cr->too_big && kiln_strbuf_add(&cr->body, data, len) == 0)
 		return MHD_YES;
 	if (!cr->too_big) {
@@ -512,10 +531,16 @@ static enum MHD_Result run_handler(struct MHD_Connection *conn,
 		.method = method, .path = url, .conn = conn,
 		.rest = e->prefix ? url + e->plen : "",
 		.body = kiln_strbuf_str(&cr->body), .body_len = cr->body.len,
+		.stream = &cr->stream,
 	};
 	char why[256];
 	int r;
 
+	if (cr->sink_r < 0) {
+		snprintf(why, sizeof(why), "cannot take the body: %s", strerror(-cr->sink_r));
+		return send_error(conn, cr->sink_r == -ENOSPC ? 507 : MHD_HTTP_INTERNAL_SERVER_ERROR,
+				  why);
+	}
 	if (e->r.json && parse_json(cr, &req.json, why, sizeof(why)) < 0)
 		return send_error(conn, MHD_HTTP_BAD_REQUEST, why);
 	r = e->r.fn(&req, &resp, e->r.ud);
@@ -559,6 +584,8 @@ static void completed_cb(void *cls, struct MHD_Connection *conn,
 
 	if (!cr)
 		return;
+	if (cr->stream && cr->route->r.sink_free)
+		cr->route->r.sink_free(cr->route->r.ud, cr->stream);
 	kiln_strbuf_release(&cr->body);
 	free(cr);
 	*con_cls = NULL;

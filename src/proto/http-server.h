@@ -73,6 +73,12 @@ struct kiln_http_server_req {
 	const char *body;   /* NUL-terminated; "" when there was none */
 	size_t body_len;
 	json_t *json;       /* JSON routes: the parsed body (borrowed) */
+	/*
+	 * Streamed routes (route.sink): the state the sink made (NULL when
+	 * the body was empty). A handler that takes it sets *stream to NULL;
+	 * whatever is left goes to the route's sink_free.
+	 */
+	void **stream;
 	void *conn;         /* private */
 };
 
@@ -181,6 +187,16 @@ struct kiln_http_route {
 	const char *token;
 	/* A second token the route also accepts (a shared route), or NULL. */
 	const char *alt_token;
+	/*
+	 * Streamed body (NULL: kept in memory, req.body): each chunk goes to
+	 * sink as it arrives, nothing is kept (body_limit still bounds the
+	 * total). *state starts NULL and is the sink's; rest is req.rest. A
+	 * negative return reads no more of the body and answers 500 (507 for
+	 * -ENOSPC) without calling the handler. sink_free(ud, state) runs
+	 * when the request ends, handled or not, for a state still set.
+	 */
+	int (*sink)(void *ud, const char *rest, void **state, const void *data, size_t n);
+	void (*sink_free)(void *ud, void *state);
 };
 
 /* Create a server; nothing listens until kiln_http_server_start(). */

@@ -595,6 +595,82 @@ static void test_wrong_token(void **state)
 	assert_int_equal(f->per[0].failures, 1);
 }
 
+/* ---- PUT /v1/blobs: streamed into the store ---- */
+
+static long put(struct fixture *f, const char *url, const struct kiln_digest *d, const void *data,
+		size_t n)
+{
+	_cleanup_free_ char *u = xasprintf("%s/v1/blobs/%s", url, KILN_DIGEST_STR(d));
+	struct kiln_http_call call = { .method = "PUT", .url = u, .token = "up",
+				       .content_type = "application/octet-stream",
+				       .body = data, .body_len = n, .upload = true,
+				       .limit = 4096 };
+	struct kiln_http_result res = { 0 };
+	long status;
+
+	assert_int_equal(kiln_http_client_do(f->cli, &call, &res, NULL), 0);
+	status = res.status;
+	kiln_http_result_release(&res);
+	return status;
+}
+
+static size_t tmp_files(const char *store_dir)
+{
+	_cleanup_free_ char *cmd = xasprintf("find %s/tmp -type f 2>/dev/null | wc -l", store_dir);
+	FILE *p = popen(cmd, "r");
+	unsigned long n = 99;
+
+	assert_non_null(p);
+	assert_int_equal(fscanf(p, "%lu", &n), 1);
+	pclose(p);
+	return n;
+}
+
+/*
+ * An upload streams into a store writer (the route keeps nothing of the
+ * body in memory): a 5 MiB blob arrives whole; a body that is not its
+ * name, or over the limit, leaves nothing behind; an empty body is the
+ * empty blob; one the store has is 200.
+ */
+static void test_upload_streamed(void **state)
+{
+	struct fixture *f = *state;
+	struct node up = { 0 };
+	struct kiln_http_server_options o = { .listen = "127.0.0.1:0", .token = "tok",
+					       .stop_grace_ms = 500 };
+	struct kiln_peer_server_options po = { .upload_limit = 8u << 20, .upload_token = "up" };
+	_cleanup_free_ char *sdir = kiln_path_join(f->dir, "up");
+	size_t n = 5u << 20, i;
+	unsigned char *big = xmalloc(n + (4u << 20));
+	struct kiln_digest d, empty, over;
+	const char *url;
+
+	for (i = 0; i < n + (4u << 20); i++)
+		big[i] = (unsigned char)(i * 2654435761u >> 13);
+	store_open(f, "up", &up.store);
+	assert_int_equal(kiln_http_server_new(&o, &up.http, NULL), 0);
+	assert_int_equal(kiln_peer_server_new(up.http, up.store, &po, &up.peer, NULL), 0);
+	assert_int_equal(kiln_http_server_start(up.http, NULL), 0);
+	url = kiln_http_server_url(up.http);
+
+	kiln_digest_buf(big, n, &d);
+	assert_int_equal(put(f, url, &d, big + 1, n), 400); /* other bytes */
+	assert_false(kiln_store_has(up.store, &d));
+	assert_int_equal(put(f, url, &d, big, n), 201);
+	assert_true(kiln_store_has(up.store, &d));
+	assert_int_equal(put(f, url, &d, big, n), 200);
+	kiln_digest_buf(big, n + (4u << 20), &over);
+	assert_int_equal(put(f, url, &over, big, n + (4u << 20)), 413);
+	assert_false(kiln_store_has(up.store, &over));
+	kiln_digest_buf("", 0, &empty);
+	assert_int_equal(put(f, url, &empty, "", 0), 201);
+	assert_true(kiln_store_has(up.store, &empty));
+	assert_int_equal(tmp_files(sdir), 0); /* no partial blob left */
+	unserve(&up);
+	kiln_store_free(up.store);
+	free(big);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -610,6 +686,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_all_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pull_mixed_sizes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upload_streamed, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

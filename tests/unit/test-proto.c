@@ -137,14 +137,14 @@ static int h_health(const struct kiln_http_server_req *req,
 static void add_routes(struct fixture *f)
 {
 	const struct kiln_http_route routes[] = {
-		{ "POST", "/v1/echo", h_echo, f, SMALL_LIMIT, true, false, NULL, NULL },
-		{ "GET", "/v1/items/*", h_item, f, 0, false, false, NULL, NULL },
-		{ "GET", "/v1/items/special", h_echo, f, 0, false, false, NULL, NULL },
-		{ "GET", "/v1/fail", h_fail, f, 0, false, false, NULL, NULL },
-		{ "GET", "/v1/file", h_file, f, 0, false, false, NULL, NULL },
-		{ "GET", "/v1/stream", h_stream, f, 0, false, false, NULL, NULL },
-		{ "GET", "/healthz", h_health, f, 0, false, true, NULL, NULL },
-		{ "GET", "/v1/slow/*", h_slow, f, 0, false, false, NULL, NULL },
+		{ "POST", "/v1/echo", h_echo, f, SMALL_LIMIT, true, false, NULL, NULL, NULL, NULL },
+		{ "GET", "/v1/items/*", h_item, f, 0, false, false, NULL, NULL, NULL, NULL },
+		{ "GET", "/v1/items/special", h_echo, f, 0, false, false, NULL, NULL, NULL, NULL },
+		{ "GET", "/v1/fail", h_fail, f, 0, false, false, NULL, NULL, NULL, NULL },
+		{ "GET", "/v1/file", h_file, f, 0, false, false, NULL, NULL, NULL, NULL },
+		{ "GET", "/v1/stream", h_stream, f, 0, false, false, NULL, NULL, NULL, NULL },
+		{ "GET", "/healthz", h_health, f, 0, false, true, NULL, NULL, NULL, NULL },
+		{ "GET", "/v1/slow/*", h_slow, f, 0, false, false, NULL, NULL, NULL, NULL },
 	};
 	size_t i;
 
@@ -556,7 +556,7 @@ static void test_listen_errors(void **state)
 	kiln_http_server_free(s);
 	/* Routes are fixed once started. */
 	assert_int_equal(kiln_http_server_route(f->srv, &(struct kiln_http_route){
-		"GET", "/x", h_fail, NULL, 0, false, false, NULL, NULL }), -EBUSY);
+		"GET", "/x", h_fail, NULL, 0, false, false, NULL, NULL, NULL, NULL }), -EBUSY);
 }
 
 static void test_ipv6(void **state)
@@ -565,7 +565,7 @@ static void test_ipv6(void **state)
 	struct kiln_http_server *s = NULL;
 	struct kiln_http_client *c = kiln_http_client_new(NULL);
 	struct kiln_http_route r = { "GET", "/healthz", h_health, NULL, 0,
-				     false, false, NULL, NULL };
+				     false, false, NULL, NULL, NULL, NULL };
 	_cleanup_free_ char *u = NULL;
 	struct kiln_http_call call = { .method = "GET", .limit = 16 };
 	struct kiln_http_result res;
