@@ -13,6 +13,12 @@
  * `zstd -3 -TNPROC`, each writing a file under WORKDIR. Runs alternate,
  * BENCH_REPS times (default 3); medians. ratio = baseline s / kiln s
  * (targets: gzip >= 1.0, zstd >= 0.9).
+ *
+ * The floor: a layer export must also compute two SHA-256 digests the
+ * tools do not (the uncompressed diff_id and the blob's digest), on the
+ * same cores. `openssl dgst -sha256` of the uncompressed and the
+ * compressed file is timed too, and a second ratio puts that work, spread
+ * over the cores, on the baseline's side: baseline + digests / NPROC.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -77,11 +83,12 @@ int main(int argc, char **argv)
 	struct kiln_store *s = NULL;
 	struct kiln_digest tree;
 	struct kiln_image_layer_info plain, gz, zs;
-	double kg[MAX_REPS], pg[MAX_REPS], kz[MAX_REPS], pz[MAX_REPS];
+	double kg[MAX_REPS], pg[MAX_REPS], kz[MAX_REPS], pz[MAX_REPS], hg[MAX_REPS], hz[MAX_REPS];
 	unsigned reps = bench_env_uint("BENCH_REPS", 3), i;
 	long nproc = sysconf(_SC_NPROCESSORS_ONLN);
 	_cleanup_free_ char *store = NULL, *tar = NULL, *pigz = NULL, *zstd = NULL;
-	double mib, kgm, pgm, kzm, pzm;
+	_cleanup_free_ char *hgz = NULL, *hzs = NULL;
+	double mib, kgm, pgm, kzm, pzm, hgm, hzm, fg, fz;
 	int dfd;
 
 	bench_name = "bench-compress";
@@ -102,24 +109,35 @@ int main(int argc, char **argv)
 	mib = (double)plain.size / (1024.0 * 1024.0);
 	pigz = xasprintf("pigz -6 -p %ld -c '%s' > '%s/out.gz'", nproc, tar, argv[2]);
 	zstd = xasprintf("zstd -q -3 -T%ld -c '%s' > '%s/out.zst'", nproc, tar, argv[2]);
+	hgz = xasprintf("openssl dgst -sha256 '%s' '%s/out.gz' >/dev/null", tar, argv[2]);
+	hzs = xasprintf("openssl dgst -sha256 '%s' '%s/out.zst' >/dev/null", tar, argv[2]);
 	for (i = 0; i < reps; i++) {
 		kg[i] = kiln_layer(s, &tree, KILN_COMPRESS_GZIP, 6, &gz);
 		pg[i] = run_sh(pigz);
+		hg[i] = run_sh(hgz);
 		kz[i] = kiln_layer(s, &tree, KILN_COMPRESS_ZSTD, 3, &zs);
 		pz[i] = run_sh(zstd);
+		hz[i] = run_sh(hzs);
 	}
 	kgm = bench_median(kg, reps);
 	pgm = bench_median(pg, reps);
 	kzm = bench_median(kz, reps);
 	pzm = bench_median(pz, reps);
+	hgm = bench_median(hg, reps);
+	hzm = bench_median(hz, reps);
+	fg = pgm + hgm / (double)nproc;
+	fz = pzm + hzm / (double)nproc;
 	printf("   %s: %.0f MiB uncompressed, %ld cores, %u runs each (medians)\n", argv[1], mib,
 	       nproc, reps);
 	printf("   gzip -6: kiln %.2f s (%.0f MiB/s, %llu bytes), pigz -p%ld %.2f s (%.0f MiB/s); ratio %.2f\n",
 	       kgm, mib / kgm, (unsigned long long)gz.size, nproc, pgm, mib / pgm, pgm / kgm);
 	printf("   zstd -3: kiln %.2f s (%.0f MiB/s, %llu bytes), zstd -T%ld %.2f s (%.0f MiB/s); ratio %.2f\n",
 	       kzm, mib / kzm, (unsigned long long)zs.size, nproc, pzm, mib / pzm, pzm / kzm);
-	printf("RESULT bench-compress %s gzip kiln/pigz %.2f zstd kiln/zstd %.2f (>= 1.0, >= 0.9 wanted)\n",
-	       argv[1], pgm / kgm, pzm / kzm);
+	printf("   the digests a layer needs besides (openssl, one core): %.2f s gzip, %.2f s zstd;\n"
+	       "   with them spread over %ld cores on the tools' side: gzip %.2f, zstd %.2f\n",
+	       hgm, hzm, nproc, fg / kgm, fz / kzm);
+	printf("RESULT bench-compress %s gzip kiln/pigz %.2f (%.2f with the digests) zstd kiln/zstd %.2f (%.2f) (>= 1.0, >= 0.9 wanted)\n",
+	       argv[1], pgm / kgm, fg / kgm, pzm / kzm, fz / kzm);
 	kiln_store_free(s);
 	return 0;
 }
