@@ -21,6 +21,7 @@
 #include <cmocka.h>
 
 #include "basic/alloc.h"
+#include "basic/fs-util.h"
 #include "basic/strbuf.h"
 #include "proto/http-client.h"
 #include "proto/http-server.h"
@@ -32,6 +33,7 @@ struct fixture {
 	struct kiln_http_server *srv;
 	struct kiln_http_client *cli;
 	atomic_uint calls;
+	atomic_uint sink_freed; /* streamed states freed */
 	char tmpfile[64];
 	int file_fd;
 	char url[128];
@@ -132,6 +134,42 @@ static int h_health(const struct kiln_http_server_req *req,
 	return 0;
 }
 
+/* A streamed body: counted as it comes; "FAIL" in a chunk is a full disk. */
+struct counted {
+	uint64_t n;
+};
+
+static int count_sink(void *ud, const char *rest, void **state, const void *data, size_t n)
+{
+	struct counted *c = *state;
+
+	if (!c)
+		c = *state = xcalloc(1, sizeof(*c));
+	if (memmem(data, n, "FAIL", 4))
+		return -ENOSPC;
+	c->n += n;
+	return 0;
+}
+
+static void count_free(void *ud, void *state)
+{
+	struct fixture *f = ud;
+
+	atomic_fetch_add(&f->sink_freed, 1);
+	free(state);
+}
+
+static int h_counted(const struct kiln_http_server_req *req,
+		     struct kiln_http_server_resp *resp, void *ud)
+{
+	struct counted *c = *req->stream;
+
+	assert_null(req->json);
+	assert_int_equal(req->body_len, 0); /* nothing kept in memory */
+	kiln_http_resp_json(resp, 200, json_pack("{s:I}", "bytes", (json_int_t)(c ? c->n : 0)));
+	return 0;
+}
+
 /* ---- fixture ---- */
 
 static void add_routes(struct fixture *f)
@@ -145,6 +183,8 @@ static void add_routes(struct fixture *f)
 		{ "GET", "/v1/stream", h_stream, f, 0, false, false, NULL, NULL, NULL, NULL },
 		{ "GET", "/healthz", h_health, f, 0, false, true, NULL, NULL, NULL, NULL },
 		{ "GET", "/v1/slow/*", h_slow, f, 0, false, false, NULL, NULL, NULL, NULL },
+		{ "PUT", "/v1/counted", h_counted, f, SMALL_LIMIT, false, false, NULL, NULL,
+		  count_sink, count_free },
 	};
 	size_t i;
 
@@ -599,6 +639,67 @@ static void test_token_eq(void **state)
 	assert_true(kiln_http_token_eq("", ""));
 }
 
+/* curl's status for a PUT of a file of n bytes of c to /v1/counted, maybe chunked. */
+static long put_counted(struct fixture *f, size_t n, char c, bool chunked, char *body,
+			size_t body_len)
+{
+	char path[64] = "/tmp/kiln-proto-body-XXXXXX";
+	int fd = mkstemp(path);
+	_cleanup_free_ char *buf = xmalloc(n + 1), *cmd = NULL;
+	FILE *p;
+	long status = 0;
+
+	assert_true(fd >= 0);
+	memset(buf, c, n);
+	if (n >= 4 && c == 'F')
+		memcpy(buf + n / 2, "FAIL", 4);
+	assert_int_equal(kiln_write_full(fd, buf, n), 0);
+	close(fd);
+	cmd = xasprintf("curl -s -X PUT -H 'Authorization: Bearer %s' %s --data-binary @%s "
+			"-w '\\n%%{http_code}' %s/v1/counted",
+			TOKEN, chunked ? "-H 'Transfer-Encoding: chunked'" : "", path, f->url);
+	p = popen(cmd, "r");
+	assert_non_null(p);
+	body[0] = '\0';
+	if (!fgets(body, (int)body_len, p))
+		body[0] = '\0';
+	assert_int_equal(fscanf(p, "%ld", &status), 1);
+	pclose(p);
+	unlink(path);
+	return status;
+}
+
+/*
+ * A streamed route: the handler gets what the sink made and no body; a
+ * chunked body over the limit is 413; a sink's -ENOSPC is 507 and the
+ * handler never runs; the sink's state is freed every time.
+ */
+static void test_streamed_body(void **state)
+{
+	struct fixture *f = *state;
+	char body[256];
+
+	assert_int_equal(put_counted(f, 1000, 'a', true, body, sizeof(body)), 200);
+	assert_non_null(strstr(body, "\"bytes\":1000"));
+	assert_int_equal(put_counted(f, 1000, 'a', false, body, sizeof(body)), 200);
+	assert_non_null(strstr(body, "\"bytes\":1000"));
+	assert_int_equal(put_counted(f, 0, 'a', false, body, sizeof(body)), 200);
+	assert_non_null(strstr(body, "\"bytes\":0"));
+	assert_int_equal(put_counted(f, 3 * SMALL_LIMIT, 'a', true, body, sizeof(body)), 413);
+	assert_int_equal(put_counted(f, 3 * SMALL_LIMIT, 'a', false, body, sizeof(body)), 413);
+	assert_int_equal(put_counted(f, 100, 'F', true, body, sizeof(body)), 507);
+	assert_non_null(strstr(body, "cannot take the body"));
+	/*
+	 * Every state the sink made is freed (1000 chunked, 1000, FAIL; the
+	 * bodies over the limit never reached it), once each request is
+	 * done, which may be just after its answer went out.
+	 */
+	for (int i = 0; i < 200 && atomic_load(&f->sink_freed) < 3; i++)
+		usleep(10000);
+	usleep(50000);
+	assert_int_equal(atomic_load(&f->sink_freed), 3);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -615,6 +716,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stop_open_connection, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stop_graceful, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_listen_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_streamed_body, setup, teardown),
 		cmocka_unit_test(test_ipv6),
 		cmocka_unit_test(test_token_eq),
 	};
