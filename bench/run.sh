@@ -91,6 +91,11 @@ echo
 echo "== bench-s3"
 "$here/bench-s3.sh" "$build" | tee -a "$log" | sed 's/^/   /'
 
+# Re-checking an unchanged 20,000-file context vs find (issue 13).
+echo
+echo "== bench-context"
+"$here/bench-context.sh" "$build" | tee -a "$log" | sed 's/^/   /'
+
 # Layer compression (issue 13): gzip and zstd layers vs pigz and zstd.
 echo
 echo "== bench-compress"

@@ -19,7 +19,7 @@
 #include "basic/log.h"
 #include "basic/strbuf.h"
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define BUSY_TIMEOUT_MS 10000
 #define ITER_PAGE 256
 #define STAT_BATCH_MAX 1024
@@ -75,6 +75,8 @@ enum stmt_id {
 	ST_COUNT_OP,
 	ST_NTH_DURATION,
 	ST_STAT_GET,
+	ST_STAT_SCOPE,
+	ST_STAT_CLEAR,
 	ST_STAT_PUT,
 	N_STMT,
 };
@@ -108,17 +110,21 @@ static const char *const stmt_sql[N_STMT] = {
 	[ST_COUNT_OP] = "SELECT count(*) FROM results WHERE op = ?1",
 	[ST_NTH_DURATION] = "SELECT duration_ms FROM results WHERE op = ?1"
 			    " ORDER BY duration_ms LIMIT ?2 OFFSET ?3",
-	[ST_STAT_GET] = "SELECT dev, ino, size, mtime_ns, ctime_ns, digest"
+	[ST_STAT_GET] = "SELECT dev, ino, size, mtime_ns, ctime_ns, digest, xattrs"
 			" FROM statcache WHERE scope = ?1 AND path = ?2",
+	[ST_STAT_SCOPE] = "SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest, xattrs"
+			  " FROM statcache WHERE scope = ?1 ORDER BY path LIMIT ?2",
+	[ST_STAT_CLEAR] = "DELETE FROM statcache",
 	[ST_STAT_PUT] = "INSERT OR REPLACE INTO statcache (scope, path, dev,"
-			" ino, size, mtime_ns, ctime_ns, digest)"
-			" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+			" ino, size, mtime_ns, ctime_ns, digest, xattrs)"
+			" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
 };
 
 struct stat_row {
 	char *scope, *path;
 	int64_t dev, ino, size, mtime_ns, ctime_ns;
 	char digest[KILN_DIGEST_STRLEN];
+	int xattrs; /* -1 unknown, 0 none, 1 some */
 };
 
 struct kiln_cache {
@@ -324,7 +330,18 @@ static int migrate(struct kiln_cache *c, struct kiln_error **err)
 		if (r == 0)
 			r = exec_sql(c, "PRAGMA user_version = 2", NULL, err);
 	}
-	/* Future migrations: if (version < 3) ... each in this transaction. */
+	/*
+	 * v3: whether a stat-cached file had xattrs (-1 unknown, 0 none,
+	 * 1 some): an unchanged ctime means unchanged xattrs, so a context
+	 * walk skips listing them for files that had none.
+	 */
+	if (r == 0 && version < 3) {
+		r = exec_sql(c, "ALTER TABLE statcache ADD COLUMN xattrs INTEGER NOT NULL DEFAULT -1",
+			     "add statcache.xattrs", err);
+		if (r == 0)
+			r = exec_sql(c, "PRAGMA user_version = 3", NULL, err);
+	}
+	/* Future migrations: if (version < 4) ... each in this transaction. */
 	return tx_end(c, r, err);
 }
 
@@ -1029,7 +1046,7 @@ static void stat_row_fill(struct stat_row *row, const struct stat *st)
 
 static int stat_get_locked(struct kiln_cache *c, const char *scope,
 			   const char *relpath, const struct stat *st,
-			   struct kiln_digest *out)
+			   struct kiln_digest *out, int *xattrs)
 {
 	sqlite3_stmt *q = stmt_get(c, ST_STAT_GET);
 	struct stat_row want;
@@ -1049,6 +1066,8 @@ static int stat_get_locked(struct kiln_cache *c, const char *scope,
 		const char *d = (const char *)sqlite3_column_text(q, 5);
 
 		r = d && kiln_digest_parse(d, out) == 0 ? 0 : -ENOENT;
+		if (r == 0 && xattrs)
+			*xattrs = (int)sqlite3_column_int64(q, 6);
 	} else if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
 		r = sqlite_to_errno(rc) ?: -EIO;
 	}
@@ -1058,12 +1077,130 @@ static int stat_get_locked(struct kiln_cache *c, const char *scope,
 
 int kiln_cache_stat_get(struct kiln_cache *c, const char *scope,
 			const char *relpath, const struct stat *st,
-			struct kiln_digest *out)
+			struct kiln_digest *out, int *xattrs)
 {
 	int r;
 
 	pthread_mutex_lock(&c->lock);
-	r = stat_get_locked(c, scope, relpath, st, out);
+	r = stat_get_locked(c, scope, relpath, st, out, xattrs);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+static int stat_flush(struct kiln_cache *c);
+
+struct snap_row {
+	char *path;
+	struct stat_row st;
+	struct kiln_digest digest;
+};
+
+struct kiln_stat_snapshot {
+	struct snap_row *rows; /* by path, memcmp order (SQLite's BINARY) */
+	size_t n;
+};
+
+void kiln_stat_snapshot_free(struct kiln_stat_snapshot *s)
+{
+	size_t i;
+
+	if (!s)
+		return;
+	for (i = 0; i < s->n; i++)
+		free(s->rows[i].path);
+	free(s->rows);
+	free(s);
+}
+
+int kiln_cache_stat_snapshot(struct kiln_cache *c, const char *scope, size_t max,
+			     struct kiln_stat_snapshot **out, struct kiln_error **err)
+{
+	struct kiln_stat_snapshot *s = xcalloc(1, sizeof(*s));
+	size_t alloc = 0;
+	sqlite3_stmt *q;
+	int rc, r = 0;
+
+	*out = NULL;
+	pthread_mutex_lock(&c->lock);
+	/* The buffered puts first: the snapshot is what a get would say. */
+	(void)stat_flush(c);
+	q = stmt_get(c, ST_STAT_SCOPE);
+	if (!q) {
+		pthread_mutex_unlock(&c->lock);
+		kiln_stat_snapshot_free(s);
+		return db_error(c, sqlite3_errcode(c->db), err, "stat snapshot");
+	}
+	bind_text(q, 1, scope);
+	sqlite3_bind_int64(q, 2, (int64_t)max + 1);
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		const char *path = (const char *)sqlite3_column_text(q, 0);
+		const char *d = (const char *)sqlite3_column_text(q, 6);
+		struct snap_row *row;
+
+		if (s->n == max) {
+			r = -E2BIG;
+			break;
+		}
+		if (!path)
+			continue;
+		s->rows = xgrow(s->rows, &alloc, s->n + 1, sizeof(*s->rows));
+		row = &s->rows[s->n];
+		if (!d || kiln_digest_parse(d, &row->digest) < 0)
+			continue; /* never a hit */
+		row->path = xstrdup(path);
+		row->st.dev = sqlite3_column_int64(q, 1);
+		row->st.ino = sqlite3_column_int64(q, 2);
+		row->st.size = sqlite3_column_int64(q, 3);
+		row->st.mtime_ns = sqlite3_column_int64(q, 4);
+		row->st.ctime_ns = sqlite3_column_int64(q, 5);
+		row->st.xattrs = (int)sqlite3_column_int64(q, 7);
+		s->n++;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = db_error(c, rc, err, "stat snapshot");
+	sqlite3_reset(q);
+	pthread_mutex_unlock(&c->lock);
+	if (r < 0) {
+		kiln_stat_snapshot_free(s);
+		return r;
+	}
+	*out = s;
+	return 0;
+}
+
+static int snap_cmp(const void *key, const void *elem)
+{
+	return strcmp(key, ((const struct snap_row *)elem)->path);
+}
+
+int kiln_stat_snapshot_get(const struct kiln_stat_snapshot *s, const char *relpath,
+			   const struct stat *st, struct kiln_digest *out, int *xattrs)
+{
+	const struct snap_row *row = s->n ? bsearch(relpath, s->rows, s->n, sizeof(*s->rows),
+						    snap_cmp) : NULL;
+	struct stat_row want;
+
+	if (!row)
+		return -ENOENT;
+	stat_row_fill(&want, st);
+	if (row->st.dev != want.dev || row->st.ino != want.ino || row->st.size != want.size ||
+	    row->st.mtime_ns != want.mtime_ns || row->st.ctime_ns != want.ctime_ns)
+		return -ENOENT;
+	*out = row->digest;
+	if (xattrs)
+		*xattrs = row->st.xattrs;
+	return 0;
+}
+
+int kiln_cache_stat_clear(struct kiln_cache *c, struct kiln_error **err)
+{
+	sqlite3_stmt *q;
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	(void)stat_flush(c);
+	q = stmt_get(c, ST_STAT_CLEAR);
+	r = step_done(c, q, err, "stat cache clear");
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
@@ -1081,6 +1218,7 @@ static int stat_write(struct kiln_cache *c, const struct stat_row *row)
 		sqlite3_bind_int64(q, 6, row->mtime_ns);
 		sqlite3_bind_int64(q, 7, row->ctime_ns);
 		bind_text(q, 8, row->digest);
+		sqlite3_bind_int(q, 9, row->xattrs);
 	}
 	return step_done(c, q, NULL, "stat put");
 }
@@ -1105,7 +1243,7 @@ static int stat_flush(struct kiln_cache *c)
 
 int kiln_cache_stat_put(struct kiln_cache *c, const char *scope,
 			const char *relpath, const struct stat *st,
-			const struct kiln_digest *d)
+			const struct kiln_digest *d, int xattrs)
 {
 	struct stat_row row;
 	int r;
@@ -1113,6 +1251,7 @@ int kiln_cache_stat_put(struct kiln_cache *c, const char *scope,
 	if (!kiln_digest_is_set(d))
 		return -EINVAL;
 	stat_row_fill(&row, st);
+	row.xattrs = xattrs < 0 ? -1 : xattrs > 0;
 	kiln_digest_fmt(d, row.digest);
 	pthread_mutex_lock(&c->lock);
 	if (c->batch_depth == 0) {

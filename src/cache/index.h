@@ -108,15 +108,35 @@ int kiln_cache_estimate(struct kiln_cache *c, const char *op,
 
 /*
  * Stat cache for build contexts: a file whose (dev, ino, size, mtime,
- * ctime) are unchanged keeps its digest without being re-read.
- * scope names the context (its absolute path).
+ * ctime) are unchanged keeps its digest without being re-read, and its
+ * xattrs (-1 unknown, 0 none, 1 some: an xattr change moves the ctime)
+ * without being listed. scope names the context (its absolute path).
+ * *xattrs may be NULL.
  */
 int kiln_cache_stat_get(struct kiln_cache *c, const char *scope,
 			const char *relpath, const struct stat *st,
-			struct kiln_digest *out);
+			struct kiln_digest *out, int *xattrs);
 int kiln_cache_stat_put(struct kiln_cache *c, const char *scope,
 			const char *relpath, const struct stat *st,
-			const struct kiln_digest *d);
+			const struct kiln_digest *d, int xattrs);
+/*
+ * Forget every stat row: what removes blobs from the store calls it, so a
+ * row never names a blob that is gone (a context walk trusts them).
+ */
+int kiln_cache_stat_clear(struct kiln_cache *c, struct kiln_error **err);
+
+/*
+ * Every stat row of one scope, read in one query: a walk of a context
+ * then asks memory, not the database, once per file. The same answers
+ * as kiln_cache_stat_get as of the read. -E2BIG over max rows (the caller
+ * asks file by file then).
+ */
+struct kiln_stat_snapshot;
+int kiln_cache_stat_snapshot(struct kiln_cache *c, const char *scope, size_t max,
+			     struct kiln_stat_snapshot **out, struct kiln_error **err);
+int kiln_stat_snapshot_get(const struct kiln_stat_snapshot *s, const char *relpath,
+			   const struct stat *st, struct kiln_digest *out, int *xattrs);
+void kiln_stat_snapshot_free(struct kiln_stat_snapshot *s);
 
 /*
  * Batch many stat_put calls in one transaction (contexts with thousands of

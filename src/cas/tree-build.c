@@ -312,16 +312,23 @@ static int leaf_payload(struct build *b, int dirfd, const char *name,
 	}
 }
 
+/*
+ * skip_xattrs: the stat cache knows this unchanged file had none (listing
+ * them by path, through /proc/self/fd, is most of an unchanged file's cost).
+ */
 static int make_leaf(struct build *b, int dirfd, const char *name,
-		     const char *relpath, const struct stat *st,
+		     const char *relpath, const struct stat *st, bool skip_xattrs,
 		     struct kiln_tree_entry *e)
 {
-	_cleanup_free_ char *proc = xasprintf("/proc/self/fd/%d/%s", dirfd, name);
+	_cleanup_free_ char *proc = NULL;
 	int r;
 
 	fill_meta(b, st, name, e);
 	r = leaf_payload(b, dirfd, name, relpath, st, e);
-	return r ? r : read_xattrs(b, -1, proc, relpath, e);
+	if (r < 0 || skip_xattrs)
+		return r;
+	proc = xasprintf("/proc/self/fd/%d/%s", dirfd, name);
+	return read_xattrs(b, -1, proc, relpath, e);
 }
 
 static void add_job(struct build *b, struct cas_node *node, const char *dir_rel,
@@ -340,15 +347,11 @@ static void add_job(struct build *b, struct cas_node *node, const char *dir_rel,
 	j->seq = b->n_jobs++;
 }
 
-/* A file: digest from the stat cache, or hashed later (phase 2). */
+/* A file the stat cache did not know: hashed later (phase 2). */
 static int build_file(struct build *b, struct cas_node *node, const char *dir_rel,
 		      const char *relpath, const struct stat *st,
 		      struct kiln_tree_entry *e)
 {
-	const struct kiln_tree_build_opts *o = b->opts;
-
-	if (o->stat_lookup && o->stat_lookup(o->ud, relpath, st, &e->digest))
-		return 0;
 	memset(&e->digest, 0, sizeof(e->digest));
 	add_job(b, node, dir_rel, e->name, relpath, st);
 	return 0;
@@ -506,9 +509,21 @@ static int build_name(struct build *b, struct cas_node *node, int dirfd,
 			return r ? r : 0;
 		}
 	} else {
-		r = make_leaf(b, dirfd, name, relpath, &st, &e);
-		if (r == 0 && e.type == KILN_ENTRY_FILE)
+		const struct kiln_tree_build_opts *o = b->opts;
+		struct kiln_digest known;
+		bool hit = false, no_xattrs = false;
+
+		if (S_ISREG(st.st_mode) && o->stat_lookup)
+			hit = o->stat_lookup(o->ud, relpath, &st, &known, &no_xattrs);
+		r = make_leaf(b, dirfd, name, relpath, &st, hit && no_xattrs, &e);
+		if (r == 0 && hit) {
+			e.digest = known;
+			/* A row that did not say (older ones): it says now. */
+			if (!no_xattrs && e.n_xattrs == 0 && o->stat_store)
+				o->stat_store(o->ud, relpath, &st, &known, false);
+		} else if (r == 0 && e.type == KILN_ENTRY_FILE) {
 			r = build_file(b, node, dir_rel, relpath, &st, &e);
+		}
 		if (r < 0) {
 			kiln_tree_entry_release(&e);
 			return r;
@@ -746,7 +761,7 @@ static int finish_jobs(struct build *b)
 		e->digest = j->d;
 		e->size = j->size;
 		if (o->stat_store && j->size == (uint64_t)j->st.st_size)
-			o->stat_store(o->ud, j->relpath, &j->st, &j->d);
+			o->stat_store(o->ud, j->relpath, &j->st, &j->d, e->n_xattrs > 0);
 	}
 	if (!first)
 		return 0;

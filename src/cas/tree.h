@@ -174,7 +174,8 @@ int kiln_tree_get(struct kiln_store *s, const struct kiln_digest *d,
  *
  * stat_lookup/stat_store: a stat cache so an unchanged file (same dev, ino,
  * size, mtime, ctime) is not re-read; stat_lookup returns true and fills the
- * digest when a cached digest is known AND the blob is present.
+ * digest when a cached digest is known (the caller answers for the blob
+ * being in the store).
  */
 struct kiln_tree_build_opts {
 	bool adopt;       /* hardlink files into the CAS (source immutable) */
@@ -182,10 +183,15 @@ struct kiln_tree_build_opts {
 	bool zero_mtime;  /* record mtimes as 0 (git checkouts) */
 	bool (*filter)(void *ud, const char *relpath, bool is_dir);
 	bool (*filter_descend)(void *ud, const char *relpath);
+	/*
+	 * *no_xattrs: the cache knows the file had no xattrs when it was
+	 * stored (an xattr change moves the ctime), so they are not listed.
+	 * stat_store's xattrs: whether the file had any.
+	 */
 	bool (*stat_lookup)(void *ud, const char *relpath, const struct stat *st,
-			    struct kiln_digest *digest);
+			    struct kiln_digest *digest, bool *no_xattrs);
 	void (*stat_store)(void *ud, const char *relpath, const struct stat *st,
-			   const struct kiln_digest *digest);
+			   const struct kiln_digest *digest, bool xattrs);
 	void *ud;
 };
 

@@ -274,6 +274,13 @@ static int sweep_blobs(struct prune *p, uint64_t *n, uint64_t *bytes)
 
 	if (!p->dry_run) {
 		r = kiln_gc_sweep(s, p->marked, n, bytes, &err);
+		/*
+		 * A context walk trusts the stat cache to name blobs the store
+		 * has: once any went, it is forgotten (the next build of a
+		 * context hashes its files again).
+		 */
+		if (r >= 0 && *n > 0)
+			r = kiln_cache_stat_clear(p->e.cache, &err);
 		return r < 0 ? kiln_cli_fail(err) : 0;
 	}
 	r = kiln_store_foreach(s, preview_blob, &pv);

@@ -33,8 +33,13 @@ struct snapshot {
 	struct kiln_patterns *excludes; /* NULL: nothing */
 	char *scope;                    /* realpath of the context */
 	int64_t start_ns;               /* coarse clock when the walk began */
+	/* The scope's stat rows, read at once (NULL: asked file by file). */
+	struct kiln_stat_snapshot *rows;
 	struct kiln_local_stats stats;
 };
+
+/* Most stat rows read into memory at once (about 100 bytes each). */
+#define STAT_ROWS_MAX 2000000u
 
 static bool selected(struct snapshot *sn, const char *relpath)
 {
@@ -59,16 +64,24 @@ static bool filter_descend(void *ud, const char *relpath)
 	       kiln_patterns_may_match_below(sn->excludes, relpath);
 }
 
+/*
+ * The stat cache's rows are trusted to name blobs in the store: the one
+ * thing that removes blobs from a client's store, `kiln prune`, forgets
+ * them all (kiln_cache_stat_clear).
+ */
 static bool stat_lookup(void *ud, const char *relpath, const struct stat *st,
-			struct kiln_digest *digest)
+			struct kiln_digest *digest, bool *no_xattrs)
 {
 	struct snapshot *sn = ud;
+	int xattrs = -1;
 
 	sn->stats.files++;
 	if (sn->cache &&
-	    kiln_cache_stat_get(sn->cache, sn->scope, relpath, st, digest) == 0 &&
-	    kiln_store_has(sn->store, digest))
+	    (sn->rows ? kiln_stat_snapshot_get(sn->rows, relpath, st, digest, &xattrs)
+		      : kiln_cache_stat_get(sn->cache, sn->scope, relpath, st, digest, &xattrs)) == 0) {
+		*no_xattrs = xattrs == 0;
 		return true;
+	}
 	sn->stats.files_hashed++;
 	sn->stats.bytes_hashed += (uint64_t)st->st_size;
 	return false;
@@ -81,7 +94,7 @@ static bool stat_lookup(void *ud, const char *relpath, const struct stat *st,
  * next snapshot hashes it again. ctime, unlike mtime, cannot be set back.
  */
 static void stat_store(void *ud, const char *relpath, const struct stat *st,
-		       const struct kiln_digest *digest)
+		       const struct kiln_digest *digest, bool xattrs)
 {
 	struct snapshot *sn = ud;
 	int64_t ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000 +
@@ -89,7 +102,7 @@ static void stat_store(void *ud, const char *relpath, const struct stat *st,
 
 	if (!sn->cache || ctime_ns >= sn->start_ns)
 		return;
-	if (kiln_cache_stat_put(sn->cache, sn->scope, relpath, st, digest) < 0)
+	if (kiln_cache_stat_put(sn->cache, sn->scope, relpath, st, digest, xattrs) < 0)
 		log_debug("local: stat cache put of %s failed", relpath);
 }
 
@@ -380,11 +393,16 @@ static int walk(struct snapshot *sn, int fd, struct kiln_digest *out,
 	};
 	int r, rc = 0;
 
+	/* One query for the scope, not one per file (too many rows: per file). */
+	if (sn->cache && kiln_cache_stat_snapshot(sn->cache, sn->scope, STAT_ROWS_MAX, &sn->rows,
+						  NULL) < 0)
+		sn->rows = NULL;
 	if (sn->cache)
 		kiln_cache_begin(sn->cache);
 	r = kiln_tree_from_dir(sn->store, fd, &o, out, err);
 	if (sn->cache)
 		rc = kiln_cache_commit(sn->cache);
+	kiln_stat_snapshot_free(TAKE_PTR(sn->rows));
 	if (rc < 0)
 		log_debug("local: stat cache commit for %s failed: %d",
 			  sn->scope, rc);

@@ -81,5 +81,18 @@ assert_fsck_clean
 kbuild --def "$T/g.json" -o "$T/out4" || fail "build after prune --all"
 [ -n "$(vertices_run)" ] || fail "nothing ran after prune --all"
 assert_eq "$(cat "$T/out4/note")" "kept" "rebuilt result"
+
+# A build context after prune --all: its files' blobs went, and the stat
+# cache that would name them is forgotten, so they are read again (a walk
+# trusts the stat cache without asking the store per file).
+CTX="$T/ctx"
+mkdir -p "$CTX"
+printf 'one\n' >"$CTX/a"
+printf 'FROM scratch\nCOPY a /a\n' >"$CTX/Dockerfile"
+kbuild -o "$T/ctx1" "$CTX" || fail "context build"
+"$KILN" prune --all >"$T/prune4" || fail "prune --all after the context build"
+kbuild -o "$T/ctx2" "$CTX" || fail "context build after prune --all: $(tail -3 "$T/progress.json")"
+assert_eq "$(cat "$T/ctx2/a")" "one" "the context file after prune --all"
+assert_fsck_clean
 assert_no_mounts
 echo "ok: du, prune and fsck"

@@ -424,14 +424,15 @@ static void test_reopen_keeps_data(void **state)
 	c = open_ok(f->db);
 	get_expect(c, "sha256:p", 9);
 	get_expect(c, "sha256:q", 9);
-	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 2);
+	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 3);
 	assert_int_equal(kiln_cache_sync(c, NULL), 0);
 	kiln_cache_free(c);
 }
 
 /*
- * An index of schema 1 (before results.emulated) is migrated on open: its
- * records read back as made natively, new ones keep the flag.
+ * An index of schema 1 (before results.emulated and statcache.xattrs) is
+ * migrated on open: its records read back as made natively, new ones keep
+ * the flag.
  */
 static void test_migrate_v1(void **state)
 {
@@ -441,12 +442,16 @@ static void test_migrate_v1(void **state)
 
 	put_ok(c, 1, "sha256:old", NULL); /* 1 % 5 == 1: emulated */
 	kiln_cache_free(c);
+	/* What schema 1 was: no results.emulated, no statcache.xattrs. */
 	sql_exec(f->db, "ALTER TABLE results DROP COLUMN emulated");
+	sql_exec(f->db, "ALTER TABLE statcache DROP COLUMN xattrs");
 	sql_exec(f->db, "PRAGMA user_version = 1");
 	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM pragma_table_info('results')"
 				  " WHERE name = 'emulated'"), 0);
 	c = open_ok(f->db);
-	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 2);
+	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 3);
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM pragma_table_info('statcache')"
+				  " WHERE name = 'xattrs'"), 1);
 	assert_int_equal(kiln_cache_get(c, "sha256:old", &got, NULL), 0);
 	assert_false(got.emulated); /* schema 1 did not know */
 	assert_int_equal(got.size, 100);
@@ -471,26 +476,46 @@ static void test_stat_cache(void **state)
 {
 	struct fixture *f = *state;
 	struct kiln_cache *c = open_ok(f->db);
+	struct kiln_stat_snapshot *snap = NULL;
 	struct kiln_digest d, got;
 	struct stat st;
+	int xattrs = 9;
 
 	kiln_digest_buf("x", 1, &d);
 	fill_stat(&st, 1000);
-	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got), -ENOENT);
+	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got, NULL), -ENOENT);
 	assert_int_equal(kiln_cache_begin(c), 0);
-	assert_int_equal(kiln_cache_stat_put(c, "/ctx", "a/b", &st, &d), 0);
+	assert_int_equal(kiln_cache_stat_put(c, "/ctx", "a/b", &st, &d, 0), 0);
+	assert_int_equal(kiln_cache_stat_put(c, "/ctx", "a/c", &st, &d, 1), 0);
 	/* Buffered until commit. */
 	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM statcache"), 0);
 	assert_int_equal(kiln_cache_commit(c), 0);
-	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got), 0);
+	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got, &xattrs), 0);
 	assert_true(kiln_digest_eq(&d, &got));
-	assert_int_equal(kiln_cache_stat_get(c, "/other", "a/b", &st, &got), -ENOENT);
+	assert_int_equal(xattrs, 0);
+	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/c", &st, &got, &xattrs), 0);
+	assert_int_equal(xattrs, 1);
+	assert_int_equal(kiln_cache_stat_get(c, "/other", "a/b", &st, &got, NULL), -ENOENT);
+	/* The scope at once: the same answers from memory. */
+	assert_int_equal(kiln_cache_stat_snapshot(c, "/ctx", 10, &snap, NULL), 0);
+	assert_int_equal(kiln_stat_snapshot_get(snap, "a/c", &st, &got, &xattrs), 0);
+	assert_int_equal(xattrs, 1);
+	assert_int_equal(kiln_stat_snapshot_get(snap, "a/b", &st, &got, &xattrs), 0);
+	assert_int_equal(xattrs, 0);
+	assert_int_equal(kiln_stat_snapshot_get(snap, "a/d", &st, &got, NULL), -ENOENT);
 	st.st_ctim.tv_nsec = 6;
-	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got), -ENOENT);
+	assert_int_equal(kiln_stat_snapshot_get(snap, "a/b", &st, &got, NULL), -ENOENT);
+	kiln_stat_snapshot_free(snap);
+	assert_int_equal(kiln_cache_stat_snapshot(c, "/ctx", 1, &snap, NULL), -E2BIG);
+	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got, NULL), -ENOENT);
 	fill_stat(&st, 1000);
 	st.st_size = 100;
-	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got), -ENOENT);
+	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got, NULL), -ENOENT);
 	assert_int_equal(kiln_cache_commit(c), -EINVAL); /* unbalanced */
+	/* Forgotten at once (kiln prune removed blobs). */
+	fill_stat(&st, 1000);
+	assert_int_equal(kiln_cache_stat_clear(c, NULL), 0);
+	assert_int_equal(kiln_cache_stat_get(c, "/ctx", "a/b", &st, &got, NULL), -ENOENT);
 	kiln_cache_free(c);
 }
 

@@ -641,24 +641,36 @@ static void test_from_dir_adopt(void **state)
 struct cache {
 	int lookups, stores;
 	struct kiln_digest known;
+	bool claim_no_xattrs; /* what the cache says of a's xattrs */
+	bool hit_b;           /* b is known too, its xattrs not said */
+	int stored_xattrs[2]; /* what stat_store was told of a and b */
 };
 
 static bool cache_lookup(void *ud, const char *rel, const struct stat *st,
-			 struct kiln_digest *d)
+			 struct kiln_digest *d, bool *no_xattrs)
 {
 	struct cache *c = ud;
 
 	c->lookups++;
+	if (c->hit_b && !strcmp(rel, "b")) {
+		*d = c->known;
+		*no_xattrs = false;
+		return true;
+	}
 	if (strcmp(rel, "a") || !kiln_digest_is_set(&c->known))
 		return false;
 	*d = c->known;
+	*no_xattrs = c->claim_no_xattrs;
 	return true;
 }
 
 static void cache_store(void *ud, const char *rel, const struct stat *st,
-			const struct kiln_digest *d)
+			const struct kiln_digest *d, bool xattrs)
 {
 	struct cache *c = ud;
+
+	if (!strcmp(rel, "a") || !strcmp(rel, "b"))
+		c->stored_xattrs[rel[0] - 'a'] = xattrs;
 
 	c->stores++;
 	if (!strcmp(rel, "a"))
@@ -686,7 +698,8 @@ static void test_from_dir_hooks(void **state)
 		{ F, "skipdir/keep", "kept", 0 },
 	};
 	_cleanup_free_ char *root = make_dir(f, "hooks", sp, ARRAY_SIZE(sp));
-	struct cache c = { 0 };
+	_cleanup_free_ char *pa = kiln_path_join(root, "a");
+	struct cache c = { .stored_xattrs = { -1, -1 } };
 	struct kiln_tree_build_opts o = {
 		.stat_lookup = cache_lookup, .stat_store = cache_store,
 		.filter = skip_x, .filter_descend = descend_skipdir, .ud = &c,
@@ -694,9 +707,12 @@ static void test_from_dir_hooks(void **state)
 	struct kiln_digest d1, d2, fake;
 	struct kiln_tree_entry e;
 
+	assert_int_equal(setxattr(pa, "trusted.kiln-test", "1", 1, 0), 0);
 	from_dir(f, root, &o, &d1);
 	assert_int_equal(c.lookups, 3); /* a, b, skipdir/keep */
 	assert_int_equal(c.stores, 3);
+	assert_int_equal(c.stored_xattrs[0], 1); /* a has one */
+	assert_int_equal(c.stored_xattrs[1], 0);
 	assert_int_equal(kiln_tree_lookup(f->s, &d1, "x", &e, NULL), -ENOENT);
 	lookup(f, &d1, "skipdir/keep", &e);
 	kiln_tree_entry_release(&e);
@@ -707,7 +723,21 @@ static void test_from_dir_hooks(void **state)
 	assert_int_equal(c.stores, 5);
 	lookup(f, &d2, "a", &e);
 	assert_true(kiln_digest_eq(&e.digest, &fake));
+	assert_int_equal(e.n_xattrs, 1); /* the cache did not say there were none */
 	kiln_tree_entry_release(&e);
+	/* A cache that says a had no xattrs is believed: they are not listed. */
+	c.claim_no_xattrs = true;
+	from_dir(f, root, &o, &d2);
+	lookup(f, &d2, "a", &e);
+	assert_int_equal(e.n_xattrs, 0);
+	kiln_tree_entry_release(&e);
+	/* A hit whose row did not say (an older one) is stored again, saying none. */
+	c.hit_b = true;
+	c.stored_xattrs[1] = -1;
+	c.stores = 0;
+	from_dir(f, root, &o, &d2);
+	assert_int_equal(c.stores, 2); /* b saying none; skipdir/keep hashed */
+	assert_int_equal(c.stored_xattrs[1], 0);
 }
 
 struct diff_log {
