@@ -47,6 +47,7 @@
 #include "proto/http-server.h"
 #include "solver/definition.h"
 #include "solver/job.h"
+#include "source/image.h"
 #include "peer/peer.h"
 #include "worker/worker.h"
 
@@ -754,6 +755,39 @@ static int gone(const struct job_sink *to, struct job_fail *f, struct kiln_error
 	return kiln_error_set(err, -ECANCELED, "not run: its caller went away");
 }
 
+/*
+ * An image from an OCI layout on the client's disk: its blobs (the pinned
+ * manifest, its config and layers) come from the sources, where the
+ * client uploaded them; the job then imports it from the store.
+ */
+static int pull_layout_blobs(struct kiln_jobs *j, struct job_req *q, struct job_fail *f,
+			     struct kiln_error **err)
+{
+	struct kiln_peer_source_stats per[KILN_JOBS_MAX_SOURCES + 1];
+	struct kiln_peer_stats st = { .sources = per };
+	struct kiln_peer_pull_options po = { .http = j->client };
+	_cleanup_free_ struct kiln_digest *blobs = NULL;
+	size_t n = 0, i;
+	int r;
+
+	r = kiln_peer_pull_blob(j->store, &q->pin, UINT64_MAX, q->sources, q->n_sources, &po,
+				&st, err);
+	add_pulled(q, per);
+	if (r == 0)
+		r = kiln_image_manifest_blobs(j->store, &q->pin, &blobs, &n, err);
+	for (i = 0; r == 0 && i < n; i++) {
+		r = kiln_peer_pull_blob(j->store, &blobs[i], UINT64_MAX, q->sources, q->n_sources,
+					&po, &st, err);
+		add_pulled(q, per);
+	}
+	if (r < 0) {
+		f->status = r == -ENOENT || r == -EPROTO ? 409 : 500;
+		f->missing = i < n && blobs ? blobs[i] : q->pin;
+		kiln_error_prefix(err, "image of the client's layout");
+	}
+	return r;
+}
+
 static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln_op *op,
 		       const struct job_sink *to, struct job_fail *f, struct kiln_error **err)
 {
@@ -761,6 +795,8 @@ static int pull_inputs(struct kiln_jobs *j, struct job_req *q, const struct kiln
 	size_t n = q->n_inputs + (op->type == KILN_OP_SOURCE_LOCAL ? 1 : 0), i;
 	int r = 0;
 
+	if (op->type == KILN_OP_SOURCE_IMAGE && q->has_pin && !strncmp(op->ref, "oci-layout://", 13))
+		return pull_layout_blobs(j, q, f, err);
 	for (i = 0; r == 0 && i < n; i++) {
 		const struct kiln_digest *t = i < q->n_inputs ? &q->inputs[i] : &q->pin;
 
@@ -1076,6 +1112,7 @@ static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definit
 		.n_chain = q->n_chain, .registry = j->registry,
 		.secrets = q->secrets, .n_secrets = q->n_secrets,
 		.ssh = q->ssh_session ? &ssh : NULL,
+		.layouts_in_store = true, /* a client's path names nothing here */
 		.output = to->output, .output_ud = to->ud,
 		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};

@@ -100,13 +100,7 @@ static int load_named_contexts(struct dfbuild *b, struct kiln_error **err)
 			nc->image = xstrdup(val + 15);
 		} else if (!strncmp(val, "oci-layout://", 13)) {
 			const char *rest = val + 13, *colon = strrchr(rest, ':');
-			const char *addr = b->a->addr ? b->a->addr : getenv("KILN_ADDR");
 			_cleanup_free_ char *path = NULL, *abs = NULL;
-
-			/* As FROM oci-layout:// (kilnd/builds.c), said before any upload. */
-			if (addr && *addr)
-				return kiln_error_set(err, -EINVAL, "--build-context %s: %s: an OCI layout is read from this machine's disk, which kilnd cannot; push the image to a registry (docker-image://REF) or build without --addr",
-						      raw, val);
 
 			if (colon && strchr(colon, '/'))
 				colon = NULL;

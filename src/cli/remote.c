@@ -16,6 +16,7 @@
 #include "cas/gc.h"
 #include "cli/common.h"
 #include "proto/http-client.h"
+#include "source/image.h"
 #include "source/local.h"
 #include "peer/peer.h"
 
@@ -108,14 +109,31 @@ static int put_blob(struct kiln_remote *rm, struct kiln_store *st, const struct 
 	return r;
 }
 
+/* Upload the blobs of ds (n, in order) that kilnd lacks. */
+static int upload_blobs(struct kiln_remote *rm, struct kiln_store *st, const struct kiln_digest *ds,
+			size_t n, struct kiln_error **err)
+{
+	struct kiln_peer_source src = source(rm);
+	_cleanup_free_ bool *missing = xcalloc(n + 1, sizeof(*missing));
+	size_t i, k, batch;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < n; i += batch) {
+		batch = n - i < KILN_PEER_MAX_DIGESTS ? n - i : KILN_PEER_MAX_DIGESTS;
+		r = kiln_peer_find_missing(rm->http, &src, &ds[i], batch, &missing[i], err);
+	}
+	for (k = 0; r == 0 && k < n; k++)
+		if (missing[k])
+			r = put_blob(rm, st, &ds[k], err);
+	return r;
+}
+
 static int upload_tree(struct kiln_remote *rm, struct kiln_store *st,
 		       const struct kiln_digest *root, struct kiln_error **err)
 {
 	struct kiln_digest_set all = { 0 };
-	struct kiln_peer_source src = source(rm);
 	struct kiln_digest *ds = NULL;
-	bool *missing = NULL;
-	size_t n = 0, i, k, batch;
+	size_t n = 0, i;
 	int r;
 
 	r = kiln_gc_mark_tree(st, root, &all, err);
@@ -125,21 +143,48 @@ static int upload_tree(struct kiln_remote *rm, struct kiln_store *st,
 	for (i = 0; i < all.cap; i++)
 		if (all.slots[i].algo != KILN_DIGEST_NONE && !kiln_digest_eq(&all.slots[i], root))
 			ds[n++] = all.slots[i];
-	ds[n++] = *root;
-	missing = xcalloc(n, sizeof(*missing));
-	for (i = 0; r == 0 && i < n; i += batch) {
-		batch = n - i < KILN_PEER_MAX_DIGESTS ? n - i : KILN_PEER_MAX_DIGESTS;
-		r = kiln_peer_find_missing(rm->http, &src, &ds[i], batch, &missing[i], err);
-	}
-	for (k = 0; r == 0 && k < n; k++)
-		if (missing[k])
-			r = put_blob(rm, st, &ds[k], err);
+	ds[n++] = *root; /* the root last: a tree kilnd has is whole */
+	r = upload_blobs(rm, st, ds, n, err);
 out:
 	kiln_digest_set_release(&all);
 	free(ds);
-	free(missing);
 	if (r < 0)
 		kiln_error_prefix(err, "uploading context %s", KILN_DIGEST_STR(root));
+	return r;
+}
+
+/*
+ * An image from an OCI layout on this machine: kilnd and the workers
+ * cannot read it, so it is resolved here for the op's platform, its blobs
+ * (the manifest last) go up as a context's do, and the op is pinned to
+ * the manifest.
+ */
+static int pin_layout(struct kiln_remote *rm, const struct kiln_remote_build *b,
+		      const struct kiln_op *op, struct kiln_digest *manifest,
+		      struct kiln_error **err)
+{
+	const struct kiln_image_source src = { .store = b->store };
+	struct kiln_image_ref ref = { 0 };
+	_cleanup_free_ struct kiln_digest *blobs = NULL;
+	size_t n = 0;
+	int r;
+
+	r = kiln_image_ref_parse(op->ref, "/", &ref, err);
+	if (r == 0)
+		r = kiln_image_resolve(&src, &ref, op->platform, manifest, err);
+	if (r == 0)
+		r = kiln_image_store_blobs(&src, &ref, manifest, &blobs, &n, err);
+	if (r == 0 && n > 1) { /* the manifest (first) last */
+		struct kiln_digest m = blobs[0];
+
+		memmove(&blobs[0], &blobs[1], (n - 1) * sizeof(*blobs));
+		blobs[n - 1] = m;
+	}
+	if (r == 0)
+		r = upload_blobs(rm, b->store, blobs, n, err);
+	kiln_image_ref_release(&ref);
+	if (r < 0)
+		kiln_error_prefix(err, "%s", op->ref);
 	return r;
 }
 
@@ -154,6 +199,16 @@ static json_t *pin_contexts(struct kiln_remote *rm, const struct kiln_remote_bui
 		const struct kiln_op *op = &b->def->ops[i];
 		struct kiln_digest tree;
 
+		if (op->type == KILN_OP_SOURCE_IMAGE && !strncmp(op->ref, "oci-layout://", 13)) {
+			if (pin_layout(rm, b, op, &tree, err) < 0) {
+				json_decref(pins);
+				return NULL;
+			}
+			json_array_append_new(pins, json_pack("{ssss}", "op",
+							      KILN_DIGEST_STR(&op->digest), "tree",
+							      KILN_DIGEST_STR(&tree)));
+			continue;
+		}
 		if (op->type != KILN_OP_SOURCE_LOCAL)
 			continue;
 		if (kiln_local_snapshot(b->store, b->cache, op->local_path,

@@ -414,7 +414,6 @@ static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 	const char *platform = json_string_value(json_object_get(body, "platform"));
 	const char *base_dir = json_string_value(json_object_get(body, "base_dir"));
 	json_t *nc = json_object_get(body, "no_cache");
-	size_t k;
 	int r;
 
 	if (!graph)
@@ -433,12 +432,7 @@ static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 				  bd->platform, &bd->def, err);
 	if (r < 0)
 		return r;
-	for (k = 0; k < bd->def->n_ops; k++)
-		if (bd->def->ops[k].type == KILN_OP_SOURCE_IMAGE &&
-		    !strncmp(bd->def->ops[k].ref, "oci-layout://", 13))
-			return kiln_error_set(err, -EINVAL,
-					      "op '%s': %s: oci-layout sources are read from the client's disk, which kilnd cannot; push the image to a registry or build without --addr",
-					      bd->def->ops[k].id, bd->def->ops[k].ref);
+	/* oci-layout sources: the client pins them (solve.c, given_image_pin). */
 	r = parse_pins(bd, json_object_get(body, "pins"), err);
 	if (r == 0)
 		r = parse_secrets(bd, json_object_get(body, "secrets"), err);

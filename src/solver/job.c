@@ -424,7 +424,8 @@ static int job_image(struct kiln_worker *w, const struct kiln_job *job,
 {
 	const struct kiln_op *op = &job->def->ops[job->op];
 	const struct kiln_image_source src = { .registry = job->registry,
-					       .store = kiln_worker_store(w) };
+					       .store = kiln_worker_store(w),
+					       .layouts_in_store = job->layouts_in_store };
 	struct kiln_image_ref ref = { 0 };
 	struct kiln_image img = { 0 };
 	struct kiln_digest pin = { 0 };

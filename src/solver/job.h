@@ -69,6 +69,11 @@ struct kiln_job {
 	size_t n_chain;
 	/* What source.image pulls registry images through (NULL: refused). */
 	struct kiln_registry *registry;
+	/*
+	 * oci-layout:// images come from the store (a worker: the client
+	 * uploaded them and the job's puller fetched them), never a directory.
+	 */
+	bool layouts_in_store;
 	const struct kiln_secret *secrets;
 	size_t n_secrets;
 	const struct kiln_ssh_agents *ssh; /* NULL: the client declared none */

@@ -795,6 +795,28 @@ static int given_pin(struct solver *s, struct vertex *v, struct kiln_error **err
 			      v->op->local_path);
 }
 
+/*
+ * An OCI layout on the client's disk: the client resolved it, uploaded
+ * its blobs and pinned the op to the manifest (cluster builds).
+ */
+static int given_image_pin(struct solver *s, struct vertex *v, struct kiln_error **err)
+{
+	size_t i;
+
+	for (i = 0; i < s->o->n_pins; i++) {
+		if (!kiln_digest_eq(&s->o->pins[i].op, &v->op->digest))
+			continue;
+		if (!kiln_store_has(store(s), &s->o->pins[i].tree))
+			return kiln_error_set(err, -ENOENT, "%s (manifest %s) was not uploaded",
+					      v->op->ref, KILN_DIGEST_STR(&s->o->pins[i].tree));
+		v->pin = s->o->pins[i].tree;
+		return 0;
+	}
+	return kiln_error_set(err, -ENOENT,
+			      "%s: an OCI layout is read from the client's disk, and the client did not pin it",
+			      v->op->ref);
+}
+
 /* Pin one vertex if it is a source (0 for any other). */
 static int pin_source(struct solver *s, struct vertex *v,
 		      const struct kiln_image_source *images, struct kiln_error **err)
@@ -822,6 +844,9 @@ static int pin_source(struct solver *s, struct vertex *v,
 		r = kiln_git_resolve(v->op->url, v->op->git_ref, commit, err);
 		if (r == 0)
 			kiln_git_commit_to_pin(commit, &v->pin);
+	} else if (v->op->type == KILN_OP_SOURCE_IMAGE && (s->o->executor || s->o->n_pins) &&
+		   !strncmp(v->op->ref, "oci-layout://", 13)) {
+		r = given_image_pin(s, v, err);
 	} else if (v->op->type == KILN_OP_SOURCE_IMAGE) {
 		r = kiln_image_ref_parse(v->op->ref, "/", &ref, err);
 		if (r == 0)
@@ -838,8 +863,10 @@ static int pin_source(struct solver *s, struct vertex *v,
 static int pin_sources(struct solver *s, struct kiln_error **err)
 {
 	struct kiln_image_tags *tags = kiln_image_tags_new();
+	/* A cluster's kilnd never opens a directory a client names. */
 	const struct kiln_image_source images = { .registry = s->o->registry,
-						  .store = store(s), .tags = tags };
+						  .store = store(s), .tags = tags,
+						  .layouts_in_store = s->o->executor != NULL };
 	size_t k;
 	int r = 0;
 

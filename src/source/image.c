@@ -288,8 +288,10 @@ static int open_blob(struct layout *l, const struct kiln_digest *d,
 	struct stat st;
 
 	snprintf(path, sizeof(path), "blobs/sha256/%s", kiln_digest_hex(d, hex));
-	fd = kiln_openat2(l->fd, path, O_RDONLY | O_NONBLOCK, 0,
-			  KILN_RESOLVE_BENEATH);
+	/* A layout the client uploaded: its blobs are in the store. */
+	fd = l->fd < 0 && l->store ? kiln_store_open_blob(l->store, d)
+				   : kiln_openat2(l->fd, path, O_RDONLY | O_NONBLOCK, 0,
+						  KILN_RESOLVE_BENEATH);
 	if (fd < 0)
 		return kiln_error_seterrno(err, fd, "blob %s in %s",
 					   KILN_DIGEST_STR(d), l->where);
@@ -730,6 +732,14 @@ static int image_open(struct layout *l, const struct kiln_image_source *src,
 {
 	if (ref->registry)
 		return registry_open(l, ref, src, err);
+	if (src->layouts_in_store) {
+		if (!src->store)
+			return kiln_error_set(err, -EINVAL, "OCI layout %s: no store", ref->layout);
+		l->path = ref->layout;
+		l->where = xasprintf("layout %s (as the client uploaded it)", ref->layout);
+		l->store = src->store;
+		return 0;
+	}
 	return layout_open(l, ref->layout, err);
 }
 
@@ -1172,6 +1182,73 @@ static int store_blobs(struct kiln_store *s, struct layout *l,
 	if (r == 0)
 		r = put_json(s, d->manifest_raw, d->manifest_len, manifest, err);
 	return r;
+}
+
+int kiln_image_store_blobs(const struct kiln_image_source *src, const struct kiln_image_ref *ref,
+			   const struct kiln_digest *manifest, struct kiln_digest **out,
+			   size_t *n, struct kiln_error **err)
+{
+	struct layout l = { .fd = -1 };
+	struct image_doc d = { 0 };
+	size_t i;
+	int r;
+
+	*out = NULL;
+	*n = 0;
+	r = image_open(&l, src, ref, err);
+	if (r == 0)
+		r = load_image_doc(&l, manifest, &d, err);
+	if (r == 0)
+		r = store_blobs(src->store, &l, manifest, &d, err);
+	if (r == 0) {
+		*out = xcalloc(d.n_layers + 2, sizeof(**out));
+		(*out)[(*n)++] = *manifest;
+		(*out)[(*n)++] = d.config.digest;
+		for (i = 0; i < d.n_layers; i++)
+			(*out)[(*n)++] = d.layers[i].digest;
+	}
+	image_doc_release(&d);
+	layout_close(&l);
+	return r;
+}
+
+int kiln_image_manifest_blobs(struct kiln_store *s, const struct kiln_digest *manifest,
+			      struct kiln_digest **out, size_t *n, struct kiln_error **err)
+{
+	_cleanup_free_ char *data = NULL;
+	json_t *m, *layers, *l;
+	size_t len = 0, i, count;
+	int r;
+
+	*out = NULL;
+	*n = 0;
+	r = kiln_store_read(s, manifest, IMAGE_JSON_LIMIT, &data, &len, err);
+	if (r < 0)
+		return r;
+	m = json_loadb(data, len, 0, NULL);
+	layers = json_object_get(m, "layers");
+	if (!json_is_object(m) || !json_is_array(layers) || json_array_size(layers) > 4096) {
+		json_decref(m);
+		return kiln_error_set(err, -EBADMSG, "manifest %s: not an image manifest",
+				      KILN_DIGEST_STR(manifest));
+	}
+	count = json_array_size(layers) + 1;
+	*out = xcalloc(count, sizeof(**out));
+	if (kiln_digest_parse(json_string_value(json_object_get(json_object_get(m, "config"),
+								"digest")) ?: "", &(*out)[0]) < 0)
+		r = -EBADMSG;
+	json_array_foreach(layers, i, l)
+		if (r == 0 && kiln_digest_parse(json_string_value(json_object_get(l, "digest")) ?: "",
+						&(*out)[i + 1]) < 0)
+			r = -EBADMSG;
+	json_decref(m);
+	if (r < 0) {
+		free(TAKE_PTR(*out));
+		return kiln_error_set(err, r, "manifest %s: a descriptor without a digest",
+				      KILN_DIGEST_STR(manifest));
+	}
+	*n = count;
+	return 0;
 }
 
 int kiln_image_import(const struct kiln_image_source *src, struct kiln_layers *layers,

@@ -69,7 +69,31 @@ struct kiln_image_source {
 	struct kiln_store *store;
 	/* This build's tag lookups (may be NULL: every resolve asks). */
 	struct kiln_image_tags *tags;
+	/*
+	 * oci-layout:// references are read from store, never from a
+	 * directory (kilnd and workers: the client uploaded the blobs of its
+	 * layout; the path is the client's and names nothing here). Such a
+	 * reference can only be imported by its pinned manifest, not resolved.
+	 */
+	bool layouts_in_store;
 };
+
+/*
+ * Copy the blobs of ref's image pinned to manifest (the manifest, its
+ * config, its layers) into src->store and list them in *out (n of them,
+ * the manifest first; free()), without extracting anything: what a client
+ * uploads for a layout the cluster cannot read.
+ */
+int kiln_image_store_blobs(const struct kiln_image_source *src, const struct kiln_image_ref *ref,
+			   const struct kiln_digest *manifest, struct kiln_digest **out,
+			   size_t *n, struct kiln_error **err);
+
+/*
+ * The blobs an image manifest in s names (its config, then its layers):
+ * what a worker pulls before importing a layout the client uploaded.
+ */
+int kiln_image_manifest_blobs(struct kiln_store *s, const struct kiln_digest *manifest,
+			      struct kiln_digest **out, size_t *n, struct kiln_error **err);
 
 /*
  * Pin ref to the manifest digest for platform ("linux/arm64"). A registry

@@ -104,8 +104,8 @@ GIT="git://127.0.0.1:$GIT_PORT"
 for _ in $(seq 1 50); do git ls-remote "$GIT/repo.git" >/dev/null 2>&1 && break; sleep 0.1; done
 git ls-remote "$GIT/repo.git" >/dev/null 2>&1 || fail "git daemon did not start: $(cat "$T/git-daemon.log")"
 
-# The base image in a registry both modes can pull from (kilnd cannot read
-# an oci-layout:// on the client's disk), with the fixture's digests.
+# The base image in a registry both modes pull from (the cases are about
+# pulls; it-cluster-oci-layout covers layouts), with the fixture's digests.
 registry_with_busybox "$T/registry"
 assert_eq "sha256:$(skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/busybox:latest" | sha256sum | cut -d' ' -f1)" \
 	"$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "latest") | .digest' "$LAYOUT/index.json")" \
