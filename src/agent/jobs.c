@@ -299,6 +299,7 @@ struct job_req {
 	 * one. uploaded: it is there (record included).
 	 */
 	bool upload, uploaded;
+	char *upload_error; /* why not (owned) */
 	uint64_t from_cache, to_cache; /* remote cache bytes, this job */
 };
 
@@ -767,6 +768,7 @@ static int pull_layout_blobs(struct kiln_jobs *j, struct job_req *q, struct job_
 	struct kiln_peer_stats st = { .sources = per };
 	struct kiln_peer_pull_options po = { .http = j->client };
 	_cleanup_free_ struct kiln_digest *blobs = NULL;
+	const struct kiln_digest *at = &q->pin; /* the blob being pulled */
 	size_t n = 0, i;
 	int r;
 
@@ -776,13 +778,14 @@ static int pull_layout_blobs(struct kiln_jobs *j, struct job_req *q, struct job_
 	if (r == 0)
 		r = kiln_image_manifest_blobs(j->store, &q->pin, &blobs, &n, err);
 	for (i = 0; r == 0 && i < n; i++) {
-		r = kiln_peer_pull_blob(j->store, &blobs[i], UINT64_MAX, q->sources, q->n_sources,
-					&po, &st, err);
+		at = &blobs[i];
+		r = kiln_peer_pull_blob(j->store, at, UINT64_MAX, q->sources, q->n_sources, &po,
+					&st, err);
 		add_pulled(q, per);
 	}
 	if (r < 0) {
 		f->status = r == -ENOENT || r == -EPROTO ? 409 : 500;
-		f->missing = i < n && blobs ? blobs[i] : q->pin;
+		f->missing = *at;
 		kiln_error_prefix(err, "image of the client's layout");
 	}
 	return r;
@@ -1018,8 +1021,9 @@ static void keep_record(struct kiln_jobs *j, struct job_req *q, const struct kil
 	const char *keys[2] = { q->defkey, q->contentkey };
 	struct kiln_cache_record rec = { 0 };
 	struct kiln_digest tree = res->tree;
+	size_t n_keys = q->defkey ? 2 : 0; /* without keys: the blobs alone */
 
-	if (!q->defkey)
+	if (!q->defkey && !q->upload)
 		return;
 	rec.op = (char *)KILN_DIGEST_STR(&op->digest);
 	rec.outputs = &tree;
@@ -1032,19 +1036,21 @@ static void keep_record(struct kiln_jobs *j, struct job_req *q, const struct kil
 	rec.size = res->size;
 	if (kiln_worker_check_platform(j->w, rec.platform, &rec.emulated, NULL) < 0)
 		rec.emulated = false;
-	if (j->records && kiln_cache_put(j->records, keys, 2, &rec, &err) < 0) {
+	if (n_keys && j->records && kiln_cache_put(j->records, keys, n_keys, &rec, &err) < 0) {
 		log_warn("kiln-worker: cannot keep the record of op %zu: %s", q->op,
 			 kiln_error_msg(err));
 		kiln_error_free(TAKE_PTR(err));
 	}
 	if (q->upload && j->remote) {
-		if (kiln_rcache_put(j->remote, j->store, keys, 2, &rec, &q->to_cache, &err) == 0)
+		if (kiln_rcache_put(j->remote, j->store, keys, n_keys, &rec, &q->to_cache, &err) == 0) {
 			q->uploaded = true;
-		else
+		} else {
+			q->upload_error = xstrdup(kiln_error_msg(err));
 			log_warn("kiln-worker: op %zu: its result %s is not in the remote cache %s: %s",
 				 q->op, KILN_DIGEST_STR(&tree), kiln_rcache_name(j->remote),
 				 kiln_error_msg(err));
-	} else if (j->uq) {
+		}
+	} else if (j->uq && n_keys) {
 		upload_enqueue(j->uq, keys, &rec);
 	}
 }
@@ -1198,6 +1204,18 @@ static void job_do(struct kiln_jobs *j, struct job_req *q, const struct job_sink
 		r = run(j, q, e->def, to ? to : &(struct job_sink){ tail_output, NULL, &log },
 			&res, &err);
 	}
+	/*
+	 * --transfer s3: a result that is not in the bucket reaches no other
+	 * worker. A 5xx: kilnd places the step on another worker (whose
+	 * bucket may work) and says why.
+	 */
+	if (r == 0 && q->upload && !q->uploaded) {
+		f.status = 502;
+		r = kiln_error_set(&err, -EIO,
+				   "the result is not in the remote cache, the only way results move (--transfer s3): %s",
+				   q->upload_error ? q->upload_error : "this worker has no --cache");
+	}
+	free(TAKE_PTR(q->upload_error));
 	if (r == 0)
 		answer_ok(resp, q, &res, &log);
 	else

@@ -272,17 +272,6 @@ static int sweep_blobs(struct prune *p, uint64_t *n, uint64_t *bytes)
 	struct preview pv = { .marked = p->marked };
 	int r;
 
-	if (!p->dry_run) {
-		r = kiln_gc_sweep(s, p->marked, n, bytes, &err);
-		/*
-		 * A context walk trusts the stat cache to name blobs the store
-		 * has: once any went, it is forgotten (the next build of a
-		 * context hashes its files again).
-		 */
-		if (r >= 0 && *n > 0)
-			r = kiln_cache_stat_clear(p->e.cache, &err);
-		return r < 0 ? kiln_cli_fail(err) : 0;
-	}
 	r = kiln_store_foreach(s, preview_blob, &pv);
 	if (r < 0) {
 		kiln_error_seterrno(&err, r, "cannot list the CAS");
@@ -290,7 +279,18 @@ static int sweep_blobs(struct prune *p, uint64_t *n, uint64_t *bytes)
 	}
 	*n = pv.n;
 	*bytes = pv.bytes;
-	return 0;
+	if (p->dry_run)
+		return 0;
+	/*
+	 * A context walk trusts the stat cache to name blobs the store has:
+	 * before any goes, it is forgotten (a sweep cut short, or a prune
+	 * killed midway, never leaves a row naming a blob that went). The
+	 * next build of a context hashes its files again.
+	 */
+	if (pv.n > 0 && kiln_cache_stat_clear(p->e.cache, &err) < 0)
+		return kiln_cli_fail(err);
+	r = kiln_gc_sweep(s, p->marked, n, bytes, &err);
+	return r < 0 ? kiln_cli_fail(err) : 0;
 }
 
 static int prune_layers(struct prune *p, uint64_t *freed)

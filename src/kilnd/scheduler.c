@@ -376,9 +376,10 @@ static int job_sink(void *ud, const void *data, size_t len)
 	return r;
 }
 
+/* why: a retried attempt's reason, for the error when every one failed. */
 static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *t,
 			    const struct kiln_worker_ref *w, struct kiln_task_result *out,
-			    int *r, struct kiln_error **err)
+			    int *r, char why[256], struct kiln_error **err)
 {
 	struct kiln_sched *s = b->sched;
 	const struct kiln_op *op = &t->job.def->ops[t->job.op];
@@ -501,6 +502,7 @@ static enum attempt attempt(struct kiln_sched_build *b, const struct kiln_task *
 		if (status >= 500) {
 			log_warn("worker %s: POST /v1/jobs: HTTP %ld: %s; placing the job again",
 				 w->name, status, msg ? msg : "");
+			snprintf(why, 256, "worker %s: HTTP %ld: %s", w->name, status, msg ? msg : "");
 			json_decref(resp);
 			kiln_http_result_release(&res);
 			return ATTEMPT_RETRY;
@@ -531,7 +533,7 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		.est_ms = t->est_ms,
 		.cancelled = &b->cancelled,
 	};
-	char failed[KILN_WORKER_TABLE_NAME_MAX + 1] = "";
+	char failed[KILN_WORKER_TABLE_NAME_MAX + 1] = "", why[256] = "";
 	unsigned n;
 	int r = 0;
 
@@ -551,14 +553,15 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		snprintf(out->where.worker, sizeof(out->where.worker), "%s", w.name);
 		if (t->placed)
 			t->placed(t->placed_ud, &out->where);
-		a = attempt(b, t, &w, out, &r, err);
+		a = attempt(b, t, &w, out, &r, why, err);
 		kiln_worker_table_unplace(s->reg, w.name, t->est_ms);
 		if (a == ATTEMPT_DONE)
 			return r;
 		log_warn("%s: worker %s failed; placing it again", t->name, w.name);
 		snprintf(failed, sizeof(failed), "%s", w.name);
 	}
-	return kiln_error_set(err, -EIO, "%s: %u workers failed to run it", t->name, n);
+	return kiln_error_set(err, -EIO, "%s: %u workers failed to run it%s%s", t->name, n,
+			      why[0] ? "; the last: " : "", why);
 }
 
 /* ---- the executor ---- */
