@@ -191,9 +191,12 @@ struct kiln_http_route {
 	 * Streamed body (NULL: kept in memory, req.body): each chunk goes to
 	 * sink as it arrives, nothing is kept (body_limit still bounds the
 	 * total). *state starts NULL and is the sink's; rest is req.rest. A
-	 * negative return reads no more of the body and answers 500 (507 for
-	 * -ENOSPC) without calling the handler. sink_free(ud, state) runs
-	 * when the request ends, handled or not, for a state still set.
+	 * negative return passes no more of the body to the sink and answers
+	 * 500 (507 for -ENOSPC) without calling the handler, once the body
+	 * has ended; when more than 1 MiB of it is still to come, the
+	 * connection is closed instead (libmicrohttpd 0.9 cannot answer
+	 * before a body has ended). sink_free(ud, state) runs when the
+	 * request ends, handled or not, for a state still set.
 	 */
 	int (*sink)(void *ud, const char *rest, void **state, const void *data, size_t n);
 	void (*sink_free)(void *ud, void *state);
