@@ -542,9 +542,24 @@ static int dispatch(struct kiln_sched_build *b, const struct kiln_task *t,
 		enum attempt a;
 
 		rq.except = failed[0] ? failed : NULL;
-		r = kiln_worker_table_place(s->reg, &rq, &w, err);
-		if (r < 0)
-			return r;
+		if (!why[0]) {
+			r = kiln_worker_table_place(s->reg, &rq, &w, err);
+			if (r < 0)
+				return r;
+		} else {
+			/* After a worker's 5xx: its reason beats "no other worker". */
+			_cleanup_error_ struct kiln_error *perr = NULL;
+
+			r = kiln_worker_table_place(s->reg, &rq, &w, &perr);
+			if (r == -ENODEV)
+				return kiln_error_set(err, -EIO, "%s: %s; no other worker runs %s",
+						      t->name, why, op->platform);
+			if (r < 0) {
+				if (err && !*err)
+					*err = TAKE_PTR(perr);
+				return r;
+			}
+		}
 		if (atomic_load(&b->cancelled)) { /* while it waited for a slot */
 			kiln_worker_table_unplace(s->reg, w.name, t->est_ms);
 			return cancelled_error(err);

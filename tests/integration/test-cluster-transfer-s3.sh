@@ -141,6 +141,21 @@ assert_eq "$ran" "" "steps run again"
 assert_eq "$(jq '.bytes_moved' <<<"$S")" 0 "bytes moved between workers, second build"
 diff -r "$T/out" "$T/out2" >/dev/null || fail "the second build's output differs"
 
+echo "== the bucket refuses connections: a result that cannot reach it fails the step, saying why"
+# Nothing else could carry it to the arm64 worker: the worker answers 502,
+# kilnd finds no other amd64 worker, and the build's error names the cause.
+sed 's/seq 1 50000/seq 1 50001/' "$CTX/Dockerfile" >"$CTX/Dockerfile.refused"
+netns_exec s3 iptables -I INPUT -p tcp --dport "$S3_PORT" -j REJECT --reject-with tcp-reset
+rc=0
+timeout -k 5 600 "$KILN" build --addr "$KILND_URL" --token-file "$KILND_ROOT/client.token" \
+	--progress json --insecure-registry "$NETNS_REG" --platform linux/amd64,linux/arm64 \
+	--build-arg "BASE=$NETNS_REG/busybox:latest" -f "$CTX/Dockerfile.refused" "$CTX" \
+	2>"$T/progress3.json" || rc=$?
+netns_exec s3 iptables -D INPUT -p tcp --dport "$S3_PORT" -j REJECT --reject-with tcp-reset
+[ "$rc" != 0 ] || fail "a build whose result could not reach the bucket succeeded"
+assert_contains "$(cat "$T/progress3.json")" "not in the remote cache" "the build's error"
+assert_contains "$(cat "$T/progress3.json")" "no other worker runs linux/amd64" "the build's error"
+
 netns_worker_stop amd
 netns_worker_stop arm
 netns_kilnd_stop
