@@ -57,6 +57,7 @@
 #include "proto/http-client.h"
 #include "proto/http-server.h"
 #include "peer/peer.h"
+#include "agent/images.h"
 #include "registry/registry.h"
 #include "worker/worker.h"
 
@@ -82,6 +83,7 @@
 
 struct agent_opts {
 	const char *join, *token_file, *root, *listen, *advertise, *runtime;
+	const char *docker_config; /* --docker-config, or NULL: the default */
 	struct kiln_tls tls;
 	char *name;
 	char **platforms; /* as given, comma lists split */
@@ -103,6 +105,9 @@ struct agent {
 	struct kiln_http_server *http;
 	struct kiln_peer_server *peer;
 	struct kiln_jobs *jobs;
+	struct kiln_images *images;
+	struct kiln_cache *layers; /* ROOT/layers.db: layers made before */
+	struct kiln_registry_options ro; /* the registry flags, for each client */
 	struct kiln_cache *records; /* ROOT/records.db: the record book */
 	struct kiln_rcache *upload; /* --cache: where results are copied */
 	struct kiln_registry *registry;
@@ -145,6 +150,10 @@ static void usage(FILE *f)
 	      "  --registry-endpoint R=H\n"
 	      "                      send requests for registry R to HOST[:PORT]\n"
 	      "                      (repeatable)\n"
+	      "  --docker-config FILE\n"
+	      "                      this worker's registry credentials (default:\n"
+	      "                      $DOCKER_CONFIG/config.json or ~/.docker/config.json);\n"
+	      "                      a build's own, sent by its client, win for its pushes\n"
 	      KILN_S3_OPTIONS_USAGE
 	      "                      (each result the worker makes is copied there)\n"
 	      "  --debug             debug logging\n"
@@ -247,7 +256,7 @@ static int parse_slots(struct agent_opts *o, const char *s)
 
 enum { OPT_JOIN = 256, OPT_TOKEN, OPT_ROOT, OPT_NAME, OPT_LISTEN,
        OPT_ADVERTISE, OPT_PLATFORM, OPT_SLOTS, OPT_LABEL, OPT_RUNTIME,
-       OPT_INSECURE, OPT_ENDPOINT, OPT_DEBUG };
+       OPT_INSECURE, OPT_ENDPOINT, OPT_DOCKER_CONFIG, OPT_DEBUG };
 
 static int parse_opt(struct agent_opts *o, int c, const char *arg)
 {
@@ -270,6 +279,7 @@ static int parse_opt(struct agent_opts *o, int c, const char *arg)
 	case OPT_ENDPOINT:
 		return add_registry_flag(o->endpoints, &o->n_endpoints,
 					 "--registry-endpoint", arg);
+	case OPT_DOCKER_CONFIG: o->docker_config = arg; return 0;
 	case OPT_DEBUG: kiln_log_set_level(KILN_LOG_DEBUG); return 0;
 	case 'h': usage(stdout); return KILN_ARGS_HELP;
 	default: usage(stderr); return KILN_ARGS_USAGE;
@@ -325,6 +335,7 @@ static int parse_args(int argc, char **argv, struct agent_opts *o)
 		{ "runtime", required_argument, NULL, OPT_RUNTIME },
 		{ "insecure-registry", required_argument, NULL, OPT_INSECURE },
 		{ "registry-endpoint", required_argument, NULL, OPT_ENDPOINT },
+		{ "docker-config", required_argument, NULL, OPT_DOCKER_CONFIG },
 		KILN_S3_OPTIONS,
 		{ "debug", no_argument, NULL, OPT_DEBUG },
 		{ "help", no_argument, NULL, 'h' },
@@ -407,6 +418,7 @@ static int serve(struct agent *a, struct kiln_error **err)
 	_cleanup_free_ char *inventory = kiln_path_join(
 		kiln_worker_root(a->worker), "inventory");
 	_cleanup_free_ char *records = kiln_path_join(kiln_worker_root(a->worker), "records.db");
+	_cleanup_free_ char *layers = kiln_path_join(kiln_worker_root(a->worker), "layers.db");
 	struct kiln_jobs_options jo = { .worker = a->worker, .token = a->token,
 					.inventory_path = inventory, .tls = &a->o.tls,
 					.registry = a->registry, .controller = a->base };
@@ -432,6 +444,8 @@ static int serve(struct agent *a, struct kiln_error **err)
 		if (kiln_cache_open(records, &a->records, &e) < 0)
 			log_warn("kiln-worker %s: no record book: %s", a->o.name, kiln_error_msg(e));
 		jo.records = a->records;
+		if (kiln_cache_open(layers, &a->layers, &e) < 0)
+			log_warn("kiln-worker %s: no layer cache: %s", a->o.name, kiln_error_msg(e));
 	}
 	r = kiln_http_server_new(&ho, &a->http, err);
 	jo.http = a->http;
@@ -440,6 +454,12 @@ static int serve(struct agent *a, struct kiln_error **err)
 					 NULL, &a->peer, err);
 	if (r == 0)
 		r = kiln_jobs_new(&jo, &a->jobs, err);
+	if (r == 0)
+		r = kiln_images_new(&(struct kiln_images_options){
+					    .http = a->http, .worker = a->worker,
+					    .token = a->token, .tls = &a->o.tls,
+					    .registry = &a->ro, .layers = a->layers },
+				    &a->images, err);
 	if (r == 0)
 		r = kiln_http_server_start(a->http, err);
 	if (r < 0) {
@@ -461,10 +481,10 @@ static int serve(struct agent *a, struct kiln_error **err)
 /* source.image jobs pull through this client (kiln build's flags). */
 static int open_registry(struct agent *a, struct kiln_error **err)
 {
-	struct kiln_registry_options ro = { .insecure = a->o.insecure,
-					    .endpoints = a->o.endpoints };
-
-	return kiln_registry_new(&ro, &a->registry, err);
+	a->ro = (struct kiln_registry_options){ .insecure = a->o.insecure,
+						.endpoints = a->o.endpoints,
+						.docker_config = a->o.docker_config };
+	return kiln_registry_new(&a->ro, &a->registry, err);
 }
 
 static int agent_open(struct agent *a, struct kiln_error **err)
@@ -705,6 +725,8 @@ static void agent_release(struct agent *a)
 	kiln_peer_server_free(a->peer);
 	kiln_rcache_stop(a->upload); /* an upload in progress ends at its next blob */
 	kiln_jobs_free(a->jobs);
+	kiln_images_free(a->images);
+	kiln_cache_free(a->layers);
 	kiln_rcache_free(a->upload);
 	kiln_cache_free(a->records);
 	kiln_http_client_free(a->client);

@@ -4,6 +4,7 @@
  */
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "basic/alloc.h"
@@ -172,9 +173,17 @@ static int open_rcaches(const struct build_args *a, struct kiln_solve_options *s
 	return 0;
 }
 
+bool kiln_cli_remote(const struct build_args *a)
+{
+	const char *addr = a->addr ? a->addr : getenv("KILN_ADDR");
+
+	return addr && *addr;
+}
+
 int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		   const struct kiln_definition *def, const struct kiln_solve_options *so,
-		   struct kiln_solve_result *res, struct kiln_error **err)
+		   struct kiln_cli_cluster *cl, struct kiln_solve_result *res,
+		   struct kiln_error **err)
 {
 	struct kiln_remote *rm = NULL;
 	struct kiln_remote_build b = {
@@ -189,6 +198,10 @@ int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		.secrets = so->secrets,
 		.n_secrets = so->n_secrets,
 		.ssh = so->ssh,
+		.image = cl ? cl->image : NULL,
+		.image_result = cl ? &cl->image_result : NULL,
+		.fetch_trees = cl ? cl->fetch_trees : true,
+		.fetch_image = cl && cl->fetch_image,
 	};
 	int r = kiln_remote_open(a->addr, a->token_file, &a->tls, &rm, err);
 

@@ -55,6 +55,7 @@ struct dfbuild {
 	struct kiln_digest image;  /* the built image: index or manifest */
 	bool have_image;
 	struct kiln_image_opts image_opts; /* compression of that image */
+	struct kiln_cli_cluster cluster;   /* with --addr: what kilnd makes, what comes here */
 	struct kiln_registry *registry;
 	struct kiln_image_tags *tags; /* each FROM tag looked up once */
 	struct kiln_df_named_context named[MAX_LIST]; /* --build-context, owned strings */
@@ -411,6 +412,27 @@ static char *mount_source(struct dfbuild *b, const struct kiln_registry_ref *des
 	return repo;
 }
 
+/* What the cluster's push to where did, from kilnd's result. */
+static int cluster_pushed(struct dfbuild *b, const char *where,
+			  struct kiln_registry_push_stats *st, struct kiln_error **err)
+{
+	json_t *p;
+	size_t i;
+
+	json_array_foreach(json_object_get(b->cluster.image_result, "pushed"), i, p) {
+		if (strcmp(json_string_value(json_object_get(p, "ref")) ?: "", where))
+			continue;
+		st->blobs_uploaded = (unsigned)json_integer_value(json_object_get(p, "blobs_uploaded"));
+		st->blobs_mounted = (unsigned)json_integer_value(json_object_get(p, "blobs_mounted"));
+		st->blobs_skipped = (unsigned)json_integer_value(json_object_get(p, "blobs_skipped"));
+		st->manifests = (unsigned)json_integer_value(json_object_get(p, "manifests"));
+		st->bytes_uploaded = (uint64_t)json_integer_value(json_object_get(p, "bytes_uploaded"));
+		st->bytes_mounted = (uint64_t)json_integer_value(json_object_get(p, "bytes_mounted"));
+		return 0;
+	}
+	return kiln_error_set(err, -EPROTO, "kilnd did not push %s", where);
+}
+
 /* type=image: push=true sends it to the registry named by name=. */
 static int push_image(struct dfbuild *b, const struct kiln_export_spec *spec,
 		      struct kiln_error **err)
@@ -429,11 +451,16 @@ static int push_image(struct dfbuild *b, const struct kiln_export_spec *spec,
 	r = kiln_registry_ref_parse(spec->name, &dest, err);
 	if (r < 0)
 		return r;
-	from = mount_source(b, &dest);
-	po.mount_from = from;
-	r = kiln_registry_push(b->registry, kiln_worker_store(b->eng.worker), &dest, &b->image, &po,
-			       &st, err);
 	where = kiln_registry_ref_format(&dest);
+	if (b->cluster.image_result) {
+		/* The cluster pushed it: its workers the layers, kilnd the rest. */
+		r = cluster_pushed(b, where, &st, err);
+	} else {
+		from = mount_source(b, &dest);
+		po.mount_from = from;
+		r = kiln_registry_push(b->registry, kiln_worker_store(b->eng.worker), &dest,
+				       &b->image, &po, &st, err);
+	}
 	if (r == 0 && b->a->progress != KILN_PROGRESS_QUIET && b->a->progress != KILN_PROGRESS_JSON)
 		fprintf(stderr, "pushed %s@%s: %u blobs uploaded (%s), %u mounted (%s), %u already there, %u manifests\n",
 			where, KILN_DIGEST_STR(&b->image), st.blobs_uploaded,
@@ -628,6 +655,106 @@ static void show_source(const struct dfbuild *b, const struct kiln_error *err)
 		fprintf(stderr, "failed on %s\n", failed);
 }
 
+/* The image's platforms for kilnd: op numbers of the graph it solves. */
+static json_t *cluster_platforms(struct dfbuild *b)
+{
+	json_t *a = json_array();
+	size_t i, k;
+
+	for (i = 0; i < b->n_images; i++) {
+		const struct kiln_df_image *img = &b->images[i];
+		json_t *layers = json_array();
+
+		for (k = 0; k < img->n_layer_ops; k++)
+			json_array_append_new(layers, json_integer(op_index(b->def, img->layer_ops[k])));
+		json_array_append_new(a, json_pack("{s:s, s:o, s:o, s:O?}", "platform", img->platform,
+						   "base_op", img->base_op ?
+						   json_integer(op_index(b->def, img->base_op)) : json_null(),
+						   "layer_ops", layers, "config", img->config));
+	}
+	return a;
+}
+
+/*
+ * One push for kilnd; the client's credentials for its registry (and only
+ * it) go along, for this build alone (docs/cluster.md).
+ */
+static int cluster_push(struct dfbuild *b, const struct kiln_export_spec *spec, json_t *push,
+			json_t *creds, struct kiln_error **err)
+{
+	struct kiln_registry_ref dest = { 0 };
+	_cleanup_free_ char *from = NULL, *user = NULL, *pass = NULL;
+	int r = kiln_registry_ref_parse(spec->name, &dest, err);
+
+	if (r < 0)
+		return r;
+	from = mount_source(b, &dest);
+	json_array_append_new(push, json_pack("{s:s, s:s?}", "ref", spec->name, "mount_from", from));
+	if (kiln_registry_credentials(b->registry, dest.registry, &user, &pass) == 0)
+		json_object_set_new(creds, dest.registry,
+				    json_pack("{s:s, s:s}", "username", user, "password", pass));
+	if (pass)
+		explicit_bzero(pass, strlen(pass));
+	kiln_registry_ref_release(&dest);
+	return 0;
+}
+
+/*
+ * With --addr: the image is made (and pushed) on the cluster, once, with
+ * the settings every image output shares; the trees come here only for
+ * type=local/tar, the image's blobs only for type=oci.
+ */
+static int cluster_request(struct dfbuild *b, struct kiln_error **err)
+{
+	const struct kiln_export_spec *first = NULL;
+	struct kiln_image_opts o, o1;
+	json_t *push = json_array(), *creds = json_object(), *opts = json_object();
+	const char *epoch = getenv("SOURCE_DATE_EPOCH");
+	size_t i;
+	int r = 0;
+
+	for (i = 0; r == 0 && i < b->n_specs; i++) {
+		const struct kiln_export_spec *sp = &b->specs[i];
+
+		if (!strcmp(sp->type, "local") || !strcmp(sp->type, "tar")) {
+			b->cluster.fetch_trees = true;
+			continue;
+		}
+		r = image_opts(b, sp, &o, err);
+		if (r == 0 && first && memcmp(&o, &o1, sizeof(o)))
+			r = kiln_error_set(err, -ENOTSUP,
+					   "with --addr, the image outputs must share their compression settings (-o %s, -o %s)",
+					   first->type, sp->type);
+		if (r < 0)
+			break;
+		if (!first) {
+			first = sp;
+			o1 = o;
+		}
+		if (!strcmp(sp->type, "oci"))
+			b->cluster.fetch_image = true;
+		else if (sp->push && !strcmp(sp->push, "true"))
+			r = cluster_push(b, sp, push, creds, err);
+	}
+	if (r < 0 || !first) {
+		json_decref(push);
+		json_decref(creds);
+		json_decref(opts);
+		return r;
+	}
+	if (first->compression)
+		json_object_set_new(opts, "compression", json_string(first->compression));
+	if (first->compression_level)
+		json_object_set_new(opts, "compression-level", json_string(first->compression_level));
+	if (first->force_compression)
+		json_object_set_new(opts, "force-compression", json_string(first->force_compression));
+	if (epoch && *epoch)
+		json_object_set_new(opts, "epoch", json_string(epoch));
+	b->cluster.image = json_pack("{s:o, s:o, s:o, s:o}", "platforms", cluster_platforms(b),
+				     "options", opts, "push", push, "credentials", creds);
+	return 0;
+}
+
 static int solve(struct dfbuild *b, struct kiln_error **err)
 {
 	struct kiln_solve_options so = {
@@ -643,10 +770,26 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 	};
 
 	/* The agents live for the solve only: not through exports and pushes. */
-	int r = kiln_cli_ssh_start(&b->ssh, err);
+	int r = kiln_cli_remote(b->a) ? cluster_request(b, err) : 0;
+	struct kiln_digest top;
 
 	if (r == 0)
-		r = kiln_cli_solve(b->a, &b->eng, b->def, &so, &b->res, err);
+		r = kiln_cli_ssh_start(&b->ssh, err);
+	if (r == 0)
+		r = kiln_cli_solve(b->a, &b->eng, b->def, &so, kiln_cli_remote(b->a) ? &b->cluster : NULL,
+				   &b->res, err);
+	/* The image the cluster made: the exports use it as if built here. */
+	if (r == 0 && b->cluster.image_result &&
+	    kiln_digest_parse(json_string_value(json_object_get(b->cluster.image_result, "digest")) ?: "",
+			      &top) == 0) {
+		b->image = top;
+		b->have_image = true;
+		for (size_t i = 0; i < b->n_specs; i++)
+			if (strcmp(b->specs[i].type, "local") && strcmp(b->specs[i].type, "tar")) {
+				r = image_opts(b, &b->specs[i], &b->image_opts, err);
+				break;
+			}
+	}
 	kiln_cli_ssh_release(&b->ssh);
 	if (r < 0)
 		show_source(b, *err);
@@ -676,6 +819,18 @@ static void dfbuild_release(struct dfbuild *b)
 		kiln_strv_free(b->named_excludes[k], b->named[k].n_excludes);
 	}
 	kiln_solve_result_release(&b->res);
+	if (b->cluster.image) {
+		json_t *v;
+		const char *host;
+
+		json_object_foreach(json_object_get(b->cluster.image, "credentials"), host, v) {
+			json_t *p = json_object_get(v, "password");
+
+			explicit_bzero((char *)json_string_value(p), json_string_length(p));
+		}
+	}
+	json_decref(b->cluster.image);
+	json_decref(b->cluster.image_result);
 	kiln_definition_free(b->def);
 	free(b->graph);
 	kiln_dockerfile_free(b->df);

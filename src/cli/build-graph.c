@@ -51,7 +51,7 @@ int kiln_build_graph(const struct build_args *a, struct kiln_error **err)
 	/* The agents live for the solve only: not through the exports. */
 	r = kiln_cli_ssh_start(&ssh, err);
 	if (r == 0)
-		r = kiln_cli_solve(a, &eng, def, &so, &res, err);
+		r = kiln_cli_solve(a, &eng, def, &so, NULL, &res, err);
 	kiln_cli_ssh_release(&ssh);
 	for (i = 0; r == 0 && i < a->n_outputs; i++)
 		r = kiln_export_run(kiln_worker_store(eng.worker), &res.tree, &specs[i], err);

@@ -5,6 +5,7 @@
  */
 #pragma once
 
+#include <jansson.h>
 #include <stdbool.h>
 
 #include "basic/error.h"
@@ -109,9 +110,25 @@ struct kiln_solve_result;
  * Solve def: on kilnd when --addr or $KILN_ADDR names one (its outputs
  * then fetched into eng's store), else in this process with so.
  */
+struct kiln_cli_cluster;
 int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		   const struct kiln_definition *def, const struct kiln_solve_options *so,
-		   struct kiln_solve_result *res, struct kiln_error **err);
+		   struct kiln_cli_cluster *cl, struct kiln_solve_result *res,
+		   struct kiln_error **err);
+
+/*
+ * What a build asks of the cluster beside the solve (docs/cluster.md);
+ * kiln_cli_solve's cl NULL means: fetch the result trees, no image.
+ */
+struct kiln_cli_cluster {
+	json_t *image;        /* the image to make and push there, or NULL */
+	bool fetch_trees;     /* type=local/tar: the trees come here */
+	bool fetch_image;     /* type=oci: the image's blobs come here */
+	json_t *image_result; /* out: {"digest", "pushed"} (a reference) */
+};
+
+/* Is this build going to kilnd (--addr or $KILN_ADDR)? */
+bool kiln_cli_remote(const struct build_args *a);
 
 /* The op-graph build, --def (build-graph.c). */
 int kiln_build_graph(const struct build_args *a, struct kiln_error **err);

@@ -16,6 +16,7 @@
 #include "cas/gc.h"
 #include "cli/common.h"
 #include "proto/http-client.h"
+#include "export/image.h"
 #include "source/image.h"
 #include "source/local.h"
 #include "peer/peer.h"
@@ -245,6 +246,8 @@ static int submit(struct kiln_remote *rm, const struct kiln_remote_build *b, jso
 	call.json = json_pack("{sssssssbsoso}", "graph", b->graph, "base_dir", b->base_dir,
 			      "platform", b->platform, "no_cache", b->no_cache, "pins",
 			      json_incref(pins), "secrets", secrets);
+	if (b->image)
+		json_object_set(call.json, "image", b->image);
 	if (b->ssh) { /* the ids only: sockets and keys stay here */
 		json_t *ids = json_array();
 
@@ -500,42 +503,125 @@ static int final_state(struct kiln_remote *rm, const char *id, json_t **out,
 	}
 }
 
-/* One output: its tree and the blobs its meta names, into the local store. */
-static int fetch(struct kiln_remote *rm, struct kiln_store *st, json_t *o,
-		 struct kiln_digest *tree, char **meta, struct kiln_error **err)
+/* Most holders of a build's outputs the client pulls from. */
+#define MAX_HOLDERS 64u
+
+/* A build's outputs, as kilnd relays them from each holder in turn. */
+struct holders {
+	struct kiln_peer_source src[MAX_HOLDERS];
+	char *urls[MAX_HOLDERS];
+	size_t n;
+};
+
+static void holders_release(struct holders *h)
 {
-	struct kiln_peer_source src = source(rm);
+	size_t i;
+
+	for (i = 0; i < h->n; i++)
+		free(h->urls[i]);
+}
+
+/* One output: its tree and the blobs its meta names, into the local store. */
+static int fetch(struct kiln_remote *rm, struct kiln_store *st, const struct holders *h,
+		 bool pull, json_t *o, struct kiln_digest *tree, char **meta, struct kiln_error **err)
+{
 	struct kiln_peer_pull_options po = { .http = rm->http };
 	const char *m = json_string_value(json_object_get(o, "meta"));
-	int r;
+	int r = 0;
 
 	if (kiln_digest_parse(json_string_value(json_object_get(o, "tree")) ?: "", tree) < 0)
 		return kiln_error_set(err, -EPROTO, "kilnd: a result without a tree");
-	r = kiln_peer_pull_result(st, tree, m, &src, 1, &po, err);
+	if (pull)
+		r = kiln_peer_pull_result(st, tree, m, h->src, h->n, &po, err);
 	*meta = r == 0 && m ? xstrdup(m) : NULL;
 	return r;
 }
 
-static int take_result(struct kiln_remote *rm, struct kiln_store *st, json_t *state,
-		       struct kiln_solve_result *out, struct kiln_error **err)
+/* The image kilnd made (an index or a manifest): every blob it reaches. */
+static int fetch_image(struct kiln_remote *rm, struct kiln_store *st, const struct holders *h,
+		       const struct kiln_digest *top, struct kiln_error **err)
 {
-	json_t *res = json_object_get(state, "result"), *outs, *o;
+	const struct kiln_peer_source *src = h->src;
+	size_t ns = h->n;
+	struct kiln_peer_pull_options po = { .http = rm->http };
+	struct kiln_digest *ms = NULL;
+	json_t *doc = NULL, *e;
+	size_t n = 0, i, k;
+	int r;
+
+	r = kiln_peer_pull_blob(st, top, UINT64_MAX, src, ns, &po, NULL, err);
+	if (r == 0)
+		r = kiln_image_read_json(st, top, &doc, err);
+	if (r == 0 && json_is_array(json_object_get(doc, "manifests"))) {
+		ms = xcalloc(json_array_size(json_object_get(doc, "manifests")) + 1, sizeof(*ms));
+		json_array_foreach(json_object_get(doc, "manifests"), i, e) {
+			if (kiln_digest_parse(json_string_value(json_object_get(e, "digest")) ?: "",
+					      &ms[n]) < 0) {
+				r = kiln_error_set(err, -EPROTO, "image index %s: a malformed entry",
+						   KILN_DIGEST_STR(top));
+				break;
+			}
+			n++;
+		}
+	} else if (r == 0) {
+		ms = xcalloc(1, sizeof(*ms));
+		ms[n++] = *top;
+	}
+	for (i = 0; r == 0 && i < n; i++) {
+		_cleanup_free_ struct kiln_digest *blobs = NULL;
+		size_t nb = 0;
+
+		r = kiln_peer_pull_blob(st, &ms[i], UINT64_MAX, src, ns, &po, NULL, err);
+		if (r == 0)
+			r = kiln_image_manifest_blobs(st, &ms[i], &blobs, &nb, err);
+		for (k = 0; r == 0 && k < nb; k++)
+			r = kiln_peer_pull_blob(st, &blobs[k], UINT64_MAX, src, ns, &po, NULL, err);
+	}
+	json_decref(doc);
+	free(ms);
+	if (r < 0)
+		kiln_error_prefix(err, "the image %s", KILN_DIGEST_STR(top));
+	return r;
+}
+
+static int take_result(struct kiln_remote *rm, const struct kiln_remote_build *b, const char *id,
+		       json_t *state, struct kiln_solve_result *out, struct kiln_error **err)
+{
+	json_t *res = json_object_get(state, "result"), *outs, *o, *image;
+	json_int_t n = json_integer_value(json_object_get(res, "holders"));
+	struct kiln_store *st = b->store;
+	struct holders h = { 0 };
+	struct kiln_digest top;
 	size_t i;
 	int r;
 
-	r = fetch(rm, st, res, &out->tree, &out->meta, err);
+	for (i = 0; i < MAX_HOLDERS && (json_int_t)i < n; i++, h.n++) {
+		h.urls[i] = xasprintf("%s/v1/relay/%s/%zu", rm->addr, id, i);
+		h.src[i] = (struct kiln_peer_source){ .url = h.urls[i], .token = rm->token };
+	}
+	r = fetch(rm, st, &h, b->fetch_trees, res, &out->tree, &out->meta, err);
 	outs = json_object_get(res, "outputs");
 	out->outputs = xcalloc(json_array_size(outs) + 1, sizeof(*out->outputs));
 	json_array_foreach(outs, i, o) {
 		if (r < 0)
 			break;
 		out->outputs[i].op = (size_t)json_integer_value(json_object_get(o, "op"));
-		r = fetch(rm, st, o, &out->outputs[i].tree, &out->outputs[i].meta, err);
+		r = fetch(rm, st, &h, b->fetch_trees, o, &out->outputs[i].tree,
+			  &out->outputs[i].meta, err);
 		out->n_outputs++;
 	}
 	out->run = (unsigned)json_integer_value(json_object_get(res, "run"));
 	out->cached = (unsigned)json_integer_value(json_object_get(res, "cached"));
 	out->bytes_moved = (uint64_t)json_integer_value(json_object_get(res, "bytes_moved"));
+	image = json_object_get(res, "image");
+	if (r == 0 && b->image &&
+	    kiln_digest_parse(json_string_value(json_object_get(image, "digest")) ?: "", &top) < 0)
+		r = kiln_error_set(err, -EPROTO, "kilnd: a result without its image");
+	if (r == 0 && b->image && b->fetch_image)
+		r = fetch_image(rm, st, &h, &top, err);
+	if (r == 0 && b->image && b->image_result)
+		*b->image_result = json_incref(image);
+	holders_release(&h);
 	return r;
 }
 
@@ -580,7 +666,7 @@ int kiln_remote_solve(struct kiln_remote *rm, const struct kiln_remote_build *b,
 		return r;
 	}
 	if (r == 0)
-		r = take_result(rm, b->store, state, out, err);
+		r = take_result(rm, b, id, state, out, err);
 	json_decref(state);
 	if (r < 0 && id)
 		kiln_error_prefix(err, "build %s on %s", id, rm->addr);

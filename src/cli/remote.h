@@ -2,11 +2,13 @@
  * kiln build --addr (docs/cluster.md): the client side of a cluster
  * build. Local contexts are snapshotted here and only the blobs kilnd
  * lacks are uploaded; the graph is submitted, kilnd's progress is drawn
- * as it arrives, and the outputs are pulled into the local store, where
- * the exports read them exactly as after an embedded solve.
+ * as it arrives, and the outputs the exports need are pulled into the
+ * local store through kilnd's relay, where the exports read them exactly
+ * as after an embedded solve. An image is made and pushed on the cluster.
  */
 #pragma once
 
+#include <jansson.h>
 #include <stdbool.h>
 
 #include "basic/error.h"
@@ -40,6 +42,18 @@ struct kiln_remote_build {
 	size_t n_secrets;
 	/* kiln build --ssh: the ids go to kilnd, requests come back (NULL: none) */
 	const struct kiln_ssh_agents *ssh;
+	/*
+	 * The image the cluster makes and pushes (kilnd/images.h's request;
+	 * NULL: none), and where the result's "image" goes (a new reference).
+	 */
+	json_t *image;
+	json_t **image_result;
+	/*
+	 * What comes here, through kilnd's relay: the result trees (for
+	 * type=local and type=tar), the image's blobs (for type=oci).
+	 * Without either, only digests and the summary cross the link.
+	 */
+	bool fetch_trees, fetch_image;
 };
 
 /* Solve b on kilnd; *out as kiln_solve() fills it, its trees local. */

@@ -20,7 +20,10 @@
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
 #include "basic/strv.h"
+#include "kilnd/images.h"
+#include "kilnd/relay.h"
 #include "kilnd/ssh-relay.h"
+#include "peer/peer.h"
 #include "solver/progress.h"
 #include "solver/solve.h"
 
@@ -54,6 +57,8 @@ struct build {
 	size_t n_ssh_ids;
 	struct kiln_ssh_agents ssh;
 	bool no_cache;
+	/* The image to make and push on the cluster (kilnd/images.h), or NULL. */
+	json_t *image;
 	struct kiln_sched_build sb;
 	pthread_t thread;
 	/* Shared under lock. */
@@ -64,6 +69,9 @@ struct build {
 	bool done;
 	bool finished; /* build_main returned (or is about to): joinable at once */
 	json_t *state; /* once done: {"ok", "error", "result"} */
+	/* Once done: where its outputs are (workers, then kilnd), for the relay. */
+	char **holders;
+	size_t n_holders;
 	uint64_t ended_ns;
 	unsigned readers; /* handlers using it (under the table's lock) */
 };
@@ -75,6 +83,7 @@ struct kiln_builds {
 	struct kiln_registry *registry;
 	struct kiln_ssh_relay *relay;
 	const struct kiln_s3_config *s3; /* the remote cache, or NULL */
+	const struct kiln_registry_options *ro; /* for the cluster's pushes */
 	pthread_mutex_t lock;
 	struct build *builds[MAX_BUILDS];
 	size_t n;
@@ -99,6 +108,26 @@ void kiln_builds_set_remote_cache(struct kiln_builds *b, const struct kiln_s3_co
 	b->s3 = cfg;
 }
 
+void kiln_builds_set_registry_options(struct kiln_builds *b, const struct kiln_registry_options *ro)
+{
+	b->ro = ro;
+}
+
+/* The client's registry credentials go as soon as the pushes are over. */
+static void drop_credentials(json_t *image)
+{
+	json_t *creds = json_object_get(image, "credentials"), *v;
+	const char *host;
+
+	json_object_foreach(creds, host, v) {
+		json_t *p = json_object_get(v, "password");
+
+		if (json_is_string(p))
+			explicit_bzero((char *)json_string_value(p), json_string_length(p));
+	}
+	json_object_del(image, "credentials");
+}
+
 static void build_free(struct build *bd)
 {
 	size_t i;
@@ -115,6 +144,9 @@ static void build_free(struct build *bd)
 	}
 	free(bd->secrets);
 	kiln_strv_free(bd->ssh_ids, bd->n_ssh_ids);
+	drop_credentials(bd->image);
+	json_decref(bd->image);
+	kiln_strv_free(bd->holders, bd->n_holders);
 	kiln_strbuf_release(&bd->events);
 	json_decref(bd->state);
 	pthread_cond_destroy(&bd->cond);
@@ -253,7 +285,9 @@ static void *build_main(void *ud)
 		.cancelled = build_cancelled,
 		.cancelled_ud = bd,
 	};
-	json_t *state, *outs = json_array();
+	json_t *state, *outs = json_array(), *image = NULL;
+	char **holders = NULL;
+	size_t n_holders = 0;
 	size_t i;
 	int r;
 
@@ -280,19 +314,41 @@ static void *build_main(void *ud)
 	pthread_mutex_unlock(&bd->lock);
 	if (r == 0)
 		r = bring_from_bucket(b, rc, &res, &err);
-	if (r == 0)
+	/*
+	 * The outputs stay where they are: the client pulls what it needs
+	 * through the relay. Only for the remote cache's export (below) does
+	 * kilnd gather them into its store.
+	 */
+	if (r == 0 && rc)
 		r = kiln_sched_gather(b->sched, &res.tree, res.meta, &err);
+	if (r == 0)
+		kiln_sched_holder_urls(b->sched, &res.tree, &holders, &n_holders);
 	for (i = 0; r == 0 && i < res.n_outputs; i++) {
-		r = kiln_sched_gather(b->sched, &res.outputs[i].tree, res.outputs[i].meta, &err);
+		if (rc)
+			r = kiln_sched_gather(b->sched, &res.outputs[i].tree, res.outputs[i].meta,
+					      &err);
+		kiln_sched_holder_urls(b->sched, &res.outputs[i].tree, &holders, &n_holders);
 		json_array_append_new(outs, output_json(res.outputs[i].op, &res.outputs[i].tree,
 							res.outputs[i].meta));
 	}
+	if (r == 0 && bd->image)
+		r = kiln_cluster_image(&bd->sb, b->store, b->ro, bd->def, bd->image, &res, &image,
+				       &holders, &n_holders, &err);
+	drop_credentials(bd->image);
+	/* Last: what kilnd holds itself (contexts, results from the bucket). */
+	holders = xrealloc(holders, (n_holders + 2) * sizeof(*holders));
+	holders[n_holders++] = xstrdup(kiln_sched_self_url(b->sched));
+	holders[n_holders] = NULL;
 	if (r == 0) {
 		state = json_pack("{sbs{sssososIsIsI}}", "ok", 1, "result", "tree",
 				  KILN_DIGEST_STR(&res.tree), "meta",
 				  res.meta ? json_string(res.meta) : json_null(), "outputs", outs,
 				  "run", (json_int_t)res.run, "cached", (json_int_t)res.cached,
 				  "bytes_moved", (json_int_t)res.bytes_moved);
+		if (image)
+			json_object_set_new(json_object_get(state, "result"), "image", image);
+		json_object_set_new(json_object_get(state, "result"), "holders",
+				    json_integer((json_int_t)n_holders));
 		log_info("build %s: done, %u run, %u cached", bd->id, res.run, res.cached);
 	} else {
 		json_decref(outs);
@@ -305,6 +361,8 @@ static void *build_main(void *ud)
 		fclose(f);
 	pthread_mutex_lock(&bd->lock);
 	bd->state = state;
+	bd->holders = holders;
+	bd->n_holders = n_holders;
 	bd->done = true;
 	bd->ended_ns = kiln_now_mono_ns();
 	pthread_cond_broadcast(&bd->cond);
@@ -438,6 +496,8 @@ static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 		r = parse_secrets(bd, json_object_get(body, "secrets"), err);
 	if (r == 0)
 		r = parse_ssh(bd, json_object_get(body, "ssh"), err);
+	if (r == 0 && json_object_get(body, "image"))
+		r = kiln_cluster_image_check(json_object_get(body, "image"), bd->def, &bd->image, err);
 	if (r == 0)
 		/* Workers fetch the graph from kilnd, like any blob. */
 		r = kiln_store_put_buf(b->store, bd->graph, strlen(bd->graph), &bd->sb.graph,
@@ -595,6 +655,59 @@ static int handle_get(const struct kiln_http_server_req *req,
 	return 0;
 }
 
+/*
+ * GET /v1/relay/<id>/<k>/v1/blobs/<digest>, GET .../v1/trees/<digest>,
+ * POST .../v1/blobs/batch: a done build's outputs, as holder k of its
+ * result's "holders" (a worker, or kilnd last) serves them, relayed
+ * (kilnd/relay.h). The client pulls with every holder as a source, in
+ * that order, like from peers.
+ */
+static int handle_relay(const struct kiln_http_server_req *req,
+			struct kiln_http_server_resp *resp, void *ud)
+{
+	struct kiln_builds *b = ud;
+	const char *slash = strchr(req->rest, '/'), *path = slash ? strchr(slash + 1, '/') : NULL;
+	size_t idlen = slash ? (size_t)(slash - req->rest) : strlen(req->rest);
+	struct kiln_relay_request rq = { .method = req->method, .path = path };
+	_cleanup_free_ char *ks = path ? xstrndup(slash + 1, (size_t)(path - slash - 1)) : NULL;
+	struct kiln_digest d;
+	struct build *bd;
+	uint64_t k = 0;
+	bool ok;
+
+	if (!path || kiln_parse_u64(ks, &k) < 0 ||
+	    !(!strcmp(req->method, "POST") ? !strcmp(path, "/v1/blobs/batch")
+					   : ((!strncmp(path, "/v1/blobs/", 10) &&
+					       kiln_digest_parse(path + 10, &d) == 0) ||
+					      (!strncmp(path, "/v1/trees/", 10) &&
+					       kiln_digest_parse(path + 10, &d) == 0)))) {
+		kiln_http_resp_error(resp, 404, "no such resource %s", req->path);
+		return 0;
+	}
+	bd = find(b, req->rest, idlen);
+	if (!bd) {
+		kiln_http_resp_error(resp, 404, "no build %.*s", (int)idlen, req->rest);
+		return 0;
+	}
+	pthread_mutex_lock(&bd->lock);
+	ok = bd->done && json_is_true(json_object_get(bd->state, "ok"));
+	pthread_mutex_unlock(&bd->lock);
+	if (!ok) {
+		kiln_http_resp_error(resp, 409, "build %s has no outputs (yet)", bd->id);
+	} else if (k >= bd->n_holders) {
+		kiln_http_resp_error(resp, 404, "build %s has %zu holders", bd->id, bd->n_holders);
+	} else {
+		/* holders is set once, before done, and kept while we read it. */
+		if (req->body_len) {
+			rq.body = req->body;
+			rq.body_len = req->body_len;
+		}
+		kiln_sched_relay(b->sched, bd->holders[k], &rq, resp);
+	}
+	unref(bd);
+	return 0;
+}
+
 /* DELETE /v1/builds/<id>: cancel a build that is still running. */
 static int handle_cancel(const struct kiln_http_server_req *req,
 			 struct kiln_http_server_resp *resp, void *ud)
@@ -635,6 +748,9 @@ int kiln_builds_routes(struct kiln_builds *b, struct kiln_http_server *http,
 		  NULL, NULL, NULL },
 		{ "GET", "/v1/builds/*", handle_get, b, 0, false, false, token, NULL, NULL, NULL },
 		{ "DELETE", "/v1/builds/*", handle_cancel, b, 0, false, false, token, NULL, NULL, NULL },
+		{ "GET", "/v1/relay/*", handle_relay, b, 0, false, false, token, NULL, NULL, NULL },
+		{ "POST", "/v1/relay/*", handle_relay, b, KILN_PEER_REQUEST_LIMIT, false, false, token,
+		  NULL, NULL, NULL },
 	};
 	size_t i;
 	int r;

@@ -2,12 +2,14 @@
  * kilnd's build sessions (docs/api.md "Builds"): a client submits a graph
  * with its pinned contexts and secrets; kilnd solves it on a thread of its
  * own through the scheduler, streams progress as JSON lines the client
- * reads by offset, and gathers the outputs into its store, from where the
- * client pulls them like any peer.
+ * reads by offset, makes and pushes the image on the workers when asked
+ * (kilnd/images.h), and relays the outputs the client pulls from the
+ * workers that hold them (kilnd/relay.h), without storing them.
  *
  *   POST /v1/builds                 submit: {"id": ...}
  *   GET  /v1/builds/<id>/events     progress bytes from ?from=OFFSET
  *   GET  /v1/builds/<id>            state and, once done, the result
+ *   GET  /v1/relay/<id>/v1/...      its outputs, as a peer serves them
  *   POST /v1/builds/<id>/ssh        the client answers ssh agent requests
  *   POST /v1/ssh                    a worker asks them (kilnd/ssh-relay.h)
  */
@@ -37,6 +39,13 @@ struct kiln_builds *kiln_builds_new(struct kiln_sched *sched, struct kiln_store 
  */
 struct kiln_s3_config;
 void kiln_builds_set_remote_cache(struct kiln_builds *b, const struct kiln_s3_config *cfg);
+/*
+ * How the cluster's pushes reach registries (kilnd's --insecure-registry,
+ * --registry-endpoint, --docker-config; borrowed, outlives b).
+ */
+struct kiln_registry_options;
+void kiln_builds_set_registry_options(struct kiln_builds *b,
+				      const struct kiln_registry_options *ro);
 /*
  * kilnd is stopping: release the HTTP connections the ssh relay holds
  * (waiting requests fail). Before the HTTP server stops.

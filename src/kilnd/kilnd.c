@@ -57,6 +57,8 @@ struct kilnd {
 	const char *insecure[MAX_LIST + 1], *endpoints[MAX_LIST + 1];
 	size_t n_insecure, n_endpoints;
 	struct kiln_registry *registry;
+	struct kiln_registry_options ro;
+	const char *docker_config; /* --docker-config, or NULL: the default */
 	struct kiln_store *store;
 	struct kiln_cache *cache;
 	struct kiln_sched *sched;
@@ -79,6 +81,7 @@ static void usage(FILE *f)
 {
 	fputs("Usage: kilnd --root DIR [--listen ADDR:PORT] [--advertise URL] [--heartbeat-interval-ms N]\n"
 	      "             [--insecure-registry HOST]... [--registry-endpoint NAME=HOST]...\n"
+	      "             [--docker-config FILE]\n"
 	      "             [--cache s3://BUCKET/PREFIX [--s3-endpoint URL] [--s3-region R]\n"
 	      "              [--s3-path-style] [--s3-credentials FILE]]\n"
 	      "             [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--tls-ca FILE] [--debug]\n"
@@ -93,6 +96,9 @@ static void usage(FILE *f)
 	      "                             listen address)\n"
 	      "  --insecure-registry HOST   allow plain http to HOST when resolving images\n"
 	      "  --registry-endpoint NAME=HOST  serve registry NAME from HOST\n"
+	      "  --docker-config FILE       kilnd's registry credentials (default:\n"
+	      "                             $DOCKER_CONFIG/config.json or ~/.docker/config.json);\n"
+	      "                             a build's own, sent by its client, win for its pushes\n"
 	      KILN_S3_OPTIONS_USAGE
 	      "  --transfer auto|peer|s3    with --cache: auto (default), workers pull from\n"
 	      "                             each other and fetch hits from the bucket\n"
@@ -359,15 +365,17 @@ static int open_state(struct kilnd *d, struct kiln_error **err)
 	_cleanup_free_ char *cas = kiln_path_join(d->root, "cas");
 	_cleanup_free_ char *db = kiln_path_join(d->root, "cache.db");
 	struct kiln_store_options so = { .durable = true };
-	struct kiln_registry_options ro = { .insecure = d->insecure,
-					    .endpoints = d->endpoints };
 	int r;
+
+	d->ro = (struct kiln_registry_options){ .insecure = d->insecure,
+						.endpoints = d->endpoints,
+						.docker_config = d->docker_config };
 
 	r = kiln_store_open(cas, &so, &d->store, err);
 	if (r == 0)
 		r = kiln_cache_open(db, &d->cache, err);
 	if (r == 0)
-		r = kiln_registry_new(&ro, &d->registry, err);
+		r = kiln_registry_new(&d->ro, &d->registry, err);
 	return r;
 }
 
@@ -409,6 +417,7 @@ static int kilnd_start(struct kilnd *d, struct kiln_error **err)
 	d->reg = kiln_worker_table_new(d->interval_ms);
 	d->sched = kiln_sched_new(d->reg, d->store, d->worker_token, &d->tls);
 	d->builds = kiln_builds_new(d->sched, d->store, d->cache, d->registry);
+	kiln_builds_set_registry_options(d->builds, &d->ro);
 	if (d->has_s3) {
 		kiln_builds_set_remote_cache(d->builds, &d->s3cfg);
 		kiln_sched_set_transfer(d->sched, d->transfer);
@@ -478,6 +487,7 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 		{ "advertise", required_argument, NULL, 'a' },
 		{ "insecure-registry", required_argument, NULL, 'I' },
 		{ "registry-endpoint", required_argument, NULL, 'E' },
+		{ "docker-config", required_argument, NULL, 'D' },
 		{ "heartbeat-interval-ms", required_argument, NULL, 'i' },
 		KILN_S3_OPTIONS,
 		{ "transfer", required_argument, NULL, 'T' },
@@ -508,6 +518,7 @@ static int parse_args(int argc, char **argv, struct kilnd *d)
 				d->endpoints[d->n_endpoints++] = optarg;
 			break;
 		case 'd': kiln_log_set_level(KILN_LOG_DEBUG); break;
+		case 'D': d->docker_config = optarg; break;
 		case 'T': d->transfer_arg = optarg; break;
 		case 'h': usage(stdout); return KILN_ARGS_HELP;
 		case 'i':

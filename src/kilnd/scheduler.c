@@ -18,6 +18,7 @@
 #include "basic/strbuf.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
+#include "kilnd/relay.h"
 #include "kilnd/ssh-relay.h"
 #include "peer/peer.h"
 
@@ -746,4 +747,118 @@ int kiln_sched_gather(struct kiln_sched *s, const struct kiln_digest *tree, cons
 		return kiln_error_set(err, -ENOLINK, "result %s is held by no worker",
 				      KILN_DIGEST_STR(tree));
 	return kiln_peer_pull_result(s->store, tree, meta, ss.src, ss.n, &po, err);
+}
+
+/* ---- images made on the workers (docs/api.md "Images") ---- */
+
+/* Pushing 100s of MiB answers only at the end: heartbeats watch the worker. */
+#define IMAGE_QUIET_S (24u * 3600u)
+#define IMAGE_ANSWER_LIMIT (8u << 20)
+
+int kiln_sched_image(struct kiln_sched_build *b, const char *platform,
+		     const struct kiln_digest *trees, size_t n_trees, json_t *body,
+		     json_t **answer, struct kiln_worker_ref *where, struct kiln_error **err)
+{
+	struct kiln_sched *s = b->sched;
+	struct kiln_place_request rq = {
+		.platform = platform, .inputs = trees, .n_inputs = n_trees,
+		.cancelled = &b->cancelled,
+	};
+	char failed[KILN_WORKER_TABLE_NAME_MAX + 1] = "";
+	unsigned n;
+	int r = 0;
+
+	for (n = 0; n < MAX_ATTEMPTS; n++) {
+		_cleanup_error_ struct kiln_error *terr = NULL;
+		struct kiln_worker_ref w;
+		struct sources ss = { 0 };
+		struct watch watch = { .reg = s->reg, .name = w.name, .b = b };
+		struct kiln_http_result res = { 0 };
+		_cleanup_free_ char *url = NULL;
+		json_t *a, *resp;
+		size_t i;
+		int tr;
+
+		rq.except = failed[0] ? failed : NULL;
+		r = kiln_worker_table_place(s->reg, &rq, &w, err);
+		if (r < 0)
+			return r;
+		url = xasprintf("%s/v1/images", w.addr);
+		for (i = 0; i < n_trees; i++)
+			add_holders(s, &ss, &trees[i], w.name);
+		add_source(&ss, s->self_url, s->token);
+		a = json_array();
+		for (i = 0; i < ss.n; i++)
+			json_array_append_new(a, json_pack("{ss}", "url", ss.src[i].url));
+		json_object_set_new(body, "sources", a);
+		struct kiln_http_call call = {
+			.method = "POST", .url = url, .token = s->token, .json = body,
+			.low_speed_time_s = IMAGE_QUIET_S, .limit = IMAGE_ANSWER_LIMIT,
+			.abandon = worker_gone, .abandon_ud = &watch,
+		};
+		tr = kiln_http_client_do(s->http, &call, &res, &terr);
+		kiln_worker_table_unplace(s->reg, w.name, 0);
+		if (tr < 0 && atomic_load(&b->cancelled)) {
+			kiln_http_result_release(&res);
+			return cancelled_error(err);
+		}
+		if (tr < 0) {
+			kiln_worker_table_mark_lost(s->reg, w.name, kiln_error_msg(terr));
+			kiln_http_result_release(&res);
+			snprintf(failed, sizeof(failed), "%s", w.name);
+			continue;
+		}
+		resp = res.body ? json_loadb(res.body, res.body_len, 0, NULL) : NULL;
+		if (res.status == 200 && json_is_object(resp)) {
+			kiln_http_result_release(&res);
+			*answer = resp;
+			*where = w;
+			return 0;
+		}
+		json_decref(resp);
+		if (res.status == 409) { /* a tree was held nowhere it was looked for */
+			log_warn("worker %s: POST /v1/images: %.*s; placing it again", w.name,
+				 (int)res.body_len, res.body ? res.body : "");
+			kiln_http_result_release(&res);
+			snprintf(failed, sizeof(failed), "%s", w.name);
+			continue;
+		}
+		r = kiln_http_status_error(err, &call, &res);
+		kiln_http_result_release(&res);
+		kiln_error_prefix(err, "worker %s", w.name);
+		return r;
+	}
+	return kiln_error_set(err, -EIO, "the image for %s: %u workers failed to make it",
+			      platform, n);
+}
+
+/* ---- the client's view of a build's outputs: relayed from their holders ---- */
+
+void kiln_sched_holder_urls(struct kiln_sched *s, const struct kiln_digest *tree,
+			    char ***urls, size_t *n)
+{
+	struct kiln_worker_ref refs[MAX_HOLDERS];
+	size_t k = kiln_worker_table_holders(s->reg, tree, NULL, refs, MAX_HOLDERS), i, j;
+
+	for (i = 0; i < k; i++) {
+		for (j = 0; j < *n; j++)
+			if (!strcmp((*urls)[j], refs[i].addr))
+				break;
+		if (j < *n)
+			continue;
+		*urls = xrealloc(*urls, (*n + 2) * sizeof(**urls));
+		(*urls)[(*n)++] = xstrdup(refs[i].addr);
+		(*urls)[*n] = NULL;
+	}
+}
+
+const char *kiln_sched_self_url(struct kiln_sched *s)
+{
+	return s->self_url;
+}
+
+void kiln_sched_relay(struct kiln_sched *s, const char *url, const struct kiln_relay_request *req,
+		      struct kiln_http_server_resp *resp)
+{
+	kiln_relay(s->http, url, s->token, req, resp);
 }

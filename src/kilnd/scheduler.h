@@ -13,6 +13,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "basic/error.h"
 #include "cas/store.h"
 #include "kilnd/worker-table.h"
@@ -83,3 +85,31 @@ void kiln_sched_executor(struct kiln_sched_build *b, struct kiln_executor *out);
  */
 int kiln_sched_gather(struct kiln_sched *s, const struct kiln_digest *tree, const char *meta,
 		      struct kiln_error **err);
+
+/*
+ * Make one platform's image on a worker (POST /v1/images, docs/api.md):
+ * placed like a job that reads trees (natively for platform when a worker
+ * can, on the one that lacks the fewest bytes), with the holders of those
+ * trees and kilnd as its "sources" (set in body). *answer is the worker's
+ * answer, *where the worker: the image's blobs stay there. A worker that
+ * does not answer is marked lost, and the image is placed again, as after
+ * a 409 (a tree its sources lost); any other failure is the error.
+ */
+struct kiln_worker_ref;
+int kiln_sched_image(struct kiln_sched_build *b, const char *platform,
+		     const struct kiln_digest *trees, size_t n_trees, json_t *body,
+		     json_t **answer, struct kiln_worker_ref *where, struct kiln_error **err);
+
+/*
+ * The URLs of the ready workers holding tree, appended to *urls (n of
+ * them, NULL-terminated, each once; free with kiln_strv_free).
+ */
+void kiln_sched_holder_urls(struct kiln_sched *s, const struct kiln_digest *tree,
+			    char ***urls, size_t *n);
+/* kilnd's own URL, as workers reach it. */
+const char *kiln_sched_self_url(struct kiln_sched *s);
+/* Relay a client's peer request to url (kilnd/relay.h), with the worker token. */
+struct kiln_relay_request;
+struct kiln_http_server_resp;
+void kiln_sched_relay(struct kiln_sched *s, const char *url, const struct kiln_relay_request *req,
+		      struct kiln_http_server_resp *resp);

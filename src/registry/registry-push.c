@@ -210,13 +210,19 @@ static int push_blob(struct push *p, const struct kiln_digest *d,
 	_cleanup_free_ char *location = NULL;
 	int rc;
 
-	if (!kiln_store_has(p->s, d))
+	bool here = kiln_store_has(p->s, d);
+
+	if (!here && !p->o->blobs_pushed)
 		return kiln_error_set(err, -ENOENT, "pushing %s: blob %s is not in "
 				      "the store", p->dest->repository,
 				      KILN_DIGEST_STR(d));
 	rc = kiln_registry_head_blob(p->r, p->dest, p->scope, d, NULL, err);
 	if (rc < 0)
 		return rc;
+	if (rc == 0 && !here)
+		return kiln_error_set(err, -ENOENT, "pushing %s: blob %s is not in "
+				      "the registry, where it was pushed before",
+				      p->dest->repository, KILN_DIGEST_STR(d));
 	if (rc == 1) {
 		p->st->blobs_skipped++;
 		p->st->bytes_skipped += size;

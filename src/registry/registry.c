@@ -370,6 +370,12 @@ void kiln_registry_set_credentials(struct kiln_registry *r,
 	kiln_registry_auth_set_credentials(r->auth, registry, user, password);
 }
 
+int kiln_registry_credentials(struct kiln_registry *r, const char *registry, char **user,
+			      char **password)
+{
+	return kiln_registry_auth_credentials(r->auth, registry, user, password);
+}
+
 void kiln_registry_get_stats(struct kiln_registry *r,
 			     struct kiln_registry_stats *out)
 {

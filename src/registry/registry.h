@@ -130,6 +130,14 @@ void kiln_registry_set_credentials(struct kiln_registry *r,
 				   const char *registry, const char *user,
 				   const char *password);
 
+/*
+ * Copies of the credentials the client has for a registry host (the docker
+ * config's or those set): 0, or -ENOENT when none. For a cluster build's
+ * client, which sends them for the registries it pushes to.
+ */
+int kiln_registry_credentials(struct kiln_registry *r, const char *registry, char **user,
+			      char **password);
+
 /* Request counters, for progress and tests. */
 struct kiln_registry_stats {
 	uint64_t requests;     /* HTTP requests sent, token requests included */
@@ -218,6 +226,12 @@ struct kiln_registry_push_opts {
 	 * it (POST ?mount=&from=) before being uploaded. May be NULL.
 	 */
 	const char *mount_from;
+	/*
+	 * The blobs were pushed already (by a cluster's workers) and need
+	 * not be in the store: each is only checked with HEAD, and one the
+	 * registry lacks is an error naming it.
+	 */
+	bool blobs_pushed;
 	/* Called after each blob and manifest; may be NULL. */
 	void (*progress)(void *ud, const struct kiln_digest *d,
 			 const char *what, uint64_t size);
