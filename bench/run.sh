@@ -101,6 +101,12 @@ echo
 echo "== bench-compress"
 "$here/bench-compress.sh" "$build" | tee -a "$log" | sed 's/^/   /'
 
+# A cluster push vs the client receiving the image and pushing it, over a
+# rate-limited client link (issue 13).
+echo
+echo "== bench-push"
+"$here/bench-push.sh" "$build" | tee -a "$log" | sed 's/^/   /'
+
 echo
 echo "== summary ($(($(date +%s) - start)) s; load average now $(cut -d' ' -f1-3 /proc/loadavg))"
 sed -n 's/^RESULT //p' "$log"

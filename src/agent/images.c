@@ -279,8 +279,9 @@ static json_t *push_json(const struct kiln_registry_ref *dest,
 			 (json_int_t)st->bytes_mounted);
 }
 
+/* *pulling: the failure was a tree or blob no source could give (409). */
 static int make_image(struct kiln_images *im, struct image_req *q, json_t **answer,
-		      struct kiln_error **err)
+		      bool *pulling, struct kiln_error **err)
 {
 	struct kiln_image_spec spec = {
 		.platform = q->platform,
@@ -299,6 +300,7 @@ static int make_image(struct kiln_images *im, struct image_req *q, json_t **answ
 	int r;
 
 	r = pull(im, q, &pulled, err);
+	*pulling = r < 0;
 	if (r < 0)
 		kiln_error_prefix(err, "image for %s: the result trees", q->platform);
 	if (r == 0)
@@ -332,6 +334,7 @@ static int handle_image(const struct kiln_http_server_req *req, struct kiln_http
 	struct kiln_images *im = ud;
 	struct image_req q = { 0 };
 	json_t *answer = NULL;
+	bool pulling = false;
 	int r;
 
 	if (parse_req(req->json, im, &q, &err) < 0) {
@@ -339,14 +342,14 @@ static int handle_image(const struct kiln_http_server_req *req, struct kiln_http
 		req_release(&q);
 		return 0;
 	}
-	r = make_image(im, &q, &answer, &err);
+	r = make_image(im, &q, &answer, &pulling, &err);
 	if (r == 0) {
 		kiln_http_resp_json(resp, 200, answer);
 	} else {
 		log_warn("kiln-worker: image for %s: %s", q.platform, kiln_error_msg(err));
-		/* 409: an input is held by no source (kilnd may place it again). */
-		kiln_http_resp_error(resp, r == -ENOENT || r == -EPROTO ? 409 : 502, "%s",
-				     kiln_error_msg(err));
+		/* 409: a tree is held by no source (kilnd may place it again). */
+		kiln_http_resp_error(resp, pulling && (r == -ENOENT || r == -EPROTO) ? 409 : 502,
+				     "%s", kiln_error_msg(err));
 	}
 	req_release(&q);
 	return 0;

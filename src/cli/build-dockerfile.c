@@ -729,7 +729,7 @@ static int cluster_request(struct dfbuild *b, struct kiln_error **err)
 			break;
 		if (!first) {
 			first = sp;
-			o1 = o;
+			memcpy(&o1, &o, sizeof(o)); /* padding too: compared with memcmp */
 		}
 		if (!strcmp(sp->type, "oci"))
 			b->cluster.fetch_image = true;
@@ -772,6 +772,7 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 	/* The agents live for the solve only: not through exports and pushes. */
 	int r = kiln_cli_remote(b->a) ? cluster_request(b, err) : 0;
 	struct kiln_digest top;
+	size_t i;
 
 	if (r == 0)
 		r = kiln_cli_ssh_start(&b->ssh, err);
@@ -784,7 +785,7 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 			      &top) == 0) {
 		b->image = top;
 		b->have_image = true;
-		for (size_t i = 0; i < b->n_specs; i++)
+		for (i = 0; i < b->n_specs; i++)
 			if (strcmp(b->specs[i].type, "local") && strcmp(b->specs[i].type, "tar")) {
 				r = image_opts(b, &b->specs[i], &b->image_opts, err);
 				break;

@@ -595,8 +595,11 @@ static int take_result(struct kiln_remote *rm, const struct kiln_remote_build *b
 	size_t i;
 	int r;
 
+	/* Past MAX_HOLDERS, the first ones and kilnd (the last: the manifests). */
 	for (i = 0; i < MAX_HOLDERS && (json_int_t)i < n; i++, h.n++) {
-		h.urls[i] = xasprintf("%s/v1/relay/%s/%zu", rm->addr, id, i);
+		json_int_t k = i == MAX_HOLDERS - 1 ? n - 1 : (json_int_t)i;
+
+		h.urls[i] = xasprintf("%s/v1/relay/%s/%lld", rm->addr, id, (long long)k);
 		h.src[i] = (struct kiln_peer_source){ .url = h.urls[i], .token = rm->token };
 	}
 	r = fetch(rm, st, &h, b->fetch_trees, res, &out->tree, &out->meta, err);

@@ -147,6 +147,13 @@ int kiln_cluster_image_check(const json_t *image, const struct kiln_definition *
 		return r;
 	}
 	*out = json_deep_copy(image);
+	/* The copy's credentials are replaced by the kept ones: zeroed first. */
+	json_object_foreach(json_object_get(*out, "credentials"), host, v) {
+		json_t *p = json_object_get(v, "password");
+
+		if (json_is_string(p))
+			explicit_bzero((char *)json_string_value(p), json_string_length(p));
+	}
 	json_object_set_new(*out, "credentials", kept);
 	return 0;
 }
@@ -296,6 +303,8 @@ static int push_top(const struct kiln_registry_options *ro, const json_t *image,
 	size_t i;
 	int r = kiln_registry_new(ro, &reg, err);
 
+	if (r < 0)
+		return r;
 	json_object_foreach((json_t *)json_object_get(image, "credentials"), host, v)
 		kiln_registry_set_credentials(reg, host,
 					      json_string_value(json_object_get(v, "username")),

@@ -1,7 +1,9 @@
 #include "kilnd/relay.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -14,8 +16,9 @@
  * answer's body into pair[1]; the server's stream reads pair[0].
  *   WAITING (neither started nor done) -> STARTED (body bytes flow) -> DONE
  *   WAITING -> DONE (an answer without body bytes, or a failure)
- * The response's free closes pair[0] (a writer still sending then fails
- * with EPIPE and the call ends) and joins the thread.
+ * The response's free sets closing (a call still waiting for the holder
+ * gives up within a second), closes pair[0] (a writer still sending then
+ * fails with EPIPE) and joins the thread.
  */
 struct relay {
 	struct kiln_http_client *http;
@@ -27,6 +30,7 @@ struct relay {
 	int pair[2];
 	pthread_t thread;
 	bool joined;
+	atomic_bool closing; /* the response is being freed: stop the call */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool started, done;
@@ -34,6 +38,20 @@ struct relay {
 	struct kiln_http_result res;
 	struct kiln_error *err;
 };
+
+/* Called once the thread runs: joined only once done (started and done are never unset). */
+static void assert_relay_state(const struct relay *rl)
+{
+	assert(!rl->joined || rl->done);
+	(void)rl;
+}
+
+static bool relay_closing(void *ud)
+{
+	struct relay *rl = ud;
+
+	return atomic_load(&rl->closing);
+}
 
 static int relay_sink(void *ud, const void *data, size_t len)
 {
@@ -71,6 +89,8 @@ static void *relay_main(void *ud)
 		.content_type = rl->body ? "application/json" : NULL,
 		.sink = relay_sink,
 		.sink_ud = rl,
+		.abandon = relay_closing,
+		.abandon_ud = rl,
 	};
 	int r = kiln_http_client_do(rl->http, &call, &rl->res, &rl->err);
 
@@ -90,6 +110,7 @@ static void relay_free(void *ud)
 
 	if (!rl)
 		return;
+	atomic_store(&rl->closing, true);
 	if (rl->pair[0] >= 0)
 		close(rl->pair[0]);
 	if (!rl->joined)
@@ -140,6 +161,7 @@ static struct relay *relay_start(struct kiln_http_client *http, const char *url,
 		rl->body_len = req->body_len;
 	}
 	rl->joined = true;
+	atomic_init(&rl->closing, false);
 	pthread_mutex_init(&rl->lock, NULL);
 	pthread_cond_init(&rl->cond, NULL);
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, rl->pair) < 0) {
@@ -170,6 +192,7 @@ void kiln_relay(struct kiln_http_client *http, const char *url, const char *toke
 	while (!rl->started && !rl->done)
 		pthread_cond_wait(&rl->cond, &rl->lock);
 	started = rl->started;
+	assert_relay_state(rl);
 	pthread_mutex_unlock(&rl->lock);
 	if (started) {
 		kiln_http_resp_stream(resp, 200, "application/octet-stream", UINT64_MAX, relay_read,
@@ -179,12 +202,16 @@ void kiln_relay(struct kiln_http_client *http, const char *url, const char *toke
 	/* Done without body bytes: an empty 2xx, the holder's error, or none. */
 	pthread_join(rl->thread, NULL);
 	rl->joined = true;
+	assert_relay_state(rl);
 	if (rl->r < 0)
 		kiln_http_resp_error(resp, 502, "kilnd: the holder %s: %s", url,
 				     kiln_error_msg(rl->err));
 	else if (rl->res.status >= 200 && rl->res.status < 300)
 		kiln_http_resp_bytes(resp, (unsigned)rl->res.status, "application/octet-stream",
 				     xstrdup(""), 0);
+	else if (rl->res.status < 400 || rl->res.status > 599)
+		kiln_http_resp_error(resp, 502, "kilnd: the holder %s answered HTTP %ld", url,
+				     rl->res.status);
 	else {
 		size_t len = rl->res.body ? rl->res.body_len : 0;
 		char *body = rl->res.body ? TAKE_PTR(rl->res.body) : xstrdup("");

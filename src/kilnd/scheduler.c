@@ -167,6 +167,26 @@ static void add_holders(struct kiln_sched *s, struct sources *ss, const struct k
 	ss->n_refs += n;
 }
 
+/*
+ * Holders of tree (but except), each worker once over all the calls: an
+ * image job lists many trees, mostly on the same few workers.
+ */
+static void add_holders_once(struct kiln_sched *s, struct sources *ss,
+			     const struct kiln_digest *tree, const char *except)
+{
+	struct kiln_worker_ref refs[MAX_HOLDERS];
+	size_t n = kiln_worker_table_holders(s->reg, tree, except, refs, MAX_HOLDERS), i, k;
+
+	for (i = 0; i < n && ss->n_refs < ARRAY_SIZE(ss->refs); i++) {
+		for (k = 0; k < ss->n && strcmp(ss->src[k].url, refs[i].addr); k++)
+			;
+		if (k < ss->n)
+			continue;
+		ss->refs[ss->n_refs] = refs[i];
+		add_source(ss, ss->refs[ss->n_refs++].addr, s->token);
+	}
+}
+
 static bool is_worker_url(const struct kiln_sched *s, const char *url)
 {
 	return strcmp(url, s->self_url) != 0;
@@ -785,7 +805,7 @@ int kiln_sched_image(struct kiln_sched_build *b, const char *platform,
 			return r;
 		url = xasprintf("%s/v1/images", w.addr);
 		for (i = 0; i < n_trees; i++)
-			add_holders(s, &ss, &trees[i], w.name);
+			add_holders_once(s, &ss, &trees[i], w.name);
 		add_source(&ss, s->self_url, s->token);
 		a = json_array();
 		for (i = 0; i < ss.n; i++)
@@ -817,8 +837,10 @@ int kiln_sched_image(struct kiln_sched_build *b, const char *platform,
 		}
 		json_decref(resp);
 		if (res.status == 409) { /* a tree was held nowhere it was looked for */
-			log_warn("worker %s: POST /v1/images: %.*s; placing it again", w.name,
-				 (int)res.body_len, res.body ? res.body : "");
+			_cleanup_error_ struct kiln_error *e = NULL;
+
+			kiln_http_status_error(&e, &call, &res);
+			log_warn("worker %s: %s; placing it again", w.name, kiln_error_msg(e));
 			kiln_http_result_release(&res);
 			snprintf(failed, sizeof(failed), "%s", w.name);
 			continue;

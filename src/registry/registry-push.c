@@ -208,9 +208,8 @@ static int push_blob(struct push *p, const struct kiln_digest *d,
 		     uint64_t size, struct kiln_error **err)
 {
 	_cleanup_free_ char *location = NULL;
-	int rc;
-
 	bool here = kiln_store_has(p->s, d);
+	int rc;
 
 	if (!here && !p->o->blobs_pushed)
 		return kiln_error_set(err, -ENOENT, "pushing %s: blob %s is not in "

@@ -148,6 +148,21 @@ assert_contains "$(cat "$T/body")" "credentials" "the error names credentials"
 assert_eq "$(post "{\"graph\":$G,\"platform\":\"linux/amd64\",\"image\":{\"platforms\":[{\"platform\":\"linux/amd64\",\"layer_ops\":[0]}],\"push\":[{\"ref\":\"Not A Ref\"}]}}")" 400 "a bad push reference"
 assert_contains "$(cat "$T/body")" "push[0]" "the error names the push"
 
+echo "== the worker refuses a malformed image job, naming the member"
+WTOK=$(cat "$T/ctl/worker.token")
+WADDR=$("$KILN" workers --addr "http://127.0.0.1:$KPORT" --token-file "$T/ctl/client.token" --json |
+	jq -r '.workers[0].address')
+wpost() { curl -s -o "$T/body" -w '%{http_code}' -H "Authorization: Bearer $WTOK" \
+	-H 'Content-Type: application/json' -d "$1" "$WADDR/v1/images"; }
+assert_eq "$(wpost '{"sources":[],"platform":"linux/amd64","trees":["sha256:nothex"]}')" 400 "a tree that is not a digest"
+assert_contains "$(cat "$T/body")" "trees" "the error names trees"
+assert_eq "$(wpost '{"sources":[{"url":"file:///etc/passwd"}],"platform":"linux/amd64","trees":[]}')" 400 "a source that is not http"
+assert_contains "$(cat "$T/body")" "sources" "the error names sources"
+assert_eq "$(wpost "{\"sources\":[],\"platform\":\"linux/amd64\",\"trees\":[],\"push\":[{\"ref\":\"$REG_A/x:1\"}],\"credentials\":{\"$REG_A\":{\"username\":\"u\",\"password\":7}}}")" 400 "a credential that is not a string"
+! grep -q '"password"' "$T/body" || fail "the worker echoed a credential: $(cat "$T/body")"
+assert_eq "$(wpost '{"sources":[],"platform":"linux/amd64","trees":[],"compression":"lz4"}')" 400 "an unknown compression"
+assert_eq "$(curl -s -o /dev/null -w '%{http_code}' -d '{}' "$WADDR/v1/images")" 401 "an image job without the worker token"
+
 stop_worker
 kill -TERM "$KILND_PID"
 wait "$KILND_PID" || fail "kilnd did not stop cleanly"
