@@ -38,7 +38,7 @@ if [ $# -eq 0 ]; then
 	meson test -C "$TSAN_BUILD" --print-errorlogs --no-rebuild \
 		solver exec cache rcache export proto peer jobs worker-table pool tree it-example it-exec it-kill \
 		it-dockerfile it-cluster-registry it-cluster-build it-cluster-tls it-cache-local \
-		it-cluster-cache-s3 it-cluster-transfer-s3 || rc=1
+		it-cluster-cache-s3 it-cluster-transfer-s3 it-cluster-push it-cluster-push-auth || rc=1
 fi
 
 # meson's results as the plain closing line.
