@@ -421,7 +421,8 @@ static int serve(struct agent *a, struct kiln_error **err)
 	_cleanup_free_ char *layers = kiln_path_join(kiln_worker_root(a->worker), "layers.db");
 	struct kiln_jobs_options jo = { .worker = a->worker, .token = a->token,
 					.inventory_path = inventory, .tls = &a->o.tls,
-					.registry = a->registry, .controller = a->base };
+					.registry = a->registry, .registry_options = &a->ro,
+					.controller = a->base };
 	int r;
 
 	/* Without the remote cache a worker still works: only slower elsewhere. */

@@ -14,7 +14,6 @@
 
 #define URL_MAX 256u
 #define SOURCES_MAX 64u
-#define CREDENTIAL_MAX 4096u
 
 struct kiln_images {
 	struct kiln_store *store;
@@ -142,28 +141,14 @@ static int parse_push(const json_t *j, struct image_req *q, struct kiln_error **
 
 static int parse_credentials(const json_t *j, struct image_req *q, struct kiln_error **err)
 {
-	json_t *o, *v;
-	const char *host;
+	json_t *o;
 	int r = kiln_json_member(j, "credentials", JSON_OBJECT, false, &o, err);
 
-	if (r < 0 || !o)
-		return r;
-	if (json_object_size(o) > KILN_IMAGES_MAX_CREDENTIALS)
-		return kiln_error_set(err, -EINVAL, "\"credentials\": more than %u registries",
-				      KILN_IMAGES_MAX_CREDENTIALS);
-	json_object_foreach(o, host, v) {
-		const char *u = json_string_value(json_object_get(v, "username"));
-		const char *p = json_string_value(json_object_get(v, "password"));
-
-		/* A value is never echoed: it is a secret. */
-		if (!printable(host, 255) || !u || !p || strlen(u) > CREDENTIAL_MAX ||
-		    strlen(p) > CREDENTIAL_MAX)
-			return kiln_error_set(err, -EINVAL,
-					      "\"credentials\": a registry without a username and password of at most %u bytes",
-					      CREDENTIAL_MAX);
-	}
-	q->credentials = o;
-	return 0;
+	if (r == 0)
+		r = kiln_registry_credentials_check(o, err);
+	if (r == 0)
+		q->credentials = o;
+	return r;
 }
 
 static int parse_req(const json_t *j, struct kiln_images *im, struct image_req *q,
@@ -242,29 +227,17 @@ static int pull(struct kiln_images *im, struct image_req *q, uint64_t *pulled,
 /*
  * A registry client for this request: the worker's own settings and
  * credentials, then the client's for the registries it pushes to (they
- * win). Credentials for any other host are not taken.
+ * win); credentials for any other host are not taken.
  */
 static int request_registry(struct kiln_images *im, struct image_req *q,
 			    struct kiln_registry **out, struct kiln_error **err)
 {
-	const char *host;
-	json_t *v;
+	const char *hosts[KILN_IMAGES_MAX_PUSH];
 	size_t i;
-	int r = kiln_registry_new(im->ro, out, err);
 
-	if (r < 0 || !q->credentials)
-		return r;
-	json_object_foreach((json_t *)q->credentials, host, v) {
-		for (i = 0; i < q->n_push; i++)
-			if (!strcmp(q->push[i].registry, host))
-				break;
-		if (i == q->n_push)
-			continue;
-		kiln_registry_set_credentials(*out, host,
-					      json_string_value(json_object_get(v, "username")),
-					      json_string_value(json_object_get(v, "password")));
-	}
-	return 0;
+	for (i = 0; i < q->n_push; i++)
+		hosts[i] = q->push[i].registry;
+	return kiln_registry_new_with(im->ro, q->credentials, hosts, q->n_push, out, err);
 }
 
 static json_t *push_json(const struct kiln_registry_ref *dest,

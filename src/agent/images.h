@@ -27,10 +27,9 @@ struct kiln_worker;
 
 /* Largest POST /v1/images body (the image config rides in it). */
 #define KILN_IMAGES_BODY_LIMIT (8u << 20)
-/* Most layer trees, push destinations and credentials one request may list. */
+/* Most layer trees and push destinations one request may list. */
 #define KILN_IMAGES_MAX_TREES 1024u
 #define KILN_IMAGES_MAX_PUSH 16u
-#define KILN_IMAGES_MAX_CREDENTIALS 16u
 
 struct kiln_images;
 

@@ -49,6 +49,7 @@
 #include "solver/job.h"
 #include "source/image.h"
 #include "peer/peer.h"
+#include "registry/registry.h"
 #include "worker/worker.h"
 
 #define URL_MAX 256u
@@ -261,6 +262,7 @@ struct kiln_jobs {
 	struct kiln_inventory *inv;
 	struct kiln_http_client *client;
 	struct kiln_registry *registry;
+	const struct kiln_registry_options *ro; /* for a job with credentials */
 	const char *controller;
 	struct kiln_cache *records; /* the record book, or NULL */
 	struct upload_queue *uq;    /* to the remote cache, or NULL */
@@ -288,6 +290,8 @@ struct job_req {
 	struct kiln_secret *secrets;
 	size_t n_secrets;
 	const char *ssh_session; /* "ssh": the session at kilnd, or NULL */
+	/* "credentials": the client's for a source.image job's registry, or NULL */
+	const json_t *credentials;
 	const char **ssh_ids;
 	size_t n_ssh_ids;
 	uint64_t *pulled; /* verified bytes per source, this job */
@@ -620,6 +624,18 @@ static int parse_ssh(const json_t *j, struct job_req *q, struct kiln_error **err
 	return 0;
 }
 
+static int parse_credentials(const json_t *j, struct job_req *q, struct kiln_error **err)
+{
+	json_t *o;
+	int r = kiln_json_member(j, "credentials", JSON_OBJECT, false, &o, err);
+
+	if (r == 0)
+		r = kiln_registry_credentials_check(o, err);
+	if (r == 0)
+		q->credentials = o;
+	return r;
+}
+
 static int parse_req(const json_t *j, const char *token, struct job_req *q,
 		     struct kiln_error **err)
 {
@@ -638,6 +654,8 @@ static int parse_req(const json_t *j, const char *token, struct job_req *q,
 		r = parse_secrets(j, q, err);
 	if (r == 0)
 		r = parse_ssh(j, q, err);
+	if (r == 0)
+		r = parse_credentials(j, q, err);
 	return r;
 }
 
@@ -1122,8 +1140,28 @@ static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definit
 		.output = to->output, .output_ud = to->ud,
 		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};
+	const struct kiln_op *op = &def->ops[q->op];
+	struct kiln_registry *reg = NULL;
+	struct kiln_registry_ref ref = { 0 };
 	uint64_t t0 = kiln_now_mono_ns();
-	int r = kiln_job_run(j->w, &job, res, err);
+	int r = 0;
+
+	/*
+	 * The client's credentials for this image's registry: a registry
+	 * client of this job's own, freed with it (docs/cluster.md).
+	 */
+	if (q->credentials && j->ro && op->type == KILN_OP_SOURCE_IMAGE &&
+	    strncmp(op->ref, "oci-layout://", 13) &&
+	    kiln_registry_ref_parse(op->ref, &ref, NULL) == 0) {
+		const char *host = ref.registry;
+
+		r = kiln_registry_new_with(j->ro, q->credentials, &host, 1, &reg, err);
+		job.registry = reg;
+	}
+	kiln_registry_ref_release(&ref);
+	if (r == 0)
+		r = kiln_job_run(j->w, &job, res, err);
+	kiln_registry_free(reg);
 
 	if (r == 0 && kiln_inventory_add(j->inv, &res->tree) < 0)
 		log_warn("kiln-worker: cannot append %s to the inventory",
@@ -1546,6 +1584,7 @@ int kiln_jobs_new(const struct kiln_jobs_options *opts, struct kiln_jobs **out,
 	j->store = kiln_worker_store(opts->worker);
 	j->token = opts->token;
 	j->registry = opts->registry;
+	j->ro = opts->registry_options;
 	j->controller = opts->controller;
 	j->records = opts->records;
 	j->remote = opts->upload;

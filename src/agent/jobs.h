@@ -88,6 +88,13 @@ struct kiln_jobs_options {
 	 */
 	struct kiln_registry *registry;
 	/*
+	 * The settings that client was made with (borrowed, may be NULL): a
+	 * job carrying its build's client's credentials for its image's
+	 * registry pulls through a client of its own made from them, with
+	 * those credentials winning (docs/cluster.md).
+	 */
+	const struct kiln_registry_options *registry_options;
+	/*
 	 * kilnd's base URL (borrowed): where a job's ssh agent requests go
 	 * (POST /v1/ssh, docs/api.md). NULL: a job with "ssh" is refused
 	 * (400), never run without its agents.

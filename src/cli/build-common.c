@@ -202,6 +202,7 @@ int kiln_cli_solve(const struct build_args *a, struct kiln_engine *eng,
 		.image_result = cl ? &cl->image_result : NULL,
 		.fetch_trees = cl ? cl->fetch_trees : true,
 		.fetch_image = cl && cl->fetch_image,
+		.registry = so->registry,
 	};
 	int r = kiln_remote_open(a->addr, a->token_file, &a->tls, &rm, err);
 

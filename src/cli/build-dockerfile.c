@@ -675,26 +675,18 @@ static json_t *cluster_platforms(struct dfbuild *b)
 	return a;
 }
 
-/*
- * One push for kilnd; the client's credentials for its registry (and only
- * it) go along, for this build alone (docs/cluster.md).
- */
+/* One push for kilnd. */
 static int cluster_push(struct dfbuild *b, const struct kiln_export_spec *spec, json_t *push,
-			json_t *creds, struct kiln_error **err)
+			struct kiln_error **err)
 {
 	struct kiln_registry_ref dest = { 0 };
-	_cleanup_free_ char *from = NULL, *user = NULL, *pass = NULL;
+	_cleanup_free_ char *from = NULL;
 	int r = kiln_registry_ref_parse(spec->name, &dest, err);
 
 	if (r < 0)
 		return r;
 	from = mount_source(b, &dest);
 	json_array_append_new(push, json_pack("{s:s, s:s?}", "ref", spec->name, "mount_from", from));
-	if (kiln_registry_credentials(b->registry, dest.registry, &user, &pass) == 0)
-		json_object_set_new(creds, dest.registry,
-				    json_pack("{s:s, s:s}", "username", user, "password", pass));
-	if (pass)
-		explicit_bzero(pass, strlen(pass));
 	kiln_registry_ref_release(&dest);
 	return 0;
 }
@@ -708,7 +700,7 @@ static int cluster_request(struct dfbuild *b, struct kiln_error **err)
 {
 	const struct kiln_export_spec *first = NULL;
 	struct kiln_image_opts o, o1;
-	json_t *push = json_array(), *creds = json_object(), *opts = json_object();
+	json_t *push = json_array(), *opts = json_object();
 	const char *epoch = getenv("SOURCE_DATE_EPOCH");
 	size_t i;
 	int r = 0;
@@ -734,11 +726,10 @@ static int cluster_request(struct dfbuild *b, struct kiln_error **err)
 		if (!strcmp(sp->type, "oci"))
 			b->cluster.fetch_image = true;
 		else if (sp->push && !strcmp(sp->push, "true"))
-			r = cluster_push(b, sp, push, creds, err);
+			r = cluster_push(b, sp, push, err);
 	}
 	if (r < 0 || !first) {
 		json_decref(push);
-		json_decref(creds);
 		json_decref(opts);
 		return r;
 	}
@@ -750,8 +741,8 @@ static int cluster_request(struct dfbuild *b, struct kiln_error **err)
 		json_object_set_new(opts, "force-compression", json_string(first->force_compression));
 	if (epoch && *epoch)
 		json_object_set_new(opts, "epoch", json_string(epoch));
-	b->cluster.image = json_pack("{s:o, s:o, s:o, s:o}", "platforms", cluster_platforms(b),
-				     "options", opts, "push", push, "credentials", creds);
+	b->cluster.image = json_pack("{s:o, s:o, s:o}", "platforms", cluster_platforms(b),
+				     "options", opts, "push", push);
 	return 0;
 }
 
@@ -820,16 +811,6 @@ static void dfbuild_release(struct dfbuild *b)
 		kiln_strv_free(b->named_excludes[k], b->named[k].n_excludes);
 	}
 	kiln_solve_result_release(&b->res);
-	if (b->cluster.image) {
-		json_t *v;
-		const char *host;
-
-		json_object_foreach(json_object_get(b->cluster.image, "credentials"), host, v) {
-			json_t *p = json_object_get(v, "password");
-
-			explicit_bzero((char *)json_string_value(p), json_string_length(p));
-		}
-	}
 	json_decref(b->cluster.image);
 	json_decref(b->cluster.image_result);
 	kiln_definition_free(b->def);

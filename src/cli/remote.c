@@ -228,11 +228,49 @@ static json_t *pin_contexts(struct kiln_remote *rm, const struct kiln_remote_bui
 
 /* ---- submit, follow, fetch ---- */
 
+/* Set the client's credentials for registry host in creds, if it has any. */
+static void add_credentials(struct kiln_registry *reg, const char *host, json_t *creds)
+{
+	_cleanup_free_ char *user = NULL, *pass = NULL;
+
+	if (json_object_get(creds, host) || json_object_size(creds) >= KILN_REGISTRY_MAX_CREDENTIALS ||
+	    kiln_registry_credentials(reg, host, &user, &pass) < 0)
+		return;
+	json_object_set_new(creds, host, json_pack("{s:s, s:s}", "username", user, "password", pass));
+	explicit_bzero(pass, strlen(pass));
+}
+
+/* The client's credentials for the registries the build names, and no other. */
+static json_t *build_credentials(const struct kiln_remote_build *b)
+{
+	json_t *creds = json_object(), *p;
+	size_t i;
+
+	for (i = 0; b->registry && i < b->def->n_ops; i++) {
+		const struct kiln_op *op = &b->def->ops[i];
+		struct kiln_registry_ref ref = { 0 };
+
+		if (op->type == KILN_OP_SOURCE_IMAGE && strncmp(op->ref, "oci-layout://", 13) &&
+		    kiln_registry_ref_parse(op->ref, &ref, NULL) == 0)
+			add_credentials(b->registry, ref.registry, creds);
+		kiln_registry_ref_release(&ref);
+	}
+	json_array_foreach(b->registry ? json_object_get(b->image, "push") : NULL, i, p) {
+		struct kiln_registry_ref ref = { 0 };
+
+		if (kiln_registry_ref_parse(json_string_value(json_object_get(p, "ref")), &ref,
+					    NULL) == 0)
+			add_credentials(b->registry, ref.registry, creds);
+		kiln_registry_ref_release(&ref);
+	}
+	return creds;
+}
+
 static int submit(struct kiln_remote *rm, const struct kiln_remote_build *b, json_t *pins,
 		  char **id, char **ssh_token, struct kiln_error **err)
 {
 	_cleanup_free_ char *url = xasprintf("%s/v1/builds", rm->addr);
-	json_t *secrets = json_object(), *resp = NULL;
+	json_t *secrets = json_object(), *resp = NULL, *creds;
 	struct kiln_http_call call = { .method = "POST", .url = url, .token = rm->token };
 	size_t i;
 	int r;
@@ -255,8 +293,13 @@ static int submit(struct kiln_remote *rm, const struct kiln_remote_build *b, jso
 			json_array_append_new(ids, json_string(b->ssh->ids[i]));
 		json_object_set_new(call.json, "ssh", ids);
 	}
+	creds = build_credentials(b);
+	if (json_object_size(creds))
+		json_object_set(call.json, "credentials", creds);
 	r = kiln_http_client_json(rm->http, &call, &resp, NULL, err);
 	json_decref(call.json);
+	kiln_registry_credentials_zero(creds);
+	json_decref(creds);
 	if (r == 0 && !json_string_value(json_object_get(resp, "id")))
 		r = kiln_error_set(err, -EPROTO, "POST %s: no build id in the answer", url);
 	if (r == 0)

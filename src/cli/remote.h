@@ -15,6 +15,7 @@
 #include "cache/index.h"
 #include "cas/store.h"
 #include "proto/tls.h"
+#include "registry/registry.h"
 #include "solver/solve.h"
 
 struct kiln_remote;
@@ -54,6 +55,12 @@ struct kiln_remote_build {
 	 * Without either, only digests and the summary cross the link.
 	 */
 	bool fetch_trees, fetch_image;
+	/*
+	 * The client's registry client: its credentials for the registries
+	 * the build names (source.image references, pushes), and only those,
+	 * go with the build (docs/cluster.md). NULL: none are sent.
+	 */
+	struct kiln_registry *registry;
 };
 
 /* Solve b on kilnd; *out as kiln_solve() fills it, its trees local. */

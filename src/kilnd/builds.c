@@ -24,6 +24,7 @@
 #include "kilnd/relay.h"
 #include "kilnd/ssh-relay.h"
 #include "peer/peer.h"
+#include "registry/registry.h"
 #include "solver/progress.h"
 #include "solver/solve.h"
 
@@ -59,6 +60,11 @@ struct build {
 	bool no_cache;
 	/* The image to make and push on the cluster (kilnd/images.h), or NULL. */
 	json_t *image;
+	/*
+	 * The client's registry credentials, for the registries the build
+	 * names (FROM, pushes) only; dropped once its pushes are over.
+	 */
+	json_t *credentials;
 	struct kiln_sched_build sb;
 	pthread_t thread;
 	/* Shared under lock. */
@@ -114,18 +120,49 @@ void kiln_builds_set_registry_options(struct kiln_builds *b, const struct kiln_r
 }
 
 /* The client's registry credentials go as soon as the pushes are over. */
-static void drop_credentials(json_t *image)
+static void drop_credentials(struct build *bd)
 {
-	json_t *creds = json_object_get(image, "credentials"), *v;
+	kiln_registry_credentials_zero(bd->credentials);
+	json_decref(bd->credentials);
+	bd->credentials = NULL;
+	bd->sb.credentials = NULL;
+}
+
+/* The credentials of creds for the registries that are keys of hosts (a new object). */
+static json_t *credentials_for(const json_t *creds, const json_t *hosts)
+{
+	json_t *out = json_object(), *v;
 	const char *host;
 
-	json_object_foreach(creds, host, v) {
-		json_t *p = json_object_get(v, "password");
+	json_object_foreach((json_t *)creds, host, v)
+		if (json_object_get(hosts, host))
+			json_object_set(out, host, v);
+	return out;
+}
 
-		if (json_is_string(p))
-			explicit_bzero((char *)json_string_value(p), json_string_length(p));
+/*
+ * A registry client for the build's own lookups on kilnd, with its
+ * client's credentials; NULL when it sent none (kilnd's shared one then).
+ */
+static struct kiln_registry *build_registry(struct kiln_builds *b, const struct build *bd)
+{
+	_cleanup_error_ struct kiln_error *e = NULL;
+	const char *hosts[KILN_REGISTRY_MAX_CREDENTIALS], *host;
+	struct kiln_registry *reg = NULL;
+	size_t n = 0;
+	json_t *v;
+
+	if (!json_object_size(bd->credentials) || !b->ro)
+		return NULL;
+	json_object_foreach(bd->credentials, host, v)
+		if (n < KILN_REGISTRY_MAX_CREDENTIALS)
+			hosts[n++] = host;
+	if (kiln_registry_new_with(b->ro, bd->credentials, hosts, n, &reg, &e) < 0) {
+		log_warn("build %s: %s; resolving with kilnd's own credentials", bd->id,
+			 kiln_error_msg(e));
+		return NULL;
 	}
-	json_object_del(image, "credentials");
+	return reg;
 }
 
 static void build_free(struct build *bd)
@@ -144,7 +181,7 @@ static void build_free(struct build *bd)
 	}
 	free(bd->secrets);
 	kiln_strv_free(bd->ssh_ids, bd->n_ssh_ids);
-	drop_credentials(bd->image);
+	drop_credentials(bd);
 	json_decref(bd->image);
 	kiln_strv_free(bd->holders, bd->n_holders);
 	kiln_strbuf_release(&bd->events);
@@ -267,12 +304,13 @@ static void *build_main(void *ud)
 	struct kiln_progress *pg = kiln_progress_new(KILN_PROGRESS_JSON, f);
 	struct kiln_solve_result res = { 0 };
 	struct kiln_rcache *rc = NULL;
+	struct kiln_registry *reg = build_registry(b, bd);
 	struct kiln_executor ex;
 	struct kiln_solve_options so = {
 		.worker_name = "kilnd",
 		.executor = &ex,
 		.store = b->store,
-		.registry = b->registry,
+		.registry = reg ? reg : b->registry,
 		.pins = bd->pins,
 		.n_pins = bd->n_pins,
 		.cache = b->cache,
@@ -285,7 +323,7 @@ static void *build_main(void *ud)
 		.cancelled = build_cancelled,
 		.cancelled_ud = bd,
 	};
-	json_t *state, *outs = json_array(), *image = NULL;
+	json_t *state, *outs = json_array(), *image = NULL, *push_creds = NULL;
 	char **holders = NULL;
 	size_t n_holders = 0;
 	size_t i;
@@ -331,10 +369,19 @@ static void *build_main(void *ud)
 		json_array_append_new(outs, output_json(res.outputs[i].op, &res.outputs[i].tree,
 							res.outputs[i].meta));
 	}
-	if (r == 0 && bd->image)
-		r = kiln_cluster_image(&bd->sb, b->store, b->ro, bd->def, bd->image, &res, &image,
-				       &holders, &n_holders, &err);
-	drop_credentials(bd->image);
+	if (r == 0 && bd->image) {
+		json_t *hosts = json_object();
+
+		kiln_cluster_image_hosts(bd->image, hosts);
+		push_creds = credentials_for(bd->credentials, hosts);
+		json_decref(hosts);
+		r = kiln_cluster_image(&bd->sb, b->store, b->ro, bd->def, bd->image, push_creds,
+				       &res, &image, &holders, &n_holders, &err);
+		kiln_registry_credentials_zero(push_creds);
+		json_decref(push_creds);
+	}
+	kiln_registry_free(reg);
+	drop_credentials(bd);
 	/* Last: what kilnd holds itself (contexts, results from the bucket). */
 	holders = xrealloc(holders, (n_holders + 2) * sizeof(*holders));
 	holders[n_holders++] = xstrdup(kiln_sched_self_url(b->sched));
@@ -465,6 +512,37 @@ static int parse_ssh(struct build *bd, json_t *a, struct kiln_error **err)
 	return 0;
 }
 
+/*
+ * "credentials": the client's, kept only for the registries the build
+ * names: its source.image references and its pushes.
+ */
+static int parse_credentials(struct build *bd, const json_t *creds, struct kiln_error **err)
+{
+	json_t *hosts = json_object();
+	size_t i;
+	int r = kiln_registry_credentials_check(creds, err);
+
+	if (r < 0 || !creds) {
+		json_decref(hosts);
+		return r;
+	}
+	for (i = 0; i < bd->def->n_ops; i++) {
+		const struct kiln_op *op = &bd->def->ops[i];
+		struct kiln_registry_ref ref = { 0 };
+
+		if (op->type == KILN_OP_SOURCE_IMAGE && strncmp(op->ref, "oci-layout://", 13) &&
+		    kiln_registry_ref_parse(op->ref, &ref, NULL) == 0)
+			json_object_set_new(hosts, ref.registry, json_true());
+		kiln_registry_ref_release(&ref);
+	}
+	if (bd->image)
+		kiln_cluster_image_hosts(bd->image, hosts);
+	bd->credentials = credentials_for(creds, hosts);
+	json_decref(hosts);
+	bd->sb.credentials = bd->credentials;
+	return 0;
+}
+
 static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 			struct kiln_error **err)
 {
@@ -498,6 +576,8 @@ static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 		r = parse_ssh(bd, json_object_get(body, "ssh"), err);
 	if (r == 0 && json_object_get(body, "image"))
 		r = kiln_cluster_image_check(json_object_get(body, "image"), bd->def, &bd->image, err);
+	if (r == 0)
+		r = parse_credentials(bd, json_object_get(body, "credentials"), err);
 	if (r == 0)
 		/* Workers fetch the graph from kilnd, like any blob. */
 		r = kiln_store_put_buf(b->store, bd->graph, strlen(bd->graph), &bd->sb.graph,

@@ -8,8 +8,6 @@
 #include "export/image.h"
 #include "kilnd/worker-table.h"
 
-#define CREDENTIAL_MAX 4096u
-
 /* ---- the request, checked at submission ---- */
 
 static int check_op(const json_t *v, const struct kiln_definition *def, const char *what,
@@ -110,8 +108,7 @@ static int check_push(const json_t *a, json_t *hosts, struct kiln_error **err)
 int kiln_cluster_image_check(const json_t *image, const struct kiln_definition *def,
 			     json_t **out, struct kiln_error **err)
 {
-	json_t *hosts = json_object(), *creds, *kept = json_object(), *v;
-	const char *host;
+	json_t *hosts = json_object();
 	int r = 0;
 
 	*out = NULL;
@@ -123,39 +120,25 @@ int kiln_cluster_image_check(const json_t *image, const struct kiln_definition *
 		r = check_options(json_object_get(image, "options"), err);
 	if (r == 0)
 		r = check_push(json_object_get(image, "push"), hosts, err);
-	creds = r == 0 ? json_object_get(image, "credentials") : NULL;
-	if (creds && !json_is_object(creds))
-		r = kiln_error_set(err, -EINVAL, "\"image\".credentials: not an object");
-	json_object_foreach(creds, host, v) {
-		const char *u = json_string_value(json_object_get(v, "username"));
-		const char *p = json_string_value(json_object_get(v, "password"));
-
-		/* Never echoed: a value may be a secret. */
-		if (!u || !p || strlen(u) > CREDENTIAL_MAX || strlen(p) > CREDENTIAL_MAX) {
-			r = kiln_error_set(err, -EINVAL,
-					   "\"image\".credentials: a registry without a username and password of at most %u bytes",
-					   CREDENTIAL_MAX);
-			break;
-		}
-		if (json_object_get(hosts, host))
-			json_object_set_new(kept, host, json_pack("{s:s, s:s}", "username", u,
-								  "password", p));
-	}
 	json_decref(hosts);
-	if (r < 0) {
-		json_decref(kept);
-		return r;
-	}
-	*out = json_deep_copy(image);
-	/* The copy's credentials are replaced by the kept ones: zeroed first. */
-	json_object_foreach(json_object_get(*out, "credentials"), host, v) {
-		json_t *p = json_object_get(v, "password");
+	if (r == 0)
+		*out = json_deep_copy(image);
+	return r;
+}
 
-		if (json_is_string(p))
-			explicit_bzero((char *)json_string_value(p), json_string_length(p));
+void kiln_cluster_image_hosts(const json_t *image, json_t *hosts)
+{
+	const json_t *p;
+	size_t i;
+
+	json_array_foreach(json_object_get(image, "push"), i, p) {
+		struct kiln_registry_ref dest = { 0 };
+
+		if (kiln_registry_ref_parse(json_string_value(json_object_get(p, "ref")), &dest,
+					    NULL) == 0)
+			json_object_set_new(hosts, dest.registry, json_true());
+		kiln_registry_ref_release(&dest);
 	}
-	json_object_set_new(*out, "credentials", kept);
-	return 0;
 }
 
 /* ---- making it ---- */
@@ -203,8 +186,8 @@ static void *platform_main(void *ud)
 
 /* The worker's request for platform i (docs/api.md "Images"). */
 static int platform_body(const struct kiln_definition *def, const json_t *image,
-			 const struct kiln_solve_result *res, size_t i, struct platform_job *pj,
-			 struct kiln_error **err)
+			 const json_t *creds, const struct kiln_solve_result *res, size_t i,
+			 struct platform_job *pj, struct kiln_error **err)
 {
 	const json_t *p = json_array_get(json_object_get(image, "platforms"), i);
 	const json_t *base = json_object_get(p, "base_op"), *layers = json_object_get(p, "layer_ops");
@@ -217,8 +200,9 @@ static int platform_body(const struct kiln_definition *def, const json_t *image,
 	size_t n;
 
 	pj->platform = json_string_value(json_object_get(p, "platform"));
-	pj->body = json_pack("{s:s, s:o, s:O}", "platform", pj->platform, "trees", trees,
-			     "credentials", json_object_get(image, "credentials"));
+	pj->body = json_pack("{s:s, s:o}", "platform", pj->platform, "trees", trees);
+	if (creds)
+		json_object_set(pj->body, "credentials", (json_t *)creds);
 	pj->trees = xcalloc(json_array_size(layers) + 2, sizeof(*pj->trees));
 	if (base && !json_is_null(base)) {
 		o = output_of(def, res, (size_t)json_integer_value(base), &main);
@@ -294,21 +278,24 @@ static json_t *pushed_json(struct platform_job *pjs, size_t n, size_t which, con
 
 /* kilnd's part of the push: the manifests again (cheap) and the tag. */
 static int push_top(const struct kiln_registry_options *ro, const json_t *image,
-		    struct kiln_store *store, const struct kiln_digest *top,
+		    const json_t *creds, struct kiln_store *store, const struct kiln_digest *top,
 		    struct platform_job *pjs, size_t n, json_t *pushed, struct kiln_error **err)
 {
 	struct kiln_registry *reg = NULL;
-	const json_t *p, *v;
-	const char *host;
-	size_t i;
-	int r = kiln_registry_new(ro, &reg, err);
+	json_t *hosts = json_object(), *v;
+	const char *names[KILN_CLUSTER_IMAGE_MAX_PUSH], *host;
+	const json_t *p;
+	size_t i, k = 0;
+	int r;
 
+	kiln_cluster_image_hosts(image, hosts);
+	json_object_foreach(hosts, host, v)
+		if (k < KILN_CLUSTER_IMAGE_MAX_PUSH)
+			names[k++] = host;
+	r = kiln_registry_new_with(ro, creds, names, k, &reg, err);
+	json_decref(hosts);
 	if (r < 0)
 		return r;
-	json_object_foreach((json_t *)json_object_get(image, "credentials"), host, v)
-		kiln_registry_set_credentials(reg, host,
-					      json_string_value(json_object_get(v, "username")),
-					      json_string_value(json_object_get(v, "password")));
 	json_array_foreach(json_object_get(image, "push"), i, p) {
 		struct kiln_registry_push_stats st = { 0 };
 		struct kiln_registry_ref dest = { 0 };
@@ -333,8 +320,8 @@ static int push_top(const struct kiln_registry_options *ro, const json_t *image,
 
 int kiln_cluster_image(struct kiln_sched_build *sb, struct kiln_store *store,
 		       const struct kiln_registry_options *ro, const struct kiln_definition *def,
-		       const json_t *image, const struct kiln_solve_result *res, json_t **state,
-		       char ***urls, size_t *n_urls, struct kiln_error **err)
+		       const json_t *image, const json_t *creds, const struct kiln_solve_result *res,
+		       json_t **state, char ***urls, size_t *n_urls, struct kiln_error **err)
 {
 	const json_t *plats = json_object_get(image, "platforms");
 	size_t n = json_array_size(plats), i, started = 0;
@@ -346,7 +333,7 @@ int kiln_cluster_image(struct kiln_sched_build *sb, struct kiln_store *store,
 
 	for (i = 0; r == 0 && i < n; i++) {
 		pjs[i].sb = sb;
-		r = platform_body(def, image, res, i, &pjs[i], err);
+		r = platform_body(def, image, creds, res, i, &pjs[i], err);
 	}
 	/* Every platform at once: each on its own worker, natively. */
 	for (i = 0; r == 0 && i < n; i++, started++)
@@ -382,7 +369,7 @@ int kiln_cluster_image(struct kiln_sched_build *sb, struct kiln_store *store,
 	else if (r == 0)
 		r = kiln_image_index(store, manifests, names, n, NULL, &top, err);
 	if (r == 0)
-		r = push_top(ro, image, store, &top, pjs, n, pushed, err);
+		r = push_top(ro, image, creds, store, &top, pjs, n, pushed, err);
 	if (r == 0)
 		*state = json_pack("{s:s, s:O}", "digest", KILN_DIGEST_STR(&top), "pushed", pushed);
 	json_decref(pushed);

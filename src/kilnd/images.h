@@ -11,9 +11,10 @@
  *                   "config": {...}|null}, ...],
  *    "options": {"compression": ..., "compression-level": ...,
  *                "force-compression": ..., "epoch": ...},
- *    "push": [{"ref": "REGISTRY/REPO:TAG", "mount_from": REPO|null}, ...],
- *    "credentials": {"REGISTRY": {"username": U, "password": P}, ...}}
- * Credentials for a registry no push names are dropped at submission.
+ *    "push": [{"ref": "REGISTRY/REPO:TAG", "mount_from": REPO|null}, ...]}
+ * The client's credentials come beside it, in the submission's
+ * "credentials" (kilnd/builds.c keeps those of the registries the build
+ * names).
  */
 #pragma once
 
@@ -32,19 +33,22 @@
 
 /*
  * Check a submission's "image" against its graph (op numbers, references,
- * options) and keep only the credentials its pushes need. -EINVAL naming
- * the member at fault. *out is the request to keep (a new reference).
+ * options). -EINVAL naming the member at fault. *out is the request to
+ * keep (a copy).
  */
 int kiln_cluster_image_check(const json_t *image, const struct kiln_definition *def,
 			     json_t **out, struct kiln_error **err);
+/* The registries a checked image pushes to, as keys set in hosts. */
+void kiln_cluster_image_hosts(const json_t *image, json_t *hosts);
 
 /*
  * Make and push the image of a solved build. *state gets the client's
  * "image" ({"digest", "pushed": [...]}); the URLs of the workers that hold
  * its blobs are appended to *urls (*n of them). ro: kilnd's registry
- * settings (its own credentials are the fallback of the client's).
+ * settings, whose credentials creds (the client's, checked; may be NULL)
+ * beat for the push registries.
  */
 int kiln_cluster_image(struct kiln_sched_build *sb, struct kiln_store *store,
 		       const struct kiln_registry_options *ro, const struct kiln_definition *def,
-		       const json_t *image, const struct kiln_solve_result *res, json_t **state,
-		       char ***urls, size_t *n, struct kiln_error **err);
+		       const json_t *image, const json_t *creds, const struct kiln_solve_result *res,
+		       json_t **state, char ***urls, size_t *n, struct kiln_error **err);

@@ -21,6 +21,7 @@
 #include "kilnd/relay.h"
 #include "kilnd/ssh-relay.h"
 #include "peer/peer.h"
+#include "registry/registry.h"
 
 /* Most placements of one job (each failed one marks its worker lost). */
 #define MAX_ATTEMPTS 4u
@@ -226,6 +227,22 @@ static json_t *job_ssh(const char *session, const char *const *ids, size_t n_ids
 	return json_pack("{ssso}", "session", session, "ids", a);
 }
 
+/* A source.image job's credentials: the client's for its registry, or NULL. */
+static json_t *job_credentials(const struct kiln_sched_build *b, const struct kiln_op *op)
+{
+	struct kiln_registry_ref ref = { 0 };
+	json_t *v = NULL, *out = NULL;
+
+	if (!b->credentials || op->type != KILN_OP_SOURCE_IMAGE ||
+	    !strncmp(op->ref, "oci-layout://", 13) || kiln_registry_ref_parse(op->ref, &ref, NULL) < 0)
+		return NULL;
+	v = json_object_get(b->credentials, ref.registry);
+	if (v)
+		out = json_pack("{s:O}", ref.registry, v);
+	kiln_registry_ref_release(&ref);
+	return out;
+}
+
 static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 			const struct sources *ss, const char *ssh_session,
 			const char *const *ssh_id, size_t n_ssh_ids)
@@ -277,6 +294,9 @@ static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
 	a = job_ssh(ssh_session, ssh_id, n_ssh_ids);
 	if (a)
 		json_object_set_new(o, "ssh", a);
+	a = job_credentials(b, op);
+	if (a)
+		json_object_set_new(o, "credentials", a);
 	return o;
 }
 

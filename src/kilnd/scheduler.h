@@ -62,6 +62,11 @@ struct kiln_sched_build {
 	const char *id;
 	struct kiln_ssh_relay *relay;
 	/*
+	 * The client's registry credentials (kilnd/builds.c; NULL: none): a
+	 * source.image job gets those of its reference's registry only.
+	 */
+	const json_t *credentials;
+	/*
 	 * Set by whoever cancels the build: jobs in flight are given up (their
 	 * workers are not blamed) and no new one is placed.
 	 */

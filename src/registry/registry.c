@@ -376,6 +376,73 @@ int kiln_registry_credentials(struct kiln_registry *r, const char *registry, cha
 	return kiln_registry_auth_credentials(r->auth, registry, user, password);
 }
 
+/* ---- a cluster build's client's credentials ---- */
+
+static bool host_ok(const char *h)
+{
+	size_t n = 0;
+
+	for (; *h; h++, n++)
+		if (*h <= ' ' || *h > '~' || n >= 255)
+			return false;
+	return n > 0;
+}
+
+int kiln_registry_credentials_check(const json_t *creds, struct kiln_error **err)
+{
+	const char *host;
+	json_t *v;
+
+	if (!creds)
+		return 0;
+	if (!json_is_object(creds) || json_object_size(creds) > KILN_REGISTRY_MAX_CREDENTIALS)
+		return kiln_error_set(err, -EINVAL, "\"credentials\": expected an object of at most %u registries",
+				      KILN_REGISTRY_MAX_CREDENTIALS);
+	json_object_foreach((json_t *)creds, host, v) {
+		const char *u = json_string_value(json_object_get(v, "username"));
+		const char *p = json_string_value(json_object_get(v, "password"));
+
+		/* A value is never echoed: it is a secret. */
+		if (!host_ok(host) || !u || !p || strlen(u) > KILN_REGISTRY_CREDENTIAL_MAX ||
+		    strlen(p) > KILN_REGISTRY_CREDENTIAL_MAX)
+			return kiln_error_set(err, -EINVAL,
+					      "\"credentials\": a registry without a username and password of at most %u bytes",
+					      KILN_REGISTRY_CREDENTIAL_MAX);
+	}
+	return 0;
+}
+
+int kiln_registry_new_with(const struct kiln_registry_options *opts, const json_t *creds,
+			   const char *const *hosts, size_t n, struct kiln_registry **out,
+			   struct kiln_error **err)
+{
+	size_t i;
+	int r = kiln_registry_new(opts, out, err);
+
+	for (i = 0; r == 0 && creds && i < n; i++) {
+		const json_t *v = json_object_get(creds, hosts[i]);
+
+		if (v)
+			kiln_registry_set_credentials(*out, hosts[i],
+						      json_string_value(json_object_get(v, "username")),
+						      json_string_value(json_object_get(v, "password")));
+	}
+	return r;
+}
+
+void kiln_registry_credentials_zero(json_t *creds)
+{
+	const char *host;
+	json_t *v;
+
+	json_object_foreach(creds, host, v) {
+		json_t *p = json_object_get(v, "password");
+
+		if (json_is_string(p))
+			explicit_bzero((char *)json_string_value(p), json_string_length(p));
+	}
+}
+
 void kiln_registry_get_stats(struct kiln_registry *r,
 			     struct kiln_registry_stats *out)
 {

@@ -13,6 +13,7 @@
  */
 #pragma once
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -138,7 +139,29 @@ void kiln_registry_set_credentials(struct kiln_registry *r,
 int kiln_registry_credentials(struct kiln_registry *r, const char *registry, char **user,
 			      char **password);
 
-/* Request counters, for progress and tests. */
+/*
+ * A cluster build's client sends its credentials as
+ * {"REGISTRY": {"username": U, "password": P}, ...} (docs/cluster.md).
+ */
+#define KILN_REGISTRY_MAX_CREDENTIALS 16u
+#define KILN_REGISTRY_CREDENTIAL_MAX 4096u
+
+/* Check their shape (NULL is fine): -EINVAL, never echoing a value. */
+int kiln_registry_credentials_check(const json_t *creds, struct kiln_error **err);
+
+/*
+ * A registry client for one build or job: opts's settings and credentials
+ * (the daemon's own), then those of creds (checked) for the registries
+ * hosts[0..n) only, which win. creds may be NULL.
+ */
+int kiln_registry_new_with(const struct kiln_registry_options *opts, const json_t *creds,
+			   const char *const *hosts, size_t n, struct kiln_registry **out,
+			   struct kiln_error **err);
+
+/* Zero the passwords of creds in place (before they are freed). */
+void kiln_registry_credentials_zero(json_t *creds);
+
+/* Request counters, for progress and tests. *//* Request counters, for progress and tests. */
 struct kiln_registry_stats {
 	uint64_t requests;     /* HTTP requests sent, token requests included */
 	uint64_t token_fetches; /* bearer tokens obtained from a realm */

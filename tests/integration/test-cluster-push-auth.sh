@@ -4,11 +4,14 @@
 # behind a recording proxy) for the base image. kilnd's API is reached
 # through a recording proxy too, so the test sees what the client sends.
 #
-# - The client sends its credentials for A (the registry it pushes to) and
-#   for no other host it has credentials for; they win over the worker's
-#   own (--docker-config, wrong for A here): the push succeeds.
-# - B, named in the build only by FROM, never sees an Authorization header;
-#   no log or file of kilnd or the worker holds the password afterwards.
+# - The client sends its credentials for the registries the build names (A,
+#   which it pushes to; B, which a FROM names) and for no other host it has
+#   credentials for; they win over the worker's own (--docker-config, wrong
+#   for A here): the push succeeds, and a FROM on A (which wants
+#   credentials for pulls too) is pulled by the worker with the client's.
+# - B, anonymous, never sees an Authorization header (A's credentials go
+#   nowhere else); no log or file of kilnd or the worker holds the
+#   password afterwards.
 # - Without the client's credentials the worker's own are used (wrong: a
 #   401 naming A; right, after a restart with another --docker-config: the
 #   push succeeds).
@@ -102,7 +105,7 @@ cbuild() { # LOG ARGS...
 	"$KILN" build --addr "$ADDR" --token-file "$T/ctl/client.token" --progress plain "$@" "$CTX" >"$log" 2>&1
 }
 
-echo "== the client's credentials for A, and only those, go with the build; they win"
+echo "== the client's credentials for the registries the build names, and only those; they win"
 UNNAMED=unnamed.invalid:5000
 export DOCKER_CONFIG="$T/client-docker"
 docker_config "$DOCKER_CONFIG/config.json" "$REG_A" "$REGISTRY_USER" "$REGISTRY_PASSWORD" \
@@ -112,10 +115,9 @@ assert_contains "$(cat "$T/push1.log")" "pushed $REG_A/app:1@sha256:" "push summ
 skopeo inspect --raw --tls-verify=false --creds "$REGISTRY_USER:$REGISTRY_PASSWORD" "docker://$REG_A/app:1" |
 	jq -e '.layers | length == 2' >/dev/null || fail "the pushed image is not in A"
 SUBMIT=$(grep -A2 '^POST /v1/builds$' "$T/api.log" | tail -1)
-assert_contains "$SUBMIT" "$REGISTRY_PASSWORD" "the submission carries A's password"
-for secret in unnamed-secret-c b-secret-b; do
-	! grep -q "$secret" "$T/api.log" || fail "credentials of a registry no push names ($secret) were sent to kilnd"
-done
+assert_contains "$SUBMIT" "$REGISTRY_PASSWORD" "the submission carries A's password (a push names A)"
+assert_contains "$SUBMIT" b-secret-b "the submission carries B's password (a FROM names B)"
+! grep -q unnamed-secret-c "$T/api.log" || fail "credentials of a registry the build does not name were sent to kilnd"
 grep -q '^GET /v2/busybox' "$T/reg-b.log" || fail "registry B was never asked (test broken?)"
 grep '^authorization:' "$T/reg-b.log" | grep -qv 'authorization: none' &&
 	fail "registry B saw an Authorization header: $(grep '^authorization:' "$T/reg-b.log" | sort -u)"
@@ -123,6 +125,17 @@ for f in "$T/kilnd.out" "$T/worker.log"; do
 	! grep -q "$REGISTRY_PASSWORD" "$f" || fail "$(basename "$f") logs the password"
 done
 ! grep -rqa "$REGISTRY_PASSWORD" "$T/ctl" "$T/w" || fail "the password is on kilnd's or the worker's disk"
+
+echo "== FROM a registry that wants credentials: the worker pulls with the client's"
+skopeo copy -q --all --dest-tls-verify=false --dest-creds "$REGISTRY_USER:$REGISTRY_PASSWORD" \
+	"oci:$LAYOUT:latest" "docker://$REG_A/private/busybox:latest" || fail "cannot put busybox in A"
+mkdir -p "$T/ctx-private"
+printf 'FROM %s/private/busybox:latest\nRUN echo pulled-%s > /pulled\n' "$REG_A" "$$" >"$T/ctx-private/Dockerfile"
+"$KILN" build --addr "$ADDR" --token-file "$T/ctl/client.token" --progress plain \
+	-o "type=local,dest=$T/private-out" "$T/ctx-private" >"$T/private.log" 2>&1 ||
+	fail "FROM on A with the client's credentials: $(tail -5 "$T/private.log")"
+assert_eq "$(cat "$T/private-out/pulled")" "pulled-$$" "the private base's build output"
+grep -q "amd" "$T/private.log" || fail "the steps did not run on the worker: $(cat "$T/private.log")"
 
 echo "== without the client's credentials, the worker's own: wrong, then right"
 docker_config "$DOCKER_CONFIG/config.json"
@@ -143,7 +156,7 @@ GRAPH='{"version":1,"ops":[{"id":"a","op":"source.image","ref":"busybox:latest@s
 G=$(jq -Rs . <<<"$GRAPH")
 assert_eq "$(post "{\"graph\":$G,\"platform\":\"linux/amd64\",\"image\":{\"platforms\":[{\"platform\":\"linux/amd64\",\"layer_ops\":[7]}]}}")" 400 "a layer op out of range"
 assert_contains "$(cat "$T/body")" "layer_ops" "the error names layer_ops"
-assert_eq "$(post "{\"graph\":$G,\"platform\":\"linux/amd64\",\"image\":{\"platforms\":[{\"platform\":\"linux/amd64\",\"layer_ops\":[0]}],\"push\":[{\"ref\":\"$REG_A/x:1\"}],\"credentials\":{\"$REG_A\":{\"username\":\"u\"}}}}")" 400 "a credential without a password"
+assert_eq "$(post "{\"graph\":$G,\"platform\":\"linux/amd64\",\"image\":{\"platforms\":[{\"platform\":\"linux/amd64\",\"layer_ops\":[0]}],\"push\":[{\"ref\":\"$REG_A/x:1\"}]},\"credentials\":{\"$REG_A\":{\"username\":\"u\"}}}")" 400 "a credential without a password"
 assert_contains "$(cat "$T/body")" "credentials" "the error names credentials"
 assert_eq "$(post "{\"graph\":$G,\"platform\":\"linux/amd64\",\"image\":{\"platforms\":[{\"platform\":\"linux/amd64\",\"layer_ops\":[0]}],\"push\":[{\"ref\":\"Not A Ref\"}]}}")" 400 "a bad push reference"
 assert_contains "$(cat "$T/body")" "push[0]" "the error names the push"
