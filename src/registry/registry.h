@@ -134,7 +134,7 @@ void kiln_registry_set_credentials(struct kiln_registry *r,
 /*
  * Copies of the credentials the client has for a registry host (the docker
  * config's or those set): 0, or -ENOENT when none. For a cluster build's
- * client, which sends them for the registries it pushes to.
+ * client, which sends them for the registries the build names.
  */
 int kiln_registry_credentials(struct kiln_registry *r, const char *registry, char **user,
 			      char **password);
