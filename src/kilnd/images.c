@@ -121,8 +121,12 @@ int kiln_cluster_image_check(const json_t *image, const struct kiln_definition *
 	if (r == 0)
 		r = check_push(json_object_get(image, "push"), hosts, err);
 	json_decref(hosts);
-	if (r == 0)
+	if (r == 0) {
 		*out = json_deep_copy(image);
+		/* Credentials come beside "image", never in it: none kept here. */
+		kiln_registry_credentials_zero(json_object_get(*out, "credentials"));
+		json_object_del(*out, "credentials");
+	}
 	return r;
 }
 
