@@ -171,6 +171,7 @@ struct platform_job {
 	struct kiln_digest *trees;
 	size_t n_trees;
 	pthread_t thread;
+	bool threaded; /* on a thread of its own (else it ran inline) */
 	int r;
 	json_t *answer;
 	struct kiln_worker_ref where;
@@ -339,12 +340,19 @@ int kiln_cluster_image(struct kiln_sched_build *sb, struct kiln_store *store,
 		pjs[i].sb = sb;
 		r = platform_body(def, image, creds, res, i, &pjs[i], err);
 	}
-	/* Every platform at once: each on its own worker, natively. */
-	for (i = 0; r == 0 && i < n; i++, started++)
-		if (pthread_create(&pjs[i].thread, NULL, platform_main, &pjs[i]) != 0)
-			abort(); /* only without memory */
+	/*
+	 * Every platform at once: each on its own worker, natively. Without a
+	 * thread to spare (a task limit), a platform runs on this one.
+	 */
+	for (i = 0; r == 0 && i < n; i++) {
+		pjs[i].threaded = pthread_create(&pjs[i].thread, NULL, platform_main, &pjs[i]) == 0;
+		if (!pjs[i].threaded)
+			platform_main(&pjs[i]);
+		started++;
+	}
 	for (i = 0; i < started; i++) {
-		pthread_join(pjs[i].thread, NULL);
+		if (pjs[i].threaded)
+			pthread_join(pjs[i].thread, NULL);
 		if (r == 0 && pjs[i].r < 0) {
 			r = pjs[i].r;
 			*err = TAKE_PTR(pjs[i].err);
