@@ -92,8 +92,10 @@ static void *relay_main(void *ud)
 		.abandon = relay_closing,
 		.abandon_ud = rl,
 	};
-	int r = kiln_http_client_do(rl->http, &call, &rl->res, &rl->err);
+	int r;
 
+	pthread_setname_np(pthread_self(), "kiln-relay"); /* for ps and the tests */
+	r = kiln_http_client_do(rl->http, &call, &rl->res, &rl->err);
 	close(rl->pair[1]);
 	rl->pair[1] = -1;
 	pthread_mutex_lock(&rl->lock);

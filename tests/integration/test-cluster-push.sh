@@ -142,6 +142,39 @@ diff -r "$T/cluster-local" "$T/embedded-local" >"$T/local.diff" ||
 	fail "type=local differs: $(head "$T/local.diff")"
 assert_eq "$(cat "$T/cluster-local/linux_arm64/arch")" aarch64 "arm64 tree made on arm64"
 
+echo "== the relay: slow clients slow the worker's send, kilnd's memory does not grow; gone clients free it"
+CTOK=$(cat "$KILND_ROOT/client.token")
+ID=$(grep -o 'build [0-9a-f]*: done' "$T/kilnd.log" | tail -1 | cut -d' ' -f2 | tr -d :)
+ST=$(curl -sf -H "Authorization: Bearer $CTOK" "$KILND_URL/v1/builds/$ID") || fail "the state of build $ID"
+TOP=$(jq -r .result.image.digest <<<"$ST")
+M=$(tar -xOf "$T/cluster.tar" "blobs/sha256/${TOP#sha256:}" | jq -r '.manifests[0].digest')
+L=$(tar -xOf "$T/cluster.tar" "blobs/sha256/${M#sha256:}" | jq -r '.layers | max_by(.size) | .digest')
+# kilnd's relay threads (named kiln-relay), one per request in flight.
+threads() { cat /proc/"$KILND_PID"/task/*/comm 2>/dev/null | grep -c '^kiln-relay$' || true; }
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$KILND_PID/status"; }
+R0=$(rss_kib)
+assert_eq "$(threads)" 0 "relay threads before any reader"
+SLOW=()
+# Two readers per holder: the one that has the layer streams it, at
+# 1 MiB/s; the others answer 404 at once.
+for k in $(seq 0 $(($(jq .result.holders <<<"$ST") - 1))); do
+	for _ in 1 2; do
+		curl -s --limit-rate 1M -o /dev/null -H "Authorization: Bearer $CTOK" \
+			"$KILND_URL/v1/relay/$ID/$k/v1/blobs/$L" &
+		SLOW+=($!)
+	done
+done
+sleep 3
+R1=$(rss_kib)
+[ "$(threads)" -ge 1 ] || fail "no relay thread while clients read (test broken?)"
+echo "kilnd RSS: ${R0} KiB before, ${R1} KiB with slow readers of the $L layer"
+[ $((R1 - R0)) -lt $((32 * 1024)) ] || fail "kilnd's memory grew by $((R1 - R0)) KiB for slow readers"
+kill -9 "${SLOW[@]}" 2>/dev/null || true
+wait "${SLOW[@]}" 2>/dev/null || true
+for _ in $(seq 50); do [ "$(threads)" = 0 ] && break; sleep 0.1; done
+assert_eq "$(threads)" 0 "relay threads left after their readers went away"
+curl -sf "$KILND_URL/v1/health" >/dev/null || fail "kilnd does not answer after the readers went away"
+
 netns_kilnd_stop
 netns_worker_stop "$AMD"
 netns_worker_stop "$ARM"
