@@ -1,6 +1,8 @@
 /* OCI bundles: config.json (runtime spec 1.0.2) and user resolution. */
+#include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,6 +13,8 @@
 #include "worker/worker-internal.h"
 
 #define ETC_FILE_MAX (4u << 20)
+/* Most processes and threads a step may have at once (a fork bomb's end). */
+#define KILN_STEP_PIDS_MAX 16384
 #define DEFAULT_PATH                                                           \
 	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -32,6 +36,33 @@ static const char *const masked_paths[] = {
 };
 static const char *const readonly_paths[] = {
 	"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+};
+
+/*
+ * A step's seccomp filter (issue 14): everything a container with
+ * Docker's default capabilities cannot use under Docker's default profile
+ * either, refused with EPERM — making namespaces (unshare, setns, the
+ * namespace flags of clone), mounting, kernel modules, keyrings, bpf,
+ * perf, clocks, swap, reboot, kexec, handles to host files, userfaultfd.
+ * The rest is allowed: a deny list, where Docker's profile is an allow
+ * list (docs/internals/worker.md says what that changes). clone3 answers
+ * ENOSYS, as Docker's does, so libc falls back to clone, whose flags the
+ * filter can see.
+ */
+static const char *const denied_syscalls[] = {
+	"acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
+	"delete_module", "finit_module", "fsconfig", "fsmount", "fsopen", "fspick",
+	"get_kernel_syms", "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load",
+	"kexec_load", "keyctl", "lookup_dcookie", "mount", "mount_setattr", "move_mount",
+	"name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
+	"perf_event_open", "pivot_root", "query_module", "quotactl", "quotactl_fd",
+	"reboot", "request_key", "setns", "settimeofday", "stime", "swapoff", "swapon",
+	"sysfs", "_sysctl", "syslog", "umount", "umount2", "unshare", "uselib",
+	"userfaultfd", "ustat", "vm86", "vm86old", "vhangup",
+};
+/* CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET. */
+static const uint64_t clone_ns_flags[] = {
+	0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000,
 };
 
 static const struct kiln_bundle_mount default_mounts[] = {
@@ -283,7 +314,7 @@ static json_t *process_json(const struct kiln_bundle *b)
 		(json_int_t)u->gid, "additionalGids", gids, "args",
 		str_array(b->argv, 0), "env", env_json(b), "cwd",
 		b->cwd ? b->cwd : "/", "capabilities", "bounding", caps,
-		"effective", caps, "permitted", caps, "noNewPrivileges", 0);
+		"effective", caps, "permitted", caps, "noNewPrivileges", 1);
 }
 
 static json_t *options_json(const char *opts)
@@ -314,6 +345,36 @@ static void add_mounts(json_t *a, const struct kiln_bundle_mount *m, size_t n)
 				     options_json(m[i].options)));
 }
 
+static json_t *seccomp_json(void)
+{
+#if defined(__x86_64__)
+	static const char *const arches[] = { "SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32" };
+#elif defined(__aarch64__)
+	static const char *const arches[] = { "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM" };
+#else
+	static const char *const arches[] = { "SCMP_ARCH_NATIVE" };
+#endif
+	json_t *rules = json_array(), *a = json_array();
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(denied_syscalls); i++)
+		json_array_append_new(a, json_string(denied_syscalls[i]));
+	json_array_append_new(rules, json_pack("{s:o, s:s, s:i}", "names", a, "action",
+					       "SCMP_ACT_ERRNO", "errnoRet", EPERM));
+	json_array_append_new(rules, json_pack("{s:[s], s:s, s:i}", "names", "clone3", "action",
+					       "SCMP_ACT_ERRNO", "errnoRet", ENOSYS));
+	/* One rule per flag: the filter can only test a masked value for equality. */
+	for (i = 0; i < ARRAY_SIZE(clone_ns_flags); i++)
+		json_array_append_new(
+			rules, json_pack("{s:[s], s:s, s:i, s:[{s:i, s:I, s:I, s:s}]}", "names",
+					 "clone", "action", "SCMP_ACT_ERRNO", "errnoRet", EPERM,
+					 "args", "index", 0, "value", (json_int_t)clone_ns_flags[i],
+					 "valueTwo", (json_int_t)clone_ns_flags[i], "op",
+					 "SCMP_CMP_MASKED_EQ"));
+	return json_pack("{s:s, s:o, s:o}", "defaultAction", "SCMP_ACT_ALLOW", "architectures",
+			 str_array(arches, ARRAY_SIZE(arches)), "syscalls", rules);
+}
+
 static json_t *linux_json(const struct kiln_bundle *b)
 {
 	json_t *ns = json_array();
@@ -324,11 +385,12 @@ static json_t *linux_json(const struct kiln_bundle *b)
 	for (i = 0; i < n; i++)
 		json_array_append_new(ns, json_pack("{s:s}", "type", types[i]));
 	return json_pack(
-		"{s:o, s:o, s:o, s:{s:[{s:b, s:s}]}}", "namespaces", ns,
+		"{s:o, s:o, s:o, s:{s:[{s:b, s:s}], s:{s:I}}, s:o}", "namespaces", ns,
 		"maskedPaths", str_array(masked_paths, ARRAY_SIZE(masked_paths)),
 		"readonlyPaths",
 		str_array(readonly_paths, ARRAY_SIZE(readonly_paths)),
-		"resources", "devices", "allow", 0, "access", "rwm");
+		"resources", "devices", "allow", 0, "access", "rwm", "pids", "limit",
+		(json_int_t)KILN_STEP_PIDS_MAX, "seccomp", seccomp_json());
 }
 
 /*
