@@ -797,6 +797,7 @@ static void dfbuild_release(struct dfbuild *b)
 		kiln_export_spec_release(&b->specs[i]);
 	for (i = 0; i < b->n_secrets; i++) {
 		free((char *)b->secrets[i].id);
+		explicit_bzero((void *)b->secrets[i].data, b->secrets[i].len);
 		free((void *)b->secrets[i].data);
 	}
 	for (i = 0; i < b->n_images; i++)

@@ -52,4 +52,6 @@ int kiln_cmd_build(int argc, char **argv);
 int kiln_cmd_du(int argc, char **argv);
 int kiln_cmd_prune(int argc, char **argv);
 int kiln_cmd_debug(int argc, char **argv);
+/* kiln debug ops (debug-ops.c). */
+int kiln_cmd_debug_ops(int argc, char **argv);
 int kiln_cmd_workers(int argc, char **argv);

@@ -36,7 +36,8 @@ static void debug_usage(FILE *f)
 	fputs("Usage: kiln debug COMMAND\n"
 	      "\n"
 	      "Commands:\n"
-	      "  fsck    verify every blob and every cache record's trees\n",
+	      "  fsck    verify every blob and every cache record's trees\n"
+	      "  ops     each op of an op graph with its digest\n",
 	      f);
 }
 
@@ -246,6 +247,8 @@ int kiln_cmd_debug(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "fsck"))
 		return cmd_fsck(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "ops"))
+		return kiln_cmd_debug_ops(argc - 1, argv + 1);
 	kiln_args_error("kiln debug", "unknown command '%s'", argv[1]);
 	debug_usage(stderr);
 	return kiln_args_exit(KILN_ARGS_USAGE);

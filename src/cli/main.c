@@ -15,7 +15,7 @@ static const struct {
 	{ "build", kiln_cmd_build, "Build an op graph (--def GRAPH.json)" },
 	{ "du", kiln_cmd_du, "Show disk usage of the cache and store" },
 	{ "prune", kiln_cmd_prune, "Remove cache records and unreferenced data" },
-	{ "debug", kiln_cmd_debug, "Debugging tools (fsck)" },
+	{ "debug", kiln_cmd_debug, "Debugging tools (fsck, ops)" },
 	{ "workers", kiln_cmd_workers, "List the workers of a kilnd" },
 };
 

@@ -20,6 +20,7 @@
 #include "basic/parse-util.h"
 #include "basic/strbuf.h"
 #include "basic/strv.h"
+#include "cas/tree.h"
 #include "kilnd/images.h"
 #include "kilnd/relay.h"
 #include "kilnd/ssh-relay.h"
@@ -119,6 +120,21 @@ void kiln_builds_set_registry_options(struct kiln_builds *b, const struct kiln_r
 	b->ro = ro;
 }
 
+/* The build's secrets, wiped once its steps are over (and at its end). */
+static void drop_secrets(struct build *bd)
+{
+	size_t i;
+
+	for (i = 0; i < bd->n_secrets; i++) {
+		explicit_bzero((void *)bd->secrets[i].data, bd->secrets[i].len);
+		free((char *)bd->secrets[i].id);
+		free((void *)bd->secrets[i].data);
+	}
+	free(bd->secrets);
+	bd->secrets = NULL;
+	bd->n_secrets = 0;
+}
+
 /* The client's registry credentials go as soon as the pushes are over. */
 static void drop_credentials(struct build *bd)
 {
@@ -167,19 +183,13 @@ static struct kiln_registry *build_registry(struct kiln_builds *b, const struct 
 
 static void build_free(struct build *bd)
 {
-	size_t i;
-
 	if (!bd)
 		return;
 	free(bd->graph);
 	kiln_definition_free(bd->def);
 	free(bd->platform);
 	free(bd->pins);
-	for (i = 0; i < bd->n_secrets; i++) {
-		free((char *)bd->secrets[i].id);
-		free((void *)bd->secrets[i].data);
-	}
-	free(bd->secrets);
+	drop_secrets(bd);
 	kiln_strv_free(bd->ssh_ids, bd->n_ssh_ids);
 	drop_credentials(bd);
 	json_decref(bd->image);
@@ -346,6 +356,7 @@ static void *build_main(void *ud)
 		so.cache_from = rc;
 	}
 	r = kiln_solve(bd->def, &so, &res, &err);
+	drop_secrets(bd); /* the steps are over: no job needs them any more */
 	kiln_ssh_relay_end_build(b->relay, bd->id);
 	pthread_mutex_lock(&bd->lock);
 	bd->solved = true;
@@ -585,6 +596,40 @@ static int parse_submit(struct kiln_builds *b, struct build *bd, json_t *body,
 	return r;
 }
 
+/*
+ * Every pin names an op of the graph, and a context's is a tree here (its
+ * root node loads, verified, and decodes; its other nodes are checked as
+ * the workers pull them): a bad pin fails the submission naming the
+ * context, not the build later with a misleading error (issue 14).
+ */
+static int check_pins(struct kiln_builds *b, const struct build *bd, struct kiln_error **err)
+{
+	size_t i, k;
+
+	for (i = 0; i < bd->n_pins; i++) {
+		const struct kiln_op *op = NULL;
+		struct kiln_tree t = KILN_TREE_INIT;
+		int r;
+
+		for (k = 0; k < bd->def->n_ops && !op; k++)
+			if (kiln_digest_eq(&bd->def->ops[k].digest, &bd->pins[i].op))
+				op = &bd->def->ops[k];
+		if (!op)
+			return kiln_error_set(err, -EINVAL, "\"pins\"[%zu]: op %s is not in the graph",
+					      i, KILN_DIGEST_STR(&bd->pins[i].op));
+		if (op->type != KILN_OP_SOURCE_LOCAL)
+			continue;
+		r = kiln_tree_get(b->store, &bd->pins[i].tree, &t, err);
+		kiln_tree_release(&t);
+		if (r < 0) {
+			kiln_error_prefix(err, "\"pins\"[%zu]: context %s (op %s): tree %s", i,
+					  op->local_path, op->id, KILN_DIGEST_STR(&bd->pins[i].tree));
+			return r;
+		}
+	}
+	return 0;
+}
+
 static int handle_submit(const struct kiln_http_server_req *req,
 			 struct kiln_http_server_resp *resp, void *ud)
 {
@@ -601,6 +646,11 @@ static int handle_submit(const struct kiln_http_server_req *req,
 	kiln_strbuf_init(&bd->events, EVENTS_MAX);
 	if (parse_submit(b, bd, req->json, &err) < 0) {
 		kiln_http_resp_error(resp, 400, "%s", kiln_error_msg(err));
+		build_free(bd);
+		return 0;
+	}
+	if (check_pins(b, bd, &err) < 0) {
+		kiln_http_resp_error(resp, 422, "%s", kiln_error_msg(err));
 		build_free(bd);
 		return 0;
 	}
@@ -624,8 +674,14 @@ static int handle_submit(const struct kiln_http_server_req *req,
 		kiln_http_resp_error(resp, 503, "too many builds (%u kept)", MAX_BUILDS);
 		return 0;
 	}
-	if (pthread_create(&bd->thread, NULL, build_main, bd) != 0)
-		abort(); /* only without memory */
+	if (pthread_create(&bd->thread, NULL, build_main, bd) != 0) {
+		/* A task limit (issue 14): the client hears it, kilnd goes on. */
+		pthread_mutex_unlock(&b->lock);
+		kiln_ssh_relay_end_build(b->relay, bd->id);
+		build_free(bd);
+		kiln_http_resp_error(resp, 503, "kilnd cannot start a thread for the build; try again later");
+		return 0;
+	}
 	b->builds[b->n++] = bd;
 	pthread_mutex_unlock(&b->lock);
 	log_info("build %s: %zu ops submitted", bd->id, bd->def->n_ops);

@@ -161,6 +161,41 @@ assert_contains "$(cat "$T/body")" "credentials" "the error names credentials"
 assert_eq "$(post "{\"graph\":$G,\"platform\":\"linux/amd64\",\"image\":{\"platforms\":[{\"platform\":\"linux/amd64\",\"layer_ops\":[0]}],\"push\":[{\"ref\":\"Not A Ref\"}]}}")" 400 "a bad push reference"
 assert_contains "$(cat "$T/body")" "push[0]" "the error names the push"
 
+echo "== a build's secret is wiped from kilnd's memory once its steps are over"
+SECRET="kiln-secret-$$-$RANDOM-wipe-me"
+printf '%s' "$SECRET" >"$T/secret.txt"
+mkdir -p "$T/ctx-secret"
+printf 'FROM %s/busybox:latest\nRUN --mount=type=secret,id=s wc -c < /run/secrets/s > /n && echo %s > /nonce\n' \
+	"$REG_B" "$$-$RANDOM" >"$T/ctx-secret/Dockerfile"
+"$KILN" build --addr "$ADDR" --token-file "$T/ctl/client.token" --progress plain \
+	--secret "id=s,src=$T/secret.txt" -o "type=local,dest=$T/secret-out" "$T/ctx-secret" >"$T/secret.log" 2>&1 ||
+	fail "a build with a secret: $(tail -5 "$T/secret.log")"
+assert_eq "$(tr -d ' ' <"$T/secret-out/n")" "${#SECRET}" "the step read the secret"
+# The scanner finds what kilnd does hold (its client token), so a miss means something.
+python3 "$(dirname "$0")/mem-grep.py" "$KILND_PID" "$CTOK" || fail "mem-grep does not find kilnd's client token (test broken?)"
+! python3 "$(dirname "$0")/mem-grep.py" "$KILND_PID" "$SECRET" ||
+	fail "the secret is still in kilnd's memory after its build"
+
+echo "== kilnd checks a context's pin at submission: a tree it holds, or 422 naming the context"
+mkdir -p "$T/ctx-pin"
+printf '{"version":1,"ops":[{"id":"ctx","op":"source.local","path":"%s"}],"output":"ctx"}' "$T/ctx-pin" >"$T/pin-graph.json"
+OPD=$("$KILN" debug ops --base-dir / "$T/pin-graph.json" | awk '$2 == "ctx" { print $4 }')
+[ -n "$OPD" ] || fail "kiln debug ops printed no digest for ctx"
+printf 'these bytes are not a tree node' >"$T/bogus"
+BOGUS=sha256:$(sha256sum "$T/bogus" | cut -d' ' -f1)
+assert_eq "$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "Authorization: Bearer $CTOK" \
+	--data-binary @"$T/bogus" "http://127.0.0.1:$KPORT/v1/blobs/$BOGUS")" 201 "uploading a blob that is not a tree"
+PG=$(jq -Rs . <"$T/pin-graph.json")
+pin_post() { post "{\"graph\":$PG,\"base_dir\":\"/\",\"platform\":\"linux/amd64\",\"pins\":[{\"op\":\"$1\",\"tree\":\"$2\"}]}"; }
+assert_eq "$(pin_post "$OPD" "$BOGUS")" 422 "a context pinned to a blob that is not a tree"
+assert_contains "$(cat "$T/body")" "context $T/ctx-pin" "the 422 names the context"
+assert_contains "$(cat "$T/body")" "$BOGUS" "the 422 names the tree"
+MISSING=sha256:$(printf 'never uploaded %s' "$$" | sha256sum | cut -d' ' -f1)
+assert_eq "$(pin_post "$OPD" "$MISSING")" 422 "a context pinned to a tree kilnd does not have"
+assert_contains "$(cat "$T/body")" "$MISSING" "the 422 names the missing tree"
+assert_eq "$(pin_post "$BOGUS" "$BOGUS")" 422 "a pin for an op the graph does not have"
+assert_contains "$(cat "$T/body")" "is not in the graph" "the 422 says the op is not in the graph"
+
 echo "== the worker refuses a malformed image job, naming the member"
 WTOK=$(cat "$T/ctl/worker.token")
 WADDR=$("$KILN" workers --addr "http://127.0.0.1:$KPORT" --token-file "$T/ctl/client.token" --json |
