@@ -295,6 +295,16 @@ static int tree_mount(struct exec_ctx *c, size_t i,
 }
 
 /*
+ * A mount's mode as given to a file kiln makes on the host (a cache dir,
+ * a secret file): the permission bits only, never setuid, setgid or
+ * sticky (issue 14).
+ */
+static mode_t host_mode(uint32_t mode, mode_t dflt)
+{
+	return (mode_t)(mode ? mode : dflt) & 0777;
+}
+
+/*
  * A seeded cache dir is filled beside it and renamed into place, so a
  * concurrent exec never sees half of it; the first rename wins.
  */
@@ -314,7 +324,7 @@ static int cache_dir_seed(struct exec_ctx *c, const char *dir,
 	else
 		r = kiln_layers_checkout(c->w->layers, &m->tree, fd, err);
 	if (r == 0 && (fchown(fd, m->uid, m->gid) < 0 ||
-		       fchmod(fd, m->mode ? m->mode : 0755) < 0))
+		       fchmod(fd, host_mode(m->mode, 0755)) < 0))
 		r = kiln_error_seterrno(err, -errno, "chown %s", tmp);
 	if (r == 0 && rename(tmp, dir) < 0 && errno != EEXIST && errno != ENOTEMPTY)
 		r = kiln_error_seterrno(err, -errno, "renaming %s", tmp);
@@ -340,7 +350,7 @@ static int cache_dir_create(struct exec_ctx *c, const char *dir,
 	}
 	if (mkdir(dir, 0700) < 0)
 		return errno == EEXIST ? 0 : kiln_error_seterrno(err, -errno, "cache mount %s", dir);
-	if (chown(dir, m->uid, m->gid) < 0 || chmod(dir, m->mode ? m->mode : 0755) < 0)
+	if (chown(dir, m->uid, m->gid) < 0 || chmod(dir, host_mode(m->mode, 0755)) < 0)
 		return kiln_error_seterrno(err, -errno, "cache mount %s", dir);
 	return 0;
 }
@@ -439,7 +449,7 @@ static int secret_mount(struct exec_ctx *c, size_t i, const struct kiln_exec_mou
 		return kiln_error_seterrno(err, -errno, "secret file %s", file);
 	r = kiln_write_full(fd, m->secret, m->secret_len);
 	if (r == 0 && (fchown(fd, m->uid, m->gid) < 0 ||
-		       fchmod(fd, m->mode ? m->mode : 0400) < 0))
+		       fchmod(fd, host_mode(m->mode, 0400)) < 0))
 		r = -errno;
 	if (r < 0)
 		return kiln_error_seterrno(err, r, "writing secret file %s", file);

@@ -7,7 +7,8 @@
 # and reads no_new_privs. A fork must still work. Natively (amd64) each
 # refusal is the seccomp filter's EPERM; under qemu (arm64 on an x86
 # host) qemu answers some calls itself, so there only "refused" is
-# required.
+# required. A cache mount asked for mode 06777 gets 0777: no setuid,
+# setgid or sticky directory on the host.
 . "$(dirname "$0")/lib.sh"
 command -v gcc >/dev/null || fail "gcc is not installed"
 command -v aarch64-linux-gnu-gcc >/dev/null || fail "aarch64-linux-gnu-gcc is not installed (scripts/install-deps.sh)"
@@ -23,6 +24,7 @@ FROM busybox
 ARG TARGETARCH
 COPY probe-${TARGETARCH} /probe
 RUN /probe > /probe.out
+RUN --mount=type=cache,target=/c,mode=06777 stat -c %a /c > /cache-mode
 DF
 kbuild --platform linux/amd64,linux/arm64 \
 	--build-context "busybox=oci-layout://$LAYOUT:latest" -o "$T/out" "$CTX" ||
@@ -46,6 +48,10 @@ assert_eq "$(grep '^no_new_privs' "$E")" "no_new_privs 1" "no_new_privs under em
 assert_eq "$(grep '^fork' "$E")" "fork ok" "fork under emulation"
 ! grep -v '^fork\|^no_new_privs' "$E" | grep -q ' ok$' ||
 	fail "an emulated step did what the sandbox must refuse: $(cat "$E")"
+
+for p in linux_amd64 linux_arm64; do
+	assert_eq "$(cat "$T/out/$p/cache-mode")" 777 "a cache mount asked for mode 06777 ($p): no setuid, setgid or sticky bit on the host"
+done
 
 assert_no_mounts
 echo "ok: steps run with no_new_privs and a seccomp filter, natively and emulated"
