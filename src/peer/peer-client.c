@@ -278,7 +278,7 @@ static int fetch_node(struct pull *p, const struct kiln_digest *d,
 		if (source_bad(p, i))
 			continue;
 		url = url_for(&p->src[i], "/v1/trees/", d);
-		kiln_peer_framer_init_tree(&f, p->store, "GET", url);
+		kiln_peer_framer_init_tree(&f, p->store, "GET", url, d);
 		r = framed(p, i, &f, NULL);
 		kiln_peer_framer_release(&f);
 		if (r < 0)

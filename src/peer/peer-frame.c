@@ -22,10 +22,36 @@ static void framer_init(struct kiln_peer_framer *f, struct kiln_store *store,
 
 void kiln_peer_framer_init_tree(struct kiln_peer_framer *f,
 				struct kiln_store *store, const char *method,
-				const char *url)
+				const char *url, const struct kiln_digest *root)
 {
 	framer_init(f, store, method, url);
 	f->tree = true;
+	kiln_digest_set_put(&f->want, root, 0);
+}
+
+/*
+ * A trees response names only nodes of the subtree asked for: the root,
+ * then (breadth-first, parents first) the directories of nodes already
+ * received. A node's children become wanted once it is here.
+ */
+static int want_children(struct kiln_peer_framer *f)
+{
+	struct kiln_tree t = KILN_TREE_INIT;
+	struct kiln_error *e = NULL;
+	size_t i;
+	int r = kiln_tree_get(f->store, &f->cur, &t, &e);
+
+	if (r < 0) {
+		kiln_error_set(&f->err, -EPROTO, "%s %s: node %s is not a tree: %s", f->method,
+			       f->url, KILN_DIGEST_STR(&f->cur), kiln_error_msg(e));
+		kiln_error_free(e);
+		return -EPROTO;
+	}
+	for (i = 0; i < t.n; i++)
+		if (t.entries[i].type == KILN_ENTRY_DIR)
+			kiln_digest_set_put(&f->want, &t.entries[i].digest, 0);
+	kiln_tree_release(&t);
+	return 0;
 }
 
 void kiln_peer_framer_init_batch(struct kiln_peer_framer *f,
@@ -74,6 +100,11 @@ static int frame_commit(struct kiln_peer_framer *f)
 	f->blobs++;
 	f->bytes += f->size;
 done:
+	if (f->tree) {
+		r = want_children(f);
+		if (r < 0)
+			return r;
+	}
 	f->stored++;
 	if (f->item)
 		f->item->b[*kiln_digest_set_value(&f->want, &f->cur)].state =
@@ -88,6 +119,8 @@ static int frame_expect(struct kiln_peer_framer *f, const char *sz,
 {
 	uint64_t *idx = NULL;
 
+	if (f->tree && !kiln_digest_set_value(&f->want, &f->cur))
+		return frame_error(f, "a node outside the tree asked for", f->line);
 	if (!f->tree) {
 		idx = kiln_digest_set_value(&f->want, &f->cur);
 		if (!idx)

@@ -70,9 +70,10 @@ enum kiln_peer_frame_state {
 struct kiln_peer_framer {
 	struct kiln_store *store;
 	const char *method, *url;  /* named in errors (borrowed) */
-	bool tree;                 /* any node accepted, up to node size */
+	bool tree;                 /* nodes of the subtree asked for, up to node size */
 	struct kiln_peer_item *item; /* batch: the blobs asked for */
-	struct kiln_digest_set want; /* batch: digest -> index into item */
+	struct kiln_digest_set want; /* batch: digest -> index into item;
+				      * tree: the root and the children of nodes received */
 	struct kiln_store_group *group; /* batch: blobs named by one commit */
 	enum kiln_peer_frame_state state;
 	char line[KILN_PEER_FRAME_LINE_MAX];
@@ -86,10 +87,15 @@ struct kiln_peer_framer {
 	int local;              /* our own failure (disk): ends the pull */
 };
 
-/* A framer for a trees response: any node, each up to the node limit. */
+/*
+ * A framer for a trees response to GET /v1/trees/<root>: root, then only
+ * directory nodes under the nodes received (the server sends them
+ * breadth-first), each up to the node limit; any other record, or a node
+ * that does not decode, is the source's fault (issue 14).
+ */
 void kiln_peer_framer_init_tree(struct kiln_peer_framer *f,
 				struct kiln_store *store, const char *method,
-				const char *url);
+				const char *url, const struct kiln_digest *root);
 
 /*
  * A framer for a batch response asking for item's PENDING blobs: each

@@ -305,7 +305,15 @@ static void fuzz_tree(struct input *in)
 	struct kiln_strbuf sb = KILN_STRBUF_INIT(1 << 20);
 	struct kiln_peer_framer f;
 
-	kiln_peer_framer_init_tree(&f, store(), "GET", "fuzz");
+	struct kiln_digest root = { 0 };
+	char head[KILN_DIGEST_STRLEN + 1] = "";
+
+	/* The root asked for: the first record's, when the input starts with one. */
+	if (in->left >= KILN_DIGEST_STRLEN) {
+		memcpy(head, in->p, KILN_DIGEST_STRLEN - 1);
+		(void)kiln_digest_parse(head, &root);
+	}
+	kiln_peer_framer_init_tree(&f, store(), "GET", "fuzz", &root);
 	kiln_strbuf_add(&sb, in->p, in->left);
 	in->left = 0;
 	(void)feed(in, &f, &sb);

@@ -25,6 +25,7 @@
 #include "proto/http-client.h"
 #include "proto/http-server.h"
 #include "peer/peer.h"
+#include "peer/peer-internal.h"
 
 #define BIG_SIZE (8u << 20)
 #define N_SMALL 300
@@ -486,6 +487,65 @@ static void test_corrupt_node(void **state)
 	assert_same_tree(f);
 }
 
+/* "<digest> <size>\n<bytes>" for node d of store s, appended to sb. */
+static void add_record(struct kiln_strbuf *sb, struct kiln_store *s, const struct kiln_digest *d)
+{
+	_cleanup_free_ char *data = NULL, *head = NULL;
+	size_t len = 0;
+
+	assert_int_equal(kiln_store_read(s, d, 1u << 20, &data, &len, NULL), 0);
+	head = xasprintf("%s %zu\n", KILN_DIGEST_STR(d), len);
+	kiln_strbuf_add(sb, head, strlen(head));
+	kiln_strbuf_add(sb, data, len);
+}
+
+/*
+ * A trees answer names only nodes of the subtree asked for (issue 14): a
+ * valid node from elsewhere is refused, and nothing of it is stored.
+ */
+static void test_tree_unrequested_node(void **state)
+{
+	struct fixture *f = *state;
+	struct kiln_strbuf sb = KILN_STRBUF_INIT(4u << 20);
+	struct kiln_tree other = KILN_TREE_INIT;
+	struct kiln_tree_entry e = { .name = xstrdup("x"), .type = KILN_ENTRY_FILE, .mode = 0644,
+				     .digest = f->small, .size = 1 };
+	struct kiln_peer_framer fr;
+	struct kiln_tree_entry sub;
+	struct kiln_digest od;
+
+	/* A node the tree asked for does not hold. */
+	kiln_tree_set(&other, &e);
+	assert_int_equal(kiln_tree_put(f->a.store, &other, &od, NULL), 0);
+	kiln_tree_release(&other);
+
+	kiln_peer_framer_init_tree(&fr, f->b, "GET", "test", &f->root);
+	add_record(&sb, f->a.store, &od);
+	assert_true(kiln_peer_framer_feed(&fr, sb.buf, sb.len) < 0);
+	assert_non_null(fr.err);
+	assert_non_null(strstr(kiln_error_msg(fr.err), "outside the tree"));
+	kiln_peer_framer_release(&fr);
+	assert_false(kiln_store_has(f->b, &od));
+
+	/* The root, then one of its directories: accepted; a sibling tree's node after them is not. */
+	assert_int_equal(kiln_tree_lookup(f->a.store, &f->root, "d5", &sub, NULL), 0);
+	kiln_strbuf_reset(&sb);
+	add_record(&sb, f->a.store, &f->root);
+	add_record(&sb, f->a.store, &sub.digest);
+	kiln_peer_framer_init_tree(&fr, f->b, "GET", "test", &f->root);
+	assert_int_equal(kiln_peer_framer_feed(&fr, sb.buf, sb.len), 0);
+	assert_int_equal(fr.stored, 2);
+	kiln_strbuf_reset(&sb);
+	add_record(&sb, f->a.store, &od);
+	assert_true(kiln_peer_framer_feed(&fr, sb.buf, sb.len) < 0);
+	kiln_peer_framer_release(&fr);
+	assert_true(kiln_store_has(f->b, &f->root));
+	assert_true(kiln_store_has(f->b, &sub.digest));
+	assert_false(kiln_store_has(f->b, &od));
+	kiln_tree_entry_release(&sub);
+	kiln_strbuf_release(&sb);
+}
+
 static void test_corrupt_only_source(void **state)
 {
 	struct fixture *f = *state;
@@ -682,6 +742,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt_small, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_big, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_node, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tree_unrequested_node, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_only_source, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_all_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wrong_token, setup, teardown),
