@@ -100,6 +100,13 @@ struct solver {
 	size_t *done_q;
 	size_t n_done_q;
 	unsigned running, slots, n_run, n_cached;
+	/*
+	 * A job's thread could not be created (a task limit): no new job
+	 * starts until one ends; with none running, the loop waits a little
+	 * and tries again, STARVED_WAITS times, then fails the build.
+	 */
+	bool starved;
+	unsigned starved_waits;
 	/* Ready vertices, a max-heap by priority; entries whose vertex left
 	 * READY since are skipped when they surface. */
 	size_t *ready;
@@ -1184,8 +1191,15 @@ static void start(struct solver *s, size_t vi)
 	arg[0] = s;
 	arg[1] = (void *)vi;
 	v->threaded = true;
-	if (pthread_create(&v->thread, NULL, job_main, arg) != 0)
-		abort(); /* thread creation fails only without memory */
+	if (pthread_create(&v->thread, NULL, job_main, arg) != 0) {
+		/* Back to ready: it starts when a thread can be had. */
+		free(arg);
+		v->threaded = false;
+		v->started = 0;
+		s->running--;
+		make_ready(s, vi);
+		s->starved = true;
+	}
 }
 
 /*
@@ -1262,6 +1276,9 @@ static void unresolve(struct solver *s, size_t vi, bool was_done)
 
 /* How often a vertex's inputs may vanish under it before the build gives up. */
 #define MAX_LOST 5u
+/* A build with no job running that cannot start one waits this long, this often. */
+#define STARVED_WAIT_US 100000u
+#define STARVED_WAITS 50u
 
 static void finish(struct solver *s, size_t vi)
 {
@@ -1346,7 +1363,7 @@ static void loop(struct solver *s)
 		kiln_cache_read_begin(s->o->cache);
 		s->in_bracket = true;
 		pthread_mutex_lock(&s->lock);
-		while (!cancelled(s) && !s->failure && s->running < s->slots &&
+		while (!cancelled(s) && !s->failure && !s->starved && s->running < s->slots &&
 		       (vi = peek_ready(s)) >= 0) {
 			heap_pop(s);
 			pthread_mutex_unlock(&s->lock);
@@ -1357,11 +1374,25 @@ static void loop(struct solver *s)
 		s->in_bracket = false;
 		kiln_cache_read_end(s->o->cache);
 		pthread_mutex_lock(&s->lock);
+		if (s->running == 0 && s->starved && !s->failure && !cancelled(s)) {
+			if (++s->starved_waits > STARVED_WAITS) {
+				kiln_error_set(&s->failure, -EAGAIN,
+					       "no thread could be started for the build's next step (a task limit?)");
+				break;
+			}
+			pthread_mutex_unlock(&s->lock);
+			usleep(STARVED_WAIT_US);
+			pthread_mutex_lock(&s->lock);
+			s->starved = false;
+			continue;
+		}
 		if (s->running == 0 && (s->failure || all_outputs_done(s) ||
 					peek_ready(s) < 0))
 			break;
 		while (s->n_done_q == 0)
 			pthread_cond_wait(&s->cond, &s->lock);
+		s->starved = false; /* a job ended: its thread is free */
+		s->starved_waits = 0;
 		while (s->n_done_q > 0) {
 			size_t done = s->done_q[--s->n_done_q];
 			pthread_mutex_unlock(&s->lock);
