@@ -591,29 +591,32 @@ static void add_json_errors(struct kiln_strbuf *sb, json_t *errors)
 	}
 }
 
+/*
+ * What an error answer says: only the distribution spec's "errors" (code
+ * and message, sanitized, the first four), and a token server's
+ * "details". Any other body is not shown, only its size: a registry
+ * address a client chose may be a service that is not a registry, and its
+ * answers must not come back to the client through an error (issue 14).
+ */
 static void add_body_message(struct kiln_strbuf *sb,
 			     const struct kiln_http_result *resp)
 {
 	json_t *j = json_loadb(resp->body, resp->body_len, 0, NULL);
 	json_t *errors = json_object_get(j, "errors");
-	const char *s = NULL;
+	const char *s = json_string_value(json_object_get(j, "details"));
 
 	if (json_is_array(errors) && json_array_size(errors)) {
 		(void)kiln_strbuf_adds(sb, ": ");
 		add_json_errors(sb, errors);
-	} else if (j) {
-		s = json_string_value(json_object_get(j, "details"));
-		if (!s)
-			s = json_string_value(json_object_get(j, "message"));
-		if (!s)
-			s = json_string_value(json_object_get(j, "error"));
-		if (s) {
-			(void)kiln_strbuf_adds(sb, ": ");
-			add_sanitized(sb, s, strlen(s));
-		}
-	} else if (resp->body_len) {
+	} else if (s) {
 		(void)kiln_strbuf_adds(sb, ": ");
-		add_sanitized(sb, resp->body, resp->body_len);
+		add_sanitized(sb, s, strlen(s));
+	} else if (resp->body_len) {
+		char size[64];
+
+		snprintf(size, sizeof(size), " (a body of %zu bytes that is not a registry error, not shown)",
+			 resp->body_len);
+		(void)kiln_strbuf_adds(sb, size);
 	}
 	json_decref(j);
 }

@@ -312,7 +312,8 @@ int kiln_registry_request(struct kiln_registry *r,
 
 /*
  * Set *err to "registry HOST: WHAT: HTTP STATUS: CODE: message" from a
- * response (the registry's JSON errors, else its text, cut and sanitized)
+ * response (the registry's JSON "errors", or a token server's "details",
+ * cut and sanitized; any other body only by its size, never shown)
  * and return code.
  */
 int kiln_registry_status_error(struct kiln_error **err, int code,

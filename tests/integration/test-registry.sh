@@ -110,4 +110,31 @@ kill "$FAKE_PID" 2>/dev/null || true
 
 assert_no_mounts
 assert_fsck_clean
-echo "ok: registry push and pull, anonymous and basic auth, no credential leaks"
+# A FROM naming a service that is not a registry (issue 14): the build
+# error names the host and the status, never the service's answer.
+SECRET_BODY="internal-only-$$-$RANDOM"
+python3 -c '
+import http.server, sys
+body = sys.argv[1].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def answer(self):
+        self.send_response(404); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        if self.command != "HEAD": self.wfile.write(body)
+    do_GET = do_HEAD = answer
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()' "$SECRET_BODY" >"$T/notreg.port" &
+NOTREG_PID=$!
+CLEANUP_HOOKS+=("kill $NOTREG_PID 2>/dev/null")
+for _ in $(seq 50); do [ -s "$T/notreg.port" ] && break; sleep 0.1; done
+NOTREG="127.0.0.1:$(head -1 "$T/notreg.port")"
+mkdir -p "$T/ctx-notreg"
+printf 'FROM %s/internal/thing:latest\n' "$NOTREG" >"$T/ctx-notreg/Dockerfile"
+kbuild_fails "$T/ctx-notreg"
+assert_contains "$(error_text)" "$NOTREG" "the error names the host"
+assert_contains "$(error_text)" "404" "the error names the status"
+! grep -q "$SECRET_BODY" "$T/progress.json" || fail "a non-registry's answer came back in the error: $(error_text)"
+kill "$NOTREG_PID" 2>/dev/null || true
+
+echo "ok: registry push and pull, anonymous and basic auth, no credential leaks, no reflected answers"
