@@ -612,7 +612,7 @@ static void add_body_message(struct kiln_strbuf *sb,
 		(void)kiln_strbuf_adds(sb, ": ");
 		add_sanitized(sb, s, strlen(s));
 	} else if (resp->body_len) {
-		char size[64];
+		char size[96];
 
 		snprintf(size, sizeof(size), " (a body of %zu bytes that is not a registry error, not shown)",
 			 resp->body_len);
