@@ -1,5 +1,6 @@
 #!/bin/sh
-# The whole test suite, as CI runs it: install dependencies, build with
+# The whole test suite, as CI runs it: install dependencies, compile the
+# default (optimized) build, build with
 # AddressSanitizer + UndefinedBehaviorSanitizer and run every unit and
 # integration test; then build with ThreadSanitizer and run the tests that
 # drive the multi-threaded solver, exec, remote cache and compression paths. Prints
@@ -21,6 +22,10 @@ ASAN_BUILD=${KILN_TEST_BUILD:-build-asan}
 TSAN_BUILD=${KILN_TSAN_BUILD:-build-tsan}
 configure "$ASAN_BUILD" address,undefined
 configure "$TSAN_BUILD" thread
+# The default build too (what scripts/example.sh builds: -O2, -Werror),
+# compiled only: the optimizer finds warnings -O0 does not.
+[ -f build/build.ninja ] || meson setup build
+ninja -C build
 
 # The fixture image is built once per machine (it needs apt for the .debs).
 ./scripts/make-busybox-layout.sh "${KILN_FIXTURE_DIR:-/var/tmp/kiln-fixtures}/busybox"
