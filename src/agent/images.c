@@ -1,5 +1,7 @@
 #include "agent/images.h"
 
+#include "agent/agent-internal.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,8 +14,6 @@
 #include "proto/http-server.h"
 #include "worker/worker.h"
 
-#define URL_MAX 256u
-#define SOURCES_MAX 64u
 
 struct kiln_images {
 	struct kiln_store *store;
@@ -25,7 +25,7 @@ struct kiln_images {
 
 /* One request, parsed; strings borrowed from its JSON. */
 struct image_req {
-	struct kiln_peer_source sources[SOURCES_MAX + 1];
+	struct kiln_peer_source *sources;
 	size_t n_sources;
 	const char *platform;
 	bool has_base;
@@ -45,51 +45,10 @@ static void req_release(struct image_req *q)
 {
 	size_t i;
 
+	free(q->sources);
 	free(q->trees);
 	for (i = 0; i < q->n_push; i++)
 		kiln_registry_ref_release(&q->push[i]);
-}
-
-static bool printable(const char *s, size_t max)
-{
-	size_t n = 0;
-
-	for (; *s; s++, n++)
-		if (*s <= ' ' || *s > '~' || n >= max)
-			return false;
-	return true;
-}
-
-static int parse_sources(const json_t *j, struct kiln_images *im, struct image_req *q,
-			 struct kiln_error **err)
-{
-	json_t *a, *v;
-	size_t i;
-	int r = kiln_json_member(j, "sources", JSON_ARRAY, true, &a, err);
-
-	if (r < 0)
-		return r;
-	if (json_array_size(a) > SOURCES_MAX)
-		return kiln_error_set(err, -EINVAL, "\"sources\": more than %u", SOURCES_MAX);
-	json_array_foreach(a, i, v) {
-		const char *s = json_string_value(json_object_get(v, "url"));
-
-		if (!s || !*s || !printable(s, URL_MAX) ||
-		    (strncmp(s, "http://", 7) && strncmp(s, "https://", 8)))
-			return kiln_error_set(err, -EINVAL,
-					      "\"sources\"[%zu].url: not an http:// or https:// URL of at most %u bytes",
-					      i, URL_MAX);
-		q->sources[q->n_sources++] = (struct kiln_peer_source){ .url = s, .token = im->token };
-	}
-	return 0;
-}
-
-static int parse_digest(const json_t *v, const char *what, struct kiln_digest *d,
-			struct kiln_error **err)
-{
-	if (!json_is_string(v) || kiln_digest_parse(json_string_value(v), d) < 0)
-		return kiln_error_set(err, -EINVAL, "%s: not a digest (sha256:<64 hex>)", what);
-	return 0;
 }
 
 /* "compression", "compression-level", "force-compression", "epoch": -o's words. */
@@ -132,38 +91,25 @@ static int parse_push(const json_t *j, struct image_req *q, struct kiln_error **
 		free(q->push[i].tag);
 		q->push[i].tag = NULL;
 		q->push[i].digest.algo = KILN_DIGEST_NONE;
-		if (from && (!*from || !printable(from, 255)))
+		if (from && (!*from || !kiln_jobs_printable(from, 255)))
 			return kiln_error_set(err, -EINVAL, "\"push\"[%zu].mount_from: not a repository", i);
 		q->mount_from[i] = from;
 	}
 	return 0;
 }
 
-static int parse_credentials(const json_t *j, struct image_req *q, struct kiln_error **err)
-{
-	json_t *o;
-	int r = kiln_json_member(j, "credentials", JSON_OBJECT, false, &o, err);
-
-	if (r == 0)
-		r = kiln_registry_credentials_check(o, err);
-	if (r == 0)
-		q->credentials = o;
-	return r;
-}
-
 static int parse_req(const json_t *j, struct kiln_images *im, struct image_req *q,
 		     struct kiln_error **err)
 {
-	json_t *base, *a, *v;
-	size_t i;
+	json_t *base, *v;
 	int r;
 
-	r = parse_sources(j, im, q, err);
+	r = kiln_jobs_parse_sources(j, im->token, &q->sources, &q->n_sources, err);
 	if (r == 0)
 		r = kiln_json_member(j, "platform", JSON_STRING, true, &v, err);
 	if (r == 0) {
 		q->platform = json_string_value(v);
-		if (!printable(q->platform, 64))
+		if (!kiln_jobs_printable(q->platform, 64))
 			r = kiln_error_set(err, -EINVAL, "\"platform\": not os/arch[/variant]");
 	}
 	if (r == 0)
@@ -171,23 +117,14 @@ static int parse_req(const json_t *j, struct kiln_images *im, struct image_req *
 	if (r == 0 && base) {
 		q->has_base = true;
 		q->base_meta = json_string_value(json_object_get(base, "meta"));
-		r = parse_digest(json_object_get(base, "tree"), "\"base\".tree", &q->base_tree, err);
+		r = kiln_jobs_parse_digest(json_object_get(base, "tree"), "base.tree", &q->base_tree,
+					   err);
 		if (r == 0 && !q->base_meta)
 			r = kiln_error_set(err, -EINVAL, "\"base\".meta: not a string");
 	}
 	if (r == 0)
-		r = kiln_json_member(j, "trees", JSON_ARRAY, true, &a, err);
-	if (r == 0 && json_array_size(a) > KILN_IMAGES_MAX_TREES)
-		r = kiln_error_set(err, -EINVAL, "\"trees\": more than %u", KILN_IMAGES_MAX_TREES);
-	if (r == 0) {
-		q->trees = xcalloc(json_array_size(a) + 1, sizeof(*q->trees));
-		json_array_foreach(a, i, v) {
-			r = parse_digest(v, "\"trees\"[]", &q->trees[i], err);
-			if (r < 0)
-				break;
-			q->n_trees++;
-		}
-	}
+		r = kiln_jobs_parse_digests(j, "trees", KILN_IMAGES_MAX_TREES, &q->trees, &q->n_trees,
+					    err);
 	if (r == 0) {
 		q->config = json_object_get(j, "config");
 		if (q->config && !json_is_object(q->config) && !json_is_null(q->config))
@@ -200,7 +137,7 @@ static int parse_req(const json_t *j, struct kiln_images *im, struct image_req *
 	if (r == 0)
 		r = parse_push(j, q, err);
 	if (r == 0)
-		r = parse_credentials(j, q, err);
+		r = kiln_jobs_parse_credentials(j, &q->credentials, err);
 	return r;
 }
 

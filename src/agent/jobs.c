@@ -26,6 +26,8 @@
  */
 #include "agent/jobs.h"
 
+#include "agent/agent-internal.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -453,16 +455,16 @@ static void req_release(struct job_req *q)
 	free(q->pulled);
 }
 
-static int parse_digest(const json_t *v, const char *key, struct kiln_digest *d,
-			struct kiln_error **err)
+int kiln_jobs_parse_digest(const json_t *v, const char *key, struct kiln_digest *d,
+			   struct kiln_error **err)
 {
 	if (!json_is_string(v) || kiln_digest_parse(json_string_value(v), d) < 0)
 		return kiln_error_set(err, -EINVAL, "\"%s\": not a digest (sha256:<64 hex>)", key);
 	return 0;
 }
 
-static int parse_digests(const json_t *j, const char *key, size_t max,
-			 struct kiln_digest **out, size_t *n, struct kiln_error **err)
+int kiln_jobs_parse_digests(const json_t *j, const char *key, size_t max,
+			    struct kiln_digest **out, size_t *n, struct kiln_error **err)
 {
 	json_t *a, *v;
 	size_t i;
@@ -482,18 +484,20 @@ static int parse_digests(const json_t *j, const char *key, size_t max,
 	return 0;
 }
 
-static bool printable(const char *s)
+bool kiln_jobs_printable(const char *s, size_t max)
 {
-	for (; *s; s++)
-		if (*s <= ' ' || *s > '~')
+	size_t n = 0;
+
+	for (; *s; s++, n++)
+		if (*s <= ' ' || *s > '~' || n >= max)
 			return false;
 	return true;
 }
 
-static int parse_sources(const json_t *j, const char *token, struct job_req *q,
-			 struct kiln_error **err)
+int kiln_jobs_parse_sources(const json_t *j, const char *token, struct kiln_peer_source **out,
+			    size_t *n, struct kiln_error **err)
 {
-	json_t *a, *v, *u;
+	json_t *a, *v;
 	size_t i;
 	int r = kiln_json_member(j, "sources", JSON_ARRAY, true, &a, err);
 
@@ -501,21 +505,17 @@ static int parse_sources(const json_t *j, const char *token, struct job_req *q,
 		return r;
 	if (json_array_size(a) > KILN_JOBS_MAX_SOURCES)
 		return kiln_error_set(err, -EINVAL, "\"sources\": more than %u", KILN_JOBS_MAX_SOURCES);
-	q->sources = xcalloc(json_array_size(a) + 1, sizeof(*q->sources));
-	q->pulled = xcalloc(json_array_size(a) + 1, sizeof(*q->pulled));
+	*out = xcalloc(json_array_size(a) + 1, sizeof(**out));
 	json_array_foreach(a, i, v) {
-		const char *s;
+		const char *s = json_string_value(json_object_get(v, "url"));
 
-		u = json_object_get(v, "url");
-		s = json_string_value(u);
-		if (!s || !*s || strlen(s) > URL_MAX || !printable(s) ||
+		if (!s || !*s || !kiln_jobs_printable(s, URL_MAX) ||
 		    (strncmp(s, "http://", 7) && strncmp(s, "https://", 8)))
 			return kiln_error_set(err, -EINVAL,
 					      "\"sources\"[%zu].url: not an http:// or https:// URL of at most %u bytes",
 					      i, URL_MAX);
-		q->sources[i].url = s;
-		q->sources[i].token = token;
-		q->n_sources++;
+		(*out)[i] = (struct kiln_peer_source){ .url = s, .token = token };
+		(*n)++;
 	}
 	return 0;
 }
@@ -555,13 +555,13 @@ static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **er
 	int r = kiln_json_member(j, "graph", JSON_STRING, true, &v, err);
 
 	if (r == 0)
-		r = parse_digest(v, "graph", &q->graph, err);
+		r = kiln_jobs_parse_digest(v, "graph", &q->graph, err);
 	if (r == 0)
 		r = kiln_json_member(j, "platform", JSON_STRING, true, &v, err);
 	if (r < 0)
 		return r;
 	q->platform = json_string_value(v);
-	if (!*q->platform || strlen(q->platform) > PLATFORM_MAX || !printable(q->platform))
+	if (!*q->platform || !kiln_jobs_printable(q->platform, PLATFORM_MAX))
 		return kiln_error_set(err, -EINVAL, "\"platform\": not os/arch[/variant]");
 	r = kiln_json_member(j, "op", JSON_INTEGER, true, &v, err);
 	if (r < 0)
@@ -573,7 +573,7 @@ static int parse_head(const json_t *j, struct job_req *q, struct kiln_error **er
 	v = json_object_get(j, "pin");
 	if (v && !json_is_null(v)) {
 		q->has_pin = true;
-		r = parse_digest(v, "pin", &q->pin, err);
+		r = kiln_jobs_parse_digest(v, "pin", &q->pin, err);
 	}
 	if (r == 0)
 		r = kiln_json_member(j, "stream", JSON_TRUE, false, &v, err);
@@ -624,7 +624,7 @@ static int parse_ssh(const json_t *j, struct job_req *q, struct kiln_error **err
 	return 0;
 }
 
-static int parse_credentials(const json_t *j, struct job_req *q, struct kiln_error **err)
+int kiln_jobs_parse_credentials(const json_t *j, const json_t **out, struct kiln_error **err)
 {
 	json_t *o;
 	int r = kiln_json_member(j, "credentials", JSON_OBJECT, false, &o, err);
@@ -632,7 +632,7 @@ static int parse_credentials(const json_t *j, struct job_req *q, struct kiln_err
 	if (r == 0)
 		r = kiln_registry_credentials_check(o, err);
 	if (r == 0)
-		q->credentials = o;
+		*out = o;
 	return r;
 }
 
@@ -645,17 +645,21 @@ static int parse_req(const json_t *j, const char *token, struct job_req *q,
 		return kiln_error_set(err, -EINVAL, "job: not a JSON object");
 	r = parse_head(j, q, err);
 	if (r == 0)
-		r = parse_digests(j, "inputs", KILN_DEF_MAX_OPS, &q->inputs, &q->n_inputs, err);
+		r = kiln_jobs_parse_digests(j, "inputs", KILN_DEF_MAX_OPS, &q->inputs, &q->n_inputs,
+					    err);
 	if (r == 0 && json_object_get(j, "chain"))
-		r = parse_digests(j, "chain", KILN_JOBS_MAX_CHAIN, &q->chain, &q->n_chain, err);
+		r = kiln_jobs_parse_digests(j, "chain", KILN_JOBS_MAX_CHAIN, &q->chain, &q->n_chain,
+					    err);
 	if (r == 0)
-		r = parse_sources(j, token, q, err);
+		r = kiln_jobs_parse_sources(j, token, &q->sources, &q->n_sources, err);
+	if (r == 0)
+		q->pulled = xcalloc(q->n_sources + 1, sizeof(*q->pulled));
 	if (r == 0)
 		r = parse_secrets(j, q, err);
 	if (r == 0)
 		r = parse_ssh(j, q, err);
 	if (r == 0)
-		r = parse_credentials(j, q, err);
+		r = kiln_jobs_parse_credentials(j, &q->credentials, err);
 	return r;
 }
 
@@ -1141,8 +1145,10 @@ static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definit
 		.cancelled = to->cancelled, .cancelled_ud = to->ud,
 	};
 	const struct kiln_op *op = &def->ops[q->op];
+	_cleanup_free_ char *host = q->credentials && j->ro && op->type == KILN_OP_SOURCE_IMAGE
+					    ? kiln_registry_ref_host(op->ref)
+					    : NULL;
 	struct kiln_registry *reg = NULL;
-	struct kiln_registry_ref ref = { 0 };
 	uint64_t t0 = kiln_now_mono_ns();
 	int r = 0;
 
@@ -1150,15 +1156,11 @@ static int run(struct kiln_jobs *j, struct job_req *q, const struct kiln_definit
 	 * The client's credentials for this image's registry: a registry
 	 * client of this job's own, freed with it (docs/cluster.md).
 	 */
-	if (q->credentials && j->ro && op->type == KILN_OP_SOURCE_IMAGE &&
-	    strncmp(op->ref, "oci-layout://", 13) &&
-	    kiln_registry_ref_parse(op->ref, &ref, NULL) == 0) {
-		const char *host = ref.registry;
-
-		r = kiln_registry_new_with(j->ro, q->credentials, &host, 1, &reg, err);
+	if (host) {
+		r = kiln_registry_new_with(j->ro, q->credentials, (const char *const *)&host, 1,
+					   &reg, err);
 		job.registry = reg;
 	}
-	kiln_registry_ref_release(&ref);
 	if (r == 0)
 		r = kiln_job_run(j->w, &job, res, err);
 	kiln_registry_free(reg);

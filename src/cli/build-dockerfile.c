@@ -699,7 +699,7 @@ static int cluster_push(struct dfbuild *b, const struct kiln_export_spec *spec, 
 static int cluster_request(struct dfbuild *b, struct kiln_error **err)
 {
 	const struct kiln_export_spec *first = NULL;
-	struct kiln_image_opts o, o1;
+	struct kiln_image_opts o;
 	json_t *push = json_array(), *opts = json_object();
 	const char *epoch = getenv("SOURCE_DATE_EPOCH");
 	size_t i;
@@ -713,15 +713,16 @@ static int cluster_request(struct dfbuild *b, struct kiln_error **err)
 			continue;
 		}
 		r = image_opts(b, sp, &o, err);
-		if (r == 0 && first && memcmp(&o, &o1, sizeof(o)))
+		if (r == 0 && first && memcmp(&o, &b->image_opts, sizeof(o)))
 			r = kiln_error_set(err, -ENOTSUP,
 					   "with --addr, the image outputs must share their compression settings (-o %s, -o %s)",
 					   first->type, sp->type);
 		if (r < 0)
 			break;
 		if (!first) {
+			/* The image's settings, for image_for() once kilnd made it. */
 			first = sp;
-			memcpy(&o1, &o, sizeof(o)); /* padding too: compared with memcmp */
+			memcpy(&b->image_opts, &o, sizeof(o)); /* padding too: compared with memcmp */
 		}
 		if (!strcmp(sp->type, "oci"))
 			b->cluster.fetch_image = true;
@@ -760,27 +761,21 @@ static int solve(struct dfbuild *b, struct kiln_error **err)
 		.ssh = b->ssh.n ? &b->ssh.agents : NULL,
 	};
 
-	/* The agents live for the solve only: not through exports and pushes. */
 	int r = kiln_cli_remote(b->a) ? cluster_request(b, err) : 0;
 	struct kiln_digest top;
-	size_t i;
 
+	/* The agents live for the solve only: not through exports and pushes. */
 	if (r == 0)
 		r = kiln_cli_ssh_start(&b->ssh, err);
 	if (r == 0)
 		r = kiln_cli_solve(b->a, &b->eng, b->def, &so, kiln_cli_remote(b->a) ? &b->cluster : NULL,
 				   &b->res, err);
-	/* The image the cluster made: the exports use it as if built here. */
+	/* The image the cluster made (with b->image_opts): the exports use it as if built here. */
 	if (r == 0 && b->cluster.image_result &&
 	    kiln_digest_parse(json_string_value(json_object_get(b->cluster.image_result, "digest")) ?: "",
 			      &top) == 0) {
 		b->image = top;
 		b->have_image = true;
-		for (i = 0; i < b->n_specs; i++)
-			if (strcmp(b->specs[i].type, "local") && strcmp(b->specs[i].type, "tar")) {
-				r = image_opts(b, &b->specs[i], &b->image_opts, err);
-				break;
-			}
 	}
 	kiln_cli_ssh_release(&b->ssh);
 	if (r < 0)

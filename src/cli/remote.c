@@ -228,12 +228,12 @@ static json_t *pin_contexts(struct kiln_remote *rm, const struct kiln_remote_bui
 
 /* ---- submit, follow, fetch ---- */
 
-/* Set the client's credentials for registry host in creds, if it has any. */
-static void add_credentials(struct kiln_registry *reg, const char *host, json_t *creds)
+/* The client's credentials for the registry of reference ref, in creds, if it has any. */
+static void add_credentials(struct kiln_registry *reg, const char *ref, json_t *creds)
 {
-	_cleanup_free_ char *user = NULL, *pass = NULL;
+	_cleanup_free_ char *host = kiln_registry_ref_host(ref), *user = NULL, *pass = NULL;
 
-	if (json_object_get(creds, host) || json_object_size(creds) >= KILN_REGISTRY_MAX_CREDENTIALS ||
+	if (!host || json_object_get(creds, host) || json_object_size(creds) >= KILN_REGISTRY_MAX_CREDENTIALS ||
 	    kiln_registry_credentials(reg, host, &user, &pass) < 0)
 		return;
 	json_object_set_new(creds, host, json_pack("{s:s, s:s}", "username", user, "password", pass));
@@ -246,23 +246,11 @@ static json_t *build_credentials(const struct kiln_remote_build *b)
 	json_t *creds = json_object(), *p;
 	size_t i;
 
-	for (i = 0; b->registry && i < b->def->n_ops; i++) {
-		const struct kiln_op *op = &b->def->ops[i];
-		struct kiln_registry_ref ref = { 0 };
-
-		if (op->type == KILN_OP_SOURCE_IMAGE && strncmp(op->ref, "oci-layout://", 13) &&
-		    kiln_registry_ref_parse(op->ref, &ref, NULL) == 0)
-			add_credentials(b->registry, ref.registry, creds);
-		kiln_registry_ref_release(&ref);
-	}
-	json_array_foreach(b->registry ? json_object_get(b->image, "push") : NULL, i, p) {
-		struct kiln_registry_ref ref = { 0 };
-
-		if (kiln_registry_ref_parse(json_string_value(json_object_get(p, "ref")), &ref,
-					    NULL) == 0)
-			add_credentials(b->registry, ref.registry, creds);
-		kiln_registry_ref_release(&ref);
-	}
+	for (i = 0; b->registry && i < b->def->n_ops; i++)
+		if (b->def->ops[i].type == KILN_OP_SOURCE_IMAGE)
+			add_credentials(b->registry, b->def->ops[i].ref, creds);
+	json_array_foreach(b->registry ? json_object_get(b->image, "push") : NULL, i, p)
+		add_credentials(b->registry, json_string_value(json_object_get(p, "ref")), creds);
 	return creds;
 }
 

@@ -163,17 +163,11 @@ static json_t *credentials_for(const json_t *creds, const json_t *hosts)
 static struct kiln_registry *build_registry(struct kiln_builds *b, const struct build *bd)
 {
 	_cleanup_error_ struct kiln_error *e = NULL;
-	const char *hosts[KILN_REGISTRY_MAX_CREDENTIALS], *host;
 	struct kiln_registry *reg = NULL;
-	size_t n = 0;
-	json_t *v;
 
 	if (!json_object_size(bd->credentials) || !b->ro)
 		return NULL;
-	json_object_foreach(bd->credentials, host, v)
-		if (n < KILN_REGISTRY_MAX_CREDENTIALS)
-			hosts[n++] = host;
-	if (kiln_registry_new_with(b->ro, bd->credentials, hosts, n, &reg, &e) < 0) {
+	if (kiln_registry_new_with(b->ro, bd->credentials, NULL, 0, &reg, &e) < 0) {
 		log_warn("build %s: %s; resolving with kilnd's own credentials", bd->id,
 			 kiln_error_msg(e));
 		return NULL;
@@ -394,9 +388,7 @@ static void *build_main(void *ud)
 	kiln_registry_free(reg);
 	drop_credentials(bd);
 	/* Last: what kilnd holds itself (contexts, results from the bucket). */
-	holders = xrealloc(holders, (n_holders + 2) * sizeof(*holders));
-	holders[n_holders++] = xstrdup(kiln_sched_self_url(b->sched));
-	holders[n_holders] = NULL;
+	kiln_strv_add(&holders, &n_holders, kiln_sched_self_url(b->sched));
 	if (r == 0) {
 		state = json_pack("{sbs{sssososIsIsI}}", "ok", 1, "result", "tree",
 				  KILN_DIGEST_STR(&res.tree), "meta",
@@ -538,13 +530,12 @@ static int parse_credentials(struct build *bd, const json_t *creds, struct kiln_
 		return r;
 	}
 	for (i = 0; i < bd->def->n_ops; i++) {
-		const struct kiln_op *op = &bd->def->ops[i];
-		struct kiln_registry_ref ref = { 0 };
+		_cleanup_free_ char *host = bd->def->ops[i].type == KILN_OP_SOURCE_IMAGE
+						    ? kiln_registry_ref_host(bd->def->ops[i].ref)
+						    : NULL;
 
-		if (op->type == KILN_OP_SOURCE_IMAGE && strncmp(op->ref, "oci-layout://", 13) &&
-		    kiln_registry_ref_parse(op->ref, &ref, NULL) == 0)
-			json_object_set_new(hosts, ref.registry, json_true());
-		kiln_registry_ref_release(&ref);
+		if (host)
+			json_object_set_new(hosts, host, json_true());
 	}
 	if (bd->image)
 		kiln_cluster_image_hosts(bd->image, hosts);

@@ -5,6 +5,7 @@
 
 #include "basic/alloc.h"
 #include "basic/log.h"
+#include "basic/strv.h"
 #include "export/image.h"
 #include "kilnd/worker-table.h"
 
@@ -76,8 +77,8 @@ static int check_options(const json_t *o, struct kiln_error **err)
 	return 0;
 }
 
-/* The pushes; *hosts gets their registries. */
-static int check_push(const json_t *a, json_t *hosts, struct kiln_error **err)
+/* The pushes: references, and mount_from when given. */
+static int check_push(const json_t *a, struct kiln_error **err)
 {
 	const json_t *p;
 	size_t i;
@@ -94,8 +95,6 @@ static int check_push(const json_t *a, json_t *hosts, struct kiln_error **err)
 
 		if (r == 0 && from && !json_is_null(from) && !json_is_string(from))
 			r = kiln_error_set(err, -EINVAL, "\"mount_from\": not a string");
-		if (r == 0)
-			json_object_set_new(hosts, dest.registry, json_true());
 		kiln_registry_ref_release(&dest);
 		if (r < 0) {
 			kiln_error_prefix(err, "\"image\".push[%zu]", i);
@@ -108,7 +107,6 @@ static int check_push(const json_t *a, json_t *hosts, struct kiln_error **err)
 int kiln_cluster_image_check(const json_t *image, const struct kiln_definition *def,
 			     json_t **out, struct kiln_error **err)
 {
-	json_t *hosts = json_object();
 	int r = 0;
 
 	*out = NULL;
@@ -119,8 +117,7 @@ int kiln_cluster_image_check(const json_t *image, const struct kiln_definition *
 	if (r == 0)
 		r = check_options(json_object_get(image, "options"), err);
 	if (r == 0)
-		r = check_push(json_object_get(image, "push"), hosts, err);
-	json_decref(hosts);
+		r = check_push(json_object_get(image, "push"), err);
 	if (r == 0) {
 		*out = json_deep_copy(image);
 		/* Credentials come beside "image", never in it: none kept here. */
@@ -136,12 +133,10 @@ void kiln_cluster_image_hosts(const json_t *image, json_t *hosts)
 	size_t i;
 
 	json_array_foreach(json_object_get(image, "push"), i, p) {
-		struct kiln_registry_ref dest = { 0 };
+		_cleanup_free_ char *host = kiln_registry_ref_host(json_string_value(json_object_get(p, "ref")));
 
-		if (kiln_registry_ref_parse(json_string_value(json_object_get(p, "ref")), &dest,
-					    NULL) == 0)
-			json_object_set_new(hosts, dest.registry, json_true());
-		kiln_registry_ref_release(&dest);
+		if (host)
+			json_object_set_new(hosts, host, json_true());
 	}
 }
 
@@ -287,18 +282,11 @@ static int push_top(const struct kiln_registry_options *ro, const json_t *image,
 		    struct platform_job *pjs, size_t n, json_t *pushed, struct kiln_error **err)
 {
 	struct kiln_registry *reg = NULL;
-	json_t *hosts = json_object(), *v;
-	const char *names[KILN_CLUSTER_IMAGE_MAX_PUSH], *host;
 	const json_t *p;
-	size_t i, k = 0;
-	int r;
+	size_t i;
+	/* creds are the push registries' already (kiln_cluster_image's caller). */
+	int r = kiln_registry_new_with(ro, creds, NULL, 0, &reg, err);
 
-	kiln_cluster_image_hosts(image, hosts);
-	json_object_foreach(hosts, host, v)
-		if (k < KILN_CLUSTER_IMAGE_MAX_PUSH)
-			names[k++] = host;
-	r = kiln_registry_new_with(ro, creds, names, k, &reg, err);
-	json_decref(hosts);
 	if (r < 0)
 		return r;
 	json_array_foreach(json_object_get(image, "push"), i, p) {
@@ -362,16 +350,7 @@ int kiln_cluster_image(struct kiln_sched_build *sb, struct kiln_store *store,
 		names[i] = pjs[i].platform;
 		r = take_manifest(store, &pjs[i], &manifests[i], err);
 		if (r == 0) {
-			char **u = *urls;
-			size_t k;
-
-			for (k = 0; k < *n_urls && strcmp(u[k], pjs[i].where.addr); k++)
-				;
-			if (k == *n_urls) {
-				*urls = xrealloc(*urls, (*n_urls + 2) * sizeof(**urls));
-				(*urls)[(*n_urls)++] = xstrdup(pjs[i].where.addr);
-				(*urls)[*n_urls] = NULL;
-			}
+			kiln_strv_add_unique(urls, n_urls, pjs[i].where.addr);
 			log_info("kilnd: the image for %s made on %s (%s)", pjs[i].platform,
 				 pjs[i].where.name, KILN_DIGEST_STR(&manifests[i]));
 		}

@@ -45,8 +45,8 @@ void kiln_cluster_image_hosts(const json_t *image, json_t *hosts);
  * Make and push the image of a solved build. *state gets the client's
  * "image" ({"digest", "pushed": [...]}); the URLs of the workers that hold
  * its blobs are appended to *urls (*n of them). ro: kilnd's registry
- * settings, whose credentials creds (the client's, checked; may be NULL)
- * beat for the push registries.
+ * settings, whose credentials creds (the client's for the push
+ * registries, checked; may be NULL) beat.
  */
 int kiln_cluster_image(struct kiln_sched_build *sb, struct kiln_store *store,
 		       const struct kiln_registry_options *ro, const struct kiln_definition *def,

@@ -16,6 +16,7 @@
 #include "basic/base64.h"
 #include "basic/log.h"
 #include "basic/strbuf.h"
+#include "basic/strv.h"
 #include "cas/tree.h"
 #include "proto/http-client.h"
 #include "kilnd/relay.h"
@@ -230,17 +231,12 @@ static json_t *job_ssh(const char *session, const char *const *ids, size_t n_ids
 /* A source.image job's credentials: the client's for its registry, or NULL. */
 static json_t *job_credentials(const struct kiln_sched_build *b, const struct kiln_op *op)
 {
-	struct kiln_registry_ref ref = { 0 };
-	json_t *v = NULL, *out = NULL;
+	_cleanup_free_ char *host = b->credentials && op->type == KILN_OP_SOURCE_IMAGE
+					    ? kiln_registry_ref_host(op->ref)
+					    : NULL;
+	json_t *v = host ? json_object_get(b->credentials, host) : NULL;
 
-	if (!b->credentials || op->type != KILN_OP_SOURCE_IMAGE ||
-	    !strncmp(op->ref, "oci-layout://", 13) || kiln_registry_ref_parse(op->ref, &ref, NULL) < 0)
-		return NULL;
-	v = json_object_get(b->credentials, ref.registry);
-	if (v)
-		out = json_pack("{s:O}", ref.registry, v);
-	kiln_registry_ref_release(&ref);
-	return out;
+	return v ? json_pack("{s:O}", host, v) : NULL;
 }
 
 static json_t *job_body(struct kiln_sched_build *b, const struct kiln_task *t,
@@ -880,18 +876,10 @@ void kiln_sched_holder_urls(struct kiln_sched *s, const struct kiln_digest *tree
 			    char ***urls, size_t *n)
 {
 	struct kiln_worker_ref refs[MAX_HOLDERS];
-	size_t k = kiln_worker_table_holders(s->reg, tree, NULL, refs, MAX_HOLDERS), i, j;
+	size_t k = kiln_worker_table_holders(s->reg, tree, NULL, refs, MAX_HOLDERS), i;
 
-	for (i = 0; i < k; i++) {
-		for (j = 0; j < *n; j++)
-			if (!strcmp((*urls)[j], refs[i].addr))
-				break;
-		if (j < *n)
-			continue;
-		*urls = xrealloc(*urls, (*n + 2) * sizeof(**urls));
-		(*urls)[(*n)++] = xstrdup(refs[i].addr);
-		(*urls)[*n] = NULL;
-	}
+	for (i = 0; i < k; i++)
+		kiln_strv_add_unique(urls, n, refs[i].addr);
 }
 
 const char *kiln_sched_self_url(struct kiln_sched *s)

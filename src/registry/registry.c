@@ -44,6 +44,17 @@ void kiln_registry_ref_release(struct kiln_registry_ref *r)
 	memset(r, 0, sizeof(*r));
 }
 
+char *kiln_registry_ref_host(const char *ref)
+{
+	struct kiln_registry_ref r = { 0 };
+	char *host = NULL;
+
+	if (ref && strncmp(ref, "oci-layout://", 13) && kiln_registry_ref_parse(ref, &r, NULL) == 0)
+		host = TAKE_PTR(r.registry);
+	kiln_registry_ref_release(&r);
+	return host;
+}
+
 void kiln_registry_ref_copy(struct kiln_registry_ref *dst,
 			    const struct kiln_registry_ref *src)
 {
@@ -416,14 +427,16 @@ int kiln_registry_new_with(const struct kiln_registry_options *opts, const json_
 			   const char *const *hosts, size_t n, struct kiln_registry **out,
 			   struct kiln_error **err)
 {
+	const char *host;
+	json_t *v;
 	size_t i;
 	int r = kiln_registry_new(opts, out, err);
 
-	for (i = 0; r == 0 && creds && i < n; i++) {
-		const json_t *v = json_object_get(creds, hosts[i]);
-
-		if (v)
-			kiln_registry_set_credentials(*out, hosts[i],
+	json_object_foreach(r == 0 ? (json_t *)creds : NULL, host, v) {
+		for (i = 0; hosts && i < n && strcmp(hosts[i], host); i++)
+			;
+		if (!hosts || i < n)
+			kiln_registry_set_credentials(*out, host,
 						      json_string_value(json_object_get(v, "username")),
 						      json_string_value(json_object_get(v, "password")));
 	}

@@ -69,6 +69,12 @@ struct kiln_registry_ref {
 int kiln_registry_ref_parse(const char *s, struct kiln_registry_ref *out,
 			    struct kiln_error **err);
 void kiln_registry_ref_release(struct kiln_registry_ref *r);
+/*
+ * The registry a reference names ("docker.io" for "busybox"), a copy to
+ * free; NULL for NULL, an oci-layout:// reference or one that does not
+ * parse.
+ */
+char *kiln_registry_ref_host(const char *ref);
 /* Deep copy. */
 void kiln_registry_ref_copy(struct kiln_registry_ref *dst,
 			    const struct kiln_registry_ref *src);
@@ -151,8 +157,9 @@ int kiln_registry_credentials_check(const json_t *creds, struct kiln_error **err
 
 /*
  * A registry client for one build or job: opts's settings and credentials
- * (the daemon's own), then those of creds (checked) for the registries
- * hosts[0..n) only, which win. creds may be NULL.
+ * (the daemon's own), then those of creds (checked), which win: for the
+ * registries hosts[0..n) only, or every one creds names when hosts is
+ * NULL. creds may be NULL.
  */
 int kiln_registry_new_with(const struct kiln_registry_options *opts, const json_t *creds,
 			   const char *const *hosts, size_t n, struct kiln_registry **out,
